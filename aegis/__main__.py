@@ -1,0 +1,30 @@
+"""`python -m aegis [venue|report|replay] ...`: the engine run by default, tools as subcommands."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "venue": "aegis.venue.__main__",
+    "report": "aegis.report",
+    "replay": "aegis.replay",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        except ModuleNotFoundError as e:
+            print(f"aegis: error: the {argv[0]} command is not available in this build ({e})", file=sys.stderr)
+            return 2
+        return int(module.main(argv[1:]) or 0)
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    from aegis import cli
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

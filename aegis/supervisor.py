@@ -1,0 +1,218 @@
+"""Supervisor: creates the run's shared memory, starts Feed and Brain pinned to their cores, watches them, prints
+status, and tears everything down on every exit path (duration over, Ctrl-C, SIGTERM, a child dying)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_sentinels
+
+import numpy as np
+
+from aegis import control, shm, wait
+from aegis.config import EngineConfig
+from aegis.process import ProcessSpec
+from aegis.ring import Ring
+from aegis.shm import Segment
+
+HEARTBEAT_TIMEOUT_S = 5.0   # a running process that has not beaten for this long is hung
+START_TIMEOUT_S = 120.0     # first start compiles the jitted loops (cached afterwards)
+STOP_TIMEOUT_S = 5.0        # orderly stop before SIGTERM, then SIGKILL
+
+
+class CoreError(ValueError):
+    pass
+
+
+def parse_cores(text: str, available: list[int]) -> tuple[int, int]:
+    """'A,B' -> (A, B), validated against the cores this process may run on; CoreError says what is wrong."""
+    avail = ",".join(map(str, available))
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise CoreError(f"--cores takes two core numbers A,B (Feed on A, Brain on B), got {text!r}; "
+                        f"available cores: {avail}")
+    a, b = (int(p) for p in parts)
+    for c in (a, b):
+        if c not in available:
+            raise CoreError(f"core {c} does not exist or is not available to this process; available cores: {avail}")
+    if a == b:
+        raise CoreError(f"--cores names core {a} twice: Feed and Brain need a core each; available cores: {avail}")
+    return a, b
+
+
+def pick_cores(available: list[int]) -> tuple[int, int]:
+    """Default placement: the two highest-numbered cores (core 0 usually takes most interrupts and housekeeping);
+    with a single core both share it and `auto` waiting will not busy-spin."""
+    if len(available) >= 2:
+        return available[-2], available[-1]
+    return available[0], available[0]
+
+
+@dataclass
+class Run:
+    cfg: EngineConfig
+    run_id: str = field(default_factory=shm.new_run_id)
+    segments: list = field(default_factory=list)
+    procs: dict = field(default_factory=dict)
+    stop_reason: str | None = None
+    exit_code: int = 0
+
+
+def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
+    return int(ctl[control.base(role) + slot])
+
+
+def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: float) -> str:
+    st = ring.stats()
+    fed = _role_slot(ctl, control.ROLE_FEED, control.R_RECORDS)
+    used = _role_slot(ctl, control.ROLE_BRAIN, control.R_RECORDS)
+    rate_in = (fed - prev.get("fed", 0)) / dt if dt > 0 else 0.0
+    rate_out = (used - prev.get("used", 0)) / dt if dt > 0 else 0.0
+    prev.update(fed=fed, used=used)
+    return (f"[{elapsed:7.1f}s] feed {rate_in/1e3:8.1f}k rec/s | brain {rate_out/1e3:8.1f}k rec/s | "
+            f"lag {st['lag']:6d} | drops {st['dropped']} | conflated {st['conflated']} | full-waits {st['full_waits']}")
+
+
+def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
+    st = ring.stats()
+    fed = _role_slot(ctl, control.ROLE_FEED, control.R_RECORDS)
+    used = _role_slot(ctl, control.ROLE_BRAIN, control.R_RECORDS)
+    fchk = _role_slot(ctl, control.ROLE_FEED, control.R_CHECKSUM)
+    bchk = _role_slot(ctl, control.ROLE_BRAIN, control.R_CHECKSUM)
+    same = "match" if (fed == used and fchk == bchk) else "MISMATCH"
+    lines = [
+        f"aegis: run {run.run_id} stopped ({run.stop_reason}) after {elapsed:.1f}s",
+        f"  records: published {fed}, consumed {used}, dropped {st['dropped']}, conflated {st['conflated']}, "
+        f"full-ring waits {st['full_waits']}",
+        f"  checksum feed/brain: {same}; mean rate {used / elapsed / 1e3 if elapsed > 0 else 0:.1f}k rec/s",
+    ]
+    return "\n".join(lines)
+
+
+def run(cfg: EngineConfig, out=sys.stdout) -> int:
+    """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
+    stale = shm.remove_stale()
+    if stale:
+        print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
+    available = wait.usable_cores()
+    cores = cfg.cores or pick_cores(available)
+    strategy = wait.resolve(cfg.wait, tuple(cores))
+    r = Run(cfg)
+    stop_signal = {"name": None}
+
+    def on_signal(signum, frame):
+        stop_signal["name"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    ring = ctl_seg = None
+    t_start = time.monotonic()
+    try:
+        ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
+        r.segments.append(ring.segment)
+        ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
+        r.segments.append(ctl_seg)
+        ctl = ctl_seg.view(np.int64, 0, control.SLOTS)
+        control.init(ctl, time.monotonic_ns())
+        print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
+              f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
+              f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
+        ctx = mp.get_context("spawn")
+        from aegis import brain, feed
+        for role, target, core in (("brain", brain.run, cores[1]), ("feed", feed.run, cores[0])):
+            spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
+                               control_name=ctl_seg.name, latency_name=None, config=cfg)
+            p = ctx.Process(target=_child_main, args=(target, spec), name=f"aegis-{role}", daemon=False)
+            p.start()
+            r.procs[role] = p
+        _watch(r, ctl, ring, out, stop_signal, t_start)
+    finally:
+        elapsed = time.monotonic() - t_start
+        _stop_children(r, ctl if ctl_seg else None, ring)
+        if ring is not None and ctl_seg is not None:
+            print(summary(r, ctl, ring, elapsed), file=out, flush=True)
+        ctl = None
+        if ring is not None:
+            ring.header = ring.records = None
+        for seg in r.segments:
+            seg.close()
+            seg.unlink()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return r.exit_code
+
+
+def _child_main(target, spec: ProcessSpec) -> None:
+    code = 1
+    try:
+        code = target(spec)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(code)
+
+
+def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start: float) -> None:
+    cfg = r.cfg
+    next_status = t_start + cfg.status_interval
+    prev: dict = {}
+    last_status = t_start
+    sentinels = {p.sentinel: role for role, p in r.procs.items()}
+    while True:
+        ready = wait_sentinels(list(sentinels), timeout=0.1)
+        now = time.monotonic()
+        if ready:
+            role = sentinels[ready[0]]
+            p = r.procs[role]
+            p.join(0.1)
+            how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited with code {p.exitcode}"
+            r.stop_reason = f"{role} process {how}"
+            r.exit_code = 1
+            print(f"aegis: error: the {role} process {how}; stopping the run", file=out, flush=True)
+            return
+        if stop_signal["name"]:
+            r.stop_reason = stop_signal["name"]
+            return
+        if cfg.duration is not None and now - t_start >= cfg.duration:
+            r.stop_reason = f"duration {cfg.duration:g}s reached"
+            return
+        for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)):
+            state = _role_slot(ctl, rid, control.R_STATE)
+            beat = _role_slot(ctl, rid, control.R_HEARTBEAT)
+            if state == control.ST_RUNNING and time.monotonic_ns() - beat > HEARTBEAT_TIMEOUT_S * 1e9:
+                r.stop_reason = f"{role} process stopped beating for {HEARTBEAT_TIMEOUT_S:g}s (hung)"
+                r.exit_code = 1
+                print(f"aegis: error: {r.stop_reason}; stopping the run", file=out, flush=True)
+                return
+            if state < control.ST_RUNNING and now - t_start > START_TIMEOUT_S:
+                r.stop_reason = f"{role} process did not start within {START_TIMEOUT_S:g}s"
+                r.exit_code = 1
+                print(f"aegis: error: {r.stop_reason}", file=out, flush=True)
+                return
+        if now >= next_status:
+            print(status_line(now - t_start, ctl, ring, prev, now - last_status), file=out, flush=True)
+            last_status = now
+            next_status = now + cfg.status_interval
+
+
+def _stop_children(r: Run, ctl, ring) -> None:
+    if ctl is not None:
+        control.request_stop(ctl)
+    if ring is not None and any(not p.is_alive() for p in r.procs.values()):
+        ring.abort()  # a side is gone: release the other from any wait on the ring now, not after the timeout
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for p in r.procs.values():
+        p.join(max(0.0, deadline - time.monotonic()))
+    if ring is not None:
+        ring.abort()  # releases a writer blocked on a full ring whose reader is gone
+    for p in r.procs.values():
+        if p.is_alive():
+            p.terminate()
+            p.join(1.0)
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)

@@ -1,0 +1,34 @@
+"""Every test is bounded in time: a SIGALRM per test (default 60 s, `@pytest.mark.time_limit(s)` to change).
+
+Jitted loops under test always carry their own deadline too: a signal handler only runs between Python bytecodes,
+so it cannot interrupt a thread that is inside compiled code.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+DEFAULT_LIMIT_S = int(os.environ.get("AEGIS_TEST_TIME_LIMIT", "60"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "time_limit(seconds): fail the test if it runs longer than this")
+
+
+@pytest.fixture(autouse=True)
+def _time_limit(request):
+    marker = request.node.get_closest_marker("time_limit")
+    limit = int(marker.args[0]) if marker else DEFAULT_LIMIT_S
+
+    def expired(signum, frame):
+        raise TimeoutError(f"test exceeded its {limit}s time limit")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(limit)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -1,0 +1,78 @@
+"""`python -m aegis`: user mistakes get one line and exit code 2, never a traceback; --help teaches."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+AVAILABLE = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+
+
+def aegis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aegis", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_a_core_that_does_not_exist_names_the_available_cores():
+    assert_one_line_error(aegis("--cores", "0,999"), "core 999", f"available cores: {AVAILABLE}")
+
+
+def test_a_duplicate_core_is_refused():
+    assert_one_line_error(aegis("--cores", "0,0"), "twice", f"available cores: {AVAILABLE}")
+
+
+@pytest.mark.parametrize("cores", ["abc", "1", "1,2,3", "1;2", "", "-1,0"])
+def test_a_malformed_core_list_is_refused(cores):
+    assert_one_line_error(aegis(f"--cores={cores}"), f"available cores: {AVAILABLE}")
+
+
+def test_cores_from_the_config_file_are_validated_too(tmp_path):
+    cfg = tmp_path / "aegis.toml"
+    cfg.write_text("[engine]\ncores = [0, 999]\n")
+    assert_one_line_error(aegis("--config", str(cfg)), "core 999")
+
+
+def test_a_missing_config_file_is_one_line():
+    assert_one_line_error(aegis("--config", "/nonexistent/aegis.toml"), "not found")
+
+
+def test_invalid_toml_is_one_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[engine\nduration = \n")
+    assert_one_line_error(aegis("--config", str(cfg)), "not valid TOML")
+
+
+def test_an_unknown_config_key_is_named(tmp_path):
+    cfg = tmp_path / "aegis.toml"
+    cfg.write_text("[engine]\nduraton = 5\n")
+    assert_one_line_error(aegis("--config", str(cfg)), "duraton")
+
+
+def test_live_binance_requires_an_explicit_live_flag():
+    assert_one_line_error(aegis("--venue", "binance"), "--live")
+
+
+def test_a_ring_capacity_that_is_not_a_power_of_two_is_refused():
+    assert_one_line_error(aegis("--ring-capacity", "5000"), "power of two")
+
+
+def test_help_explains_cores_wait_strategies_and_examples():
+    res = aegis("--help")
+    assert res.returncode == 0
+    for needle in ("--cores", "busy-spin", "spin-yield", "sleep", "auto", "examples:", "--duration", "--config"):
+        assert needle in res.stdout
+
+
+def test_an_unknown_subcommand_option_is_a_usage_error_not_a_traceback():
+    res = aegis("--no-such-option")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
