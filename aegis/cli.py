@@ -104,6 +104,9 @@ def main(argv: list[str]) -> int:
         cfg = load(args.config, overrides)
         if cfg.cores is not None and args.cores is None:  # cores from the config file: same validation
             supervisor.parse_cores(",".join(map(str, cfg.cores)), wait.usable_cores())
+        if cfg.source == "venue" and cfg.venue == "embedded":
+            from aegis import embedded
+            embedded.venue_settings(cfg.section("venue"))
     except (ConfigError, supervisor.CoreError) as e:
         print(f"aegis: error: {e}", file=sys.stderr)
         return 2

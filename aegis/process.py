@@ -5,7 +5,7 @@ import ctypes
 import gc
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,8 @@ class ProcessSpec:
     latency_name: str | None
     config: EngineConfig
     venue_urls: tuple[str, str, str] | None = None  # (rest, ws market, ws api) of the venue to use
+    api_key: str | None = field(default=None, repr=False)     # the embedded venue's per-run key; for Binance the
+    api_secret: str | None = field(default=None, repr=False)  # keys come from the environment (aegis.keys)
 
     @property
     def role_id(self) -> int:

@@ -12,7 +12,7 @@ from multiprocessing.connection import wait as wait_sentinels
 
 import numpy as np
 
-from aegis import control, shm, wait
+from aegis import control, latency, report, shm, wait
 from aegis.config import EngineConfig
 from aegis.process import ProcessSpec
 from aegis.ring import Ring
@@ -59,21 +59,42 @@ class Run:
     procs: dict = field(default_factory=dict)
     stop_reason: str | None = None
     exit_code: int = 0
+    venue: object = None
+    hist: np.ndarray | None = None
 
 
 def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
     return int(ctl[control.base(role) + slot])
 
 
-def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: float) -> str:
+def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: float,
+                hist: np.ndarray | None = None) -> str:
     st = ring.stats()
     fed = _role_slot(ctl, control.ROLE_FEED, control.R_RECORDS)
     used = _role_slot(ctl, control.ROLE_BRAIN, control.R_RECORDS)
     rate_in = (fed - prev.get("fed", 0)) / dt if dt > 0 else 0.0
     rate_out = (used - prev.get("used", 0)) / dt if dt > 0 else 0.0
     prev.update(fed=fed, used=used)
-    return (f"[{elapsed:7.1f}s] feed {rate_in/1e3:8.1f}k rec/s | brain {rate_out/1e3:8.1f}k rec/s | "
-            f"lag {st['lag']:6d} | drops {st['dropped']} | conflated {st['conflated']} | full-waits {st['full_waits']}")
+    line = (f"[{elapsed:7.1f}s] feed {rate_in/1e3:7.1f}k rec/s | brain {rate_out/1e3:7.1f}k rec/s | "
+            f"lag {st['lag']} | drops {st['dropped']} | conflated {st['conflated']}")
+    if hist is not None:
+        snap = latency.snapshot(hist)
+        line += " | " + report.status_text(hist, prev.get("hist"))
+        prev["hist"] = snap
+    return line + trading_fields(ctl)
+
+
+def trading_fields(ctl: np.ndarray) -> str:
+    b = control.base(control.ROLE_BRAIN)
+    signals = int(ctl[b + control.R_BRAIN_SIGNALS])
+    orders = int(ctl[b + control.R_BRAIN_ORDERS])
+    if not (signals or orders):
+        return ""
+    ctl_f = ctl.view(np.float64)
+    return (f" | signals {signals} orders {orders} fills {int(ctl[b + control.R_BRAIN_FILLS])} "
+            f"rejects {int(ctl[b + control.R_BRAIN_REJECTS])} | positions {int(ctl[b + control.R_BRAIN_POSITIONS])} "
+            f"gross {ctl_f[b + control.F_BRAIN_GROSS]:.0f} PnL {ctl_f[b + control.F_BRAIN_PNL]:+.2f} "
+            f"fees {ctl_f[b + control.F_BRAIN_FEES]:.2f}")
 
 
 def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
@@ -107,15 +128,24 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         stop_signal["name"] = signal.Signals(signum).name
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    ring = ctl_seg = None
+    ring = ctl_seg = venue = None
     t_start = time.monotonic()
     try:
+        if cfg.source == "venue" and cfg.venue == "embedded":
+            from aegis import embedded
+            venue = embedded.start(cfg.section("venue"))
+            r.venue = venue
+            print(f"aegis: embedded venue at {venue.rest_url} (market data {venue.ws_market_url})", file=out,
+                  flush=True)
         ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
         r.segments.append(ring.segment)
         ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
         r.segments.append(ctl_seg)
         ctl = ctl_seg.view(np.int64, 0, control.SLOTS)
         control.init(ctl, time.monotonic_ns())
+        lat_seg = Segment.create(shm.segment_name(r.run_id, "latency"), latency.HIST_SET_NBYTES)
+        r.segments.append(lat_seg)
+        r.hist = latency.as_set(lat_seg.view(np.int64))  # zero bytes are empty histograms: no init needed
         print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
               f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
               f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
@@ -123,25 +153,47 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         from aegis import brain, feed
         for role, target, core in (("brain", brain.run, cores[1]), ("feed", feed.run, cores[0])):
             spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
-                               control_name=ctl_seg.name, latency_name=None, config=cfg)
+                               control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg,
+                               venue_urls=venue.urls if venue else None,
+                               api_key=venue.api_key if venue else None,
+                               api_secret=venue.api_secret if venue else None)
             p = ctx.Process(target=_child_main, args=(target, spec), name=f"aegis-{role}", daemon=False)
             p.start()
             r.procs[role] = p
         _watch(r, ctl, ring, out, stop_signal, t_start)
+    except RuntimeError as e:  # e.g. the embedded venue could not start
+        r.stop_reason = str(e)
+        r.exit_code = 1
+        print(f"aegis: error: {e}", file=out, flush=True)
     finally:
         elapsed = time.monotonic() - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)
         if ring is not None and ctl_seg is not None:
             print(summary(r, ctl, ring, elapsed), file=out, flush=True)
+        if r.hist is not None:
+            _final_latency_report(r, out)
         ctl = None
         if ring is not None:
             ring.header = ring.records = None
         for seg in r.segments:
             seg.close()
             seg.unlink()
+        if venue is not None:
+            venue.stop()
         for s, h in old.items():
             signal.signal(s, h)
     return r.exit_code
+
+
+def _final_latency_report(r: Run, out) -> None:
+    print(report.format_table(r.hist), file=out)
+    try:
+        written = report.write_run_report(r.hist, r.cfg.out_dir)
+        print(f"aegis: latency histograms written to {r.cfg.out_dir} ({len(written)} files; "
+              f"`python -m aegis report --hist {r.cfg.out_dir}/latency.npz` prints them again)", file=out, flush=True)
+    except OSError as e:
+        print(f"aegis: warning: could not write the latency report to {r.cfg.out_dir}: {e}", file=out, flush=True)
+    r.hist = None
 
 
 def _child_main(target, spec: ProcessSpec) -> None:
@@ -162,12 +214,14 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
     prev: dict = {}
     last_status = t_start
     sentinels = {p.sentinel: role for role, p in r.procs.items()}
+    if r.venue is not None:
+        sentinels[r.venue.process.sentinel] = "venue"
     while True:
         ready = wait_sentinels(list(sentinels), timeout=0.1)
         now = time.monotonic()
         if ready:
             role = sentinels[ready[0]]
-            p = r.procs[role]
+            p = r.procs[role] if role in r.procs else r.venue.process
             p.join(0.1)
             how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited with code {p.exitcode}"
             r.stop_reason = f"{role} process {how}"
@@ -194,7 +248,7 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
                 print(f"aegis: error: {r.stop_reason}", file=out, flush=True)
                 return
         if now >= next_status:
-            print(status_line(now - t_start, ctl, ring, prev, now - last_status), file=out, flush=True)
+            print(status_line(now - t_start, ctl, ring, prev, now - last_status, r.hist), file=out, flush=True)
             last_status = now
             next_status = now + cfg.status_interval
 
