@@ -1,0 +1,1195 @@
+"""Matching, accounts and positions of the embedded venue — pure logic, no HTTP.
+
+Orders match against the venue's generated market (market.book_levels / best / mark_price): a taker sweeps the
+book levels it crosses; an order left resting is filled (as maker, at its own price) when a later tick crosses it.
+The generated book is not depleted by our fills: the market is synthetic and consuming it would make prices drift
+with the test's own trading. Orders of one account never match each other.
+
+Money is Decimal throughout: PnL, fees and wallet balances must add up to the cent in tests and in a client's
+reconciliation, and order placement is not the venue's hot path (the market-data firehose is).
+
+Every call that changes an account emits user-data events (dicts shaped as Binance sends them) to the listeners
+of that account, in Binance's order (API.md §6.4/§6.8). Listeners run under the exchange lock and must not block.
+"""
+from __future__ import annotations
+
+import collections
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Callable, Iterable, Mapping
+
+from aegis.venue.catalog import SymbolSpec, by_symbol, default_catalog, margin_assets
+
+DEFAULT_API_KEY = "aegis-test-key"
+DEFAULT_API_SECRET = "aegis-test-secret"
+
+ZERO = Decimal(0)
+_Q8 = Decimal("0.00000001")
+_CID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+_DEC_RE = re.compile(r"^-?(\d+\.?\d*|\.\d+)$")
+_CID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_CONDITIONAL = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
+_TIFS = frozenset({"GTC", "IOC", "FOK", "GTX", "GTD"})
+_OPEN = frozenset({"NEW", "PARTIALLY_FILLED"})
+GTX_REJECT_MSG = ("Due to the order could not be executed as maker, the Post Only order will be rejected. "
+                  "The order will not be recorded in the order history")
+
+
+class VenueError(Exception):
+    """A Binance error reply: HTTP status plus {"code":..,"msg":..}."""
+
+    def __init__(self, code: int, msg: str, http_status: int = 400, headers: Mapping[str, str] | None = None):
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+        self.headers = dict(headers or {})
+
+
+def mandatory(name: str) -> VenueError:
+    return VenueError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+def not_required(name: str) -> VenueError:
+    return VenueError(-1106, f"Parameter '{name}' sent when not required.")
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    api_keys: Mapping[str, str] = field(default_factory=lambda: {DEFAULT_API_KEY: DEFAULT_API_SECRET})
+    initial_balances: Mapping[str, str] = field(default_factory=lambda: {"USDT": "10000", "USDC": "10000"})
+    maker_fee: str = "0.0002"
+    taker_fee: str = "0.0005"
+    leverage: int = 20
+    maint_margin_rate: str = "0.004"
+    book_depth: int = 50                 # levels a taker may sweep
+    liquidity_scale: float = 1.0         # <1 thins every book level the exchange sees -> partial fills
+    filter_errors: str = "specific"      # "specific": -4014/-4023; "generic": -1013 "Filter failure: ..." (API.md §9)
+    listen_key_validity_s: float = 3600.0
+    max_order_history: int = 200_000    # closed orders kept queryable per account (a long paper run stays bounded)
+    seed: int = 7
+
+
+class OrderPathFaults:
+    """Test knobs the REST/ws-api order paths consult before handling an order request.
+
+    fail_next(n, kind): the next n order requests answer HTTP 503; kind "unknown" still EXECUTES the order (Binance's
+    "execution status unknown"), "unavailable"/"internal"/"throttled" do not.
+    delay_next(n, seconds, execute=True): the next n order requests sleep first (a client read timeout); the order
+    is executed afterwards unless execute=False.
+    """
+    _KINDS = {
+        "unknown": (-1000, "Unknown error, please check your request or try again later.", True),
+        "unavailable": (-1000, "Service Unavailable.", False),
+        "internal": (-1001, "Internal error; unable to process your request. Please try again.", False),
+        "throttled": (-1008, "Request throttled by system-level protection. Reduce-only/close-position orders are "
+                             "exempt. Please try again.", False),
+    }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fail: list[str] = []
+        self._delay: list[tuple[float, bool]] = []
+
+    def fail_next(self, n: int = 1, kind: str = "unknown") -> None:
+        if kind not in self._KINDS:
+            raise ValueError(f"unknown 503 kind {kind!r}; choose one of {sorted(self._KINDS)}")
+        with self._lock:
+            self._fail.extend([kind] * n)
+
+    def delay_next(self, n: int = 1, seconds: float = 5.0, execute: bool = True) -> None:
+        with self._lock:
+            self._delay.extend([(seconds, execute)] * n)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._fail.clear()
+            self._delay.clear()
+
+    def take(self) -> tuple[float, bool, VenueError | None]:
+        """(delay_s, execute, error_after) for the next order request."""
+        with self._lock:
+            delay, execute = self._delay.pop(0) if self._delay else (0.0, True)
+            kind = self._fail.pop(0) if self._fail else None
+        if kind is None:
+            return delay, execute, None
+        code, msg, runs = self._KINDS[kind]
+        return delay, execute and runs, VenueError(code, msg, 503)
+
+
+class Order:
+    __slots__ = ("order_id", "symbol", "spec", "client_id", "side", "type", "tif", "price", "orig_qty",
+                 "executed_qty", "cum_quote", "reduce_only", "status", "time", "update_time", "position_side",
+                 "price_match", "stp", "gtd", "account", "sent_new")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.orig_qty - self.executed_qty
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in _OPEN
+
+    @property
+    def avg_price(self) -> Decimal:
+        return self.cum_quote / self.executed_qty if self.executed_qty else ZERO
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.side == "BUY" else -1
+
+
+class Position:
+    __slots__ = ("amt", "entry", "realized", "update_time")
+
+    def __init__(self) -> None:
+        self.amt = ZERO
+        self.entry = ZERO
+        self.realized = ZERO      # `cr`: pre-fee accumulated realized PnL
+        self.update_time = 0
+
+
+class Account:
+    def __init__(self, key: str, balances: Mapping[str, str], assets: Iterable[str]):
+        self.key = key
+        self.wallet: dict[str, Decimal] = {a: Decimal(balances.get(a, "0")) for a in assets}
+        self.positions: dict[str, Position] = {}
+        self.open_orders: dict[str, dict[int, Order]] = {}
+        self.orders: dict[str, dict[int, Order]] = {}          # every accepted order, for GET /fapi/v1/order
+        self.by_cid: dict[str, dict[str, Order]] = {}           # symbol -> clientOrderId -> latest order
+        self.listeners: list[Callable[[dict], None]] = []
+        self.update_time = 0
+        self.closed: collections.deque[Order] = collections.deque()
+        self.leverage: dict[str, Decimal] = {}
+        self.trades: collections.deque[dict] = collections.deque()
+
+    def position(self, symbol: str) -> Position:
+        p = self.positions.get(symbol)
+        if p is None:
+            p = self.positions[symbol] = Position()
+        return p
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def fixed(d: Decimal, places: int) -> str:
+    return format(d.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP), "f") if places > 0 else \
+        format(d.quantize(Decimal(1), rounding=ROUND_HALF_UP), "f")
+
+
+def norm(d: Decimal) -> str:
+    """Shortest decimal form, as Binance prints entry prices and position amounts ("91739.9", "0", "30")."""
+    if d == 0:
+        return "0"
+    s = format(d.normalize(), "f")
+    return s
+
+
+def pnorm(d: Decimal) -> str:
+    """An averaged price (entry, break-even, liquidation): at most 8 decimals, shortest form."""
+    return norm(d.quantize(_Q8, rounding=ROUND_HALF_UP))
+
+
+def q8(d: Decimal) -> str:
+    return fixed(d, 8)
+
+
+def _price(spec: SymbolSpec, d: Decimal) -> str:
+    return fixed(d, spec.price_precision)
+
+
+def _qty(spec: SymbolSpec, d: Decimal) -> str:
+    return fixed(d, spec.quantity_precision)
+
+
+def _quote_places(spec: SymbolSpec) -> int:
+    # live replies pad avgPrice/cumQuote to 5 decimals, or to the price precision when that is larger (API.md §4.7)
+    return max(spec.price_precision, 5)
+
+
+def order_json(o: Order, kind: str = "order") -> dict:
+    """Order object as POST/DELETE/GET /fapi/v1/order return it; kind "open" is the openOrders element."""
+    spec = o.spec
+    avg = o.avg_price
+    d = {
+        "orderId": o.order_id, "symbol": o.symbol, "status": o.status, "clientOrderId": o.client_id,
+        "price": _price(spec, o.price) if o.type == "LIMIT" else "0",
+        "avgPrice": fixed(avg, _quote_places(spec)) if avg else "0.00",
+        "origQty": _qty(spec, o.orig_qty), "executedQty": _qty(spec, o.executed_qty),
+        "cumQty": _qty(spec, o.executed_qty), "cumQuote": fixed(o.cum_quote, _quote_places(spec)),
+        "timeInForce": o.tif, "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False,
+        "side": o.side, "positionSide": o.position_side, "stopPrice": "0", "workingType": "CONTRACT_PRICE",
+        "priceProtect": False, "origType": o.type, "priceMatch": o.price_match, "selfTradePreventionMode": o.stp,
+        "goodTillDate": o.gtd, "updateTime": o.update_time,
+    }
+    if kind == "open":
+        del d["cumQty"]
+        d["time"] = o.time
+    elif kind == "query":
+        d["time"] = o.time
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- the exchange
+
+
+class Exchange:
+    def __init__(self, market, catalog: tuple[SymbolSpec, ...] | None = None, cfg: ExchangeConfig | None = None,
+                 clock_ms: Callable[[], int] | None = None):
+        self.market = market
+        self.cfg = cfg or ExchangeConfig()
+        self.catalog = tuple(catalog) if catalog is not None else default_catalog()
+        self.specs = by_symbol(self.catalog)
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.faults = OrderPathFaults()
+        self.lock = threading.RLock()
+        self._rng = random.Random(self.cfg.seed)
+        self._maker_fee = Decimal(self.cfg.maker_fee)
+        self._taker_fee = Decimal(self.cfg.taker_fee)
+        self._leverage = Decimal(self.cfg.leverage)
+        self._mmr = Decimal(self.cfg.maint_margin_rate)
+        self.liquidity_scale = float(self.cfg.liquidity_scale)
+        self._next_order_id = {s.symbol: s.first_order_id for s in self.catalog}
+        self._next_trade_id = {s.symbol: 1000 + (s.first_order_id // 3) for s in self.catalog}
+        assets = margin_assets(self.catalog)
+        self.accounts: dict[str, Account] = {
+            k: Account(k, self.cfg.initial_balances, assets) for k in self.cfg.api_keys}
+        # symbol -> resting orders of every account; the tick listener only looks at symbols present here
+        self._resting: dict[str, dict[int, Order]] = {}
+        self._bounds: dict[str, tuple[float, float, float]] = {}
+        self._listen_keys: dict[str, tuple[str, float]] = {}   # listenKey -> (account key, expires_at_s)
+        self._key_listeners: list[Callable[[str, str, dict], None]] = []
+        if market is not None and hasattr(market, "add_tick_listener"):
+            market.add_tick_listener(self.on_tick)
+
+    # ------------------------------------------------------------------------------------ accounts & events
+
+    def account(self, key: str) -> Account:
+        acc = self.accounts.get(key)
+        if acc is None:
+            raise VenueError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        return acc
+
+    def add_listener(self, key: str, fn: Callable[[dict], None]) -> None:
+        with self.lock:
+            self.account(key).listeners.append(fn)
+
+    def remove_listener(self, key: str, fn: Callable[[dict], None]) -> None:
+        with self.lock:
+            acc = self.accounts.get(key)
+            if acc is not None and fn in acc.listeners:
+                acc.listeners.remove(fn)
+
+    def _emit(self, acc: Account, events: list[dict]) -> None:
+        for ev in events:
+            for fn in tuple(acc.listeners):
+                fn(ev)
+
+    def set_liquidity_scale(self, scale: float) -> None:
+        """Thin (scale < 1) or thicken every book level the exchange sees; tests use it to force partial fills."""
+        if scale <= 0:
+            raise ValueError("liquidity scale must be > 0")
+        self.liquidity_scale = float(scale)
+
+    def deposit(self, key: str, asset: str, amount: str) -> None:
+        with self.lock:
+            acc = self.account(key)
+            now = self.clock_ms()
+            acc.wallet[asset] = acc.wallet.get(asset, ZERO) + Decimal(amount)
+            ev = {"e": "ACCOUNT_UPDATE", "E": now, "T": now, "a": {"B": [
+                {"a": asset, "wb": q8(acc.wallet[asset]), "cw": q8(acc.wallet[asset]), "bc": q8(Decimal(amount))}],
+                "P": [], "m": "DEPOSIT"}}
+            self._emit(acc, [ev])
+
+    # ------------------------------------------------------------------------------------ listen keys
+
+    def listen_key_create(self, key: str) -> str:
+        """One key per account: POST on an account with a live key returns it and extends it (API.md §6.1)."""
+        with self.lock:
+            self.account(key)
+            now = time.monotonic()
+            for lk, (owner, exp) in self._listen_keys.items():
+                if owner == key and exp > now:
+                    self._listen_keys[lk] = (owner, now + self.cfg.listen_key_validity_s)
+                    return lk
+            lk = "".join(self._rng.choice(_CID_ALPHABET) for _ in range(64))
+            self._listen_keys[lk] = (key, now + self.cfg.listen_key_validity_s)
+            return lk
+
+    def _live_key_of(self, key: str) -> str | None:
+        now = time.monotonic()
+        for lk, (owner, exp) in self._listen_keys.items():
+            if owner == key and exp > now:
+                return lk
+        return None
+
+    def listen_key_keepalive(self, key: str, listen_key: str | None = None) -> str:
+        with self.lock:
+            lk = listen_key or self._live_key_of(key)
+            entry = self._listen_keys.get(lk) if lk else None
+            if entry is None or entry[0] != key or entry[1] <= time.monotonic():
+                raise VenueError(-1125, "This listenKey does not exist.")
+            self._listen_keys[lk] = (key, time.monotonic() + self.cfg.listen_key_validity_s)
+            return lk
+
+    def listen_key_delete(self, key: str, listen_key: str | None = None) -> None:
+        with self.lock:
+            lk = listen_key or self._live_key_of(key)
+            entry = self._listen_keys.get(lk) if lk else None
+            if entry is None or entry[0] != key:
+                raise VenueError(-1125, "This listenKey does not exist.")
+            del self._listen_keys[lk]
+            for fn in tuple(self._key_listeners):    # DELETE closes the stream (event None: no announcement)
+                fn(lk, key, None)
+
+    def listen_key_owner(self, listen_key: str) -> str | None:
+        """Account key of a live listenKey, else None."""
+        with self.lock:
+            entry = self._listen_keys.get(listen_key)
+            if entry is None or entry[1] <= time.monotonic():
+                return None
+            return entry[0]
+
+    def add_expiry_listener(self, fn: Callable[[str, str, dict], None]) -> None:
+        """fn(listen_key, account_key, listenKeyExpired event) when a key expires; event None when deleted."""
+        with self.lock:
+            self._key_listeners.append(fn)
+
+    def expire_listen_key(self, listen_key: str) -> bool:
+        """Test knob: expire a key now (as if 60 minutes passed without keepalive)."""
+        with self.lock:
+            entry = self._listen_keys.get(listen_key)
+            if entry is None:
+                return False
+            self._listen_keys[listen_key] = (entry[0], time.monotonic() - 1.0)
+        self.expire_due_listen_keys()
+        return True
+
+    def expire_due_listen_keys(self) -> list[str]:
+        """Drop every key past its validity and announce listenKeyExpired; called periodically by userdata."""
+        with self.lock:
+            now = time.monotonic()
+            due = [(lk, owner) for lk, (owner, exp) in self._listen_keys.items() if exp <= now]
+            for lk, owner in due:
+                del self._listen_keys[lk]
+                ev = {"e": "listenKeyExpired", "E": self.clock_ms(), "listenKey": lk}
+                for fn in tuple(self._key_listeners):
+                    fn(lk, owner, ev)
+            return [lk for lk, _ in due]
+
+    # ------------------------------------------------------------------------------------ validation helpers
+
+    def _spec(self, symbol: str | None) -> SymbolSpec:
+        if not symbol:
+            raise mandatory("symbol")
+        spec = self.specs.get(symbol)
+        if spec is None:
+            raise VenueError(-1121, "Invalid symbol.")
+        return spec
+
+    def _filter_error(self, specific_code: int, specific_msg: str, filter_name: str) -> VenueError:
+        if self.cfg.filter_errors == "generic":
+            return VenueError(-1013, f"Filter failure: {filter_name}")
+        return VenueError(specific_code, specific_msg)
+
+    @staticmethod
+    def _decimal(params: Mapping[str, str], name: str) -> Decimal | None:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return None
+        if not _DEC_RE.match(raw):
+            raise mandatory(name)
+        try:
+            return Decimal(raw)
+        except InvalidOperation:
+            raise mandatory(name) from None
+
+    @staticmethod
+    def _places(d: Decimal) -> int:
+        exp = d.normalize().as_tuple().exponent
+        return -exp if isinstance(exp, int) and exp < 0 else 0
+
+    def _grid(self, px: float, step: Decimal) -> Decimal:
+        return (Decimal(repr(px)) / step).quantize(Decimal(1), rounding=ROUND_HALF_UP) * step
+
+    def _levels(self, spec: SymbolSpec, side: str, limit: Decimal | None = None,
+                need: Decimal | None = None) -> list[tuple[Decimal, Decimal]]:
+        """Opposite book side a `side` taker would hit, best first, on the tick/step grid, scaled by liquidity;
+        only the levels at or better than `limit`, and no more than enough to cover `need`."""
+        buy = side == "BUY"
+        if limit is not None:     # most limit orders do not cross: one cheap look at the top first
+            bid, _, ask, _ = self.market.best(spec.symbol)
+            top = ask if buy else bid
+            if not top:
+                return []
+            top_d = self._grid(top, spec.tick)
+            if (top_d > limit) if buy else (top_d < limit):
+                return []
+        raw = self.market.book_levels(spec.symbol, side, self.cfg.book_depth)
+        scale = self.liquidity_scale
+        out = []
+        total = ZERO
+        for px, qty in raw:
+            p = self._grid(px, spec.tick)
+            if limit is not None and ((p > limit) if buy else (p < limit)):
+                break
+            q = (Decimal(repr(qty * scale)) / spec.step).to_integral_value(rounding=ROUND_DOWN) * spec.step
+            if q > 0:
+                out.append((p, q))
+                total += q
+                if need is not None and total >= need:
+                    break
+        return out
+
+    def _mark(self, spec: SymbolSpec) -> Decimal:
+        return self._grid(float(self.market.mark_price(spec.symbol)), spec.tick)
+
+    # ------------------------------------------------------------------------------------ margin
+
+    def _lev(self, acc: Account, symbol: str) -> Decimal:
+        return acc.leverage.get(symbol, self._leverage)
+
+    def set_leverage(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/leverage."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            raw = params.get("leverage")
+            if not raw:
+                raise mandatory("leverage")
+            if not raw.isdigit() or not 1 <= int(raw) <= 125:
+                raise VenueError(-4028, f"Leverage {raw} is not valid")
+            acc.leverage[spec.symbol] = Decimal(int(raw))
+            now = self.clock_ms()
+            self._emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
+                              "ac": {"s": spec.symbol, "l": int(raw)}}])
+            return {"leverage": int(raw), "maxNotionalValue": "1000000", "symbol": spec.symbol}
+
+    def commission_rate(self, key: str, params: Mapping[str, str]) -> dict:
+        """GET /fapi/v1/commissionRate."""
+        spec = self._spec(params.get("symbol"))
+        self.account(key)
+        return {"symbol": spec.symbol, "makerCommissionRate": self.cfg.maker_fee,
+                "takerCommissionRate": self.cfg.taker_fee, "rpiCommissionRate": "0"}
+
+    def user_trades(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/userTrades (from the bounded per-account trade history)."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            raw_limit = params.get("limit") or "500"
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+                raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
+            order_id = params.get("orderId")
+            start = int(params["startTime"]) if (params.get("startTime") or "").isdigit() else None
+            end = int(params["endTime"]) if (params.get("endTime") or "").isdigit() else None
+            from_id = int(params["fromId"]) if (params.get("fromId") or "").isdigit() else None
+            out = []
+            for t in acc.trades:
+                if t["symbol"] != spec.symbol:
+                    continue
+                if order_id and str(t["orderId"]) != order_id:
+                    continue
+                if (start is not None and t["time"] < start) or (end is not None and t["time"] > end):
+                    continue
+                if from_id is not None and t["id"] < from_id:
+                    continue
+                out.append(t)
+            return out[:int(raw_limit)] if from_id is not None else out[-int(raw_limit):]
+
+    def _unrealized(self, acc: Account, asset: str) -> Decimal:
+        total = ZERO
+        for sym, p in acc.positions.items():
+            if p.amt and self.specs[sym].margin_asset == asset:
+                total += p.amt * (self._mark(self.specs[sym]) - p.entry)
+        return total
+
+    def _initial_margin(self, acc: Account, asset: str) -> tuple[Decimal, Decimal]:
+        pos_im = ZERO
+        ord_im = ZERO
+        for sym, p in acc.positions.items():
+            if p.amt and self.specs[sym].margin_asset == asset:
+                pos_im += abs(p.amt) * self._mark(self.specs[sym]) / self._lev(acc, sym)
+        for sym, orders in acc.open_orders.items():
+            if self.specs[sym].margin_asset != asset:
+                continue
+            for o in orders.values():
+                if not o.reduce_only:
+                    ord_im += o.remaining * o.price / self._lev(acc, sym)
+        return pos_im, ord_im
+
+    def available_balance(self, acc: Account, asset: str) -> Decimal:
+        pos_im, ord_im = self._initial_margin(acc, asset)
+        return acc.wallet.get(asset, ZERO) + self._unrealized(acc, asset) - pos_im - ord_im
+
+    # ------------------------------------------------------------------------------------ orders
+
+    def place_order(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/order semantics; returns the reply body (ACK: state at acceptance, RESULT: final)."""
+        with self.lock:
+            acc = self.account(key)
+            now = self.clock_ms()
+            resp_type = params.get("newOrderRespType") or "ACK"
+            if resp_type not in ("ACK", "RESULT"):
+                raise VenueError(-1130, "Data sent for parameter 'newOrderRespType' is not valid.")
+            o = self._validate_new(acc, params, now)
+            crossing = self._prematch(o)
+            # accepted: the order now has an id and a history
+            o.order_id = self._next_order_id[o.symbol]
+            self._next_order_id[o.symbol] += 1
+            acc.orders.setdefault(o.symbol, {})[o.order_id] = o
+            acc.by_cid.setdefault(o.symbol, {})[o.client_id] = o
+            ack = order_json(o, "order")
+            self._match(acc, o, crossing, now)
+            return order_json(o, "order") if resp_type == "RESULT" else ack
+
+    def test_order(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/order/test: every check of a new order, nothing executed."""
+        with self.lock:
+            self._validate_new(self.account(key), params, self.clock_ms())
+            return {}
+
+    def _validate_new(self, acc: Account, p: Mapping[str, str], now: int) -> Order:
+        spec = self._spec(p.get("symbol"))
+        side = p.get("side")
+        if not side:
+            raise mandatory("side")
+        if side not in ("BUY", "SELL"):
+            raise VenueError(-1117, "Invalid side.")
+        otype = p.get("type")
+        if not otype:
+            raise mandatory("type")
+        if otype in _CONDITIONAL:
+            raise VenueError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API "
+                                    "endpoints instead.")
+        if otype not in ("LIMIT", "MARKET"):
+            raise VenueError(-1116, "Invalid orderType.")
+        ps = p.get("positionSide") or "BOTH"
+        if ps not in ("BOTH", "LONG", "SHORT"):
+            raise VenueError(-1130, "Data sent for parameter 'positionSide' is not valid.")
+        if ps != "BOTH":
+            raise VenueError(-4061, "Order's position side does not match user's setting.")
+        ro_raw = (p.get("reduceOnly") or "false").lower()
+        if ro_raw not in ("true", "false"):
+            raise VenueError(-1130, "Data sent for parameter 'reduceOnly' is not valid.")
+        reduce_only = ro_raw == "true"
+        if p.get("closePosition") or p.get("stopPrice"):
+            raise not_required("closePosition" if p.get("closePosition") else "stopPrice")
+        tif = p.get("timeInForce")
+        qty = self._decimal(p, "quantity")
+        price = self._decimal(p, "price")
+        price_match = p.get("priceMatch") or "NONE"
+        gtd = 0
+        if otype == "LIMIT":
+            if not tif:
+                raise mandatory("timeInForce")
+            if tif not in _TIFS:
+                raise VenueError(-1115, "Invalid timeInForce.")
+            if qty is None:
+                raise mandatory("quantity")
+            if price_match != "NONE":
+                if price is not None:
+                    raise not_required("price")
+                price = self._match_price(spec, side, price_match)
+            if price is None:
+                raise mandatory("price")
+            if tif == "GTD":
+                raw = p.get("goodTillDate")
+                if not raw or not raw.isdigit():
+                    raise mandatory("goodTillDate")
+                gtd = int(raw)
+                if gtd <= now + 600_000:
+                    raise VenueError(-1130, "Data sent for parameter 'goodTillDate' is not valid.")
+        else:
+            if tif:
+                raise not_required("timeInForce")
+            if price is not None:
+                raise not_required("price")
+            if qty is None:
+                raise mandatory("quantity")
+            tif = "GTC"   # what live MARKET replies show
+        if not spec.is_trading:
+            raise VenueError(-4140, "Invalid symbol status for opening position.")
+        mark = self._check_filters(spec, side, otype, qty, price, reduce_only)
+        cid = p.get("newClientOrderId")
+        if cid is not None:
+            if not _CID_RE.match(cid):
+                raise VenueError(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is "
+                                        "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+            prev = acc.by_cid.get(spec.symbol, {}).get(cid)
+            if prev is not None and prev.is_open:
+                raise VenueError(-4116, "ClientOrderId is duplicated.")
+        else:
+            cid = "".join(self._rng.choice(_CID_ALPHABET) for _ in range(22))
+        if len(acc.open_orders.get(spec.symbol, ())) >= spec.max_num_orders:
+            raise VenueError(-2025, "Reach max open order limit.")
+        pos = acc.positions.get(spec.symbol)
+        pos_amt = pos.amt if pos else ZERO
+        sign = 1 if side == "BUY" else -1
+        if reduce_only and (pos_amt == 0 or (pos_amt > 0) == (sign > 0)):
+            raise VenueError(-2022, "ReduceOnly Order is rejected.")
+        if not reduce_only:
+            closing = min(qty, abs(pos_amt)) if pos_amt and (pos_amt > 0) != (sign > 0) else ZERO
+            ref_px = price if otype == "LIMIT" else mark
+            need = (qty - closing) * ref_px / self._lev(acc, spec.symbol)
+            if need > 0 and need > self.available_balance(acc, spec.margin_asset):
+                raise VenueError(-2019, "Margin is insufficient.")
+        stp = p.get("selfTradePreventionMode") or "EXPIRE_MAKER"
+        if stp not in ("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"):
+            raise VenueError(-1130, "Data sent for parameter 'selfTradePreventionMode' is not valid.")
+        o = Order(order_id=0, symbol=spec.symbol, spec=spec, client_id=cid, side=side, type=otype, tif=tif,
+                  price=price if price is not None else ZERO, orig_qty=qty, executed_qty=ZERO, cum_quote=ZERO,
+                  reduce_only=reduce_only, status="NEW", time=now, update_time=now, position_side="BOTH",
+                  price_match=price_match, stp=stp, gtd=gtd, account=acc, sent_new=False)
+        return o
+
+    def _check_filters(self, spec: SymbolSpec, side: str, otype: str, qty: Decimal, price: Decimal | None,
+                       reduce_only: bool) -> Decimal:
+        """PRICE_FILTER, LOT_SIZE/MARKET_LOT_SIZE, PERCENT_PRICE and MIN_NOTIONAL; returns the mark price."""
+        if qty <= 0:
+            raise VenueError(-4003, "Quantity less than or equal to zero.")
+        if price is not None and price <= 0:
+            raise VenueError(-4001, "Price less than 0.")
+        if self._places(qty) > spec.quantity_precision or (
+                price is not None and self._places(price) > spec.price_precision):
+            raise VenueError(-1111, "Precision is over the maximum defined for this asset.")
+        if price is not None:
+            min_px, max_px = Decimal(spec.min_price), Decimal(spec.max_price)
+            if (min_px and price < min_px) or (max_px and price > max_px):
+                raise VenueError(-1013, "Filter failure: PRICE_FILTER")
+            if (price - min_px) % spec.tick != 0:
+                raise self._filter_error(-4014, "Price not increased by tick size.", "PRICE_FILTER")
+        lot = "LOT_SIZE" if otype == "LIMIT" else "MARKET_LOT_SIZE"
+        min_q = Decimal(spec.min_qty if otype == "LIMIT" else spec.market_min_qty)
+        max_q = Decimal(spec.max_qty if otype == "LIMIT" else spec.market_max_qty)
+        if qty < min_q or qty > max_q:
+            raise VenueError(-1013, f"Filter failure: {lot}")
+        if (qty - min_q) % spec.step != 0:
+            raise self._filter_error(-4023, "Qty not increased by step size.", lot)
+        mark = self._mark(spec)
+        if otype == "LIMIT":
+            up = mark * Decimal(spec.multiplier_up)
+            down = mark * Decimal(spec.multiplier_down)
+            if side == "BUY" and price > up:
+                raise VenueError(-4016, "Price is higher than mark price multiplier cap.")
+            if side == "SELL" and price < down:
+                raise VenueError(-4024, "Price is lower than mark price multiplier floor.")
+        notional = qty * (price if otype == "LIMIT" else mark)
+        min_notional = Decimal(spec.min_notional)
+        if not reduce_only and notional < min_notional:
+            raise VenueError(-4164, f"Order's notional must be no smaller than {spec.min_notional} "
+                                    "(unless you choose reduce only).")
+        return mark
+
+    def _match_price(self, spec: SymbolSpec, side: str, mode: str) -> Decimal:
+        modes = {"OPPONENT": (True, 1), "OPPONENT_5": (True, 5), "OPPONENT_10": (True, 10),
+                 "OPPONENT_20": (True, 20), "QUEUE": (False, 1), "QUEUE_5": (False, 5), "QUEUE_10": (False, 10),
+                 "QUEUE_20": (False, 20)}
+        if mode not in modes:
+            raise VenueError(-1130, "Data sent for parameter 'priceMatch' is not valid.")
+        opponent, n = modes[mode]
+        look_side = side if opponent else ("SELL" if side == "BUY" else "BUY")
+        levels = self.market.book_levels(spec.symbol, look_side, n)
+        if not levels:
+            raise VenueError(-4131, "The counterparty's best price does not meet the PERCENT_PRICE filter limit.")
+        return self._grid(levels[min(n, len(levels)) - 1][0], spec.tick)
+
+    def _prematch(self, o: Order) -> list[tuple[Decimal, Decimal]]:
+        """Book levels the new order would take; raises the reject of GTX/FOK/MARKET-outside-band orders."""
+        spec = o.spec
+        if o.type == "LIMIT":
+            crossing = self._levels(spec, o.side, o.price, o.orig_qty)
+            if o.tif == "GTX" and crossing:
+                raise VenueError(-5022, GTX_REJECT_MSG)
+            if o.tif == "FOK" and sum((q for _, q in crossing), ZERO) < o.orig_qty:
+                raise VenueError(-5021, "Due to the order could not be filled immediately, the FOK order has been "
+                                        "rejected.")
+        else:
+            mark = self._mark(spec)
+            bound = mark * Decimal(spec.multiplier_up if o.side == "BUY" else spec.multiplier_down)
+            crossing = self._levels(spec, o.side, bound, o.orig_qty)
+            if not crossing:
+                raise VenueError(-4131, "The counterparty's best price does not meet the PERCENT_PRICE filter "
+                                        "limit.")
+        return crossing
+
+    def _match(self, acc: Account, o: Order, crossing: list[tuple[Decimal, Decimal]], now: int) -> None:
+        spec = o.spec
+        events: list[dict] = []
+        for px, q in crossing:
+            if o.remaining <= 0:
+                break
+            take = min(q, o.remaining)
+            take = self._reduce_only_cap(acc, o, take)
+            if take <= 0:
+                break
+            self._fill(acc, o, px, take, False, now, events)
+        if o.remaining > 0 and o.status in _OPEN:
+            if o.type == "MARKET" or o.tif in ("IOC", "FOK") or (o.reduce_only and self._ro_dead(acc, o)):
+                er = "9" if o.type == "MARKET" else ("4" if o.reduce_only and o.tif not in ("IOC", "FOK") else "2")
+                if not o.sent_new:
+                    events.append(self._otu(o, "NEW", now))
+                    o.sent_new = True
+                o.status = "EXPIRED"
+                o.update_time = now
+                self._unrest(acc, o)
+                events.append(self._otu(o, "EXPIRED", now, er=er))
+            else:
+                if not o.sent_new:
+                    events.append(self._otu(o, "NEW", now))
+                    o.sent_new = True
+                acc.open_orders.setdefault(spec.symbol, {})[o.order_id] = o
+                self._resting.setdefault(spec.symbol, {})[o.order_id] = o
+                self._rebound(spec.symbol)
+        self._expire_stale_reduce_only(acc, spec.symbol, now, events, skip=o)
+        self._emit(acc, events)
+
+    def _ro_dead(self, acc: Account, o: Order) -> bool:
+        pos = acc.positions.get(o.symbol)
+        amt = pos.amt if pos else ZERO
+        return amt == 0 or (amt > 0) == (o.sign > 0)
+
+    def _reduce_only_cap(self, acc: Account, o: Order, take: Decimal) -> Decimal:
+        if not o.reduce_only:
+            return take
+        pos = acc.positions.get(o.symbol)
+        amt = pos.amt if pos else ZERO
+        if amt == 0 or (amt > 0) == (o.sign > 0):
+            return ZERO
+        return min(take, abs(amt))
+
+    def _expire_stale_reduce_only(self, acc: Account, symbol: str, now: int, events: list[dict],
+                                  skip: Order | None = None) -> None:
+        """A resting reduce-only order that could only increase the position now is expired (er 4)."""
+        orders = acc.open_orders.get(symbol)
+        if not orders:
+            return
+        for o in list(orders.values()):
+            if o is skip or not o.reduce_only or not self._ro_dead(acc, o):
+                continue
+            o.status = "EXPIRED"
+            o.update_time = now
+            self._unrest(acc, o)
+            events.append(self._otu(o, "EXPIRED", now, er="4"))
+
+    def _unrest(self, acc: Account, o: Order) -> None:
+        """The order reached a final state: off the book, into the bounded history."""
+        acc.open_orders.get(o.symbol, {}).pop(o.order_id, None)
+        if self._resting.get(o.symbol, {}).pop(o.order_id, None) is not None:
+            self._rebound(o.symbol)
+        acc.closed.append(o)
+        while len(acc.closed) > self.cfg.max_order_history:
+            old = acc.closed.popleft()
+            acc.orders.get(old.symbol, {}).pop(old.order_id, None)
+            cids = acc.by_cid.get(old.symbol, {})
+            if cids.get(old.client_id) is old:
+                del cids[old.client_id]
+
+    def _fill(self, acc: Account, o: Order, px: Decimal, q: Decimal, maker: bool, now: int,
+              events: list[dict]) -> None:
+        spec = o.spec
+        pos = acc.position(spec.symbol)
+        signed = q * o.sign
+        realized = ZERO
+        if pos.amt == 0 or (pos.amt > 0) == (signed > 0):
+            new_amt = pos.amt + signed
+            pos.entry = (abs(pos.amt) * pos.entry + q * px) / abs(new_amt)
+            pos.amt = new_amt
+        else:
+            closed = min(q, abs(pos.amt))
+            # booked at 8 decimals, as printed in `rp`: the wallet must equal the sum of what the events say
+            realized = (closed * (px - pos.entry) * (1 if pos.amt > 0 else -1)).quantize(_Q8, rounding=ROUND_HALF_UP)
+            new_amt = pos.amt + signed
+            if new_amt == 0:
+                pos.entry = ZERO
+            elif (new_amt > 0) != (pos.amt > 0):
+                pos.entry = px        # flipped: the remainder opened at this fill's price
+            pos.amt = new_amt
+        pos.realized += realized
+        pos.update_time = now
+        fee = (q * px * (self._maker_fee if maker else self._taker_fee)).quantize(_Q8, rounding=ROUND_HALF_UP)
+        asset = spec.margin_asset
+        acc.wallet[asset] = acc.wallet.get(asset, ZERO) + realized - fee
+        acc.update_time = now
+        o.executed_qty += q
+        o.cum_quote += q * px
+        o.status = "FILLED" if o.remaining == 0 else "PARTIALLY_FILLED"
+        o.update_time = now
+        trade_id = self._next_trade_id[spec.symbol]
+        self._next_trade_id[spec.symbol] += 1
+        acc.trades.append({"buyer": o.side == "BUY", "commission": q8(fee), "commissionAsset": asset,
+                           "id": trade_id, "maker": maker, "orderId": o.order_id, "price": _price(spec, px),
+                           "qty": _qty(spec, q), "quoteQty": fixed(q * px, _quote_places(spec)),
+                           "realizedPnl": q8(realized), "side": o.side, "positionSide": "BOTH",
+                           "symbol": spec.symbol, "time": now})
+        if len(acc.trades) > self.cfg.max_order_history:
+            acc.trades.popleft()
+        events.append({"e": "TRADE_LITE", "E": now, "T": now, "s": spec.symbol, "q": _qty(spec, o.orig_qty),
+                       "p": _price(spec, o.price) if o.type == "LIMIT" else fixed(ZERO, spec.price_precision),
+                       "m": maker, "c": o.client_id, "S": o.side, "L": _price(spec, px), "l": _qty(spec, q),
+                       "t": trade_id, "i": o.order_id})
+        if not o.sent_new:
+            nstatus, o.status = o.status, "NEW"
+            events.append(self._otu(o, "NEW", now, before_fill=q))
+            o.status = nstatus
+            o.sent_new = True
+        events.append(self._account_update(acc, spec, pos, now))
+        events.append(self._otu(o, "TRADE", now, last_px=px, last_qty=q, fee=fee, realized=realized,
+                                trade_id=trade_id, maker=maker))
+        if o.status == "FILLED":
+            self._unrest(acc, o)
+
+    def _account_update(self, acc: Account, spec: SymbolSpec, pos: Position, now: int) -> dict:
+        asset = spec.margin_asset
+        wb = acc.wallet[asset]
+        up = pos.amt * (self._mark(spec) - pos.entry) if pos.amt else ZERO
+        return {"e": "ACCOUNT_UPDATE", "T": now, "E": now, "a": {
+            "B": [{"a": asset, "wb": q8(wb), "cw": q8(wb), "bc": "0"}],
+            "P": [{"s": spec.symbol, "pa": norm(pos.amt), "ep": pnorm(pos.entry), "cr": q8(pos.realized) if
+                   pos.realized else "0", "up": q8(up), "mt": "cross", "iw": "0", "ps": "BOTH", "ma": asset,
+                   "bep": pnorm(self._break_even(pos))}],
+            "m": "ORDER"}}
+
+    def _break_even(self, pos: Position) -> Decimal:
+        # entry price moved by the taker fee paid to open and to close (matches the live frame of API.md §6.4)
+        if pos.amt == 0:
+            return ZERO
+        f = self._taker_fee
+        return pos.entry * (1 + f) if pos.amt > 0 else pos.entry * (1 - f)
+
+    def _otu(self, o: Order, x: str, now: int, *, last_px: Decimal = ZERO, last_qty: Decimal = ZERO,
+             fee: Decimal = ZERO, realized: Decimal = ZERO, trade_id: int = 0, maker: bool = False,
+             er: str = "0", before_fill: Decimal | None = None) -> dict:
+        spec = o.spec
+        if before_fill is not None:      # the NEW event of an order that fills in the same instant
+            z, ap = ZERO, ZERO
+        else:
+            z, ap = o.executed_qty, o.avg_price
+        open_notional = o.remaining * o.price if (o.is_open and o.type == "LIMIT") else ZERO
+        if before_fill is not None and o.type == "LIMIT":
+            open_notional = o.orig_qty * o.price
+        return {"e": "ORDER_TRADE_UPDATE", "T": now, "E": now, "o": {
+            "s": spec.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif,
+            "q": _qty(spec, o.orig_qty), "p": _price(spec, o.price) if o.type == "LIMIT" else "0",
+            "ap": fixed(ap, _quote_places(spec)) if ap else "0", "sp": "0", "x": x, "X": o.status,
+            "i": o.order_id, "l": _qty(spec, last_qty) if last_qty else "0", "z": _qty(spec, z) if z else "0",
+            "L": _price(spec, last_px) if last_px else "0", "n": q8(fee) if fee else "0",
+            "N": spec.margin_asset, "T": now, "t": trade_id,
+            "b": fixed(open_notional, 5) if (open_notional and o.side == "BUY") else "0",
+            "a": fixed(open_notional, 5) if (open_notional and o.side == "SELL") else "0",
+            "m": maker, "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": o.type, "ps": o.position_side,
+            "cp": False, "rp": q8(realized) if realized else "0", "pP": False, "si": 0, "ss": 0, "V": o.stp,
+            "pm": o.price_match, "gtd": o.gtd, "er": er}}
+
+    # ------------------------------------------------------------------------------------ cancel & query
+
+    def _find(self, acc: Account, symbol: str, order_id: str | None, cid: str | None) -> Order | None:
+        if order_id:
+            if not order_id.isdigit():
+                raise mandatory("orderId")
+            return acc.orders.get(symbol, {}).get(int(order_id))
+        if cid:
+            return acc.by_cid.get(symbol, {}).get(cid)
+        raise VenueError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+
+    def cancel_order(self, key: str, params: Mapping[str, str]) -> dict:
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
+            if o is None or not o.is_open:
+                raise VenueError(-2011, "Unknown order sent.")
+            now = self.clock_ms()
+            events: list[dict] = []
+            self._cancel(acc, o, now, events)
+            self._emit(acc, events)
+            return order_json(o)
+
+    def _cancel(self, acc: Account, o: Order, now: int, events: list[dict]) -> None:
+        o.status = "CANCELED"
+        o.update_time = now
+        self._unrest(acc, o)
+        events.append(self._otu(o, "CANCELED", now))
+
+    def cancel_all(self, key: str, params: Mapping[str, str]) -> dict:
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            now = self.clock_ms()
+            events: list[dict] = []
+            for o in sorted(acc.open_orders.get(spec.symbol, {}).values(), key=lambda x: x.order_id):
+                self._cancel(acc, o, now, events)
+            self._emit(acc, events)
+            return {"code": 200, "msg": "The operation of cancel all open order is done."}
+
+    def modify_order(self, key: str, params: Mapping[str, str]) -> dict:
+        """PUT /fapi/v1/order (order.modify): new price and/or quantity of an open LIMIT order (x=AMENDMENT).
+        A new price that crosses the book trades at once like a new taker order (GTX: -5022, order unchanged)."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
+            if o is None or not o.is_open:
+                raise VenueError(-2013, "Order does not exist.")
+            side = params.get("side")
+            if not side:
+                raise mandatory("side")
+            if side != o.side:
+                raise VenueError(-1130, "Data sent for parameter 'side' is not valid.")
+            qty = self._decimal(params, "quantity")
+            if qty is None:
+                raise mandatory("quantity")
+            pm = params.get("priceMatch") or "NONE"
+            price = self._decimal(params, "price")
+            if pm != "NONE":
+                if price is not None:
+                    raise not_required("price")
+                price = self._match_price(spec, side, pm)
+            if price is None:
+                raise mandatory("price")
+            self._check_filters(spec, side, "LIMIT", qty, price, o.reduce_only)
+            if qty <= o.executed_qty:
+                raise VenueError(-1130, "Data sent for parameter 'quantity' is not valid.")
+            if price == o.price and qty == o.orig_qty:
+                raise VenueError(-5027, "No need to modify the order.")
+            crossing = self._levels(spec, side, price, qty - o.executed_qty)
+            if crossing and o.tif == "GTX":
+                raise VenueError(-5022, GTX_REJECT_MSG)
+            now = self.clock_ms()
+            o.price, o.orig_qty, o.update_time = price, qty, now
+            o.price_match = pm
+            self._rebound(spec.symbol)
+            events = [self._otu(o, "AMENDMENT", now)]
+            for px, q in crossing:
+                take = self._reduce_only_cap(acc, o, min(q, o.remaining))
+                if take <= 0:
+                    break
+                self._fill(acc, o, px, take, False, now, events)
+            self._expire_stale_reduce_only(acc, spec.symbol, now, events)
+            self._emit(acc, events)
+            return order_json(o)
+
+    def query_order(self, key: str, params: Mapping[str, str]) -> dict:
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
+            if o is None:
+                raise VenueError(-2013, "Order does not exist.")
+            return order_json(o, "query")
+
+    def query_open_order(self, key: str, params: Mapping[str, str]) -> dict:
+        """GET /fapi/v1/openOrder: like query_order, but only orders still open."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self._spec(params.get("symbol"))
+            o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
+            if o is None or not o.is_open:
+                raise VenueError(-2013, "Order does not exist.")
+            return order_json(o, "open")
+
+    def open_orders(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            symbols = [self._spec(sym).symbol] if sym else sorted(acc.open_orders)
+            out = []
+            for s in symbols:
+                for o in sorted(acc.open_orders.get(s, {}).values(), key=lambda x: x.order_id):
+                    out.append(order_json(o, "open"))
+            return out
+
+    # ------------------------------------------------------------------------------------ resting fills
+
+    def _rebound(self, symbol: str) -> None:
+        """Float bounds of the resting orders of a symbol, for on_tick's lock-free early exit."""
+        orders = self._resting.get(symbol)
+        if not orders:
+            self._bounds.pop(symbol, None)
+            return
+        buys = [float(o.price) for o in orders.values() if o.side == "BUY"]
+        sells = [float(o.price) for o in orders.values() if o.side == "SELL"]
+        gtds = [o.gtd for o in orders.values() if o.gtd]
+        # widened by a relative hair so float rounding can only send a tick to the exact (locked) check
+        self._bounds[symbol] = (max(buys) * (1 + 1e-9) if buys else -1.0,
+                                min(sells) * (1 - 1e-9) if sells else float("inf"),
+                                min(gtds) if gtds else float("inf"))
+
+    def on_tick(self, symbol: str, bid_px: float, ask_px: float, ts_ms: int) -> None:
+        """Market tick listener: fills resting orders the market now crosses (maker fills at the order price)."""
+        b = self._bounds.get(symbol)
+        if b is None:
+            return
+        if ask_px > b[0] and bid_px < b[1] and (b[2] == float("inf") or self.clock_ms() < b[2]):
+            return
+        with self.lock:
+            resting = self._resting.get(symbol)
+            if not resting:
+                return
+            now = self.clock_ms()
+            spec = self.specs[symbol]
+            ask = self._grid(ask_px, spec.tick) if ask_px else None
+            bid = self._grid(bid_px, spec.tick) if bid_px else None
+            buys = sorted((o for o in resting.values() if o.side == "BUY" and ask is not None and o.price >= ask),
+                          key=lambda o: (-o.price, o.order_id))
+            sells = sorted((o for o in resting.values() if o.side == "SELL" and bid is not None and o.price <= bid),
+                           key=lambda o: (o.price, o.order_id))
+            expired = [o for o in resting.values() if o.gtd and o.gtd <= now]
+            if not buys and not sells and not expired:
+                return
+            per_account: dict[str, list[dict]] = {}
+            for group, side in ((buys, "BUY"), (sells, "SELL")):
+                if not group:
+                    continue
+                # groups are sorted most aggressive first: its price bounds every level any of them can take
+                levels = self._levels(spec, side, group[0].price, sum((o.remaining for o in group), ZERO))
+                used: list[Decimal] = [ZERO] * len(levels)
+                for o in group:
+                    if not o.is_open:       # expired meanwhile (a reduce-only whose position just closed)
+                        continue
+                    avail = ZERO
+                    for i, (px, q) in enumerate(levels):
+                        if (px <= o.price) if side == "BUY" else (px >= o.price):
+                            avail += q - used[i]
+                    take = self._reduce_only_cap(o.account, o, min(avail, o.remaining))
+                    if take <= 0:
+                        continue
+                    left = take
+                    for i, (px, q) in enumerate(levels):      # consume the shared liquidity best first
+                        if left <= 0:
+                            break
+                        if (px <= o.price) if side == "BUY" else (px >= o.price):
+                            d = min(q - used[i], left)
+                            used[i] += d
+                            left -= d
+                    evs = per_account.setdefault(o.account.key, [])
+                    self._fill(o.account, o, o.price, take, True, now, evs)
+                    self._expire_stale_reduce_only(o.account, symbol, now, evs)
+            for o in expired:
+                if o.is_open:
+                    o.status = "EXPIRED"
+                    o.update_time = now
+                    self._unrest(o.account, o)
+                    per_account.setdefault(o.account.key, []).append(self._otu(o, "EXPIRED", now, er="6"))
+            for k, evs in per_account.items():
+                self._emit(self.accounts[k], evs)
+
+    # ------------------------------------------------------------------------------------ account views
+
+    def _liq_price(self, acc: Account, spec: SymbolSpec, pos: Position) -> Decimal:
+        # single-position cross approximation: wallet + amt*(p - entry) = |amt|*p*mmr
+        denom = pos.amt - abs(pos.amt) * self._mmr
+        if pos.amt == 0 or denom == 0:
+            return ZERO
+        p = (pos.amt * pos.entry - acc.wallet.get(spec.margin_asset, ZERO)) / denom
+        return p if p > 0 else ZERO
+
+    def _position_row(self, acc: Account, sym: str, version: int) -> dict:
+        spec = self.specs[sym]
+        pos = acc.positions.get(sym) or Position()
+        mark = self._mark(spec)
+        up = pos.amt * (mark - pos.entry) if pos.amt else ZERO
+        notional = pos.amt * mark
+        im = abs(notional) / self._lev(acc, sym)
+        mm = abs(notional) * self._mmr
+        orders = acc.open_orders.get(sym, {}).values()
+        bid_n = sum((o.remaining * o.price for o in orders if o.side == "BUY"), ZERO)
+        ask_n = sum((o.remaining * o.price for o in orders if o.side == "SELL"), ZERO)
+        ord_im = sum((o.remaining * o.price for o in orders if not o.reduce_only), ZERO) / self._lev(acc, sym)
+        common = {"symbol": sym, "positionAmt": norm(pos.amt), "entryPrice": pnorm(pos.entry),
+                  "breakEvenPrice": pnorm(self._break_even(pos)), "markPrice": q8(mark),
+                  "unRealizedProfit": q8(up), "liquidationPrice": pnorm(self._liq_price(acc, spec, pos))}
+        if version == 2:
+            return {**common, "leverage": str(int(self._lev(acc, sym))), "maxNotionalValue": "1000000",
+                    "marginType": "cross", "isolatedMargin": "0.00000000", "isAutoAddMargin": "false",
+                    "positionSide": "BOTH", "notional": q8(notional), "isolatedWallet": "0",
+                    "updateTime": pos.update_time}
+        return {"symbol": sym, "positionSide": "BOTH", **{k: v for k, v in common.items() if k != "symbol"},
+                "isolatedMargin": "0", "notional": q8(notional), "marginAsset": spec.margin_asset,
+                "isolatedWallet": "0", "initialMargin": q8(im + ord_im), "maintMargin": q8(mm),
+                "positionInitialMargin": q8(im), "openOrderInitialMargin": q8(ord_im), "adl": 0,
+                "bidNotional": q8(bid_n), "askNotional": q8(ask_n), "updateTime": pos.update_time}
+
+    def position_risk(self, key: str, params: Mapping[str, str], version: int = 3) -> list[dict]:
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            if sym:
+                syms = [self._spec(sym).symbol]
+            elif version == 3:     # v3: "only symbol that has position or open orders will be returned"
+                syms = sorted(s for s in self.specs if (acc.positions.get(s) and acc.positions[s].amt)
+                              or acc.open_orders.get(s))
+            else:
+                syms = [s.symbol for s in self.catalog if s.is_trading]
+            return [self._position_row(acc, s, version) for s in syms]
+
+    def balances(self, key: str) -> list[dict]:
+        """GET /fapi/v2|v3/balance rows."""
+        with self.lock:
+            acc = self.account(key)
+            out = []
+            for asset, wb in acc.wallet.items():
+                up = self._unrealized(acc, asset)
+                avail = self.available_balance(acc, asset)
+                out.append({"accountAlias": "SgsR", "asset": asset, "balance": q8(wb), "crossWalletBalance": q8(wb),
+                            "crossUnPnl": q8(up), "availableBalance": q8(avail),
+                            "maxWithdrawAmount": q8(max(ZERO, min(wb, avail))), "marginAvailable": True,
+                            "updateTime": acc.update_time})
+            return out
+
+    def account_info(self, key: str, version: int = 3) -> dict:
+        with self.lock:
+            acc = self.account(key)
+            now = self.clock_ms()
+            assets = []
+            tot = {k: ZERO for k in ("im", "mm", "wb", "up", "pim", "oim", "avail")}
+            for asset, wb in acc.wallet.items():
+                up = self._unrealized(acc, asset)
+                pos_im, ord_im = self._initial_margin(acc, asset)
+                mm = sum((abs(p.amt) * self._mark(self.specs[s]) * self._mmr for s, p in acc.positions.items()
+                          if p.amt and self.specs[s].margin_asset == asset), ZERO)
+                avail = wb + up - pos_im - ord_im
+                assets.append({"asset": asset, "walletBalance": q8(wb), "unrealizedProfit": q8(up),
+                               "marginBalance": q8(wb + up), "maintMargin": q8(mm),
+                               "initialMargin": q8(pos_im + ord_im), "positionInitialMargin": q8(pos_im),
+                               "openOrderInitialMargin": q8(ord_im), "crossWalletBalance": q8(wb),
+                               "crossUnPnl": q8(up), "availableBalance": q8(avail),
+                               "maxWithdrawAmount": q8(max(ZERO, min(wb, avail))),
+                               "updateTime": acc.update_time})
+                if asset == "USDT":   # Binance totals are in USDT; other margin assets would need a rate
+                    for k, v in (("im", pos_im + ord_im), ("mm", mm), ("wb", wb), ("up", up), ("pim", pos_im),
+                                 ("oim", ord_im), ("avail", avail)):
+                        tot[k] += v
+            positions = []
+            for sym, p in sorted(acc.positions.items()):
+                if version == 3 and not p.amt:
+                    continue
+                spec = self.specs[sym]
+                mark = self._mark(spec)
+                notional = p.amt * mark
+                positions.append({"symbol": sym, "positionSide": "BOTH", "positionAmt": norm(p.amt),
+                                  "unrealizedProfit": q8(p.amt * (mark - p.entry) if p.amt else ZERO),
+                                  "isolatedMargin": "0", "notional": q8(notional), "isolatedWallet": "0",
+                                  "initialMargin": q8(abs(notional) / self._lev(acc, sym)),
+                                  "maintMargin": q8(abs(notional) * self._mmr), "updateTime": p.update_time})
+            body = {"totalInitialMargin": q8(tot["im"]), "totalMaintMargin": q8(tot["mm"]),
+                    "totalWalletBalance": q8(tot["wb"]), "totalUnrealizedProfit": q8(tot["up"]),
+                    "totalMarginBalance": q8(tot["wb"] + tot["up"]),
+                    "totalPositionInitialMargin": q8(tot["pim"]), "totalOpenOrderInitialMargin": q8(tot["oim"]),
+                    "totalCrossWalletBalance": q8(tot["wb"]), "totalCrossUnPnl": q8(tot["up"]),
+                    "availableBalance": q8(tot["avail"]),
+                    "maxWithdrawAmount": q8(max(ZERO, min(tot["wb"], tot["avail"]))),
+                    "assets": assets, "positions": positions}
+            if version == 2:
+                body = {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
+                        "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1, **body}
+            return body
