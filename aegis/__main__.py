@@ -26,5 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(argv)
 
 
+def _entry() -> int:
+    try:
+        return main()
+    except BrokenPipeError:  # `python -m aegis --help | head`: the reader left, nothing is wrong
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

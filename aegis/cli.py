@@ -24,6 +24,8 @@ examples:
   python -m aegis --cores 2,3                   Feed on core 2, Brain on core 3, until Ctrl-C
   python -m aegis --source synthetic --wait busy-spin --cores 0,1 --duration 5
   python -m aegis --config prod.toml --venue binance-testnet
+  python -m aegis --strategy obi --param threshold=0.7 --symbols BTCUSDT,ETHUSDT
+  python -m aegis --strategy list               strategies and their parameters
   python -m aegis venue --help                  run the embedded venue alone
   python -m aegis report --help                 latency report of the last run
   python -m aegis replay --help                 backtest recorded or Binance public data
@@ -70,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", default=None, help="confirm trading real money on --venue binance")
     p.add_argument("--symbols", metavar="N|LIST",
                    help="top N USDT perpetuals by 24h volume (default 20), or a comma-separated list")
+    p.add_argument("--strategy", metavar="NAME", help="strategy to run: ema_cross (default), mean_reversion, obi; "
+                   "`--strategy list` shows them with their parameters")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
+                   help="strategy parameter, repeatable (e.g. --param fast=10 --param slow=50)")
     p.add_argument("--ring-capacity", type=int, metavar="N", help="ring slots, a power of two >= 4096 (default 65536)")
     p.add_argument("--ring-policy", choices=tuple(POLICIES), help="when the ring is full: wait (lose nothing, "
                    "default) or drop-newest (count drops)")
@@ -92,12 +98,17 @@ def _symbols(text: str | None):
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from aegis import supervisor  # imported late: --help and usage errors must not pay for numba
+    if args.strategy == "list":
+        from aegis import strategy
+        print(strategy.help_text())
+        return 0
+    from aegis import brain, strategy, supervisor  # imported late: --help and usage errors must not pay for numba
     try:
         overrides = {
             "duration": args.duration, "wait": args.wait, "source": args.source, "venue": args.venue,
             "live": args.live, "symbols": _symbols(args.symbols), "ring_capacity": args.ring_capacity,
-            "ring_policy": args.ring_policy, "status_interval": args.status_interval,
+            "ring_policy": args.ring_policy, "status_interval": args.status_interval, "strategy": args.strategy,
+            **strategy.param_overrides(args.param),
         }
         if args.cores is not None:
             overrides["cores"] = supervisor.parse_cores(args.cores, wait.usable_cores())
@@ -107,6 +118,7 @@ def main(argv: list[str]) -> int:
         if cfg.source == "venue" and cfg.venue == "embedded":
             from aegis import embedded
             embedded.venue_settings(cfg.section("venue"))
+        brain.validate(cfg)  # strategy and [brain] mistakes are reported here, not inside a child process
     except (ConfigError, supervisor.CoreError) as e:
         print(f"aegis: error: {e}", file=sys.stderr)
         return 2

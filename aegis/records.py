@@ -190,6 +190,7 @@ STATUS_FILLED = 3
 STATUS_CANCELED = 4
 STATUS_EXPIRED = 5
 STATUS_REJECTED = 6
+STATUS_SNAPSHOT = 7     # not an order event: the exchange's position (qty signed, price = entry) after reconciliation
 
 ALL_DTYPES = {
     "market": MARKET_DTYPE,

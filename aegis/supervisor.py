@@ -219,17 +219,21 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
     while True:
         ready = wait_sentinels(list(sentinels), timeout=0.1)
         now = time.monotonic()
+        if stop_signal["name"]:  # first: a signal to the whole process group also ends the children
+            r.stop_reason = stop_signal["name"]
+            return
         if ready:
             role = sentinels[ready[0]]
             p = r.procs[role] if role in r.procs else r.venue.process
             p.join(0.1)
+            if p.exitcode == 0 and control.stop_requested(ctl):
+                # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order
+                r.stop_reason = f"stop requested through the {role} process"
+                return
             how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited with code {p.exitcode}"
             r.stop_reason = f"{role} process {how}"
             r.exit_code = 1
             print(f"aegis: error: the {role} process {how}; stopping the run", file=out, flush=True)
-            return
-        if stop_signal["name"]:
-            r.stop_reason = stop_signal["name"]
             return
         if cfg.duration is not None and now - t_start >= cfg.duration:
             r.stop_reason = f"duration {cfg.duration:g}s reached"

@@ -76,3 +76,17 @@ def test_help_explains_cores_wait_strategies_and_examples():
 def test_an_unknown_subcommand_option_is_a_usage_error_not_a_traceback():
     res = aegis("--no-such-option")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_an_unknown_strategy_is_refused_before_any_process_starts():
+    assert_one_line_error(aegis("--strategy", "nope"), "unknown strategy", "ema_cross")
+
+
+def test_an_invalid_strategy_parameter_is_refused():
+    assert_one_line_error(aegis("--param", "fast=200"), "fast")
+
+
+def test_strategy_list_shows_strategies_and_their_parameters():
+    res = aegis("--strategy", "list")
+    assert res.returncode == 0
+    assert "ema_cross" in res.stdout and "slow=100" in res.stdout
