@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
                    "`--strategy list` shows them with their parameters")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="strategy parameter, repeatable (e.g. --param fast=10 --param slow=50)")
+    p.add_argument("--record", metavar="DIR", help="also write everything the Feed receives (with receive "
+                   "timestamps) to compressed files in DIR, readable by `replay` and the venue's --replay")
+    p.add_argument("--out", metavar="DIR", help="where run outputs go: latency histograms, report (default aegis-out)")
     p.add_argument("--ring-capacity", type=int, metavar="N", help="ring slots, a power of two >= 4096 (default 65536)")
     p.add_argument("--ring-policy", choices=tuple(POLICIES), help="when the ring is full: wait (lose nothing, "
                    "default) or drop-newest (count drops)")
@@ -102,12 +105,13 @@ def main(argv: list[str]) -> int:
         from aegis import strategy
         print(strategy.help_text())
         return 0
-    from aegis import brain, strategy, supervisor  # imported late: --help and usage errors must not pay for numba
+    from aegis import brain, feed, strategy, supervisor  # imported late: --help and usage errors must not pay for numba
     try:
         overrides = {
             "duration": args.duration, "wait": args.wait, "source": args.source, "venue": args.venue,
             "live": args.live, "symbols": _symbols(args.symbols), "ring_capacity": args.ring_capacity,
             "ring_policy": args.ring_policy, "status_interval": args.status_interval, "strategy": args.strategy,
+            "record_dir": args.record, "out_dir": args.out,
             **strategy.param_overrides(args.param),
         }
         if args.cores is not None:
@@ -118,6 +122,7 @@ def main(argv: list[str]) -> int:
         if cfg.source == "venue" and cfg.venue == "embedded":
             from aegis import embedded
             embedded.venue_settings(cfg.section("venue"))
+        feed.FeedConfig.from_section(cfg.section("feed"))
         brain.validate(cfg)  # strategy and [brain] mistakes are reported here, not inside a child process
     except (ConfigError, supervisor.CoreError) as e:
         print(f"aegis: error: {e}", file=sys.stderr)

@@ -137,6 +137,8 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
             r.venue = venue
             print(f"aegis: embedded venue at {venue.rest_url} (market data {venue.ws_market_url})", file=out,
                   flush=True)
+        urls = venue.urls if venue else _exchange_urls(cfg)
+        table = _symbol_table(cfg, urls, out)
         ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
         r.segments.append(ring.segment)
         ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
@@ -154,7 +156,7 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         for role, target, core in (("brain", brain.run, cores[1]), ("feed", feed.run, cores[0])):
             spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
                                control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg,
-                               venue_urls=venue.urls if venue else None,
+                               venue_urls=urls, symbols=table,
                                api_key=venue.api_key if venue else None,
                                api_secret=venue.api_secret if venue else None)
             p = ctx.Process(target=_child_main, args=(target, spec), name=f"aegis-{role}", daemon=False)
@@ -183,6 +185,31 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     return r.exit_code
+
+
+def _exchange_urls(cfg: EngineConfig) -> tuple[str, str, str] | None:
+    """Base URLs of a real Binance venue (None for the embedded one, which reports its own when it starts)."""
+    if cfg.venue == "embedded":
+        return None
+    from aegis.client import endpoints
+    ep = endpoints(cfg.venue, cfg.live)
+    return ep.rest_url, ep.ws_market_url, ep.ws_api_url
+
+
+def _symbol_table(cfg: EngineConfig, urls, out):
+    """Resolve the universe once, here, so the Feed and the Brain agree on every symbol id."""
+    if cfg.source != "venue" or urls is None:
+        return None
+    from aegis import feed, symbols
+    fcfg = feed.FeedConfig.from_section(cfg.section("feed"))
+    rest = fcfg.rest_url or urls[0]
+    if isinstance(cfg.symbols, int):
+        table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout)
+    else:
+        table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout)
+    shown = ", ".join(table.names[:5]) + (" ..." if len(table) > 5 else "")
+    print(f"aegis: {len(table)} symbols ({table.source}): {shown}", file=out, flush=True)
+    return table
 
 
 def _final_latency_report(r: Run, out) -> None:
