@@ -1,0 +1,141 @@
+"""Trade path benchmarks: Brain -> sender hand-off latency per wait mode, signed-request build cost.
+
+Run: pytest bench/bench_trade.py --benchmark-min-rounds=1 -q   (< 60 s)
+     python bench/bench_trade.py          (prints the hand-off table used in aegis/trade.py's docstring)
+
+Hand-off method: a producer thread runs a nogil jitted loop (like the Brain: it holds no GIL while spinning),
+hands one ORDER_REQUEST to the queue every `gap_us` and keeps spinning; the sender thread waits with the mode
+under test. Two latencies per request: `seen` = when sender_wait saw it (still in nogil code) and `python` = when
+the sender's Python code holds it (after re-taking the GIL) - the latter is what matters.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from aegis.clock import cpu_relax, now_ns, sleep_ns
+from aegis.records import ORDER_REQUEST_DTYPE
+from aegis.trade import WAIT_MODES, RequestQueue, handoff, sender_wait
+
+
+@njit(cache=True, nogil=True)
+def _produce(header, records, reqs, count, gap_ns, nap):
+    """nap=False: spin between hand-offs like the Brain; nap=True: sleep instead, which leaves a core free for a
+    spinning sender (how a box with a spare core for the sender behaves)."""
+    done = 0
+    nxt = now_ns() + gap_ns
+    while done < count:
+        t = now_ns()
+        if t >= nxt:
+            reqs[0].client_id = done + 1
+            handoff(header, records, reqs[0], t)
+            done += 1
+            nxt = t + gap_ns
+        elif nap:
+            sleep_ns(gap_ns // 2)
+        else:
+            cpu_relax()
+    return done
+
+
+def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool = False) -> dict:
+    q = RequestQueue(4096)
+    reqs = np.zeros(1, ORDER_REQUEST_DTYPE)
+    dst = np.zeros(64, ORDER_REQUEST_DTYPE)
+    stamps = np.zeros(2, np.int64)
+    seen, py = [], []
+    wait = WAIT_MODES[mode]
+    _produce(q.header, q.records, reqs, 1, 1000, nap)      # compile outside the measurement
+    sender_wait(q.header, q.records, dst, 64, wait, 1_000_000, stamps)
+
+    def consumer():
+        got = 0
+        deadline = time.monotonic() + 30
+        while got < count and time.monotonic() < deadline:
+            n = sender_wait(q.header, q.records, dst, 64, wait, 50_000_000, stamps)
+            t_py = time.monotonic_ns()
+            for i in range(n):
+                seen.append(int(stamps[0]) - int(dst[i]["handoff_ts"]))
+                py.append(t_py - int(dst[i]["handoff_ts"]))
+            got += n
+
+    th = threading.Thread(target=consumer)
+    th.start()
+    _produce(q.header, q.records, reqs, count, gap_us * 1000, nap)
+    th.join(35)
+    q.abort()
+    s, p = np.array(seen) / 1000.0, np.array(py) / 1000.0
+    return {"mode": mode + ("+napping-producer" if nap else ""), "n": len(py), "seen_p50": float(np.percentile(s, 50)), "seen_p99": float(np.percentile(s, 99)),
+            "p50": float(np.percentile(p, 50)), "p99": float(np.percentile(p, 99)), "max": float(p.max()),
+            "wakes": q.stats()["wakes"], "parks": q.stats()["parks"]}
+
+
+def test_handoff_futex(benchmark):
+    r = benchmark.pedantic(measure_handoff, args=("futex", 1000), rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    assert r["n"] == 1000
+
+
+def test_handoff_sleep(benchmark):
+    r = benchmark.pedantic(measure_handoff, args=("sleep", 1000), rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    assert r["n"] == 1000
+
+
+def test_handoff_spin(benchmark):
+    r = benchmark.pedantic(measure_handoff, args=("spin", 1000), rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    assert r["n"] == 1000
+
+
+def test_handoff_spin_with_a_free_core(benchmark):
+    r = benchmark.pedantic(measure_handoff, args=("spin", 1000), kwargs={"nap": True}, rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    assert r["n"] == 1000
+
+
+def test_signed_rest_query_build(benchmark):
+    from aegis.keys import from_strings
+    from aegis.signing import signed_query
+    keys = from_strings("k" * 64, "s" * 64)
+    params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.002",
+              "price": "91739.90", "newClientOrderId": "ae01234567-42", "newOrderRespType": "ACK"}
+    benchmark(signed_query, keys.secret, params, 1591702613943, 5000)
+
+
+def test_order_params_and_signing_from_record(benchmark):
+    from aegis.keys import from_strings
+    from aegis.risk import SymbolRules
+    from aegis.signing import signed_query
+    from aegis.trade import order_params
+    keys = from_strings("k" * 64, "s" * 64)
+    rules = [SymbolRules("BTCUSDT", tick_size="0.10", step_size="0.001")]
+    req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+    req["side"], req["order_type"], req["tif"], req["price_ticks"], req["qty_steps"] = 1, 2, 1, 917399, 2
+
+    def build():
+        return signed_query(keys.secret, order_params(req, rules, "ae01234567-42"), 1591702613943, 5000)
+    benchmark(build)
+
+
+def test_ws_signed_params_build(benchmark):
+    from aegis.keys import from_strings
+    from aegis.signing import ws_signed_params
+    keys = from_strings("k" * 64, "s" * 64)
+    params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.002",
+              "price": "91739.90", "newClientOrderId": "ae01234567-42"}
+    benchmark(ws_signed_params, keys.key, keys.secret, params, 1591702613943, 5000)
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    print(f"{'mode':22} {'n':>5} {'seen p50':>9} {'seen p99':>9} {'py p50':>8} {'py p99':>8} {'max':>8}  (us)")
+    for m, nap in (("spin", False), ("futex", False), ("sleep", False), ("spin", True), ("futex", True)):
+        r = measure_handoff(m, count, nap=nap)
+        m = r["mode"]
+        print(f"{m:22} {r['n']:5d} {r['seen_p50']:9.1f} {r['seen_p99']:9.1f} {r['p50']:8.1f} {r['p99']:8.1f} "
+              f"{r['max']:8.1f}  wakes={r['wakes']} parks={r['parks']}")

@@ -1,0 +1,104 @@
+"""Order journal: append-only, CRC per line, torn tail recovery, state rebuild, fill dedupe."""
+import os
+import stat
+
+import pytest
+
+from aegis import journal
+from aegis.keys import Secret
+
+
+def test_records_read_back_in_order_with_kind_and_fields(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        j.append("req", id=1, coid="aeX-1", sym="BTCUSDT", side="BUY", qty="0.001", px="90000.0")
+        j.append("ack", id=1, coid="aeX-1", sym="BTCUSDT", oid=77, status="NEW")
+    recs, _ = journal.read_records(p)
+    assert [r["k"] for r in recs] == ["req", "ack"] and recs[1]["oid"] == 77
+
+
+def test_journal_file_is_owner_only(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    journal.Journal(p).close()
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+
+
+def test_corrupted_line_stops_replay_at_the_last_good_record(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        for i in range(3):
+            j.append("req", id=i + 1, coid=f"x{i}", sym="S", side="BUY")
+    data = open(p, "rb").read().replace(b'"x1"', b'"y1"')   # CRC no longer matches line 2
+    open(p, "wb").write(data)
+    recs, _ = journal.read_records(p)
+    assert [r["id"] for r in recs] == [1]
+
+
+def test_torn_last_line_is_truncated_before_the_next_append(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        j.append("req", id=1, coid="a", sym="S", side="BUY")
+    with open(p, "ab") as f:
+        f.write(b'{"k":"req","id":2,"co')                     # crash mid-write
+    j = journal.Journal(p)
+    assert j.torn_bytes > 0
+    j.append("req", id=3, coid="c", sym="S", side="BUY")
+    j.close()
+    recs, _ = journal.read_records(p)
+    assert [r["id"] for r in recs] == [1, 3]
+
+
+def test_rebuild_gives_next_client_id_open_orders_and_positions(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    j, st = journal.open_journal(p)
+    pre = st.prefix
+    j.append("req", id=5, coid=pre + "5", sym="BTCUSDT", side="BUY", qty="0.002", px="1", ro=False, act="new")
+    j.append("ack", id=5, coid=pre + "5", sym="BTCUSDT", oid=10, status="NEW")
+    j.append("req", id=6, coid=pre + "6", sym="BTCUSDT", side="SELL", qty="0.001", px="1", ro=False, act="new")
+    j.append("fill", id=6, coid=pre + "6", sym="BTCUSDT", oid=11, tid=100, side="SELL", px="1", qty="0.001",
+             cum="0.001", fee="0.01", rpnl="0", status="FILLED")
+    j.close()
+    j2, st2 = journal.open_journal(p)
+    j2.close()
+    assert st2.prefix == pre
+    assert st2.next_client_id == 7
+    assert [o.client_id for o in st2.open_orders()] == [5]
+    assert st2.positions == {"BTCUSDT": -0.001} and st2.fees == pytest.approx(0.01)
+
+
+def test_the_same_fill_journaled_twice_is_counted_once(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        for _ in range(2):
+            j.append("fill", id=1, coid="a1", sym="S", oid=9, tid=3, side="BUY", px="2", qty="1.5", cum="1.5")
+    st = journal.rebuild(journal.read_records(p)[0])
+    assert st.positions == {"S": 1.5} and st.fills_seen == {(9, 3)}
+
+
+def test_a_late_ack_does_not_reopen_a_final_order(tmp_path):
+    st = journal.rebuild([
+        {"k": "req", "id": 1, "coid": "p1", "sym": "S", "side": "BUY", "act": "new"},
+        {"k": "final", "id": 1, "oid": 4, "status": "CANCELED"},
+        {"k": "ack", "id": 1, "oid": 4, "status": "NEW"}])
+    assert st.open_orders() == []
+
+
+def test_secrets_are_refused(tmp_path):
+    with journal.Journal(str(tmp_path / "j.jsonl")) as j:
+        with pytest.raises(TypeError):
+            j.append("req", key=Secret("hunter2"))
+
+
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+def test_every_fsync_policy_writes_durable_lines(tmp_path, policy):
+    p = str(tmp_path / "j.jsonl")
+    j = journal.Journal(p, fsync=policy, fsync_interval_ms=1)
+    j.append("ack", id=1)
+    j.append("req", id=2)
+    j.close()
+    assert len(journal.read_records(p)[0]) == 2
+
+
+def test_unknown_fsync_policy_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fsync"):
+        journal.Journal(str(tmp_path / "j.jsonl"), fsync="sometimes")

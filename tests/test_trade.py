@@ -1,0 +1,222 @@
+"""Brain -> sender hand-off (queue, wait modes, wake protocol), order params, [trade] config, venue selection."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from aegis import risk, trade
+from aegis.client import VENUE_URLS, VenueSelectionError, endpoints
+from aegis.config import ConfigError
+from aegis.records import (FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY,
+                           SIDE_SELL, STATUS_FILLED, TIF_GTX)
+
+
+def one_req(cid=1):
+    r = np.zeros(1, ORDER_REQUEST_DTYPE)
+    r[0]["client_id"] = cid
+    return r
+
+
+def test_handoff_on_a_full_queue_returns_zero_and_counts_the_drop_without_blocking():
+    q = trade.RequestQueue(4096)
+    r = one_req()
+    for _ in range(4096):
+        assert trade.handoff(q.header, q.records, r[0], 1) == 1
+    t = time.perf_counter()
+    assert trade.handoff(q.header, q.records, r[0], 1) == 0
+    assert time.perf_counter() - t < 0.05
+    assert q.stats()["dropped"] == 1
+
+
+def test_handoff_stamps_handoff_ts_and_the_sender_reads_requests_in_order():
+    q = trade.RequestQueue()
+    for cid in (1, 2, 3):
+        trade.handoff(q.header, q.records, one_req(cid)[0], 1000 + cid)
+    dst = np.zeros(8, ORDER_REQUEST_DTYPE)
+    stamps = np.zeros(2, np.int64)
+    n = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_FUTEX, 1_000_000, stamps)
+    assert n == 3 and list(dst[:3]["client_id"]) == [1, 2, 3] and list(dst[:3]["handoff_ts"]) == [1001, 1002, 1003]
+
+
+@pytest.mark.parametrize("mode", ["futex", "sleep", "spin"])
+def test_sender_wait_times_out_empty(mode):
+    q = trade.RequestQueue()
+    dst = np.zeros(8, ORDER_REQUEST_DTYPE)
+    t = time.monotonic()
+    assert trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_MODES[mode], 20_000_000, np.zeros(2, np.int64)) == 0
+    assert 0.015 < time.monotonic() - t < 1.0
+
+
+def test_parked_sender_is_woken_by_a_handoff_from_another_thread():
+    q = trade.RequestQueue()
+    dst = np.zeros(8, ORDER_REQUEST_DTYPE)
+    stamps = np.zeros(2, np.int64)
+    trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_FUTEX, 1_000_000, stamps)   # compile
+    got = {}
+
+    def sender():
+        t = time.monotonic()
+        got["n"] = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_FUTEX, 5_000_000_000, stamps)
+        got["waited"] = time.monotonic() - t
+
+    th = threading.Thread(target=sender)
+    th.start()
+    time.sleep(0.1)                                   # long enough to be parked on the futex
+    trade.handoff(q.header, q.records, one_req(9)[0], time.monotonic_ns())
+    th.join(5)
+    assert got["n"] == 1 and dst[0]["client_id"] == 9
+    assert got["waited"] < 2.0                        # woken, not the 5 s timeout (nor a 50 ms re-park loop to it)
+    assert q.stats()["parks"] >= 1 and q.stats()["wakes"] >= 1
+
+
+def test_abort_releases_a_parked_sender():
+    q = trade.RequestQueue()
+    dst = np.zeros(8, ORDER_REQUEST_DTYPE)
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("n", trade.sender_wait(
+        q.header, q.records, dst, 8, trade.WAIT_FUTEX, 5_000_000_000, np.zeros(2, np.int64))))
+    t = time.monotonic()
+    th.start()
+    time.sleep(0.05)
+    q.abort()
+    th.join(5)
+    assert out["n"] == 0 and time.monotonic() - t < 1.0
+
+
+def test_submit_counts_queue_full_and_releases_the_risk_slot():
+    b = risk.RiskBook(risk.RiskConfig(orders_per_second=100000, binance_orders_10s=4096, binance_orders_1m=4096,
+                                      max_open_orders=1024, max_gross_notional=0, max_position_notional=0,
+                                      max_order_notional=0),
+                      [risk.SymbolRules("X", tick_size="0.1", step_size="1", min_qty="1", min_notional="0")])
+    risk.on_quote(*b.arrays, 0, 10.0, 10.1, 1)
+    q = trade.RequestQueue(4096)
+    filler = one_req()
+    for _ in range(4095):
+        trade.handoff(q.header, q.records, filler[0], 1)
+    reqs = np.zeros(2, ORDER_REQUEST_DTYPE)
+    for r in reqs:
+        r["side"], r["order_type"], r["tif"], r["price"], r["qty"] = SIDE_BUY, ORDER_LIMIT, 1, 10.0, 1.0
+    assert trade.submit(*b.arrays, q.header, q.records, reqs, 2, 2) == 1
+    assert b.reject_counts() == {"QUEUE_FULL": 1}
+    assert b.sym[0, risk.S_OPEN_COUNT] == 1
+
+
+def test_kill_flag_halts_and_queues_cancel_all_for_symbols_with_open_orders():
+    b = risk.RiskBook(risk.RiskConfig(), [risk.SymbolRules("X", tick_size="0.1", step_size="1", min_qty="1",
+                                                           min_notional="0"), risk.SymbolRules("Y")])
+    risk.on_quote(*b.arrays, 0, 10.0, 10.1, 1)
+    q = trade.RequestQueue()
+    flags = np.zeros(trade.FLAGS_LEN, np.int64)
+    reqs = np.zeros(4, ORDER_REQUEST_DTYPE)
+    reqs[0]["side"], reqs[0]["order_type"], reqs[0]["tif"], reqs[0]["price"], reqs[0]["qty"] = 1, ORDER_LIMIT, 1, 10.0, 1
+    assert trade.submit(*b.arrays, q.header, q.records, reqs, 1, 2) == 1
+    scratch = np.zeros(8, ORDER_REQUEST_DTYPE)
+    assert trade.service(*b.arrays, flags, q.header, q.records, scratch, 3) == 0
+    flags[trade.F_KILL] = 1
+    assert trade.service(*b.arrays, flags, q.header, q.records, scratch, 4) == 1
+    assert b.state == "HALTED" and q.records[1]["action"] == 3 and q.records[1]["symbol"] == 0
+
+
+def test_fill_queue_events_reach_the_risk_book():
+    b = risk.RiskBook(risk.RiskConfig(), [risk.SymbolRules("X")])
+    f = trade.FillQueue()
+    rec = np.zeros(1, FILL_DTYPE)[0]
+    rec["side"], rec["qty"], rec["price"], rec["status"] = SIDE_SELL, 2.0, 5.0, STATUS_FILLED
+    assert f.put(rec)
+    scratch = np.zeros(16, FILL_DTYPE)
+    assert trade.apply_events(*b.arrays, f.header, f.records, scratch, 1) == 1
+    assert b.position("X") == -2.0
+
+
+def test_order_params_are_decimal_strings_from_integer_units():
+    rules = [risk.SymbolRules("BTCUSDT", tick_size="0.10", step_size="0.001", market_step_size="0.01")]
+    r = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+    r["side"], r["order_type"], r["tif"], r["price_ticks"], r["qty_steps"], r["reduce_only"] = \
+        SIDE_SELL, ORDER_LIMIT, TIF_GTX, 917399, 29, 1
+    p = trade.order_params(r, rules, "aeX-5")
+    assert p == {"symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.029",
+                 "price": "91739.90", "reduceOnly": "true", "newClientOrderId": "aeX-5", "newOrderRespType": "ACK"}
+    r["order_type"], r["reduce_only"] = ORDER_MARKET, 0
+    p = trade.order_params(r, rules, "aeX-6")
+    assert p["quantity"] == "0.29" and "price" not in p and "timeInForce" not in p
+
+
+def test_trade_config_validation():
+    assert trade.TradeConfig.from_section({"transport": "ws", "cores": [1]}).cores == (1,)
+    for bad in ({"transport": "fix"}, {"wait": "nap"}, {"bogus": 1}, {"queue_capacity": 1000},
+                {"recv_window_ms": 70000}, {"timeout_s": -1}):
+        with pytest.raises(ConfigError):
+            trade.TradeConfig.from_section(bad)
+
+
+def test_auto_wait_spins_only_with_a_core_of_its_own():
+    assert trade.resolve_wait("auto", own_core=False) == trade.WAIT_FUTEX
+    assert trade.resolve_wait("auto", own_core=True) == trade.WAIT_SPIN
+
+
+def test_real_binance_requires_live_and_uses_the_documented_urls():
+    with pytest.raises(VenueSelectionError, match="--live"):
+        endpoints("binance")
+    ep = endpoints("binance", live=True)
+    assert (ep.rest_url, ep.ws_market_url, ep.ws_api_url) == (
+        "https://fapi.binance.com", "wss://fstream.binance.com", "wss://ws-fapi.binance.com/ws-fapi/v1")
+    assert endpoints("binance-testnet").rest_url == VENUE_URLS["binance-testnet"][0] == \
+        "https://testnet.binancefuture.com"
+    with pytest.raises(VenueSelectionError):
+        endpoints("embedded")
+
+
+def test_supervisor_kill_through_the_control_block_reaches_the_brains_risk_state():
+    from aegis import control
+    ctl = control.new_block()
+    b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
+    flags = ctl[b:b + trade.FLAGS_LEN]                  # what TradeSession(ctl=...) hands the Brain
+    book = risk.RiskBook(risk.RiskConfig(), [risk.SymbolRules("X")])
+    assert not trade.poll_kill(flags, book.g, 1)
+    trade.request_kill(ctl, flatten=True)
+    assert trade.poll_kill(flags, book.g, 2) and not trade.poll_kill(flags, book.g, 3)
+    assert book.state == "HALTED" and book.state_reason == "kill switch" and book.g[risk.G_FLATTEN_ON_HALT] == 1
+
+
+def test_sender_thread_leaves_the_brains_core_when_another_exists():
+    import os
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable cores")
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[-1]})          # this thread plays the pinned Brain
+    try:
+        s = trade.Sender(trade.RequestQueue(), None, None, "p-", [], wait=trade.WAIT_FUTEX).start()
+        assert wait_for_value(lambda: s.cores_used)
+        assert cores[-1] not in s.cores_used
+        s.stop()
+    finally:
+        os.sched_setaffinity(0, set(cores))
+
+
+def wait_for_value(fn, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not fn():
+        time.sleep(0.01)
+    return fn()
+
+
+def test_a_request_that_cannot_be_journaled_is_not_sent_and_is_released_in_risk(tmp_path):
+    class FullDisk:
+        def append(self, kind, **kw):
+            raise OSError(28, "No space left on device")
+
+    class MustNotSend:
+        def place_order(self, params):
+            raise AssertionError("sent without a journal record")
+
+    fills = trade.FillQueue()
+    rules = [risk.SymbolRules("X", tick_size="0.1", step_size="1")]
+    s = trade.Sender(trade.RequestQueue(), MustNotSend(), FullDisk(), "p-", rules, fills)
+    req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+    req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 7, 1, ORDER_LIMIT, 1, SIDE_BUY
+    req["price_ticks"], req["qty_steps"] = 100, 1
+    with pytest.raises(OSError):
+        s.process(req)
+    ev = fills.drain()
+    assert len(ev) == 1 and ev[0]["client_id"] == 7 and ev[0]["status"] == 6
