@@ -76,6 +76,18 @@ def parser() -> argparse.ArgumentParser:
                    "`--strategy list` shows them with their parameters")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="strategy parameter, repeatable (e.g. --param fast=10 --param slow=50)")
+    t = p.add_argument_group("trading")
+    t.add_argument("--kill-switch", metavar="FILE", help="halt trading (cancel all open orders, refuse new ones) as "
+                   "soon as FILE exists; `kill -USR1 <pid>` of the supervisor does the same, -USR2 also flattens")
+    t.add_argument("--flatten-on-halt", action="store_true", default=None,
+                   help="when trading halts (kill switch, daily loss limit), also close every position")
+    t.add_argument("--resume", action="store_true", default=None,
+                   help="rebuild orders and positions from the journal and the exchange before trading")
+    t.add_argument("--journal", metavar="FILE", help="order journal (default <out>/journal-<venue>.jsonl)")
+    t.add_argument("--transport", choices=("rest", "ws"), help="order path: signed REST (default) or the websocket "
+                   "trading API (ws-fapi)")
+    t.add_argument("--key-file", metavar="FILE", help="API key file (mode 0600: key on line 1, secret on line 2) "
+                   "instead of BINANCE_API_KEY / BINANCE_API_SECRET")
     p.add_argument("--record", metavar="DIR", help="also write everything the Feed receives (with receive "
                    "timestamps) to compressed files in DIR, readable by `replay` and the venue's --replay")
     p.add_argument("--out", metavar="DIR", help="where run outputs go: latency histograms, report (default aegis-out)")
@@ -99,6 +111,22 @@ def _symbols(text: str | None):
     return names
 
 
+def _check_trading(cfg) -> None:
+    """[risk]/[trade] mistakes and missing Binance keys are usage errors: report them before starting anything."""
+    from aegis import keys
+    from aegis.risk import RiskConfig
+    from aegis.trade import TradeConfig
+    try:
+        RiskConfig.from_section(cfg.section("risk"))
+        tcfg = TradeConfig.from_section(cfg.section("trade"))
+        if cfg.venue != "embedded" and cfg.source == "venue":
+            keys.load(cfg.venue, tcfg.key_file or None)
+    except ConfigError:
+        raise
+    except ValueError as e:  # RiskConfigError, ApiKeyError: user mistakes too
+        raise ConfigError(str(e)) from None
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.strategy == "list":
@@ -112,6 +140,9 @@ def main(argv: list[str]) -> int:
             "live": args.live, "symbols": _symbols(args.symbols), "ring_capacity": args.ring_capacity,
             "ring_policy": args.ring_policy, "status_interval": args.status_interval, "strategy": args.strategy,
             "record_dir": args.record, "out_dir": args.out,
+            "risk.kill_switch_file": args.kill_switch, "risk.flatten_on_halt": args.flatten_on_halt,
+            "trade.resume": args.resume, "trade.journal": args.journal, "trade.transport": args.transport,
+            "trade.key_file": args.key_file,
             **strategy.param_overrides(args.param),
         }
         if args.cores is not None:
@@ -123,6 +154,7 @@ def main(argv: list[str]) -> int:
             from aegis import embedded
             embedded.venue_settings(cfg.section("venue"))
         feed.FeedConfig.from_section(cfg.section("feed"))
+        _check_trading(cfg)
         brain.validate(cfg)  # strategy and [brain] mistakes are reported here, not inside a child process
     except (ConfigError, supervisor.CoreError) as e:
         print(f"aegis: error: {e}", file=sys.stderr)

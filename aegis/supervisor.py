@@ -128,7 +128,13 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         stop_signal["name"] = signal.Signals(signum).name
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    ring = ctl_seg = venue = None
+    kill = {"flatten": None}
+
+    def on_kill(signum, frame):  # the manual kill switch from outside: `kill -USR1 <supervisor pid>`
+        kill["flatten"] = signum == signal.SIGUSR2
+
+    old.update({s: signal.signal(s, on_kill) for s in (signal.SIGUSR1, signal.SIGUSR2)})
+    ring = ctl_seg = venue = urls = None
     t_start = time.monotonic()
     try:
         if cfg.source == "venue" and cfg.venue == "embedded":
@@ -162,7 +168,7 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
             p = ctx.Process(target=_child_main, args=(target, spec), name=f"aegis-{role}", daemon=False)
             p.start()
             r.procs[role] = p
-        _watch(r, ctl, ring, out, stop_signal, t_start)
+        _watch(r, ctl, ring, out, stop_signal, t_start, kill)
     except RuntimeError as e:  # e.g. the embedded venue could not start
         r.stop_reason = str(e)
         r.exit_code = 1
@@ -170,6 +176,7 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
     finally:
         elapsed = time.monotonic() - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)
+        _cancel_orphaned_orders(r, urls if ring is not None else None, out)
         if ring is not None and ctl_seg is not None:
             print(summary(r, ctl, ring, elapsed), file=out, flush=True)
         if r.hist is not None:
@@ -185,6 +192,24 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     return r.exit_code
+
+
+def _cancel_orphaned_orders(r: Run, urls, out) -> None:
+    """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
+    unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
+    brain = r.procs.get("brain")
+    if brain is None or brain.exitcode == 0 or urls is None or r.cfg.source != "venue":
+        return
+    from aegis import keys, trade
+    try:
+        api = keys.from_strings(r.venue.api_key, r.venue.api_secret) if r.venue else None
+        key_file = r.cfg.section("trade").get("key_file") or None
+        done = trade.emergency_cancel_all(r.cfg.venue, r.cfg.live, key_file, urls=urls, api_keys=api)
+        print(f"aegis: the brain did not stop cleanly; cancelled its open orders on the exchange: {done}", file=out,
+              flush=True)
+    except Exception as e:  # noqa: BLE001 - report whatever failed; the run is already ending with an error
+        print(f"aegis: error: could not cancel open orders after the brain died: {e} -- CHECK THE EXCHANGE",
+              file=out, flush=True)
 
 
 def _exchange_urls(cfg: EngineConfig) -> tuple[str, str, str] | None:
@@ -235,7 +260,7 @@ def _child_main(target, spec: ProcessSpec) -> None:
     sys.exit(code)
 
 
-def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start: float) -> None:
+def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start: float, kill: dict) -> None:
     cfg = r.cfg
     next_status = t_start + cfg.status_interval
     prev: dict = {}
@@ -262,6 +287,12 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
             r.exit_code = 1
             print(f"aegis: error: the {role} process {how}; stopping the run", file=out, flush=True)
             return
+        if kill["flatten"] is not None:
+            from aegis.trade import request_kill
+            request_kill(ctl, flatten=kill["flatten"])
+            print(f"aegis: kill switch pulled{' (flatten)' if kill['flatten'] else ''}: trading halts, open orders "
+                  "are cancelled", file=out, flush=True)
+            kill["flatten"] = None
         if cfg.duration is not None and now - t_start >= cfg.duration:
             r.stop_reason = f"duration {cfg.duration:g}s reached"
             return
