@@ -39,7 +39,7 @@ wait strategies (what a process does when it has nothing to do):
 
 config file (TOML): an [engine] table with the options below (cores = [2, 3], duration,
 wait, ring_capacity, ring_policy, venue, symbols, strategy ...) and one table per
-subsystem: [feed], [brain], [strategy], [risk], [trade], [venue], [latency].
+subsystem: [feed], [brain], [strategy], [risk], [trade], [venue] ([replay] for replay).
 Command-line options override the file.
 
 API keys for binance / binance-testnet come from BINANCE_API_KEY and

@@ -1,7 +1,7 @@
 """Immutable engine configuration: defaults < TOML file (--config) < command-line options.
 
 Engine-level settings are fields of EngineConfig. Each subsystem's own table ([feed], [brain], [strategy], [risk],
-[trade], [venue], [latency], [replay]) is kept raw in `sections` and validated by the module that owns it, so a
+[trade], [venue], [replay]) is kept raw in `sections` and validated by the module that owns it, so a
 subsystem's options live next to the code that uses them.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aegis.ring import MIN_CAPACITY, POLICIES
 from aegis.wait import CHOICES as WAIT_CHOICES
 
 VENUES = ("embedded", "binance-testnet", "binance")
-SECTION_NAMES = ("feed", "brain", "strategy", "risk", "trade", "venue", "latency", "replay")
+SECTION_NAMES = ("feed", "brain", "strategy", "risk", "trade", "venue", "replay")
 
 
 class ConfigError(ValueError):
