@@ -38,6 +38,7 @@ from numba import njit
 from aegis import book, control, latency, ring, synthetic
 from aegis.atomics import store_release
 from aegis.book import BookState
+from aegis.client import VENUE_URLS
 from aegis.clock import now_ns
 from aegis.conflation import ConflationBuffer
 from aegis.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAPS, R_FEED_MSGS,
@@ -61,10 +62,6 @@ BATCH = 256
 BEAT_NS = 50_000_000
 EPOCH_OFFSET_NS = 0  # synthetic exchange time = monotonic clock (no wall clock needed)
 
-VENUE_URLS = {  # (REST, websocket market base) of the public venues; the embedded venue's come from the spec
-    "binance": ("https://fapi.binance.com", "wss://fstream.binance.com"),
-    "binance-testnet": ("https://testnet.binancefuture.com", "wss://fstream.binancefuture.com"),
-}
 STREAM_KINDS = ("bookTicker", "aggTrade", "depth", "markPrice")
 ROUTE_OF = {"bookTicker": "public", "depth": "public", "aggTrade": "market", "markPrice": "market"}
 MAX_STREAMS_PER_CONNECTION = 1024   # Binance limit since 2025-07-02 (API.md 2.2)
@@ -860,7 +857,7 @@ def _run_synthetic(ctx, spec: ProcessSpec, fcfg: FeedConfig, n_symbols: int) -> 
 
 
 def venue_urls(spec: ProcessSpec, fcfg: FeedConfig) -> tuple[str, str]:
-    rest, ws = VENUE_URLS.get(spec.config.venue, ("", ""))
+    rest, ws = VENUE_URLS.get(spec.config.venue, ("", ""))[:2]  # the embedded venue's come from the spec
     if spec.venue_urls:
         rest, ws = spec.venue_urls[0], spec.venue_urls[1]
     return fcfg.rest_url or rest, fcfg.ws_url or ws
