@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import orjson
 import requests
+import urllib3
 
 from aegis.keys import ApiKeys
 from aegis.signing import encode_params, signed_query, ws_signed_params
@@ -85,6 +86,40 @@ def _result_error(status: int, body: bytes | str, unknown: bool = False) -> dict
     return {"ok": False, "status": status, "code": code, "msg": msg, "unknown": unknown}
 
 
+_WIRE = threading.local()  # .ns: CLOCK_MONOTONIC ns of this thread's last write of request bytes to a socket
+
+
+class _StampingHTTPConnection(urllib3.connection.HTTPConnection):
+    def send(self, data):
+        super().send(data)
+        _WIRE.ns = time.monotonic_ns()
+
+
+class _StampingHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def send(self, data):
+        super().send(data)
+        _WIRE.ns = time.monotonic_ns()
+
+
+class _StampingHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _StampingHTTPConnection
+
+
+class _StampingHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _StampingHTTPSConnection
+
+
+class WireStampAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections note when request bytes reach the socket.
+
+    Tick-to-trade ends when the order's bytes are written; requests spends ~0.5 ms between being called and writing
+    (URL and header handling, urllib3), so a stamp taken before the call would hide that cost."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _StampingHTTPPool, "https": _StampingHTTPSPool}
+
+
 class BinanceClient:
     """Signed REST client. Thread-safe for the counters; one Session per client (keep-alive)."""
 
@@ -95,6 +130,8 @@ class BinanceClient:
         self.recv_window_ms = int(recv_window_ms)
         self.timeout_s = timeout_s
         self.session = session or requests.Session()
+        self.session.mount("http://", WireStampAdapter())
+        self.session.mount("https://", WireStampAdapter())
         self.session.headers.update({"X-MBX-APIKEY": keys.key.reveal()})
         self.offset_ms = 0               # serverTime - local wall clock
         self.last_sync_mono = 0.0
@@ -127,8 +164,7 @@ class BinanceClient:
     def _send(self, method: str, path: str, qs: str, signed: bool, key_header: bool = True) -> dict:
         url = self.ep.rest_url + path + ("?" + qs if qs else "")
         self.stats["requests"] += 1
-        if not self.first_send_ns:
-            self.first_send_ns = time.monotonic_ns()   # request signed and about to be written (latency: wire)
+        _WIRE.ns = 0
         try:
             resp = self.session.request(method, url, timeout=self.timeout_s)
         except requests.Timeout:
@@ -137,6 +173,9 @@ class BinanceClient:
         except requests.RequestException as e:
             return {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
                     "unknown": True, "timeout": True}
+        if not self.first_send_ns:
+            # when the request's last bytes went into the socket (latency stage "wire"), not when we called requests
+            self.first_send_ns = _WIRE.ns or time.monotonic_ns()
         h = resp.headers
         if "X-MBX-USED-WEIGHT-1M" in h:
             self.used_weight_1m = int(h["X-MBX-USED-WEIGHT-1M"])
@@ -348,9 +387,9 @@ class WsTradeClient:
         self.stats["requests"] += 1
         try:
             ws = self._conn()
+            ws.send(msg)  # returns once the frame is written to the socket
             if not self.first_send_ns:
                 self.first_send_ns = time.monotonic_ns()
-            ws.send(msg)
             deadline = time.monotonic() + self.timeout_s
             while True:
                 ws.settimeout(max(0.01, deadline - time.monotonic()))

@@ -296,7 +296,7 @@ class TradeConfig:
     recv_window_ms: int = 5000
     timeout_s: float = 5.0           # HTTP / ws request timeout
     time_sync_interval_s: float = 300.0
-    journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one journal per venue/account)
+    journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one per account; embedded: one per run)
     fsync: str = "interval"          # always | interval | never (see aegis.journal: always = +0.5 ms per order)
     fsync_interval_ms: int = 50
     keepalive_interval_s: float = 1800.0   # listenKey PUT cadence (API.md §6.1: 30 min or less)
@@ -898,7 +898,10 @@ def _open_order_path(spec, ctx) -> OrderPath | None:
         k = _keys.from_strings(spec.api_key, spec.api_secret)
     else:
         k = _keys.load(cfg.venue, tcfg.key_file or None)
-    path = tcfg.journal or os.path.join(cfg.out_dir, f"journal-{cfg.venue}.jsonl")
+    # A real venue's account outlives runs, so its journal does too (crash recovery, --resume). Each embedded run
+    # trades a fresh account under a fresh key: yesterday's positions or halt do not belong to it.
+    default = f"journal-{cfg.venue}.jsonl" if cfg.venue != "embedded" else f"journal-embedded-{spec.run_id}.jsonl"
+    path = tcfg.journal or os.path.join(cfg.out_dir, default)
     lat = None
     from aegis import latency as _lat
     if ctx is not None and ctx.latency is not None and ctx.latency.size >= _lat.N_STAGES * _lat.HIST_LEN:

@@ -234,7 +234,8 @@ def test_open_order_path_builds_the_brains_trading_state_from_the_spec(venue, po
         assert [r.symbol for r in op.risk.rules] == feed_order
         assert {r.symbol: r.tick_size for r in op.risk.rules} == {"BTCUSDT": "0.10", "ETHUSDT": "0.01"}
         assert op.session.userstream.connected.is_set()
-        assert (tmp_path / "journal-embedded.jsonl").exists()
+        # an embedded run trades a fresh account under a fresh key: its journal is its own, never a previous run's
+        assert (tmp_path / "journal-embedded-run.jsonl").exists()
         assert op.queue.header is not None and op.fills.records.dtype.names[0] == "client_id"
     finally:
         op.close()
