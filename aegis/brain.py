@@ -4,9 +4,11 @@ Per iteration of `brain_loop`, in priority order (the event bus keeps the same o
   1. fills   drain the trade path's FillQueue -> aegis.risk.on_fill_batch (positions, PnL, open orders), log them;
   2. control stop / abort; a pending HALT turns into cancel-all (+ flatten) requests via aegis.risk.halt_requests;
   3. market  ring.wait_batch -> consume_ts, STAGE_RING latency -> checksum -> candles -> risk.on_market_batch ->
-             strategy.run_range (one signal at a time) -> per signal: signal_to_request -> risk.check ->
-             trade.handoff to the sender thread; a refused signal is reverted in the strategy's state and its
-             symbol held off for [brain] retry_ms (no re-check on every tick).
+             strategy.sync (the actual positions / open orders of the risk book, fills included, into the strategy
+             state) -> strategy.run_range (one signal at a time) -> per signal: signal_to_request -> risk.check ->
+             trade.handoff to the sender thread (then strategy.accepted with the client id); a refused signal is
+             reverted in the strategy's state and its symbol held off for [brain] retry_ms (no re-check on every
+             tick). A signal may also ask to cancel a working order of the strategy (ACTION_CANCEL).
 The loop returns to Python only for a housekeeping round (every [brain] round_ms, or early when the bus queues are
 getting full): Python then dispatches the event bus (SIGNAL_GENERATED, ORDER_REQUEST, RISK_REJECTED, ORDER_FILLED,
 TICK_UPDATE, TIMER), closes due candles, publishes stats and beats. Nothing per record or per order needs Python,
@@ -38,7 +40,7 @@ from aegis.trade import FillQueue, RequestQueue
 from aegis.trade import FLAGS_LEN as KILL_FLAGS_LEN
 from aegis.trade import handoff as trade_handoff
 from aegis.trade import poll_kill
-from aegis.records import (ACTION_NEW, FILL_DTYPE, MARKET_DTYPE, ORDER_MARKET, ORDER_REQUEST_DTYPE,
+from aegis.records import (ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, MARKET_DTYPE, ORDER_MARKET, ORDER_REQUEST_DTYPE,
                            STATUS_REJECTED)
 from aegis.wait import SLEEP
 
@@ -150,7 +152,8 @@ def unit_size(sym, s, unit_qty, unit_notional, price):
 @njit(cache=True, nogil=True)
 def signal_to_request(sig, req, consume_ts, signal_ts, unit):
     """Fill an ORDER_REQUEST (ACTION_NEW, client id left to risk) from a signal, with the stage timestamps;
-    quantity = signal units * `unit` (base asset per unit, see unit_size)."""
+    quantity = signal units * `unit` (base asset per unit, see unit_size). A cancel signal (action ACTION_CANCEL)
+    becomes an ACTION_CANCEL request of its target_id."""
     req.client_id = 0
     req.recv_ts = sig.recv_ts
     req.pub_ts = sig.pub_ts
@@ -158,7 +161,7 @@ def signal_to_request(sig, req, consume_ts, signal_ts, unit):
     req.signal_ts = signal_ts
     req.risk_ts = 0
     req.handoff_ts = 0
-    req.target_id = 0
+    req.target_id = sig.target_id if sig.action == ACTION_CANCEL else 0
     req.price = 0.0 if sig.order_type == ORDER_MARKET else sig.price
     req.qty = sig.qty * unit
     req.price_ticks = 0
@@ -168,7 +171,7 @@ def signal_to_request(sig, req, consume_ts, signal_ts, unit):
     req.order_type = sig.order_type
     req.tif = sig.tif
     req.reduce_only = sig.reduce_only
-    req.action = ACTION_NEW
+    req.action = ACTION_CANCEL if sig.action == ACTION_CANCEL else ACTION_NEW
     req.flags = 0
 
 
@@ -180,6 +183,8 @@ def _send(risk, oq, req, st, busq, now):
     events, bh, prio_of = busq
     reason = riskmod.check(sym, g, gf, oo, rates, rejlog, req, now)
     if reason == 0:
+        # risk decides at the signal's time `now` (deterministic, as replay needs); the latency stage ends here
+        req.risk_ts = now_ns()
         if trade_handoff(qh, qr, req, now_ns()) == 0:
             reason = riskmod.R_QUEUE_FULL
             riskmod.count_reject(sym, g, gf, oo, rates, rejlog, req.symbol, reason, req.client_id, now)
@@ -227,6 +232,9 @@ def process_batch(batch, n, consume_ts, strat, cndl, risk, oq, busq, spool, lat,
     sym, g, gf, oo, rates, rejlog = risk
     if trading:
         riskmod.on_market_batch(sym, g, gf, oo, rates, rejlog, batch, n, consume_ts)
+        # the strategy decides from what really happened: positions and working orders as risk knows them (fills
+        # reach risk only between batches, so once per batch is as fresh as it gets)
+        strategy.sync(strategy_id, params, state, sym, unit_qty)
     # strategy: one signal at a time, so each is risk-checked and handed off (or reverted when refused) before
     # the strategy sees the next record, and its signal_ts is the moment it was produced
     total = 0
@@ -260,6 +268,8 @@ def process_batch(batch, n, consume_ts, strat, cndl, risk, oq, busq, spool, lat,
             if verdict != 0:
                 strategy.revert(strategy_id, params, state, sig)
                 holdoff[s] = signal_ts + retry_ns
+            else:
+                strategy.accepted(strategy_id, params, state, sig, cid)
         if not bus.wanted(prio_of, bus.SIGNAL_GENERATED):
             continue
         slot = pools.take(sp_recs, sp_hdr)

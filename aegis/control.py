@@ -28,7 +28,7 @@ G_SYMBOLS_READY = 18
 
 # lifecycle states
 ST_NONE, ST_STARTING, ST_READY, ST_RUNNING, ST_STOPPED, ST_FAILED = 0, 1, 2, 3, 4, 5
-STATE_NAMES = ("none", "starting", "ready", "running", "stopped", "failed")
+STATE_NAMES = ("spawning", "starting", "ready", "running", "stopped", "failed")
 
 # per-role slots (offsets within the role's region)
 R_HEARTBEAT = 0     # CLOCK_MONOTONIC ns of the last beat

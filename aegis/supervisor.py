@@ -61,6 +61,8 @@ class Run:
     exit_code: int = 0
     venue: object = None
     hist: np.ndarray | None = None
+    running_since: float | None = None
+    stopped_at: float = 0.0
 
 
 def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
@@ -104,11 +106,13 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
     fchk = _role_slot(ctl, control.ROLE_FEED, control.R_CHECKSUM)
     bchk = _role_slot(ctl, control.ROLE_BRAIN, control.R_CHECKSUM)
     same = "match" if (fed == used and fchk == bchk) else "MISMATCH"
+    ran = run.stopped_at - run.running_since if run.running_since is not None else 0.0
     lines = [
         f"aegis: run {run.run_id} stopped ({run.stop_reason}) after {elapsed:.1f}s",
         f"  records: published {fed}, consumed {used}, dropped {st['dropped']}, conflated {st['conflated']}, "
         f"full-ring waits {st['full_waits']}",
-        f"  checksum feed/brain: {same}; mean rate {used / elapsed / 1e3 if elapsed > 0 else 0:.1f}k rec/s",
+        f"  checksum feed/brain: {same}; mean rate {used / ran / 1e3 if ran > 0 else 0:.1f}k rec/s over {ran:.1f}s "
+        f"of running",
     ]
     return "\n".join(lines)
 
@@ -174,7 +178,8 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         r.exit_code = 1
         print(f"aegis: error: {e}", file=out, flush=True)
     finally:
-        elapsed = time.monotonic() - t_start
+        r.stopped_at = time.monotonic()
+        elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)
         _cancel_orphaned_orders(r, urls if ring is not None else None, out)
         if ring is not None and ctl_seg is not None:
@@ -265,6 +270,7 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
     next_status = t_start + cfg.status_interval
     prev: dict = {}
     last_status = t_start
+    t_running = None
     sentinels = {p.sentinel: role for role, p in r.procs.items()}
     if r.venue is not None:
         sentinels[r.venue.process.sentinel] = "venue"
@@ -293,7 +299,14 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
             print(f"aegis: kill switch pulled{' (flatten)' if kill['flatten'] else ''}: trading halts, open orders "
                   "are cancelled", file=out, flush=True)
             kill["flatten"] = None
-        if cfg.duration is not None and now - t_start >= cfg.duration:
+        states = [_role_slot(ctl, rid, control.R_STATE) for rid in (control.ROLE_FEED, control.ROLE_BRAIN)]
+        if t_running is None and all(st_ == control.ST_RUNNING for st_ in states):
+            t_running = now
+            r.running_since = now
+            print(f"aegis: engine running (start-up took {now - t_start:.1f}s)", file=out, flush=True)
+            next_status, last_status = now + cfg.status_interval, now
+        # --duration counts running time: a first run spends tens of seconds compiling before it trades
+        if cfg.duration is not None and t_running is not None and now - t_running >= cfg.duration:
             r.stop_reason = f"duration {cfg.duration:g}s reached"
             return
         for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)):
@@ -309,7 +322,12 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
                 r.exit_code = 1
                 print(f"aegis: error: {r.stop_reason}", file=out, flush=True)
                 return
-        if now >= next_status:
+        if now >= next_status and t_running is None:
+            names = ", ".join(f"{role} {control.STATE_NAMES[st_]}" for role, st_ in zip(("feed", "brain"), states))
+            print(f"[{now - t_start:7.1f}s] starting: {names} (the first run compiles the jitted code; later runs "
+                  "load it from Numba's cache)", file=out, flush=True)
+            next_status = now + max(cfg.status_interval, 5.0)
+        elif now >= next_status:
             print(status_line(now - t_start, ctl, ring, prev, now - last_status, r.hist), file=out, flush=True)
             last_status = now
             next_status = now + cfg.status_interval
