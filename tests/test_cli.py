@@ -90,3 +90,39 @@ def test_strategy_list_shows_strategies_and_their_parameters():
     res = aegis("--strategy", "list")
     assert res.returncode == 0
     assert "ema_cross" in res.stdout and "slow=100" in res.stdout
+
+
+def test_an_unknown_venue_setting_is_refused_before_the_venue_starts(tmp_path):
+    cfg = tmp_path / "aegis.toml"
+    cfg.write_text("[venue]\nrte = 5000\n")
+    assert_one_line_error(aegis("--config", str(cfg)), "[venue]", "rte")
+
+
+def test_an_unknown_feed_setting_is_refused(tmp_path):
+    cfg = tmp_path / "aegis.toml"
+    cfg.write_text("[feed]\nstall_timout = 5\n")
+    assert_one_line_error(aegis("--config", str(cfg)), "stall_timout")
+
+
+def test_an_unknown_risk_setting_is_refused(tmp_path):
+    cfg = tmp_path / "aegis.toml"
+    cfg.write_text("[risk]\nmax_positon_qty = 5\n")
+    assert_one_line_error(aegis("--config", str(cfg)), "max_positon_qty")
+
+
+def test_binance_testnet_without_keys_is_a_one_line_error(monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET")}
+    res = subprocess.run([sys.executable, "-m", "aegis", "--venue", "binance-testnet"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert_one_line_error(res, "BINANCE_API_KEY")
+
+
+@pytest.mark.time_limit(180)
+def test_record_option_makes_the_feed_write_a_recording_replay_can_read(tmp_path):
+    rec = tmp_path / "rec"
+    res = aegis("--duration", "3", "--symbols", "BTCUSDT", "--record", str(rec), "--out", str(tmp_path / "out"),
+                timeout=170)
+    assert res.returncode == 0, res.stdout + res.stderr
+    from aegis.recording import read_recording
+    rows = list(read_recording(str(rec)))
+    assert rows and all(stream.startswith("btcusdt@") for _, stream, _ in rows)
