@@ -95,7 +95,7 @@ CANDLE_DTYPE = _layout([
 
 # Signal: one strategy decision, emitted by a jitted strategy kernel into a preallocated batch array and, for
 # the Python edge (event bus), copied into a SignalPool slot. 128 bytes: line 0 is the trigger record's stage
-# timestamps plus price/qty (everything the order path copies into an ORDER_REQUEST), line 1 the rest; 32 bytes of
+# timestamps plus price/qty (everything the order path copies into an ORDER_REQUEST), line 1 the rest; 23 bytes of
 # line 1 are padding kept free for future fields without changing the size.
 SIGNAL_DTYPE = _layout([
     # line 0 (bytes 0..63)
@@ -110,6 +110,7 @@ SIGNAL_DTYPE = _layout([
     # line 1 (bytes 64..127)
     ("strength", "<f8"),      # strategy-specific score, for logs and risk sizing
     ("position", "<f8"),      # position the strategy targets once this order fills (signed, base units)
+    ("target_id", "<i8"),     # action ACTION_CANCEL: client id of the working order to cancel (0 otherwise)
     ("symbol", "<i4"),
     ("strategy", "<i4"),      # strategy id (aegis.strategy registry)
     ("next", "<i4"),          # pool free-list link (aegis.pools)
@@ -117,6 +118,8 @@ SIGNAL_DTYPE = _layout([
     ("order_type", "u1"),     # ORDER_MARKET / ORDER_LIMIT
     ("tif", "u1"),            # TIF_* below (0 for market orders)
     ("reduce_only", "u1"),
+    ("action", "u1"),         # 0 / ACTION_NEW: a new order; ACTION_CANCEL: cancel order target_id (same values as
+                              # ORDER_REQUEST.action, defined in the trade block below)
 ], 128)
 
 # --- trade records (owner: trade) ----------------------------------------------------------------------

@@ -8,9 +8,11 @@ Pipeline (one process, no threads):
     -> replay core, ONE jitted call per merged batch; per ring batch of RING_BATCH records, the steps of
        aegis.brain.process_batch with the same kernels:
          aegis.ring.write_batch / read_batch on an in-process ring (plain numpy arrays)
-         aegis.risk.on_market_batch -> aegis.strategy.run_range up to one signal -> aegis.brain.signal_to_request
-         -> aegis.risk.check -> aegis.simexec.submit (instead of the sender), or aegis.strategy.revert when risk
-         refuses; the simulated exchange has seen every record up to the trigger when the order is sent. Every
+         aegis.risk.on_market_batch -> per record: aegis.strategy.sync_symbol (actual position / open orders from
+         risk) -> aegis.strategy.run_range over that record -> aegis.simexec.on_market -> if it signalled:
+         aegis.brain.signal_to_request -> aegis.risk.check -> aegis.simexec.submit (instead of the sender) and
+         aegis.strategy.accepted, or aegis.strategy.revert when risk refuses; the simulated exchange has seen
+         every record up to the trigger when the order is sent. Every
          fill / final order state goes back through aegis.risk.on_fill as live fills do (immediately, in simulated
          time); risk's HALTED state produces its cancel-all / flatten requests after the batch, as in the Brain.
     -> aegis.metrics: summary.json, trades.csv, orders.csv, equity.csv, equity.png in --out.
@@ -107,25 +109,22 @@ def run_core(src, n, start, rh, rrec, dst, sid, sparams, sstate, sigs, req, hreq
         now = dst[got - 1].recv_ts
         stats[ST_RECORDS] += got
         risk.on_market_batch(rsym, rg, rgf, roo, rrates, rrejlog, dst, got, now)
-        # the Brain's order (aegis.brain.process_batch): the strategy runs up to its next signal, which is risk
-        # checked and sent -- or reverted in the strategy when refused -- before it sees the next record; the
-        # simulated exchange sees every record up to and including the trigger before the order is sent
-        i = 0
-        p = 0
-        while True:
-            k, i2 = strategy.run_range(sid, sparams, sstate, dst, i, got, sigs, 1)
-            for q in range(p, i2):
-                r = dst[q]
-                if not simexec.quick_market(r, book, ctr):
-                    f0 = ctr[C_FILLS]
-                    simexec.on_market(r, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params,
-                                      lat_cum, lat_lo, lat_hi, rng)
-                    if ctr[C_FILLS] > f0:
-                        _fills_to_risk(rsym, rg, rgf, roo, rrates, rrejlog, fills, f0, ctr[C_FILLS], r.recv_ts)
-            p = i2
+        # the Brain's order (aegis.brain.process_batch), one record at a time: the strategy sees the record with
+        # the actual position / open orders of its symbol (strategy.sync_symbol: simulated fills land between
+        # records, as live fills land between the Brain's batches), then the simulated exchange sees the record,
+        # then the record's signal (if any) is risk checked and sent -- or reverted in the strategy when refused
+        for i in range(got):
+            r = dst[i]
+            strategy.sync_symbol(sid, sparams, sstate, rsym, unit_qty, r.symbol)
+            k, _ = strategy.run_range(sid, sparams, sstate, dst, i, i + 1, sigs, 1)
+            if not simexec.quick_market(r, book, ctr):
+                f0 = ctr[C_FILLS]
+                simexec.on_market(r, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params,
+                                  lat_cum, lat_lo, lat_hi, rng)
+                if ctr[C_FILLS] > f0:
+                    _fills_to_risk(rsym, rg, rgf, roo, rrates, rrejlog, fills, f0, ctr[C_FILLS], r.recv_ts)
             if k == 0:
-                break
-            i = i2
+                continue
             sig = sigs[0]
             t = sig.recv_ts
             s = sig.symbol
@@ -140,6 +139,8 @@ def run_core(src, n, start, rh, rrec, dst, sid, sparams, sstate, sigs, req, hreq
             if rc != 0:
                 strategy.revert(sid, sparams, sstate, sig)
                 holdoff[s] = t + retry_ns
+            else:
+                strategy.accepted(sid, sparams, sstate, sig, req.client_id)
         if rg[risk.G_HALT_PENDING] != 0:  # the Brain's housekeeping step: cancel-all / flatten after a halt
             nh = risk.halt_requests(rsym, rg, rgf, roo, rrates, rrejlog, hreq, now)
             stats[ST_HALT_REQUESTS] += nh

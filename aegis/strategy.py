@@ -8,6 +8,9 @@ Kernel API (process independent: the Brain, replay and tests call the very same 
 
     k, nxt = run_range(strategy_id, params, state, records, start, n, signals_out, max_signals)   # @njit
     revert(strategy_id, params, state, signal)               # @njit: undo a signal whose order was refused
+    accepted(strategy_id, params, state, signal, client_id)  # @njit: the order was risk-checked and sent
+    sync(strategy_id, params, state, risk_sym, unit_qty)     # @njit: actual positions / open orders from risk
+    sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s)   # @njit: the same for one symbol
 
 `records` is a MARKET_DTYPE array (records[:n] are processed in order), `signals_out` a SIGNAL_DTYPE array with
 room for at least n signals (a record yields at most one). run_batch is deterministic: it reads nothing but its
@@ -18,9 +21,31 @@ sides are exact in float64) so one matrix layout serves every strategy.
 
 run_range stops right after the record that produced its max_signals-th signal (the Brain uses 1, so each
 signal is risk-checked before the strategy moves on); run_batch(...) is run_range over the whole batch.
-Position: every strategy keeps the position it believes it holds in its own state (ema_cross: state[s, EC_S_SIDE]
-= side last traded; mean_reversion: state[s, MR_S_POS], obi: state[s, OB_S_POS], in units of `unit`); a caller
-whose order was refused calls revert() so that belief stays equal to what was really sent.
+
+Position -- what actually happened, not what was asked for:
+  * ema_cross keeps the side it last traded (state[s, EC_S_SIDE]) as the issue specifies; a caller whose order was
+    refused calls revert() so it stays equal to what was really sent. sync/accepted do nothing for it.
+  * mean_reversion and obi decide from the ACTUAL position and working orders of the symbol, which the caller
+    copies from the risk book into the strategy state with sync(strategy_id, params, state, risk_sym, unit_qty)
+    (risk_sym = aegis.risk RiskBook.sym: column S_POS, signed base qty, and S_OPEN_COUNT; unit_qty = the Brain's
+    per-symbol base qty of one unit, aegis.brain.unit_size; 0 = not fixed yet = 1.0) right before the strategy
+    sees market records: the Brain once per batch after draining fills (fills reach risk only between batches),
+    replay before every record for that record's symbol (sync_symbol; its simulated fills land between records).
+    Columns: mean_reversion MR_S_POS (position, units of `unit`), MR_S_OPEN (orders working); obi OB_S_POS,
+    OB_S_OPEN. A signal counts as a working order (OPEN + 1) from the moment it is emitted until the next sync;
+    revert() takes it back when the order was refused. After a NEW order passed risk and was handed off, the
+    caller calls accepted(..., sig, req.client_id): mean_reversion remembers its working entry's client id
+    (MR_S_CID) so it can cancel it.
+    Rules: no exit while flat, no new order while one of ours is working; mean_reversion cancels a resting entry
+    not filled within `entry_timeout_ms` of exchange time: a signal with action = ACTION_CANCEL and target_id =
+    that client id (qty/price informational), which the caller turns into an ACTION_CANCEL request through the
+    normal risk check + hand-off (aegis.brain.signal_to_request). The clock restarts when the cancel is emitted,
+    so a cancel that is refused or lost is retried one timeout later; revert() of a cancel does nothing.
+    Exits size to the actual position (risk clips reduce-only orders to it); partial fills are exited as such.
+  * A caller that never syncs a symbol (the kernel tests, the Brain in signals-only mode: no risk book) gets paper
+    trading for it: every signal is assumed filled at once (MR_S_POS / OB_S_POS = the signal's target), and
+    revert() restores the previous position. sync() switches a symbol to tracked mode for good (MR_S_TRACKED,
+    OB_S_TRACKED).
 
 Registry: name -> StrategySpec(id, param specs with defaults and bounds, state slots). resolve() validates user
 values (TOML numbers or CLI strings) and raises aegis.config.ConfigError with a one-line message.
@@ -33,10 +58,12 @@ Built-in strategies (all positions in units of the `unit` parameter, base asset 
   * mean_reversion: mid sampled every `sample_ms` of exchange time into Bollinger(period, k) and RSI(rsi_period).
     Flat: buy 1 unit when mid < lower band and RSI < rsi_low, sell 1 unit when mid > upper band and
     RSI > rsi_high. Long (short): exit when the mid is back at or above (below) the middle band, reduce-only.
-    LIMIT orders at our own side of the touch (bid to buy, ask to sell), post-only (GTX) by default.
+    LIMIT orders at our own side of the touch (bid to buy, ask to sell), post-only (GTX) by default. An entry
+    still resting after entry_timeout_ms (exchange time) is cancelled (tracked mode, see Position above).
   * obi: EMA(smooth) of the top-of-book imbalance (bid qty - ask qty) / (bid qty + ask qty). Above `threshold`
     target long, below -threshold target short, inside +-exit target flat; MARKET orders for the difference to
-    the current target, at most one per `cooldown_ms` of exchange time per symbol.
+    the current target, at most one per `cooldown_ms` of exchange time per symbol; tracked mode: nothing while
+    an order of ours is working.
 Mids come from bookTicker quotes (KIND_QUOTE) by default; mid_source=book uses the Feed's local book tops
 (KIND_BOOK), any uses both. Records flagged FLAG_RESYNC, or with a non-positive bid/ask, are skipped.
 """
@@ -49,8 +76,12 @@ from numba import njit
 
 from aegis import indicators as ind
 from aegis.pools import state_matrix
-from aegis.records import (FLAG_RESYNC, KIND_BOOK, KIND_QUOTE, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL,
-                           TIF_GTC, TIF_GTX)
+from aegis import risk as _risk
+from aegis.records import (ACTION_CANCEL, ACTION_NEW, FLAG_RESYNC, KIND_BOOK, KIND_QUOTE, ORDER_LIMIT, ORDER_MARKET,
+                           SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_GTX)
+
+_R_POS = _risk.S_POS
+_R_OPEN = _risk.S_OPEN_COUNT
 
 EMA_CROSS = 0
 MEAN_REVERSION = 1
@@ -63,7 +94,8 @@ MID_SOURCES = {"quote": MID_QUOTE, "book": MID_BOOK, "any": MID_ANY}
 # ema_cross
 EC_FAST, EC_SLOW, EC_UNIT, EC_MID = 0, 1, 2, 3
 # mean_reversion
-MR_PERIOD, MR_K, MR_RSI_PERIOD, MR_RSI_LOW, MR_RSI_HIGH, MR_SAMPLE_MS, MR_UNIT, MR_POST_ONLY, MR_MID = range(9)
+(MR_PERIOD, MR_K, MR_RSI_PERIOD, MR_RSI_LOW, MR_RSI_HIGH, MR_SAMPLE_MS, MR_UNIT, MR_POST_ONLY, MR_ENTRY_TIMEOUT_MS,
+ MR_MID) = range(10)
 # obi
 OB_THRESHOLD, OB_EXIT, OB_SMOOTH, OB_COOLDOWN_MS, OB_UNIT, OB_MID = range(6)
 
@@ -73,16 +105,25 @@ EC_S_FAST = 0
 EC_S_SLOW = EC_S_FAST + ind.EMA_SLOTS
 EC_S_SIDE = EC_S_SLOW + ind.EMA_SLOTS
 EC_SLOTS = EC_S_SIDE + 1
-# mean_reversion: position (-1, 0, +1 units), next sample exchange ts, RSI (5), Bollinger window (5 + period)
+# mean_reversion: position (units; paper: -1/0/+1, tracked: actual), next sample exchange ts, orders working,
+# client id of the working entry (0: unknown/none), exchange ts the entry (or its last cancel) was sent, side of the
+# working entry, tracked flag (1 once the caller syncs actual positions), RSI (5), Bollinger window (5 + period)
 MR_S_POS = 0
 MR_S_NEXT = 1
-MR_S_RSI = 2
+MR_S_OPEN = 2
+MR_S_CID = 3
+MR_S_ENTRY_TS = 4
+MR_S_ENTRY_SIDE = 5
+MR_S_TRACKED = 6
+MR_S_RSI = 7
 MR_S_WIN = MR_S_RSI + ind.RSI_SLOTS
-# obi: imbalance EMA (2), position (-1, 0, +1), exchange ts of the last signal
+# obi: imbalance EMA (2), position (units), exchange ts of the last signal, orders working, tracked flag
 OB_S_EMA = 0
 OB_S_POS = OB_S_EMA + ind.EMA_SLOTS
 OB_S_LAST = OB_S_POS + 1
-OB_SLOTS = OB_S_LAST + 1
+OB_S_OPEN = OB_S_LAST + 1
+OB_S_TRACKED = OB_S_OPEN + 1
+OB_SLOTS = OB_S_TRACKED + 1
 
 
 # ================================================================================================ kernels
@@ -120,6 +161,8 @@ def _emit(out, j, r, strategy_id, side, qty, price, order_type, tif, reduce_only
     s.order_type = order_type
     s.tif = tif
     s.reduce_only = reduce_only
+    s.action = ACTION_NEW
+    s.target_id = 0
 
 
 @njit(cache=True, nogil=True)
@@ -168,6 +211,7 @@ def mean_reversion_batch(params, state, records, start, n, out, max_k):
     sample_ns = int(params[MR_SAMPLE_MS]) * 1_000_000
     unit = params[MR_UNIT]
     tif = TIF_GTX if params[MR_POST_ONLY] != 0.0 else TIF_GTC
+    timeout_ns = params[MR_ENTRY_TIMEOUT_MS] * 1e6
     mid_source = int(params[MR_MID])
     n_sym = state.shape[0]
     k = 0
@@ -178,13 +222,29 @@ def mean_reversion_batch(params, state, records, start, n, out, max_k):
             continue
         st = state[s]
         ts = r.exch_ts
-        if ts < st[MR_S_NEXT]:
-            continue
-        st[MR_S_NEXT] = float((ts // sample_ns + 1) * sample_ns)
         mid = 0.5 * (r.bid_px + r.ask_px)
-        lo, mb, up = ind.bollinger_update(st, MR_S_WIN, period, kk, mid)
-        rsi = ind.rsi_update(st, MR_S_RSI, rsi_period, mid)
-        if not (lo == lo and rsi == rsi):  # NaN: not warmed up yet
+        sampled = False
+        lo = mb = up = rsi = 0.0
+        if ts >= st[MR_S_NEXT]:
+            st[MR_S_NEXT] = float((ts // sample_ns + 1) * sample_ns)
+            lo, mb, up = ind.bollinger_update(st, MR_S_WIN, period, kk, mid)
+            rsi = ind.rsi_update(st, MR_S_RSI, rsi_period, mid)
+            sampled = lo == lo and rsi == rsi     # NaN: not warmed up yet
+        if st[MR_S_TRACKED] != 0.0 and st[MR_S_OPEN] > 0.0:
+            # an order of ours is working: no new decision until it is done; a resting entry that did not fill
+            # within the timeout is cancelled (the clock restarts, so a refused / lost cancel is retried later)
+            if st[MR_S_CID] > 0.0 and timeout_ns > 0.0 and ts - st[MR_S_ENTRY_TS] >= timeout_ns:
+                st[MR_S_ENTRY_TS] = float(ts)
+                buy = st[MR_S_ENTRY_SIDE] > 0.0
+                _emit(out, k, r, MEAN_REVERSION, SIDE_BUY if buy else SIDE_SELL, unit,
+                      r.bid_px if buy else r.ask_px, ORDER_LIMIT, tif, 0, 0.0, st[MR_S_POS] * unit)
+                out[k].action = ACTION_CANCEL
+                out[k].target_id = np.int64(st[MR_S_CID])
+                k += 1
+                if k >= max_k:
+                    return k, i + 1
+            continue
+        if not sampled:
             continue
         pos = st[MR_S_POS]
         target = pos
@@ -200,16 +260,20 @@ def mean_reversion_batch(params, state, records, start, n, out, max_k):
             target = 0.0
         if target == pos:
             continue
-        st[MR_S_POS] = target
         reduce = 1 if target == 0.0 else 0
-        qty = abs(target - pos) * unit
-        strength = (mid - mb) / (up - mb) if up > mb else 0.0
-        if target > pos:
-            _emit(out, k, r, MEAN_REVERSION, SIDE_BUY, qty, r.bid_px, ORDER_LIMIT, tif, reduce, strength,
-                  target * unit)
+        qty = abs(pos) * unit if reduce else unit      # exits close what is really held (risk clips them to it)
+        side = SIDE_BUY if target > pos else SIDE_SELL
+        if st[MR_S_TRACKED] != 0.0:
+            st[MR_S_OPEN] += 1.0                        # working until the next sync says otherwise
+            if not reduce:
+                st[MR_S_ENTRY_TS] = float(ts)
+                st[MR_S_ENTRY_SIDE] = 1.0 if side == SIDE_BUY else -1.0
+                st[MR_S_CID] = 0.0                      # known once accepted() is told
         else:
-            _emit(out, k, r, MEAN_REVERSION, SIDE_SELL, qty, r.ask_px, ORDER_LIMIT, tif, reduce, strength,
-                  target * unit)
+            st[MR_S_POS] = target                       # paper: assumed filled
+        strength = (mid - mb) / (up - mb) if up > mb else 0.0
+        _emit(out, k, r, MEAN_REVERSION, side, qty, r.bid_px if side == SIDE_BUY else r.ask_px, ORDER_LIMIT, tif,
+              reduce, strength, target * unit)
         k += 1
         if k >= max_k:
             return k, i + 1
@@ -236,23 +300,31 @@ def obi_batch(params, state, records, start, n, out, max_k):
         e = ind.ema_update(st, OB_S_EMA, alpha, ind.book_imbalance(r.bid_qty, r.ask_qty))
         if st[OB_S_EMA + 1] < smooth:
             continue
+        tracked = st[OB_S_TRACKED] != 0.0
+        if tracked and st[OB_S_OPEN] > 0.0:
+            continue                # an order of ours is still working: act once its outcome is known
         pos = st[OB_S_POS]
-        target = pos
+        cur = 1.0 if pos > 0.0 else (-1.0 if pos < 0.0 else 0.0)
+        target = cur
         if e > th:
             target = 1.0
         elif e < -th:
             target = -1.0
         elif abs(e) < ex:
             target = 0.0
-        if target == pos:
+        if target == cur:
             continue
         if st[OB_S_LAST] != 0.0 and r.exch_ts - st[OB_S_LAST] < cooldown_ns:
             continue
-        st[OB_S_POS] = target
+        if tracked:
+            st[OB_S_OPEN] += 1.0    # working until the next sync says otherwise
+        else:
+            st[OB_S_POS] = target   # paper: assumed filled
         st[OB_S_LAST] = float(r.exch_ts)
         reduce = 1 if target == 0.0 else 0
-        qty = abs(target - pos) * unit
-        if target > pos:
+        # flat -> 1 unit; exit -> what is held; reversal -> what is held + 1 unit
+        qty = abs(pos) * unit if reduce else (abs(pos) + 1.0) * unit
+        if target > cur:
             _emit(out, k, r, OBI, SIDE_BUY, qty, r.ask_px, ORDER_MARKET, 0, reduce, e, target * unit)
         else:
             _emit(out, k, r, OBI, SIDE_SELL, qty, r.bid_px, ORDER_MARKET, 0, reduce, e, target * unit)
@@ -303,9 +375,66 @@ def revert(strategy_id, params, state, sig):
     if strategy_id == EMA_CROSS:
         state[s, EC_S_SIDE] = 1.0 if before > 0.0 else (-1.0 if before < 0.0 else 0.0)
     elif strategy_id == MEAN_REVERSION:
-        state[s, MR_S_POS] = before / params[MR_UNIT]
+        if sig.action == ACTION_CANCEL:
+            return                                  # retried one timeout later (the clock restarted)
+        if state[s, MR_S_TRACKED] != 0.0:
+            if state[s, MR_S_OPEN] >= 1.0:
+                state[s, MR_S_OPEN] -= 1.0
+            if sig.reduce_only == 0:
+                state[s, MR_S_ENTRY_TS] = 0.0
+                state[s, MR_S_CID] = 0.0
+        else:
+            state[s, MR_S_POS] = before / params[MR_UNIT]
     elif strategy_id == OBI:
-        state[s, OB_S_POS] = before / params[OB_UNIT]
+        if state[s, OB_S_TRACKED] != 0.0:
+            if state[s, OB_S_OPEN] >= 1.0:
+                state[s, OB_S_OPEN] -= 1.0
+        else:
+            state[s, OB_S_POS] = before / params[OB_UNIT]
+
+
+@njit(cache=True, nogil=True)
+def accepted(strategy_id, params, state, sig, client_id):
+    """The order of `sig` passed risk and was handed off as client id `client_id`: mean_reversion remembers the
+    client id of its working entry (to cancel it after entry_timeout_ms). No-op for the other strategies."""
+    s = sig.symbol
+    if strategy_id != MEAN_REVERSION or s < 0 or s >= state.shape[0]:
+        return
+    if state[s, MR_S_TRACKED] != 0.0 and sig.action != ACTION_CANCEL and sig.reduce_only == 0:
+        state[s, MR_S_CID] = float(client_id)
+
+
+@njit(cache=True, nogil=True)
+def sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s):
+    """Copy symbol s's actual position (risk_sym[s, S_POS], base qty, converted to units of the strategy's `unit`
+    with unit_qty[s], the Brain's base qty per unit; 0 = 1.0) and open-order count (S_OPEN_COUNT) into the
+    strategy state, and switch the symbol to tracked mode. No-op for ema_cross (it keeps the side last traded)."""
+    if s < 0 or s >= state.shape[0] or s >= risk_sym.shape[0]:
+        return
+    uq = unit_qty[s] if s < unit_qty.shape[0] and unit_qty[s] > 0.0 else 1.0
+    if strategy_id == MEAN_REVERSION:
+        st = state[s]
+        st[MR_S_TRACKED] = 1.0
+        st[MR_S_POS] = risk_sym[s, _R_POS] / (uq * params[MR_UNIT])
+        st[MR_S_OPEN] = risk_sym[s, _R_OPEN]
+        if st[MR_S_OPEN] <= 0.0:      # nothing working any more: forget the entry (filled, cancelled, expired)
+            st[MR_S_CID] = 0.0
+            st[MR_S_ENTRY_TS] = 0.0
+    elif strategy_id == OBI:
+        st = state[s]
+        st[OB_S_TRACKED] = 1.0
+        st[OB_S_POS] = risk_sym[s, _R_POS] / (uq * params[OB_UNIT])
+        st[OB_S_OPEN] = risk_sym[s, _R_OPEN]
+
+
+@njit(cache=True, nogil=True)
+def sync(strategy_id, params, state, risk_sym, unit_qty):
+    """sync_symbol for every symbol both arrays have."""
+    if strategy_id == EMA_CROSS:
+        return
+    n = state.shape[0] if state.shape[0] < risk_sym.shape[0] else risk_sym.shape[0]
+    for s in range(n):
+        sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s)
 
 
 # ================================================================================================ registry
@@ -400,6 +529,8 @@ REGISTRY: dict[str, StrategySpec] = {
         ParamSpec("sample_ms", 1000, "int", 1, 86_400_000, doc="mid sampling period, exchange time"),
         ParamSpec("unit", 1.0, "float", 1e-12, None, doc="position size (base asset)"),
         ParamSpec("post_only", 1, "bool", doc="limit orders post-only (GTX) instead of GTC"),
+        ParamSpec("entry_timeout_ms", 5000, "int", 0, 86_400_000,
+                  doc="cancel a resting entry not filled after this long, exchange time (0: never)"),
         _MID,
     ), "Bollinger band + RSI mean reversion with passive limit orders"),
     "obi": StrategySpec("obi", OBI, (

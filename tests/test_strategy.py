@@ -265,3 +265,111 @@ def test_run_batch_refuses_a_signal_array_shorter_than_the_batch():
     params = cfg.array()
     with pytest.raises(ValueError, match="room for one signal per record"):
         stg.run_batch(cfg.id, params, stg.make_state(cfg.id, 1, params), recs, 100, stg.new_signals(99))
+
+
+def run_tracked(name, recs, values, outcome, rests=False):
+    """Drive a strategy as the Brain does, one signal at a time, syncing the actual position from a risk-book
+    row before each step; outcome(sig) -> signed base qty that really traded (0: the order was rejected).
+    rests=True: orders that do not trade stay open on the book (until a cancel signal for them); every order is
+    accepted with client ids 1, 2, ..."""
+    from aegis import risk as riskmod
+    from aegis.records import ACTION_CANCEL
+    cfg = stg.resolve(name, values)
+    params = cfg.array()
+    state = stg.make_state(cfg.id, 1, params)
+    rsym = np.zeros((1, riskmod.S_COLS))
+    unit_qty = np.zeros(1)
+    out = stg.new_signals(1)
+    sigs, i = [], 0
+    while i < len(recs):
+        stg.sync(cfg.id, params, state, rsym, unit_qty)
+        k, i = stg.run_range(cfg.id, params, state, recs, i, len(recs), out, 1)
+        if k:
+            sig = out[0].copy()
+            sigs.append(sig)
+            if sig["action"] == ACTION_CANCEL:
+                rsym[0, riskmod.S_OPEN_COUNT] -= 1
+                continue
+            stg.accepted(cfg.id, params, state, out[0], len(sigs))
+            traded = outcome(sig)
+            rsym[0, riskmod.S_POS] += traded
+            if rests and traded == 0.0:
+                rsym[0, riskmod.S_OPEN_COUNT] += 1
+    return sigs, state
+
+
+def obi_flip_quotes():
+    recs = quotes(3_000, n_symbols=1, seed=2, step_ns=1_000_000)
+    recs["bid_qty"], recs["ask_qty"] = 1.0, 1.0
+    recs["bid_qty"][1000:] = 9.0      # imbalance 0.8 from record 1000
+    recs["ask_qty"][2000:] = 81.0     # -0.8 from record 2000
+    return recs
+
+
+def test_obi_synced_to_a_flat_book_sends_no_exit_and_enters_with_one_unit():
+    # every order is rejected by the exchange: the strategy stays flat, so it never exits and never "reverses"
+    sigs, _ = run_tracked("obi", obi_flip_quotes(), {"smooth": 3, "cooldown_ms": 100}, lambda s: 0.0)
+    assert len(sigs) > 2
+    assert all(s["reduce_only"] == 0 and s["qty"] == 1.0 for s in sigs)
+    assert {int(s["side"]) for s in sigs if s["seq"] < 2000} == {SIDE_BUY}
+    assert {int(s["side"]) for s in sigs if s["seq"] >= 2010} == {SIDE_SELL}
+
+
+def test_obi_synced_to_real_fills_matches_its_paper_trading():
+    recs = obi_flip_quotes()
+    paper, _ = run("obi", recs, {"smooth": 3, "cooldown_ms": 0}, n_symbols=1)
+    tracked, _ = run_tracked("obi", recs, {"smooth": 3, "cooldown_ms": 0},
+                             lambda s: s["qty"] if s["side"] == SIDE_BUY else -s["qty"])
+    assert [(int(s["seq"]), int(s["side"]), float(s["qty"]), int(s["reduce_only"])) for s in tracked] == \
+           [(int(s["seq"]), int(s["side"]), float(s["qty"]), int(s["reduce_only"])) for s in paper]
+
+
+def dip_quotes():
+    recs = quotes(4_000, n_symbols=1, seed=1, step_ns=10_000_000)
+    mid = np.full(len(recs), 100.0) + 0.01 * np.sin(np.arange(len(recs)))
+    mid[2000:2300] -= np.linspace(0, 5, 300)
+    mid[2300:] = 100.0
+    recs["bid_px"], recs["ask_px"] = mid - 0.01, mid + 0.01
+    return recs
+
+
+def test_mean_reversion_with_a_resting_entry_never_exits_and_cancels_it_after_the_timeout():
+    from aegis.records import ACTION_CANCEL
+    sigs, state = run_tracked("mean_reversion", dip_quotes(), {"sample_ms": 100, "period": 20, "rsi_period": 5,
+                                                               "entry_timeout_ms": 5000}, lambda s: 0.0, rests=True)
+    assert len(sigs) >= 2 and all(s["reduce_only"] == 0 for s in sigs)
+    entry, cancel = sigs[:2]
+    assert entry["action"] != ACTION_CANCEL and cancel["action"] == ACTION_CANCEL and cancel["target_id"] == 1
+    assert int(cancel["exch_ts"]) - int(entry["exch_ts"]) == 5_000_000_000    # records are 10 ms apart
+    assert state[0, stg.MR_S_TRACKED] == 1.0 and state[0, stg.MR_S_POS] == 0.0
+
+
+def test_mean_reversion_whose_entry_filled_exits_what_it_holds():
+    unit = 0.5
+    sigs, _ = run_tracked("mean_reversion", dip_quotes(), {"sample_ms": 100, "period": 20, "rsi_period": 5,
+                                                           "unit": unit},
+                          lambda s: 0.3 if s["side"] == SIDE_BUY else -0.3)     # a partial fill of the entry
+    entry, exit_ = sigs[:2]
+    assert entry["side"] == SIDE_BUY and entry["qty"] == unit and entry["reduce_only"] == 0
+    assert exit_["side"] == SIDE_SELL and exit_["reduce_only"] == 1 and exit_["qty"] == pytest.approx(0.3)
+    assert 2000 < entry["seq"] < 2300 <= exit_["seq"]
+
+
+def test_ema_cross_ignores_sync_and_keeps_the_side_it_last_traded():
+    from aegis import risk as riskmod
+    recs = quotes(5_000, n_symbols=2, seed=13)
+    whole, _ = run("ema_cross", recs, {"fast": 3, "slow": 10}, n_symbols=2)
+    cfg = stg.resolve("ema_cross", {"fast": 3, "slow": 10})
+    params = cfg.array()
+    state = stg.make_state(cfg.id, 2, params)
+    rsym = np.zeros((2, riskmod.S_COLS))
+    rsym[:, riskmod.S_POS] = 5.0
+    rsym[:, riskmod.S_OPEN_COUNT] = 3.0
+    out = stg.new_signals(1)
+    seqs, i = [], 0
+    while i < len(recs):
+        stg.sync(cfg.id, params, state, rsym, np.zeros(2))
+        k, i = stg.run_range(cfg.id, params, state, recs, i, len(recs), out, 1)
+        if k:
+            seqs.append(int(out[0]["seq"]))
+    assert seqs == list(whole["seq"])
