@@ -183,7 +183,7 @@ class JournalState:
     next_client_id: int = 1
     orders: dict[int, OrderState] = field(default_factory=dict)
     by_coid: dict[str, int] = field(default_factory=dict)
-    fills_seen: set[tuple[int, int]] = field(default_factory=set)
+    fills_seen: set[tuple[str, int, int]] = field(default_factory=set)  # (symbol, orderId, tradeId)
     positions: dict[str, float] = field(default_factory=dict)
     realized_pnl: float = 0.0
     fees: float = 0.0
@@ -216,7 +216,7 @@ class JournalState:
                 if o.open:   # a final state is never reopened by a late ack
                     o.status = status
         elif k == "fill":
-            key = (int(r["oid"]), int(r["tid"]))
+            key = (r["sym"], int(r["oid"]), int(r["tid"]))  # ids are per symbol on Binance
             if key in self.fills_seen:
                 return
             self.fills_seen.add(key)

@@ -8,7 +8,7 @@ On `listenKeyExpired`, a -1125 answer to the keep-alive, a socket error or silen
 again (POST returns the live one or a new one), reconnect (exponential back-off, 0.2 s .. 10 s) and reconcile.
 
 Every ORDER_TRADE_UPDATE is journaled before anything else happens with it. Trades are deduplicated by
-(orderId, tradeId) against everything the journal has ever recorded, so a replayed or repeated event (reconnect,
+(symbol, orderId, tradeId) against everything the journal has ever recorded, so a replayed or repeated event (reconnect,
 restart, reconciliation) never counts twice. Trades missed while disconnected cannot be replayed (there is no
 userTrades endpoint on the embedded venue and the stream does not resend); reconciliation finds them as an
 executedQty larger than the journal's and records the difference as one "gap" fill (tradeId = -cum steps, so the
@@ -233,7 +233,7 @@ class UserStream:
 
     def _book_fill(self, sym, cid, coid, oid, tid, side, px, qty, cum, fee, fee_asset, rpnl, status, maker, ts_ms,
                    recv_ns, orig_qty, reduce_only, gap=False) -> bool:
-        key = (oid, tid)
+        key = (sym, oid, tid)  # Binance numbers orders and trades per symbol: ids alone collide across symbols
         if key in self.state.fills_seen:
             self.stats["dup_fills"] += 1
             return False

@@ -72,7 +72,17 @@ def test_the_same_fill_journaled_twice_is_counted_once(tmp_path):
         for _ in range(2):
             j.append("fill", id=1, coid="a1", sym="S", oid=9, tid=3, side="BUY", px="2", qty="1.5", cum="1.5")
     st = journal.rebuild(journal.read_records(p)[0])
-    assert st.positions == {"S": 1.5} and st.fills_seen == {(9, 3)}
+    assert st.positions == {"S": 1.5} and st.fills_seen == {("S", 9, 3)}
+
+
+def test_fills_with_equal_order_and_trade_ids_on_two_symbols_are_two_fills(tmp_path):
+    # Binance numbers orders and trades per symbol: the first fill of one symbol has the ids of another's
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        for sym in ("BTCUSDT", "OPUSDT"):
+            j.append("fill", id=1, coid="a1", sym=sym, oid=1000, tid=1, side="BUY", px="2", qty="1.5", cum="1.5")
+    st = journal.rebuild(journal.read_records(p)[0])
+    assert st.positions == {"BTCUSDT": 1.5, "OPUSDT": 1.5}
 
 
 def test_a_late_ack_does_not_reopen_a_final_order(tmp_path):

@@ -62,7 +62,9 @@ def test_parked_sender_is_woken_by_a_handoff_from_another_thread():
 
     th = threading.Thread(target=sender)
     th.start()
-    time.sleep(0.1)                                   # long enough to be parked on the futex
+    end = time.monotonic() + 3                        # the precondition: the sender is parked on the futex
+    while q.stats()["parks"] < 1 and time.monotonic() < end:
+        time.sleep(0.01)
     trade.handoff(q.header, q.records, one_req(9)[0], time.monotonic_ns())
     th.join(5)
     assert got["n"] == 1 and dst[0]["client_id"] == 9
