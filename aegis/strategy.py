@@ -409,6 +409,8 @@ def sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s):
     """Copy symbol s's actual position (risk_sym[s, S_POS], base qty, converted to units of the strategy's `unit`
     with unit_qty[s], the Brain's base qty per unit; 0 = 1.0) and open-order count (S_OPEN_COUNT) into the
     strategy state, and switch the symbol to tracked mode. No-op for ema_cross (it keeps the side last traded)."""
+    if not tracks_positions(strategy_id):
+        return  # first: replay calls this once per record, and ema_cross needs nothing from it
     if s < 0 or s >= state.shape[0] or s >= risk_sym.shape[0]:
         return
     uq = unit_qty[s] if s < unit_qty.shape[0] and unit_qty[s] > 0.0 else 1.0
@@ -425,6 +427,12 @@ def sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s):
         st[OB_S_TRACKED] = 1.0
         st[OB_S_POS] = risk_sym[s, _R_POS] / (uq * params[OB_UNIT])
         st[OB_S_OPEN] = risk_sym[s, _R_OPEN]
+
+
+@njit(cache=True, nogil=True)
+def tracks_positions(strategy_id):
+    """Whether the strategy reads actual positions (sync/sync_symbol) between records."""
+    return strategy_id == MEAN_REVERSION or strategy_id == OBI
 
 
 @njit(cache=True, nogil=True)

@@ -584,7 +584,7 @@ def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
     print(_load_line())
     print(R.format_table(hset), end="")
     print(pipe.sender_breakdown())
-    print(_target_line("tick-to-trade (engine stamp: signed, handed to requests)", p))
+    print(_target_line("tick-to-trade (engine stamp: request bytes written to the socket)", p))
     print(_target_line(f"tick->sink (request read by the loopback sink, {L.count(sink_hist)} matched)", ps))
     print(_dominant_stage(hset))
     info = benchmark.extra_info
@@ -600,7 +600,10 @@ def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
     for s in (L.STAGE_SIGNAL, L.STAGE_RISK, L.STAGE_HANDOFF, L.STAGE_WIRE):
         assert L.count(hset[s]) == n_orders
     assert L.count(sink_hist) >= n_orders * 0.99
-    assert 0 < p[50.0] <= ps[50.0] + 1.0       # the engine's stamp precedes the bytes reaching the sink
+    # the engine's wire stamp is taken once the request bytes are written, so it lands close to when the sink reads
+    # them (before or after, by scheduling); a stamp taken before the client's own work (requests spends ~0.5 ms
+    # before writing) would sit far below the sink's figure
+    assert 0.8 * ps[50.0] <= p[50.0] <= 1.5 * ps[50.0] + 50.0
 
 
 # --- 2. end to end: the real engine (supervisor + Feed + Brain processes) against the embedded venue ------------------

@@ -67,12 +67,12 @@ def test_ring_one_way_latency(benchmark, new_ring):
 
 
 def _queue_writer(q, count, gap_ns, core):
+    # paced by sleeping, not spinning: Queue.put hands the item to a feeder thread of this process, which a
+    # spinning writer pinned to the same core would starve (measuring our loop, not the Queue)
     os.sched_setaffinity(0, {core})
     for _ in range(count):
-        t_next = time.monotonic_ns() + gap_ns
         q.put(time.monotonic_ns())
-        while time.monotonic_ns() < t_next:
-            pass
+        time.sleep(gap_ns / 1e9)
 
 
 def _pipe_writer(conn, count, gap_ns, core):
@@ -92,13 +92,15 @@ def _mp_latency(kind: str) -> dict:
         p = ctx.Process(target=_queue_writer, args=(q, QUEUE_PINGS, 20_000, WRITER_CORE))
         p.start()
         for i in range(QUEUE_PINGS):
-            out[i] = time.monotonic_ns() - q.get(timeout=30)
+            sent = q.get(timeout=30)  # receive first: `now - q.get()` would read the clock before blocking
+            out[i] = time.monotonic_ns() - sent
     else:
         a, b = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_pipe_writer, args=(b, QUEUE_PINGS, 20_000, WRITER_CORE))
         p.start()
         for i in range(QUEUE_PINGS):
-            out[i] = time.monotonic_ns() - a.recv()
+            sent = a.recv()
+            out[i] = time.monotonic_ns() - sent
     p.join(30)
     return _percentiles(out[100:])
 
