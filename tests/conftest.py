@@ -32,3 +32,22 @@ def _time_limit(request):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def own_venue():
+    """Start embedded venues with the given VenueConfig fields; all stopped after the test, which fails if a
+    market generator thread raised."""
+    from aegis.venue import VenueConfig, start_venue
+    made = []
+
+    def make(**kw):
+        kw.setdefault("rate", 3000)
+        v = start_venue(VenueConfig(**kw))
+        made.append(v)
+        return v
+
+    yield make
+    for v in made:
+        v.stop()
+    assert all(v.market.errors == 0 for v in made), "the generator thread raised (traceback on stderr)"

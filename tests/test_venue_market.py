@@ -29,21 +29,6 @@ def venue():
     assert v.market.errors == 0, "the generator thread raised (traceback on stderr)"
 
 
-@pytest.fixture
-def own_venue():
-    made = []
-
-    def make(**kw):
-        kw.setdefault("rate", 3000)
-        v = start_venue(VenueConfig(**kw))
-        made.append(v)
-        return v
-
-    yield make
-    for v in made:
-        v.stop()
-    assert all(v.market.errors == 0 for v in made), "the generator thread raised (traceback on stderr)"
-
 
 def _connect(url: str) -> websocket.WebSocket:
     return websocket.create_connection(url, timeout=5)
