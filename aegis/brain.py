@@ -15,7 +15,8 @@ TICK_UPDATE, TIMER), closes due candles, publishes stats and beats. Nothing per 
 and while the loop spins it holds no GIL, so the sender thread runs freely (see aegis.trade).
 
 Without an order path (aegis.trade.open_order_path missing or returning None, or [brain] trading = false) the
-Brain runs "signals only": the same pipeline minus risk and hand-off.
+Brain runs "signals only": the same pipeline minus risk and hand-off; the strategy is never synced then, so it
+trades on paper (assumes each of its orders filled at once, see aegis.strategy "Position").
 """
 from __future__ import annotations
 
