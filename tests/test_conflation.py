@@ -84,6 +84,9 @@ def test_trades_beyond_the_pending_capacity_wait_for_the_reader_instead_of_being
 
     def reader():
         end = time.monotonic() + 10
+        # start reading only once the writer waits on the full ring: the behaviour under test
+        while rg.header[R.H_FULL_WAITS] == 0 and time.monotonic() < end:
+            time.sleep(0.001)
         while time.monotonic() < end and (not done.is_set() or R.available(rg.header)):
             seen.extend(read_all(rg)["last_id"].tolist())
             time.sleep(0.002)

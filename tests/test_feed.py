@@ -246,6 +246,7 @@ def test_venue_cut_without_rotation_reconnects_and_recovers():
             r.close()
 
 
+@pytest.mark.time_limit(240)
 def test_three_hundred_symbols_are_split_across_connections_and_all_deliver():
     with start_venue(VenueConfig(rate=20000, symbols=300, seed=5)) as v:
         table = discover(v.rest_url, top_n=300)
@@ -262,7 +263,11 @@ def test_three_hundred_symbols_are_split_across_connections_and_all_deliver():
                     r_done[0] += 1
                 return seen.sum() >= 250
             r_done = [0]
-            assert r.run(30.0, until=covered)  # returns as soon as covered; the bound is for a loaded CI box
+            # on a cold Numba cache the venue compiles this stream mix first (~15 s on CI): time delivery, not that
+            assert r.run(120.0, until=lambda: covered() or seen.any()), "no quote at all within 120 s"
+            ok = r.run(30.0, until=covered)  # returns as soon as covered; the bound is for a loaded CI box
+            assert ok, (f"{int(seen.sum())} of 300 symbols quoted; feed {r.eng.stats()}; venue connections "
+                        f"{[(len(c.subs), c.frames_sent) for c in v.stream_connections()]}")
             assert r.eng.parser.stats[P.ST_UNKNOWN_SYMBOL] == 0 and r.eng.bad_count() == 0
         finally:
             r.close()
