@@ -818,6 +818,7 @@ def synthetic_loop(header, records, ctl, state, batch, rate, policy, wait):
     written_total = 0
     chk = 0
     spins = 0
+    full_since = 0
     nb = batch.shape[0]
     # RUNNING is announced from inside the compiled loop: the supervisor's hang detection must not count the
     # seconds of the first-run compilation
@@ -832,6 +833,15 @@ def synthetic_loop(header, records, ctl, state, batch, rate, policy, wait):
         if rate > 0 and seq * 1_000_000_000 >= rate * (t - t0):
             spins = idle(wait, spins)
             continue
+        if policy == ring.POLICY_WAIT and ring.free_slots(header, nb) < nb:
+            # wait for room here, not inside write_batch: this loop keeps beating, so a stalled Brain is reported
+            # as the hung process instead of the back-pressured Feed
+            if full_since == 0:
+                header[ring.H_FULL_WAITS] += 1
+                full_since = t
+            spins = idle(wait, spins)
+            continue
+        full_since = 0
         spins = 0
         synthetic.generate(state, batch, nb, seq, t + EPOCH_OFFSET_NS, t)
         w = ring.stamp_and_write(header, records, batch, nb, policy, wait)

@@ -140,3 +140,19 @@ def _a_dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
+
+
+def test_a_feed_blocked_by_a_stalled_brain_keeps_beating_so_the_brain_is_blamed(engine):
+    # the Brain stops consuming: the Feed fills the ring and waits (policy wait); the waiting Feed is healthy
+    run = engine("--ring-capacity", "4096")
+    run.wait_running()
+    brain = run.pid(control.ROLE_BRAIN)
+    os.kill(brain, signal.SIGSTOP)
+    try:
+        line = run.wait_for("stopped beating", 20)
+        assert "brain process" in line
+        assert run.finish() == 1
+    finally:
+        if _alive(brain):
+            os.kill(brain, signal.SIGKILL)
+    assert "full-ring waits 0" not in run.output  # the Feed did wait on the full ring
