@@ -520,6 +520,13 @@ def quick_market(rec, book, ctr):
     s = rec.symbol
     if s < 0 or s >= book.shape[0]:
         return True
+    _move_book(book, rec, s)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _move_book(book, rec, s):
+    """Top of book / last trade of symbol s from one market record; False for kinds that move no price."""
     kind = rec.kind
     if kind == KIND_QUOTE or kind == KIND_BOOK:
         if rec.bid_px > 0.0 and rec.ask_px > 0.0:
@@ -527,10 +534,12 @@ def quick_market(rec, book, ctr):
             book[s, B_BID_QTY] = rec.bid_qty
             book[s, B_ASK] = rec.ask_px
             book[s, B_ASK_QTY] = rec.ask_qty
-    elif kind == KIND_TRADE:
+        return True
+    if kind == KIND_TRADE:
         if rec.px > 0.0:
             book[s, B_LAST] = rec.px
-    return True
+        return True
+    return False
 
 
 @njit(cache=True, nogil=True)
@@ -554,18 +563,9 @@ def on_market(rec, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val,
     s = rec.symbol
     if s < 0 or s >= book.shape[0]:
         return
-    kind = rec.kind
-    if kind == KIND_QUOTE or kind == KIND_BOOK:
-        if rec.bid_px > 0.0 and rec.ask_px > 0.0:
-            book[s, B_BID] = rec.bid_px
-            book[s, B_BID_QTY] = rec.bid_qty
-            book[s, B_ASK] = rec.ask_px
-            book[s, B_ASK_QTY] = rec.ask_qty
-    elif kind == KIND_TRADE:
-        if rec.px > 0.0:
-            book[s, B_LAST] = rec.px
-    else:
+    if not _move_book(book, rec, s):
         return
+    kind = rec.kind
     if ctr[C_ACTIVE] == 0:
         return
     j = 0
