@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import urllib3
 
 from aegis.keys import ApiKeys
 from aegis.signing import encode_params, signed_query, ws_signed_params
+from aegis.wire import ST_OFFSET_MS, RestConnection, WireError
+from aegis.wire import new_state as wire_new_state
 
 log = logging.getLogger("aegis.client")
 
@@ -133,7 +136,9 @@ class BinanceClient:
         self.session.mount("http://", WireStampAdapter())
         self.session.mount("https://", WireStampAdapter())
         self.session.headers.update({"X-MBX-APIKEY": keys.key.reveal()})
-        self.offset_ms = 0               # serverTime - local wall clock
+        # serverTime - local wall clock lives in the fast path's state array (aegis.wire), which the sender's
+        # jitted code reads when it stamps an order: a resync from any thread applies to the very next order
+        self.wire_state = wire_new_state()
         self.last_sync_mono = 0.0
         self.backoff_until = 0.0         # time.monotonic() before which we do not send
         self.banned = False              # the back-off is an IP ban (418): not even cancels may go out
@@ -144,8 +149,18 @@ class BinanceClient:
         self.order_count_1m = 0
         self.stats = {"requests": 0, "timeouts": 0, "resyncs": 0, "backoffs": 0, "resends": 0, "recovered": 0}
         self.first_send_ns = 0           # CLOCK_MONOTONIC ns of the first write of the current place_order
+        self._order_conn: RestConnection | None = None   # keep-alive connection of the fast order path
+        self.send_return_ns = 0          # when the last prepared send returned (the kernel's part of "wire")
 
     # ----------------------------------------------------------------------------------- clock
+    @property
+    def offset_ms(self) -> int:
+        return int(self.wire_state[ST_OFFSET_MS])
+
+    @offset_ms.setter
+    def offset_ms(self, value: int) -> None:
+        self.wire_state[ST_OFFSET_MS] = int(value)
+
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000 + self.offset_ms
 
@@ -176,27 +191,30 @@ class BinanceClient:
         if not self.first_send_ns:
             # when the request's last bytes went into the socket (latency stage "wire"), not when we called requests
             self.first_send_ns = _WIRE.ns or time.monotonic_ns()
-        h = resp.headers
-        if "X-MBX-USED-WEIGHT-1M" in h:
-            self.used_weight_1m = int(h["X-MBX-USED-WEIGHT-1M"])
-        if "X-MBX-ORDER-COUNT-10S" in h:
-            self.order_count_10s = int(h["X-MBX-ORDER-COUNT-10S"])
-            self.order_count_1m = int(h.get("X-MBX-ORDER-COUNT-1M", self.order_count_1m))
-        if resp.status_code in (429, 418):
-            self.back_off(resp.status_code, resp.headers.get("Retry-After"), resp.text or "")
-            return _result_error(resp.status_code, resp.content)
-        if resp.status_code >= 500:
+        return self._interpret(resp.status_code, resp.headers, resp.content)
+
+    def _interpret(self, status: int, h, content: bytes) -> dict:
+        """An HTTP answer as a result dict; `h` maps lower-case header names (requests' headers do too)."""
+        if "x-mbx-used-weight-1m" in h:
+            self.used_weight_1m = int(h["x-mbx-used-weight-1m"])
+        if "x-mbx-order-count-10s" in h:
+            self.order_count_10s = int(h["x-mbx-order-count-10s"])
+            self.order_count_1m = int(h.get("x-mbx-order-count-1m", self.order_count_1m))
+        if status in (429, 418):
+            self.back_off(status, h.get("retry-after"), content.decode("utf-8", "replace"))
+            return _result_error(status, content)
+        if status >= 500:
             # 503 "Unknown error..." = execution status unknown; other 5xx are failures but we cannot be sure
             # of that either for an order, so the order path always looks the order up.
-            return _result_error(resp.status_code, resp.content, unknown=True)
-        if resp.status_code >= 400:
-            return _result_error(resp.status_code, resp.content)
+            return _result_error(status, content, unknown=True)
+        if status >= 400:
+            return _result_error(status, content)
         try:
-            data = orjson.loads(resp.content) if resp.content else {}
+            data = orjson.loads(content) if content else {}
         except orjson.JSONDecodeError:
-            return {"ok": False, "status": resp.status_code, "code": None, "msg": "bad JSON", "unknown": True}
+            return {"ok": False, "status": status, "code": None, "msg": "bad JSON", "unknown": True}
         self._backoff_s = 1.0
-        return {"ok": True, "status": resp.status_code, "data": data}
+        return {"ok": True, "status": status, "data": data}
 
     def back_off(self, status: int, retry_after, text: str) -> None:
         """A 429/418 (REST or ws-fapi): pause for Retry-After seconds, else until the "banned until <ms>" of the
@@ -253,6 +271,76 @@ class BinanceClient:
         if not r.get("unknown"):
             return r
         return self._settle_unknown(params, sent_ms, r)
+
+    def place_prepared(self, data, coid: str, params_fn, on_sent=None) -> dict:
+        """POST /fapi/v1/order from request bytes prepared by aegis.wire (signed, journaled) on the order
+        connection, with the same answers and safety rules as place_order. `params_fn()` gives the order's params
+        for the rare paths that need them (-1021 re-sign, unknown-state lookup); first_send_ns is stamped just
+        before the bytes are handed to the socket. Nothing but checks that cost nothing runs before the send."""
+        if self.backoff_until and self.backing_off() > 0:
+            self.first_send_ns = 0
+            return {"ok": False, "status": 0, "code": -1003, "msg": f"backing off {self.backing_off():.1f} s",
+                    "unknown": False, "local": True}
+        conn = self._order_conn
+        if conn is None or conn.sock is None:   # an idle connection's staleness is checked off the order path
+            conn = self.order_connection()
+            try:
+                conn.connect()
+            except OSError:
+                self.first_send_ns = 0
+                return self.place_order(params_fn())   # nothing left yet: the generic path owns the retries
+        t = time.monotonic_ns()
+        try:
+            conn.send(data)
+        except WireError as e:
+            self.first_send_ns = t
+            r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {e}", "unknown": True,
+                 "timeout": True}
+        else:
+            self.first_send_ns = t
+            self.send_return_ns = time.monotonic_ns()
+            if on_sent is not None:
+                on_sent()
+            try:
+                status, headers, body = conn.read_response()
+            except (TimeoutError, socket.timeout):
+                self.stats["timeouts"] += 1
+                r = {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+            except (OSError, ValueError) as e:
+                r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
+                     "unknown": True, "timeout": True}
+            else:
+                r = self._interpret(status, headers, body)
+        self.stats["requests"] += 1
+        # when it went out, for the unknown-state rule (the request's own timestamp was taken just before)
+        sent_ms = self.now_ms() - (time.monotonic_ns() - t) // 1_000_000
+        if r["ok"]:
+            r["order"] = r["data"]
+            return r
+        if r.get("code") == -1021:
+            # refused before processing: resync and re-sign through the generic path (same client order id)
+            self.stats["resyncs"] += 1
+            self.sync_time()
+            return self.place_order(params_fn())
+        if not r.get("unknown"):
+            return r
+        return self._settle_unknown(params_fn(), sent_ms, r)
+
+    def idle(self) -> None:
+        """Sender idle time: replace an order connection the server closed while idle (keep-alive expiry), so
+        an order never discovers it by losing its answer."""
+        c = self._order_conn
+        if c is not None and c.sock is not None and not c.usable():
+            c.close()
+            try:
+                c.connect()
+            except OSError:
+                pass       # the next order connects again
+
+    def order_connection(self) -> RestConnection:
+        if self._order_conn is None:
+            self._order_conn = RestConnection(self.ep.rest_url, self.timeout_s)
+        return self._order_conn
 
     def _settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
         sym, coid = params["symbol"], params["newClientOrderId"]
@@ -321,6 +409,8 @@ class BinanceClient:
 
     def close(self) -> None:
         self.session.close()
+        if self._order_conn is not None:
+            self._order_conn.close()
 
 
 class WsTradeClient:
@@ -336,6 +426,8 @@ class WsTradeClient:
         self._ids = itertools.count(1)
         self.stats = {"requests": 0, "timeouts": 0, "reconnects": 0}
         self.first_send_ns = 0
+        self._pending = None              # the prepared frame _raw_write sends
+        self.send_return_ns = 0
 
     MAX_AGE_S = 23 * 3600     # reconnect before Binance's 24 h cut (API.md §7.2), never in the middle of an order
 
@@ -379,17 +471,24 @@ class WsTradeClient:
             self._ws = None
 
     def call(self, method: str, params: dict) -> dict:
-        import websocket
         rid = f"r{next(self._ids)}"
         signed = ws_signed_params(self.rest.keys.key, self.rest.keys.secret, params, self.rest.now_ms(),
                                   self.rest.recv_window_ms)
         msg = orjson.dumps({"id": rid, "method": method, "params": signed})
+        return self._exchange(rid, lambda ws: ws.send(msg))   # ws.send returns once the frame is written
+
+    def _exchange(self, rid: str, write, stamp_before: bool = False, on_sent=None) -> dict:
+        """write(ws) one request, then read until the answer carrying `rid`."""
+        import websocket
         self.stats["requests"] += 1
         try:
             ws = self._conn()
-            ws.send(msg)  # returns once the frame is written to the socket
+            t = time.monotonic_ns()
+            write(ws)
             if not self.first_send_ns:
-                self.first_send_ns = time.monotonic_ns()
+                self.first_send_ns = t if stamp_before else time.monotonic_ns()
+            if on_sent is not None:
+                on_sent()
             deadline = time.monotonic() + self.timeout_s
             while True:
                 ws.settimeout(max(0.01, deadline - time.monotonic()))
@@ -415,6 +514,36 @@ class WsTradeClient:
         return {"ok": False, "status": status, "code": err.get("code"), "msg": str(err.get("msg", "")),
                 "unknown": status >= 500,
                 "retry_after": max(0.0, retry / 1000.0 - time.time()) if isinstance(retry, (int, float)) else None}
+
+    def _raw_write(self, ws) -> None:
+        with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
+            ws.sock.sendall(self._pending)
+        self.send_return_ns = time.monotonic_ns()
+
+    def place_prepared(self, data, coid: str, params_fn, on_sent=None) -> dict:
+        """order.place from a frame prepared by aegis.wire (masked, signed, journaled; its request id is the
+        newClientOrderId), with the same answers and safety rules as place_order."""
+        self.first_send_ns = 0
+        if self.rest.backing_off() > 0:
+            return {"ok": False, "status": 0, "code": -1003, "msg": "backing off", "unknown": False, "local": True}
+        sent_ms = self.rest.now_ms()
+        self._pending = data
+        try:
+            r = self._exchange(coid, self._raw_write, stamp_before=True, on_sent=on_sent)
+        finally:
+            self._pending = None
+        if not r["ok"] and r.get("code") == -1021:
+            self.rest.stats["resyncs"] += 1
+            self.rest.sync_time()
+            return self.place_order(params_fn())     # re-signed with the new clock, same client order id
+        if r["ok"]:
+            r["order"] = r["data"]
+            return r
+        if r.get("status") in (429, 418):
+            self.rest.back_off(r["status"], r.get("retry_after"), r.get("msg", ""))
+        if not r.get("unknown"):
+            return r
+        return self.rest._settle_unknown(params_fn(), sent_ms, r)
 
     def place_order(self, params: dict) -> dict:
         if self.rest.backing_off() > 0:

@@ -15,6 +15,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -22,20 +23,27 @@ _TIMESPEC = ir.LiteralStructType([_I64, _I64])  # struct timespec on LP64 Linux:
 _IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
 
-@intrinsic
-def _clock_monotonic_ns(typingctx):
-    sig = types.int64()
-
+def _clock_codegen(clock_id):
     def codegen(context, builder, signature, args):
         fnty = ir.FunctionType(_I32, [_I32, _TIMESPEC.as_pointer()])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "clock_gettime")
         ts = cgutils.alloca_once(builder, _TIMESPEC)
-        builder.call(fn, [ir.Constant(_I32, CLOCK_MONOTONIC), ts])
+        builder.call(fn, [ir.Constant(_I32, clock_id), ts])
         sec = builder.load(builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 0)]))
         nsec = builder.load(builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 1)]))
         return builder.add(builder.mul(sec, ir.Constant(_I64, 1_000_000_000)), nsec)
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def _clock_monotonic_ns(typingctx):
+    return types.int64(), _clock_codegen(CLOCK_MONOTONIC)
+
+
+@intrinsic
+def _clock_realtime_ns(typingctx):
+    return types.int64(), _clock_codegen(CLOCK_REALTIME)
 
 
 @intrinsic
@@ -88,6 +96,12 @@ def _nanosleep(typingctx, ns):
 def now_ns() -> int:
     """CLOCK_MONOTONIC in ns (same clock as time.monotonic_ns())."""
     return _clock_monotonic_ns()
+
+
+@njit(cache=True, nogil=True)
+def wall_ns() -> int:
+    """CLOCK_REALTIME in ns (same clock as time.time_ns()): only for exchange timestamps, never for latency."""
+    return _clock_realtime_ns()
 
 
 @njit(cache=True, nogil=True)

@@ -62,9 +62,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from aegis import ring
+from aegis import ring, wire
 from aegis.atomics import fetch_add, load_acquire, store_release
-from aegis.clock import cpu_relax, now_ns, sleep_ns
+from aegis.clock import cpu_relax, now_ns, sleep_ns, wall_ns, yield_cpu
 from aegis.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, ORDER_MARKET,
                            ORDER_REQUEST_DTYPE, SIDE_BUY, STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_NEW,
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
@@ -73,8 +73,8 @@ from aegis.signing import units_to_str
 log = logging.getLogger("aegis.trade")
 
 # --- wait modes of the sender ---------------------------------------------------------------------------------
-WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX = 0, 1, 2
-WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX}
+WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX, WAIT_YIELD = 0, 1, 2, 3
+WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX, "yield": WAIT_YIELD}
 SPIN_BEFORE_PARK_NS = 20_000    # catch back-to-back requests without a syscall
 PARK_TIMEOUT_NS = 50_000_000    # a parked sender re-checks stop/housekeeping at least this often
 SLEEP_NAP_NS = 20_000
@@ -199,6 +199,8 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
             return 0
         if mode == WAIT_SPIN or t < spin_until:
             cpu_relax()
+        elif mode == WAIT_YIELD:
+            yield_cpu()
         elif mode == WAIT_SLEEP:
             sleep_ns(SLEEP_NAP_NS)
         else:
@@ -211,6 +213,47 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
             if left > 0:
                 _futex(header, H_SLEEPING, FUTEX_WAIT_PRIVATE, 1, left if left < PARK_TIMEOUT_NS else PARK_TIMEOUT_NS)
             store_release(header, H_SLEEPING, 0)
+
+
+@njit(cache=True, nogil=True)
+def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
+                     jbuf, jends, jfd, tmp):
+    """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
+    signed request bytes (aegis.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, written
+    to the journal (fd jfd) with one write(2) before anything can be sent. lens[i] = 0: not prepared (not a new
+    order, or no room: the generic path takes it); -1: the journal refused the line, so it must not be sent.
+    jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready."""
+    n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
+    if n == 0:
+        return 0
+    wall_ms = wall_ns() // 1_000_000
+    ts_ms = wall_ms + state[wire.ST_OFFSET_MS]
+    pos = 0
+    jpos = 0
+    for i in range(n):
+        lens[i] = 0
+        jends[i] = jpos
+        if dst[i].action != ACTION_NEW:
+            continue
+        if pos + wire.MAX_REQUEST > out.shape[0] or jpos + wire.MAX_JOURNAL_LINE > jbuf.shape[0]:
+            continue
+        offs[i] = pos
+        pos = wire.encode_order(enc, dst[i], ts_ms, mask_pool, state, out, pos, tmp)
+        lens[i] = pos - offs[i]
+        jpos = wire.encode_journal_req(enc, dst[i], wall_ms, jbuf, jpos)
+        jends[i] = jpos
+    if jpos > 0:
+        w = wire.write_all(jfd, jbuf, jpos)
+        ok = w == jpos
+        if ok and state[wire.ST_FSYNC] != 0:
+            ok = wire._fdatasync(jfd) == 0
+        if not ok:
+            state[wire.ST_WRITE_ERRNO] = w if w != jpos else -1
+            for i in range(n):
+                if lens[i] > 0:
+                    lens[i] = -1
+    stamps[1] = now_ns()
+    return n
 
 
 def default_sender_cores() -> tuple:
@@ -305,6 +348,7 @@ class TradeConfig:
     cancel_on_shutdown: bool = True
     resume: bool = False             # clear a HALTED state recorded in the journal (CLI --resume)
     gil_switch_us: int = 100         # sys.setswitchinterval for the Brain process (Python's default: 5000 us)
+    fast_path: bool = True           # new orders built, signed and journaled in jitted code (aegis.wire)
 
     @classmethod
     def from_section(cls, section: dict) -> "TradeConfig":
@@ -391,11 +435,35 @@ class Sender:
         self.sent = self.acks = self.rejects = self.errors = 0
         self.handoff_ns: list[int] = []   # last hand-off latencies (bounded), for the status line and tests
         self.cores_used: tuple = ()
-        self.wire_ns: list[tuple] = []    # (handoff, seen by the sender, request built, first byte sent) per order
+        # per order: (handoff, seen by the sender, request built, handed to the socket, send returned)
+        self.wire_ns: list[tuple] = []
         self._seen_ns = 0
         self.results: dict[int, dict] = {}   # client_id -> last exchange answer (bounded use: tests/tools)
+        self.fast = None                  # aegis.wire tables when the fast path is on (enable_fast_path)
         self.housekeeping = None          # optional callable run when idle (kill-switch file, clock resync)
         self.on_unknown = None            # optional callable after an order ended in an unknown state (reconcile)
+
+    def enable_fast_path(self, transport: str, api_key: str, secret: str, recv_window_ms: int, rest_url: str,
+                         fsync_always: bool = False) -> None:
+        """Build new orders in jitted code (aegis.wire): signed bytes and journal line ready without the GIL.
+        Needs a client with place_prepared (BinanceClient or WsTradeClient) and a journal with a file."""
+        n = self._batch.shape[0]
+        self.fast = wire.build_encoder(transport, self.rules, self.prefix, api_key, secret, recv_window_ms,
+                                       self.resp_type, rest_url)
+        rest = getattr(self.client, "rest", self.client)
+        # the REST client's state array carries the exchange clock offset (resyncs reach the next order at once)
+        self._wstate = getattr(rest, "wire_state", None)
+        if self._wstate is None:
+            self._wstate = wire.new_state()
+        self._wstate[wire.ST_FSYNC] = int(fsync_always)
+        self._mask = wire.new_mask_pool()
+        self._out = np.zeros(n * wire.MAX_REQUEST, np.uint8)
+        self._offs = np.zeros(n, np.int64)
+        self._lens = np.zeros(n, np.int64)
+        self._jbuf = np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8)
+        self._jends = np.zeros(n, np.int64)
+        self._tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
+        self._out_mv = memoryview(self._out)
 
     # ---- lifecycle
     def start(self) -> "Sender":
@@ -427,7 +495,15 @@ class Sender:
         self.cores_used = tuple(sorted(os.sched_getaffinity(0)))
         h, recs, dst = self.q.header, self.q.records, self._batch
         while not self._stop.is_set():
-            n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
+            if self.fast is not None:
+                if self._wstate[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
+                    self._mask[:] = wire.new_mask_pool()
+                    self._wstate[wire.ST_MASK_POS] = 0
+                n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
+                                     self.fast, self._wstate, self._mask, self._out, self._offs, self._lens,
+                                     self._jbuf, self._jends, self.journal.fd, self._tmp)
+            else:
+                n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
             if n == 0:
                 if self.housekeeping is not None:
                     try:
@@ -439,14 +515,16 @@ class Sender:
             self._seen_ns = seen
             for i in range(n):
                 req = dst[i]
-                lat = seen - int(req["handoff_ts"])
-                if len(self.handoff_ns) < 100_000:
-                    self.handoff_ns.append(lat)
                 try:
-                    self.process(req)
+                    if self.fast is not None and self._lens[i] != 0:
+                        self._process_prepared(req, i)
+                    else:
+                        self.process(req)
                 except Exception as e:   # one bad request must not stop the order path
                     self.errors += 1
                     log.error("sender: request %d failed: %s", int(req["client_id"]), type(e).__name__)
+                if len(self.handoff_ns) < 100_000:     # bookkeeping after the send, never before it
+                    self.handoff_ns.append(seen - int(req["handoff_ts"]))
 
     def _count(self, slot_name: str) -> None:
         if self.ctl is not None:
@@ -474,7 +552,7 @@ class Sender:
             res = self.client.place_order(params)
             wire = getattr(self.client, "first_send_ns", 0) or t0
             if len(self.wire_ns) < 100_000:
-                self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, t0, wire))
+                self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, t0, wire, wire))
             self.sent += 1
             self._count("R_SENDER_SENT")
             if self.latency is not None:
@@ -511,6 +589,40 @@ class Sender:
             return res
         log.error("sender: unknown action %d", action)
         return None
+
+    def _process_prepared(self, req, i: int) -> dict | None:
+        """A new order whose bytes and journal line the jitted fast path made (wait_and_prepare)."""
+        cid = int(req["client_id"])
+        coid = f"{self.prefix}{cid}"
+        if self._lens[i] < 0:
+            # not journaled = not sent: release it in the Brain's risk state
+            log.error("sender: journal write failed (%d); order %s not sent", int(self._wstate[wire.ST_WRITE_ERRNO]),
+                      coid)
+            self.errors += 1
+            self._event(cid, req, STATUS_REJECTED, 0)
+            return None
+        off = int(self._offs[i])
+        adopted = []
+
+        def on_sent():
+            # the journal's in-memory view learns of the request before its answer (or a fill) can arrive
+            adopted.append(self.journal.adopt(bytes(self._jbuf[(self._jends[i - 1] if i else 0):self._jends[i]])))
+
+        res = self.client.place_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
+                                         lambda: order_params(req, self.rules, coid, self.resp_type), on_sent)
+        if not adopted:
+            on_sent()
+        wire_ns = self.client.first_send_ns or time.monotonic_ns()
+        if len(self.wire_ns) < 100_000:
+            self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, int(self._stamps[1]), wire_ns,
+                                 getattr(self.client, "send_return_ns", 0) or wire_ns))
+        self.sent += 1
+        self._count("R_SENDER_SENT")
+        if self.latency is not None:
+            from aegis.latency import record_order_request
+            record_order_request(self.latency, req, wire_ns)
+        self._answer(req, cid, coid, self.rules[int(req["symbol"])].symbol, res)
+        return res
 
     def _answer(self, req, cid, coid, sym, res) -> None:
         self.results[cid] = res
@@ -718,6 +830,9 @@ class TradeSession:
         self.sender = Sender(self.queue, self.order_client, self.journal, self.jstate.prefix, rules, self.fills,
                              resolve_wait(self.tcfg.wait, self.own_core), self.tcfg.cores, self.tcfg.resp_type,
                              self.ctl, self.latency)
+        if self.tcfg.fast_path:
+            self.sender.enable_fast_path(self.tcfg.transport, self.keys.key.reveal(), self.keys.secret.reveal(),
+                                         self.tcfg.recv_window_ms, self.ep.rest_url, self.tcfg.fsync == "always")
         self.sender.housekeeping = self._housekeeping
         self.sender.on_unknown = lambda: self.userstream.reconcile()
         idx = {s: i for i, s in enumerate(self.symbols)}
@@ -764,13 +879,14 @@ class TradeSession:
         set_flag(self.flags, F_KILL, 2 if flatten else 1)
 
     def latency_summary(self) -> str:
-        """One line: median / p99 of hand-off (Brain -> sender holds it), sender Python work (journal, params)
-        and handoff -> first byte written, over the orders of this run."""
-        rows = np.array(self.sender.wire_ns if self.sender else [], dtype=np.int64).reshape(-1, 4)
+        """One line: median / p99 of hand-off (Brain -> sender holds it), request prepared (journal, params,
+        signature), then handed to the socket, the send call itself, and handoff -> wire, over this run's orders."""
+        rows = np.array(self.sender.wire_ns if self.sender else [], dtype=np.int64).reshape(-1, 5)
         if not len(rows):
             return "sender: no orders"
         parts = []
-        for name, a, b in (("hand-off", 0, 1), ("sender work", 1, 2), ("sign+send", 2, 3), ("handoff->wire", 0, 3)):
+        for name, a, b in (("hand-off", 0, 1), ("prepare", 1, 2), ("to socket", 2, 3), ("send call", 3, 4),
+                           ("handoff->wire", 0, 3)):
             d = (rows[:, b] - rows[:, a]) / 1e3
             parts.append(f"{name} p50 {np.percentile(d, 50):.1f} p99 {np.percentile(d, 99):.1f} us")
         return f"sender: {len(rows)} orders; " + "; ".join(parts)

@@ -65,7 +65,9 @@ def test_market_fill_comes_back_as_an_event_that_moves_the_risk_position(rig, tm
 
 def test_partial_fills_each_arrive_once_and_sum_to_the_order(rig, venue):
     r = rig()
-    venue.exchange.set_liquidity_scale(0.02)          # thin book: the order sweeps several levels
+    # thin book: no level may hold more than half the order, so it has to sweep at least two levels
+    levels = venue.market.book_levels("ETHUSDT", "BUY", venue.exchange.cfg.book_depth)
+    venue.exchange.set_liquidity_scale(0.02 / max(q for _, q in levels))
     try:
         r.market("ETHUSDT", SIDE_BUY, 0.05)
         assert r.wait_position("ETHUSDT", 0.05)
