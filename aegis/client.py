@@ -24,10 +24,12 @@ Safety rules (API.md §4.3, §4.4, §7.1, §7.20):
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -272,26 +274,47 @@ class BinanceClient:
             return r
         return self._settle_unknown(params, sent_ms, r)
 
-    def place_prepared(self, data, coid: str, params_fn, on_sent=None) -> dict:
+    def plain_fd(self) -> int:
+        """The order connection's descriptor when the jitted sender may write to it itself (plain TCP, connected,
+        not backing off), else -1. TLS needs the ssl module, so HTTPS orders are written from Python."""
+        c = self._order_conn
+        if c is None or c.sock is None or c.tls or (self.backoff_until and self.backing_off() > 0):
+            return -1
+        return c.sock.fileno()
+
+    def place_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None) -> dict:
         """POST /fapi/v1/order from request bytes prepared by aegis.wire (signed, journaled) on the order
         connection, with the same answers and safety rules as place_order. `params_fn()` gives the order's params
         for the rare paths that need them (-1021 re-sign, unknown-state lookup); first_send_ns is stamped just
-        before the bytes are handed to the socket. Nothing but checks that cost nothing runs before the send."""
-        if self.backoff_until and self.backing_off() > 0:
-            self.first_send_ns = 0
-            return {"ok": False, "status": 0, "code": -1003, "msg": f"backing off {self.backing_off():.1f} s",
-                    "unknown": False, "local": True}
+        before the bytes are handed to the socket. `pre` = (send(2) result, stamp) when the jitted sender already
+        wrote them (plain_fd). Nothing but checks that cost nothing runs before the send."""
         conn = self._order_conn
-        if conn is None or conn.sock is None:   # an idle connection's staleness is checked off the order path
-            conn = self.order_connection()
-            try:
-                conn.connect()
-            except OSError:
+        if pre is None:
+            if self.backoff_until and self.backing_off() > 0:
                 self.first_send_ns = 0
-                return self.place_order(params_fn())   # nothing left yet: the generic path owns the retries
-        t = time.monotonic_ns()
+                return {"ok": False, "status": 0, "code": -1003, "msg": f"backing off {self.backing_off():.1f} s",
+                        "unknown": False, "local": True}
+            if conn is None or conn.sock is None:   # an idle connection's staleness is checked off the order path
+                conn = self.order_connection()
+                try:
+                    conn.connect()
+                except OSError:
+                    self.first_send_ns = 0
+                    return self.place_order(params_fn())   # nothing left yet: the generic path owns the retries
+            t = time.monotonic_ns()
+            rest = data
+        else:
+            done, t = pre
+            if done < 0 and done != -errno.EAGAIN:
+                # the socket refused the whole request (reset, broken pipe): nothing left, so the generic path
+                # may send it on a new connection
+                conn.close()
+                self.first_send_ns = 0
+                return self.place_order(params_fn())
+            rest = data[max(done, 0):]
         try:
-            conn.send(data)
+            if len(rest):
+                conn.send(rest)
         except WireError as e:
             self.first_send_ns = t
             r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {e}", "unknown": True,
@@ -477,13 +500,13 @@ class WsTradeClient:
         msg = orjson.dumps({"id": rid, "method": method, "params": signed})
         return self._exchange(rid, lambda ws: ws.send(msg))   # ws.send returns once the frame is written
 
-    def _exchange(self, rid: str, write, stamp_before: bool = False, on_sent=None) -> dict:
+    def _exchange(self, rid: str, write, stamp_before: bool = False, on_sent=None, stamp: int = 0) -> dict:
         """write(ws) one request, then read until the answer carrying `rid`."""
         import websocket
         self.stats["requests"] += 1
         try:
             ws = self._conn()
-            t = time.monotonic_ns()
+            t = stamp or time.monotonic_ns()
             write(ws)
             if not self.first_send_ns:
                 self.first_send_ns = t if stamp_before else time.monotonic_ns()
@@ -516,20 +539,39 @@ class WsTradeClient:
                 "retry_after": max(0.0, retry / 1000.0 - time.time()) if isinstance(retry, (int, float)) else None}
 
     def _raw_write(self, ws) -> None:
-        with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
-            ws.sock.sendall(self._pending)
+        if len(self._pending):
+            with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
+                ws.sock.sendall(self._pending)
         self.send_return_ns = time.monotonic_ns()
 
-    def place_prepared(self, data, coid: str, params_fn, on_sent=None) -> dict:
+    def plain_fd(self) -> int:
+        """The websocket's descriptor when the jitted sender may write frames to it itself, else -1 (TLS, not
+        connected, backing off). Only the sender thread reads or writes this connection, so a frame written
+        from jitted code cannot interleave with a pong websocket-client sends while reading."""
+        ws = self._ws
+        if ws is None or ws.sock is None or isinstance(ws.sock, ssl.SSLSocket) or \
+                (self.rest.backoff_until and self.rest.backing_off() > 0):
+            return -1
+        return ws.sock.fileno()
+
+    def place_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None) -> dict:
         """order.place from a frame prepared by aegis.wire (masked, signed, journaled; its request id is the
-        newClientOrderId), with the same answers and safety rules as place_order."""
+        newClientOrderId), with the same answers and safety rules as place_order. `pre` as in
+        BinanceClient.place_prepared."""
         self.first_send_ns = 0
-        if self.rest.backing_off() > 0:
+        if pre is None and self.rest.backing_off() > 0:
             return {"ok": False, "status": 0, "code": -1003, "msg": "backing off", "unknown": False, "local": True}
         sent_ms = self.rest.now_ms()
+        stamp = 0
+        if pre is not None:
+            done, stamp = pre
+            if done < 0 and done != -errno.EAGAIN:
+                self.close()          # nothing of the frame left; the generic path reconnects and sends it
+                return self.place_order(params_fn())
+            data = data[max(done, 0):]
         self._pending = data
         try:
-            r = self._exchange(coid, self._raw_write, stamp_before=True, on_sent=on_sent)
+            r = self._exchange(coid, self._raw_write, stamp_before=True, on_sent=on_sent, stamp=stamp)
         finally:
             self._pending = None
         if not r["ok"] and r.get("code") == -1021:

@@ -73,8 +73,8 @@ from aegis.signing import units_to_str
 log = logging.getLogger("aegis.trade")
 
 # --- wait modes of the sender ---------------------------------------------------------------------------------
-WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX, WAIT_YIELD = 0, 1, 2, 3
-WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX, "yield": WAIT_YIELD}
+WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX, WAIT_SHARE = 0, 1, 2, 3
+WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX, "share": WAIT_SHARE}
 SPIN_BEFORE_PARK_NS = 20_000    # catch back-to-back requests without a syscall
 PARK_TIMEOUT_NS = 50_000_000    # a parked sender re-checks stop/housekeeping at least this often
 SLEEP_NAP_NS = 20_000
@@ -83,6 +83,8 @@ SLEEP_NAP_NS = 20_000
 H_SLEEPING = 48       # own cache line: 1 while the sender is parked on the futex
 H_WAKES = 56          # FUTEX_WAKE calls made by the producer (diagnostics)
 H_PARKS = 57          # times the sender parked
+H_YIELD_TO = 58       # 1 (wait "share"): the sender is parked on the producer's own core, so the producer yields
+                      # after waking it and the sender runs at once (a same-core wake-up: no inter-core interrupt)
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 _TIMESPEC = ir.LiteralStructType([_I64, _I64])
@@ -140,11 +142,14 @@ class RequestQueue:
 
 @njit(cache=True, nogil=True)
 def wake(header):
-    """Producer side after publishing: wake the sender if (and only if) it is parked."""
+    """Producer side after publishing: wake the sender if (and only if) it is parked, or hand it the core when it
+    shares this one (H_YIELD_TO)."""
     if fetch_add(header, H_SLEEPING, 0) != 0:   # locked RMW: orders our publish before this read (Dekker)
         store_release(header, H_SLEEPING, 0)
         header[H_WAKES] += 1
         _futex(header, H_SLEEPING, FUTEX_WAKE_PRIVATE, 1, 0)
+    if load_acquire(header, H_YIELD_TO) != 0:
+        yield_cpu()
 
 
 @njit(cache=True, nogil=True)
@@ -197,10 +202,8 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
         t = now_ns() if (spins & 15) == 0 else start
         if t > deadline:
             return 0
-        if mode == WAIT_SPIN or t < spin_until:
+        if mode == WAIT_SPIN or (t < spin_until and mode != WAIT_SHARE):
             cpu_relax()
-        elif mode == WAIT_YIELD:
-            yield_cpu()
         elif mode == WAIT_SLEEP:
             sleep_ns(SLEEP_NAP_NS)
         else:
@@ -208,10 +211,12 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
             if ring.available(header) > 0 or ring.aborted(header):
                 store_release(header, H_SLEEPING, 0)
                 continue
-            header[H_PARKS] += 1
             left = deadline - now_ns()
-            if left > 0:
-                _futex(header, H_SLEEPING, FUTEX_WAIT_PRIVATE, 1, left if left < PARK_TIMEOUT_NS else PARK_TIMEOUT_NS)
+            if left <= 0:
+                store_release(header, H_SLEEPING, 0)
+                return 0
+            header[H_PARKS] += 1
+            _futex(header, H_SLEEPING, FUTEX_WAIT_PRIVATE, 1, left if left < PARK_TIMEOUT_NS else PARK_TIMEOUT_NS)
             store_release(header, H_SLEEPING, 0)
 
 
@@ -253,7 +258,31 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
                 if lens[i] > 0:
                     lens[i] = -1
     stamps[1] = now_ns()
+    state[wire.ST_SENT_IDX] = -1
+    fd = state[wire.ST_SEND_FD]
+    if fd >= 0 and lens[0] > 0:
+        # on a plain-TCP connection the batch's first request, when it is a prepared order, leaves from here,
+        # journaled and without the GIL; the rest of a batch goes in order after the answers before it (one
+        # request in flight per connection, and a cancel ahead of an order keeps its place)
+        state[wire.ST_SENT_IDX] = 0
+        state[wire.ST_SENT_NS] = now_ns()
+        state[wire.ST_SENT] = wire.send_now(fd, out, offs[0], lens[0])
     return n
+
+
+def warm_fast_path() -> None:
+    """Compile (or load from Numba's cache) wait_and_prepare and everything it calls, so the first order does not
+    pay it: ~15 s on a cold cache on this box, well under a second from the cache."""
+    from aegis.risk import SymbolRules
+    q = RequestQueue(ring.MIN_CAPACITY)
+    enc = wire.build_encoder("rest", [SymbolRules("WARMUSDT")], "w-", "k", "s", 5000, "ACK", "http://127.0.0.1:1")
+    state = wire.new_state()
+    state[wire.ST_SEND_FD] = -1
+    n = 1
+    wait_and_prepare(q.header, q.records, np.zeros(n, ORDER_REQUEST_DTYPE), n, WAIT_SPIN, 0, np.zeros(2, np.int64),
+                     enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
+                     np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
+                     np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8))
 
 
 def default_sender_cores() -> tuple:
@@ -284,9 +313,15 @@ def _parse_cpus(text: str) -> set:
     return out
 
 
-def resolve_wait(name: str, own_core: bool) -> int:
+def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
+    """auto: spin on a core of its own; else, when the Brain polls without sleeping (busy-spin / spin-yield),
+    share the Brain's core: park there and let the Brain hand the core over after each hand-off (a same-core
+    wake-up, ~3 us here, against ~20 us for waking another core of this VM); else park on a futex on another
+    core."""
     if name == "auto":
-        return WAIT_SPIN if own_core else WAIT_FUTEX
+        if own_core:
+            return WAIT_SPIN
+        return WAIT_SHARE if brain_polls else WAIT_FUTEX
     return WAIT_MODES[name]
 
 
@@ -333,7 +368,7 @@ _TIF = {TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}
 class TradeConfig:
     """[trade] table."""
     transport: str = "rest"          # rest | ws (ws-fapi order.place / order.cancel)
-    wait: str = "auto"               # auto | spin | sleep | futex
+    wait: str = "auto"               # auto | spin | share | sleep | futex (see resolve_wait)
     cores: tuple = ()                # CPU set of the sender thread (() = inherit)
     queue_capacity: int = 4096
     recv_window_ms: int = 5000
@@ -472,6 +507,7 @@ class Sender:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.q.header[H_YIELD_TO] = 0
         self._stop.set()
         self.q.abort()
         if self._thread is not None:
@@ -486,16 +522,20 @@ class Sender:
 
     # ---- thread body
     def _run(self) -> None:
-        cores = self.cores or default_sender_cores()
+        # a sharing sender stays on the Brain's core (it inherits the Brain's affinity): the Brain hands it the core
+        # after each hand-off; every other mode leaves the Brain's core
+        cores = self.cores or (() if self.wait == WAIT_SHARE else default_sender_cores())
         if cores:
             try:
                 os.sched_setaffinity(0, cores)   # pid 0 = this thread only (Linux)
             except OSError as e:
                 log.warning("sender: cannot pin to cores %s: %s", cores, e)
         self.cores_used = tuple(sorted(os.sched_getaffinity(0)))
+        self.q.header[H_YIELD_TO] = int(self.wait == WAIT_SHARE)   # read by the Brain with an acquire load
         h, recs, dst = self.q.header, self.q.records, self._batch
         while not self._stop.is_set():
             if self.fast is not None:
+                self._wstate[wire.ST_SEND_FD] = self.client.plain_fd()
                 if self._wstate[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
                     self._mask[:] = wire.new_mask_pool()
                     self._wstate[wire.ST_MASK_POS] = 0
@@ -608,8 +648,11 @@ class Sender:
             # the journal's in-memory view learns of the request before its answer (or a fill) can arrive
             adopted.append(self.journal.adopt(bytes(self._jbuf[(self._jends[i - 1] if i else 0):self._jends[i]])))
 
+        pre = None
+        if self._wstate[wire.ST_SENT_IDX] == i:     # the jitted code already sent it (or tried)
+            pre = (int(self._wstate[wire.ST_SENT]), int(self._wstate[wire.ST_SENT_NS]))
         res = self.client.place_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
-                                         lambda: order_params(req, self.rules, coid, self.resp_type), on_sent)
+                                         lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre)
         if not adopted:
             on_sent()
         wire_ns = self.client.first_send_ns or time.monotonic_ns()
@@ -766,7 +809,7 @@ class TradeSession:
     `symbols` is the Brain's symbol list in its integer-id order (the Feed's aegis.symbols table)."""
 
     def __init__(self, tcfg: TradeConfig, rcfg, ep, keys, symbols, ctl=None, latency=None, journal_path=None,
-                 resume: bool = False, own_core: bool = False):
+                 resume: bool = False, own_core: bool = False, brain_polls: bool = False):
         self.tcfg = tcfg
         self.rcfg = rcfg
         self.ep = ep
@@ -777,6 +820,7 @@ class TradeSession:
         self.journal_path = journal_path or tcfg.journal or "journal.jsonl"
         self.resume = resume
         self.own_core = own_core
+        self.brain_polls = brain_polls   # the Brain busy-spins or spin-yields (never sleeps) on its core
         if ctl is not None:
             # the kill-switch flags live in the control block so the supervisor (another process) can pull it too
             from aegis import control
@@ -828,11 +872,18 @@ class TradeSession:
         if self.order_client is not self.client:
             self.order_client.connect()
         self.sender = Sender(self.queue, self.order_client, self.journal, self.jstate.prefix, rules, self.fills,
-                             resolve_wait(self.tcfg.wait, self.own_core), self.tcfg.cores, self.tcfg.resp_type,
+                             resolve_wait(self.tcfg.wait, self.own_core, self.brain_polls), self.tcfg.cores,
+                             self.tcfg.resp_type,
                              self.ctl, self.latency)
         if self.tcfg.fast_path:
+            warm_fast_path()
             self.sender.enable_fast_path(self.tcfg.transport, self.keys.key.reveal(), self.keys.secret.reveal(),
                                          self.tcfg.recv_window_ms, self.ep.rest_url, self.tcfg.fsync == "always")
+            if self.tcfg.transport == "rest":
+                try:
+                    self.client.order_connection().connect()   # the first order does not pay the handshake
+                except OSError as e:
+                    log.warning("order connection not open yet (%s): the first order opens it", type(e).__name__)
         self.sender.housekeeping = self._housekeeping
         self.sender.on_unknown = lambda: self.userstream.reconcile()
         idx = {s: i for i, s in enumerate(self.symbols)}
@@ -1024,8 +1075,10 @@ def _open_order_path(spec, ctx) -> OrderPath | None:
         lat = ctx.latency[: _lat.N_STAGES * _lat.HIST_LEN].reshape(_lat.HIST_SET_SHAPE)
     engine_cores = set(cfg.cores or ())
     own_core = bool(tcfg.cores) and not (set(tcfg.cores) & engine_cores)
+    from aegis.wait import SLEEP
     session = TradeSession(tcfg, rcfg, ep, k, names, ctl=ctx.control if ctx is not None else None, latency=lat,
-                           journal_path=path, resume=tcfg.resume, own_core=own_core)
+                           journal_path=path, resume=tcfg.resume, own_core=own_core,
+                           brain_polls=getattr(spec, "wait", SLEEP) != SLEEP)
     session.start()
     log.info("trading on %s: %d symbols, journal %s, sender wait %s, transport %s, state %s", ep.venue, len(names),
              path, tcfg.wait, tcfg.transport, session.book.state)

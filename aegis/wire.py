@@ -46,7 +46,12 @@ ST_OFFSET_MS = 0          # exchange clock - local wall clock (BinanceClient.off
 ST_MASK_POS = 1           # next unused byte of the mask pool
 ST_FSYNC = 2              # 1: fdatasync the journal before sending (journal fsync = "always")
 ST_WRITE_ERRNO = 3        # last failed journal write: -errno or the short count (0: none)
+ST_SEND_FD = 4            # plain-TCP order socket the jitted code may send on itself (-1: Python sends, e.g. TLS)
+ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1: none)
+ST_SENT = 6               # what its send(2) returned: bytes, or -errno
+ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2)
 ST_LEN = 8
+MSG_NOSIGNAL = 0x4000     # a reset peer gives EPIPE, not a process-killing SIGPIPE
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 
@@ -66,6 +71,36 @@ def _write(typingctx, fd, buf, n):
         return builder.call(fn, [f, builder.ptrtoint(ary.data, _I64), n])
 
     return sig, codegen
+
+
+@intrinsic
+def _send(typingctx, fd, buf, off, n, flags):
+    """send(2) of buf[off:off + n] by symbol name; returns the count or -errno."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8):
+        return None
+    sig = types.int64(fd, buf, off, n, flags)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[1])(context, builder, args[1])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I32, _I64, _I64, _I32]), "send")
+        f = builder.trunc(context.cast(builder, args[0], signature.args[0], types.int64), _I32)
+        off = context.cast(builder, args[2], signature.args[2], types.int64)
+        n = context.cast(builder, args[3], signature.args[3], types.int64)
+        fl = builder.trunc(context.cast(builder, args[4], signature.args[4], types.int64), _I32)
+        r = builder.call(fn, [f, builder.add(builder.ptrtoint(ary.data, _I64), off), n, fl])
+        errno_loc = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32.as_pointer(), []),
+                                                   "__errno_location")
+        err = builder.sext(builder.load(builder.call(errno_loc, [])), _I64)
+        neg = builder.icmp_signed("<", r, ir.Constant(_I64, 0))
+        return builder.select(neg, builder.neg(err), r)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def send_now(fd, buf, off, n):
+    """One send(2) from jitted code (the order path's own write); the caller finishes a partial send."""
+    return _send(fd, buf, off, n, MSG_NOSIGNAL)
 
 
 @intrinsic
@@ -178,7 +213,7 @@ def new_mask_pool() -> np.ndarray:
 # --------------------------------------------------------------------------------------------- kernels
 # plain byte loops: a numpy slice assignment builds two views and a generic copy per call (~25 ns each, and an
 # order makes ~40 of them), a loop over a few bytes compiles to straight moves
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _put(out, pos, src):
     n = src.shape[0]
     for k in range(n):
@@ -186,7 +221,7 @@ def _put(out, pos, src):
     return pos + n
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _put_span(out, pos, src, off, n):
     for k in range(n):
         out[pos + k] = src[off + k]
@@ -235,7 +270,7 @@ def put_units(out, pos, units, m, d):
     return pos + d
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _put_const(out, pos, enc, c):
     return _put_span(out, pos, enc.consts, enc.c_off[c], enc.c_len[c])
 

@@ -19,7 +19,7 @@ from numba import njit
 
 from aegis.clock import cpu_relax, now_ns, sleep_ns
 from aegis.records import ORDER_REQUEST_DTYPE
-from aegis.trade import WAIT_MODES, RequestQueue, handoff, sender_wait
+from aegis.trade import H_YIELD_TO, WAIT_MODES, RequestQueue, handoff, sender_wait
 
 
 @njit(cache=True, nogil=True)
@@ -43,7 +43,16 @@ def _produce(header, records, reqs, count, gap_ns, nap):
 
 
 def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool = False) -> dict:
+    """share: producer and sender pinned to one core (the Brain's), the sender parked, the producer hands the core
+    over after each hand-off (trade.H_YIELD_TO), as [trade] wait = auto does with a polling Brain on 2 cores."""
+    import os
     q = RequestQueue(4096)
+    same_core = mode == "share"
+    old_aff = os.sched_getaffinity(0)
+    core = max(old_aff)
+    if same_core:
+        q.header[H_YIELD_TO] = 1
+        os.sched_setaffinity(0, {core})
     reqs = np.zeros(1, ORDER_REQUEST_DTYPE)
     dst = np.zeros(64, ORDER_REQUEST_DTYPE)
     stamps = np.zeros(2, np.int64)
@@ -53,6 +62,8 @@ def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool =
     sender_wait(q.header, q.records, dst, 64, wait, 1_000_000, stamps)
 
     def consumer():
+        if same_core:
+            os.sched_setaffinity(0, {core})
         got = 0
         deadline = time.monotonic() + 30
         while got < count and time.monotonic() < deadline:
@@ -68,6 +79,7 @@ def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool =
     _produce(q.header, q.records, reqs, count, gap_us * 1000, nap)
     th.join(35)
     q.abort()
+    os.sched_setaffinity(0, old_aff)
     s, p = np.array(seen) / 1000.0, np.array(py) / 1000.0
     return {"mode": mode + ("+napping-producer" if nap else ""), "n": len(py), "seen_p50": float(np.percentile(s, 50)), "seen_p99": float(np.percentile(s, 99)),
             "p50": float(np.percentile(p, 50)), "p99": float(np.percentile(p, 99)), "max": float(p.max()),
@@ -88,6 +100,12 @@ def test_handoff_sleep(benchmark):
 
 def test_handoff_spin(benchmark):
     r = benchmark.pedantic(measure_handoff, args=("spin", 1000), rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    assert r["n"] == 1000
+
+
+def test_handoff_share_the_producers_core(benchmark):
+    r = benchmark.pedantic(measure_handoff, args=("share", 1000), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     assert r["n"] == 1000
 
@@ -134,7 +152,8 @@ def test_ws_signed_params_build(benchmark):
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     print(f"{'mode':22} {'n':>5} {'seen p50':>9} {'seen p99':>9} {'py p50':>8} {'py p99':>8} {'max':>8}  (us)")
-    for m, nap in (("spin", False), ("futex", False), ("sleep", False), ("spin", True), ("futex", True)):
+    for m, nap in (("spin", False), ("futex", False), ("sleep", False), ("share", False), ("spin", True),
+                   ("futex", True)):
         r = measure_handoff(m, count, nap=nap)
         m = r["mode"]
         print(f"{m:22} {r['n']:5d} {r['seen_p50']:9.1f} {r['seen_p99']:9.1f} {r['p50']:8.1f} {r['p99']:8.1f} "

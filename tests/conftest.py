@@ -34,6 +34,14 @@ def _time_limit(request):
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.fixture(scope="session")
+def compiled_order_path():
+    """The sender's jitted fast path (aegis.trade.wait_and_prepare) compiled once per session, outside any test's
+    time limit: ~15 s on a cold Numba cache (CI), after which every process loads it from the on-disk cache."""
+    from aegis import trade
+    trade.warm_fast_path()
+
+
 @pytest.fixture
 def own_venue():
     """Start embedded venues with the given VenueConfig fields; all stopped after the test, which fails if a

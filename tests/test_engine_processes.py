@@ -14,7 +14,7 @@ from aegis.process import ProcessSpec
 from aegis.ring import Ring
 from aegis.shm import Segment
 
-pytestmark = pytest.mark.time_limit(120)
+pytestmark = [pytest.mark.time_limit(120), pytest.mark.usefixtures("compiled_order_path")]
 
 
 def _probe(role: str, spec: ProcessSpec, q) -> None:

@@ -9,7 +9,7 @@ from aegis.venue import VenueConfig, start_venue
 
 from tests.trade_rig import Rig, wait_for
 
-pytestmark = pytest.mark.time_limit(30)
+pytestmark = [pytest.mark.time_limit(30), pytest.mark.usefixtures("compiled_order_path")]
 
 KEY = "LEAKTESTKEY-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 SECRET = "LEAKTESTSECRET-0a1b2c3d4e5f60718293a4b5c6d7e8f9"

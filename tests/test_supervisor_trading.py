@@ -10,7 +10,7 @@ import pytest
 from aegis import control
 from tests.enginerun import EngineRun
 
-pytestmark = pytest.mark.time_limit(180)
+pytestmark = [pytest.mark.time_limit(180), pytest.mark.usefixtures("compiled_order_path")]
 # a lively market on two symbols with a fast strategy, so orders flow within seconds
 ARGS = ("--symbols", "BTCUSDT,ETHUSDT", "--param", "fast=2", "--param", "slow=5", "--status-interval", "0.5")
 

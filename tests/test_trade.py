@@ -1,4 +1,5 @@
 """Brain -> sender hand-off (queue, wait modes, wake protocol), order params, [trade] config, venue selection."""
+import os
 import threading
 import time
 
@@ -155,6 +156,78 @@ def test_trade_config_validation():
 def test_auto_wait_spins_only_with_a_core_of_its_own():
     assert trade.resolve_wait("auto", own_core=False) == trade.WAIT_FUTEX
     assert trade.resolve_wait("auto", own_core=True) == trade.WAIT_SPIN
+
+
+def test_auto_wait_shares_the_brains_core_only_when_the_brain_never_sleeps():
+    assert trade.resolve_wait("auto", own_core=False, brain_polls=True) == trade.WAIT_SHARE
+    assert trade.resolve_wait("auto", own_core=False, brain_polls=False) == trade.WAIT_FUTEX
+    assert trade.resolve_wait("auto", own_core=True, brain_polls=True) == trade.WAIT_SPIN
+
+
+def test_a_sharing_sender_parked_on_the_producers_core_gets_the_request():
+    q = trade.RequestQueue()
+    q.header[trade.H_YIELD_TO] = 1
+    dst = np.zeros(8, ORDER_REQUEST_DTYPE)
+    stamps = np.zeros(2, np.int64)
+    trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 1_000_000, stamps)   # compile
+    core = {max(os.sched_getaffinity(0))}
+    old = os.sched_getaffinity(0)
+    got = {}
+
+    def sender():
+        os.sched_setaffinity(0, core)
+        got["n"] = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 5_000_000_000, stamps)
+
+    th = threading.Thread(target=sender)
+    th.start()
+    try:
+        os.sched_setaffinity(0, core)
+        deadline = time.monotonic() + 5
+        while q.stats()["parks"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+        req["client_id"] = 42
+        assert trade.handoff(q.header, q.records, req, time.monotonic_ns()) == 1
+        th.join(5)
+    finally:
+        os.sched_setaffinity(0, old)
+    assert got["n"] == 1 and dst[0]["client_id"] == 42 and q.stats()["wakes"] == 1
+
+
+def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_risk(tmp_path):
+    class ReadOnlyJournal:           # write(2) on this descriptor fails (EBADF): the jitted path must not send
+        def __init__(self, path):
+            open(path, "wb").close()
+            self.fd = os.open(path, os.O_RDONLY)
+
+    class MustNotSend:
+        def plain_fd(self):
+            return -1
+
+        def place_prepared(self, *a, **kw):
+            raise AssertionError("sent without a journal record")
+
+    fills = trade.FillQueue()
+    rules = [risk.SymbolRules("X", tick_size="0.1", step_size="1")]
+    q = trade.RequestQueue()
+    j = ReadOnlyJournal(str(tmp_path / "j.jsonl"))
+    s = trade.Sender(q, MustNotSend(), j, "p-", rules, fills, wait=trade.WAIT_FUTEX)
+    s.enable_fast_path("rest", "key", "secret", 5000, "http://127.0.0.1:1")
+    s.start()
+    try:
+        req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+        req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
+        req["price_ticks"], req["qty_steps"] = 100, 1
+        trade.handoff(q.header, q.records, req, time.monotonic_ns())
+        deadline = time.monotonic() + 20          # includes loading the fast path's compiled code
+        while s.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        s.stop()
+        os.close(j.fd)
+    ev = fills.drain()
+    assert s.errors == 1 and s.sent == 0
+    assert len(ev) == 1 and ev[0]["client_id"] == 9 and ev[0]["status"] == 6
 
 
 def test_real_binance_requires_live_and_uses_the_documented_urls():

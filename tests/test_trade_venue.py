@@ -3,13 +3,13 @@ import time
 
 import pytest
 
-from aegis import journal, trade
+from aegis import journal, trade, wire
 from aegis.records import SIDE_BUY, SIDE_SELL
 from aegis.venue import VenueConfig, start_venue
 
 from tests.trade_rig import KeyPool, Rig, venue_config, wait_for
 
-pytestmark = pytest.mark.time_limit(30)
+pytestmark = [pytest.mark.time_limit(30), pytest.mark.usefixtures("compiled_order_path")]
 
 
 @pytest.fixture(scope="module")
@@ -332,3 +332,31 @@ def test_daily_loss_halt_is_logged_with_its_reason_and_journaled(rig, caplog):
     assert wait_for(lambda: any("HALTED: daily loss limit" in m for m in caplog.messages))
     assert wait_for(lambda: any(x["k"] == "state" and x["reason"] == "daily loss limit"
                                 for x in journal.read_records(r.ts.journal_path)[0]))
+
+
+@pytest.mark.parametrize("transport", ["rest", "ws"])
+def test_on_a_plain_connection_a_new_order_leaves_from_the_jitted_fast_path(rig, transport):
+    r = rig(trade_cfg={"transport": transport})
+    r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.acks == 1, 10)
+    st = r.ts.sender._wstate
+    assert st[wire.ST_SENT_IDX] == 0 and st[wire.ST_SENT] > 0      # written by send(2) from the nogil kernel
+    k = kinds(r.ts.journal_path, f"{r.ts.jstate.prefix}1")
+    assert k[0] == "req" and "ack" in k                            # journaled before it was sent
+
+
+def test_when_python_must_send_the_order_still_goes_through(rig, monkeypatch):
+    from aegis.client import BinanceClient
+    monkeypatch.setattr(BinanceClient, "plain_fd", lambda self: -1)     # as on a TLS connection
+    r = rig()
+    r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.acks == 1, 10)
+    assert r.ts.sender._wstate[wire.ST_SENT_IDX] == -1
+    assert len(r.exchange_open("BTCUSDT")) == 1
+
+
+def test_the_generic_path_still_works_with_the_fast_path_off(rig):
+    r = rig(trade_cfg={"fast_path": False})
+    r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.acks == 1, 10)
+    assert r.ts.sender.fast is None and len(r.exchange_open("BTCUSDT")) == 1

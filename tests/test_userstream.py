@@ -11,7 +11,7 @@ from aegis.venue import start_venue
 
 from tests.trade_rig import KeyPool, Rig, venue_config, wait_for
 
-pytestmark = pytest.mark.time_limit(30)
+pytestmark = [pytest.mark.time_limit(30), pytest.mark.usefixtures("compiled_order_path")]
 
 # API.md §6.4, verbatim live frames (2024-11-18)
 LIVE_NEW = b'{"e":"ORDER_TRADE_UPDATE","T":1731954087444,"E":1731954087444,"o":{"s":"BTCUSDT","c":"android_MLA5BSDBdSD12WPlEyMh","S":"BUY","o":"LIMIT","f":"GTC","q":"0.002","p":"91739.90","ap":"0","sp":"0","x":"NEW","X":"NEW","i":482255808281,"l":"0","z":"0","L":"0","n":"0","N":"USDT","T":1731954087444,"t":0,"b":"183.66307","a":"0","m":false,"R":false,"wt":"CONTRACT_PRICE","ot":"LIMIT","ps":"BOTH","cp":false,"rp":"0","pP":false,"si":0,"ss":0,"V":"NONE","pm":"OPPONENT","gtd":0}}'
