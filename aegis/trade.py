@@ -9,42 +9,29 @@ allocated in-process (aegis.ring's kernels work on any dtype and on plain numpy 
 thread) and one reader (the sender thread), with the release/acquire cursors of aegis.ring.
 
 How the sender waits is the hard part. Measured with bench/bench_trade.py (`python bench/bench_trade.py`): a
-producer thread spinning in nogil jitted code (like the Brain) hands over one request every 200 us; hand-off =
-Brain's handoff_ts -> the sender's Python code holds the request (GIL re-taken). 2-core box (nproc = 2), load
-average ~1 from other jobs, 2000 requests per mode, four runs, microseconds:
+producer thread spinning in nogil jitted code (like the Brain) hands over one request every 200 us; "seen" =
+Brain's handoff_ts -> sender_wait sees it. On this 2-vCPU VM the decisive cost is waking a thread on the OTHER core
+(an inter-processor interrupt through the hypervisor: ~20 us), and a thread spinning beside a busy thread on one
+core only runs at the scheduler's next pick (ms). Hence the modes ([trade] wait, resolve_wait picks for `auto`):
 
-    wait mode                             p50          p99            max      idle CPU of the sender
-    spin  (nogil jitted busy poll)       600-2200    5200-8300     8000-12000   a whole core
-    futex (spin 20 us, then FUTEX_WAIT)   3.7-3.9    1600-2500     3300-4000    ~0
-    sleep (spin 20 us, nanosleep 20 us)  50-58         87-3700     1000-5000    ~5 % (50k wake-ups/s)
-    ("seen" inside nogil code is 0.3-0.5 us earlier than "python": with the Brain in nogil code the GIL is free)
-    with a core left free (producer naps between hand-offs, bench "+napping-producer"):
-    spin                                   2-13       29-3700 (load)               a whole core
-    futex                                  16-20      185-250                      ~0  (waking an idle core)
+    spin   busy poll; only with a core of its own ([trade] cores outside the engine's): 0.7-8 us here (simulated)
+    share  park on the Brain's own core; the Brain, after waking it, yields (H_YIELD_TO): a same-core wake-up,
+           p50 3.0 us / p99 6.2 us here. auto picks it when the Brain polls without sleeping (busy-spin or
+           spin-yield: that core burns anyway). Cost: while the sender works in Python (answers, journal acks)
+           the Brain waits for its core, which shows in publish->consume p99.
+    futex  spin 20 us, then park on another core: p50 23 us here (the IPI), ~0 CPU; auto with a sleeping Brain
+    sleep  spin 20 us, then 20 us naps: ~50 us
 
-Busy-spinning is the worst here by three orders of magnitude: Brain + sender + the rest of the box make more
-runnable threads than cores, so the spinning sender only sees the request at its next CFS time slice (ms). The
-futex-parked sender is woken by the Brain's FUTEX_WAKE and, as a sleeper, preempts whatever runs on the other core
-at once (p50 3.8 us); its p99 is the other jobs' load. So the default (`[trade] wait = "auto"`) is futex; `auto`
-picks spin only when the sender has a core of its own (`[trade] cores` set to a core neither Feed nor Brain
-uses, i.e. >= 3 cores), where a spinning reader answers in 2-13 us instead of 16-20 us (rows 4 vs 5). The Brain
-pays one locked RMW per hand-off (~20 ns) and a FUTEX_WAKE syscall (~1-2 us) only when the sender is parked. The
-round trip that follows (p50 0.65 ms ws-fapi / 1.6 ms REST to the embedded venue here) dwarfs all of it.
-In the full engine (python -m aegis, embedded venue, --wait sleep, 2 symbols, ~270 orders in 40 s, box load ~2.5
-from other jobs) TradeSession.latency_summary() gave: hand-off p50 245-400 us (p99 2.6-4 ms), sender Python work
-(GIL + journal + order params) p50 150 us, sign + hand to `requests` p50 70 us, handoff->wire p50 560-635 us. The
-hand-off there is 100x the bench because the box is oversubscribed (Feed, Brain, venue threads, user stream and
-other jobs all runnable on 2 cores): a woken thread waits its turn in the run queue. Mitigations in place: the
-sender leaves the Brain's core (default_sender_cores), parks on a futex rather than competing for CPU, journals
-without fsync on the order path ([trade] fsync = interval) and the GIL switch interval is 100 us
-([trade] gil_switch_us) so a Python thread of the Brain process cannot hold the sender off for 5 ms.
+After the wake the fast path (wait_and_prepare, aegis.wire) stays in nogil code: it builds the signed request and
+the journal line, writes the line, and on a plain connection send(2)s the order itself. Python (GIL) comes next,
+for the answer only. The generic path (TradeConfig.fast_path = False, and cancels) goes through aegis.client.
+The GIL: a sender holding it for its Python HTTP work would stall a Brain that returns to Python between batches,
+so the Brain stays in its nogil loop (aegis.brain.consume_loop) and the GIL switch interval is 100 us
+([trade] gil_switch_us) so no Python thread of the Brain process can hold the sender off for 5 ms. The journal is
+written without fsync on the order path ([trade] fsync = interval).
 The wake protocol is Dekker-style: the sender announces it will sleep with a locked RMW (seq_cst) and re-checks the
 queue, the Brain publishes and then reads the flag with a locked RMW; one of the two always sees the other, and
 FUTEX_WAIT re-checks the flag in the kernel, so a wake can't be lost; a 50 ms timeout bounds any surprise.
-The GIL: after waking in nogil code the sender must take the GIL. It is free while the Brain spins in jitted
-code; a Brain that returns to Python between batches would make the sender wait up to the interpreter's switch
-interval (5 ms), and a sender holding the GIL for its Python HTTP work would stall such a Brain. So the Brain must
-stay in its nogil loop (it does: aegis.brain.consume_loop) and only Python-side edges run in the sender thread.
 """
 from __future__ import annotations
 
@@ -283,6 +270,11 @@ def warm_fast_path() -> None:
                      enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
                      np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8))
+    # and what the sender calls right after the first order: compiling it there would hold up that order's answer
+    # (and, sharing the Brain's core, the Brain)
+    from aegis.latency import new_set, record_order_request
+    record_order_request(new_set(), np.zeros(1, ORDER_REQUEST_DTYPE)[0], 0)
+    FillQueue(ring.MIN_CAPACITY).put(np.zeros(1, FILL_DTYPE)[0])
 
 
 def default_sender_cores() -> tuple:
