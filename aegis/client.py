@@ -321,7 +321,8 @@ class BinanceClient:
                  "timeout": True}
         else:
             self.first_send_ns = t
-            self.send_return_ns = time.monotonic_ns()
+            if pre is None or len(rest):
+                self.send_return_ns = time.monotonic_ns()
             if on_sent is not None:
                 on_sent()
             try:
@@ -542,7 +543,7 @@ class WsTradeClient:
         if len(self._pending):
             with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
                 ws.sock.sendall(self._pending)
-        self.send_return_ns = time.monotonic_ns()
+            self.send_return_ns = time.monotonic_ns()
 
     def plain_fd(self) -> int:
         """The websocket's descriptor when the jitted sender may write frames to it itself, else -1 (TLS, not

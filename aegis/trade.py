@@ -62,6 +62,7 @@ log = logging.getLogger("aegis.trade")
 # --- wait modes of the sender ---------------------------------------------------------------------------------
 WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX, WAIT_SHARE = 0, 1, 2, 3
 WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX, "share": WAIT_SHARE}
+WAIT_NAMES = {v: k for k, v in WAIT_MODES.items()}
 SPIN_BEFORE_PARK_NS = 20_000    # catch back-to-back requests without a syscall
 PARK_TIMEOUT_NS = 50_000_000    # a parked sender re-checks stop/housekeeping at least this often
 SLEEP_NAP_NS = 20_000
@@ -254,6 +255,7 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
         state[wire.ST_SENT_IDX] = 0
         state[wire.ST_SENT_NS] = now_ns()
         state[wire.ST_SENT] = wire.send_now(fd, out, offs[0], lens[0])
+        state[wire.ST_SENT_DONE_NS] = now_ns()
     return n
 
 
@@ -643,6 +645,7 @@ class Sender:
         pre = None
         if self._wstate[wire.ST_SENT_IDX] == i:     # the jitted code already sent it (or tried)
             pre = (int(self._wstate[wire.ST_SENT]), int(self._wstate[wire.ST_SENT_NS]))
+            self.client.send_return_ns = int(self._wstate[wire.ST_SENT_DONE_NS])
         res = self.client.place_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
                                          lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre)
         if not adopted:

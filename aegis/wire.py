@@ -49,8 +49,9 @@ ST_WRITE_ERRNO = 3        # last failed journal write: -errno or the short count
 ST_SEND_FD = 4            # plain-TCP order socket the jitted code may send on itself (-1: Python sends, e.g. TLS)
 ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1: none)
 ST_SENT = 6               # what its send(2) returned: bytes, or -errno
-ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2)
-ST_LEN = 8
+ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2): the order's wire stamp
+ST_SENT_DONE_NS = 8       # ... and when it returned (on loopback the receiver's TCP work runs inside it)
+ST_LEN = 16
 MSG_NOSIGNAL = 0x4000     # a reset peer gives EPIPE, not a process-killing SIGPIPE
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)

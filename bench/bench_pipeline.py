@@ -618,7 +618,8 @@ def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
     print()
     print(f"in-process tick-to-trade, transport {transport}: {pipe.ticks} ticks, {n_orders} orders in {wall:.1f} s "
           f"(one tick at a time; ema_cross fast=2 slow=4; Brain wait {os.environ.get('AEGIS_BENCH_WAIT', 'spin-yield')}"
-          f"{f', Brain on core {pipe.brain_core}, Feed+sender on core {pipe.feed_core}' if pipe.pin else ''})")
+          f"{f', Feed on core {pipe.feed_core}, Brain on core {pipe.brain_core}' if pipe.pin else ''}; sender "
+          f"{trade.WAIT_NAMES[pipe.sender.wait]} on core(s) {','.join(map(str, pipe.sender.cores_used))})")
     print(_load_line())
     print(R.format_table(hset), end="")
     print(pipe.sender_breakdown())
