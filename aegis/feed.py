@@ -6,7 +6,9 @@ synthetic generator (`source = "synthetic"`, used to measure the ring and the Br
 Websocket source, per poll of every connection:
   recv_into (one big buffer, receive timestamp taken when it returns) -> jitted frame split (aegis.wsframes) ->
   jitted field extraction + order-book update (aegis.parse, aegis.book) -> conflation buffer -> ring
-  (aegis.conflation). Control frames, control replies and odd payloads take a Python slow path.
+  (aegis.conflation) -> recv -> publish histogram. In the common case (data frames of known payloads only) all of
+  that after the socket read is ONE jitted call (ingest_frames); control frames, fragments, control replies and
+  odd payloads stop it, and the general path (Python + the same kernels) carries on from there.
 
 Connections: streams are routed as Binance requires since 2026 (/public: bookTicker + depth, /market: aggTrade +
 markPrice), split across connections by the 1024-streams-per-connection limit. A dropped or stalled connection
@@ -33,13 +35,16 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import orjson
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.experimental import structref
+from numba.extending import intrinsic
 
-from aegis import book, control, latency, ring, synthetic
+from aegis import book, conflation, control, latency, parse, ring, synthetic
 from aegis.atomics import store_release
 from aegis.book import BookState
 from aegis.client import VENUE_URLS
-from aegis.clock import now_ns
+from aegis.clock import now_ns, py_now_ns
 from aegis.conflation import ConflationBuffer
 from aegis.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAPS, R_FEED_MSGS,
                            R_FEED_RECONNECTS, R_FEED_RESYNCS, R_IDLE, R_RECORDS, R_STATE, ROLE_FEED, ROLE_SLOTS,
@@ -54,7 +59,8 @@ from aegis.ring import H_WRITE as R_H_WRITE
 from aegis.ring import POLICIES
 from aegis.symbols import SymbolTable, discover
 from aegis.wait import BUSY_SPIN, SPIN_LIMIT, idle
-from aegis.wsframes import FR_SPECIAL, ConnectionClosed, connect
+from aegis.wsframes import (FR_SPECIAL, POS_HEAD, POS_N, POS_SPECIAL, POS_TAIL, SPLIT_OK, ConnectionClosed,
+                            connect, split_frames)
 
 log = logging.getLogger("aegis.feed")
 
@@ -280,6 +286,165 @@ def checksum_range(chk, s0, s1):
     return chk
 
 
+# ------------------------------------------------------------------------------------------ fused ingest
+# One read of one connection costs one Python -> jitted call in the common case: split, parse, conflation push /
+# ring publish and the recv -> publish histogram all run in ingest_frames. Whatever needs Python (control frames,
+# fragments, payloads for orjson, recording, a problem to log, a protocol error) makes the kernel stop at a point
+# where FeedEngine's general path can carry on: both paths make the same kernel calls on the same state in the same
+# order, so records, counters, conflation and books come out identical.
+
+# FeedEngine.io slots
+IO_J = 0            # records waiting in parser.out (FeedEngine.j)
+IO_FLUSH_AT = 1     # parser.out fill level that forces a flush
+IO_WAIT = 2         # wait strategy of a blocked conflation push
+IO_LATENCY = 3      # 1: record recv -> publish into the histogram set
+IO_ONE_BATCH = 4    # 1: stop after every batch (the recorder writes each batch's payloads from Python)
+IO_BAD_SEEN = 5     # problem count at the last check (FeedEngine logs a sample when it moves)
+IO_STOP = 6         # where the kernel stopped (STOP_*)
+IO_FRAMES = 7       # frames split by the call that stopped
+IO_I = 8            # STOP_SLOW: next frame to parse
+IO_NS = 9           # STOP_SLOW: messages listed in parser.slow
+IO_BAD_CHANGED = 10  # STOP_BATCH: the problem count moved
+IO_COUNT = 16
+
+STOP_SPLIT = 1      # protocol error: nothing of the failing split committed; frames() raises it again
+STOP_SPECIAL = 2    # batch split (reader cursors committed) and has control frames or fragments: nothing parsed
+STOP_SLOW = 3       # parse stopped after a call that listed slow-path messages (nothing flushed since)
+STOP_BATCH = 4      # batch published; recording or a problem log remains
+
+
+@structref.register
+class IngestStateType(types.StructRef):
+    """Numba type of IngestState: every array the Feed's hot path touches, as one argument."""
+
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class IngestState(structref.StructRefProxy):
+    """FeedEngine's parser, book, conflation, ring and histogram arrays bundled: one StructRef crosses the Python ->
+    jitted boundary for ~0.1 us where the ~28 arrays passed one by one cost ~1.5 us per call."""
+
+
+structref.define_proxy(IngestState, IngestStateType,
+                       ["names", "name_off", "htab", "out", "bk_st", "bk_px", "bk_qty", "pend_hdr", "pend_lv",
+                        "pend_ctl", "lv", "last_ids", "fs", "stats", "params", "slow", "header", "records", "pend",
+                        "cctl", "slots", "beat_ctl", "hset", "io"])
+
+
+@njit(cache=True)
+def make_ingest_state(names, name_off, htab, out, bk_st, bk_px, bk_qty, pend_hdr, pend_lv, pend_ctl, lv, last_ids,
+                      fs, stats, params, slow, header, records, pend, cctl, slots, beat_ctl, hset, io):
+    # a cached constructor: the proxy's own one is compiled afresh in every process
+    return IngestState(names, name_off, htab, out, bk_st, bk_px, bk_qty, pend_hdr, pend_lv, pend_ctl, lv, last_ids,
+                       fs, stats, params, slow, header, records, pend, cctl, slots, beat_ctl, hset, io)
+
+
+@intrinsic
+def _borrowed(typingctx, arr):
+    """arr with a null owner (meminfo): the reference counting of every call it is passed to becomes a no-op instead
+    of an atomic increment/decrement (~40 of those per parsed message, ~0.15 us). Only for arrays that something
+    else keeps alive for the whole call (here: the IngestState / FrameState argument) and that never escape it."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        view = cgutils.create_struct_proxy(arr)(context, builder, value=args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        return view._getvalue()
+
+    return arr(arr), codegen
+
+
+@njit(cache=True, nogil=True)
+def _flush_records(header, records, out, j, pend, cctl, slots, wait, beat_ctl, hset, measure):
+    """FeedEngine.flush with j records in out."""
+    w0 = header[R_H_WRITE]
+    if j:
+        conflation.push(header, records, out, j, pend, cctl, slots, wait, beat_ctl, ROLE_FEED)
+    elif cctl[conflation.C_PENDING]:
+        conflation.drain(header, records, pend, cctl)
+    if measure:
+        record_feed_latency(hset, header, records, w0, header[R_H_WRITE])
+
+
+@njit(cache=True, nogil=True)
+def ingest_frames(k, fr, recv):
+    """Split, parse and publish the frames received in reader fr (FrameReader.state), recv = receive timestamp.
+
+    Returns the frames handled when the read needed no Python at all, else -1 with k.io[IO_STOP] telling where
+    FeedEngine's general path takes over (see STOP_*)."""
+    # every field read once, as a borrowed view: k and fr own the arrays for the whole call
+    io = _borrowed(k.io)
+    buf, offs, lens = _borrowed(fr.buf), _borrowed(fr.offs), _borrowed(fr.lens)
+    ops, flags, pos = _borrowed(fr.ops), _borrowed(fr.flags), _borrowed(fr.pos)
+    names, name_off, htab, out = _borrowed(k.names), _borrowed(k.name_off), _borrowed(k.htab), _borrowed(k.out)
+    bk_st, bk_px, bk_qty = _borrowed(k.bk_st), _borrowed(k.bk_px), _borrowed(k.bk_qty)
+    pend_hdr, pend_lv, pend_ctl = _borrowed(k.pend_hdr), _borrowed(k.pend_lv), _borrowed(k.pend_ctl)
+    lv, last_ids, fs = _borrowed(k.lv), _borrowed(k.last_ids), _borrowed(k.fs)
+    stats, params, slow = _borrowed(k.stats), _borrowed(k.params), _borrowed(k.slow)
+    header, records, pend = _borrowed(k.header), _borrowed(k.records), _borrowed(k.pend)
+    cctl, slots, beat_ctl, hset = _borrowed(k.cctl), _borrowed(k.slots), _borrowed(k.beat_ctl), _borrowed(k.hset)
+    wait = io[IO_WAIT]
+    measure = io[IO_LATENCY] != 0
+    flush_at = io[IO_FLUSH_AT]
+    max_frames = offs.shape[0]
+    total = 0
+    while True:
+        n, end, special, status = split_frames(buf, pos[POS_HEAD], pos[POS_TAIL], offs, lens, ops, flags, max_frames)
+        if status != SPLIT_OK:
+            io[IO_STOP] = STOP_SPLIT
+            io[IO_FRAMES] = total
+            return -1
+        pos[POS_HEAD] = end
+        pos[POS_N] = n
+        pos[POS_SPECIAL] = special
+        if n == 0:
+            return total
+        total += n
+        io[IO_FRAMES] = total
+        if special:
+            io[IO_STOP] = STOP_SPECIAL
+            return -1
+        i = 0
+        j = io[IO_J]
+        while i < n:
+            i, j, ns = parse.parse_frames(buf, offs, lens, flags, i, n, recv, names, name_off, htab, out, j, bk_st,
+                                          bk_px, bk_qty, pend_hdr, pend_lv, pend_ctl, lv, last_ids, fs, stats, params,
+                                          slow, True)
+            if ns:
+                io[IO_J] = j
+                io[IO_I] = i
+                io[IO_NS] = ns
+                io[IO_STOP] = STOP_SLOW
+                return -1
+            if j > flush_at or i < n:
+                _flush_records(header, records, out, j, pend, cctl, slots, wait, beat_ctl, hset, measure)
+                j = 0
+        _flush_records(header, records, out, j, pend, cctl, slots, wait, beat_ctl, hset, measure)
+        io[IO_J] = 0
+        bad = stats[ST_MALFORMED] + stats[ST_UNKNOWN_SYMBOL] + stats[ST_BAD_VALUE] + stats[ST_UNKNOWN_EVENT]
+        changed = bad != io[IO_BAD_SEEN]
+        if changed:
+            io[IO_BAD_SEEN] = bad
+        if changed or io[IO_ONE_BATCH]:
+            io[IO_BAD_CHANGED] = 1 if changed else 0
+            io[IO_STOP] = STOP_BATCH
+            return -1
+        if n < max_frames:
+            return total
+
+
+def entry_for(dispatcher, *args):
+    """The compiled entry of `dispatcher` for the numba types of args (compiled or loaded from the cache now).
+
+    Calling it skips the dispatcher's per-call type resolution of every argument, which for a StructRef goes through
+    Python (~0.5 us a call). Only for calls with arguments of exactly those numba types: the entry unboxes blindly."""
+    import numba
+
+    return dispatcher.compile(tuple(numba.typeof(a) for a in args))
+
+
 DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}   # GET /fapi/v1/depth (API.md 3.1)
 
 
@@ -376,7 +541,7 @@ class FeedEngine:
         self.parser = Parser(table, self.books, max_price=cfg.max_price, max_qty=cfg.max_qty,
                              emit_levels=cfg.depth_levels, dedupe=cfg.dedupe)
         self.conflation = ConflationBuffer(len(table), cfg.conflation_capacity, ctl, ROLE_FEED)
-        self.j = 0
+        self.io = np.zeros(IO_COUNT, np.int64)    # shared with the fused kernel (IO_*)
         self.flush_at = len(self.parser.out) - (LEVELS_CAP + 2)
         self.conns: list[Connection] = [Connection(route, streams, ws_url)
                                         for route, streams in plan_connections(table, cfg)]
@@ -397,12 +562,32 @@ class FeedEngine:
         self._status = np.zeros(max(16, len(table)), MARKET_DTYPE)
         self._snap_out = np.zeros(0, MARKET_DTYPE)
         self.idle_polls = 0
-        self._bad_seen = 0
         base = ROLE_SLOTS * (1 + ROLE_FEED)
         self._stat_slots = np.array([base + x for x in (R_RECORDS, R_CHECKSUM, R_FEED_MSGS, R_FEED_BYTES, R_FEED_BAD,
                                                         R_FEED_RECONNECTS, R_FEED_RESYNCS, R_FEED_GAPS, R_IDLE)],
                                     np.int64)
         self._stat_values = np.zeros(len(self._stat_slots), np.int64)
+        io = self.io
+        io[IO_FLUSH_AT] = self.flush_at
+        io[IO_WAIT] = wait
+        io[IO_LATENCY] = latency_set is not None
+        io[IO_ONE_BATCH] = self.recorder is not None
+        p, b, t, cb = self.parser, self.books, table, self.conflation
+        self.kstate = make_ingest_state(
+            t.names_utf8, t.name_off, t.hash_table, p.out, b.st, b.px, b.qty, b.pend_hdr, b.pend_lv, b.pend_ctl, p.lv,
+            p.last_ids, p.fs, p.stats, p.params, p.slow, header, records, cb.pend, cb.ctl, cb.slots, cb.beat_ctl,
+            latency_set if latency_set is not None else np.zeros((1, 1), np.int64), io)
+        self._ingest_entry = None
+        self._reader_type = None
+
+    @property
+    def j(self) -> int:
+        """Records waiting in parser.out (kept in io: the fused kernel reads and leaves it there)."""
+        return int(self.io[IO_J])
+
+    @j.setter
+    def j(self, v: int) -> None:
+        self.io[IO_J] = v
 
     # ------------------------------------------------------------------------------------------ output
     def flush(self) -> None:
@@ -642,37 +827,109 @@ class FeedEngine:
             return 0
         if not got:
             return 0
-        recv = now_ns()
+        recv = py_now_ns()
+        try:
+            self.ingest(r, recv)
+        except ConnectionClosed as e:
+            self._saw_data(c)
+            self._lost(c, str(e))
+            return got
+        self._saw_data(c)    # after publishing: bookkeeping stays off the recv -> publish path
+        return got
+
+    @staticmethod
+    def _saw_data(c: Connection) -> None:
         c.last_data = time.monotonic()
         if not c.first_data:
             c.first_data = c.last_data
-        p = self.parser
-        while True:
-            try:
-                nf = r.frames()
-            except ConnectionClosed as e:
-                self._lost(c, str(e))
-                return got
-            if nf == 0:
-                break
-            if r.special:
-                self._pending_frag = []
-                try:
-                    r.handle_special(self._on_fragmented)
-                except ConnectionClosed as e:
-                    self._process(r, nf, recv)
-                    self._lost(c, str(e))
-                    return got
-                if self._pending_frag:
-                    self._slow_messages(self._pending_frag, recv)
-            self._process(r, nf, recv)
-            if nf < len(r.offs):
-                break
-        return got
 
-    def _process(self, r, nf: int, recv: int) -> None:
+    def ingest(self, r, recv: int) -> int:
+        """Split, parse and publish everything reader r received (r.read() returned; recv = its receive timestamp,
+        CLOCK_MONOTONIC ns); returns the frames handled. Raises ConnectionClosed (protocol error, server CLOSE)
+        after publishing the frames before it.
+
+        One jitted call (ingest_frames, through its compiled entry) in the common case; the general path takes
+        over where it stops. The caller reads the socket and stamps recv; nothing else runs before publishing."""
+        fr = r.state
+        if fr._type is self._reader_type:     # inline of _kernel: a Python call costs ~0.1 us here
+            n = self._ingest_entry(self.kstate, fr, recv)
+        else:
+            n = self._kernel(fr, recv)
+        if n >= 0:
+            return n
+        return self._ingest_general(r, recv)
+
+    def _kernel(self, fr, recv: int) -> int:
+        """ingest_frames through its compiled entry, fetched on first use for the reader state's numba type (every
+        FrameReader's is the same); a state of another type goes through the dispatcher, which checks types."""
+        if self._reader_type is None:
+            self._ingest_entry = entry_for(ingest_frames, self.kstate, fr, recv)
+            self._reader_type = fr._type
+        if fr._type is self._reader_type:
+            return self._ingest_entry(self.kstate, fr, recv)
+        return ingest_frames(self.kstate, fr, recv)
+
+    def _ingest_general(self, r, recv: int) -> int:
+        """The general path of one read, from where ingest_frames stopped (io[IO_STOP])."""
+        io = self.io
+        total = 0
+        while True:
+            total += int(io[IO_FRAMES])
+            stop = int(io[IO_STOP])
+            if stop == STOP_SPLIT:
+                nf = r.frames()          # the same bytes: raises the same protocol error
+                if nf == 0:
+                    return total
+                total += nf
+                self._batch(r, nf, recv)
+            else:
+                nf = r.n
+                if stop == STOP_SPECIAL:
+                    self._batch(r, nf, recv)
+                elif stop == STOP_SLOW:
+                    self._process(r, nf, recv, int(io[IO_I]), int(io[IO_NS]))
+                else:
+                    self._after_batch(r, nf, recv, bool(io[IO_BAD_CHANGED]))
+            if nf < len(r.offs):
+                return total
+            n = self._kernel(r.state, recv)
+            if n >= 0:
+                return total + n
+
+    def read_general(self, r, recv: int) -> int:
+        """The general path alone (no fused kernel) over what reader r received: frames handled. The reference the
+        fused path is tested against."""
+        total = 0
+        while True:
+            nf = r.frames()
+            if nf == 0:
+                return total
+            total += nf
+            self._batch(r, nf, recv)
+            if nf < len(r.offs):
+                return total
+
+    def _batch(self, r, nf: int, recv: int) -> None:
+        """One split batch: control frames and fragments first (Python), then the data frames."""
+        if r.special:
+            self._pending_frag = []
+            try:
+                r.handle_special(self._on_fragmented)
+            except ConnectionClosed:
+                self._process(r, nf, recv)
+                raise
+            if self._pending_frag:
+                self._slow_messages(self._pending_frag, recv)
+        self._process(r, nf, recv)
+
+    def _process(self, r, nf: int, recv: int, i: int = 0, ns: int = 0) -> None:
+        """Parse and publish the data frames of a split batch. i, ns > 0: resume after a parse call that stopped
+        at frame i having listed ns slow-path messages (where ingest_frames hands over)."""
         p = self.parser
-        i = 0
+        if ns:
+            self._slow(r.buf, r.offs, r.lens, p.slow, ns, recv)
+            if self.j > self.flush_at or i < nf:
+                self.flush()
         while i < nf:
             i, self.j, ns = p.parse(r.buf, r.offs, r.lens, r.flags, i, nf, recv, self.j)
             if ns:
@@ -680,14 +937,20 @@ class FeedEngine:
             if self.j > self.flush_at or i < nf:
                 self.flush()
         self.flush()
+        self._after_batch(r, nf, recv)
+
+    def _after_batch(self, r, nf: int, recv: int, bad_changed: bool | None = None) -> None:
+        """Recording and the problem log of a published batch; bad_changed None: compare the counts here."""
         if self.recorder is not None:   # after publishing: recording stays off the recv -> publish path
             buf = r.buf
             self.recorder.write_payloads(recv, [buf[r.offs[i]:r.offs[i] + r.lens[i]] for i in range(nf)
                                                 if not r.flags[i] & FR_SPECIAL])
-        st = p.stats
-        bad = int(st[ST_MALFORMED] + st[ST_UNKNOWN_SYMBOL] + st[ST_BAD_VALUE] + st[ST_UNKNOWN_EVENT])
-        if bad != self._bad_seen:
-            self._bad_seen = bad
+        if bad_changed is None:
+            bad = self.bad_count()
+            bad_changed = bad != self.io[IO_BAD_SEEN]
+            if bad_changed:
+                self.io[IO_BAD_SEEN] = bad
+        if bad_changed:
             self._log_bad_samples(r.buf)
 
     def _log_bad_samples(self, buf) -> None:
@@ -964,9 +1227,33 @@ def warm_up() -> float:
         cb.push(rg.header, rg.records, p.out, max(j, 1), 2)
         cb.drain(rg.header, rg.records)
         record_feed_latency(latency.new_set(), rg.header, rg.records, 0, 1)
+        _warm_ingest(table, rg, blob)
     finally:
         rg.close()
         rg.unlink()
     store_slots(np.zeros(4, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64))
     checksum_range(0, 0, 2)
     return time.monotonic() - t0
+
+
+def _warm_ingest(table: SymbolTable, rg, blob: bytes) -> None:
+    """The fused path and its constructors, with the argument types of a real Feed (shared-memory ring, histogram
+    set, FrameReader), so the first read of a connection does not compile."""
+    import socket
+
+    from aegis.wsframes import FrameReader
+
+    a, b = socket.socketpair()
+    try:
+        eng = FeedEngine(table, FeedConfig(streams=("bookTicker",)), rg.header, rg.records, "", "",
+                         latency_set=latency.new_set())
+        r = FrameReader(a, buffer_size=1 << 16, max_frames=8)
+        r.buf[:len(blob)] = np.frombuffer(blob, np.uint8)
+        r.tail = len(blob)
+        eng.ingest(r, 1)
+        eng.close()
+        r.close()
+        del eng, r    # the ring's views: the mapping closes only once nothing refers to it
+    finally:
+        a.close()
+        b.close()

@@ -98,8 +98,8 @@ def test_status_line_query_cost(benchmark):
 #
 # 1. test_in_process_tick_to_trade -- every stage is the engine's own code, in one process, no market network:
 #      pre-encoded websocket frames (bookTicker, API.md 2.4.1, combined-stream shape) copied into a real FrameReader's
-#      buffer (what recv_into does), recv_ts = now  ->  FrameReader.frames() (jitted splitter) -> FeedEngine._process
-#      (jitted parser, conflation buffer, ring publish, recv->publish histogram)  ->  in-process ring (aegis.ring
+#      buffer (what recv_into does), recv_ts = now  ->  FeedEngine.ingest (one jitted call: splitter, parser, conflation buffer,
+#      ring publish, recv->publish histogram)  ->  in-process ring (aegis.ring
 #      kernels)  ->  Brain thread running the real brain_loop (Brain.step: wait_batch, process_batch, ema_cross,
 #      risk.check, trade.handoff + futex wake)  ->  the real Sender thread (journal, order params, HMAC signing,
 #      BinanceClient/requests)  ->  a loopback HTTP sink in a child process that timestamps the request's arrival and
@@ -482,8 +482,7 @@ class InProcessPipeline:
         r.buf[:n] = frame                  # what recv_into does (a copy out of the socket buffer)
         r.tail = n
         recv = py_now_ns()                 # FeedEngine._read: the receive stamp is taken when the read returns
-        nf = r.frames()
-        self.feed._process(r, nf, recv)
+        self.feed.ingest(r, recv)          # what FeedEngine._read does after each socket read
         self.ticks += 1
         deadline = py_now_ns() + WAIT_TIMEOUT_NS
         t2t = self.lat[L.STAGE_TICK_TO_TRADE].reshape(-1)
