@@ -97,21 +97,23 @@ def test_status_line_query_cost(benchmark):
 # Tick-to-trade benches (issue 7): what one tick costs from "bytes received" to "order request bytes written".
 #
 # 1. test_in_process_tick_to_trade -- every stage is the engine's own code, in one process, no market network:
-#      pre-encoded websocket frames (bookTicker, API.md 2.4.1, combined-stream shape) copied into a real FrameReader's
-#      buffer (what recv_into does), recv_ts = now  ->  FeedEngine.ingest (one jitted call: splitter, parser, conflation buffer,
-#      ring publish, recv->publish histogram)  ->  in-process ring (aegis.ring
-#      kernels)  ->  Brain thread running the real brain_loop (Brain.step: wait_batch, process_batch, ema_cross,
-#      risk.check, trade.handoff + futex wake)  ->  the real Sender thread (journal, order params, HMAC signing,
-#      BinanceClient/requests)  ->  a loopback HTTP sink in a child process that timestamps the request's arrival and
-#      answers a canned ACK. Threads are pinned like the engine: Brain alone on the last core, Feed (this thread) and
-#      the sender on the other one (aegis.trade.default_sender_cores: "every core except the Brain's").
+#      pre-encoded websocket frames (bookTicker, API.md 2.4.1, combined-stream shape) copied into a real
+#      FrameReader's buffer (what recv_into does), recv_ts = now  ->  FeedEngine.ingest (one jitted call: splitter,
+#      parser, conflation buffer, ring publish, recv->publish histogram)  ->  in-process ring (aegis.ring kernels)
+#      ->  Brain thread running the real brain_loop (ema_cross, risk.check, trade.handoff)  ->  the real Sender
+#      thread with the fast path TradeSession turns on by default (trade.wait_and_prepare: signed request and journal
+#      line built in jitted code, line written, order send(2)'d on the plain keep-alive connection)  ->  a loopback
+#      HTTP/ws sink in a child process that timestamps the request's arrival and answers a canned ACK.
+#      Threads are pinned like the engine: Feed (this thread) on the first core, Brain on the last; the sender as
+#      [trade] wait = auto places it (with a polling Brain on 2 cores: parked on the Brain's core, "share").
 #      The driver feeds one tick at a time and, after a tick that produced an order, waits for the sender to finish
 #      and applies a fill (as the user stream would) before the next tick: figures are per-order latency without
-#      queueing behind an earlier order. The wire timestamp is the engine's own (BinanceClient.first_send_ns: request
-#      signed, handed to `requests`); the sink's arrival stamp (same CLOCK_MONOTONIC, other process) bounds from above
-#      when the bytes really were on the socket and is printed next to it ("tick->sink").
-#      Parametrized by [trade] transport: rest (BinanceClient over requests) and ws (WsTradeClient order.place; the
-#      sink accepts the websocket upgrade and answers each order.place frame).
+#      queueing behind an earlier order. Meanwhile it keeps its core busy and does not hold the GIL, as the Feed
+#      process (which has its own GIL) polling its sockets would.
+#      The wire stamp is the engine's own: the complete request handed to send(2) (the kernel's TCP work after that,
+#      which on loopback includes the receiver's, is the network; its duration is printed as "send call"); the
+#      sink's arrival stamp (same CLOCK_MONOTONIC, other process) bounds it from above ("tick->sink").
+#      Parametrized by [trade] transport: rest and ws (order.place over ws-fapi; the sink accepts the upgrade).
 # 2. test_end_to_end_against_the_embedded_venue -- `python -m aegis --duration N` (supervisor, Feed and Brain
 #      processes, embedded venue child process on loopback at its default 2000 events/s) with a config that lets
 #      ema_cross trade often; reads back <out>/latency.npz and prints the same table, plus ticks/s.
