@@ -172,7 +172,7 @@ L_ZERO = _lit("0")
 #   and JSON (quoted, escaped) forms; units: per symbol (limit qty m, d, market qty m, d, price m, d) where a
 #   value is m * units / 10**d; consts: prefix, api key, host header, resp type; k: HMAC key state.
 Encoder = namedtuple("Encoder", "transport blob sym_rest sym_raw sym_json units consts c_off c_len kstate "
-                                "recv_window scratch")
+                                "recv_window scratch spans")
 C_PREFIX, C_APIKEY, C_HOST, C_RESP = range(4)
 
 
@@ -200,7 +200,8 @@ def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str,
     return Encoder(TRANSPORT_WS if transport == "ws" else TRANSPORT_REST,
                    np.frombuffer(bytes(blob) or b"\0", np.uint8).copy(), spans[0].copy(), spans[1].copy(),
                    spans[2].copy(), units, np.frombuffer(b"".join(consts), np.uint8).copy(), c_off, c_len,
-                   sha256.hmac_key_state(secret.encode("utf-8")), int(recv_window_ms), sha256.new_scratch())
+                   sha256.hmac_key_state(secret.encode("utf-8")), int(recv_window_ms), sha256.new_scratch(),
+                   np.zeros((len(WS_KEYS), 2), np.int64))
 
 
 def new_state() -> np.ndarray:
@@ -348,116 +349,132 @@ def encode_rest_order(enc, req, ts_ms, out, pos):
 
 
 @njit(cache=True, nogil=True)
-def _ws_value(k, enc, req, ts_ms, out, pos, raw):
-    """The value of ws param k (WS_KEYS order) at out[pos:]; JSON form (quoted/escaped) unless raw. Returns
-    (end, present)."""
-    s = req.symbol
+def _ws_values(enc, req, ts_ms, tmp, p, spans):
+    """Every ws param's raw value once, at tmp[p:], spans[k] = (offset, length), length -1 when absent; returns
+    the end. Only the symbol needs a different JSON form (escaped); the rest is JSON-safe by construction
+    (build_encoder refuses a prefix or key that is not)."""
     limit = req.order_type != ORDER_MARKET
-    if k == WK_RW or k == WK_TS:           # numbers: the same text raw and in JSON
-        return put_int(out, pos, enc.recv_window if k == WK_RW else ts_ms), True
-    if (k == WK_PRICE or k == WK_TIF) and not limit:
-        return pos, False
-    if k == WK_RO and not req.reduce_only:
-        return pos, False
-    if k == WK_SYMBOL:
-        if raw:
-            return _put_span(out, pos, enc.blob, enc.sym_raw[s, 0], enc.sym_raw[s, 1]), True
-        return _put_span(out, pos, enc.blob, enc.sym_json[s, 0], enc.sym_json[s, 1]), True
-    if not raw:
-        out[pos] = 34      # '"'
-        pos += 1
-    if k == WK_APIKEY:
-        pos = _put_const(out, pos, enc, C_APIKEY)
-    elif k == WK_COID:
-        pos = _put_const(out, pos, enc, C_PREFIX)
-        pos = put_int(out, pos, req.client_id)
-    elif k == WK_RESP:
-        pos = _put_const(out, pos, enc, C_RESP)
-    elif k == WK_PRICE:
-        pos = _price(out, pos, enc, req)
-    elif k == WK_QTY:
-        pos = _qty(out, pos, enc, req)
-    elif k == WK_RO:
-        pos = _put(out, pos, L_TRUE)
-    elif k == WK_SIDE:
-        pos = _put(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
-    elif k == WK_TIF:
-        pos = _tif(out, pos, req.tif)
-    else:   # WK_TYPE
-        pos = _put(out, pos, L_LIMIT if limit else L_MARKET)
-    if not raw:
-        out[pos] = 34
-        pos += 1
-    return pos, True
+    for k in range(WS_KEY_LEN.shape[0]):
+        start = p
+        if k == WK_APIKEY:
+            p = _put_const(tmp, p, enc, C_APIKEY)
+        elif k == WK_COID:
+            p = _put_const(tmp, p, enc, C_PREFIX)
+            p = put_int(tmp, p, req.client_id)
+        elif k == WK_RESP:
+            p = _put_const(tmp, p, enc, C_RESP)
+        elif k == WK_PRICE:
+            if limit:
+                p = _price(tmp, p, enc, req)
+        elif k == WK_QTY:
+            p = _qty(tmp, p, enc, req)
+        elif k == WK_RW:
+            p = put_int(tmp, p, enc.recv_window)
+        elif k == WK_RO:
+            if req.reduce_only:
+                p = _put(tmp, p, L_TRUE)
+        elif k == WK_SIDE:
+            p = _put(tmp, p, L_BUY if req.side == SIDE_BUY else L_SELL)
+        elif k == WK_SYMBOL:
+            p = _put_span(tmp, p, enc.blob, enc.sym_raw[req.symbol, 0], enc.sym_raw[req.symbol, 1])
+        elif k == WK_TIF:
+            if limit:
+                p = _tif(tmp, p, req.tif)
+        elif k == WK_TS:
+            p = put_int(tmp, p, ts_ms)
+        else:
+            p = _put(tmp, p, L_LIMIT if limit else L_MARKET)
+        spans[k, 0] = start
+        spans[k, 1] = p - start if p > start else -1
+    return p
 
 
 @njit(cache=True, nogil=True)
 def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
     """One masked ws-fapi text frame carrying order.place (API.md §5) at out[pos:]; the request id is the
     newClientOrderId (unique per journal), so the answer is matched without a second counter. `tmp` is scratch
-    (>= MAX_REQUEST bytes). Returns the end position."""
+    (>= 2 * MAX_REQUEST bytes). Returns the end position."""
+    spans = enc.spans
+    half = tmp.shape[0] // 2
+    _ws_values(enc, req, ts_ms, tmp, half, spans)
     # signature payload: k=v&... over the sorted params, raw values
     p = 0
-    first = True
     for k in range(WS_KEY_LEN.shape[0]):
-        start = p
-        if not first:
+        if spans[k, 1] < 0:
+            continue
+        if p > 0:
             tmp[p] = 38    # '&'
             p += 1
         p = _put_span(tmp, p, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
         tmp[p] = 61        # '='
-        p += 1
-        p, present = _ws_value(k, enc, req, ts_ms, tmp, p, True)
-        if present:
-            first = False
-        else:
-            p = start
+        p = _put_span(tmp, p + 1, tmp, spans[k, 0], spans[k, 1])
     payload_len = p
-    # JSON after the payload in tmp, then masked into out
-    j0 = payload_len
-    j = _put(tmp, j0, L_WS_HEAD)
-    j = _put_const(tmp, j, enc, C_PREFIX)
-    j = put_int(tmp, j, req.client_id)
-    j = _put(tmp, j, L_WS_METHOD)
+    # the frame header, then the JSON straight into out; masked in place at the end
+    n_max = half - payload_len      # JSON room (the payload and the values share tmp)
+    hdr = 4 if n_max >= 126 else 2
+    j0 = pos + hdr + 4
+    j = _put(out, j0, L_WS_HEAD)
+    j = _put_const(out, j, enc, C_PREFIX)
+    j = put_int(out, j, req.client_id)
+    j = _put(out, j, L_WS_METHOD)
     first = True
     for k in range(WS_KEY_LEN.shape[0]):
-        start = j
+        if spans[k, 1] < 0:
+            continue
         if not first:
-            tmp[j] = 44    # ','
+            out[j] = 44    # ','
             j += 1
-        tmp[j] = 34
-        j = _put_span(tmp, j + 1, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
-        tmp[j] = 34
-        tmp[j + 1] = 58    # ':'
-        j, present = _ws_value(k, enc, req, ts_ms, tmp, j + 2, False)
-        if present:
-            first = False
+        first = False
+        out[j] = 34
+        j = _put_span(out, j + 1, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
+        out[j] = 34
+        out[j + 1] = 58    # ':'
+        j += 2
+        if k == WK_SYMBOL:
+            j = _put_span(out, j, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
+        elif k == WK_RW or k == WK_TS:
+            j = _put_span(out, j, tmp, spans[k, 0], spans[k, 1])
         else:
-            j = start
-    j = _put(tmp, j, L_WS_SIGNATURE)
-    sha256.hmac_sha256_hex(enc.kstate, tmp, 0, payload_len, tmp, j, enc.scratch)
-    j = _put(tmp, j + 64, L_WS_END)
+            out[j] = 34
+            j = _put_span(out, j + 1, tmp, spans[k, 0], spans[k, 1])
+            out[j] = 34
+            j += 1
+    j = _put(out, j, L_WS_SIGNATURE)
+    sha256.hmac_sha256_hex(enc.kstate, tmp, 0, payload_len, out, j, enc.scratch)
+    j = _put(out, j + 64, L_WS_END)
     n = j - j0
+    if hdr == 4 and n < 126:        # a short frame after all: move it down to the 2-byte header
+        for b in range(n):
+            out[pos + 6 + b] = out[j0 + b]
+        hdr = 2
+        j0 = pos + 6
     # RFC 6455 §5.2: FIN + text; client frames are masked with a fresh key from the random pool
     out[pos] = 0x81
-    if n < 126:
+    if hdr == 2:
         out[pos + 1] = 0x80 | n
-        pos += 2
     else:
         out[pos + 1] = 0x80 | 126
         out[pos + 2] = (n >> 8) & 0xFF
         out[pos + 3] = n & 0xFF
-        pos += 4
     mp = state[ST_MASK_POS]
     if mp + 4 > mask_pool.shape[0]:
         mp = 0               # the Python side refills long before this; wrapping only reuses random keys
-    for b in range(4):
-        out[pos + b] = mask_pool[mp + b]
     state[ST_MASK_POS] = mp + 4
-    pos += 4
-    for b in range(n):
-        out[pos + b] = tmp[j0 + b] ^ mask_pool[mp + (b & 3)]
-    return pos + n
+    m = pos + hdr
+    for b in range(4):
+        out[m + b] = mask_pool[mp + b]
+    m0, m1, m2, m3 = mask_pool[mp], mask_pool[mp + 1], mask_pool[mp + 2], mask_pool[mp + 3]
+    b = 0
+    while b + 4 <= n:
+        out[j0 + b] ^= m0
+        out[j0 + b + 1] ^= m1
+        out[j0 + b + 2] ^= m2
+        out[j0 + b + 3] ^= m3
+        b += 4
+    while b < n:
+        out[j0 + b] ^= mask_pool[mp + (b & 3)]
+        b += 1
+    return j0 + n
 
 
 @njit(cache=True, nogil=True)

@@ -178,12 +178,13 @@ def test_a_sharing_sender_parked_on_the_producers_core_gets_the_request():
         os.sched_setaffinity(0, core)
         got["n"] = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 5_000_000_000, stamps)
 
+    parks = q.stats()["parks"]          # the compile call above may have parked once already
     th = threading.Thread(target=sender)
     th.start()
     try:
         os.sched_setaffinity(0, core)
         deadline = time.monotonic() + 5
-        while q.stats()["parks"] == 0 and time.monotonic() < deadline:
+        while q.stats()["parks"] == parks and time.monotonic() < deadline:
             time.sleep(0.001)
         req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
         req["client_id"] = 42
