@@ -341,6 +341,17 @@ def _wait_until_at_least(arr, idx, target, deadline_ns, nap_ns):
     return True
 
 
+FILL_TO_TICK_NS = 200_000
+
+
+@njit(cache=True, nogil=True)
+def _spin_for(ns):
+    """Pass time keeping the core busy (yielding), as a polling Feed does between ticks."""
+    end = now_ns() + ns
+    while now_ns() < end:
+        yield_cpu()
+
+
 @njit(cache=True, nogil=True)
 def _await_tick(ctl, slot, records_target, q_header, orders, t2t, t2t_target, deadline_ns, nap_ns):
     """After one tick, in one nogil call (the driver stands for the Feed, another process in the engine, so it
@@ -438,6 +449,8 @@ class InProcessPipeline:
             os.sched_setaffinity(0, {self.feed_core})
         self.brain.step(self.header, self.records, self.ctl, 0)    # load/compile the loop before timing anything
         self.sender.start()
+        if self.pin:                      # as TradeSession does: the journal's sync thread off the Brain's core
+            trade.move_off_brain_core(self.journal._flusher, (self.feed_core,))
         self._brain_thread = threading.Thread(target=self._brain_main, name="bench-brain", daemon=True)
         self._brain_thread.start()
         return self
@@ -522,6 +535,10 @@ class InProcessPipeline:
         if not _wait_until_at_least(self.fills.header, ring.H_READ, put, py_now_ns() + WAIT_TIMEOUT_NS,
                                     self.feed_nap_ns):
             raise RuntimeError("the Brain did not drain a fill within 2 s")
+        # Market ticks are not synchronised with our own fills: without a pause the next tick would always land
+        # while the Brain is in its Python round for the fill's bus event (~70 us), which real ticks only hit by
+        # chance (that round is the engine's tail, see the housekeeping share of publish->consume p99.9).
+        _spin_for(FILL_TO_TICK_NS)
         return True
 
     def run(self, frames, first: int, orders: int) -> int:

@@ -296,3 +296,22 @@ def test_a_request_that_cannot_be_journaled_is_not_sent_and_is_released_in_risk(
         s.process(req)
     ev = fills.drain()
     assert len(ev) == 1 and ev[0]["client_id"] == 7 and ev[0]["status"] == 6
+
+
+def test_helper_threads_of_the_brain_process_can_be_moved_off_its_core():
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    seen = {}
+    go = threading.Event()
+
+    def helper():
+        go.wait(5)
+        seen["cores"] = os.sched_getaffinity(0)
+
+    t = threading.Thread(target=helper)
+    t.start()
+    trade.move_off_brain_core(t, (cores[0],))
+    go.set()
+    t.join(5)
+    assert seen["cores"] == {cores[0]}
