@@ -16,10 +16,10 @@ core only runs at the scheduler's next pick (ms). Hence the modes ([trade] wait,
 
     spin   busy poll; only with a core of its own ([trade] cores outside the engine's): 0.7-8 us here (simulated)
     share  park on the Brain's own core; the Brain, after waking it, yields (H_YIELD_TO): a same-core wake-up,
-           p50 3.0 us / p99 6.2 us here. auto picks it when the Brain polls without sleeping (busy-spin or
+           p50 3.0-3.1 us / p99 6.2-6.9 us here. auto picks it when the Brain polls without sleeping (busy-spin or
            spin-yield: that core burns anyway). Cost: while the sender works in Python (answers, journal acks)
            the Brain waits for its core, which shows in publish->consume p99.
-    futex  spin 20 us, then park on another core: p50 23 us here (the IPI), ~0 CPU; auto with a sleeping Brain
+    futex  spin 20 us, then park on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a sleeping Brain
     sleep  spin 20 us, then 20 us naps: ~50 us
 
 After the wake the fast path (wait_and_prepare, aegis.wire) stays in nogil code: it builds the signed request and
