@@ -579,6 +579,11 @@ class WsTradeClient:
             self.rest.stats["resyncs"] += 1
             self.rest.sync_time()
             return self.place_order(params_fn())     # re-signed with the new clock, same client order id
+        return self._finish_place(r, params_fn, sent_ms)
+
+    def _finish_place(self, r: dict, params_fn, sent_ms: int) -> dict:
+        """An order.place answer: the order on success, a back-off on 429/418, the by-client-id lookup when the
+        outcome is unknown."""
         if r["ok"]:
             r["order"] = r["data"]
             return r
@@ -599,14 +604,7 @@ class WsTradeClient:
             self.rest.sync_time()
             sent_ms = self.rest.now_ms()
             r = self.call("order.place", params)
-        if r["ok"]:
-            r["order"] = r["data"]
-            return r
-        if r.get("status") in (429, 418):
-            self.rest.back_off(r["status"], r.get("retry_after"), r.get("msg", ""))
-        if not r.get("unknown"):
-            return r
-        return self.rest._settle_unknown(params, sent_ms, r)
+        return self._finish_place(r, lambda: params, sent_ms)
 
     def cancel_order(self, symbol: str, client_order_id: str) -> dict:
         r = self.call("order.cancel", {"symbol": symbol, "origClientOrderId": client_order_id})
