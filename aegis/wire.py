@@ -21,7 +21,6 @@ import os
 import select
 import socket
 import ssl
-import time
 from collections import namedtuple
 from urllib.parse import urlsplit
 
@@ -661,8 +660,3 @@ class RestConnection:
                 pass
             self.sock = None
             self._buf = bytearray()
-
-
-def now_ms_from(state) -> int:
-    return time.time_ns() // 1_000_000 + int(state[ST_OFFSET_MS])
-

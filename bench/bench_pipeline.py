@@ -140,7 +140,7 @@ from aegis.clock import py_now_ns  # noqa: E402
 from aegis.records import FILL_DTYPE, MARKET_DTYPE, STATUS_FILLED  # noqa: E402
 from aegis.wait import NAMES as WAIT_NAMES  # noqa: E402
 from aegis.clock import cpu_relax, sleep_ns, yield_cpu  # noqa: E402
-from aegis.wait import SLEEP, SLEEP_NS, SPIN_LIMIT  # noqa: E402
+from aegis.wait import SLEEP, SPIN_LIMIT  # noqa: E402
 
 TARGETS_US = {50.0: 10.0, 99.0: 30.0, 99.9: 100.0}    # issue 7, internal tick-to-trade on this 2-core machine
 T2T_QS = (50.0, 99.0, 99.9)
