@@ -562,6 +562,8 @@ class Sender:
             self._seen_ns = seen
             for i in range(n):
                 req = dst[i]
+                if len(self.handoff_ns) < 100_000:
+                    self.handoff_ns.append(seen - int(req["handoff_ts"]))
                 try:
                     if self.fast is not None and self._lens[i] != 0:
                         self._process_prepared(req, i)
@@ -570,8 +572,6 @@ class Sender:
                 except Exception as e:   # one bad request must not stop the order path
                     self.errors += 1
                     log.error("sender: request %d failed: %s", int(req["client_id"]), type(e).__name__)
-                if len(self.handoff_ns) < 100_000:     # bookkeeping after the send, never before it
-                    self.handoff_ns.append(seen - int(req["handoff_ts"]))
 
     def _count(self, slot_name: str) -> None:
         if self.ctl is not None:
