@@ -313,6 +313,11 @@ class StreamHub:
         self.registry = StreamRegistry(market)
         self._conns: list[StreamConn] = []
         self._lock = threading.Lock()
+        # Every connection thread recomputes what the market must generate after its own subscription change.
+        # Unserialised, a thread could compute from a stale view and write it last, leaving another connection's
+        # new streams unwanted (never generated) until the next change: seen as 66 of 300 symbols never quoted.
+        # Subscription edits and the recompute happen under this lock, so the last writer saw every edit.
+        self._wants_lock = threading.RLock()
         self.global_want = np.zeros(3, np.bool_)
         self._next_flush = [0.0, 0.0, 0.0]
         self._next_mark = [0.0, 0.0]
@@ -346,14 +351,15 @@ class StreamHub:
             c.enqueue(chunk)
 
     def _recompute_wants(self) -> None:
-        reg = self.registry
-        want = np.zeros(len(reg), np.bool_)
-        for c in self.connections():
-            c._refresh_mask()
-            m = c.mask
-            want[: len(m)] |= m
-        self.market.set_wants(want[: reg.n_sym])
-        self.global_want = want[reg.g0: reg.g0 + 3].copy()
+        with self._wants_lock:
+            reg = self.registry
+            want = np.zeros(len(reg), np.bool_)
+            for c in self.connections():
+                c._refresh_mask()
+                m = c.mask
+                want[: len(m)] |= m
+            self.market.set_wants(want[: reg.n_sym])
+            self.global_want = want[reg.g0: reg.g0 + 3].copy()
 
     # ---- the websocket handler -------------------------------------------------------------------
     def handle(self, ws: WsConn, req: Request) -> None:
@@ -432,18 +438,19 @@ class StreamHub:
             if not all(isinstance(p, str) for p in params) or any(not self.registry.classify(p)[0] for p in params):
                 self._error(sc, 2, "Invalid request: invalid stream", rid)
                 return
-            if method == "SUBSCRIBE":
-                new = [p for p in params if p not in sc.subs]
-                if len(sc.subs) + len(new) > self.cfg.max_streams:
-                    self._error(sc, 2, f"Invalid request: too many streams (max {self.cfg.max_streams})", rid)
-                    return
-                for p in new:
-                    sc.subs[p] = None
-            else:
-                for p in params:
-                    sc.subs.pop(p, None)
-            sc._mask_version = -1
-            self._recompute_wants()
+            with self._wants_lock:
+                if method == "SUBSCRIBE":
+                    new = [p for p in params if p not in sc.subs]
+                    if len(sc.subs) + len(new) > self.cfg.max_streams:
+                        self._error(sc, 2, f"Invalid request: too many streams (max {self.cfg.max_streams})", rid)
+                        return
+                    for p in new:
+                        sc.subs[p] = None
+                else:
+                    for p in params:
+                        sc.subs.pop(p, None)
+                sc._mask_version = -1
+                self._recompute_wants()
             self._reply(sc, {"result": None, "id": rid})
         elif method == "LIST_SUBSCRIPTIONS":
             self._reply(sc, {"result": list(sc.subs), "id": rid})
