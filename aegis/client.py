@@ -312,15 +312,14 @@ class BinanceClient:
                 self.first_send_ns = 0
                 return self.place_order(params_fn())
             rest = data[max(done, 0):]
+        self.first_send_ns = t
         try:
             if len(rest):
                 conn.send(rest)
         except WireError as e:
-            self.first_send_ns = t
             r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {e}", "unknown": True,
                  "timeout": True}
         else:
-            self.first_send_ns = t
             if pre is None or len(rest):
                 self.send_return_ns = time.monotonic_ns()
             if on_sent is not None:

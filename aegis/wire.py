@@ -520,11 +520,7 @@ def encode_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
 
 # --------------------------------------------------------------------------------------------- Python side
 class WireError(OSError):
-    """The order connection failed; `sent` tells whether any request bytes may have left."""
-
-    def __init__(self, msg: str, sent: bool):
-        super().__init__(msg)
-        self.sent = sent
+    """Writing an order request failed part-way: some of its bytes may have left, so its outcome is unknown."""
 
 
 class RestConnection:
@@ -562,16 +558,12 @@ class RestConnection:
         return not r
 
     def send(self, data) -> None:
-        if self.sock is None:
-            try:
-                self.connect()
-            except OSError as e:
-                raise WireError(f"connect: {type(e).__name__}", sent=False) from e
+        """sendall on the open connection (the caller connects first, before it stamps the send)."""
         try:
             self.sock.sendall(data)
         except OSError as e:
             self.close()
-            raise WireError(f"send: {type(e).__name__}", sent=True) from e
+            raise WireError(f"send: {type(e).__name__}") from e
 
     def _fill(self) -> None:
         chunk = self.sock.recv(65536)

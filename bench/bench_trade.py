@@ -156,7 +156,7 @@ def test_ws_signed_params_build(benchmark):
 def _encode_many(enc, req, pool, state, out, tmp, jb, n):
     total = 0
     for i in range(n):
-        state[1] = 0                                  # ST_MASK_POS: reuse the pool, the bench never sends
+        state[wire.ST_MASK_POS] = 0                     # reuse the mask pool: the bench never sends
         total += wire.encode_order(enc, req, 1591702613943 + i, pool, state, out, 0, tmp)
         total += wire.encode_journal_req(enc, req, 1591702613943 + i, jb, 0)
     return total
