@@ -15,10 +15,15 @@ Brain's handoff_ts -> sender_wait sees it. On this 2-vCPU VM the decisive cost i
 core only runs at the scheduler's next pick (ms). Hence the modes ([trade] wait, resolve_wait picks for `auto`):
 
     spin   busy poll; only with a core of its own ([trade] cores outside the engine's): 0.7-8 us here (simulated)
-    share  park on the Brain's own core; the Brain, after waking it, yields (H_YIELD_TO): a same-core wake-up,
-           p50 3.0-3.1 us / p99 6.2-6.9 us here. auto picks it when the Brain polls without sleeping (busy-spin or
-           spin-yield: that core burns anyway). Cost: while the sender works in Python (answers, journal acks)
-           the Brain waits for its core, which shows in publish->consume p99.
+    share  wait on the Brain's own core, giving it back with sched_yield at every poll; the Brain yields after a
+           hand-off (H_YIELD_TO) and the sender, already runnable, gets the core at once: a same-core switch with
+           no futex on either side, hand-off p50 2.0 us in the pipeline here (parking on a futex there and waking
+           it took 5.0 us: the wake-up syscall on the Brain's side and the futex return path on the sender's).
+           auto picks it when the Brain polls without sleeping (busy-spin or spin-yield: that core burns anyway).
+           Costs: while the sender works in Python (answers, journal acks) the Brain waits for its core, which
+           shows in publish->consume p99; and a spin-yield Brain's idle yields pass through the sender's poll
+           (~2 us each), so publish->consume p90 is ~2.5 us instead of 0.6 (p50 unchanged). Re-running the
+           encoder while idle to keep it in cache was tried and measured no gain (bench/RESULTS.md).
     futex  spin 20 us, then park on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a sleeping Brain
     sleep  spin 20 us, then 20 us naps: ~50 us
 
@@ -71,8 +76,8 @@ SLEEP_NAP_NS = 20_000
 H_SLEEPING = 48       # own cache line: 1 while the sender is parked on the futex
 H_WAKES = 56          # FUTEX_WAKE calls made by the producer (diagnostics)
 H_PARKS = 57          # times the sender parked
-H_YIELD_TO = 58       # 1 (wait "share"): the sender is parked on the producer's own core, so the producer yields
-                      # after waking it and the sender runs at once (a same-core wake-up: no inter-core interrupt)
+H_YIELD_TO = 58       # 1 (wait "share"): the sender waits on the producer's own core, so the producer yields
+                      # after publishing and the sender runs at once (a same-core switch: no inter-core interrupt)
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 _TIMESPEC = ir.LiteralStructType([_I64, _I64])
@@ -130,8 +135,8 @@ class RequestQueue:
 
 @njit(cache=True, nogil=True)
 def wake(header):
-    """Producer side after publishing: wake the sender if (and only if) it is parked, or hand it the core when it
-    shares this one (H_YIELD_TO)."""
+    """Producer side after publishing: wake the sender if (and only if) it is parked on the futex, and hand it
+    the core when it waits on this one (H_YIELD_TO)."""
     if fetch_add(header, H_SLEEPING, 0) != 0:   # locked RMW: orders our publish before this read (Dekker)
         store_release(header, H_SLEEPING, 0)
         header[H_WAKES] += 1
@@ -192,6 +197,10 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
             return 0
         if mode == WAIT_SPIN or (t < spin_until and mode != WAIT_SHARE):
             cpu_relax()
+        elif mode == WAIT_SHARE:
+            # the Brain's core: it polls and yields to us after a hand-off; a futex here would cost a wake-up
+            # syscall on its side and the futex return path on ours, ~3 us more per order
+            yield_cpu()
         elif mode == WAIT_SLEEP:
             sleep_ns(SLEEP_NAP_NS)
         else:
@@ -322,9 +331,9 @@ def _parse_cpus(text: str) -> set:
 
 def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
     """auto: spin on a core of its own; else, when the Brain polls without sleeping (busy-spin / spin-yield),
-    share the Brain's core: park there and let the Brain hand the core over after each hand-off (a same-core
-    wake-up, ~3 us here, against ~20 us for waking another core of this VM); else park on a futex on another
-    core."""
+    share the Brain's core: yield-poll there and let the Brain hand the core over after each hand-off (a
+    same-core switch, ~2 us here, against ~20 us for waking another core of this VM); else park on a futex on
+    another core."""
     if name == "auto":
         if own_core:
             return WAIT_SPIN

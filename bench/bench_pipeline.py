@@ -105,7 +105,7 @@ def test_status_line_query_cost(benchmark):
 #      line built in jitted code, line written, order send(2)'d on the plain keep-alive connection)  ->  a loopback
 #      HTTP/ws sink in a child process that timestamps the request's arrival and answers a canned ACK.
 #      Threads are pinned like the engine: Feed (this thread) on the first core, Brain on the last; the sender as
-#      [trade] wait = auto places it (with a polling Brain on 2 cores: parked on the Brain's core, "share").
+#      [trade] wait = auto places it (with a polling Brain on 2 cores: waiting on the Brain's core, "share").
 #      The driver feeds one tick at a time and, after a tick that produced an order, waits for the sender to finish
 #      and applies a fill (as the user stream would) before the next tick: figures are per-order latency without
 #      queueing behind an earlier order. Meanwhile it keeps its core busy and does not hold the GIL, as the Feed

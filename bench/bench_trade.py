@@ -45,8 +45,8 @@ def _produce(header, records, reqs, count, gap_ns, nap):
 
 
 def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool = False) -> dict:
-    """share: producer and sender pinned to one core (the Brain's), the sender parked, the producer hands the core
-    over after each hand-off (trade.H_YIELD_TO), as [trade] wait = auto does with a polling Brain on 2 cores."""
+    """share: producer and sender pinned to one core (the Brain's), the sender yield-polling, the producer hands the
+    core over after each hand-off (trade.H_YIELD_TO), as [trade] wait = auto does with a polling Brain on 2 cores."""
     import os
     q = RequestQueue(4096)
     same_core = mode == "share"

@@ -164,7 +164,7 @@ def test_auto_wait_shares_the_brains_core_only_when_the_brain_never_sleeps():
     assert trade.resolve_wait("auto", own_core=True, brain_polls=True) == trade.WAIT_SPIN
 
 
-def test_a_sharing_sender_parked_on_the_producers_core_gets_the_request():
+def test_a_sharing_sender_waiting_on_the_producers_core_gets_the_request_without_a_futex():
     q = trade.RequestQueue()
     q.header[trade.H_YIELD_TO] = 1
     dst = np.zeros(8, ORDER_REQUEST_DTYPE)
@@ -172,27 +172,42 @@ def test_a_sharing_sender_parked_on_the_producers_core_gets_the_request():
     trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 1_000_000, stamps)   # compile
     core = {max(os.sched_getaffinity(0))}
     old = os.sched_getaffinity(0)
-    got = {}
+    got, started = {}, threading.Event()
 
     def sender():
         os.sched_setaffinity(0, core)
+        started.set()
         got["n"] = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 5_000_000_000, stamps)
 
-    parks = q.stats()["parks"]          # the compile call above may have parked once already
     th = threading.Thread(target=sender)
     th.start()
     try:
         os.sched_setaffinity(0, core)
-        deadline = time.monotonic() + 5
-        while q.stats()["parks"] == parks and time.monotonic() < deadline:
-            time.sleep(0.001)
+        assert started.wait(5)
+        time.sleep(0.01)                 # the sender is polling by now (it yields the core at every poll)
         req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
         req["client_id"] = 42
         assert trade.handoff(q.header, q.records, req, time.monotonic_ns()) == 1
         th.join(5)
     finally:
         os.sched_setaffinity(0, old)
-    assert got["n"] == 1 and dst[0]["client_id"] == 42 and q.stats()["wakes"] == 1
+    assert not th.is_alive()
+    assert got["n"] == 1 and dst[0]["client_id"] == 42
+    assert q.stats()["parks"] == 0 and q.stats()["wakes"] == 0   # no futex on either side
+
+
+def test_a_sharing_sender_returns_when_the_queue_is_aborted():
+    q = trade.RequestQueue()
+    dst = np.zeros(8, ORDER_REQUEST_DTYPE)
+    stamps = np.zeros(2, np.int64)
+    got = {}
+    th = threading.Thread(target=lambda: got.update(
+        n=trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 5_000_000_000, stamps)))
+    th.start()
+    time.sleep(0.01)
+    q.abort()
+    th.join(5)
+    assert not th.is_alive() and got["n"] == 0
 
 
 def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_risk(tmp_path):
