@@ -195,12 +195,12 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
         t = now_ns() if (spins & 15) == 0 else start
         if t > deadline:
             return 0
-        if mode == WAIT_SPIN or (t < spin_until and mode != WAIT_SHARE):
-            cpu_relax()
-        elif mode == WAIT_SHARE:
+        if mode == WAIT_SHARE:
             # the Brain's core: it polls and yields to us after a hand-off; a futex here would cost a wake-up
             # syscall on its side and the futex return path on ours, ~3 us more per order
             yield_cpu()
+        elif mode == WAIT_SPIN or t < spin_until:
+            cpu_relax()
         elif mode == WAIT_SLEEP:
             sleep_ns(SLEEP_NAP_NS)
         else:
