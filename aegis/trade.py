@@ -23,7 +23,8 @@ core only runs at the scheduler's next pick (ms). Hence the modes ([trade] wait,
            Costs: while the sender works in Python (answers, journal acks) the Brain waits for its core, which
            shows in publish->consume p99; and a spin-yield Brain's idle yields pass through the sender's poll
            (~2 us each), so publish->consume p90 is ~2.5 us instead of 0.6 (p50 unchanged). Re-running the
-           encoder while idle to keep it in cache was tried and measured no gain (bench/RESULTS.md).
+           encoder while idle to keep it in cache was tried and measured no gain, and so was encoding in the Brain
+           before the hand-off: the encode runs cold in either thread (bench/RESULTS.md).
     futex  spin 20 us, then park on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a sleeping Brain
     sleep  spin 20 us, then 20 us naps: ~50 us
 

@@ -1,7 +1,8 @@
 """Trade path benchmarks: Brain -> sender hand-off latency per wait mode, signed-request build cost.
 
 Run: pytest bench/bench_trade.py --benchmark-min-rounds=1 -q   (< 60 s)
-     python bench/bench_trade.py          (prints the hand-off table used in aegis/trade.py's docstring)
+     python bench/bench_trade.py          (prints the hand-off table used in aegis/trade.py's docstring, then
+                                           where the order encode costs less: Brain or sender)
 
 Hand-off method: a producer thread runs a nogil jitted loop (like the Brain: it holds no GIL while spinning),
 hands one ORDER_REQUEST to the queue every `gap_us` and keeps spinning; the sender thread waits with the mode
@@ -19,9 +20,9 @@ import pytest
 from numba import njit
 
 from aegis import wire
-from aegis.clock import cpu_relax, now_ns, sleep_ns
+from aegis.clock import cpu_relax, now_ns, sleep_ns, yield_cpu
 from aegis.records import ORDER_REQUEST_DTYPE
-from aegis.trade import H_YIELD_TO, WAIT_MODES, RequestQueue, handoff, sender_wait
+from aegis.trade import H_YIELD_TO, WAIT_MODES, WAIT_SHARE, RequestQueue, handoff, sender_wait
 
 
 @njit(cache=True, nogil=True)
@@ -185,6 +186,105 @@ def test_fast_path_request_and_journal_line_build(benchmark, transport):
     benchmark.extra_info["us_per_order"] = benchmark.stats.stats.median / n * 1e6
 
 
+
+# --- where the order encode runs: in the Brain before the hand-off, or in the sender after it ------------------
+# The sender encodes after the hand-off (trade.wait_and_prepare). Encoding in the Brain instead would move that
+# work before the hand-off, and it only pays if the Brain, whose loop is hot, encodes faster than the sender that
+# has just been switched in. Both threads share one core as with [trade] wait = share.
+@njit(cache=True, nogil=True)
+def _produce_encoding(header, records, reqs, count, gap_ns, encode_here, enc, req, pool, state, out, tmp, jb, times):
+    """A spin-yield Brain: polls with sched_yield, and every gap_ns takes a stamp (risk passed), encodes when asked
+    to, and hands a request over. times[k] = (risk passed, encoded, seen by the sender, sender's encode start,
+    ready)."""
+    done = 0
+    nxt = now_ns() + gap_ns
+    while done < count:
+        t = now_ns()
+        if t < nxt:
+            yield_cpu()
+            continue
+        times[done, 0] = t
+        if encode_here:
+            state[wire.ST_MASK_POS] = 0
+            wire.encode_order(enc, req, 1591702613943 + done, pool, state, out, 0, tmp)
+            wire.encode_journal_req(enc, req, 1591702613943 + done, jb, 0)
+        t1 = now_ns()
+        times[done, 1] = t1
+        reqs[0].client_id = done
+        handoff(header, records, reqs[0], t1)
+        done += 1
+        nxt = now_ns() + gap_ns
+    return done
+
+
+@njit(cache=True, nogil=True)
+def _consume_encoding(header, records, dst, count, encode_here, enc, req, pool, state, out, tmp, jb, times, stamps):
+    got = 0
+    while got < count:
+        n = sender_wait(header, records, dst, dst.shape[0], WAIT_SHARE, 50_000_000, stamps)
+        if n == 0:
+            return got
+        for i in range(n):
+            k = dst[i].client_id
+            times[k, 2] = stamps[0]
+            times[k, 3] = now_ns()
+            if encode_here:
+                state[wire.ST_MASK_POS] = 0
+                wire.encode_order(enc, req, 1591702613943 + k, pool, state, out, 0, tmp)
+                wire.encode_journal_req(enc, req, 1591702613943 + k, jb, 0)
+            times[k, 4] = now_ns()
+        got += n
+    return got
+
+
+def measure_encode_placement(where: str, transport: str = "rest", count: int = 2000, gap_us: int = 300) -> dict:
+    """where = "brain" or "sender". `encode` = the encode's own time where it ran; `ready` = risk passed -> the
+    sender holds the signed request and journal line, the figure that decides."""
+    import os
+    q = RequestQueue(4096)
+    q.header[H_YIELD_TO] = 1
+    old_aff = os.sched_getaffinity(0)
+    core = max(old_aff)
+    os.sched_setaffinity(0, {core})
+    brain_args, sender_args = _fast_build(transport), _fast_build(transport)
+    reqs = np.zeros(1, ORDER_REQUEST_DTYPE)
+    dst = np.zeros(64, ORDER_REQUEST_DTYPE)
+    times = np.zeros((count, 5), np.int64)
+    stamps = np.zeros(2, np.int64)
+    in_brain = where == "brain"
+    # compile (or load) both loops outside the measurement
+    _produce_encoding(q.header, q.records, reqs, 1, 1000, in_brain, *brain_args, np.zeros((1, 5), np.int64))
+    _consume_encoding(q.header, q.records, dst, 1, not in_brain, *sender_args, np.zeros((1, 5), np.int64), stamps)
+    got = [0]
+
+    def consumer():
+        os.sched_setaffinity(0, {core})
+        got[0] = _consume_encoding(q.header, q.records, dst, count, not in_brain, *sender_args, times, stamps)
+
+    th = threading.Thread(target=consumer)
+    th.start()
+    try:
+        _produce_encoding(q.header, q.records, reqs, count, gap_us * 1000, in_brain, *brain_args, times)
+        th.join(60)
+    finally:
+        q.abort()
+        os.sched_setaffinity(0, old_aff)
+    t = times[:got[0]]
+    enc_ns = (t[:, 1] - t[:, 0]) if in_brain else (t[:, 4] - t[:, 3])
+    ready = (t[:, 4] - t[:, 0]) / 1000.0
+    e = enc_ns / 1000.0
+    return {"where": where, "transport": transport, "n": int(got[0]),
+            "encode_p50": float(np.percentile(e, 50)), "encode_p99": float(np.percentile(e, 99)),
+            "ready_p50": float(np.percentile(ready, 50)), "ready_p99": float(np.percentile(ready, 99))}
+
+
+@pytest.mark.parametrize("where", ["brain", "sender"])
+def test_encode_placement(benchmark, where):
+    """extra_info: encode and risk-passed -> request-ready percentiles with the encode in the Brain or the sender."""
+    r = benchmark.pedantic(measure_encode_placement, args=(where, "rest", 1000), rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    assert r["n"] == 1000
+
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     print(f"{'mode':22} {'n':>5} {'seen p50':>9} {'seen p99':>9} {'py p50':>8} {'py p99':>8} {'max':>8}  (us)")
@@ -194,3 +294,11 @@ if __name__ == "__main__":
         m = r["mode"]
         print(f"{m:22} {r['n']:5d} {r['seen_p50']:9.1f} {r['seen_p99']:9.1f} {r['p50']:8.1f} {r['p99']:8.1f} "
               f"{r['max']:8.1f}  wakes={r['wakes']} parks={r['parks']}")
+    print()
+    print(f"{'encode in':10} {'transport':9} {'n':>5} {'encode p50':>10} {'p99':>6} {'ready p50':>9} {'p99':>6}  (us)")
+    for trial in range(2):          # alternated, so a change in the host's load hits both
+        for transport in ("rest", "ws"):
+            for where in ("brain", "sender"):
+                r = measure_encode_placement(where, transport, min(count, 2000))
+                print(f"{where:10} {transport:9} {r['n']:5d} {r['encode_p50']:10.2f} {r['encode_p99']:6.2f} "
+                      f"{r['ready_p50']:9.2f} {r['ready_p99']:6.2f}")
