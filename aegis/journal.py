@@ -1,9 +1,12 @@
 """Append-only order journal: every request, ack, reject, cancel and fill is on disk BEFORE it is acted on.
 
-Format: one record per line, `<compact JSON>\t<crc32 of the JSON, 8 hex>\n`. Lines are self-delimiting, so a crash
-mid-write leaves at most one torn last line, which the CRC (or the missing newline) identifies; replay stops there
-and the writer truncates it away before appending. JSON (orjson) rather than fixed binary records because the
-volume is tiny (orders, not market data) and a human reading the journal after an incident is the main consumer.
+Format: one record per line, `<compact JSON>\t<crc32 of the JSON, 8 hex>\n`, every record starting `{"k":`.
+A line whose CRC fails is skipped and counted, and reading goes on: one bad line (a flipped bit, a write that failed
+part-way on a full disk) never hides the records after it. A write that failed part-way leaves a fragment without a
+newline, so the next record lands on the same line; the reader finds that record by its `{"k":` start and its CRC.
+On open, only a torn tail (bytes after the last newline, as a crash mid-write leaves) is cut, so the next append
+starts on a line boundary; nothing before it is ever removed. JSON (orjson) rather than fixed binary records because
+the volume is tiny (orders, not market data) and a human reading the journal after an incident is the main consumer.
 
 Record kinds (`k`):
   open   {prefix, pid}                    a run started; `prefix` makes newClientOrderId = prefix + client_id
@@ -26,6 +29,7 @@ Secrets never reach it: append() refuses aegis.keys.Secret values.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -36,6 +40,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from aegis.keys import Secret
+
+log = logging.getLogger("aegis.journal")
 
 FSYNC_POLICIES = ("always", "interval", "never")
 FINAL_STATUSES = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
@@ -52,33 +58,64 @@ def _check_no_secret(rec: dict) -> None:
             raise TypeError("refusing to journal a Secret")
 
 
-def read_records(path: str) -> tuple[list[dict], int]:
-    """(valid records, byte offset where the valid prefix ends). Stops at the first torn or corrupt line."""
-    out: list[dict] = []
-    good = 0
+_START = b'{"k":'
+
+
+def _record(line: bytes):
+    """The record of one line without its newline, or None when its framing or CRC is wrong."""
+    body, sep, crc = line.rpartition(b"\t")
+    if not sep or len(crc) != 8:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        return orjson.loads(body)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Scan:
+    records: list = field(default_factory=list)
+    good_end: int = 0        # byte offset just past the last valid record
+    corrupt: list = field(default_factory=list)   # byte offsets of lines (or fragments) that are not records
+    size: int = 0
+
+
+def scan(path: str) -> Scan:
+    """Every valid record of the file in order, skipping (and listing) what is not one."""
+    out = Scan()
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return out, 0
+        return out
+    out.size = len(data)
     pos = 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
         if nl < 0:
-            break
+            break                                   # torn tail: no newline yet
         line = data[pos:nl]
-        body, sep, crc = line.rpartition(b"\t")
-        if not sep or len(crc) != 8:
-            break
-        try:
-            if int(crc, 16) != zlib.crc32(body):
-                break
-            out.append(orjson.loads(body))
-        except ValueError:
-            break
+        rec = _record(line)
+        if rec is None:
+            out.corrupt.append(pos)
+            # a fragment of a failed write with the next record appended to it: find that record's start
+            at = line.find(_START, 1)
+            while at > 0 and rec is None:
+                rec = _record(line[at:])
+                at = line.find(_START, at + 1)
+        if rec is not None:
+            out.records.append(rec)
+            out.good_end = nl + 1
         pos = nl + 1
-        good = pos
-    return out, good
+    return out
+
+
+def read_records(path: str) -> tuple[list[dict], int]:
+    """(valid records, byte offset just past the last of them). Bad lines are skipped: see scan()."""
+    s = scan(path)
+    return s.records, s.good_end
 
 
 class Journal:
@@ -93,14 +130,24 @@ class Journal:
         self._lock = threading.Lock()
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        records, good = read_records(path)
-        self.recovered = records
+        found = scan(path)
+        self.recovered = found.records
+        self.corrupt_lines = len(found.corrupt)
         # 0600: the journal holds order flow and positions (no secrets, but nobody else's business)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         size = os.fstat(self._fd).st_size
-        self.torn_bytes = size - good
+        # cut only the torn tail (after the last newline) so the next append starts on a line boundary; complete
+        # lines, even unreadable ones, stay for whoever investigates
+        with open(path, "rb") as f:
+            f.seek(found.good_end)
+            tail = f.read()
+        keep = found.good_end + tail.rfind(b"\n") + 1
+        self.torn_bytes = size - keep
         if self.torn_bytes:
-            os.ftruncate(self._fd, good)   # drop a torn last line so the next append starts on a line boundary
+            os.ftruncate(self._fd, keep)
+        if found.corrupt or self.torn_bytes:
+            log.warning("journal %s: %d unreadable line(s) skipped (first at byte %d), %d torn byte(s) cut at the end",
+                        path, len(found.corrupt), found.corrupt[0] if found.corrupt else -1, self.torn_bytes)
         os.lseek(self._fd, 0, os.SEEK_END)
         self.records_written = 0
         self.state: JournalState | None = None   # when set, every appended record is applied to it too
@@ -127,7 +174,12 @@ class Journal:
         _check_no_secret(rec)
         line = _line(rec)
         with self._lock:
-            os.write(self._fd, line)
+            done = 0
+            while done < len(line):     # a regular file may take part of a write (a signal, a nearly full disk)
+                w = os.write(self._fd, line[done:])
+                if w <= 0:
+                    raise OSError(f"journal write took 0 of {len(line) - done} bytes")
+                done += w
             self.records_written += 1
             self._dirty = True
             if self.state is not None:

@@ -23,15 +23,60 @@ def test_journal_file_is_owner_only(tmp_path):
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
 
 
-def test_corrupted_line_stops_replay_at_the_last_good_record(tmp_path):
-    p = str(tmp_path / "j.jsonl")
+def _three_requests_with_line_2_corrupted(p):
     with journal.Journal(p) as j:
         for i in range(3):
             j.append("req", id=i + 1, coid=f"x{i}", sym="S", side="BUY")
     data = open(p, "rb").read().replace(b'"x1"', b'"y1"')   # CRC no longer matches line 2
     open(p, "wb").write(data)
+    return data
+
+
+def test_a_corrupted_line_is_skipped_and_the_records_after_it_are_read(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    _three_requests_with_line_2_corrupted(p)
     recs, _ = journal.read_records(p)
-    assert [r["id"] for r in recs] == [1]
+    assert [r["id"] for r in recs] == [1, 3]
+
+
+def test_opening_a_journal_with_a_corrupted_line_removes_nothing_from_the_file(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    data = _three_requests_with_line_2_corrupted(p)
+    j = journal.Journal(p)
+    j.close()
+    assert j.corrupt_lines == 1 and j.torn_bytes == 0
+    assert open(p, "rb").read() == data
+
+
+def test_a_fragment_left_by_a_failed_write_does_not_hide_the_next_record(tmp_path):
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        j.append("req", id=1, coid="a", sym="S", side="BUY")
+        os.write(j.fd, b'{"k":"req","id":2,"co')               # the disk filled up mid-line
+        j.append("req", id=3, coid="c", sym="S", side="BUY")
+    recs, _ = journal.read_records(p)
+    assert [r["id"] for r in recs] == [1, 3]
+
+
+def test_append_finishes_a_write_the_file_took_only_part_of(tmp_path, monkeypatch):
+    p = str(tmp_path / "j.jsonl")
+    real_write = os.write
+    monkeypatch.setattr(journal.os, "write", lambda fd, b: real_write(fd, bytes(b[:7])))
+    with journal.Journal(p) as j:
+        j.append("req", id=1, coid="a", sym="S", side="BUY")
+        j.append("ack", id=1, coid="a", sym="S", oid=5, status="NEW")
+    recs, _ = journal.read_records(p)
+    assert [r["k"] for r in recs] == ["req", "ack"]
+
+
+def test_append_fails_when_the_file_takes_nothing(tmp_path, monkeypatch):
+    j = journal.Journal(str(tmp_path / "j.jsonl"))
+    monkeypatch.setattr(journal.os, "write", lambda fd, b: 0)
+    with pytest.raises(OSError):
+        j.append("req", id=1)
+    monkeypatch.undo()
+    j.close()
+    assert j.records_written == 0
 
 
 def test_torn_last_line_is_truncated_before_the_next_append(tmp_path):
