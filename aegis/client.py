@@ -40,7 +40,7 @@ import urllib3
 
 from aegis.keys import ApiKeys
 from aegis.signing import encode_params, signed_query, ws_signed_params
-from aegis.wire import ST_OFFSET_MS, RestConnection, WireError
+from aegis.wire import ST_BACKOFF_UNTIL_NS, ST_OFFSET_MS, RestConnection, WireError
 from aegis.wire import new_state as wire_new_state
 
 log = logging.getLogger("aegis.client")
@@ -235,6 +235,11 @@ class BinanceClient:
             wait = self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, 120.0)
         self.backoff_until = max(self.backoff_until, time.monotonic() + wait)
+        # the sender's jitted code checks this just before it sends: a back-off that starts while the sender waits
+        # (after it last asked plain_fd) must still hold its next order back
+        until_ns = time.monotonic_ns() + int(wait * 1e9)
+        if until_ns > self.wire_state[ST_BACKOFF_UNTIL_NS]:
+            self.wire_state[ST_BACKOFF_UNTIL_NS] = until_ns
         self.banned = status == 418
         self.stats["backoffs"] += 1
         log.warning("HTTP %d from Binance: backing off %.1f s", status, wait)

@@ -258,7 +258,9 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
     stamps[1] = now_ns()
     state[wire.ST_SENT_IDX] = -1
     fd = state[wire.ST_SEND_FD]
-    if fd >= 0 and lens[0] > 0:
+    # a 429/418 back-off may have begun (in any thread) since the sender last asked for the descriptor
+    backoff_until = load_acquire(state, wire.ST_BACKOFF_UNTIL_NS)
+    if fd >= 0 and lens[0] > 0 and (backoff_until == 0 or now_ns() >= backoff_until):
         # on a plain-TCP connection the batch's first request, when it is a prepared order, leaves from here,
         # journaled and without the GIL; the rest of a batch goes in order after the answers before it (one
         # request in flight per connection, and a cancel ahead of an order keeps its place)

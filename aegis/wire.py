@@ -50,6 +50,7 @@ ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1:
 ST_SENT = 6               # what its send(2) returned: bytes, or -errno
 ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2): the order's wire stamp
 ST_SENT_DONE_NS = 8       # ... and when it returned (on loopback the receiver's TCP work runs inside it)
+ST_BACKOFF_UNTIL_NS = 9   # CLOCK_MONOTONIC ns before which nothing may be sent (a 429/418 back-off, any thread)
 ST_LEN = 16
 MSG_NOSIGNAL = 0x4000     # a reset peer gives EPIPE, not a process-killing SIGPIPE
 

@@ -246,6 +246,64 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
     assert len(ev) == 1 and ev[0]["client_id"] == 9 and ev[0]["status"] == 6
 
 
+def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
+    """wait_and_prepare on one queued order with a plain socket to send on; (state, bytes the peer got)."""
+    import socket
+    from aegis import ring, wire
+    q = trade.RequestQueue(ring.MIN_CAPACITY)
+    enc = wire.build_encoder("rest", [risk.SymbolRules("X", tick_size="0.1", step_size="1")], "p-", "k", "s", 5000,
+                             "ACK", "http://127.0.0.1:1")
+    state = wire.new_state()
+    mine, peer = socket.socketpair()
+    state[wire.ST_SEND_FD] = mine.fileno()
+    state[wire.ST_BACKOFF_UNTIL_NS] = backoff_until_ns
+    req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+    req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
+    req["price_ticks"], req["qty_steps"] = 100, 1
+    trade.handoff(q.header, q.records, req, time.monotonic_ns())
+    jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
+    lens = np.zeros(1, np.int64)
+    try:
+        n = trade.wait_and_prepare(q.header, q.records, np.zeros(1, ORDER_REQUEST_DTYPE), 1, trade.WAIT_SPIN, 0,
+                                   np.zeros(2, np.int64), enc, state, wire.new_mask_pool(),
+                                   np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), lens,
+                                   np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), jfd,
+                                   np.zeros(2 * wire.MAX_REQUEST, np.uint8))
+        assert n == 1 and lens[0] > 0                # signed and journaled either way
+        peer.setblocking(False)
+        try:
+            got = peer.recv(65536)
+        except BlockingIOError:
+            got = b""
+    finally:
+        os.close(jfd)
+        mine.close()
+        peer.close()
+    return state, got
+
+
+def test_the_jitted_sender_does_not_send_during_a_back_off_that_began_while_it_waited(compiled_order_path, tmp_path):
+    from aegis import wire
+    state, got = _prepare_one_order_for_a_socket(tmp_path, time.monotonic_ns() + 10_000_000_000)
+    assert state[wire.ST_SENT_IDX] == -1 and got == b""
+
+
+def test_the_jitted_sender_sends_once_the_back_off_has_passed(compiled_order_path, tmp_path):
+    from aegis import wire
+    state, got = _prepare_one_order_for_a_socket(tmp_path, time.monotonic_ns() - 1)
+    assert state[wire.ST_SENT_IDX] == 0 and got.startswith(b"POST /fapi/v1/order?")
+
+
+def test_a_back_off_reaches_the_state_the_jitted_sender_reads():
+    from aegis import wire
+    from aegis.client import BinanceClient
+    from aegis.keys import from_strings
+    c = BinanceClient(endpoints("binance-testnet"), from_strings("k", "s"))
+    t = time.monotonic_ns()
+    c.back_off(429, "3", "")
+    assert 3e9 <= c.wire_state[wire.ST_BACKOFF_UNTIL_NS] - t < 4e9
+
+
 def test_real_binance_requires_live_and_uses_the_documented_urls():
     with pytest.raises(VenueSelectionError, match="--live"):
         endpoints("binance")
