@@ -79,7 +79,7 @@ class Scan:
     records: list = field(default_factory=list)
     good_end: int = 0        # byte offset just past the last valid record
     corrupt: list = field(default_factory=list)   # byte offsets of lines (or fragments) that are not records
-    size: int = 0
+    lines_end: int = 0       # byte offset just past the last newline: what follows is a torn tail
 
 
 def scan(path: str) -> Scan:
@@ -90,7 +90,7 @@ def scan(path: str) -> Scan:
             data = f.read()
     except FileNotFoundError:
         return out
-    out.size = len(data)
+    out.lines_end = data.rfind(b"\n") + 1
     pos = 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
@@ -138,13 +138,9 @@ class Journal:
         size = os.fstat(self._fd).st_size
         # cut only the torn tail (after the last newline) so the next append starts on a line boundary; complete
         # lines, even unreadable ones, stay for whoever investigates
-        with open(path, "rb") as f:
-            f.seek(found.good_end)
-            tail = f.read()
-        keep = found.good_end + tail.rfind(b"\n") + 1
-        self.torn_bytes = size - keep
+        self.torn_bytes = size - found.lines_end
         if self.torn_bytes:
-            os.ftruncate(self._fd, keep)
+            os.ftruncate(self._fd, found.lines_end)
         if found.corrupt or self.torn_bytes:
             log.warning("journal %s: %d unreadable line(s) skipped (first at byte %d), %d torn byte(s) cut at the end",
                         path, len(found.corrupt), found.corrupt[0] if found.corrupt else -1, self.torn_bytes)
