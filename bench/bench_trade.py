@@ -154,12 +154,18 @@ def test_ws_signed_params_build(benchmark):
 
 # --- the fast path's request build (aegis.wire), next to the generic Python build above ------------------------
 @njit(cache=True, nogil=True)
+def _encode_once(enc, req, pool, state, out, tmp, jb, i):
+    """One order's signed request and journal line, as the sender's fast path builds them; returns their bytes."""
+    state[wire.ST_MASK_POS] = 0                         # reuse the mask pool: the bench never sends
+    return (wire.encode_order(enc, req, 1591702613943 + i, pool, state, out, 0, tmp)
+            + wire.encode_journal_req(enc, req, 1591702613943 + i, jb, 0))
+
+
+@njit(cache=True, nogil=True)
 def _encode_many(enc, req, pool, state, out, tmp, jb, n):
     total = 0
     for i in range(n):
-        state[wire.ST_MASK_POS] = 0                     # reuse the mask pool: the bench never sends
-        total += wire.encode_order(enc, req, 1591702613943 + i, pool, state, out, 0, tmp)
-        total += wire.encode_journal_req(enc, req, 1591702613943 + i, jb, 0)
+        total += _encode_once(enc, req, pool, state, out, tmp, jb, i)
     return total
 
 
@@ -205,9 +211,7 @@ def _produce_encoding(header, records, reqs, count, gap_ns, encode_here, enc, re
             continue
         times[done, 0] = t
         if encode_here:
-            state[wire.ST_MASK_POS] = 0
-            wire.encode_order(enc, req, 1591702613943 + done, pool, state, out, 0, tmp)
-            wire.encode_journal_req(enc, req, 1591702613943 + done, jb, 0)
+            _encode_once(enc, req, pool, state, out, tmp, jb, done)
         t1 = now_ns()
         times[done, 1] = t1
         reqs[0].client_id = done
@@ -229,9 +233,7 @@ def _consume_encoding(header, records, dst, count, encode_here, enc, req, pool, 
             times[k, 2] = stamps[0]
             times[k, 3] = now_ns()
             if encode_here:
-                state[wire.ST_MASK_POS] = 0
-                wire.encode_order(enc, req, 1591702613943 + k, pool, state, out, 0, tmp)
-                wire.encode_journal_req(enc, req, 1591702613943 + k, jb, 0)
+                _encode_once(enc, req, pool, state, out, tmp, jb, k)
             times[k, 4] = now_ns()
         got += n
     return got
