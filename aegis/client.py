@@ -142,7 +142,6 @@ class BinanceClient:
         # jitted code reads when it stamps an order: a resync from any thread applies to the very next order
         self.wire_state = wire_new_state()
         self.last_sync_mono = 0.0
-        self.backoff_until = 0.0         # time.monotonic() before which we do not send
         self.banned = False              # the back-off is an IP ban (418): not even cancels may go out
         self._backoff_s = 1.0
         self._lock = threading.Lock()
@@ -234,9 +233,8 @@ class BinanceClient:
         if wait is None:
             wait = self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, 120.0)
-        self.backoff_until = max(self.backoff_until, time.monotonic() + wait)
-        # the sender's jitted code checks this just before it sends: a back-off that starts while the sender waits
-        # (after it last asked plain_fd) must still hold its next order back
+        # the deadline lives in the fast path's state array, where the sender's jitted code checks it just before
+        # it sends: a back-off that starts while the sender waits (after it last asked plain_fd) still holds
         until_ns = time.monotonic_ns() + int(wait * 1e9)
         if until_ns > self.wire_state[ST_BACKOFF_UNTIL_NS]:
             self.wire_state[ST_BACKOFF_UNTIL_NS] = until_ns
@@ -244,9 +242,14 @@ class BinanceClient:
         self.stats["backoffs"] += 1
         log.warning("HTTP %d from Binance: backing off %.1f s", status, wait)
 
+    @property
+    def backoff_until(self) -> float:
+        """time.monotonic() before which we do not send (0: never backed off)."""
+        return int(self.wire_state[ST_BACKOFF_UNTIL_NS]) / 1e9
+
     def backing_off(self) -> float:
         """Seconds left of a 429/418 back-off (0 if none)."""
-        return max(0.0, self.backoff_until - time.monotonic())
+        return max(0.0, (int(self.wire_state[ST_BACKOFF_UNTIL_NS]) - time.monotonic_ns()) / 1e9)
 
     def request(self, method: str, path: str, params=None, signed: bool = True, urgent: bool = False) -> dict:
         """One REST call; signed ones resync the clock and retry once on -1021."""
