@@ -378,11 +378,11 @@ def _intp_args(context, builder, signature, args, positions):
     return [context.cast(builder, args[i], signature.args[i], types.intp) for i in positions]
 
 
-@intrinsic
-def _sha_ni_absorb(typingctx, st, so, buf, off, nblocks):
-    """Absorb the nblocks whole blocks at buf[off:] (uint8) into st[so:so+8] (uint32). Bounds: the caller's."""
+def _sha_ni_state_op(st, so, buf, off, count, absorb):
+    """Typing and codegen shared by the two intrinsics below: load the state st[so:so+8], run
+    absorb(sha, buf type, buf array, off, count, abef, cdgh) over buf, store the state back."""
     if not (_is_1d(st, types.uint32, writable=True) and _is_1d(buf, types.uint8)
-            and all(isinstance(x, types.Integer) for x in (so, off, nblocks))):
+            and all(isinstance(x, types.Integer) for x in (so, off, count))):
         return None
 
     def codegen(context, builder, signature, args):
@@ -392,32 +392,25 @@ def _sha_ni_absorb(typingctx, st, so, buf, off, nblocks):
         sary = context.make_array(sty)(context, builder, args[0])
         bary = context.make_array(bty)(context, builder, args[2])
         abef, cdgh = sha.load_state(sty, sary, so_v)
-        abef, cdgh = sha.absorb_array(bty, bary, off_v, n_v, abef, cdgh)
+        abef, cdgh = absorb(sha, bty, bary, off_v, n_v, abef, cdgh)
         sha.store_state(sty, sary, so_v, abef, cdgh)
         return context.get_dummy_value()
 
-    return types.void(st, so, buf, off, nblocks), codegen
+    return types.void(st, so, buf, off, count), codegen
+
+
+@intrinsic
+def _sha_ni_absorb(typingctx, st, so, buf, off, nblocks):
+    """Absorb the nblocks whole blocks at buf[off:] (uint8) into st[so:so+8] (uint32). Bounds: the caller's."""
+    return _sha_ni_state_op(st, so, buf, off, nblocks, lambda sha, bty, bary, o, n, a, c: sha.absorb_array(
+        bty, bary, o, n, a, c))
 
 
 @intrinsic
 def _sha_ni_absorb_final(typingctx, st, so, buf, off, length):
     """Absorb buf[off:off+length] plus FIPS padding into st[so:so+8] (a fresh SHA-256). Bounds: the caller's."""
-    if not (_is_1d(st, types.uint32, writable=True) and _is_1d(buf, types.uint8)
-            and all(isinstance(x, types.Integer) for x in (so, off, length))):
-        return None
-
-    def codegen(context, builder, signature, args):
-        sty, _, bty, _, _ = signature.args
-        so_v, off_v, len_v = _intp_args(context, builder, signature, args, (1, 3, 4))
-        sha = _ShaNi(context, builder)
-        sary = context.make_array(sty)(context, builder, args[0])
-        bary = context.make_array(bty)(context, builder, args[2])
-        abef, cdgh = sha.load_state(sty, sary, so_v)
-        abef, cdgh = sha.absorb_final(bty, bary, off_v, len_v, 0, abef, cdgh)
-        sha.store_state(sty, sary, so_v, abef, cdgh)
-        return context.get_dummy_value()
-
-    return types.void(st, so, buf, off, length), codegen
+    return _sha_ni_state_op(st, so, buf, off, length, lambda sha, bty, bary, o, n, a, c: sha.absorb_final(
+        bty, bary, o, n, 0, a, c))
 
 
 @intrinsic
