@@ -6,8 +6,8 @@ import sys
 
 SUBCOMMANDS = {
     "venue": "aegis.venue.__main__",
-    "report": "aegis.report",
-    "replay": "aegis.replay",
+    "report": "aegis.app.report",
+    "replay": "aegis.replay.run",
 }
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(argv[1:]) or 0)
     if argv and argv[0] == "run":
         argv = argv[1:]
-    from aegis import cli
+    from aegis.app import cli
     return cli.main(argv)
 
 

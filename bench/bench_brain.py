@@ -2,7 +2,7 @@
 candles, EMA indicators + ema_cross strategy, signal pooling and bus events) on one core, from an in-memory batch
 of 1 M quotes over 10 symbols, fed in ring-sized batches exactly as brain_loop feeds it. Target: >= 10 M ticks/s.
 Also: the ema_cross kernel alone, mean_reversion + obi through the pipeline, and ema_cross with every signal
-risk-checked (aegis.risk) and handed to the sender queue (aegis.trade), a stand-in exchange filling each order.
+risk-checked (aegis.trade.risk) and handed to the sender queue (aegis.trade.sender), a stand-in exchange filling each order.
 The random walk makes ema_cross(20, 100) signal ~12 k times per 1 M quotes: far more than live, so the per-signal
 path (pool, bus, risk, hand-off) is well represented.
 
@@ -18,10 +18,13 @@ import numpy as np
 
 from types import SimpleNamespace
 
-from aegis import brain, latency, ring, strategy
-from aegis import risk as riskmod
-from aegis.trade import FLAGS_LEN, FillQueue, RequestQueue
-from aegis.records import FILL_DTYPE, KIND_QUOTE, MARKET_DTYPE, ORDER_REQUEST_DTYPE, STATUS_FILLED
+from aegis.brain import process as brain
+from aegis.core import latency
+from aegis.core import ring
+from aegis.brain import strategy
+from aegis.trade import risk as riskmod
+from aegis.trade.sender import FLAGS_LEN, FillQueue, RequestQueue
+from aegis.core.records import FILL_DTYPE, KIND_QUOTE, MARKET_DTYPE, ORDER_REQUEST_DTYPE, STATUS_FILLED
 
 N_QUOTES = 1_000_000
 N_SYMBOLS = 10
@@ -146,7 +149,7 @@ def test_strategy_kernel_ema_cross_alone_ticks_per_second(benchmark):
 
 
 def test_brain_pipeline_ema_cross_with_risk_checks_and_handoff_ticks_per_second(benchmark):
-    """Same, with every signal risk-checked (aegis.risk) and handed to the sender queue (aegis.trade)."""
+    """Same, with every signal risk-checked (aegis.trade.risk) and handed to the sender queue (aegis.trade.sender)."""
     q = quotes_once()
     b = new_brain(order_path=new_order_path())
     pipeline_pass(b, q[:BATCH])

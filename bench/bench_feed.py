@@ -24,13 +24,13 @@ import uuid
 import numpy as np
 from numba import njit
 
-from aegis import ring as R
-from aegis.book import BookState
-from aegis.conflation import ConflationBuffer
-from aegis.parse import ST_QUOTES, Parser
-from aegis.symbols import BUILTIN_SYMBOLS, SymbolTable
-from aegis.wait import SLEEP
-from aegis.wsframes import OP_TEXT, connect, encode_frame
+from aegis.core import ring as R
+from aegis.feed.book import BookState
+from aegis.feed.conflation import ConflationBuffer
+from aegis.feed.parse import ST_QUOTES, Parser
+from aegis.binance.symbols import BUILTIN_SYMBOLS, SymbolTable
+from aegis.core.wait import SLEEP
+from aegis.feed.wsframes import OP_TEXT, connect, encode_frame
 
 N_FAST = 2_000_000
 N_BASELINE = 100_000

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from aegis.clock import now_ns
+from aegis.core.clock import now_ns
 
 THRESHOLDS_NS = np.array([500, 1_000, 5_000, 20_000, 100_000], dtype=np.int64)
 READS = 20_000_000

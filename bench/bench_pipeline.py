@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from numba import njit
 
-from aegis import latency as L
-from aegis import report as R
-from aegis.clock import now_ns
-from aegis.records import ORDER_REQUEST_DTYPE
+from aegis.core import latency as L
+from aegis.app import report as R
+from aegis.core.clock import now_ns
+from aegis.core.records import ORDER_REQUEST_DTYPE
 
 N = 1_000_000
 
@@ -99,7 +99,7 @@ def test_status_line_query_cost(benchmark):
 # 1. test_in_process_tick_to_trade -- every stage is the engine's own code, in one process, no market network:
 #      pre-encoded websocket frames (bookTicker, API.md 2.4.1, combined-stream shape) copied into a real
 #      FrameReader's buffer (what recv_into does), recv_ts = now  ->  FeedEngine.ingest (one jitted call: splitter,
-#      parser, conflation buffer, ring publish, recv->publish histogram)  ->  in-process ring (aegis.ring kernels)
+#      parser, conflation buffer, ring publish, recv->publish histogram)  ->  in-process ring (aegis.core.ring kernels)
 #      ->  Brain thread running the real brain_loop (ema_cross, risk.check, trade.handoff)  ->  the real Sender
 #      thread with the fast path TradeSession turns on by default (trade.wait_and_prepare: signed request and journal
 #      line built in jitted code, line written, order send(2)'d on the plain keep-alive connection)  ->  a loopback
@@ -132,15 +132,18 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from aegis import brain as B  # noqa: E402
-from aegis import control, ring, strategy, trade  # noqa: E402
-from aegis import risk as riskmod  # noqa: E402
-from aegis.atomics import load_acquire  # noqa: E402
-from aegis.clock import py_now_ns  # noqa: E402
-from aegis.records import FILL_DTYPE, MARKET_DTYPE, STATUS_FILLED  # noqa: E402
-from aegis.wait import NAMES as WAIT_NAMES  # noqa: E402
-from aegis.clock import cpu_relax, sleep_ns, yield_cpu  # noqa: E402
-from aegis.wait import SLEEP, SPIN_LIMIT  # noqa: E402
+from aegis.brain import process as brain
+from aegis.core import control
+from aegis.core import ring
+from aegis.brain import strategy
+from aegis.trade import sender as trade
+from aegis.trade import risk
+from aegis.core.atomics import load_acquire  # noqa: E402
+from aegis.core.clock import py_now_ns  # noqa: E402
+from aegis.core.records import FILL_DTYPE, MARKET_DTYPE, STATUS_FILLED  # noqa: E402
+from aegis.core.wait import NAMES as WAIT_NAMES  # noqa: E402
+from aegis.core.clock import cpu_relax, sleep_ns, yield_cpu  # noqa: E402
+from aegis.core.wait import SLEEP, SPIN_LIMIT  # noqa: E402
 
 TARGETS_US = {50.0: 10.0, 99.0: 30.0, 99.9: 100.0}    # issue 7, internal tick-to-trade on this 2-core machine
 T2T_QS = (50.0, 99.0, 99.9)
@@ -304,7 +307,7 @@ class HttpSink:
 # --- market data: pre-encoded bookTicker frames whose mids zigzag so ema_cross reverses often ----------------------
 def tick_frames(n: int, period: int = 12, u0: int = 10_708_444_522_016) -> list[np.ndarray]:
     """n server (unmasked) frames, symbols alternating; each symbol's mid is a triangle wave of `period` ticks."""
-    from aegis.wsframes import OP_TEXT, encode_frame
+    from aegis.feed.wsframes import OP_TEXT, encode_frame
     e_ms = time.time_ns() // 1_000_000
     base = {"BTCUSDT": (63405.4, 0.1, "%.1f"), "ETHUSDT": (3050.25, 0.01, "%.2f")}
     out = []
@@ -371,12 +374,12 @@ class InProcessPipeline:
 
     def __init__(self, tmpdir, sink_url: str, fast: int = 2, slow: int = 4, wait: str = "spin-yield",
                  pin: bool = True, transport: str = "rest", fast_path: bool = True, feed_idle: str = "share"):
-        from aegis.client import BinanceClient, Endpoints, WsTradeClient
-        from aegis.feed import FeedConfig, FeedEngine
-        from aegis.journal import open_journal
-        from aegis.keys import from_strings
-        from aegis.symbols import SymbolTable
-        from aegis.wsframes import FrameReader
+        from aegis.binance.client import BinanceClient, Endpoints, WsTradeClient
+        from aegis.feed.process import FeedConfig, FeedEngine
+        from aegis.trade.journal import open_journal
+        from aegis.trade.keys import from_strings
+        from aegis.binance.symbols import SymbolTable
+        from aegis.feed.wsframes import FrameReader
         self.lat = L.new_set()
         table = SymbolTable.build(SYMBOLS)
         self.header = np.zeros(ring.HEADER_SLOTS, np.int64)
@@ -440,11 +443,11 @@ class InProcessPipeline:
 
     # ---- lifecycle
     def start(self):
-        from aegis.process import set_timer_slack
+        from aegis.core.startup import set_timer_slack
         self._old_affinity = os.sched_getaffinity(0)
         self._old_switch = sys.getswitchinterval()
         sys.setswitchinterval(100e-6)     # what TradeSession.start does ([trade] gil_switch_us)
-        set_timer_slack(1)                # the engine processes run with 1 ns slack (aegis.process.enter)
+        set_timer_slack(1)                # the engine processes run with 1 ns slack (aegis.core.startup.enter)
         if self.pin:
             os.sched_setaffinity(0, {self.feed_core})
         self.brain.step(self.header, self.records, self.ctl, 0)    # load/compile the loop before timing anything
@@ -456,7 +459,7 @@ class InProcessPipeline:
         return self
 
     def _brain_main(self):
-        from aegis.process import set_timer_slack
+        from aegis.core.startup import set_timer_slack
         try:
             set_timer_slack(1)
             if self.pin:
@@ -470,7 +473,7 @@ class InProcessPipeline:
             self._brain_error = e
 
     def stop(self):
-        from aegis.process import set_timer_slack
+        from aegis.core.startup import set_timer_slack
         ring.abort(self.header)
         if self._brain_thread is not None:
             self._brain_thread.join(10)
@@ -666,7 +669,7 @@ def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
 E2E_CONFIG = """
 # bench_pipeline end-to-end run: ema_cross trades often; risk lets it, within Binance's order-rate limits
 [venue]
-rate = 2000.0            # book events/s over all venue symbols (aegis.embedded.DEFAULT_RATE): moderate
+rate = 2000.0            # book events/s over all venue symbols (aegis.app.embedded.DEFAULT_RATE): moderate
 [risk]
 orders_per_second = 25   # Binance allows 300 orders / 10 s per account; the venue enforces it
 daily_loss_limit = 0.0   # a stop-and-reverse strategy pays the spread on every reversal: do not halt the bench

@@ -13,9 +13,12 @@ import gc
 import numpy as np
 import pytest
 
-from aegis import replay, risk, simexec, strategy
-from aegis.records import KIND_QUOTE, MARKET_DTYPE
-from aegis.symbols import SymbolTable
+from aegis.replay import run as replay
+from aegis.trade import risk
+from aegis.replay import simexec
+from aegis.brain import strategy
+from aegis.core.records import KIND_QUOTE, MARKET_DTYPE
+from aegis.binance.symbols import SymbolTable
 
 N_QUOTES = 1_000_000
 N_SYMBOLS = 10

@@ -13,9 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from aegis import ring, ringload, shm
-from aegis.clock import now_ns
-from aegis.wait import BUSY_SPIN
+from aegis.core import ring
+from aegis.core import ringload
+from aegis.core import shm
+from aegis.core.clock import now_ns
+from aegis.core.wait import BUSY_SPIN
 
 CORES = sorted(os.sched_getaffinity(0))
 WRITER_CORE, READER_CORE = (CORES[0], CORES[1]) if len(CORES) > 1 else (CORES[0], CORES[0])

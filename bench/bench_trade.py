@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from numba import njit
 
-from aegis import wire
-from aegis.clock import cpu_relax, now_ns, sleep_ns, yield_cpu
-from aegis.records import ORDER_REQUEST_DTYPE
-from aegis.trade import H_YIELD_TO, WAIT_MODES, WAIT_SHARE, RequestQueue, handoff, sender_wait
+from aegis.binance import wire
+from aegis.core.clock import cpu_relax, now_ns, sleep_ns, yield_cpu
+from aegis.core.records import ORDER_REQUEST_DTYPE
+from aegis.trade.sender import H_YIELD_TO, WAIT_MODES, WAIT_SHARE, RequestQueue, handoff, sender_wait
 
 
 @njit(cache=True, nogil=True)
@@ -120,8 +120,8 @@ def test_handoff_spin_with_a_free_core(benchmark):
 
 
 def test_signed_rest_query_build(benchmark):
-    from aegis.keys import from_strings
-    from aegis.signing import signed_query
+    from aegis.trade.keys import from_strings
+    from aegis.binance.signing import signed_query
     keys = from_strings("k" * 64, "s" * 64)
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.002",
               "price": "91739.90", "newClientOrderId": "ae01234567-42", "newOrderRespType": "ACK"}
@@ -129,10 +129,10 @@ def test_signed_rest_query_build(benchmark):
 
 
 def test_order_params_and_signing_from_record(benchmark):
-    from aegis.keys import from_strings
-    from aegis.risk import SymbolRules
-    from aegis.signing import signed_query
-    from aegis.trade import order_params
+    from aegis.trade.keys import from_strings
+    from aegis.trade.risk import SymbolRules
+    from aegis.binance.signing import signed_query
+    from aegis.trade.sender import order_params
     keys = from_strings("k" * 64, "s" * 64)
     rules = [SymbolRules("BTCUSDT", tick_size="0.10", step_size="0.001")]
     req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
@@ -144,15 +144,15 @@ def test_order_params_and_signing_from_record(benchmark):
 
 
 def test_ws_signed_params_build(benchmark):
-    from aegis.keys import from_strings
-    from aegis.signing import ws_signed_params
+    from aegis.trade.keys import from_strings
+    from aegis.binance.signing import ws_signed_params
     keys = from_strings("k" * 64, "s" * 64)
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.002",
               "price": "91739.90", "newClientOrderId": "ae01234567-42"}
     benchmark(ws_signed_params, keys.key, keys.secret, params, 1591702613943, 5000)
 
 
-# --- the fast path's request build (aegis.wire), next to the generic Python build above ------------------------
+# --- the fast path's request build (aegis.binance.wire), next to the generic Python build above ------------------------
 @njit(cache=True, nogil=True)
 def _encode_once(enc, req, pool, state, out, tmp, jb, i):
     """One order's signed request and journal line, as the sender's fast path builds them; returns their bytes."""
@@ -170,7 +170,7 @@ def _encode_many(enc, req, pool, state, out, tmp, jb, n):
 
 
 def _fast_build(transport: str):
-    from aegis.risk import SymbolRules
+    from aegis.trade.risk import SymbolRules
     rules = [SymbolRules("BTCUSDT", tick_size="0.10", step_size="0.001")]
     enc = wire.build_encoder(transport, rules, "ae01234567-", "k" * 64, "s" * 64, 5000, "ACK", "https://fapi.binance.com")
     req = np.zeros(1, ORDER_REQUEST_DTYPE)

@@ -36,9 +36,9 @@ def _time_limit(request):
 
 @pytest.fixture(scope="session")
 def compiled_order_path():
-    """The sender's jitted fast path (aegis.trade.wait_and_prepare) compiled once per session, outside any test's
+    """The sender's jitted fast path (aegis.trade.sender.wait_and_prepare) compiled once per session, outside any test's
     time limit: ~15 s on a cold Numba cache (CI), after which every process loads it from the on-disk cache."""
-    from aegis import trade
+    from aegis.trade import sender as trade
     trade.warm_fast_path()
 
 

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from aegis import control, shm
+from aegis.core import control
+from aegis.core import shm
 
 RUN_LINE = re.compile(r"aegis: run (\S+):")
 

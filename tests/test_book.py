@@ -1,4 +1,4 @@
-"""Futures order-book sync of aegis.book (API.md section 3), driven through the real parser."""
+"""Futures order-book sync of aegis.feed.book (API.md section 3), driven through the real parser."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from aegis import book as B
-from aegis import parse as P
-from aegis.records import FLAG_LAST_IN_EVENT, FLAG_RESYNC, FLAG_SNAPSHOT, KIND_BOOK, KIND_DEPTH, KIND_STATUS
-from aegis.symbols import SymbolTable
+from aegis.feed import book as B
+from aegis.feed import parse as P
+from aegis.core.records import FLAG_LAST_IN_EVENT, FLAG_RESYNC, FLAG_SNAPSHOT, KIND_BOOK, KIND_DEPTH, KIND_STATUS
+from aegis.binance.symbols import SymbolTable
 
 SYM = "BTCUSDT"
 
@@ -18,7 +18,7 @@ SYM = "BTCUSDT"
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed import warm_up
+    from aegis.feed.process import warm_up
     warm_up()
 
 

@@ -4,13 +4,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from aegis import brain, bus, control, latency, ring, strategy, trade
-from aegis import risk as riskmod
-from aegis.config import ConfigError, EngineConfig
-from aegis.feed import checksum_step
-from aegis.records import (ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, KIND_TRADE, MARKET_DTYPE, ORDER_REQUEST_DTYPE, SIDE_BUY,
+from aegis.brain import process as brain
+from aegis.brain import bus
+from aegis.core import control
+from aegis.core import latency
+from aegis.core import ring
+from aegis.brain import strategy
+from aegis.trade import sender as trade
+from aegis.trade import risk as riskmod
+from aegis.core.config import ConfigError, EngineConfig
+from aegis.feed.process import checksum_step
+from aegis.core.records import (ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, KIND_TRADE, MARKET_DTYPE, ORDER_REQUEST_DTYPE, SIDE_BUY,
                            STATUS_FILLED)
-from aegis.trade import FillQueue, RequestQueue
+from aegis.trade.sender import FillQueue, RequestQueue
 from tests.test_brain_data import quotes
 
 EMA = strategy.resolve("ema_cross", {"fast": 3, "slow": 10})

@@ -2,7 +2,7 @@
 test_ prefix keeps the file inside the brain engineer's test_brain* files)."""
 import numpy as np
 
-from aegis.records import KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
+from aegis.core.records import KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
 
 T0 = 1_700_000_000_000_000_000  # exchange ns
 

@@ -4,9 +4,12 @@ import time
 
 import numpy as np
 
-from aegis import brain, bus, latency, strategy
-from aegis import risk as riskmod
-from aegis.records import (ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, SIDE_BUY, SIDE_SELL, STATUS_CANCELED,
+from aegis.brain import process as brain
+from aegis.brain import bus
+from aegis.core import latency
+from aegis.brain import strategy
+from aegis.trade import risk as riskmod
+from aegis.core.records import (ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, SIDE_BUY, SIDE_SELL, STATUS_CANCELED,
                            STATUS_FILLED, STATUS_REJECTED)
 from tests.test_brain import drain_queue, order_path
 from tests.test_brain_data import quotes
@@ -123,7 +126,7 @@ def test_mean_reversion_replay_cancels_stale_entries_never_exits_flat_and_is_det
     import csv
     import json
 
-    from aegis import replay
+    from aegis.replay import run as replay
     from tests.test_replay import quotes_csv
     mids = list(100 + 2 * np.sin(np.arange(1500) / 9.0) + np.cumsum(np.random.default_rng(3).normal(0, 0.05, 1500)))
     f = quotes_csv(tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv", mids=mids, step_ms=100)

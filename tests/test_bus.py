@@ -3,8 +3,8 @@ import tracemalloc
 import numpy as np
 from numba import njit
 
-from aegis import bus
-from aegis.bus import (CONTROL, ORDER_FILLED, ORDER_REQUEST, RISK_REJECTED, SIGNAL_GENERATED, TICK_UPDATE, TIMER,
+from aegis.brain import bus
+from aegis.brain.bus import (CONTROL, ORDER_FILLED, ORDER_REQUEST, RISK_REJECTED, SIGNAL_GENERATED, TICK_UPDATE, TIMER,
                        EventBus)
 
 

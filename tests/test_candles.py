@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from aegis import candles
-from aegis.records import KIND_QUOTE, KIND_TRADE
+from aegis.brain import candles
+from aegis.core.records import KIND_QUOTE, KIND_TRADE
 from tests.test_brain_data import T0, trades
 
 S = 1_000_000_000

@@ -123,6 +123,6 @@ def test_record_option_makes_the_feed_write_a_recording_replay_can_read(tmp_path
     res = aegis("--duration", "3", "--symbols", "BTCUSDT", "--record", str(rec), "--out", str(tmp_path / "out"),
                 timeout=170)
     assert res.returncode == 0, res.stdout + res.stderr
-    from aegis.recording import read_recording
+    from aegis.feed.recording import read_recording
     rows = list(read_recording(str(rec)))
     assert rows and all(stream.startswith("btcusdt@") for _, stream, _ in rows)

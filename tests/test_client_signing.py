@@ -5,8 +5,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from aegis.keys import Secret
-from aegis.signing import (decimals_of, encode_params, hmac_hex, signed_query, to_units, units_to_str,
+from aegis.trade.keys import Secret
+from aegis.binance.signing import (decimals_of, encode_params, hmac_hex, signed_query, to_units, units_to_str,
                            ws_signed_params)
 
 DOC_SECRET = "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"

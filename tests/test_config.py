@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from aegis.config import ConfigError, EngineConfig, load
-from aegis import wait
+from aegis.core.config import ConfigError, EngineConfig, load
+from aegis.core import wait
 
 
 def test_defaults_are_sensible():

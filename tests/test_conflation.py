@@ -1,4 +1,4 @@
-"""Conflation buffer of aegis.conflation: quotes conflate per symbol, trades and book records are never lost."""
+"""Conflation buffer of aegis.feed.conflation: quotes conflate per symbol, trades and book records are never lost."""
 from __future__ import annotations
 
 import threading
@@ -8,10 +8,10 @@ import uuid
 import numpy as np
 import pytest
 
-from aegis import ring as R
-from aegis.conflation import ConflationBuffer
-from aegis.records import FLAG_CONFLATED, KIND_BOOK, KIND_MARK, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
-from aegis.wait import SLEEP
+from aegis.core import ring as R
+from aegis.feed.conflation import ConflationBuffer
+from aegis.core.records import FLAG_CONFLATED, KIND_BOOK, KIND_MARK, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
+from aegis.core.wait import SLEEP
 
 CAP = R.MIN_CAPACITY
 
@@ -19,7 +19,7 @@ CAP = R.MIN_CAPACITY
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed import warm_up
+    from aegis.feed.process import warm_up
     warm_up()
 
 
@@ -126,7 +126,7 @@ def test_many_quotes_of_one_symbol_in_a_long_stall_keep_only_the_latest(rg):
 
 
 def test_blocked_writer_keeps_beating_and_stops_on_a_stop_request(rg):
-    from aegis import control
+    from aegis.core import control
     ctl = control.new_block()
     cb = ConflationBuffer(2, 1024, ctl, control.ROLE_FEED)
     fill_ring(rg, cb)

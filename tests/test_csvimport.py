@@ -7,9 +7,9 @@ import zipfile
 
 import pytest
 
-from aegis.csvimport import (AGG_TRADES_COLUMNS, BOOK_TICKER_COLUMNS, CsvSource, InputError, concat, read_file,
+from aegis.replay.csvimport import (AGG_TRADES_COLUMNS, BOOK_TICKER_COLUMNS, CsvSource, InputError, concat, read_file,
                              symbol_and_format_from_name)
-from aegis.records import KIND_QUOTE, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from aegis.core.records import KIND_QUOTE, KIND_TRADE, SIDE_BUY, SIDE_SELL
 
 BT_HEADER = ",".join(BOOK_TICKER_COLUMNS)
 AGG_HEADER = ",".join(AGG_TRADES_COLUMNS)

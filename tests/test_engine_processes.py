@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from aegis import control, shm
-from aegis.config import EngineConfig
-from aegis.process import ProcessSpec
-from aegis.ring import Ring
-from aegis.shm import Segment
+from aegis.core import control
+from aegis.core import shm
+from aegis.core.config import EngineConfig
+from aegis.core.startup import ProcessSpec
+from aegis.core.ring import Ring
+from aegis.core.shm import Segment
 
 pytestmark = [pytest.mark.time_limit(120), pytest.mark.usefixtures("compiled_order_path")]
 

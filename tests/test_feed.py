@@ -1,4 +1,4 @@
-"""The websocket Feed (aegis.feed.FeedEngine) against the embedded venue and its fault knobs."""
+"""The websocket Feed (aegis.feed.process.FeedEngine) against the embedded venue and its fault knobs."""
 from __future__ import annotations
 
 import logging
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import requests
 
-from aegis import book as B
-from aegis import parse as P
-from aegis import ring as R
-from aegis.feed import FeedConfig, FeedEngine, plan_connections
-from aegis.records import FLAG_RESYNC, KIND_BOOK, KIND_MARK, KIND_QUOTE, KIND_STATUS, KIND_TRADE, MARKET_DTYPE
-from aegis.recording import read_recording
-from aegis.symbols import SymbolTable, discover
+from aegis.feed import book as B
+from aegis.feed import parse as P
+from aegis.core import ring as R
+from aegis.feed.process import FeedConfig, FeedEngine, plan_connections
+from aegis.core.records import FLAG_RESYNC, KIND_BOOK, KIND_MARK, KIND_QUOTE, KIND_STATUS, KIND_TRADE, MARKET_DTYPE
+from aegis.feed.recording import read_recording
+from aegis.binance.symbols import SymbolTable, discover
 from aegis.venue import VenueConfig, start_venue
-from aegis.wait import SLEEP
+from aegis.core.wait import SLEEP
 
 FAST = FeedConfig(stall_timeout=5.0, backoff_initial=0.05, backoff_max=0.2, snapshot_interval=0.2,
                   snapshot_limit=1000, depth_speed="0ms")
@@ -29,7 +29,7 @@ FAST = FeedConfig(stall_timeout=5.0, backoff_initial=0.05, backoff_max=0.2, snap
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed import warm_up
+    from aegis.feed.process import warm_up
     warm_up()
 
 
@@ -211,8 +211,8 @@ def test_pings_are_answered_so_the_venue_keeps_the_connection():
 
 @pytest.mark.parametrize("url_chars", [2000, 40])   # 40: most streams go through SUBSCRIBE messages
 def test_rotation_before_the_24h_cut_is_make_before_break_without_duplicates_or_gaps(url_chars, monkeypatch):
-    import aegis.feed
-    monkeypatch.setattr(aegis.feed, "URL_STREAMS_MAX_CHARS", url_chars)
+    import aegis.feed.process
+    monkeypatch.setattr(aegis.feed.process, "URL_STREAMS_MAX_CHARS", url_chars)
     # the venue cuts connections after 3 s; the Feed rotates after 1.2 s, overlapping 0.4 s
     with start_venue(VenueConfig(rate=3000, conn_lifetime_s=3.0, seed=3)) as v:
         table = discover(v.rest_url, top_n=4)
@@ -310,7 +310,7 @@ def test_recorded_session_reads_back_and_replays_through_the_venue(tmp_path):
 
 
 def test_feed_config_rejects_unknown_keys_and_bad_values():
-    from aegis.config import ConfigError
+    from aegis.core.config import ConfigError
     assert FeedConfig.from_section({"stall_timeout": 3, "streams": ["bookTicker"]}).stall_timeout == 3.0
     for bad in ({"nope": 1}, {"streams": ["trades"]}, {"depth_speed": "7ms"}, {"stall_timeout": 0},
                 {"dedupe": "yes"}, {"snapshot_limit": 3}):
@@ -320,7 +320,7 @@ def test_feed_config_rejects_unknown_keys_and_bad_values():
 
 def test_problem_log_lines_are_rate_limited(feed, venue, caplog):
     assert feed.run(5.0, until=lambda: len(feed.records()) > 50)
-    with caplog.at_level(logging.WARNING, logger="aegis.feed"):
+    with caplog.at_level(logging.WARNING, logger="aegis.feed.process"):
         for _ in range(5):
             venue.send_malformed("bad_json")
         feed.run(2.0, until=lambda: feed.eng.bad_count() >= 5)
@@ -331,7 +331,7 @@ def test_problem_log_lines_are_rate_limited(feed, venue, caplog):
 
 
 def test_snapshot_requests_are_paced_by_the_weight_budget():
-    from aegis.feed import SnapshotFetcher
+    from aegis.feed.process import SnapshotFetcher
     f = SnapshotFetcher("http://127.0.0.1:9", 1000, 1.0, weight_per_minute=2400.0)   # 40 weight/s, burst 600
     try:
         f._tokens = 0.0
@@ -345,13 +345,13 @@ def test_snapshot_requests_are_paced_by_the_weight_budget():
 
 @pytest.mark.time_limit(60)
 def test_feed_process_entry_publishes_beats_and_stops_on_request(venue):
-    """aegis.feed.run(spec) in a spawned process, the way the supervisor starts it."""
+    """aegis.feed.process.run(spec) in a spawned process, the way the supervisor starts it."""
     import multiprocessing as mp
 
-    from aegis import control
-    from aegis.config import EngineConfig
-    from aegis.process import ProcessSpec
-    from aegis.shm import Segment
+    from aegis.core import control
+    from aegis.core.config import EngineConfig
+    from aegis.core.startup import ProcessSpec
+    from aegis.core.shm import Segment
 
     run_id = uuid.uuid4().hex[:8]
     rg = R.Ring.create(f"aegis-test-fp-{run_id}-ring", 1 << 16)
@@ -362,7 +362,7 @@ def test_feed_process_entry_publishes_beats_and_stops_on_request(venue):
     spec = ProcessSpec(run_id=run_id, role="feed", core=None, wait=SLEEP, ring_name=rg.segment.name,
                        control_name=seg.name, latency_name=None, config=cfg,
                        venue_urls=(venue.rest_url, venue.ws_market_url, venue.ws_api_url))
-    from aegis import feed
+    from aegis.feed import process as feed
     p = mp.get_context("spawn").Process(target=feed.run, args=(spec,))
     p.start()
     base = control.base(control.ROLE_FEED)

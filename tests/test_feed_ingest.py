@@ -15,19 +15,19 @@ import numpy as np
 import orjson
 import pytest
 
-from aegis import book as B
-from aegis import latency as L
-from aegis import ring as R
-from aegis.conflation import C_PENDING
-from aegis.feed import FeedConfig, FeedEngine
-from aegis.parse import ST_BAD_VALUE, ST_BUFFERED, ST_CONTROL, ST_DEPTH, ST_FRAMES, ST_MALFORMED, ST_QUOTES, \
+from aegis.feed import book as B
+from aegis.core import latency as L
+from aegis.core import ring as R
+from aegis.feed.conflation import C_PENDING
+from aegis.feed.process import FeedConfig, FeedEngine
+from aegis.feed.parse import ST_BAD_VALUE, ST_BUFFERED, ST_CONTROL, ST_DEPTH, ST_FRAMES, ST_MALFORMED, ST_QUOTES, \
     ST_RESYNCS, ST_SLOW, ST_TRADES, ST_UNKNOWN_EVENT, ST_UNKNOWN_SYMBOL
-from aegis.records import FLAG_CONFLATED, FLAG_RESYNC, KIND_BOOK, KIND_DEPTH, KIND_MARK, KIND_QUOTE, KIND_STATUS, \
+from aegis.core.records import FLAG_CONFLATED, FLAG_RESYNC, KIND_BOOK, KIND_DEPTH, KIND_MARK, KIND_QUOTE, KIND_STATUS, \
     KIND_TRADE, MARKET_DTYPE
-from aegis.recording import read_recording
-from aegis.symbols import SymbolTable
-from aegis.wait import SLEEP
-from aegis.wsframes import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, ConnectionClosed, FrameReader, \
+from aegis.feed.recording import read_recording
+from aegis.binance.symbols import SymbolTable
+from aegis.core.wait import SLEEP
+from aegis.feed.wsframes import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, ConnectionClosed, FrameReader, \
     encode_frame
 
 SYMBOLS = (("BTCUSDT", "0.10", "0.001"), ("ETHUSDT", "0.01", "0.001"), ("SOLUSDT", "0.01", "1"))
@@ -37,7 +37,7 @@ STREAMS = ("bookTicker", "aggTrade", "markPrice")   # no "depth": no snapshot th
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed import warm_up
+    from aegis.feed.process import warm_up
     warm_up()
 
 
@@ -349,7 +349,7 @@ def test_slow_path_payloads_control_replies_and_bad_messages_give_the_same_count
            b'{"e":"kline","s":"BTCUSDT","E":1}', trade(q="1e999"), b"[1,2]", b'{"data":7}', b"\xff\xfe"]
     frames = market_stream(len(odd) * 3, seed=9, u0=100)
     data = b"".join(frames[k] + text(odd[k // 3]) if k % 3 == 0 else frames[k] for k in range(len(frames)))
-    with caplog.at_level(logging.WARNING, logger="aegis.feed"):
+    with caplog.at_level(logging.WARNING, logger="aegis.feed.process"):
         twins.feed(data, read_sizes=[257] * 40)
     twins.assert_identical()
     st = twins.fused.eng.parser.stats
@@ -366,7 +366,7 @@ def test_problem_log_lines_of_the_fused_path_match_the_general_path(caplog):
         t = Twins()
         side = t.fused if fused else t.general
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="aegis.feed"):
+        with caplog.at_level(logging.WARNING, logger="aegis.feed.process"):
             data = b"".join(market_stream(5, seed=10)) + text(b'{"e":"bookTicker","u":,"s":"X"}') + \
                 text(quote("NOPEUSDT", 3)) + b"".join(market_stream(5, seed=11, u0=50))
             side.recv_into(data, 0)
@@ -490,7 +490,7 @@ def test_recording_writes_the_same_payloads_from_either_path(tmp_path):
 
 def test_frames_written_through_a_real_socket_are_handled_by_feed_read():
     """FeedEngine._read (the poll loop's path) over a connected socket: receive, ingest, bookkeeping."""
-    from aegis.feed import Connection
+    from aegis.feed.process import Connection
     t = Twins()
     try:
         side = t.fused

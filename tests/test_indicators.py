@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from aegis import indicators as ind
+from aegis.brain import indicators as ind
 
 RNG = np.random.default_rng(7)
 N = 3000

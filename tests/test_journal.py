@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from aegis import journal
-from aegis.keys import Secret
+from aegis.trade import journal
+from aegis.trade.keys import Secret
 
 
 def test_records_read_back_in_order_with_kind_and_fields(tmp_path):

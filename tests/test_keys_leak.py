@@ -3,8 +3,8 @@ import logging
 
 import pytest
 
-from aegis import keys
-from aegis.records import SIDE_BUY, SIDE_SELL
+from aegis.trade import keys
+from aegis.core.records import SIDE_BUY, SIDE_SELL
 from aegis.venue import VenueConfig, start_venue
 
 from tests.trade_rig import Rig, wait_for

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from aegis import latency as L
-from aegis.records import ORDER_REQUEST_DTYPE
+from aegis.core import latency as L
+from aegis.core.records import ORDER_REQUEST_DTYPE
 
 QS = (0.0, 1.0, 10.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
 

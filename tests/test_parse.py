@@ -1,4 +1,4 @@
-"""Jitted field extraction of aegis.parse against the real payloads of API.md and broken variants of them."""
+"""Jitted field extraction of aegis.feed.parse against the real payloads of API.md and broken variants of them."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from aegis import parse as P
-from aegis.book import BookState
-from aegis.records import KIND_MARK, KIND_QUOTE, KIND_TRADE, SIDE_BUY, SIDE_SELL
-from aegis.symbols import SymbolTable
+from aegis.feed import parse as P
+from aegis.feed.book import BookState
+from aegis.core.records import KIND_MARK, KIND_QUOTE, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from aegis.binance.symbols import SymbolTable
 
 # verbatim from API.md 2.4
 DOC_BOOK_TICKER = (b'{"e":"bookTicker","u":400900217,"E":1568014460893,"T":1568014460891,"s":"BNBUSDT",'
@@ -36,7 +36,7 @@ KLINE = (b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1788936947361,"s
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed import warm_up
+    from aegis.feed.process import warm_up
     warm_up()
 
 

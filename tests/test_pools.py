@@ -6,8 +6,12 @@ import psutil
 import pytest
 from numba import njit
 
-from aegis import brain, bus, latency, pools, strategy
-from aegis.records import KIND_TRADE, SIGNAL_DTYPE
+from aegis.brain import process as brain
+from aegis.brain import bus
+from aegis.core import latency
+from aegis.brain import pools
+from aegis.brain import strategy
+from aegis.core.records import KIND_TRADE, SIGNAL_DTYPE
 from tests.test_brain_data import quotes
 
 

@@ -1,11 +1,11 @@
-"""--record DIR files (aegis.recording): gzip JSON lines {"t","stream","data"} that read back exactly."""
+"""--record DIR files (aegis.feed.recording): gzip JSON lines {"t","stream","data"} that read back exactly."""
 from __future__ import annotations
 
 import gzip
 
 import orjson
 
-from aegis.recording import Recorder, read_recording, recorded_files
+from aegis.feed.recording import Recorder, read_recording, recorded_files
 
 
 def test_combined_payloads_are_recorded_with_their_receive_time_and_read_back(tmp_path):

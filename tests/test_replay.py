@@ -8,10 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from aegis import latency as L
-from aegis import replay, report
-from aegis.csvimport import CsvSource
-from aegis.recording import Recorder
+from aegis.core import latency as L
+from aegis.replay import run as replay
+from aegis.app import report
+from aegis.replay.csvimport import CsvSource
+from aegis.feed.recording import Recorder
 
 T0_MS = 1_704_067_200_000          # 2024-01-01T00:00:00Z
 MIDS = [100.0, 100.0, 102.0, 101.0, 99.0, 103.0]

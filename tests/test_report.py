@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from aegis import latency as L
-from aegis import report as R
+from aegis.core import latency as L
+from aegis.app import report as R
 
 
 def _set_with(stage_values: dict) -> np.ndarray:
@@ -274,7 +274,7 @@ def test_main_with_bad_option_is_one_line_error_and_exit_2(capsys):
 
 def test_module_runs_as_a_script(tmp_path):
     R.save_histograms(tmp_path / "h.npz", _lognormal_set(n=500))
-    out = subprocess.run([sys.executable, "-m", "aegis.report", "--hist", str(tmp_path / "h.npz"), "--out",
+    out = subprocess.run([sys.executable, "-m", "aegis.app.report", "--hist", str(tmp_path / "h.npz"), "--out",
                           str(tmp_path / "o"), "--no-plot"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "tick-to-trade" in out.stdout and not (tmp_path / "o" / R.PLOT_NAME).exists()

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from numba import njit
 
-from aegis import ring, ringload, shm
-from aegis.clock import now_ns
-from aegis.records import MARKET_DTYPE
-from aegis.wait import SPIN_YIELD
+from aegis.core import ring
+from aegis.core import ringload
+from aegis.core import shm
+from aegis.core.clock import now_ns
+from aegis.core.records import MARKET_DTYPE
+from aegis.core.wait import SPIN_YIELD
 
 
 @pytest.fixture

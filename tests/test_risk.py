@@ -1,10 +1,10 @@
-"""Pre-trade risk rules (aegis.risk): one rule per test, each proven by a request that passes and one that fails."""
+"""Pre-trade risk rules (aegis.trade.risk): one rule per test, each proven by a request that passes and one that fails."""
 import numpy as np
 import pytest
 
-from aegis import risk
-from aegis.config import ConfigError
-from aegis.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET,
+from aegis.trade import risk
+from aegis.core.config import ConfigError
+from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET,
                            ORDER_REQUEST_DTYPE, REQ_FLAG_FLATTEN, SIDE_BUY, SIDE_SELL, STATUS_CANCELED,
                            STATUS_FILLED, STATUS_PARTIALLY_FILLED, STATUS_REJECTED, STATUS_SNAPSHOT, TIF_GTC)
 

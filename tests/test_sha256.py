@@ -1,4 +1,4 @@
-"""aegis.sha256 against the standard library (hashlib, hmac, zlib) as the reference implementation."""
+"""aegis.binance.sha256 against the standard library (hashlib, hmac, zlib) as the reference implementation."""
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 from numba import njit
 
-from aegis import sha256 as sha
-from aegis.sha256 import (
+from aegis.binance import sha256 as sha
+from aegis.binance.sha256 import (
     SCRATCH_WORDS,
     SHA256_H0,
     SHA256_K,
@@ -330,7 +330,7 @@ _CHILD_CASES = [(KEY, b""), (KEY, pattern(55)), (KEY, pattern(250, seed=2)), (pa
 
 _CHILD = """
 import json, sys
-from aegis import sha256 as sha
+from aegis.binance import sha256 as sha
 cases = [(bytes.fromhex(k), bytes.fromhex(d)) for k, d in json.loads(sys.stdin.read())]
 print(json.dumps({"sha_ni": sha.SHA_NI_ENABLED, "portable": sha.KERNELS is sha.PORTABLE_KERNELS,
                   "macs": [sha.hmac_hex_bytes(sha.hmac_key_state(k), d) for k, d in cases]}))

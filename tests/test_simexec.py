@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aegis import latency as L
-from aegis import simexec as X
-from aegis.records import (ACTION_CANCEL, ACTION_NEW, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE, ORDER_LIMIT,
+from aegis.core import latency as L
+from aegis.replay import simexec as X
+from aegis.core.records import (ACTION_CANCEL, ACTION_NEW, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE, ORDER_LIMIT,
                            ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY, SIDE_SELL, STATUS_CANCELED, STATUS_EXPIRED,
                            TIF_GTC, TIF_GTX, TIF_IOC)
 

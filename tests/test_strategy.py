@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from aegis import strategy as stg
-from aegis.config import ConfigError, EngineConfig
-from aegis.records import (FLAG_RESYNC, KIND_BOOK, KIND_QUOTE, KIND_TRADE, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY,
+from aegis.brain import strategy as stg
+from aegis.core.config import ConfigError, EngineConfig
+from aegis.core.records import (FLAG_RESYNC, KIND_BOOK, KIND_QUOTE, KIND_TRADE, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY,
                            SIDE_SELL, TIF_GTX)
 from tests.test_brain_data import quotes
 
@@ -243,7 +243,7 @@ def test_run_range_stops_after_each_signal_and_resumes_where_it_stopped():
 
 
 def test_cli_param_overrides_feed_the_config_loader():
-    from aegis.config import load
+    from aegis.core.config import load
     over = {"strategy": "obi", **stg.param_overrides(["threshold=0.7", "smooth=5"])}
     assert over == {"strategy": "obi", "strategy.threshold": "0.7", "strategy.smooth": "5"}
     sc = stg.from_config(load(None, over))
@@ -272,8 +272,8 @@ def run_tracked(name, recs, values, outcome, rests=False):
     row before each step; outcome(sig) -> signed base qty that really traded (0: the order was rejected).
     rests=True: orders that do not trade stay open on the book (until a cancel signal for them); every order is
     accepted with client ids 1, 2, ..."""
-    from aegis import risk as riskmod
-    from aegis.records import ACTION_CANCEL
+    from aegis.trade import risk as riskmod
+    from aegis.core.records import ACTION_CANCEL
     cfg = stg.resolve(name, values)
     params = cfg.array()
     state = stg.make_state(cfg.id, 1, params)
@@ -334,7 +334,7 @@ def dip_quotes():
 
 
 def test_mean_reversion_with_a_resting_entry_never_exits_and_cancels_it_after_the_timeout():
-    from aegis.records import ACTION_CANCEL
+    from aegis.core.records import ACTION_CANCEL
     sigs, state = run_tracked("mean_reversion", dip_quotes(), {"sample_ms": 100, "period": 20, "rsi_period": 5,
                                                                "entry_timeout_ms": 5000}, lambda s: 0.0, rests=True)
     assert len(sigs) >= 2 and all(s["reduce_only"] == 0 for s in sigs)
@@ -356,7 +356,7 @@ def test_mean_reversion_whose_entry_filled_exits_what_it_holds():
 
 
 def test_ema_cross_ignores_sync_and_keeps_the_side_it_last_traded():
-    from aegis import risk as riskmod
+    from aegis.trade import risk as riskmod
     recs = quotes(5_000, n_symbols=2, seed=13)
     whole, _ = run("ema_cross", recs, {"fast": 3, "slow": 10}, n_symbols=2)
     cfg = stg.resolve("ema_cross", {"fast": 3, "slow": 10})

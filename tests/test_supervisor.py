@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from aegis import control, shm
+from aegis.core import control
+from aegis.core import shm
 from tests.enginerun import EngineRun
 
 SYNTH = ("--source", "synthetic", "--status-interval", "0.5")

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from aegis import control
+from aegis.core import control
 from tests.enginerun import EngineRun
 
 pytestmark = [pytest.mark.time_limit(180), pytest.mark.usefixtures("compiled_order_path")]

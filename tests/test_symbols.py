@@ -1,4 +1,4 @@
-"""Symbol discovery and the shared SymbolTable (aegis.symbols)."""
+"""Symbol discovery and the shared SymbolTable (aegis.binance.symbols)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from aegis.symbols import (BUILTIN_SYMBOLS, SymbolTable, discover, lookup_span, parse_symbols_option, rank)
+from aegis.binance.symbols import (BUILTIN_SYMBOLS, SymbolTable, discover, lookup_span, parse_symbols_option, rank)
 from aegis.venue import VenueConfig, start_venue
 
 
@@ -80,7 +80,7 @@ def test_closed_port_falls_back_to_the_builtin_list_and_logs_the_reason_once(cap
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    with caplog.at_level(logging.WARNING, logger="aegis.symbols"):
+    with caplog.at_level(logging.WARNING, logger="aegis.binance.symbols"):
         t = discover(f"http://127.0.0.1:{port}", top_n=20, timeout=1.0)
     assert t.source == "builtin" and set(t.names) == {n for n, _, _ in BUILTIN_SYMBOLS}
     assert len([r for r in caplog.records if "discovery failed" in r.message]) == 1
@@ -117,7 +117,7 @@ def _serve(status, body):
 def test_venue_errors_fall_back_to_the_builtin_list(status, body, reason, caplog):
     srv = _serve(status, body)
     try:
-        with caplog.at_level(logging.WARNING, logger="aegis.symbols"):
+        with caplog.at_level(logging.WARNING, logger="aegis.binance.symbols"):
             t = discover(f"http://127.0.0.1:{srv.server_address[1]}", top_n=5, timeout=2.0)
     finally:
         srv.shutdown()

@@ -6,10 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from aegis import risk, trade
-from aegis.client import VENUE_URLS, VenueSelectionError, endpoints
-from aegis.config import ConfigError
-from aegis.records import (FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY,
+from aegis.trade import risk
+from aegis.trade import sender as trade
+from aegis.binance.client import VENUE_URLS, VenueSelectionError, endpoints
+from aegis.core.config import ConfigError
+from aegis.core.records import (FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY,
                            SIDE_SELL, STATUS_FILLED, TIF_GTX)
 
 
@@ -249,7 +250,8 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
 def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
     """wait_and_prepare on one queued order with a plain socket to send on; (state, bytes the peer got)."""
     import socket
-    from aegis import ring, wire
+    from aegis.core import ring
+    from aegis.binance import wire
     q = trade.RequestQueue(ring.MIN_CAPACITY)
     enc = wire.build_encoder("rest", [risk.SymbolRules("X", tick_size="0.1", step_size="1")], "p-", "k", "s", 5000,
                              "ACK", "http://127.0.0.1:1")
@@ -283,21 +285,21 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
 
 
 def test_the_jitted_sender_does_not_send_during_a_back_off_that_began_while_it_waited(compiled_order_path, tmp_path):
-    from aegis import wire
+    from aegis.binance import wire
     state, got = _prepare_one_order_for_a_socket(tmp_path, time.monotonic_ns() + 10_000_000_000)
     assert state[wire.ST_SENT_IDX] == -1 and got == b""
 
 
 def test_the_jitted_sender_sends_once_the_back_off_has_passed(compiled_order_path, tmp_path):
-    from aegis import wire
+    from aegis.binance import wire
     state, got = _prepare_one_order_for_a_socket(tmp_path, time.monotonic_ns() - 1)
     assert state[wire.ST_SENT_IDX] == 0 and got.startswith(b"POST /fapi/v1/order?")
 
 
 def test_a_back_off_reaches_the_state_the_jitted_sender_reads():
-    from aegis import wire
-    from aegis.client import BinanceClient
-    from aegis.keys import from_strings
+    from aegis.binance import wire
+    from aegis.binance.client import BinanceClient
+    from aegis.trade.keys import from_strings
     c = BinanceClient(endpoints("binance-testnet"), from_strings("k", "s"))
     t = time.monotonic_ns()
     c.back_off(429, "3", "")
@@ -317,7 +319,7 @@ def test_real_binance_requires_live_and_uses_the_documented_urls():
 
 
 def test_supervisor_kill_through_the_control_block_reaches_the_brains_risk_state():
-    from aegis import control
+    from aegis.core import control
     ctl = control.new_block()
     b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
     flags = ctl[b:b + trade.FLAGS_LEN]                  # what TradeSession(ctl=...) hands the Brain

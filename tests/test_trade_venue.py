@@ -3,8 +3,10 @@ import time
 
 import pytest
 
-from aegis import journal, trade, wire
-from aegis.records import SIDE_BUY, SIDE_SELL
+from aegis.trade import journal
+from aegis.trade import sender as trade
+from aegis.binance import wire
+from aegis.core.records import SIDE_BUY, SIDE_SELL
 from aegis.venue import VenueConfig, start_venue
 
 from tests.trade_rig import KeyPool, Rig, venue_config, wait_for
@@ -183,7 +185,7 @@ def test_shutdown_cancels_every_open_order_on_every_symbol(rig):
     client = r.ts.client
     out = r.stop()
     assert set(out) == {"BTCUSDT", "ETHUSDT"} and all(v["ok"] for v in out.values())
-    from aegis.client import BinanceClient
+    from aegis.binance.client import BinanceClient
     assert BinanceClient(client.ep, client.keys).open_orders()["orders"] == []
 
 
@@ -197,13 +199,13 @@ def test_emergency_cancel_all_works_without_the_brain(venue, pool, tmp_path, mon
     monkeypatch.setenv("BINANCE_API_SECRET", k.secret.reveal())
     out = trade.emergency_cancel_all("embedded", embedded=venue)
     assert list(out) == ["BTCUSDT"] and out["BTCUSDT"]["ok"]
-    from aegis.client import BinanceClient, endpoints
+    from aegis.binance.client import BinanceClient, endpoints
     assert BinanceClient(endpoints("embedded", embedded=venue), k).open_orders()["orders"] == []
 
 
 def test_429_backs_off_for_retry_after_without_touching_the_network(tmp_path):
-    from aegis.client import BinanceClient, endpoints
-    from aegis.keys import from_strings
+    from aegis.binance.client import BinanceClient, endpoints
+    from aegis.trade.keys import from_strings
     from aegis.venue.ratelimit import RateLimitConfig
     cfg = VenueConfig(rate=20, rate_limits=RateLimitConfig(weight_per_minute=10, weight_window_s=2.0))
     with start_venue(cfg) as v:
@@ -219,8 +221,8 @@ def test_429_backs_off_for_retry_after_without_touching_the_network(tmp_path):
 
 
 def _spec(venue, tmp_path, symbols, key, sections=None):
-    from aegis.config import EngineConfig
-    from aegis.process import ProcessSpec
+    from aegis.core.config import EngineConfig
+    from aegis.core.startup import ProcessSpec
     cfg = EngineConfig(symbols=symbols, out_dir=str(tmp_path),
                        sections=sections or {"trade": {"fsync": "never"}, "risk": {"max_md_age_ms": 0}})
     return ProcessSpec("run", "brain", None, 2, "ring", "ctl", None, cfg,
@@ -231,7 +233,7 @@ def _spec(venue, tmp_path, symbols, key, sections=None):
 def test_open_order_path_builds_the_brains_trading_state_from_the_spec(venue, pool, tmp_path):
     op = trade.open_order_path(_spec(venue, tmp_path, ("ETHUSDT", "BTCUSDT"), pool.take()), None)
     try:
-        from aegis.symbols import discover
+        from aegis.binance.symbols import discover
         feed_order = list(discover(venue.rest_url, symbols=["ETHUSDT", "BTCUSDT"]).names)   # what the Feed uses
         assert [r.symbol for r in op.risk.rules] == feed_order
         assert {r.symbol: r.tick_size for r in op.risk.rules} == {"BTCUSDT": "0.10", "ETHUSDT": "0.01"}
@@ -265,8 +267,8 @@ def test_a_halt_survives_a_restart_until_resume(venue, pool, tmp_path):
 
 
 def test_418_ban_stops_even_cancels_until_it_ends(tmp_path):
-    from aegis.client import BinanceClient, endpoints
-    from aegis.keys import from_strings
+    from aegis.binance.client import BinanceClient, endpoints
+    from aegis.trade.keys import from_strings
     from aegis.venue.ratelimit import RateLimitConfig
     cfg = VenueConfig(rate=20, rate_limits=RateLimitConfig(weight_per_minute=5, weight_window_s=30.0,
                                                            requests_over_limit_before_ban=2, ban_s=1.0))
@@ -291,16 +293,16 @@ def test_a_confirmed_cancel_releases_risk_even_without_the_user_stream(rig):
 
 
 def test_open_order_path_without_a_venue_runs_signals_only(tmp_path):
-    from aegis.config import EngineConfig
-    from aegis.process import ProcessSpec
+    from aegis.core.config import EngineConfig
+    from aegis.core.startup import ProcessSpec
     spec = ProcessSpec("run", "brain", None, 2, "ring", "ctl", None,
                        EngineConfig(symbols=("BTCUSDT",), source="synthetic", out_dir=str(tmp_path)))
     assert trade.open_order_path(spec, None) is None
 
 
 def test_open_order_path_failures_are_one_line_config_errors(tmp_path, monkeypatch):
-    from aegis.config import ConfigError, EngineConfig
-    from aegis.process import ProcessSpec
+    from aegis.core.config import ConfigError, EngineConfig
+    from aegis.core.startup import ProcessSpec
     monkeypatch.delenv("BINANCE_API_KEY", raising=False)
     monkeypatch.delenv("BINANCE_API_SECRET", raising=False)
     spec = ProcessSpec("run", "brain", None, 2, "ring", "ctl", None,
@@ -324,7 +326,7 @@ def test_ws_order_connection_dropped_while_idle_is_rebuilt_before_the_next_order
 
 def test_daily_loss_halt_is_logged_with_its_reason_and_journaled(rig, caplog):
     import logging
-    caplog.set_level(logging.ERROR, logger="aegis.trade")
+    caplog.set_level(logging.ERROR, logger="aegis.trade.sender")
     r = rig(risk_cfg={"daily_loss_limit": 0.01})
     r.market("BTCUSDT", SIDE_BUY, 0.002)               # the taker fee alone is a loss above 0.01
     assert wait_for(lambda: (r.pump(), r.quotes(), r.book.state == "HALTED")[2])
@@ -346,7 +348,7 @@ def test_on_a_plain_connection_a_new_order_leaves_from_the_jitted_fast_path(rig,
 
 
 def test_when_python_must_send_the_order_still_goes_through(rig, monkeypatch):
-    from aegis.client import BinanceClient
+    from aegis.binance.client import BinanceClient
     monkeypatch.setattr(BinanceClient, "plain_fd", lambda self: -1)     # as on a TLS connection
     r = rig()
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))

@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from aegis import journal
-from aegis.records import SIDE_BUY, STATUS_FILLED, STATUS_NEW
-from aegis.trade import FillQueue
-from aegis.userstream import UserStream, client_id_of
+from aegis.trade import journal
+from aegis.core.records import SIDE_BUY, STATUS_FILLED, STATUS_NEW
+from aegis.trade.sender import FillQueue
+from aegis.trade.userstream import UserStream, client_id_of
 from aegis.venue import start_venue
 
 from tests.trade_rig import KeyPool, Rig, venue_config, wait_for

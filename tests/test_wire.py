@@ -1,4 +1,4 @@
-"""The sender's fast path (aegis.wire): the bytes it prepares are exactly what the generic path would send."""
+"""The sender's fast path (aegis.binance.wire): the bytes it prepares are exactly what the generic path would send."""
 from __future__ import annotations
 
 from urllib.parse import unquote
@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis import wire
-from aegis.journal import _line, read_records
-from aegis.keys import Secret
-from aegis.records import (ACTION_NEW, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY, SIDE_SELL, TIF_FOK,
+from aegis.binance import wire
+from aegis.trade.journal import _line, read_records
+from aegis.trade.keys import Secret
+from aegis.core.records import (ACTION_NEW, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY, SIDE_SELL, TIF_FOK,
                            TIF_GTC, TIF_GTX, TIF_IOC)
-from aegis.risk import SymbolRules
-from aegis.signing import signed_query, units_to_str, ws_signed_params
-from aegis.trade import order_params
+from aegis.trade.risk import SymbolRules
+from aegis.binance.signing import signed_query, units_to_str, ws_signed_params
+from aegis.trade.sender import order_params
 
 KEY, SECRET = "wire-test-api-key-0123", "wire-test-secret-4567"
 RULES = [SymbolRules("BTCUSDT", tick_size="0.10", step_size="0.001", market_step_size="0.001"),
@@ -149,7 +149,7 @@ def test_journal_line_is_the_record_the_generic_path_journals(kw, tmp_path):
 @given(units=st.integers(-10**12, 10**12), unit=st.sampled_from(["0.10", "0.001", "1", "10", "0.0000001", "0.5",
                                                                    "100", "0.00001"]))
 def test_decimal_text_equals_units_to_str(units, unit):
-    from aegis.signing import _unit_parts
+    from aegis.binance.signing import _unit_parts
     m, d = _unit_parts(unit)
     out = np.zeros(64, np.uint8)
     n = wire.put_units(out, 0, units, m, d)

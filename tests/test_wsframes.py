@@ -1,4 +1,4 @@
-"""Frame splitter and bulk reader of aegis.wsframes."""
+"""Frame splitter and bulk reader of aegis.feed.wsframes."""
 from __future__ import annotations
 
 import socket
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from aegis.wsframes import (FR_FIN, FR_SPECIAL, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
+from aegis.feed.wsframes import (FR_FIN, FR_SPECIAL, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                             SPLIT_OK, SPLIT_PROTOCOL_ERROR, ConnectionClosed, FrameReader, encode_frame,
                             split_frames)
 

@@ -5,9 +5,11 @@ import time
 
 import numpy as np
 
-from aegis import keys, risk, trade
-from aegis.client import endpoints
-from aegis.records import ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, TIF_GTC
+from aegis.trade import keys
+from aegis.trade import risk
+from aegis.trade import sender as trade
+from aegis.binance.client import endpoints
+from aegis.core.records import ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, TIF_GTC
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 N_KEYS = 40

@@ -1,0 +1,96 @@
+"""The embedded venue as a child process of the supervisor (not pinned: it is the "exchange", not the engine).
+
+It runs in its own process so its Python threads never compete with the supervisor's watch loop for a GIL, and so
+the engine talks to it exactly as it would to Binance: over loopback sockets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import secrets
+import signal
+from dataclasses import dataclass
+
+from aegis.core.config import ConfigError
+
+START_TIMEOUT_S = 60.0
+DEFAULT_RATE = 2_000.0  # book events/s over all symbols: lively, and light enough for a 2-core box
+
+
+@dataclass(frozen=True)
+class VenueHandle:
+    process: mp.Process
+    rest_url: str
+    ws_market_url: str
+    ws_api_url: str
+    api_key: str
+    api_secret: str = dataclasses.field(repr=False)
+
+    @property
+    def urls(self) -> tuple[str, str, str]:
+        return self.rest_url, self.ws_market_url, self.ws_api_url
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+
+
+def venue_settings(section: dict) -> dict:
+    """Validate the [venue] table against VenueConfig's fields (one-line ConfigError on a mistake)."""
+    from aegis.venue import VenueConfig
+    known = {f.name for f in dataclasses.fields(VenueConfig)} - {"api_keys", "exchange_cfg", "rate_limits", "catalog"}
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [venue]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    settings = {"rate": DEFAULT_RATE, **section}
+    try:
+        VenueConfig(**settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad [venue] setting: {e}") from None
+    return settings
+
+
+def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the venue stops
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
+    from aegis.venue import VenueConfig, start_venue
+    venue = start_venue(VenueConfig(**settings, api_keys={api_key: api_secret}))
+    try:
+        conn.send((venue.rest_url, venue.ws_market_url, venue.ws_api_url))
+        while not stop["now"]:
+            if conn.poll(0.2):  # the supervisor closes its end when it goes away
+                try:
+                    conn.recv()
+                except EOFError:
+                    break
+    except (BrokenPipeError, EOFError):
+        pass
+    finally:
+        venue.stop()
+
+
+def start(section: dict) -> VenueHandle:
+    """Start the embedded venue with a fresh random API key for this run; returns once it listens."""
+    settings = venue_settings(section)
+    api_key, api_secret = secrets.token_hex(16), secrets.token_hex(32)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_venue_main, args=(child, settings, api_key, api_secret), name="aegis-venue", daemon=True)
+    p.start()
+    child.close()
+    if not parent.poll(START_TIMEOUT_S):
+        p.kill()
+        raise RuntimeError(f"the embedded venue did not start within {START_TIMEOUT_S:g}s")
+    try:
+        rest, ws_market, ws_api = parent.recv()
+    except EOFError:
+        p.join(1)
+        raise RuntimeError(f"the embedded venue exited during start (exit code {p.exitcode})") from None
+    handle = VenueHandle(p, rest, ws_market, ws_api, api_key, api_secret)
+    object.__setattr__(handle, "_conn", parent)  # keeps the pipe open for the venue's lifetime
+    return handle

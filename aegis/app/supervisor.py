@@ -1,0 +1,359 @@
+"""Supervisor: creates the run's shared memory, starts Feed and Brain pinned to their cores, watches them, prints
+status, and tears everything down on every exit path (duration over, Ctrl-C, SIGTERM, a child dying)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_sentinels
+
+import numpy as np
+
+from aegis.core import control
+from aegis.core import latency
+from aegis.app import report
+from aegis.core import shm
+from aegis.core import wait
+from aegis.core.config import EngineConfig
+from aegis.core.startup import ProcessSpec
+from aegis.core.ring import Ring
+from aegis.core.shm import Segment
+
+HEARTBEAT_TIMEOUT_S = 5.0   # a running process that has not beaten for this long is hung
+START_TIMEOUT_S = 120.0     # first start compiles the jitted loops (cached afterwards)
+STOP_TIMEOUT_S = 5.0        # orderly stop before SIGTERM, then SIGKILL
+
+
+class CoreError(ValueError):
+    pass
+
+
+def parse_cores(text: str, available: list[int]) -> tuple[int, int]:
+    """'A,B' -> (A, B), validated against the cores this process may run on; CoreError says what is wrong."""
+    avail = ",".join(map(str, available))
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise CoreError(f"--cores takes two core numbers A,B (Feed on A, Brain on B), got {text!r}; "
+                        f"available cores: {avail}")
+    a, b = (int(p) for p in parts)
+    for c in (a, b):
+        if c not in available:
+            raise CoreError(f"core {c} does not exist or is not available to this process; available cores: {avail}")
+    if a == b:
+        raise CoreError(f"--cores names core {a} twice: Feed and Brain need a core each; available cores: {avail}")
+    return a, b
+
+
+def pick_cores(available: list[int]) -> tuple[int, int]:
+    """Default placement: the two highest-numbered cores (core 0 usually takes most interrupts and housekeeping);
+    with a single core both share it and `auto` waiting will not busy-spin."""
+    if len(available) >= 2:
+        return available[-2], available[-1]
+    return available[0], available[0]
+
+
+@dataclass
+class Run:
+    cfg: EngineConfig
+    run_id: str = field(default_factory=shm.new_run_id)
+    segments: list = field(default_factory=list)
+    procs: dict = field(default_factory=dict)
+    stop_reason: str | None = None
+    exit_code: int = 0
+    venue: object = None
+    hist: np.ndarray | None = None
+    running_since: float | None = None
+    stopped_at: float = 0.0
+
+
+def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
+    return int(ctl[control.base(role) + slot])
+
+
+def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: float,
+                hist: np.ndarray | None = None) -> str:
+    st = ring.stats()
+    fed = _role_slot(ctl, control.ROLE_FEED, control.R_RECORDS)
+    used = _role_slot(ctl, control.ROLE_BRAIN, control.R_RECORDS)
+    rate_in = (fed - prev.get("fed", 0)) / dt if dt > 0 else 0.0
+    rate_out = (used - prev.get("used", 0)) / dt if dt > 0 else 0.0
+    prev.update(fed=fed, used=used)
+    line = (f"[{elapsed:7.1f}s] feed {rate_in/1e3:7.1f}k rec/s | brain {rate_out/1e3:7.1f}k rec/s | "
+            f"lag {st['lag']} | drops {st['dropped']} | conflated {st['conflated']}")
+    if hist is not None:
+        snap = latency.snapshot(hist)
+        line += " | " + report.status_text(hist, prev.get("hist"))
+        prev["hist"] = snap
+    return line + trading_fields(ctl)
+
+
+def trading_fields(ctl: np.ndarray) -> str:
+    b = control.base(control.ROLE_BRAIN)
+    signals = int(ctl[b + control.R_BRAIN_SIGNALS])
+    orders = int(ctl[b + control.R_BRAIN_ORDERS])
+    if not (signals or orders):
+        return ""
+    ctl_f = ctl.view(np.float64)
+    return (f" | signals {signals} orders {orders} fills {int(ctl[b + control.R_BRAIN_FILLS])} "
+            f"rejects {int(ctl[b + control.R_BRAIN_REJECTS])} | positions {int(ctl[b + control.R_BRAIN_POSITIONS])} "
+            f"gross {ctl_f[b + control.F_BRAIN_GROSS]:.0f} PnL {ctl_f[b + control.F_BRAIN_PNL]:+.2f} "
+            f"fees {ctl_f[b + control.F_BRAIN_FEES]:.2f}")
+
+
+def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
+    st = ring.stats()
+    fed = _role_slot(ctl, control.ROLE_FEED, control.R_RECORDS)
+    used = _role_slot(ctl, control.ROLE_BRAIN, control.R_RECORDS)
+    fchk = _role_slot(ctl, control.ROLE_FEED, control.R_CHECKSUM)
+    bchk = _role_slot(ctl, control.ROLE_BRAIN, control.R_CHECKSUM)
+    same = "match" if (fed == used and fchk == bchk) else "MISMATCH"
+    ran = run.stopped_at - run.running_since if run.running_since is not None else 0.0
+    lines = [
+        f"aegis: run {run.run_id} stopped ({run.stop_reason}) after {elapsed:.1f}s",
+        f"  records: published {fed}, consumed {used}, dropped {st['dropped']}, conflated {st['conflated']}, "
+        f"full-ring waits {st['full_waits']}",
+        f"  checksum feed/brain: {same}; mean rate {used / ran / 1e3 if ran > 0 else 0:.1f}k rec/s over {ran:.1f}s "
+        f"of running",
+    ]
+    return "\n".join(lines)
+
+
+def run(cfg: EngineConfig, out=sys.stdout) -> int:
+    """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
+    stale = shm.remove_stale()
+    if stale:
+        print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
+    available = wait.usable_cores()
+    cores = cfg.cores or pick_cores(available)
+    strategy = wait.resolve(cfg.wait, tuple(cores))
+    r = Run(cfg)
+    stop_signal = {"name": None}
+
+    def on_signal(signum, frame):
+        stop_signal["name"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    kill = {"flatten": None}
+
+    def on_kill(signum, frame):  # the manual kill switch from outside: `kill -USR1 <supervisor pid>`
+        kill["flatten"] = signum == signal.SIGUSR2
+
+    old.update({s: signal.signal(s, on_kill) for s in (signal.SIGUSR1, signal.SIGUSR2)})
+    ring = ctl_seg = venue = urls = None
+    t_start = time.monotonic()
+    try:
+        if cfg.source == "venue" and cfg.venue == "embedded":
+            from aegis.app import embedded
+            venue = embedded.start(cfg.section("venue"))
+            r.venue = venue
+            print(f"aegis: embedded venue at {venue.rest_url} (market data {venue.ws_market_url})", file=out,
+                  flush=True)
+        urls = venue.urls if venue else _exchange_urls(cfg)
+        table = _symbol_table(cfg, urls, out)
+        ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
+        r.segments.append(ring.segment)
+        ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
+        r.segments.append(ctl_seg)
+        ctl = ctl_seg.view(np.int64, 0, control.SLOTS)
+        control.init(ctl, time.monotonic_ns())
+        lat_seg = Segment.create(shm.segment_name(r.run_id, "latency"), latency.HIST_SET_NBYTES)
+        r.segments.append(lat_seg)
+        r.hist = latency.as_set(lat_seg.view(np.int64))  # zero bytes are empty histograms: no init needed
+        print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
+              f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
+              f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
+        ctx = mp.get_context("spawn")
+        from aegis.brain import process as brain
+        from aegis.feed import process as feed
+        for role, target, core in (("brain", brain.run, cores[1]), ("feed", feed.run, cores[0])):
+            spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
+                               control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg,
+                               venue_urls=urls, symbols=table,
+                               api_key=venue.api_key if venue else None,
+                               api_secret=venue.api_secret if venue else None)
+            p = ctx.Process(target=_child_main, args=(target, spec), name=f"aegis-{role}", daemon=False)
+            p.start()
+            r.procs[role] = p
+        _watch(r, ctl, ring, out, stop_signal, t_start, kill)
+    except RuntimeError as e:  # e.g. the embedded venue could not start
+        r.stop_reason = str(e)
+        r.exit_code = 1
+        print(f"aegis: error: {e}", file=out, flush=True)
+    finally:
+        r.stopped_at = time.monotonic()
+        elapsed = r.stopped_at - t_start
+        _stop_children(r, ctl if ctl_seg else None, ring)
+        _cancel_orphaned_orders(r, urls if ring is not None else None, out)
+        if ring is not None and ctl_seg is not None:
+            print(summary(r, ctl, ring, elapsed), file=out, flush=True)
+        if r.hist is not None:
+            _final_latency_report(r, out)
+        ctl = None
+        if ring is not None:
+            ring.header = ring.records = None
+        for seg in r.segments:
+            seg.close()
+            seg.unlink()
+        if venue is not None:
+            venue.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return r.exit_code
+
+
+def _cancel_orphaned_orders(r: Run, urls, out) -> None:
+    """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
+    unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
+    brain = r.procs.get("brain")
+    if brain is None or brain.exitcode == 0 or urls is None or r.cfg.source != "venue":
+        return
+    from aegis.trade import keys
+    from aegis.trade import sender as trade
+    try:
+        api = keys.from_strings(r.venue.api_key, r.venue.api_secret) if r.venue else None
+        key_file = r.cfg.section("trade").get("key_file") or None
+        done = trade.emergency_cancel_all(r.cfg.venue, r.cfg.live, key_file, urls=urls, api_keys=api)
+        print(f"aegis: the brain did not stop cleanly; cancelled its open orders on the exchange: {done}", file=out,
+              flush=True)
+    except Exception as e:  # noqa: BLE001 - report whatever failed; the run is already ending with an error
+        print(f"aegis: error: could not cancel open orders after the brain died: {e} -- CHECK THE EXCHANGE",
+              file=out, flush=True)
+
+
+def _exchange_urls(cfg: EngineConfig) -> tuple[str, str, str] | None:
+    """Base URLs of a real Binance venue (None for the embedded one, which reports its own when it starts)."""
+    if cfg.venue == "embedded":
+        return None
+    from aegis.binance.client import endpoints
+    ep = endpoints(cfg.venue, cfg.live)
+    return ep.rest_url, ep.ws_market_url, ep.ws_api_url
+
+
+def _symbol_table(cfg: EngineConfig, urls, out):
+    """Resolve the universe once, here, so the Feed and the Brain agree on every symbol id."""
+    if cfg.source != "venue" or urls is None:
+        return None
+    from aegis.feed import process as feed
+    from aegis.binance import symbols
+    fcfg = feed.FeedConfig.from_section(cfg.section("feed"))
+    rest = fcfg.rest_url or urls[0]
+    if isinstance(cfg.symbols, int):
+        table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout)
+    else:
+        table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout)
+    shown = ", ".join(table.names[:5]) + (" ..." if len(table) > 5 else "")
+    print(f"aegis: {len(table)} symbols ({table.source}): {shown}", file=out, flush=True)
+    return table
+
+
+def _final_latency_report(r: Run, out) -> None:
+    print(report.format_table(r.hist), file=out)
+    try:
+        written = report.write_run_report(r.hist, r.cfg.out_dir)
+        print(f"aegis: latency histograms written to {r.cfg.out_dir} ({len(written)} files; "
+              f"`python -m aegis report --hist {r.cfg.out_dir}/latency.npz` prints them again)", file=out, flush=True)
+    except OSError as e:
+        print(f"aegis: warning: could not write the latency report to {r.cfg.out_dir}: {e}", file=out, flush=True)
+    r.hist = None
+
+
+def _child_main(target, spec: ProcessSpec) -> None:
+    code = 1
+    try:
+        code = target(spec)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(code)
+
+
+def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start: float, kill: dict) -> None:
+    cfg = r.cfg
+    next_status = t_start + cfg.status_interval
+    prev: dict = {}
+    last_status = t_start
+    t_running = None
+    sentinels = {p.sentinel: role for role, p in r.procs.items()}
+    if r.venue is not None:
+        sentinels[r.venue.process.sentinel] = "venue"
+    while True:
+        ready = wait_sentinels(list(sentinels), timeout=0.1)
+        now = time.monotonic()
+        if stop_signal["name"]:  # first: a signal to the whole process group also ends the children
+            r.stop_reason = stop_signal["name"]
+            return
+        if ready:
+            role = sentinels[ready[0]]
+            p = r.procs[role] if role in r.procs else r.venue.process
+            p.join(0.1)
+            if p.exitcode == 0 and control.stop_requested(ctl):
+                # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order
+                r.stop_reason = f"stop requested through the {role} process"
+                return
+            how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited with code {p.exitcode}"
+            r.stop_reason = f"{role} process {how}"
+            r.exit_code = 1
+            print(f"aegis: error: the {role} process {how}; stopping the run", file=out, flush=True)
+            return
+        if kill["flatten"] is not None:
+            from aegis.trade.sender import request_kill
+            request_kill(ctl, flatten=kill["flatten"])
+            print(f"aegis: kill switch pulled{' (flatten)' if kill['flatten'] else ''}: trading halts, open orders "
+                  "are cancelled", file=out, flush=True)
+            kill["flatten"] = None
+        states = [_role_slot(ctl, rid, control.R_STATE) for rid in (control.ROLE_FEED, control.ROLE_BRAIN)]
+        if t_running is None and all(st_ == control.ST_RUNNING for st_ in states):
+            t_running = now
+            r.running_since = now
+            print(f"aegis: engine running (start-up took {now - t_start:.1f}s)", file=out, flush=True)
+            next_status, last_status = now + cfg.status_interval, now
+        # --duration counts running time: a first run spends tens of seconds compiling before it trades
+        if cfg.duration is not None and t_running is not None and now - t_running >= cfg.duration:
+            r.stop_reason = f"duration {cfg.duration:g}s reached"
+            return
+        for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)):
+            state = _role_slot(ctl, rid, control.R_STATE)
+            beat = _role_slot(ctl, rid, control.R_HEARTBEAT)
+            if state == control.ST_RUNNING and time.monotonic_ns() - beat > HEARTBEAT_TIMEOUT_S * 1e9:
+                r.stop_reason = f"{role} process stopped beating for {HEARTBEAT_TIMEOUT_S:g}s (hung)"
+                r.exit_code = 1
+                print(f"aegis: error: {r.stop_reason}; stopping the run", file=out, flush=True)
+                return
+            if state < control.ST_RUNNING and now - t_start > START_TIMEOUT_S:
+                r.stop_reason = f"{role} process did not start within {START_TIMEOUT_S:g}s"
+                r.exit_code = 1
+                print(f"aegis: error: {r.stop_reason}", file=out, flush=True)
+                return
+        if now >= next_status and t_running is None:
+            names = ", ".join(f"{role} {control.STATE_NAMES[st_]}" for role, st_ in zip(("feed", "brain"), states))
+            print(f"[{now - t_start:7.1f}s] starting: {names} (the first run compiles the jitted code; later runs "
+                  "load it from Numba's cache)", file=out, flush=True)
+            next_status = now + max(cfg.status_interval, 5.0)
+        elif now >= next_status:
+            print(status_line(now - t_start, ctl, ring, prev, now - last_status, r.hist), file=out, flush=True)
+            last_status = now
+            next_status = now + cfg.status_interval
+
+
+def _stop_children(r: Run, ctl, ring) -> None:
+    if ctl is not None:
+        control.request_stop(ctl)
+    if ring is not None and any(not p.is_alive() for p in r.procs.values()):
+        ring.abort()  # a side is gone: release the other from any wait on the ring now, not after the timeout
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for p in r.procs.values():
+        p.join(max(0.0, deadline - time.monotonic()))
+    if ring is not None:
+        ring.abort()  # releases a writer blocked on a full ring whose reader is gone
+    for p in r.procs.values():
+        if p.is_alive():
+            p.terminate()
+            p.join(1.0)
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)

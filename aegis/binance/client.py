@@ -1,0 +1,634 @@
+"""Binance USD-M order client: signed REST over a keep-alive requests.Session, and the websocket trading API.
+
+Results are plain dicts, never exceptions, because the sender thread must keep going whatever happens:
+  {"ok": True, "status": 200, "data": <json>, "order": <order json>?}   or
+  {"ok": False, "status": <http or 0>, "code": <binance code or None>, "msg": str, "unknown": bool}
+`unknown` means the request may or may not have executed (timeout, 503 "Unknown error") and could not be settled.
+
+Transport: measured against the embedded venue on this (loaded) box, 150 LIMIT orders each: REST round trip p50
+1.6 ms / p99 7.0 ms, ws-fapi p50 0.65 ms / p99 3.9 ms; building + signing the request ~30 us either way. REST is the
+default ([trade] transport) because every recovery path starts there; `ws` is 2.5x faster per order and uses the
+same recovery (lookups, cancel-all and reconciliation stay on REST).
+
+Safety rules (API.md §4.3, §4.4, §7.1, §7.20):
+- A new order is never re-sent blindly. After a timeout / connection error / 5xx it is looked up by its
+  newClientOrderId (GET /fapi/v1/order?origClientOrderId=); found -> that is the answer. Not found -> we wait until
+  the original's timestamp + recvWindow has passed (after that the exchange must refuse the original with -1021 /
+  -5028, so it can never execute late) and look again; still not found -> re-send once with the same id.
+- -1021 (timestamp outside recvWindow): the request was refused before processing, so resync the clock offset
+  (GET /fapi/v1/time) and retry once.
+- HTTP 429 / 418: stop sending until Retry-After (seconds) or the "banned until <ms>" time in the message, or an
+  exponential back-off when neither is given; requests during the back-off fail locally (code -1003) without
+  touching the network, except cancels and lookups after a 429 (reducing exposure beats our own pause); after a
+  418 ban nothing is sent (every request would extend the ban).
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+import requests
+import urllib3
+
+from aegis.trade.keys import ApiKeys
+from aegis.binance.signing import encode_params, signed_query, ws_signed_params
+from aegis.binance.wire import ST_BACKOFF_UNTIL_NS, ST_OFFSET_MS, RestConnection, WireError
+from aegis.binance.wire import new_state as wire_new_state
+
+log = logging.getLogger("aegis.binance.client")
+
+# API.md §1 (exactly)
+VENUE_URLS = {
+    "binance": ("https://fapi.binance.com", "wss://fstream.binance.com", "wss://ws-fapi.binance.com/ws-fapi/v1"),
+    "binance-testnet": ("https://testnet.binancefuture.com", "wss://fstream.binancefuture.com",
+                        "wss://testnet.binancefuture.com/ws-fapi/v1"),
+}
+_BAN_RE = re.compile(r"banned until (\d{10,})")
+
+
+class VenueSelectionError(ValueError):
+    """A user mistake choosing the venue: one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    venue: str
+    rest_url: str
+    ws_market_url: str
+    ws_api_url: str
+
+
+def endpoints(venue: str = "embedded", live: bool = False, embedded=None) -> Endpoints:
+    """Base URLs for a venue. `embedded` is the running aegis.venue.Venue (or anything with rest_url,
+    ws_market_url, ws_api_url). The real exchange needs live=True."""
+    if venue == "embedded":
+        if embedded is None:
+            raise VenueSelectionError("venue embedded: start the embedded venue first (no URLs to connect to)")
+        return Endpoints("embedded", embedded.rest_url, embedded.ws_market_url, embedded.ws_api_url)
+    if venue not in VENUE_URLS:
+        raise VenueSelectionError(f"unknown venue {venue!r} (choose embedded, binance-testnet, binance)")
+    if venue == "binance" and not live:
+        raise VenueSelectionError("venue binance trades real money: add --live to confirm")
+    return Endpoints(venue, *VENUE_URLS[venue])
+
+
+def _result_error(status: int, body: bytes | str, unknown: bool = False) -> dict:
+    code, msg = None, ""
+    try:
+        j = orjson.loads(body) if body else {}
+        if isinstance(j, dict):
+            code, msg = j.get("code"), str(j.get("msg", ""))
+    except orjson.JSONDecodeError:
+        msg = (body[:200].decode("utf-8", "replace") if isinstance(body, bytes) else str(body)[:200])
+    return {"ok": False, "status": status, "code": code, "msg": msg, "unknown": unknown}
+
+
+_WIRE = threading.local()  # .ns: CLOCK_MONOTONIC ns of this thread's last write of request bytes to a socket
+
+
+class _StampingHTTPConnection(urllib3.connection.HTTPConnection):
+    def send(self, data):
+        super().send(data)
+        _WIRE.ns = time.monotonic_ns()
+
+
+class _StampingHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def send(self, data):
+        super().send(data)
+        _WIRE.ns = time.monotonic_ns()
+
+
+class _StampingHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _StampingHTTPConnection
+
+
+class _StampingHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _StampingHTTPSConnection
+
+
+class WireStampAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections note when request bytes reach the socket.
+
+    Tick-to-trade ends when the order's bytes are written; requests spends ~0.5 ms between being called and writing
+    (URL and header handling, urllib3), so a stamp taken before the call would hide that cost."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _StampingHTTPPool, "https": _StampingHTTPSPool}
+
+
+class BinanceClient:
+    """Signed REST client. Thread-safe for the counters; one Session per client (keep-alive)."""
+
+    def __init__(self, ep: Endpoints, keys: ApiKeys, recv_window_ms: int = 5000, timeout_s: float = 5.0,
+                 session: requests.Session | None = None, max_backoff_s: float = 120.0):
+        self.ep = ep
+        self.keys = keys
+        self.recv_window_ms = int(recv_window_ms)
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+        self.session.mount("http://", WireStampAdapter())
+        self.session.mount("https://", WireStampAdapter())
+        self.session.headers.update({"X-MBX-APIKEY": keys.key.reveal()})
+        # serverTime - local wall clock lives in the fast path's state array (aegis.binance.wire), which the sender's
+        # jitted code reads when it stamps an order: a resync from any thread applies to the very next order
+        self.wire_state = wire_new_state()
+        self.last_sync_mono = 0.0
+        self.banned = False              # the back-off is an IP ban (418): not even cancels may go out
+        self._backoff_s = 1.0
+        self._lock = threading.Lock()
+        self.used_weight_1m = 0
+        self.order_count_10s = 0
+        self.order_count_1m = 0
+        self.stats = {"requests": 0, "timeouts": 0, "resyncs": 0, "backoffs": 0, "resends": 0, "recovered": 0}
+        self.first_send_ns = 0           # CLOCK_MONOTONIC ns of the first write of the current place_order
+        self._order_conn: RestConnection | None = None   # keep-alive connection of the fast order path
+        self.send_return_ns = 0          # when the last prepared send returned (the kernel's part of "wire")
+
+    # ----------------------------------------------------------------------------------- clock
+    @property
+    def offset_ms(self) -> int:
+        return int(self.wire_state[ST_OFFSET_MS])
+
+    @offset_ms.setter
+    def offset_ms(self, value: int) -> None:
+        self.wire_state[ST_OFFSET_MS] = int(value)
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.offset_ms
+
+    def sync_time(self) -> int:
+        """Measure serverTime - local time (midpoint of the round trip); returns the offset in ms."""
+        t0 = time.time_ns()
+        r = self._send("GET", "/fapi/v1/time", "", signed=False)
+        t1 = time.time_ns()
+        if r.get("ok"):
+            server = int(r["data"]["serverTime"])
+            self.offset_ms = server - (t0 + t1) // 2_000_000
+            self.last_sync_mono = time.monotonic()
+        return self.offset_ms
+
+    # ----------------------------------------------------------------------------------- transport
+    def _send(self, method: str, path: str, qs: str, signed: bool, key_header: bool = True) -> dict:
+        url = self.ep.rest_url + path + ("?" + qs if qs else "")
+        self.stats["requests"] += 1
+        _WIRE.ns = 0
+        try:
+            resp = self.session.request(method, url, timeout=self.timeout_s)
+        except requests.Timeout:
+            self.stats["timeouts"] += 1
+            return {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+        except requests.RequestException as e:
+            return {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
+                    "unknown": True, "timeout": True}
+        if not self.first_send_ns:
+            # when the request's last bytes went into the socket (latency stage "wire"), not when we called requests
+            self.first_send_ns = _WIRE.ns or time.monotonic_ns()
+        return self._interpret(resp.status_code, resp.headers, resp.content)
+
+    def _interpret(self, status: int, h, content: bytes) -> dict:
+        """An HTTP answer as a result dict; `h` maps lower-case header names (requests' headers do too)."""
+        if "x-mbx-used-weight-1m" in h:
+            self.used_weight_1m = int(h["x-mbx-used-weight-1m"])
+        if "x-mbx-order-count-10s" in h:
+            self.order_count_10s = int(h["x-mbx-order-count-10s"])
+            self.order_count_1m = int(h.get("x-mbx-order-count-1m", self.order_count_1m))
+        if status in (429, 418):
+            self.back_off(status, h.get("retry-after"), content.decode("utf-8", "replace"))
+            return _result_error(status, content)
+        if status >= 500:
+            # 503 "Unknown error..." = execution status unknown; other 5xx are failures but we cannot be sure
+            # of that either for an order, so the order path always looks the order up.
+            return _result_error(status, content, unknown=True)
+        if status >= 400:
+            return _result_error(status, content)
+        try:
+            data = orjson.loads(content) if content else {}
+        except orjson.JSONDecodeError:
+            return {"ok": False, "status": status, "code": None, "msg": "bad JSON", "unknown": True}
+        self._backoff_s = 1.0
+        return {"ok": True, "status": status, "data": data}
+
+    def back_off(self, status: int, retry_after, text: str) -> None:
+        """A 429/418 (REST or ws-fapi): pause for Retry-After seconds, else until the "banned until <ms>" of the
+        message, else an exponential back-off (1, 2, 4 ... 120 s)."""
+        wait = None
+        if retry_after not in (None, ""):
+            try:
+                wait = float(retry_after)
+            except (TypeError, ValueError):
+                wait = None
+        if wait is None:
+            m = _BAN_RE.search(text or "")
+            if m:
+                wait = max(0.0, int(m.group(1)) / 1000.0 - time.time())
+        if wait is None:
+            wait = self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, 120.0)
+        # the deadline lives in the fast path's state array, where the sender's jitted code checks it just before
+        # it sends: a back-off that starts while the sender waits (after it last asked plain_fd) still holds
+        until_ns = time.monotonic_ns() + int(wait * 1e9)
+        if until_ns > self.wire_state[ST_BACKOFF_UNTIL_NS]:
+            self.wire_state[ST_BACKOFF_UNTIL_NS] = until_ns
+        self.banned = status == 418
+        self.stats["backoffs"] += 1
+        log.warning("HTTP %d from Binance: backing off %.1f s", status, wait)
+
+    @property
+    def backoff_until(self) -> float:
+        """time.monotonic() before which we do not send (0: never backed off)."""
+        return int(self.wire_state[ST_BACKOFF_UNTIL_NS]) / 1e9
+
+    def backing_off(self) -> float:
+        """Seconds left of a 429/418 back-off (0 if none)."""
+        return max(0.0, (int(self.wire_state[ST_BACKOFF_UNTIL_NS]) - time.monotonic_ns()) / 1e9)
+
+    def request(self, method: str, path: str, params=None, signed: bool = True, urgent: bool = False) -> dict:
+        """One REST call; signed ones resync the clock and retry once on -1021."""
+        if self.backing_off() > 0 and (not urgent or self.banned):
+            return {"ok": False, "status": 0, "code": -1003, "msg": f"backing off {self.backing_off():.1f} s",
+                    "unknown": False, "local": True}
+        params = params or {}
+        for attempt in range(2):
+            qs = signed_query(self.keys.secret, params, self.now_ms(), self.recv_window_ms) if signed \
+                else encode_params(params)
+            r = self._send(method, path, qs, signed)
+            if not r["ok"] and r.get("code") == -1021 and attempt == 0:
+                self.stats["resyncs"] += 1
+                self.sync_time()
+                continue
+            return r
+        return r
+
+    # ----------------------------------------------------------------------------------- orders
+    def place_order(self, params: dict) -> dict:
+        """POST /fapi/v1/order with duplicate protection (see module docstring). params must carry
+        newClientOrderId; the result has "order" on success."""
+        self.first_send_ns = 0
+        sent_ms = self.now_ms()
+        r = self.request("POST", "/fapi/v1/order", params)
+        if r["ok"]:
+            r["order"] = r["data"]
+            return r
+        if not r.get("unknown"):
+            return r
+        return self._settle_unknown(params, sent_ms, r)
+
+    def plain_fd(self) -> int:
+        """The order connection's descriptor when the jitted sender may write to it itself (plain TCP, connected,
+        not backing off), else -1. TLS needs the ssl module, so HTTPS orders are written from Python."""
+        c = self._order_conn
+        if c is None or c.sock is None or c.tls or (self.backoff_until and self.backing_off() > 0):
+            return -1
+        return c.sock.fileno()
+
+    def place_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None) -> dict:
+        """POST /fapi/v1/order from request bytes prepared by aegis.binance.wire (signed, journaled) on the order
+        connection, with the same answers and safety rules as place_order. `params_fn()` gives the order's params
+        for the rare paths that need them (-1021 re-sign, unknown-state lookup); first_send_ns is stamped just
+        before the bytes are handed to the socket. `pre` = (send(2) result, stamp) when the jitted sender already
+        wrote them (plain_fd). Nothing but checks that cost nothing runs before the send."""
+        conn = self._order_conn
+        if pre is None:
+            if self.backoff_until and self.backing_off() > 0:
+                self.first_send_ns = 0
+                return {"ok": False, "status": 0, "code": -1003, "msg": f"backing off {self.backing_off():.1f} s",
+                        "unknown": False, "local": True}
+            if conn is None or conn.sock is None:   # an idle connection's staleness is checked off the order path
+                conn = self.order_connection()
+                try:
+                    conn.connect()
+                except OSError:
+                    self.first_send_ns = 0
+                    return self.place_order(params_fn())   # nothing left yet: the generic path owns the retries
+            t = time.monotonic_ns()
+            rest = data
+        else:
+            done, t = pre
+            if done < 0 and done != -errno.EAGAIN:
+                # the socket refused the whole request (reset, broken pipe): nothing left, so the generic path
+                # may send it on a new connection
+                conn.close()
+                self.first_send_ns = 0
+                return self.place_order(params_fn())
+            rest = data[max(done, 0):]
+        self.first_send_ns = t
+        try:
+            if len(rest):
+                conn.send(rest)
+        except WireError as e:
+            r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {e}", "unknown": True,
+                 "timeout": True}
+        else:
+            if pre is None or len(rest):
+                self.send_return_ns = time.monotonic_ns()
+            if on_sent is not None:
+                on_sent()
+            try:
+                status, headers, body = conn.read_response()
+            except (TimeoutError, socket.timeout):
+                self.stats["timeouts"] += 1
+                r = {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+            except (OSError, ValueError) as e:
+                r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
+                     "unknown": True, "timeout": True}
+            else:
+                r = self._interpret(status, headers, body)
+        self.stats["requests"] += 1
+        # when it went out, for the unknown-state rule (the request's own timestamp was taken just before)
+        sent_ms = self.now_ms() - (time.monotonic_ns() - t) // 1_000_000
+        if r["ok"]:
+            r["order"] = r["data"]
+            return r
+        if r.get("code") == -1021:
+            # refused before processing: resync and re-sign through the generic path (same client order id)
+            self.stats["resyncs"] += 1
+            self.sync_time()
+            return self.place_order(params_fn())
+        if not r.get("unknown"):
+            return r
+        return self._settle_unknown(params_fn(), sent_ms, r)
+
+    def idle(self) -> None:
+        """Sender idle time: replace an order connection the server closed while idle (keep-alive expiry), so
+        an order never discovers it by losing its answer."""
+        c = self._order_conn
+        if c is not None and c.sock is not None and not c.usable():
+            c.close()
+            try:
+                c.connect()
+            except OSError:
+                pass       # the next order connects again
+
+    def order_connection(self) -> RestConnection:
+        if self._order_conn is None:
+            self._order_conn = RestConnection(self.ep.rest_url, self.timeout_s)
+        return self._order_conn
+
+    def _settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
+        sym, coid = params["symbol"], params["newClientOrderId"]
+        q = self.query_order(sym, coid)
+        if q["ok"]:
+            self.stats["recovered"] += 1
+            return {"ok": True, "status": q["status"], "data": q["data"], "order": q["data"], "recovered": True}
+        if q.get("code") != -2013:
+            return {**first, "unknown": True, "msg": f"{first.get('msg')}; lookup failed: {q.get('msg')}"}
+        # not there (yet): once the original is past its recvWindow it can never execute; then look again
+        wait_s = (sent_ms + self.recv_window_ms + 1000 - self.now_ms()) / 1000.0
+        if wait_s > 0:
+            time.sleep(min(wait_s, (self.recv_window_ms + 1000) / 1000.0))
+        q = self.query_order(sym, coid)
+        if q["ok"]:
+            self.stats["recovered"] += 1
+            return {"ok": True, "status": q["status"], "data": q["data"], "order": q["data"], "recovered": True}
+        if q.get("code") != -2013:
+            return {**first, "unknown": True, "msg": f"{first.get('msg')}; lookup failed: {q.get('msg')}"}
+        self.stats["resends"] += 1
+        r = self.request("POST", "/fapi/v1/order", params)
+        if r["ok"]:
+            r["order"] = r["data"]
+            r["resent"] = True
+        return r
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> dict:
+        r = self.request("DELETE", "/fapi/v1/order", {"symbol": symbol, "origClientOrderId": client_order_id},
+                         urgent=True)
+        if r["ok"]:
+            r["order"] = r["data"]
+        return r
+
+    def cancel_all(self, symbol: str) -> dict:
+        # success body is {"code": 200, "msg": ...} (API.md §7.17): judge by HTTP status
+        return self.request("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol}, urgent=True)
+
+    def query_order(self, symbol: str, client_order_id: str) -> dict:
+        return self.request("GET", "/fapi/v1/order", {"symbol": symbol, "origClientOrderId": client_order_id},
+                            urgent=True)
+
+    def open_orders(self, symbol: str | None = None) -> dict:
+        r = self.request("GET", "/fapi/v1/openOrders", {"symbol": symbol} if symbol else {}, urgent=True)
+        if r["ok"]:
+            r["orders"] = r["data"]
+        return r
+
+    def position_risk(self) -> dict:
+        r = self.request("GET", "/fapi/v3/positionRisk", {}, urgent=True)
+        if r["ok"]:
+            r["positions"] = r["data"]
+        return r
+
+    def exchange_info(self) -> dict:
+        return self.request("GET", "/fapi/v1/exchangeInfo", {}, signed=False, urgent=True)
+
+    # ----------------------------------------------------------------------------------- listenKey (key only)
+    def listen_key_create(self) -> dict:
+        return self.request("POST", "/fapi/v1/listenKey", {}, signed=False, urgent=True)
+
+    def listen_key_keepalive(self) -> dict:
+        return self.request("PUT", "/fapi/v1/listenKey", {}, signed=False, urgent=True)
+
+    def listen_key_delete(self) -> dict:
+        return self.request("DELETE", "/fapi/v1/listenKey", {}, signed=False, urgent=True)
+
+    def close(self) -> None:
+        self.session.close()
+        if self._order_conn is not None:
+            self._order_conn.close()
+
+
+class WsTradeClient:
+    """order.place / order.cancel over the websocket trading API (API.md §5), one request in flight at a time
+    (the sender is a single thread). Lookups, cancel-all and reconciliation go over the REST client `rest`, which
+    also supplies the clock offset. Reconnects lazily after any socket error."""
+
+    def __init__(self, rest: BinanceClient, timeout_s: float = 5.0):
+        self.rest = rest
+        self.timeout_s = timeout_s
+        self._ws = None
+        self._opened = 0.0
+        self._ids = itertools.count(1)
+        self.stats = {"requests": 0, "timeouts": 0, "reconnects": 0}
+        self.first_send_ns = 0
+        self._pending = None              # the prepared frame _raw_write sends
+        self.send_return_ns = 0
+
+    MAX_AGE_S = 23 * 3600     # reconnect before Binance's 24 h cut (API.md §7.2), never in the middle of an order
+
+    def _conn(self):
+        import websocket
+        if self._ws is None:
+            self._ws = websocket.create_connection(self.rest.ep.ws_api_url, timeout=self.timeout_s,
+                                                   enable_multithread=True)
+            self._opened = time.monotonic()
+            self.stats["reconnects"] += 1
+        return self._ws
+
+    def connect(self) -> None:
+        """Open the connection now, so the first order does not pay the handshake."""
+        self._conn()
+
+    def idle(self) -> None:
+        """Called by the sender thread when it has nothing to send: answer the server's pings (a pong must echo
+        the ping within 10 min, API.md §5.1, and websocket-client only answers while reading), notice a dead
+        socket and reconnect ahead of the 24 h cut, all off the order path."""
+        import websocket
+        ws = self._ws
+        try:
+            if ws is None or not ws.connected or time.monotonic() - self._opened > self.MAX_AGE_S:
+                self.close()
+                self._conn()
+                return
+            ws.settimeout(0.0005)
+            ws.recv()                  # control frames are handled inside; a stray data frame is dropped
+        except websocket.WebSocketTimeoutException:
+            pass
+        except (websocket.WebSocketException, OSError):
+            self.close()
+
+    def close(self) -> None:
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:
+                pass
+            self._ws = None
+
+    def call(self, method: str, params: dict) -> dict:
+        rid = f"r{next(self._ids)}"
+        signed = ws_signed_params(self.rest.keys.key, self.rest.keys.secret, params, self.rest.now_ms(),
+                                  self.rest.recv_window_ms)
+        msg = orjson.dumps({"id": rid, "method": method, "params": signed})
+        return self._exchange(rid, lambda ws: ws.send(msg))   # ws.send returns once the frame is written
+
+    def _exchange(self, rid: str, write, stamp_before: bool = False, on_sent=None, stamp: int = 0) -> dict:
+        """write(ws) one request, then read until the answer carrying `rid`."""
+        import websocket
+        self.stats["requests"] += 1
+        try:
+            ws = self._conn()
+            t = stamp or time.monotonic_ns()
+            write(ws)
+            if not self.first_send_ns:
+                self.first_send_ns = t if stamp_before else time.monotonic_ns()
+            if on_sent is not None:
+                on_sent()
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                ws.settimeout(max(0.01, deadline - time.monotonic()))
+                raw = ws.recv()
+                if not raw:
+                    raise websocket.WebSocketConnectionClosedException("closed")
+                j = orjson.loads(raw)
+                if j.get("id") == rid:
+                    break
+        except (websocket.WebSocketTimeoutException, TimeoutError):
+            self.stats["timeouts"] += 1
+            self.close()   # a late answer would otherwise be read as the next request's
+            return {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+        except (websocket.WebSocketException, OSError, orjson.JSONDecodeError) as e:
+            self.close()
+            return {"ok": False, "status": 0, "code": None, "msg": f"ws error: {type(e).__name__}", "unknown": True}
+        status = int(j.get("status", 0))
+        if status == 200:
+            return {"ok": True, "status": 200, "data": j.get("result")}
+        err = j.get("error") or {}
+        data = err.get("data") if isinstance(err.get("data"), dict) else {}
+        retry = data.get("retryAfter")          # ms epoch on Binance's ws APIs, when given
+        return {"ok": False, "status": status, "code": err.get("code"), "msg": str(err.get("msg", "")),
+                "unknown": status >= 500,
+                "retry_after": max(0.0, retry / 1000.0 - time.time()) if isinstance(retry, (int, float)) else None}
+
+    def _raw_write(self, ws) -> None:
+        if len(self._pending):
+            with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
+                ws.sock.sendall(self._pending)
+            self.send_return_ns = time.monotonic_ns()
+
+    def plain_fd(self) -> int:
+        """The websocket's descriptor when the jitted sender may write frames to it itself, else -1 (TLS, not
+        connected, backing off). Only the sender thread reads or writes this connection, so a frame written
+        from jitted code cannot interleave with a pong websocket-client sends while reading."""
+        ws = self._ws
+        if ws is None or ws.sock is None or isinstance(ws.sock, ssl.SSLSocket) or \
+                (self.rest.backoff_until and self.rest.backing_off() > 0):
+            return -1
+        return ws.sock.fileno()
+
+    def place_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None) -> dict:
+        """order.place from a frame prepared by aegis.binance.wire (masked, signed, journaled; its request id is the
+        newClientOrderId), with the same answers and safety rules as place_order. `pre` as in
+        BinanceClient.place_prepared."""
+        self.first_send_ns = 0
+        if pre is None and self.rest.backing_off() > 0:
+            return {"ok": False, "status": 0, "code": -1003, "msg": "backing off", "unknown": False, "local": True}
+        sent_ms = self.rest.now_ms()
+        stamp = 0
+        if pre is not None:
+            done, stamp = pre
+            if done < 0 and done != -errno.EAGAIN:
+                self.close()          # nothing of the frame left; the generic path reconnects and sends it
+                return self.place_order(params_fn())
+            data = data[max(done, 0):]
+        self._pending = data
+        try:
+            r = self._exchange(coid, self._raw_write, stamp_before=True, on_sent=on_sent, stamp=stamp)
+        finally:
+            self._pending = None
+        if not r["ok"] and r.get("code") == -1021:
+            self.rest.stats["resyncs"] += 1
+            self.rest.sync_time()
+            return self.place_order(params_fn())     # re-signed with the new clock, same client order id
+        return self._finish_place(r, params_fn, sent_ms)
+
+    def _finish_place(self, r: dict, params_fn, sent_ms: int) -> dict:
+        """An order.place answer: the order on success, a back-off on 429/418, the by-client-id lookup when the
+        outcome is unknown."""
+        if r["ok"]:
+            r["order"] = r["data"]
+            return r
+        if r.get("status") in (429, 418):
+            self.rest.back_off(r["status"], r.get("retry_after"), r.get("msg", ""))
+        if not r.get("unknown"):
+            return r
+        return self.rest._settle_unknown(params_fn(), sent_ms, r)
+
+    def place_order(self, params: dict) -> dict:
+        if self.rest.backing_off() > 0:
+            return {"ok": False, "status": 0, "code": -1003, "msg": "backing off", "unknown": False, "local": True}
+        self.first_send_ns = 0
+        sent_ms = self.rest.now_ms()
+        r = self.call("order.place", params)
+        if not r["ok"] and r.get("code") == -1021:
+            self.rest.stats["resyncs"] += 1
+            self.rest.sync_time()
+            sent_ms = self.rest.now_ms()
+            r = self.call("order.place", params)
+        return self._finish_place(r, lambda: params, sent_ms)
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> dict:
+        r = self.call("order.cancel", {"symbol": symbol, "origClientOrderId": client_order_id})
+        if r.get("unknown"):
+            return self.rest.cancel_order(symbol, client_order_id)
+        if r["ok"]:
+            r["order"] = r["data"]
+        return r
+
+    def cancel_all(self, symbol: str) -> dict:
+        return self.rest.cancel_all(symbol)
+
+    def query_order(self, symbol: str, client_order_id: str) -> dict:
+        return self.rest.query_order(symbol, client_order_id)
+
+    def open_orders(self, symbol: str | None = None) -> dict:
+        return self.rest.open_orders(symbol)
+
+    def position_risk(self) -> dict:
+        return self.rest.position_risk()

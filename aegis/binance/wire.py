@@ -1,0 +1,655 @@
+"""Order bytes on the wire: the sender's fast path for new orders.
+
+Why this module exists: from the moment the Brain hands an order over to the moment its bytes go into the socket,
+the generic path (order_params dict -> journal dict -> orjson -> signed query -> `requests`) spends 0.1-0.7 ms in
+Python. Here the whole request is built from the ORDER_REQUEST record inside nogil @njit code, from tables
+prepared once per run: the exact REST query string or ws-fapi frame (decimal strings from integer ticks/steps,
+HMAC-SHA256 signature from a precomputed key state), and the journal's `req` line, written with one write(2)
+before anything is sent. The sender's Python then only calls `sendall` on a prepared slice and reads the answer.
+
+What is sent is byte-for-byte what aegis.binance.signing would produce for the same order (tests check it against
+signed_query / ws_signed_params), so the venue-side rules (signature over the exact query, raw sorted params on
+ws-fapi, decimal text from the filters' own strings) hold unchanged.
+
+The send and the answer stay in Python because TLS (every real Binance endpoint) needs the ssl module, and
+because websocket-client serialises writers on its own lock. Answers are read on the same connection right after
+the send (one request in flight per connection): HTTP/1.1 pipelining is not something Binance documents.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+from collections import namedtuple
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from aegis.binance import sha256
+from aegis.core.records import ORDER_MARKET, SIDE_BUY, TIF_FOK, TIF_GTX, TIF_IOC
+from aegis.binance.signing import _unit_parts, encode_params
+
+TRANSPORT_REST, TRANSPORT_WS = 0, 1
+MAX_REQUEST = 2048        # bytes of one prepared request (a REST order is ~400 B, a ws-fapi frame ~450 B)
+MAX_JOURNAL_LINE = 512    # one `req` line is ~220 B
+MASK_POOL = 1 << 16       # bytes of random websocket mask keys (16 k frames between refills)
+
+# mutable per-run state (int64 slots), written by the sender's Python side between orders
+ST_OFFSET_MS = 0          # exchange clock - local wall clock (BinanceClient.offset_ms)
+ST_MASK_POS = 1           # next unused byte of the mask pool
+ST_FSYNC = 2              # 1: fdatasync the journal before sending (journal fsync = "always")
+ST_WRITE_ERRNO = 3        # last failed journal write: -errno or the short count (0: none)
+ST_SEND_FD = 4            # plain-TCP order socket the jitted code may send on itself (-1: Python sends, e.g. TLS)
+ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1: none)
+ST_SENT = 6               # what its send(2) returned: bytes, or -errno
+ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2): the order's wire stamp
+ST_SENT_DONE_NS = 8       # ... and when it returned (on loopback the receiver's TCP work runs inside it)
+ST_BACKOFF_UNTIL_NS = 9   # CLOCK_MONOTONIC ns before which nothing may be sent (a 429/418 back-off, any thread)
+ST_LEN = 16
+MSG_NOSIGNAL = 0x4000     # a reset peer gives EPIPE, not a process-killing SIGPIPE
+
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+
+
+@intrinsic
+def _write(typingctx, fd, buf, n):
+    """write(2) of buf[:n] by symbol name (cacheable, like aegis.core.clock)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8):
+        return None
+    sig = types.int64(fd, buf, n)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[1])(context, builder, args[1])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I32, _I64, _I64]), "write")
+        f = builder.trunc(context.cast(builder, args[0], signature.args[0], types.int64), _I32)
+        n = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.call(fn, [f, builder.ptrtoint(ary.data, _I64), n])
+
+    return sig, codegen
+
+
+@intrinsic
+def _send(typingctx, fd, buf, off, n, flags):
+    """send(2) of buf[off:off + n] by symbol name; returns the count or -errno."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8):
+        return None
+    sig = types.int64(fd, buf, off, n, flags)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[1])(context, builder, args[1])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I32, _I64, _I64, _I32]), "send")
+        f = builder.trunc(context.cast(builder, args[0], signature.args[0], types.int64), _I32)
+        off = context.cast(builder, args[2], signature.args[2], types.int64)
+        n = context.cast(builder, args[3], signature.args[3], types.int64)
+        fl = builder.trunc(context.cast(builder, args[4], signature.args[4], types.int64), _I32)
+        r = builder.call(fn, [f, builder.add(builder.ptrtoint(ary.data, _I64), off), n, fl])
+        errno_loc = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32.as_pointer(), []),
+                                                   "__errno_location")
+        err = builder.sext(builder.load(builder.call(errno_loc, [])), _I64)
+        neg = builder.icmp_signed("<", r, ir.Constant(_I64, 0))
+        return builder.select(neg, builder.neg(err), r)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def send_now(fd, buf, off, n):
+    """One send(2) from jitted code (the order path's own write); the caller finishes a partial send."""
+    return _send(fd, buf, off, n, MSG_NOSIGNAL)
+
+
+@intrinsic
+def _fdatasync(typingctx, fd):
+    sig = types.int32(fd)
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_I32]), "fdatasync")
+        return builder.call(fn, [builder.trunc(context.cast(builder, args[0], signature.args[0], types.int64),
+                                               _I32)])
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def write_all(fd, buf, n):
+    """Returns n, or a value != n if the file refused part of it (the caller must not send)."""
+    done = 0
+    while done < n:
+        w = _write(fd, buf[done:], n - done)
+        if w <= 0:
+            return done if w == 0 else w
+        done += w
+    return done
+
+
+# --------------------------------------------------------------------------------------------- literals
+def _lit(text: str) -> np.ndarray:
+    # module-level arrays are frozen into the compiled code as constants
+    return np.frombuffer(text.encode(), np.uint8).copy()
+
+
+L_POST = _lit("POST /fapi/v1/order?")
+L_SYMBOL, L_SIDE, L_TYPE = _lit("symbol="), _lit("&side="), _lit("&type=")
+L_BUY, L_SELL, L_MARKET, L_LIMIT = _lit("BUY"), _lit("SELL"), _lit("MARKET"), _lit("LIMIT")
+L_TIF, L_QTY, L_PRICE, L_RO = _lit("&timeInForce="), _lit("&quantity="), _lit("&price="), _lit("&reduceOnly=true")
+L_COID, L_RESP = _lit("&newClientOrderId="), _lit("&newOrderRespType=")
+L_RW, L_TS, L_SIG = _lit("&recvWindow="), _lit("&timestamp="), _lit("&signature=")
+L_HTTP = _lit(" HTTP/1.1\r\nHost: ")
+L_KEYHDR = _lit("\r\nX-MBX-APIKEY: ")
+L_HTTP_END = _lit("\r\nContent-Length: 0\r\nUser-Agent: aegis\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"
+                  "Connection: keep-alive\r\n\r\n")
+L_GTC, L_IOC, L_FOK, L_GTX = _lit("GTC"), _lit("IOC"), _lit("FOK"), _lit("GTX")
+L_TRUE, L_FALSE = _lit("true"), _lit("false")
+# ws-fapi (API.md §5.3): params sorted by name, signature over `k=v&...` of the raw values
+L_WS_HEAD = _lit('{"id":"')
+L_WS_METHOD = _lit('","method":"order.place","params":{')
+L_WS_SIGNATURE = _lit(',"signature":"')
+L_WS_END = _lit('"}}')
+WS_KEYS = ("apiKey", "newClientOrderId", "newOrderRespType", "price", "quantity", "recvWindow", "reduceOnly",
+           "side", "symbol", "timeInForce", "timestamp", "type")
+assert list(WS_KEYS) == sorted(WS_KEYS)
+_WK = [_lit(k) for k in WS_KEYS]
+(WK_APIKEY, WK_COID, WK_RESP, WK_PRICE, WK_QTY, WK_RW, WK_RO, WK_SIDE, WK_SYMBOL, WK_TIF, WK_TS,
+ WK_TYPE) = range(len(WS_KEYS))
+WS_KEY_BLOB = np.concatenate(_WK)
+WS_KEY_OFF = np.cumsum([0] + [len(k) for k in _WK[:-1]]).astype(np.int64)
+WS_KEY_LEN = np.array([len(k) for k in _WK], np.int64)
+# journal `req` line (aegis.trade.journal record kind "req"; read back by orjson, so only the JSON matters)
+L_J_HEAD, L_J_ID, L_J_COID = _lit('{"k":"req","t":'), _lit(',"id":'), _lit(',"coid":"')
+L_J_SYM, L_J_SIDE, L_J_TYPE = _lit('","sym":'), _lit(',"side":"'), _lit('","type":"')
+L_J_TIF, L_J_QTY, L_J_PX = _lit('","tif":"'), _lit('","qty":"'), _lit('","px":"')
+L_J_RO, L_J_END = _lit('","ro":'), _lit(',"act":"new"}')
+L_ZERO = _lit("0")
+
+# Everything the encoder reads, prepared once per run (immutable afterwards).
+#   blob: per-symbol texts; sym_*: (offset, length) into blob for the REST (percent-encoded), raw (signature)
+#   and JSON (quoted, escaped) forms; units: per symbol (limit qty m, d, market qty m, d, price m, d) where a
+#   value is m * units / 10**d; consts: prefix, api key, host header, resp type; k: HMAC key state.
+Encoder = namedtuple("Encoder", "transport blob sym_rest sym_raw sym_json units consts c_off c_len kstate "
+                                "recv_window scratch spans")
+C_PREFIX, C_APIKEY, C_HOST, C_RESP = range(4)
+
+
+def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str, recv_window_ms: int,
+                  resp_type: str, rest_url: str) -> Encoder:
+    """Tables for one run. `rules` are aegis.trade.risk.SymbolRules in symbol-id order."""
+    blob = bytearray()
+    spans = np.zeros((3, len(rules), 2), np.int64)
+    units = np.zeros((len(rules), 6), np.int64)
+    for i, r in enumerate(rules):
+        forms = (encode_params([("s", r.symbol)])[2:].encode(), r.symbol.encode("utf-8"), orjson.dumps(r.symbol))
+        for f, text in enumerate(forms):
+            spans[f, i] = (len(blob), len(text))
+            blob += text
+        units[i] = (*_unit_parts(r.step_size), *_unit_parts(r.market_step_size), *_unit_parts(r.tick_size))
+    for name, text in (("prefix", prefix), ("API key", api_key)):
+        if encode_params([("s", text)])[2:] != text or orjson.dumps(text)[1:-1].decode() != text:
+            raise ValueError(f"the {name} needs escaping, which the fast order path does not do")
+    u = urlsplit(rest_url)
+    default_port = 443 if u.scheme == "https" else 80
+    host = u.hostname if (u.port or default_port) == default_port else f"{u.hostname}:{u.port}"
+    consts = [prefix.encode(), api_key.encode(), host.encode(), resp_type.encode()]
+    c_len = np.array([len(c) for c in consts], np.int64)
+    c_off = np.concatenate([[0], np.cumsum(c_len)[:-1]]).astype(np.int64)
+    return Encoder(TRANSPORT_WS if transport == "ws" else TRANSPORT_REST,
+                   np.frombuffer(bytes(blob) or b"\0", np.uint8).copy(), spans[0].copy(), spans[1].copy(),
+                   spans[2].copy(), units, np.frombuffer(b"".join(consts), np.uint8).copy(), c_off, c_len,
+                   sha256.hmac_key_state(secret.encode("utf-8")), int(recv_window_ms), sha256.new_scratch(),
+                   np.zeros((len(WS_KEYS), 2), np.int64))
+
+
+def new_state() -> np.ndarray:
+    return np.zeros(ST_LEN, np.int64)
+
+
+def new_mask_pool() -> np.ndarray:
+    return np.frombuffer(os.urandom(MASK_POOL), np.uint8).copy()
+
+
+# --------------------------------------------------------------------------------------------- kernels
+# plain byte loops: a numpy slice assignment builds two views and a generic copy per call (~25 ns each, and an
+# order makes ~40 of them), a loop over a few bytes compiles to straight moves
+@njit(cache=True, nogil=True)
+def _put(out, pos, src):
+    n = src.shape[0]
+    for k in range(n):
+        out[pos + k] = src[k]
+    return pos + n
+
+
+@njit(cache=True, nogil=True)
+def _put_span(out, pos, src, off, n):
+    for k in range(n):
+        out[pos + k] = src[off + k]
+    return pos + n
+
+
+@njit(cache=True, nogil=True)
+def put_int(out, pos, v):
+    """Decimal text of an int64 (what str(int) gives)."""
+    if v < 0:
+        out[pos] = 45    # '-'
+        pos += 1
+        v = -v
+    digits = 1
+    t = v
+    while t >= 10:
+        t //= 10
+        digits += 1
+    end = pos + digits
+    for k in range(digits):
+        out[end - 1 - k] = 48 + v % 10
+        v //= 10
+    return end
+
+
+@njit(cache=True, nogil=True)
+def put_units(out, pos, units, m, d):
+    """Exact decimal text of units * m / 10**d with d decimals (aegis.binance.signing.units_to_str)."""
+    n = units * m
+    if d == 0:
+        return put_int(out, pos, n)
+    if n < 0:
+        out[pos] = 45
+        pos += 1
+        n = -n
+    scale = 1
+    for _ in range(d):
+        scale *= 10
+    pos = put_int(out, pos, n // scale)
+    out[pos] = 46        # '.'
+    pos += 1
+    r = n % scale
+    for k in range(d):
+        out[pos + d - 1 - k] = 48 + r % 10
+        r //= 10
+    return pos + d
+
+
+@njit(cache=True, nogil=True)
+def _put_const(out, pos, enc, c):
+    return _put_span(out, pos, enc.consts, enc.c_off[c], enc.c_len[c])
+
+
+@njit(cache=True, nogil=True)
+def _qty(out, pos, enc, req):
+    s = req.symbol
+    if req.order_type == ORDER_MARKET:
+        return put_units(out, pos, req.qty_steps, enc.units[s, 2], enc.units[s, 3])
+    return put_units(out, pos, req.qty_steps, enc.units[s, 0], enc.units[s, 1])
+
+
+@njit(cache=True, nogil=True)
+def _price(out, pos, enc, req):
+    s = req.symbol
+    return put_units(out, pos, req.price_ticks, enc.units[s, 4], enc.units[s, 5])
+
+
+@njit(cache=True, nogil=True)
+def _tif(out, pos, tif):
+    if tif == TIF_IOC:
+        return _put(out, pos, L_IOC)
+    if tif == TIF_FOK:
+        return _put(out, pos, L_FOK)
+    if tif == TIF_GTX:
+        return _put(out, pos, L_GTX)
+    return _put(out, pos, L_GTC)
+
+
+@njit(cache=True, nogil=True)
+def encode_rest_order(enc, req, ts_ms, out, pos):
+    """The complete HTTP request for POST /fapi/v1/order at out[pos:]; returns the end position. Query order as
+    aegis.trade.sender.order_params + signing.signed_query: symbol, side, type, [timeInForce], quantity, [price],
+    [reduceOnly], newClientOrderId, newOrderRespType, recvWindow, timestamp, signature."""
+    pos = _put(out, pos, L_POST)
+    q0 = pos
+    pos = _put(out, pos, L_SYMBOL)
+    pos = _put_span(out, pos, enc.blob, enc.sym_rest[req.symbol, 0], enc.sym_rest[req.symbol, 1])
+    pos = _put(out, pos, L_SIDE)
+    pos = _put(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
+    pos = _put(out, pos, L_TYPE)
+    if req.order_type == ORDER_MARKET:
+        pos = _put(out, pos, L_MARKET)
+        pos = _put(out, pos, L_QTY)
+        pos = _qty(out, pos, enc, req)
+    else:
+        pos = _put(out, pos, L_LIMIT)
+        pos = _put(out, pos, L_TIF)
+        pos = _tif(out, pos, req.tif)
+        pos = _put(out, pos, L_QTY)
+        pos = _qty(out, pos, enc, req)
+        pos = _put(out, pos, L_PRICE)
+        pos = _price(out, pos, enc, req)
+    if req.reduce_only:
+        pos = _put(out, pos, L_RO)
+    pos = _put(out, pos, L_COID)
+    pos = _put_const(out, pos, enc, C_PREFIX)
+    pos = put_int(out, pos, req.client_id)
+    pos = _put(out, pos, L_RESP)
+    pos = _put_const(out, pos, enc, C_RESP)
+    pos = _put(out, pos, L_RW)
+    pos = put_int(out, pos, enc.recv_window)
+    pos = _put(out, pos, L_TS)
+    pos = put_int(out, pos, ts_ms)
+    q1 = pos
+    pos = _put(out, pos, L_SIG)
+    sha256.hmac_sha256_hex(enc.kstate, out, q0, q1 - q0, out, pos, enc.scratch)
+    pos += 64
+    pos = _put(out, pos, L_HTTP)
+    pos = _put_const(out, pos, enc, C_HOST)
+    pos = _put(out, pos, L_KEYHDR)
+    pos = _put_const(out, pos, enc, C_APIKEY)
+    return _put(out, pos, L_HTTP_END)
+
+
+@njit(cache=True, nogil=True)
+def _ws_values(enc, req, ts_ms, tmp, p, spans):
+    """Every ws param's raw value once, at tmp[p:], spans[k] = (offset, length), length -1 when absent; returns
+    the end. Only the symbol needs a different JSON form (escaped); the rest is JSON-safe by construction
+    (build_encoder refuses a prefix or key that is not)."""
+    limit = req.order_type != ORDER_MARKET
+    for k in range(WS_KEY_LEN.shape[0]):
+        start = p
+        if k == WK_APIKEY:
+            p = _put_const(tmp, p, enc, C_APIKEY)
+        elif k == WK_COID:
+            p = _put_const(tmp, p, enc, C_PREFIX)
+            p = put_int(tmp, p, req.client_id)
+        elif k == WK_RESP:
+            p = _put_const(tmp, p, enc, C_RESP)
+        elif k == WK_PRICE:
+            if limit:
+                p = _price(tmp, p, enc, req)
+        elif k == WK_QTY:
+            p = _qty(tmp, p, enc, req)
+        elif k == WK_RW:
+            p = put_int(tmp, p, enc.recv_window)
+        elif k == WK_RO:
+            if req.reduce_only:
+                p = _put(tmp, p, L_TRUE)
+        elif k == WK_SIDE:
+            p = _put(tmp, p, L_BUY if req.side == SIDE_BUY else L_SELL)
+        elif k == WK_SYMBOL:
+            p = _put_span(tmp, p, enc.blob, enc.sym_raw[req.symbol, 0], enc.sym_raw[req.symbol, 1])
+        elif k == WK_TIF:
+            if limit:
+                p = _tif(tmp, p, req.tif)
+        elif k == WK_TS:
+            p = put_int(tmp, p, ts_ms)
+        else:
+            p = _put(tmp, p, L_LIMIT if limit else L_MARKET)
+        spans[k, 0] = start
+        spans[k, 1] = p - start if p > start else -1
+    return p
+
+
+@njit(cache=True, nogil=True)
+def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
+    """One masked ws-fapi text frame carrying order.place (API.md §5) at out[pos:]; the request id is the
+    newClientOrderId (unique per journal), so the answer is matched without a second counter. `tmp` is scratch
+    (>= 2 * MAX_REQUEST bytes). Returns the end position."""
+    spans = enc.spans
+    half = tmp.shape[0] // 2
+    _ws_values(enc, req, ts_ms, tmp, half, spans)
+    # signature payload: k=v&... over the sorted params, raw values
+    p = 0
+    for k in range(WS_KEY_LEN.shape[0]):
+        if spans[k, 1] < 0:
+            continue
+        if p > 0:
+            tmp[p] = 38    # '&'
+            p += 1
+        p = _put_span(tmp, p, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
+        tmp[p] = 61        # '='
+        p = _put_span(tmp, p + 1, tmp, spans[k, 0], spans[k, 1])
+    payload_len = p
+    # the frame header, then the JSON straight into out; masked in place at the end
+    n_max = half - payload_len      # JSON room (the payload and the values share tmp)
+    hdr = 4 if n_max >= 126 else 2
+    j0 = pos + hdr + 4
+    j = _put(out, j0, L_WS_HEAD)
+    j = _put_const(out, j, enc, C_PREFIX)
+    j = put_int(out, j, req.client_id)
+    j = _put(out, j, L_WS_METHOD)
+    first = True
+    for k in range(WS_KEY_LEN.shape[0]):
+        if spans[k, 1] < 0:
+            continue
+        if not first:
+            out[j] = 44    # ','
+            j += 1
+        first = False
+        out[j] = 34
+        j = _put_span(out, j + 1, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
+        out[j] = 34
+        out[j + 1] = 58    # ':'
+        j += 2
+        if k == WK_SYMBOL:
+            j = _put_span(out, j, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
+        elif k == WK_RW or k == WK_TS:
+            j = _put_span(out, j, tmp, spans[k, 0], spans[k, 1])
+        else:
+            out[j] = 34
+            j = _put_span(out, j + 1, tmp, spans[k, 0], spans[k, 1])
+            out[j] = 34
+            j += 1
+    j = _put(out, j, L_WS_SIGNATURE)
+    sha256.hmac_sha256_hex(enc.kstate, tmp, 0, payload_len, out, j, enc.scratch)
+    j = _put(out, j + 64, L_WS_END)
+    n = j - j0
+    if hdr == 4 and n < 126:        # a short frame after all: move it down to the 2-byte header
+        for b in range(n):
+            out[pos + 6 + b] = out[j0 + b]
+        hdr = 2
+        j0 = pos + 6
+    # RFC 6455 §5.2: FIN + text; client frames are masked with a fresh key from the random pool
+    out[pos] = 0x81
+    if hdr == 2:
+        out[pos + 1] = 0x80 | n
+    else:
+        out[pos + 1] = 0x80 | 126
+        out[pos + 2] = (n >> 8) & 0xFF
+        out[pos + 3] = n & 0xFF
+    mp = state[ST_MASK_POS]
+    if mp + 4 > mask_pool.shape[0]:
+        mp = 0               # the Python side refills long before this; wrapping only reuses random keys
+    state[ST_MASK_POS] = mp + 4
+    m = pos + hdr
+    for b in range(4):
+        out[m + b] = mask_pool[mp + b]
+    m0, m1, m2, m3 = mask_pool[mp], mask_pool[mp + 1], mask_pool[mp + 2], mask_pool[mp + 3]
+    b = 0
+    while b + 4 <= n:
+        out[j0 + b] ^= m0
+        out[j0 + b + 1] ^= m1
+        out[j0 + b + 2] ^= m2
+        out[j0 + b + 3] ^= m3
+        b += 4
+    while b < n:
+        out[j0 + b] ^= mask_pool[mp + (b & 3)]
+        b += 1
+    return j0 + n
+
+
+@njit(cache=True, nogil=True)
+def encode_journal_req(enc, req, wall_ms, out, pos):
+    """The journal's `req` line for a new order (aegis.trade.journal: `<json>\\t<crc32 hex>\\n`)."""
+    j0 = pos
+    pos = _put(out, pos, L_J_HEAD)
+    pos = put_int(out, pos, wall_ms)
+    pos = _put(out, pos, L_J_ID)
+    pos = put_int(out, pos, req.client_id)
+    pos = _put(out, pos, L_J_COID)
+    pos = _put_const(out, pos, enc, C_PREFIX)
+    pos = put_int(out, pos, req.client_id)
+    pos = _put(out, pos, L_J_SYM)
+    pos = _put_span(out, pos, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
+    pos = _put(out, pos, L_J_SIDE)
+    pos = _put(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
+    pos = _put(out, pos, L_J_TYPE)
+    limit = req.order_type != ORDER_MARKET
+    pos = _put(out, pos, L_LIMIT if limit else L_MARKET)
+    pos = _put(out, pos, L_J_TIF)
+    if limit:
+        pos = _tif(out, pos, req.tif)
+    pos = _put(out, pos, L_J_QTY)
+    pos = _qty(out, pos, enc, req)
+    pos = _put(out, pos, L_J_PX)
+    pos = _price(out, pos, enc, req) if limit else _put(out, pos, L_ZERO)
+    pos = _put(out, pos, L_J_RO)
+    pos = _put(out, pos, L_TRUE if req.reduce_only else L_FALSE)
+    pos = _put(out, pos, L_J_END)
+    crc = sha256.crc32(out, j0, pos - j0, 0)
+    out[pos] = 9           # '\t'
+    sha256.crc32_hex8(crc, out, pos + 1)
+    out[pos + 9] = 10      # '\n'
+    return pos + 10
+
+
+@njit(cache=True, nogil=True)
+def encode_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
+    if enc.transport == TRANSPORT_WS:
+        return encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp)
+    return encode_rest_order(enc, req, ts_ms, out, pos)
+
+
+# --------------------------------------------------------------------------------------------- Python side
+class WireError(OSError):
+    """Writing an order request failed part-way: some of its bytes may have left, so its outcome is unknown."""
+
+
+class RestConnection:
+    """One keep-alive HTTP/1.1 connection for prepared order requests (plain or TLS), with the minimal response
+    reader an order answer needs: status line, headers, Content-Length or chunked body."""
+
+    def __init__(self, rest_url: str, timeout_s: float = 5.0):
+        u = urlsplit(rest_url)
+        self.tls = u.scheme == "https"
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (443 if self.tls else 80)
+        self.timeout_s = timeout_s
+        self.sock = None
+        self._buf = bytearray()
+        self.reconnects = 0
+
+    def connect(self) -> None:
+        self.close()
+        s = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls:
+            s = ssl.create_default_context().wrap_socket(s, server_hostname=self.host)
+        self.sock = s
+        self._buf = bytearray()
+        self.reconnects += 1
+
+    def usable(self) -> bool:
+        """False when the server has closed an idle keep-alive connection (readable with nothing asked)."""
+        if self.sock is None:
+            return False
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not r
+
+    def send(self, data) -> None:
+        """sendall on the open connection (the caller connects first, before it stamps the send)."""
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            self.close()
+            raise WireError(f"send: {type(e).__name__}") from e
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        self._buf += chunk
+
+    def _read_line_block(self) -> bytes:
+        while True:
+            i = self._buf.find(b"\r\n\r\n")
+            if i >= 0:
+                head = bytes(self._buf[:i])
+                del self._buf[:i + 4]
+                return head
+            if len(self._buf) > 65536:
+                raise ConnectionError("response headers too long")
+            self._fill()
+
+    def _read_exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def _read_crlf_line(self) -> bytes:
+        while True:
+            i = self._buf.find(b"\r\n")
+            if i >= 0:
+                line = bytes(self._buf[:i])
+                del self._buf[:i + 2]
+                return line
+            self._fill()
+
+    def read_response(self) -> tuple[int, dict, bytes]:
+        """(status, headers with lower-case names, body). Raises OSError/ConnectionError/socket.timeout."""
+        try:
+            self.sock.settimeout(self.timeout_s)
+            while True:
+                head = self._read_line_block()
+                lines = head.split(b"\r\n")
+                parts = lines[0].split(None, 2)
+                if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                    raise ConnectionError("not an HTTP response")
+                status = int(parts[1])
+                headers = {}
+                for ln in lines[1:]:
+                    k, _, v = ln.partition(b":")
+                    headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+                if 100 <= status < 200:
+                    continue          # 100 Continue and friends precede the real answer
+                break
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                body = bytearray()
+                while True:
+                    size = int(self._read_crlf_line().split(b";")[0], 16)
+                    if size == 0:
+                        while self._read_crlf_line():
+                            pass      # trailers
+                        break
+                    body += self._read_exact(size)
+                    self._read_crlf_line()
+                body = bytes(body)
+            elif "content-length" in headers:
+                body = self._read_exact(int(headers["content-length"]))
+            else:                     # length by close
+                while True:
+                    try:
+                        self._fill()
+                    except ConnectionError:
+                        break
+                body, self._buf = bytes(self._buf), bytearray()
+                headers["connection"] = "close"
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+            self._buf = bytearray()

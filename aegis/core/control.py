@@ -1,0 +1,107 @@
+"""Control block: one small shared-memory array through which the supervisor and the engine processes talk.
+
+Heartbeats, pids, lifecycle states, the stop request and the counters the status line prints. Each role's slots
+start on their own cache line (64 slots = 8 lines per role) so the Feed's counters never share a line with the
+Brain's, and neither shares one with the supervisor's stop flag. Floats (PnL, positions) live in the same memory
+seen through a float64 view: one segment, one layout, two types.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from aegis.core.atomics import load_acquire, store_release
+from aegis.core.clock import now_ns
+
+MAGIC = 0x41454749535F4354  # "AEGIS_CT"
+ROLE_SLOTS = 64             # 8 cache lines per role
+ROLES = ("feed", "brain", "sender")
+ROLE_FEED, ROLE_BRAIN, ROLE_SENDER = 0, 1, 2
+SLOTS = ROLE_SLOTS * (1 + len(ROLES))
+
+# global region (first 64 slots)
+G_MAGIC = 0
+G_STOP = 8          # own line: written by the supervisor, polled by everyone
+G_START_NS = 16
+G_SYMBOLS = 17      # number of symbols the Feed resolved (the Brain sizes its state from it)
+G_SYMBOLS_READY = 18
+
+# lifecycle states
+ST_NONE, ST_STARTING, ST_READY, ST_RUNNING, ST_STOPPED, ST_FAILED = 0, 1, 2, 3, 4, 5
+STATE_NAMES = ("spawning", "starting", "ready", "running", "stopped", "failed")
+
+# per-role slots (offsets within the role's region)
+R_HEARTBEAT = 0     # CLOCK_MONOTONIC ns of the last beat
+R_PID = 1
+R_STATE = 2
+R_CORE = 3
+R_WAIT = 4
+R_RECORDS = 8       # line 1: records produced (feed) / consumed (brain) / requests sent (sender)
+R_BATCHES = 9
+R_CHECKSUM = 10     # order-sensitive checksum of record seqs (proves no loss / no reorder end to end)
+R_ERRORS = 11
+R_IDLE = 12         # empty polls
+# --- feed section (owner: feed) -------------------------------------------------------------------------
+R_FEED_MSGS = 16         # websocket messages parsed
+R_FEED_BYTES = 17
+R_FEED_BAD = 18          # malformed / unknown / out-of-range messages skipped
+R_FEED_RECONNECTS = 19
+R_FEED_RESYNCS = 20
+R_FEED_GAPS = 21
+# --- brain section (owner: brain) -----------------------------------------------------------------------
+R_BRAIN_SIGNALS = 16
+R_BRAIN_ORDERS = 17
+R_BRAIN_REJECTS = 18
+R_BRAIN_FILLS = 19
+R_BRAIN_POSITIONS = 20   # symbols with a non-zero position
+# float64 view slots (same memory, read through control_f)
+F_BRAIN_PNL = 32         # realized + unrealized, quote currency
+F_BRAIN_FEES = 33
+F_BRAIN_GROSS = 34       # gross position notional
+# --- sender section (owner: trade) ----------------------------------------------------------------------
+R_SENDER_SENT = 16
+R_SENDER_ACKS = 17
+R_SENDER_REJECTS = 18
+R_SENDER_TRADING_STATE = 19   # aegis.trade.risk state (0 ACTIVE, 1 REDUCING, 2 HALTED), mirrored by the Brain for status
+R_SENDER_STATE_REASON = 20    # aegis.trade.risk.WHY_* of the last state change
+R_SENDER_FLAGS = 24           # 8 slots (own cache line) = aegis.trade.sender.TradeSession.flags: [0] kill switch request
+                              # (1 halt + cancel all, 2 also flatten; the supervisor may write it), [1] seen by Brain
+
+
+def base(role: int) -> int:
+    return ROLE_SLOTS * (1 + role)
+
+
+def new_block() -> np.ndarray:
+    return np.zeros(SLOTS, dtype=np.int64)
+
+
+def init(ctl: np.ndarray, start_ns: int) -> None:
+    ctl[:] = 0
+    ctl[G_START_NS] = start_ns
+    ctl[G_MAGIC] = MAGIC
+
+
+@njit(cache=True, nogil=True)
+def beat(ctl, role):
+    store_release(ctl, ROLE_SLOTS * (1 + role) + R_HEARTBEAT, now_ns())
+
+
+@njit(cache=True, nogil=True)
+def stop_requested(ctl):
+    return load_acquire(ctl, G_STOP) != 0
+
+
+@njit(cache=True, nogil=True)
+def request_stop(ctl):
+    store_release(ctl, G_STOP, 1)
+
+
+@njit(cache=True, nogil=True)
+def set_slot(ctl, role, slot, value):
+    store_release(ctl, ROLE_SLOTS * (1 + role) + slot, value)
+
+
+@njit(cache=True, nogil=True)
+def get_slot(ctl, role, slot):
+    return load_acquire(ctl, ROLE_SLOTS * (1 + role) + slot)

@@ -1,0 +1,1 @@
+"""Backtests through the live path: file sources (CSV/ZIP, recordings), simulated execution, metrics."""

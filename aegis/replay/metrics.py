@@ -1,0 +1,352 @@
+"""Backtest results: trade and order lists, PnL per symbol, drawdown, Sharpe, turnover, equity curve (CSV + PNG).
+
+Everything written here is a pure function of the replay's simulated state, never of the wall clock, and every
+float is written with repr() (shortest round-trip text), so the same replay gives byte-identical files.
+
+Definitions (quote currency, USDT for USD-M):
+  * net PnL = realized + unrealized - fees; unrealized marks open positions at the last mid (last trade price
+    when a symbol never had a quote).
+  * equity curve: net PnL sampled on a fixed grid of replay time (--sample, default 1 s): each grid time holds
+    the equity just before the first record at or after it; grid times without records in between hold the
+    value of the next sample (nothing happened); the last point is the equity after the last record.
+  * max drawdown: largest fall of the equity curve from a previous peak (absolute, and as a fraction of that
+    peak's equity when it was positive).
+  * Sharpe: mean / standard deviation (ddof 1) of the per-interval equity changes of the grid, times
+    sqrt(intervals per 365-day year) (crypto trades around the clock); null with fewer than 2 changes or no
+    variation. It is a ratio of PnL changes, not of returns on capital (a replay has no capital base).
+  * turnover: traded notional (sum of price * qty of all fills).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aegis.trade import risk as R
+from aegis.replay import simexec as X
+from aegis.core.records import ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC
+
+NS_PER_YEAR = 365 * 86_400 * 1_000_000_000
+TRADES_FILE = "trades.csv"
+ORDERS_FILE = "orders.csv"
+EQUITY_FILE = "equity.csv"
+EQUITY_PLOT = "equity.png"
+SUMMARY_FILE = "summary.json"
+
+TRADES_HEADER = ("time_ns,time_utc,symbol,client_id,order_id,trade_id,side,price,qty,notional,fee,realized_pnl,"
+                 "maker,position_after\n")
+ORDERS_HEADER = ("client_id,symbol,action,side,type,tif,reduce_only,price,qty,send_ns,arrive_ns,done_ns,status,"
+                 "reason,filled_qty,avg_price,fee\n")
+
+_TYPES = {ORDER_MARKET: "MARKET", ORDER_LIMIT: "LIMIT"}
+_TIFS = {0: "", TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}
+_ACTIONS = {0: "NEW", 1: "NEW", 2: "CANCEL", 3: "CANCEL_ALL"}
+
+
+def utc(ns: int) -> str:
+    """ISO-8601 UTC with milliseconds, from ns since the epoch (deterministic, locale-free)."""
+    s, rem = divmod(int(ns), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{rem // 1_000_000:03d}Z"
+
+
+def reason_text(code: int) -> str:
+    code = int(code)
+    if code >= 100:
+        return X.WHY_NAMES.get(code, str(code))
+    if code == 0:
+        return ""
+    return R.REASONS[code] if code < len(R.REASONS) else str(code)
+
+
+# ------------------------------------------------------------------------------------------- pure statistics
+def dense_equity(ts: np.ndarray, val: np.ndarray, sample_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The equity curve on its full grid (see module doc): grid points back-filled, last point appended."""
+    ts = np.asarray(ts, np.int64)
+    val = np.asarray(val, np.float64)
+    if len(ts) == 0:
+        return ts, val
+    grid_pts = ts[:-1]          # the last point is the end-of-data equity, not a grid time
+    if len(grid_pts) == 0:
+        return ts, val
+    grid = np.arange(grid_pts[0], grid_pts[-1] + 1, sample_ns, dtype=np.int64)
+    idx = np.searchsorted(grid_pts, grid, side="left")
+    out_ts = np.concatenate((grid, ts[-1:]))
+    out_val = np.concatenate((val[:-1][idx], val[-1:]))
+    return out_ts, out_val
+
+
+def max_drawdown(values: np.ndarray) -> tuple[float, float | None]:
+    """(largest fall from a running peak, that fall / the peak when the peak was > 0 else None)."""
+    v = np.asarray(values, np.float64)
+    if len(v) == 0:
+        return 0.0, None
+    peak = np.maximum.accumulate(v)
+    dd = peak - v
+    i = int(np.argmax(dd))
+    worst = float(dd[i])
+    rel = worst / float(peak[i]) if peak[i] > 0 and worst > 0 else None
+    return worst, rel
+
+
+def sharpe(values: np.ndarray, sample_ns: int) -> float | None:
+    d = np.diff(np.asarray(values, np.float64))
+    if len(d) < 2:
+        return None
+    sd = float(np.std(d, ddof=1))
+    if not sd > 0:
+        return None
+    return float(np.mean(d)) / sd * math.sqrt(NS_PER_YEAR / sample_ns)
+
+
+def _r(x: float) -> float:
+    """JSON-safe float: -0.0 -> 0.0 (same bytes whatever the sign of a zero sum)."""
+    x = float(x)
+    return 0.0 if x == 0.0 else x
+
+
+# ------------------------------------------------------------------------------------------- collector
+class Collector:
+    """Receives the simulated exchange's output as the replay drains it; writes trades/orders CSV as it goes."""
+
+    def __init__(self, names, sample_ns: int, out_dir: str | Path | None = None):
+        self.names = tuple(names)
+        self.sample_ns = int(sample_ns)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.eq_ts: list[np.ndarray] = []
+        self.eq_val: list[np.ndarray] = []
+        self.n_fills = 0
+        self.n_maker = 0
+        self.status_counts: dict[str, int] = {}
+        self.order_counts: dict[str, int] = {}
+        self.refusals: dict[str, int] = {}
+        self.pos = np.zeros(len(self.names))
+        self.first_fill_ns = None
+        self._trades = self._orders = None
+        if self.out_dir is not None:
+            self._trades = open(self.out_dir / TRADES_FILE, "w", encoding="ascii", newline="")
+            self._trades.write(TRADES_HEADER)
+            self._orders = open(self.out_dir / ORDERS_FILE, "w", encoding="ascii", newline="")
+            self._orders.write(ORDERS_HEADER)
+
+    def fills(self, f: np.ndarray) -> None:
+        traded = f["qty"] > 0.0
+        self.n_fills += int(traded.sum())
+        self.n_maker += int((f["maker"][traded] != 0).sum())
+        for code, cnt in zip(*np.unique(f["status"], return_counts=True)):
+            st = X.STATUS_NAMES.get(int(code), str(code))
+            self.status_counts[st] = self.status_counts.get(st, 0) + int(cnt)
+        if self._trades is None:
+            return
+        lines = []
+        pos = self.pos
+        for r in f[traded].tolist():
+            (cid, oid, tid, ts, _recv, px, qty, _cum, fee, pnl, _orig, sym, side, _status, maker, _ro) = r
+            pos[sym] += qty if side == SIDE_BUY else -qty
+            if abs(pos[sym]) <= X.FLAT_EPS * qty:
+                pos[sym] = 0.0
+            side_name = "BUY" if side == SIDE_BUY else "SELL"
+            lines.append(f"{ts},{utc(ts)},{self.names[sym]},{cid},{oid},{tid},{side_name},"
+                         f"{px!r},{qty!r},{_r(px * qty)!r},{_r(fee)!r},{_r(pnl)!r},{int(maker)},"
+                         f"{_r(pos[sym])!r}\n")
+        if lines:
+            self._trades.write("".join(lines))
+
+    def orders(self, li: np.ndarray, lf: np.ndarray) -> None:
+        action = li[:, X.I_ACTION]
+        is_new = (action == 0) | (action == 1)
+        status = li[:, X.I_STATUS]
+        reason = li[:, X.I_REASON]
+        keys = np.where(is_new, status, -1000 * action - np.where(reason == 0, 1, 2))
+        for k, cnt in zip(*np.unique(keys, return_counts=True)):
+            k = int(k)
+            if k > -1000:
+                name = X.STATUS_NAMES.get(k, str(k))
+            else:
+                name = f"{_ACTIONS.get(-k // 1000, '?')} {'DONE' if -k % 1000 == 1 else 'FAILED'}"
+            self.order_counts[name] = self.order_counts.get(name, 0) + int(cnt)
+        rej = reason[is_new & (status == STATUS_REJECTED)]
+        for code, cnt in zip(*np.unique(rej, return_counts=True)):
+            why = reason_text(code)
+            self.refusals[why] = self.refusals.get(why, 0) + int(cnt)
+        if self._orders is None:
+            return
+        lines = []
+        for ri, rf in zip(li.tolist(), lf.tolist()):
+            action = _ACTIONS.get(ri[X.I_ACTION], str(ri[X.I_ACTION]))
+            status = X.STATUS_NAMES.get(ri[X.I_STATUS], str(ri[X.I_STATUS]))
+            if action != "NEW":
+                status = "DONE" if ri[X.I_REASON] == 0 else "FAILED"
+            why = reason_text(ri[X.I_REASON])
+            filled = rf[X.F_FILLED]
+            avg = rf[X.F_NOTIONAL] / filled if filled > 0 else 0.0
+            sym = ri[X.I_SYM]
+            name = self.names[sym] if 0 <= sym < len(self.names) else str(sym)
+            side = "BUY" if ri[X.I_SIDE] == SIDE_BUY else ("SELL" if ri[X.I_SIDE] else "")
+            lines.append(f"{ri[X.I_CID]},{name},{action},{side},{_TYPES.get(ri[X.I_TYPE], '')},"
+                         f"{_TIFS.get(ri[X.I_TIF], '')},{ri[X.I_RO]},{_r(rf[X.F_PRICE])!r},{_r(rf[X.F_QTY])!r},"
+                         f"{ri[X.I_SEND_TS]},{ri[X.I_ARRIVE_TS]},{ri[X.I_DONE_TS]},{status},{why},{_r(filled)!r},"
+                         f"{_r(avg)!r},{_r(rf[X.F_FEE])!r}\n")
+        if lines:
+            self._orders.write("".join(lines))
+
+    def equity(self, ts: np.ndarray, val: np.ndarray) -> None:
+        self.eq_ts.append(ts)
+        self.eq_val.append(val)
+
+    def close(self) -> None:
+        for f in (self._trades, self._orders):
+            if f is not None:
+                f.close()
+        self._trades = self._orders = None
+
+    def equity_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.eq_ts:
+            return np.zeros(0, np.int64), np.zeros(0)
+        return dense_equity(np.concatenate(self.eq_ts), np.concatenate(self.eq_val), self.sample_ns)
+
+    # -------------------------------------------------------------------------------------------- summary
+    def summary(self, sim, riskbook, counts: dict, inputs: list, cfg) -> dict:
+        acct, book = sim.acct, sim.book
+        per = {}
+        tot = dict(realized=0.0, unrealized=0.0, fees=0.0, notional=0.0)
+        for s, name in enumerate(self.names):
+            a = acct[s]
+            m = X.mark_price(book, s)
+            unreal = a[X.A_POS] * (m - a[X.A_AVG]) if a[X.A_POS] != 0.0 and m > 0 else 0.0
+            if a[X.A_FILLS] == 0 and a[X.A_POS] == 0.0:
+                continue
+            per[name] = {"position": _r(a[X.A_POS]), "avg_entry_price": _r(a[X.A_AVG]), "last_mark": _r(m),
+                         "realized": _r(a[X.A_REALIZED]), "unrealized": _r(unreal), "fees": _r(a[X.A_FEES]),
+                         "net": _r(a[X.A_REALIZED] + unreal - a[X.A_FEES]), "fills": int(a[X.A_FILLS]),
+                         "maker_fills": int(a[X.A_MAKER_FILLS]), "volume": _r(a[X.A_VOLUME]),
+                         "turnover": _r(a[X.A_NOTIONAL])}
+            tot["realized"] += a[X.A_REALIZED]
+            tot["unrealized"] += unreal
+            tot["fees"] += a[X.A_FEES]
+            tot["notional"] += a[X.A_NOTIONAL]
+        ts, eq = self.equity_curve()
+        dd, dd_rel = max_drawdown(eq)
+        sh = sharpe(eq, self.sample_ns)
+        net = tot["realized"] + tot["unrealized"] - tot["fees"]
+        s_cfg = cfg.strategy
+        out = {
+            "strategy": {"name": s_cfg.name,
+                         "params": {p.name: p.show(v) for p, v in zip(s_cfg.spec.params, s_cfg.params)}},
+            "execution": {"slippage_bps": cfg.sim.slippage_bps, "maker_fee": cfg.sim.maker_fee,
+                          "taker_fee": cfg.sim.taker_fee,
+                          "latency": ("histogram" if cfg.sim.latency_hist is not None
+                                      else f"{cfg.sim.latency_ns} ns"),
+                          "latency_seed": cfg.sim.seed, "equity_sample_ns": self.sample_ns},
+            "period": {"first_ns": int(ts[0]) if len(ts) else None, "last_ns": int(ts[-1]) if len(ts) else None,
+                       "first_utc": utc(ts[0]) if len(ts) else None, "last_utc": utc(ts[-1]) if len(ts) else None},
+            "counts": dict(counts, fills=self.n_fills, maker_fills=self.n_maker,
+                           taker_fills=self.n_fills - self.n_maker),
+            "orders": dict(sorted(self.order_counts.items())),
+            "refusals": dict(sorted(self.refusals.items())),
+            "risk_state": riskbook.state,
+            "pnl": {"net": _r(net), "realized": _r(tot["realized"]), "unrealized": _r(tot["unrealized"]),
+                    "fees": _r(tot["fees"])},
+            "max_drawdown": _r(dd), "max_drawdown_of_peak": dd_rel, "sharpe": sh,
+            "turnover": _r(tot["notional"]),
+            "per_symbol": per,
+            "inputs": inputs,
+        }
+        return out
+
+    def write_summary(self, summary: dict) -> None:
+        if self.out_dir is None:
+            return
+        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n",
+                                                  encoding="ascii")
+        ts, eq = self.equity_curve()
+        with open(self.out_dir / EQUITY_FILE, "w", encoding="ascii", newline="") as f:
+            f.write("time_ns,time_utc,equity\n")
+            f.write("".join(f"{t},{utc(t)},{_r(v)!r}\n" for t, v in zip(ts.tolist(), eq.tolist())))
+        (self.out_dir / EQUITY_PLOT).write_bytes(equity_png(ts, eq, summary))
+
+
+def format_summary(s: dict) -> str:
+    """Human summary for stdout."""
+    def f(x):
+        return "-" if x is None else f"{x:,.4f}"
+    c = s["counts"]
+    lines = [
+        f"strategy   {s['strategy']['name']} " + " ".join(f"{k}={v}" for k, v in s["strategy"]["params"].items()),
+        f"period     {s['period']['first_utc']} .. {s['period']['last_utc']}",
+        f"records    {c['records']:,}   signals {c['signals']:,}   orders accepted {c['orders_accepted']:,}   "
+        f"refused by risk {c['orders_refused_by_risk']:,}",
+        f"fills      {c['fills']:,} (maker {c['maker_fills']:,}, taker {c['taker_fills']:,})   "
+        f"turnover {f(s['turnover'])}",
+        f"PnL        net {f(s['pnl']['net'])}   realized {f(s['pnl']['realized'])}   "
+        f"unrealized {f(s['pnl']['unrealized'])}   fees {f(s['pnl']['fees'])}",
+        f"risk       max drawdown {f(s['max_drawdown'])}   Sharpe {f(s['sharpe'])}   state {s['risk_state']}",
+    ]
+    if s["refusals"]:
+        lines.append("refusals   " + ", ".join(f"{k} {v}" for k, v in s["refusals"].items()))
+    for name, p in s["per_symbol"].items():
+        lines.append(f"  {name:<14} net {f(p['net']):>14}  pos {p['position']:g}  fills {p['fills']}  "
+                     f"fees {f(p['fees'])}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- plot
+def equity_png(ts: np.ndarray, eq: np.ndarray, summary: dict | None = None, width: int = 960,
+               height: int = 540) -> bytes:
+    """Equity curve as PNG bytes, drawn with aegis.app.report's rasteriser and PNG writer (no matplotlib)."""
+    from aegis.app import report
+    draw_line = getattr(report, "draw_polyline", None) or report._draw_polyline
+    draw_text = getattr(report, "draw_text", None) or report._draw_text
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 110, 20, 40, 50
+    pw, ph = width - left - right, height - top - bottom
+    ink, grid, curve = (0, 0, 0), (225, 225, 225), (31, 119, 180)
+    title = "EQUITY (NET PNL)"
+    if summary is not None:
+        title += f"   NET {summary['pnl']['net']:.2f}   MAX DD {summary['max_drawdown']:.2f}"
+    draw_text(img, left, 12, title, ink)
+    img[top:top + ph, left] = ink
+    img[top + ph, left:left + pw] = ink
+    if len(eq) == 0:
+        draw_text(img, left + 20, top + ph // 2, "NO DATA", ink)
+        return report.png_bytes(img)
+    lo, hi = float(np.min(eq)), float(np.max(eq))
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-12:
+        hi, lo = hi + 1.0, lo - 1.0
+    t0, t1 = int(ts[0]), int(ts[-1])
+    span = max(t1 - t0, 1)
+
+    def y_of(v):
+        return top + (hi - np.asarray(v, np.float64)) / (hi - lo) * (ph - 1)
+
+    for k in range(5):   # horizontal grid lines with their values
+        v = lo + (hi - lo) * k / 4
+        y = int(round(float(y_of(v))))
+        img[y, left + 1:left + pw] = grid
+        draw_text(img, 4, max(0, y - 7), f"{v:.2f}"[:15], ink)
+    y0 = int(round(float(y_of(0.0))))
+    img[y0, left + 1:left + pw] = (150, 150, 150)
+    # at most two points per pixel column: min and max of the samples that fall in it, in time order
+    x = left + 1 + (ts - t0) / span * (pw - 2)
+    col = np.floor(x).astype(np.int64)
+    if len(eq) > 2 * pw:
+        xs, ys = [], []
+        starts = np.flatnonzero(np.diff(col, prepend=col[0] - 1))
+        ends = np.append(starts[1:], len(col))
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            seg = eq[a:b]
+            i_lo, i_hi = int(np.argmin(seg)), int(np.argmax(seg))
+            for i in sorted((i_lo, i_hi)):
+                xs.append(float(col[a]))
+                ys.append(float(seg[i]))
+        xs, ys = np.array(xs), np.array(ys)
+    else:
+        xs, ys = x, eq
+    draw_line(img, xs, y_of(ys), curve, 2)
+    draw_text(img, left, top + ph + 10, utc(t0)[:16].replace("T", " "), ink)
+    end = utc(t1)[:16].replace("T", " ")
+    draw_text(img, width - right - len(end) * 12, top + ph + 10, end, ink)
+    return report.png_bytes(img)

@@ -1,0 +1,322 @@
+"""Append-only order journal: every request, ack, reject, cancel and fill is on disk BEFORE it is acted on.
+
+Format: one record per line, `<compact JSON>\t<crc32 of the JSON, 8 hex>\n`, every record starting `{"k":`.
+A line whose CRC fails is skipped and counted, and reading goes on: one bad line (a flipped bit, a write that failed
+part-way on a full disk) never hides the records after it. A write that failed part-way leaves a fragment without a
+newline, so the next record lands on the same line; the reader finds that record by its `{"k":` start and its CRC.
+On open, only a torn tail (bytes after the last newline, as a crash mid-write leaves) is cut, so the next append
+starts on a line boundary; nothing before it is ever removed. JSON (orjson) rather than fixed binary records because
+the volume is tiny (orders, not market data) and a human reading the journal after an incident is the main consumer.
+
+Record kinds (`k`):
+  open   {prefix, pid}                    a run started; `prefix` makes newClientOrderId = prefix + client_id
+  req    {id, coid, sym, side, type, tif, qty, px, ro, act, target}   before the sender sends it
+  ack    {id, coid, sym, oid, status}     exchange accepted (or query found it)
+  rej    {id, coid, sym, code, msg}       exchange or client refused it (final)
+  fill   {id, coid, sym, oid, tid, side, px, qty, cum, fee, fee_asset, rpnl, status, maker, ts}
+  final  {id, coid, sym, oid, status}     CANCELED / EXPIRED / FILLED without a new trade
+  state  {state, reason}                  trading state changes (kill switch, daily loss, resume)
+  unknown {id, coid, sym, msg}            timed out and could not be settled (reconciliation settles it)
+  cancel_rej / cancel_all / position      cancel refused; cancel-all result; exchange position after reconciliation
+fsync policy: "always" (fdatasync every record: survives power loss, but costs ~0.5 ms per record on this box's
+disk, before every send), "interval" (default: every record reaches the page cache at once, which survives a process
+crash; fills are fdatasync'd at once by the user-stream thread, everything else by a background thread at most
+`fsync_interval_ms` later, never inline on the order path), "never" (page cache
+only: survives a process crash, not a host crash). Measured here: always 470 us/record, interval/never 6 us.
+What a host crash can cost under "interval" is a request or ack line of the last few ms; reconciliation adopts such
+orders from GET openOrders (they carry our prefix) and client ids continue above every id the journal has seen.
+Secrets never reach it: append() refuses aegis.trade.keys.Secret values.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import orjson
+
+from aegis.trade.keys import Secret
+
+log = logging.getLogger("aegis.trade.journal")
+
+FSYNC_POLICIES = ("always", "interval", "never")
+FINAL_STATUSES = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
+
+
+def _line(rec: dict) -> bytes:
+    body = orjson.dumps(rec)
+    return body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
+
+
+def _check_no_secret(rec: dict) -> None:
+    for v in rec.values():
+        if isinstance(v, Secret):
+            raise TypeError("refusing to journal a Secret")
+
+
+_START = b'{"k":'
+
+
+def _record(line: bytes):
+    """The record of one line without its newline, or None when its framing or CRC is wrong."""
+    body, sep, crc = line.rpartition(b"\t")
+    if not sep or len(crc) != 8:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        return orjson.loads(body)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Scan:
+    records: list = field(default_factory=list)
+    good_end: int = 0        # byte offset just past the last valid record
+    corrupt: list = field(default_factory=list)   # byte offsets of lines (or fragments) that are not records
+    lines_end: int = 0       # byte offset just past the last newline: what follows is a torn tail
+
+
+def scan(path: str) -> Scan:
+    """Every valid record of the file in order, skipping (and listing) what is not one."""
+    out = Scan()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return out
+    out.lines_end = data.rfind(b"\n") + 1
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break                                   # torn tail: no newline yet
+        line = data[pos:nl]
+        rec = _record(line)
+        if rec is None:
+            out.corrupt.append(pos)
+            # a fragment of a failed write with the next record appended to it: find that record's start
+            at = line.find(_START, 1)
+            while at > 0 and rec is None:
+                rec = _record(line[at:])
+                at = line.find(_START, at + 1)
+        if rec is not None:
+            out.records.append(rec)
+            out.good_end = nl + 1
+        pos = nl + 1
+    return out
+
+
+def read_records(path: str) -> tuple[list[dict], int]:
+    """(valid records, byte offset just past the last of them). Bad lines are skipped: see scan()."""
+    s = scan(path)
+    return s.records, s.good_end
+
+
+class Journal:
+    """Thread-safe appender (the sender and the user-stream threads both write)."""
+
+    def __init__(self, path: str, fsync: str = "always", fsync_interval_ms: int = 50):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"journal fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+        self.path = path
+        self.fsync = fsync
+        self.fsync_interval_ns = int(fsync_interval_ms) * 1_000_000
+        self._lock = threading.Lock()
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        found = scan(path)
+        self.recovered = found.records
+        self.corrupt_lines = len(found.corrupt)
+        # 0600: the journal holds order flow and positions (no secrets, but nobody else's business)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        size = os.fstat(self._fd).st_size
+        # cut only the torn tail (after the last newline) so the next append starts on a line boundary; complete
+        # lines, even unreadable ones, stay for whoever investigates
+        self.torn_bytes = size - found.lines_end
+        if self.torn_bytes:
+            os.ftruncate(self._fd, found.lines_end)
+        if found.corrupt or self.torn_bytes:
+            log.warning("journal %s: %d unreadable line(s) skipped (first at byte %d), %d torn byte(s) cut at the end",
+                        path, len(found.corrupt), found.corrupt[0] if found.corrupt else -1, self.torn_bytes)
+        os.lseek(self._fd, 0, os.SEEK_END)
+        self.records_written = 0
+        self.state: JournalState | None = None   # when set, every appended record is applied to it too
+        self._dirty = False
+        self._closed = threading.Event()
+        self._flusher = None
+        if fsync == "interval":
+            # periodic syncs happen here, never inline in an append on the order path
+            self._flusher = threading.Thread(target=self._flush_loop, name="aegis-journal-sync", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(self.fsync_interval_ns / 1e9):
+            with self._lock:
+                dirty, self._dirty, fd = self._dirty, False, self._fd
+            if dirty and fd >= 0:
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    pass
+
+    def append(self, kind: str, **fields) -> None:
+        rec = {"k": kind, "t": time.time_ns() // 1_000_000, **fields}
+        _check_no_secret(rec)
+        line = _line(rec)
+        with self._lock:
+            done = 0
+            while done < len(line):     # a regular file may take part of a write (a signal, a nearly full disk)
+                w = os.write(self._fd, line[done:])
+                if w <= 0:
+                    raise OSError(f"journal write took 0 of {len(line) - done} bytes")
+                done += w
+            self.records_written += 1
+            self._dirty = True
+            if self.state is not None:
+                self.state.apply(rec)     # the in-memory view never runs ahead of (or behind) the file
+            fd = self._fd
+        # the sync runs outside the lock: the sender's next append must not queue behind a fill's fdatasync
+        if self.fsync == "always" or (self.fsync == "interval" and kind == "fill"):
+            os.fdatasync(fd)
+
+    def adopt(self, line: bytes) -> dict:
+        """A record line the sender's fast path (aegis.binance.wire) already wrote to this file with its own write(2):
+        keep the in-memory view and the sync bookkeeping in step, as append() would have."""
+        rec = orjson.loads(line.rpartition(b"\t")[0])
+        with self._lock:
+            self.records_written += 1
+            self._dirty = True
+            if self.state is not None:
+                self.state.apply(rec)
+        return rec
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def sync(self) -> None:
+        with self._lock:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(1.0)
+        with self._lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class OrderState:
+    client_id: int
+    coid: str
+    symbol: str
+    side: str
+    qty: str
+    price: str
+    reduce_only: bool
+    order_id: int = 0
+    status: str = "PENDING"     # PENDING (sent, no answer yet) / NEW / PARTIALLY_FILLED / final
+    cum_qty: float = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.status not in FINAL_STATUSES
+
+
+@dataclass
+class JournalState:
+    """What the engine knew when it stopped, rebuilt from the journal alone (the exchange is consulted next)."""
+    prefix: str = ""
+    next_client_id: int = 1
+    orders: dict[int, OrderState] = field(default_factory=dict)
+    by_coid: dict[str, int] = field(default_factory=dict)
+    fills_seen: set[tuple[str, int, int]] = field(default_factory=set)  # (symbol, orderId, tradeId)
+    positions: dict[str, float] = field(default_factory=dict)
+    realized_pnl: float = 0.0
+    fees: float = 0.0
+    trading_state: str = "ACTIVE"
+    state_reason: str = ""
+
+    def open_orders(self) -> list[OrderState]:
+        return [o for o in self.orders.values() if o.open]
+
+    def apply(self, r: dict) -> None:
+        k = r.get("k")
+        rid = r.get("id")
+        if isinstance(rid, int) and rid >= self.next_client_id:
+            self.next_client_id = rid + 1     # ids never repeat, even if the request line itself was lost
+        if k == "open":
+            self.prefix = self.prefix or r.get("prefix", "")
+        elif k == "req":
+            cid = int(r["id"])
+            self.next_client_id = max(self.next_client_id, cid + 1)
+            if r.get("act", "new") == "new":
+                o = OrderState(cid, r["coid"], r["sym"], r["side"], r.get("qty", "0"), r.get("px", "0"),
+                               bool(r.get("ro")))
+                self.orders[cid] = o
+                self.by_coid[o.coid] = cid
+        elif k in ("ack", "final", "rej"):
+            o = self.orders.get(int(r.get("id", -1)))
+            if o is not None:
+                o.order_id = int(r.get("oid") or o.order_id)
+                status = "REJECTED" if k == "rej" else r.get("status", o.status)
+                if o.open:   # a final state is never reopened by a late ack
+                    o.status = status
+        elif k == "fill":
+            key = (r["sym"], int(r["oid"]), int(r["tid"]))  # ids are per symbol on Binance
+            if key in self.fills_seen:
+                return
+            self.fills_seen.add(key)
+            qty = float(r["qty"])
+            sign = 1.0 if r["side"] == "BUY" else -1.0
+            self.positions[r["sym"]] = self.positions.get(r["sym"], 0.0) + sign * qty
+            self.realized_pnl += float(r.get("rpnl", 0) or 0)
+            self.fees += float(r.get("fee", 0) or 0)
+            o = self.orders.get(int(r.get("id", -1)))
+            if o is not None:
+                o.order_id = int(r["oid"])
+                o.cum_qty = max(o.cum_qty, float(r.get("cum", 0) or 0))
+                if o.open:
+                    o.status = r.get("status", o.status)
+        elif k == "state":
+            self.trading_state = r.get("state", self.trading_state)
+            self.state_reason = r.get("reason", "")
+
+
+def rebuild(records: list[dict]) -> JournalState:
+    st = JournalState()
+    for r in records:
+        st.apply(r)
+    return st
+
+
+def new_prefix() -> str:
+    """Run prefix of newClientOrderId: short (ids are <= 36 chars, API.md §4.7) and unique per journal."""
+    return "ae" + secrets.token_hex(4) + "-"
+
+
+def open_journal(path: str, fsync: str = "always", fsync_interval_ms: int = 50) -> tuple[Journal, JournalState]:
+    """Open (or create) the journal and rebuild the state it records; a fresh journal gets a new prefix."""
+    j = Journal(path, fsync, fsync_interval_ms)
+    st = rebuild(j.recovered)
+    if not st.prefix:
+        st.prefix = new_prefix()
+    j.state = st
+    j.append("open", prefix=st.prefix, pid=os.getpid())
+    return j, st

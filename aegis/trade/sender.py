@@ -1,0 +1,1108 @@
+"""Sender thread: order requests leave the Brain's jitted loop through an in-process SPSC ring and are sent by a
+small dedicated thread (journal first, then the Binance client).
+
+DESIGN (numbers: bench/bench_trade.py and the measurement table below)
+The Brain busy-polls the market ring inside one long @njit(nogil=True) call, so while it spins it does NOT hold
+the GIL. Its pipeline calls aegis.trade.risk.check and then `handoff` (jitted, never blocks: a full queue drops the
+request and returns 0, which the Brain counts as a QUEUE_FULL rejection). The queue is an ORDER_REQUEST ring
+allocated in-process (aegis.core.ring's kernels work on any dtype and on plain numpy arrays), one writer (the Brain
+thread) and one reader (the sender thread), with the release/acquire cursors of aegis.core.ring.
+
+How the sender waits is the hard part. Measured with bench/bench_trade.py (`python bench/bench_trade.py`): a
+producer thread spinning in nogil jitted code (like the Brain) hands over one request every 200 us; "seen" =
+Brain's handoff_ts -> sender_wait sees it. On this 2-vCPU VM the decisive cost is waking a thread on the OTHER core
+(an inter-processor interrupt through the hypervisor: ~20 us), and a thread spinning beside a busy thread on one
+core only runs at the scheduler's next pick (ms). Hence the modes ([trade] wait, resolve_wait picks for `auto`):
+
+    spin   busy poll; only with a core of its own ([trade] cores outside the engine's): 0.7-8 us here (simulated)
+    share  wait on the Brain's own core, giving it back with sched_yield at every poll; the Brain yields after a
+           hand-off (H_YIELD_TO) and the sender, already runnable, gets the core at once: a same-core switch with
+           no futex on either side, hand-off p50 2.0 us in the pipeline here (parking on a futex there and waking
+           it took 5.0 us: the wake-up syscall on the Brain's side and the futex return path on the sender's).
+           auto picks it when the Brain polls without sleeping (busy-spin or spin-yield: that core burns anyway).
+           Costs: while the sender works in Python (answers, journal acks) the Brain waits for its core, which
+           shows in publish->consume p99; and a spin-yield Brain's idle yields pass through the sender's poll
+           (~2 us each), so publish->consume p90 is ~2.5 us instead of 0.6 (p50 unchanged). Re-running the
+           encoder while idle to keep it in cache was tried and measured no gain, and so was encoding in the Brain
+           before the hand-off: the encode runs cold in either thread (bench/RESULTS.md).
+    futex  spin 20 us, then park on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a sleeping Brain
+    sleep  spin 20 us, then 20 us naps: ~50 us
+
+After the wake the fast path (wait_and_prepare, aegis.binance.wire) stays in nogil code: it builds the signed request and
+the journal line, writes the line, and on a plain connection send(2)s the order itself. Python (GIL) comes next,
+for the answer only. The generic path (TradeConfig.fast_path = False, and cancels) goes through aegis.binance.client.
+The GIL: a sender holding it for its Python HTTP work would stall a Brain that returns to Python between batches,
+so the Brain stays in its nogil loop (aegis.brain.process.consume_loop) and the GIL switch interval is 100 us
+([trade] gil_switch_us) so no Python thread of the Brain process can hold the sender off for 5 ms. The journal is
+written without fsync on the order path ([trade] fsync = interval).
+The wake protocol is Dekker-style: the sender announces it will sleep with a locked RMW (seq_cst) and re-checks the
+queue, the Brain publishes and then reads the flag with a locked RMW; one of the two always sees the other, and
+FUTEX_WAIT re-checks the flag in the kernel, so a wake can't be lost; a 50 ms timeout bounds any surprise.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from aegis.core import ring
+from aegis.binance import wire
+from aegis.core.atomics import fetch_add, load_acquire, store_release
+from aegis.core.clock import cpu_relax, now_ns, sleep_ns, wall_ns, yield_cpu
+from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, ORDER_MARKET,
+                           ORDER_REQUEST_DTYPE, SIDE_BUY, STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_NEW,
+                           STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
+from aegis.binance.signing import units_to_str
+
+log = logging.getLogger("aegis.trade.sender")
+
+# --- wait modes of the sender ---------------------------------------------------------------------------------
+WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX, WAIT_SHARE = 0, 1, 2, 3
+WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX, "share": WAIT_SHARE}
+WAIT_NAMES = {v: k for k, v in WAIT_MODES.items()}
+SPIN_BEFORE_PARK_NS = 20_000    # catch back-to-back requests without a syscall
+PARK_TIMEOUT_NS = 50_000_000    # a parked sender re-checks stop/housekeeping at least this often
+SLEEP_NAP_NS = 20_000
+
+# extra header slots of the in-process queue (aegis.core.ring uses slots < 48)
+H_SLEEPING = 48       # own cache line: 1 while the sender is parked on the futex
+H_WAKES = 56          # FUTEX_WAKE calls made by the producer (diagnostics)
+H_PARKS = 57          # times the sender parked
+H_YIELD_TO = 58       # 1 (wait "share"): the sender waits on the producer's own core, so the producer yields
+                      # after publishing and the sender runs at once (a same-core switch: no inter-core interrupt)
+
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+_TIMESPEC = ir.LiteralStructType([_I64, _I64])
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower(), 202)
+FUTEX_WAIT_PRIVATE = 0 | 128
+FUTEX_WAKE_PRIVATE = 1 | 128
+
+
+@intrinsic
+def _futex(typingctx, arr, idx, op, val, timeout_ns):
+    """syscall(SYS_futex, &arr[idx], op, val, &timeout) by symbol name (cacheable, like aegis.core.clock)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+    sig = types.int64(arr, idx, op, val, timeout_ns)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64], var_arg=True), "syscall")
+        ts = cgutils.alloca_once(builder, _TIMESPEC)
+        t = context.cast(builder, args[4], signature.args[4], types.int64)
+        billion = ir.Constant(_I64, 1_000_000_000)
+        builder.store(builder.sdiv(t, billion), builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 0)]))
+        builder.store(builder.srem(t, billion), builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 1)]))
+        op = context.cast(builder, args[2], signature.args[2], types.int64)
+        val = context.cast(builder, args[3], signature.args[3], types.int64)
+        # the futex word is the low 32 bits of the int64 slot (little-endian); we only store 0 and 1 there
+        return builder.call(fn, [ir.Constant(_I64, _SYS_FUTEX), builder.ptrtoint(ptr, _I64), op, val,
+                                 builder.ptrtoint(ts, _I64), ir.Constant(_I64, 0), ir.Constant(_I64, 0)])
+
+    return sig, codegen
+
+
+# --------------------------------------------------------------------------------------------- the queue
+class RequestQueue:
+    """In-process SPSC ring of ORDER_REQUEST records (plain numpy arrays, aegis.core.ring layout)."""
+
+    def __init__(self, capacity: int = 4096, dtype=ORDER_REQUEST_DTYPE):
+        ring.check_capacity(capacity)
+        self.header = np.zeros(ring.HEADER_SLOTS, np.int64)
+        ring.init_header(self.header, capacity, np.dtype(dtype).itemsize)
+        self.records = np.zeros(capacity, dtype)
+        self.capacity = capacity
+
+    def abort(self) -> None:
+        ring.abort(self.header)
+        wake(self.header)
+
+    def stats(self) -> dict:
+        h = self.header
+        return {"published": int(h[ring.H_WRITE]), "consumed": int(h[ring.H_READ]), "dropped": int(h[ring.H_DROPPED]),
+                "wakes": int(h[H_WAKES]), "parks": int(h[H_PARKS])}
+
+
+@njit(cache=True, nogil=True)
+def wake(header):
+    """Producer side after publishing: wake the sender if (and only if) it is parked on the futex, and hand it
+    the core when it waits on this one (H_YIELD_TO)."""
+    if fetch_add(header, H_SLEEPING, 0) != 0:   # locked RMW: orders our publish before this read (Dekker)
+        store_release(header, H_SLEEPING, 0)
+        header[H_WAKES] += 1
+        _futex(header, H_SLEEPING, FUTEX_WAKE_PRIVATE, 1, 0)
+    if load_acquire(header, H_YIELD_TO) != 0:
+        yield_cpu()
+
+
+@njit(cache=True, nogil=True)
+def handoff(header, records, req, now):
+    """Brain side: stamp handoff_ts, enqueue one request, wake the sender. Never blocks: 0 when the queue is full
+    (the caller counts it as a QUEUE_FULL rejection), else 1."""
+    seq, k = ring.claim(header, 1)
+    if k == 0:
+        header[ring.H_DROPPED] += 1
+        return 0
+    req.handoff_ts = now
+    records[seq & (header[ring.H_CAPACITY] - 1)] = req
+    ring.publish(header, 1)
+    wake(header)
+    return 1
+
+
+@njit(cache=True, nogil=True)
+def handoff_batch(header, records, reqs, n, now):
+    """handoff for reqs[:n] with one wake; returns how many were queued (the rest did not fit)."""
+    mask = header[ring.H_CAPACITY] - 1
+    seq, k = ring.claim(header, n)
+    for i in range(k):
+        reqs[i].handoff_ts = now
+        records[(seq + i) & mask] = reqs[i]
+    if k > 0:
+        ring.publish(header, k)
+        wake(header)
+    if k < n:
+        header[ring.H_DROPPED] += n - k
+    return k
+
+
+@njit(cache=True, nogil=True)
+def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
+    """Sender side (nogil): wait until requests arrive, the queue is aborted or `timeout_ns` passes; copy up to
+    max_n into dst and return the count. stamps[0] = when they were seen (CLOCK_MONOTONIC ns)."""
+    start = now_ns()
+    deadline = start + timeout_ns
+    spin_until = start + SPIN_BEFORE_PARK_NS
+    spins = 0
+    while True:
+        n = ring.read_batch(header, records, dst, max_n)
+        if n > 0:
+            stamps[0] = now_ns()
+            return n
+        if ring.aborted(header):
+            return 0
+        spins += 1
+        t = now_ns() if (spins & 15) == 0 else start
+        if t > deadline:
+            return 0
+        if mode == WAIT_SHARE:
+            # the Brain's core: it polls and yields to us after a hand-off; a futex here would cost a wake-up
+            # syscall on its side and the futex return path on ours, ~3 us more per order
+            yield_cpu()
+        elif mode == WAIT_SPIN or t < spin_until:
+            cpu_relax()
+        elif mode == WAIT_SLEEP:
+            sleep_ns(SLEEP_NAP_NS)
+        else:
+            fetch_add(header, H_SLEEPING, 1)          # announce, then re-check: no lost wake-up
+            if ring.available(header) > 0 or ring.aborted(header):
+                store_release(header, H_SLEEPING, 0)
+                continue
+            left = deadline - now_ns()
+            if left <= 0:
+                store_release(header, H_SLEEPING, 0)
+                return 0
+            header[H_PARKS] += 1
+            _futex(header, H_SLEEPING, FUTEX_WAIT_PRIVATE, 1, left if left < PARK_TIMEOUT_NS else PARK_TIMEOUT_NS)
+            store_release(header, H_SLEEPING, 0)
+
+
+@njit(cache=True, nogil=True)
+def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
+                     jbuf, jends, jfd, tmp):
+    """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
+    signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, written
+    to the journal (fd jfd) with one write(2) before anything can be sent. lens[i] = 0: not prepared (not a new
+    order, or no room: the generic path takes it); -1: the journal refused the line, so it must not be sent.
+    jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready."""
+    n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
+    if n == 0:
+        return 0
+    wall_ms = wall_ns() // 1_000_000
+    ts_ms = wall_ms + state[wire.ST_OFFSET_MS]
+    pos = 0
+    jpos = 0
+    for i in range(n):
+        lens[i] = 0
+        jends[i] = jpos
+        if dst[i].action != ACTION_NEW:
+            continue
+        if pos + wire.MAX_REQUEST > out.shape[0] or jpos + wire.MAX_JOURNAL_LINE > jbuf.shape[0]:
+            continue
+        offs[i] = pos
+        pos = wire.encode_order(enc, dst[i], ts_ms, mask_pool, state, out, pos, tmp)
+        lens[i] = pos - offs[i]
+        jpos = wire.encode_journal_req(enc, dst[i], wall_ms, jbuf, jpos)
+        jends[i] = jpos
+    if jpos > 0:
+        w = wire.write_all(jfd, jbuf, jpos)
+        ok = w == jpos
+        if ok and state[wire.ST_FSYNC] != 0:
+            ok = wire._fdatasync(jfd) == 0
+        if not ok:
+            state[wire.ST_WRITE_ERRNO] = w if w != jpos else -1
+            for i in range(n):
+                if lens[i] > 0:
+                    lens[i] = -1
+    stamps[1] = now_ns()
+    state[wire.ST_SENT_IDX] = -1
+    fd = state[wire.ST_SEND_FD]
+    # a 429/418 back-off may have begun (in any thread) since the sender last asked for the descriptor
+    backoff_until = load_acquire(state, wire.ST_BACKOFF_UNTIL_NS)
+    if fd >= 0 and lens[0] > 0 and (backoff_until == 0 or now_ns() >= backoff_until):
+        # on a plain-TCP connection the batch's first request, when it is a prepared order, leaves from here,
+        # journaled and without the GIL; the rest of a batch goes in order after the answers before it (one
+        # request in flight per connection, and a cancel ahead of an order keeps its place)
+        state[wire.ST_SENT_IDX] = 0
+        state[wire.ST_SENT_NS] = now_ns()
+        state[wire.ST_SENT] = wire.send_now(fd, out, offs[0], lens[0])
+        state[wire.ST_SENT_DONE_NS] = now_ns()
+    return n
+
+
+def warm_fast_path() -> None:
+    """Compile (or load from Numba's cache) wait_and_prepare and everything it calls, so the first order does not
+    pay it: ~15 s on a cold cache on this box, well under a second from the cache."""
+    from aegis.trade.risk import SymbolRules
+    q = RequestQueue(ring.MIN_CAPACITY)
+    enc = wire.build_encoder("rest", [SymbolRules("WARMUSDT")], "w-", "k", "s", 5000, "ACK", "http://127.0.0.1:1")
+    state = wire.new_state()
+    state[wire.ST_SEND_FD] = -1
+    n = 1
+    wait_and_prepare(q.header, q.records, np.zeros(n, ORDER_REQUEST_DTYPE), n, WAIT_SPIN, 0, np.zeros(2, np.int64),
+                     enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
+                     np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
+                     np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8))
+    # and what the sender calls right after the first order: compiling it there would hold up that order's answer
+    # (and, sharing the Brain's core, the Brain)
+    from aegis.core.latency import new_set, record_order_request
+    record_order_request(new_set(), np.zeros(1, ORDER_REQUEST_DTYPE)[0], 0)
+    FillQueue(ring.MIN_CAPACITY).put(np.zeros(1, FILL_DTYPE)[0])
+
+
+def default_sender_cores() -> tuple:
+    """Every core except the one(s) the creating thread (the Brain) is pinned to, when that leaves any.
+
+    A thread inherits its creator's CPU mask, so without this the sender would share the Brain's core and, with a
+    busy-spinning Brain, only run when the scheduler takes the core away from it (milliseconds). On the other
+    core(s) a futex-woken sender preempts the Feed at once (it is a sleeper; the Feed is CPU-bound)."""
+    mine = set(os.sched_getaffinity(0))
+    allowed = set(range(os.cpu_count() or 1))
+    try:
+        with open("/sys/fs/cgroup/cpuset.cpus.effective") as f:   # containers may allow fewer cpus
+            allowed = _parse_cpus(f.read()) or allowed
+    except OSError:
+        pass
+    rest = allowed - mine
+    return tuple(sorted(rest)) if rest else ()
+
+
+def move_off_brain_core(thread: threading.Thread | None, cores: tuple | None = None) -> None:
+    """Pin a helper thread of the Brain process (journal sync, user stream) to the other core(s). Threads inherit
+    their creator's CPU mask, and TradeSession starts in the pinned Brain thread: left there, a woken helper
+    preempts the Brain mid-tick (its Python runs ~50-100 us), which shows as the tick-to-trade p99."""
+    cores = default_sender_cores() if cores is None else cores
+    tid = getattr(thread, "native_id", None)
+    if cores and tid:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError as e:
+            log.warning("cannot move thread %s off the Brain's core: %s", thread.name, e)
+
+
+def _parse_cpus(text: str) -> set:
+    out = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.update(range(int(a), int(b) + 1))
+        elif part.strip():
+            out.add(int(part))
+    return out
+
+
+def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
+    """auto: spin on a core of its own; else, when the Brain polls without sleeping (busy-spin / spin-yield),
+    share the Brain's core: yield-poll there and let the Brain hand the core over after each hand-off (a
+    same-core switch, ~2 us here, against ~20 us for waking another core of this VM); else park on a futex on
+    another core."""
+    if name == "auto":
+        if own_core:
+            return WAIT_SPIN
+        return WAIT_SHARE if brain_polls else WAIT_FUTEX
+    return WAIT_MODES[name]
+
+
+# --------------------------------------------------------------------------------------------- fills back
+class FillQueue:
+    """Events back into the Brain (fills, order state changes, exchange rejects): an in-process ring of FILL
+    records. Producers are Python threads (user stream, sender), serialized by a lock; the Brain drains it with
+    aegis.core.ring.read_batch in its jitted loop, first thing in every iteration (highest priority)."""
+
+    def __init__(self, capacity: int = 4096):
+        ring.check_capacity(capacity)
+        self.header = np.zeros(ring.HEADER_SLOTS, np.int64)
+        ring.init_header(self.header, capacity, FILL_DTYPE.itemsize)
+        self.records = np.zeros(capacity, FILL_DTYPE)
+        self._lock = threading.Lock()
+        self._one = np.zeros(1, FILL_DTYPE)
+
+    def put(self, rec) -> bool:
+        """Enqueue one FILL record; waits (bounded, 1 s) rather than lose a fill if the Brain is behind."""
+        with self._lock:
+            self._one[0] = rec
+            deadline = time.monotonic() + 1.0
+            while ring.write_batch(self.header, self.records, self._one, 1, ring.POLICY_DROP_NEWEST, 0) == 0:
+                self.header[ring.H_DROPPED] -= 1      # not dropped: we retry
+                if time.monotonic() > deadline:
+                    self.header[ring.H_DROPPED] += 1
+                    log.error("fill queue full for 1 s: the Brain is not draining it")
+                    return False
+                time.sleep(0.0005)
+            return True
+
+    def drain(self, max_n: int = 1024) -> np.ndarray:
+        """Python-side drain (tests, tools); the Brain uses ring.read_batch on .header/.records directly."""
+        dst = np.zeros(max_n, FILL_DTYPE)
+        n = ring.read_batch(self.header, self.records, dst, max_n)
+        return dst[:n]
+
+
+# --------------------------------------------------------------------------------------------- the sender
+_TIF = {TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}
+
+
+@dataclass(frozen=True)
+class TradeConfig:
+    """[trade] table."""
+    transport: str = "rest"          # rest | ws (ws-fapi order.place / order.cancel)
+    wait: str = "auto"               # auto | spin | share | sleep | futex (see resolve_wait)
+    cores: tuple = ()                # CPU set of the sender thread (() = inherit)
+    queue_capacity: int = 4096
+    recv_window_ms: int = 5000
+    timeout_s: float = 5.0           # HTTP / ws request timeout
+    time_sync_interval_s: float = 300.0
+    journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one per account; embedded: one per run)
+    fsync: str = "interval"          # always | interval | never (see aegis.trade.journal: always = +0.5 ms per order)
+    fsync_interval_ms: int = 50
+    keepalive_interval_s: float = 1800.0   # listenKey PUT cadence (API.md §6.1: 30 min or less)
+    key_file: str = ""
+    resp_type: str = "ACK"           # newOrderRespType: ACK | RESULT
+    cancel_on_shutdown: bool = True
+    resume: bool = False             # clear a HALTED state recorded in the journal (CLI --resume)
+    gil_switch_us: int = 100         # sys.setswitchinterval for the Brain process (Python's default: 5000 us)
+    fast_path: bool = True           # new orders built, signed and journaled in jitted code (aegis.binance.wire)
+
+    @classmethod
+    def from_section(cls, section: dict) -> "TradeConfig":
+        from aegis.core.config import ConfigError
+        known = set(cls.__dataclass_fields__)
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [trade]: {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(known))})")
+        kw = dict(section)
+        if "cores" in kw:
+            c = kw["cores"]
+            if not isinstance(c, (list, tuple)) or not all(isinstance(x, int) and x >= 0 for x in c):
+                raise ConfigError(f"[trade] cores must be a list of CPU numbers, got {c!r}")
+            kw["cores"] = tuple(c)
+        for k, v in kw.items():
+            d = cls.__dataclass_fields__[k].default
+            if isinstance(d, bool) and not isinstance(v, bool):
+                raise ConfigError(f"[trade] {k} must be true or false, got {v!r}")
+            if isinstance(d, (int, float)) and not isinstance(d, bool) and \
+                    (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+                raise ConfigError(f"[trade] {k} must be a positive number, got {v!r}")
+            if isinstance(d, str) and not isinstance(v, str):
+                raise ConfigError(f"[trade] {k} must be a string, got {v!r}")
+        cfg = cls(**kw)
+        checks = (("transport", ("rest", "ws")), ("wait", ("auto", *WAIT_MODES)),
+                  ("fsync", ("always", "interval", "never")), ("resp_type", ("ACK", "RESULT")))
+        for k, allowed in checks:
+            if getattr(cfg, k) not in allowed:
+                raise ConfigError(f"[trade] {k} must be one of {', '.join(allowed)}, got {getattr(cfg, k)!r}")
+        if cfg.queue_capacity < ring.MIN_CAPACITY or cfg.queue_capacity & (cfg.queue_capacity - 1):
+            raise ConfigError(f"[trade] queue_capacity must be a power of two >= {ring.MIN_CAPACITY}")
+        if cfg.recv_window_ms > 60000:
+            raise ConfigError("[trade] recv_window_ms must be <= 60000")
+        return cfg
+
+
+def order_params(req, rules, coid: str, resp_type: str = "ACK") -> dict:
+    """Binance new-order params for one ORDER_REQUEST record (decimal strings from integer ticks/steps)."""
+    r = rules[int(req["symbol"])]
+    side = "BUY" if int(req["side"]) == SIDE_BUY else "SELL"
+    p = {"symbol": r.symbol, "side": side}
+    if int(req["order_type"]) == ORDER_MARKET:
+        p["type"] = "MARKET"
+        p["quantity"] = units_to_str(int(req["qty_steps"]), r.market_step_size)
+    else:
+        p["type"] = "LIMIT"
+        p["timeInForce"] = _TIF[int(req["tif"])]
+        p["quantity"] = units_to_str(int(req["qty_steps"]), r.step_size)
+        p["price"] = units_to_str(int(req["price_ticks"]), r.tick_size)
+    if int(req["reduce_only"]):
+        p["reduceOnly"] = "true"
+    p["newClientOrderId"] = coid
+    p["newOrderRespType"] = resp_type
+    return p
+
+
+_STATUS = {"NEW": STATUS_NEW, "PARTIALLY_FILLED": STATUS_PARTIALLY_FILLED, "FILLED": STATUS_FILLED,
+           "CANCELED": STATUS_CANCELED, "EXPIRED": STATUS_EXPIRED, "EXPIRED_IN_MATCH": STATUS_EXPIRED,
+           "REJECTED": STATUS_REJECTED}
+
+
+class Sender:
+    """The sender thread. `client` is an aegis.binance.client.BinanceClient (REST) or WsTradeClient (ws-fapi)."""
+
+    def __init__(self, queue: RequestQueue, client, journal, prefix: str, rules, fills: FillQueue | None = None,
+                 wait: int = WAIT_FUTEX, cores: tuple = (), resp_type: str = "ACK", ctl=None, latency=None,
+                 batch: int = 64):
+        self.q = queue
+        self.client = client
+        self.journal = journal
+        self.prefix = prefix
+        self.rules = rules
+        self.fills = fills
+        self.wait = wait
+        self.cores = tuple(cores)
+        self.resp_type = resp_type
+        self.ctl = ctl                    # control block (int64) for the status counters, optional
+        self.latency = latency            # aegis.core.latency histogram set, optional
+        self._batch = np.zeros(batch, ORDER_REQUEST_DTYPE)
+        self._stamps = np.zeros(2, np.int64)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = self.acks = self.rejects = self.errors = 0
+        self.handoff_ns: list[int] = []   # last hand-off latencies (bounded), for the status line and tests
+        self.cores_used: tuple = ()
+        # per order: (handoff, seen by the sender, request built, handed to the socket, send returned)
+        self.wire_ns: list[tuple] = []
+        self._seen_ns = 0
+        self.results: dict[int, dict] = {}   # client_id -> last exchange answer (bounded use: tests/tools)
+        self.fast = None                  # aegis.binance.wire tables when the fast path is on (enable_fast_path)
+        self.housekeeping = None          # optional callable run when idle (kill-switch file, clock resync)
+        self.on_unknown = None            # optional callable after an order ended in an unknown state (reconcile)
+
+    def enable_fast_path(self, transport: str, api_key: str, secret: str, recv_window_ms: int, rest_url: str,
+                         fsync_always: bool = False) -> None:
+        """Build new orders in jitted code (aegis.binance.wire): signed bytes and journal line ready without the GIL.
+        Needs a client with place_prepared (BinanceClient or WsTradeClient) and a journal with a file."""
+        n = self._batch.shape[0]
+        self.fast = wire.build_encoder(transport, self.rules, self.prefix, api_key, secret, recv_window_ms,
+                                       self.resp_type, rest_url)
+        rest = getattr(self.client, "rest", self.client)
+        # the REST client's state array carries the exchange clock offset (resyncs reach the next order at once)
+        self._wstate = getattr(rest, "wire_state", None)
+        if self._wstate is None:
+            self._wstate = wire.new_state()
+        self._wstate[wire.ST_FSYNC] = int(fsync_always)
+        self._mask = wire.new_mask_pool()
+        self._out = np.zeros(n * wire.MAX_REQUEST, np.uint8)
+        self._offs = np.zeros(n, np.int64)
+        self._lens = np.zeros(n, np.int64)
+        self._jbuf = np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8)
+        self._jends = np.zeros(n, np.int64)
+        self._tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
+        self._out_mv = memoryview(self._out)
+
+    # ---- lifecycle
+    def start(self) -> "Sender":
+        self._thread = threading.Thread(target=self._run, name="aegis-sender", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.q.header[H_YIELD_TO] = 0
+        self._stop.set()
+        self.q.abort()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def coid(self, client_id: int) -> str:
+        return f"{self.prefix}{int(client_id)}"
+
+    # ---- thread body
+    def _run(self) -> None:
+        # a sharing sender stays on the Brain's core (it inherits the Brain's affinity): the Brain hands it the core
+        # after each hand-off; every other mode leaves the Brain's core
+        cores = self.cores or (() if self.wait == WAIT_SHARE else default_sender_cores())
+        if cores:
+            try:
+                os.sched_setaffinity(0, cores)   # pid 0 = this thread only (Linux)
+            except OSError as e:
+                log.warning("sender: cannot pin to cores %s: %s", cores, e)
+        self.cores_used = tuple(sorted(os.sched_getaffinity(0)))
+        self.q.header[H_YIELD_TO] = int(self.wait == WAIT_SHARE)   # read by the Brain with an acquire load
+        h, recs, dst = self.q.header, self.q.records, self._batch
+        while not self._stop.is_set():
+            if self.fast is not None:
+                self._wstate[wire.ST_SEND_FD] = self.client.plain_fd()
+                if self._wstate[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
+                    self._mask[:] = wire.new_mask_pool()
+                    self._wstate[wire.ST_MASK_POS] = 0
+                n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
+                                     self.fast, self._wstate, self._mask, self._out, self._offs, self._lens,
+                                     self._jbuf, self._jends, self.journal.fd, self._tmp)
+            else:
+                n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
+            if n == 0:
+                if self.housekeeping is not None:
+                    try:
+                        self.housekeeping()
+                    except Exception:   # housekeeping must never kill the sender
+                        log.exception("sender housekeeping failed")
+                continue
+            seen = int(self._stamps[0])
+            self._seen_ns = seen
+            for i in range(n):
+                req = dst[i]
+                if len(self.handoff_ns) < 100_000:
+                    self.handoff_ns.append(seen - int(req["handoff_ts"]))
+                try:
+                    if self.fast is not None and self._lens[i] != 0:
+                        self._process_prepared(req, i)
+                    else:
+                        self.process(req)
+                except Exception as e:   # one bad request must not stop the order path
+                    self.errors += 1
+                    log.error("sender: request %d failed: %s", int(req["client_id"]), type(e).__name__)
+
+    def _count(self, slot_name: str) -> None:
+        if self.ctl is not None:
+            from aegis.core import control
+            slot = getattr(control, slot_name)
+            self.ctl[control.base(control.ROLE_SENDER) + slot] += 1
+
+    def process(self, req) -> dict | None:
+        """Journal, send, journal the answer, report rejects back to the Brain. Public for tests/tools."""
+        action = int(req["action"])
+        sym = self.rules[int(req["symbol"])].symbol
+        cid = int(req["client_id"])
+        if action == ACTION_NEW:
+            coid = self.coid(cid)
+            try:
+                params = order_params(req, self.rules, coid, self.resp_type)
+                self.journal.append("req", id=cid, coid=coid, sym=sym, side=params["side"], type=params["type"],
+                                    tif=params.get("timeInForce", ""), qty=params["quantity"],
+                                    px=params.get("price", "0"), ro=bool(int(req["reduce_only"])), act="new")
+            except Exception:
+                # not journaled = not sent (disk full, bad record): release it in the Brain's risk state
+                self._event(cid, req, STATUS_REJECTED, 0)
+                raise
+            t0 = time.monotonic_ns()
+            res = self.client.place_order(params)
+            wire = getattr(self.client, "first_send_ns", 0) or t0
+            if len(self.wire_ns) < 100_000:
+                self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, t0, wire, wire))
+            self.sent += 1
+            self._count("R_SENDER_SENT")
+            if self.latency is not None:
+                from aegis.core.latency import record_order_request
+                record_order_request(self.latency, req, wire)
+            self._answer(req, cid, coid, sym, res)
+            return res
+        if action == ACTION_CANCEL:
+            target = int(req["target_id"])
+            coid = self.coid(target)
+            self.journal.append("req", id=cid, coid=coid, sym=sym, act="cancel", target=target)
+            res = self.client.cancel_order(sym, coid)
+            self.sent += 1
+            self._count("R_SENDER_SENT")
+            if res.get("ok"):
+                o = res["order"]
+                st = o.get("status", "")
+                final = st in ("CANCELED", "FILLED", "EXPIRED")
+                self.journal.append("final" if final else "ack", id=target, coid=coid, sym=sym,
+                                    oid=int(o.get("orderId", 0)), status=st)
+                if final and st != "FILLED":
+                    # tell the Brain now (the user stream repeats it; a second final event is a no-op in risk)
+                    self._event(target, req, _STATUS.get(st, STATUS_CANCELED), int(o.get("orderId", 0)))
+            else:
+                self.journal.append("cancel_rej", id=target, coid=coid, sym=sym, code=res.get("code"),
+                                    msg=res.get("msg", ""))
+            return res
+        if action == ACTION_CANCEL_ALL:
+            self.journal.append("req", id=cid, coid="", sym=sym, act="cancel_all")
+            res = self.client.cancel_all(sym)
+            self.sent += 1
+            self._count("R_SENDER_SENT")
+            self.journal.append("cancel_all", sym=sym, ok=bool(res.get("ok")), code=res.get("code"))
+            return res
+        log.error("sender: unknown action %d", action)
+        return None
+
+    def _process_prepared(self, req, i: int) -> dict | None:
+        """A new order whose bytes and journal line the jitted fast path made (wait_and_prepare)."""
+        cid = int(req["client_id"])
+        coid = f"{self.prefix}{cid}"
+        if self._lens[i] < 0:
+            # not journaled = not sent: release it in the Brain's risk state
+            log.error("sender: journal write failed (%d); order %s not sent", int(self._wstate[wire.ST_WRITE_ERRNO]),
+                      coid)
+            self.errors += 1
+            self._event(cid, req, STATUS_REJECTED, 0)
+            return None
+        off = int(self._offs[i])
+        adopted = []
+
+        def on_sent():
+            # the journal's in-memory view learns of the request before its answer (or a fill) can arrive
+            adopted.append(self.journal.adopt(bytes(self._jbuf[(self._jends[i - 1] if i else 0):self._jends[i]])))
+
+        pre = None
+        if self._wstate[wire.ST_SENT_IDX] == i:     # the jitted code already sent it (or tried)
+            pre = (int(self._wstate[wire.ST_SENT]), int(self._wstate[wire.ST_SENT_NS]))
+            self.client.send_return_ns = int(self._wstate[wire.ST_SENT_DONE_NS])
+        res = self.client.place_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
+                                         lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre)
+        if not adopted:
+            on_sent()
+        wire_ns = self.client.first_send_ns or time.monotonic_ns()
+        if len(self.wire_ns) < 100_000:
+            self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, int(self._stamps[1]), wire_ns,
+                                 getattr(self.client, "send_return_ns", 0) or wire_ns))
+        self.sent += 1
+        self._count("R_SENDER_SENT")
+        if self.latency is not None:
+            from aegis.core.latency import record_order_request
+            record_order_request(self.latency, req, wire_ns)
+        self._answer(req, cid, coid, self.rules[int(req["symbol"])].symbol, res)
+        return res
+
+    def _answer(self, req, cid, coid, sym, res) -> None:
+        self.results[cid] = res
+        if res.get("ok"):
+            o = res["order"]
+            self.acks += 1
+            self._count("R_SENDER_ACKS")
+            self.journal.append("ack", id=cid, coid=coid, sym=sym, oid=int(o.get("orderId", 0)),
+                                status=o.get("status", "NEW"))
+            return
+        if res.get("unknown"):
+            # timed out and the order query could not tell: leave it open; the user stream or reconciliation
+            # will settle it. Never re-send blindly (that is how duplicates happen).
+            self.journal.append("unknown", id=cid, coid=coid, sym=sym, msg=res.get("msg", ""))
+            if self.on_unknown is not None:
+                try:
+                    self.on_unknown()
+                except Exception:
+                    log.exception("sender: reconciliation after an unknown order state failed")
+            return
+        self.rejects += 1
+        self._count("R_SENDER_REJECTS")
+        self.journal.append("rej", id=cid, coid=coid, sym=sym, code=res.get("code"), msg=res.get("msg", ""))
+        self._event(cid, req, STATUS_REJECTED, 0)
+
+    def _event(self, cid, req, status, order_id) -> None:
+        """An order state change the Brain must see (qty 0: not a trade)."""
+        if self.fills is None:
+            return
+        rec = np.zeros(1, FILL_DTYPE)[0]
+        rec["client_id"] = cid
+        rec["order_id"] = order_id
+        rec["symbol"] = req["symbol"]
+        rec["side"] = req["side"]
+        rec["status"] = status
+        rec["orig_qty"] = req["qty"]
+        rec["recv_ts"] = time.monotonic_ns()
+        self.fills.put(rec)
+
+
+# --------------------------------------------------------------------------------------------- shutdown
+def cancel_all_open_orders(client, symbols=None) -> dict[str, dict]:
+    """Cancel every open order of the account (shutdown, Ctrl-C, SIGTERM, a dead Brain).
+
+    Asks the exchange which symbols have open orders (GET /fapi/v1/openOrders, so it works even when the Brain's
+    own state is gone) and sends DELETE /fapi/v1/allOpenOrders for each; `symbols` adds symbols to cancel even if
+    the listing failed. Returns {symbol: result}."""
+    todo = set(symbols or ())
+    listing = client.open_orders()
+    if listing.get("ok"):
+        todo |= {o["symbol"] for o in listing["orders"]}
+    else:
+        log.error("cancel-all: cannot list open orders (%s); cancelling known symbols only", listing.get("msg"))
+    out = {}
+    for s in sorted(todo):
+        out[s] = client.cancel_all(s)
+        if not out[s].get("ok"):
+            log.error("cancel-all %s failed: %s %s", s, out[s].get("code"), out[s].get("msg"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- Brain-side kernels
+# What the Brain's jitted loop calls (all nogil, no Python): drain events first, then orders.
+F_KILL = 0            # trade flags (int64 array, TradeSession.flags): 1 = kill switch, 2 = kill + flatten
+F_KILL_SEEN = 1
+FLAGS_LEN = 8
+
+
+@njit(cache=True, nogil=True)
+def set_flag(flags, slot, value):
+    store_release(flags, slot, value)
+
+
+@njit(cache=True, nogil=True)
+def apply_events(sym, g, gf, oo, rates, rejlog, fill_header, fill_records, scratch, now):
+    """Drain the fill queue into the risk book (positions, open orders, PnL, exchange rejects); returns count."""
+    n = ring.read_batch(fill_header, fill_records, scratch, scratch.shape[0])
+    if n > 0:
+        _on_fill_batch(sym, g, gf, oo, rates, rejlog, scratch, n, now)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def submit(sym, g, gf, oo, rates, rejlog, q_header, q_records, reqs, n, now):
+    """Risk-check reqs[:n] and hand the accepted ones to the sender; returns how many were queued. A request that
+    passes risk but finds the queue full is counted as QUEUE_FULL and its open-order slot released."""
+    queued = 0
+    for i in range(n):
+        if _check(sym, g, gf, oo, rates, rejlog, reqs[i], now) != 0:
+            continue
+        if handoff(q_header, q_records, reqs[i], now) == 1:
+            queued += 1
+        else:
+            _count_reject(sym, g, gf, oo, rates, rejlog, reqs[i].symbol, _R_QUEUE_FULL, reqs[i].client_id, now)
+    return queued
+
+
+@njit(cache=True, nogil=True)
+def poll_kill(flags, g, now):
+    """Kill switch (file, supervisor, TradeSession.kill) -> risk HALTED (+ flatten); True the first time it fires.
+    The Brain calls this (or `service`) once per loop iteration: one acquire load when nothing happens."""
+    k = load_acquire(flags, F_KILL)
+    if k != 0 and flags[F_KILL_SEEN] == 0:
+        flags[F_KILL_SEEN] = 1
+        if k == 2:
+            g[_G_FLATTEN] = 1
+        _kill(g, now)
+        return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def service(sym, g, gf, oo, rates, rejlog, flags, q_header, q_records, scratch, now):
+    """Kill switch and HALTED follow-up: call once per Brain loop iteration (cheap when nothing is pending).
+    Returns the number of requests queued (cancel-alls and flatten orders)."""
+    poll_kill(flags, g, now)
+    if g[_G_HALT_PENDING] == 0:
+        return 0
+    m = _halt_requests(sym, g, gf, oo, rates, rejlog, scratch, now)
+    return submit(sym, g, gf, oo, rates, rejlog, q_header, q_records, scratch, m, now)
+
+
+from aegis.trade.risk import (G_FLATTEN_ON_HALT as _G_FLATTEN, G_HALT_PENDING as _G_HALT_PENDING,  # noqa: E402
+                        G_NEXT_CID as _G_NEXT_CID,
+                        R_QUEUE_FULL as _R_QUEUE_FULL, check as _check,
+                        count_reject as _count_reject, halt_requests as _halt_requests, kill as _kill,
+                        on_fill_batch as _on_fill_batch)
+
+
+
+
+# --------------------------------------------------------------------------------------------- wiring
+class TradeSession:
+    """Everything the Brain process needs for trading, started in the Brain process (threads, sockets, files):
+
+        ts = TradeSession(TradeConfig.from_section(...), RiskConfig.from_section(...), endpoints, keys, symbols)
+        ts.start()              # journal replay, clock sync, exchangeInfo -> rules, risk book, sender, user stream
+        ts.book.arrays, ts.queue.header/.records, ts.fills.header/.records, ts.flags  -> the Brain's jitted loop
+        ts.stop()               # stop sender, cancel every open order (if configured), stop stream, close journal
+
+    `symbols` is the Brain's symbol list in its integer-id order (the Feed's aegis.binance.symbols table)."""
+
+    def __init__(self, tcfg: TradeConfig, rcfg, ep, keys, symbols, ctl=None, latency=None, journal_path=None,
+                 resume: bool = False, own_core: bool = False, brain_polls: bool = False):
+        self.tcfg = tcfg
+        self.rcfg = rcfg
+        self.ep = ep
+        self.keys = keys
+        self.symbols = list(symbols)
+        self.ctl = ctl
+        self.latency = latency
+        self.journal_path = journal_path or tcfg.journal or "journal.jsonl"
+        self.resume = resume
+        self.own_core = own_core
+        self.brain_polls = brain_polls   # the Brain busy-spins or spin-yields (never sleeps) on its core
+        if ctl is not None:
+            # the kill-switch flags live in the control block so the supervisor (another process) can pull it too
+            from aegis.core import control
+            b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
+            self.flags = ctl[b:b + FLAGS_LEN]
+        else:
+            self.flags = np.zeros(FLAGS_LEN, np.int64)
+        self.journal = self.jstate = self.client = self.order_client = self.book = None
+        self.queue = self.fills = self.sender = self.userstream = None
+        self._last_sync = 0.0
+        self._last_state = (-1, -1)
+
+    def start(self, wait_stream_s: float = 10.0) -> "TradeSession":
+        try:
+            return self._start(wait_stream_s)
+        except BaseException:
+            self.stop(cancel_open_orders=False)    # no half-started threads or open files behind a failure
+            raise
+
+    def _start(self, wait_stream_s: float) -> "TradeSession":
+        from aegis.binance.client import BinanceClient, WsTradeClient
+        from aegis.trade.journal import open_journal
+        from aegis.trade.risk import STATE_NAMES, WHY_NAMES, RiskBook, SymbolRules, set_state
+        from aegis.trade.userstream import UserStream
+        self.journal, self.jstate = open_journal(self.journal_path, self.tcfg.fsync, self.tcfg.fsync_interval_ms)
+        self.client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
+        self.client.sync_time()
+        self._last_sync = time.monotonic()
+        info = self.client.exchange_info()
+        if not info.get("ok"):
+            raise ConnectionError(f"exchangeInfo failed: {info.get('code')} {info.get('msg')}")
+        rows = {r["symbol"]: r for r in info["data"].get("symbols", ())}
+        missing = [s for s in self.symbols if s not in rows]
+        if missing:
+            raise ValueError(f"symbols not listed by the venue: {', '.join(missing[:5])}")
+        rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
+        self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
+        if self.jstate.trading_state == "HALTED" and self.resume:
+            self.journal.append("state", state="ACTIVE", reason="resume")
+        elif self.jstate.trading_state == "HALTED":
+            # a halt survives restarts until someone says --resume: the reason it halted is probably still there
+            why = WHY_NAMES.index(self.jstate.state_reason) if self.jstate.state_reason in WHY_NAMES else 3
+            set_state(self.book.g, STATE_NAMES.index("HALTED"), why, time.monotonic_ns())
+            self.book.g[_G_HALT_PENDING] = 1     # cancel whatever is still open from before
+        self.queue = RequestQueue(self.tcfg.queue_capacity)
+        self.fills = FillQueue(4096)
+        self.order_client = WsTradeClient(self.client, self.tcfg.timeout_s) if self.tcfg.transport == "ws" \
+            else self.client
+        if self.order_client is not self.client:
+            self.order_client.connect()
+        self.sender = Sender(self.queue, self.order_client, self.journal, self.jstate.prefix, rules, self.fills,
+                             resolve_wait(self.tcfg.wait, self.own_core, self.brain_polls), self.tcfg.cores,
+                             self.tcfg.resp_type,
+                             self.ctl, self.latency)
+        if self.tcfg.fast_path:
+            warm_fast_path()
+            self.sender.enable_fast_path(self.tcfg.transport, self.keys.key.reveal(), self.keys.secret.reveal(),
+                                         self.tcfg.recv_window_ms, self.ep.rest_url, self.tcfg.fsync == "always")
+            if self.tcfg.transport == "rest":
+                try:
+                    self.client.order_connection().connect()   # the first order does not pay the handshake
+                except OSError as e:
+                    log.warning("order connection not open yet (%s): the first order opens it", type(e).__name__)
+        self.sender.housekeeping = self._housekeeping
+        self.sender.on_unknown = lambda: self.userstream.reconcile()
+        idx = {s: i for i, s in enumerate(self.symbols)}
+        self.userstream = UserStream(self.client, self.journal, self.jstate, idx, self.fills,
+                                     self.tcfg.keepalive_interval_s)
+        # how long the sender may wait for the GIL held by another Python thread of this process (the Brain's
+        # housekeeping round, the user stream) before the interpreter forces a switch: 5 ms by default
+        sys.setswitchinterval(self.tcfg.gil_switch_us / 1e6)
+        self.sender.start()
+        self.userstream.start()
+        move_off_brain_core(getattr(self.userstream, "_thread", None))
+        move_off_brain_core(getattr(self.journal, "_flusher", None))
+        if not self.userstream.connected.wait(wait_stream_s):
+            log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
+        # reconciliation may have adopted orders the journal had lost: never hand out their ids again
+        self.book.g[_G_NEXT_CID] = max(int(self.book.g[_G_NEXT_CID]), self.jstate.next_client_id)
+        return self
+
+    def _housekeeping(self) -> None:
+        """Runs in the sender thread when idle: kill-switch file, trading-state changes (say why, journal them),
+        periodic clock resync, ws-fapi connection upkeep."""
+        from aegis.trade.risk import G_STATE, G_STATE_REASON, STATE_NAMES, WHY_NAMES
+        state, why = int(self.book.g[G_STATE]), int(self.book.g[G_STATE_REASON])   # read-only: the Brain owns g
+        if (state, why) != self._last_state:
+            self._last_state = (state, why)
+            name = STATE_NAMES[state]
+            if name != "ACTIVE":
+                log.error("trading %s: %s%s", name, WHY_NAMES[why],
+                          "; cancelling every open order" if name == "HALTED" else "; only reducing orders pass")
+            self.journal.append("state", state=name, reason=WHY_NAMES[why])
+        f = self.rcfg.kill_switch_file
+        if f and self.flags[F_KILL] == 0 and os.path.exists(f):
+            log.error("kill switch file %s exists: HALTING (cancel all%s)", f,
+                      ", flatten" if self.rcfg.flatten_on_halt else "")
+            self.kill(flatten=self.rcfg.flatten_on_halt)
+        if time.monotonic() - self._last_sync > self.tcfg.time_sync_interval_s:
+            self._last_sync = time.monotonic()
+            self.client.sync_time()
+        idle = getattr(self.order_client, "idle", None)
+        if idle is not None:
+            idle()
+
+    def kill(self, flatten: bool = False) -> None:
+        """Manual kill switch (any thread): the Brain's poll_kill/service kernel halts, cancels all, maybe flattens;
+        the sender's housekeeping then logs and journals the new state."""
+        set_flag(self.flags, F_KILL, 2 if flatten else 1)
+
+    def latency_summary(self) -> str:
+        """One line: median / p99 of hand-off (Brain -> sender holds it), request prepared (journal, params,
+        signature), then handed to the socket, the send call itself, and handoff -> wire, over this run's orders."""
+        rows = np.array(self.sender.wire_ns if self.sender else [], dtype=np.int64).reshape(-1, 5)
+        if not len(rows):
+            return "sender: no orders"
+        parts = []
+        for name, a, b in (("hand-off", 0, 1), ("prepare", 1, 2), ("to socket", 2, 3), ("send call", 3, 4),
+                           ("handoff->wire", 0, 3)):
+            d = (rows[:, b] - rows[:, a]) / 1e3
+            parts.append(f"{name} p50 {np.percentile(d, 50):.1f} p99 {np.percentile(d, 99):.1f} us")
+        return f"sender: {len(rows)} orders; " + "; ".join(parts)
+
+    def stop(self, cancel_open_orders: bool | None = None) -> dict:
+        """Orderly shutdown; returns the cancel-all results ({symbol: result})."""
+        if self.sender is not None and self.sender.wire_ns:
+            log.info("%s", self.latency_summary())
+        cancel = self.tcfg.cancel_on_shutdown if cancel_open_orders is None else cancel_open_orders
+        out = {}
+        if self.sender is not None:
+            self.sender.stop()
+        if cancel and self.client is not None:
+            known = {o.symbol for o in self.jstate.open_orders()} if self.jstate else set()
+            out = cancel_all_open_orders(self.client, known)
+            if self.userstream is not None and self.userstream.connected.is_set():
+                try:   # settle every order the journal still thinks is open, so the next start begins clean
+                    self.userstream.reconcile()
+                except Exception as e:
+                    log.warning("final reconciliation failed: %s", type(e).__name__)
+        if self.userstream is not None:
+            self.userstream.stop()
+        if self.order_client is not None and self.order_client is not self.client:
+            self.order_client.close()
+        if self.journal is not None:
+            if self.book is not None and self.book.state != self.jstate.trading_state:
+                self.journal.append("state", state=self.book.state, reason=self.book.state_reason)
+            self.journal.close()
+        if self.client is not None:
+            self.client.close()
+        return out
+
+
+def request_kill(ctl, flatten: bool = False) -> None:
+    """Supervisor side (any process with the control block): pull the kill switch of the running Brain."""
+    from aegis.core import control
+    b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
+    set_flag(ctl[b:b + FLAGS_LEN], F_KILL, 2 if flatten else 1)
+
+
+def emergency_cancel_all(venue: str = "embedded", live: bool = False, key_file: str | None = None,
+                         embedded=None, timeout_s: float = 5.0, urls=None, api_keys=None) -> dict:
+    """For the supervisor when the Brain is dead (or on SIGTERM/Ctrl-C from outside it): load keys in THIS process
+    (secrets never travel between processes), list open orders on the exchange and cancel them per symbol.
+    `urls` = (rest, ws market, ws api) instead of `embedded`; `api_keys` = an aegis.trade.keys.ApiKeys to use."""
+    from aegis.trade import keys as _keys
+    from aegis.binance.client import BinanceClient, Endpoints, endpoints
+    ep = Endpoints(venue, *urls) if urls else endpoints(venue, live, embedded)
+    client = BinanceClient(ep, api_keys or _keys.load(venue, key_file), timeout_s=timeout_s)
+    try:
+        client.sync_time()
+        return cancel_all_open_orders(client)
+    finally:
+        client.close()
+
+
+class OrderPath:
+    """What aegis.brain.process uses: .risk (RiskBook, index = ring symbol id), .queue, .fills, .flags, .session, .close()."""
+
+    def __init__(self, session: TradeSession):
+        self.session = session
+        self.risk = session.book
+        self.queue = session.queue
+        self.fills = session.fills
+        self.flags = session.flags
+
+    def close(self) -> dict:
+        return self.session.stop()
+
+
+def symbol_names(spec) -> list[str] | None:
+    """The Feed's symbol table, in id order. Trading needs the SAME table as the Feed: spec.symbols (a SymbolTable
+    the supervisor resolved once) or an explicit symbol list (resolved deterministically); a top-N count resolved
+    separately in each process could rank differently, so it is refused."""
+    table = getattr(spec, "symbols", None)
+    if table is None:
+        sym = spec.config.symbols
+        if isinstance(sym, int):
+            return None
+        if not spec.venue_urls:
+            return [s.upper() for s in sym]
+        from aegis.binance.symbols import discover
+        table = discover(spec.venue_urls[0], symbols=list(sym))
+    names = getattr(table, "names", table)
+    return list(names() if callable(names) else names)
+
+
+def _config_error():
+    from aegis.core.config import ConfigError
+    return ConfigError
+
+
+class TradeSetupError(_config_error()):
+    """The order path cannot start (keys, venue, exchangeInfo, journal): one line, exit code 2."""
+
+
+def open_order_path(spec, ctx) -> OrderPath | None:
+    """Brain-process factory (called after aegis.core.startup.enter): validate [trade]/[risk], load keys in this process,
+    replay the journal, start the sender and the user stream. None (with a log line saying why) = signals only.
+    Raises TradeSetupError (a ConfigError: one line, exit 2) when trading was asked for and cannot start."""
+    try:
+        return _open_order_path(spec, ctx)
+    except TradeSetupError:
+        raise
+    except (ValueError, OSError, ConnectionError) as e:   # ApiKeyError, VenueSelectionError, ConfigError, I/O
+        raise TradeSetupError(f"trading cannot start: {e}") from None
+
+
+def _open_order_path(spec, ctx) -> OrderPath | None:
+    from aegis.trade import keys as _keys
+    from aegis.binance.client import Endpoints, endpoints
+    from aegis.trade.risk import RiskConfig
+    cfg = spec.config
+    tcfg = TradeConfig.from_section(cfg.section("trade"))
+    rcfg = RiskConfig.from_section(cfg.section("risk"))
+    if cfg.venue == "embedded" and not spec.venue_urls:
+        log.warning("no venue to trade on (embedded venue not running, e.g. --source synthetic): signals only")
+        return None
+    names = symbol_names(spec)
+    if not names:
+        log.error("trading disabled: the Brain needs the Feed's symbol table (spec.symbols) or an explicit list")
+        return None
+    ep = Endpoints(cfg.venue, *spec.venue_urls) if spec.venue_urls else endpoints(cfg.venue, cfg.live)
+    if spec.api_key and spec.api_secret:
+        k = _keys.from_strings(spec.api_key, spec.api_secret)
+    else:
+        k = _keys.load(cfg.venue, tcfg.key_file or None)
+    # A real venue's account outlives runs, so its journal does too (crash recovery, --resume). Each embedded run
+    # trades a fresh account under a fresh key: yesterday's positions or halt do not belong to it.
+    default = f"journal-{cfg.venue}.jsonl" if cfg.venue != "embedded" else f"journal-embedded-{spec.run_id}.jsonl"
+    path = tcfg.journal or os.path.join(cfg.out_dir, default)
+    lat = None
+    from aegis.core import latency as _lat
+    if ctx is not None and ctx.latency is not None and ctx.latency.size >= _lat.N_STAGES * _lat.HIST_LEN:
+        lat = ctx.latency[: _lat.N_STAGES * _lat.HIST_LEN].reshape(_lat.HIST_SET_SHAPE)
+    engine_cores = set(cfg.cores or ())
+    own_core = bool(tcfg.cores) and not (set(tcfg.cores) & engine_cores)
+    from aegis.core.wait import SLEEP
+    session = TradeSession(tcfg, rcfg, ep, k, names, ctl=ctx.control if ctx is not None else None, latency=lat,
+                           journal_path=path, resume=tcfg.resume, own_core=own_core,
+                           brain_polls=getattr(spec, "wait", SLEEP) != SLEEP)
+    session.start()
+    log.info("trading on %s: %d symbols, journal %s, sender wait %s, transport %s, state %s", ep.venue, len(names),
+             path, tcfg.wait, tcfg.transport, session.book.state)
+    return OrderPath(session)
