@@ -377,7 +377,7 @@ class InProcessPipeline:
         from aegis.binance.client import BinanceClient, Endpoints, WsTradeClient
         from aegis.feed.process import FeedConfig, FeedEngine
         from aegis.trade.journal import open_journal
-        from aegis.trade.keys import from_strings
+        from aegis.binance.keys import from_strings
         from aegis.binance.symbols import SymbolTable
         from aegis.feed.wsframes import FrameReader
         self.lat = L.new_set()
@@ -530,7 +530,7 @@ class InProcessPipeline:
         f = self._fill
         f["client_id"], f["symbol"], f["side"] = req["client_id"], req["symbol"], req["side"]
         f["qty"] = f["cum_qty"] = f["orig_qty"] = req["qty"]
-        f["price"] = self.book.arrays[0][int(req["symbol"]), riskmod.S_MID]   # MARKET orders: fill at the mid
+        f["price"] = self.book.sym[int(req["symbol"]), riskmod.S_MID]   # MARKET orders: fill at the mid
         f["status"], f["recv_ts"] = STATUS_FILLED, py_now_ns()
         f["order_id"] = f["trade_id"] = self.orders
         put = self.fills.header[ring.H_WRITE] + 1

@@ -113,7 +113,7 @@ def _symbols(text: str | None):
 
 def _check_trading(cfg) -> None:
     """[risk]/[trade] mistakes and missing Binance keys are usage errors: report them before starting anything."""
-    from aegis.trade import keys
+    from aegis.binance import keys
     from aegis.trade.risk import RiskConfig
     from aegis.trade.sender import TradeConfig
     try:
