@@ -132,12 +132,11 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from aegis.brain import process as brain
-from aegis.core import control
-from aegis.core import ring
-from aegis.brain import strategy
-from aegis.trade import sender as trade
-from aegis.trade import risk
+from aegis.brain import process as B  # noqa: E402
+from aegis.brain import strategy  # noqa: E402
+from aegis.core import control, ring  # noqa: E402
+from aegis.trade import risk as riskmod  # noqa: E402
+from aegis.trade import sender as trade  # noqa: E402
 from aegis.core.atomics import load_acquire  # noqa: E402
 from aegis.core.clock import py_now_ns  # noqa: E402
 from aegis.core.records import FILL_DTYPE, MARKET_DTYPE, STATUS_FILLED  # noqa: E402

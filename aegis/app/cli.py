@@ -133,10 +133,11 @@ def main(argv: list[str]) -> int:
         from aegis.brain import strategy
         print(strategy.help_text())
         return 0
-    from aegis.brain import process as brain
-    from aegis.feed import process as feed
-    from aegis.brain import strategy
+    # imported late: --help and usage errors must not pay for numba
     from aegis.app import supervisor
+    from aegis.brain import process as brain
+    from aegis.brain import strategy
+    from aegis.feed import process as feed
     try:
         overrides = {
             "duration": args.duration, "wait": args.wait, "source": args.source, "venue": args.venue,
