@@ -36,9 +36,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import orjson
 from numba import njit, types
-from numba.core import cgutils
 from numba.experimental import structref
-from numba.extending import intrinsic
 
 from aegis.feed import book
 from aegis.feed import conflation
@@ -48,6 +46,7 @@ from aegis.feed import parse
 from aegis.core import ring
 from aegis.feed import synthetic
 from aegis.core.atomics import store_release
+from aegis.core.borrow import borrowed
 from aegis.feed.book import BookState
 from aegis.binance.client import VENUE_URLS
 from aegis.core.clock import now_ns, py_now_ns
@@ -340,22 +339,6 @@ def make_ingest_state(names, name_off, htab, out, bk_st, bk_px, bk_qty, pend_hdr
                        fs, stats, params, slow, header, records, pend, cctl, slots, beat_ctl, hset, io)
 
 
-@intrinsic
-def _borrowed(typingctx, arr):
-    """arr with a null owner (meminfo): the reference counting of every call it is passed to becomes a no-op instead
-    of an atomic increment/decrement (~40 of those per parsed message, ~0.15 us). Only for arrays that something
-    else keeps alive for the whole call (here: the IngestState / FrameState argument) and that never escape it."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, signature, args):
-        view = cgutils.create_struct_proxy(arr)(context, builder, value=args[0])
-        view.meminfo = cgutils.get_null_value(view.meminfo.type)
-        return view._getvalue()
-
-    return arr(arr), codegen
-
-
 @njit(cache=True, nogil=True)
 def _flush_records(header, records, out, j, pend, cctl, slots, wait, beat_ctl, hset, measure):
     """FeedEngine.flush with j records in out."""
@@ -375,16 +358,16 @@ def ingest_frames(k, fr, recv):
     Returns the frames handled when the read needed no Python at all, else -1 with k.io[IO_STOP] telling where
     FeedEngine's general path takes over (see STOP_*)."""
     # every field read once, as a borrowed view: k and fr own the arrays for the whole call
-    io = _borrowed(k.io)
-    buf, offs, lens = _borrowed(fr.buf), _borrowed(fr.offs), _borrowed(fr.lens)
-    ops, flags, pos = _borrowed(fr.ops), _borrowed(fr.flags), _borrowed(fr.pos)
-    names, name_off, htab, out = _borrowed(k.names), _borrowed(k.name_off), _borrowed(k.htab), _borrowed(k.out)
-    bk_st, bk_px, bk_qty = _borrowed(k.bk_st), _borrowed(k.bk_px), _borrowed(k.bk_qty)
-    pend_hdr, pend_lv, pend_ctl = _borrowed(k.pend_hdr), _borrowed(k.pend_lv), _borrowed(k.pend_ctl)
-    lv, last_ids, fs = _borrowed(k.lv), _borrowed(k.last_ids), _borrowed(k.fs)
-    stats, params, slow = _borrowed(k.stats), _borrowed(k.params), _borrowed(k.slow)
-    header, records, pend = _borrowed(k.header), _borrowed(k.records), _borrowed(k.pend)
-    cctl, slots, beat_ctl, hset = _borrowed(k.cctl), _borrowed(k.slots), _borrowed(k.beat_ctl), _borrowed(k.hset)
+    io = borrowed(k.io)
+    buf, offs, lens = borrowed(fr.buf), borrowed(fr.offs), borrowed(fr.lens)
+    ops, flags, pos = borrowed(fr.ops), borrowed(fr.flags), borrowed(fr.pos)
+    names, name_off, htab, out = borrowed(k.names), borrowed(k.name_off), borrowed(k.htab), borrowed(k.out)
+    bk_st, bk_px, bk_qty = borrowed(k.bk_st), borrowed(k.bk_px), borrowed(k.bk_qty)
+    pend_hdr, pend_lv, pend_ctl = borrowed(k.pend_hdr), borrowed(k.pend_lv), borrowed(k.pend_ctl)
+    lv, last_ids, fs = borrowed(k.lv), borrowed(k.last_ids), borrowed(k.fs)
+    stats, params, slow = borrowed(k.stats), borrowed(k.params), borrowed(k.slow)
+    header, records, pend = borrowed(k.header), borrowed(k.records), borrowed(k.pend)
+    cctl, slots, beat_ctl, hset = borrowed(k.cctl), borrowed(k.slots), borrowed(k.beat_ctl), borrowed(k.hset)
     wait = io[IO_WAIT]
     measure = io[IO_LATENCY] != 0
     flush_at = io[IO_FLUSH_AT]
