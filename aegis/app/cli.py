@@ -62,8 +62,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", metavar="A,B",
                    help="pin Feed to core A and Brain to core B (default: the two highest cores available)")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: run "
-                   "until Ctrl-C or SIGTERM)")
+    p.add_argument("--duration", metavar="DURATION", help="stop after this long: seconds, or with a unit "
+                   "(90s, 15m, 2h; default: run until Ctrl-C or SIGTERM)")
     p.add_argument("--wait", choices=wait.CHOICES, help="wait strategy of the spin loops (default: auto)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p.add_argument("--source", choices=("venue", "synthetic"),
@@ -116,15 +116,13 @@ def _check_trading(cfg) -> None:
     from aegis.trade import keys
     from aegis.trade.risk import RiskConfig
     from aegis.trade.sender import TradeConfig
-    try:
-        RiskConfig.from_section(cfg.section("risk"))
-        tcfg = TradeConfig.from_section(cfg.section("trade"))
-        if cfg.venue != "embedded" and cfg.source == "venue":
+    RiskConfig.from_section(cfg.section("risk"))
+    tcfg = TradeConfig.from_section(cfg.section("trade"))
+    if cfg.venue != "embedded" and cfg.source == "venue":
+        try:
             keys.load(cfg.venue, tcfg.key_file or None)
-    except ConfigError:
-        raise
-    except ValueError as e:  # RiskConfigError, ApiKeyError: user mistakes too
-        raise ConfigError(str(e)) from None
+        except keys.ApiKeyError as e:  # a user mistake too
+            raise ConfigError(str(e)) from None
 
 
 def main(argv: list[str]) -> int:

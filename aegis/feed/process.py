@@ -116,58 +116,23 @@ class FeedConfig:
 
     @classmethod
     def from_section(cls, section: dict | None) -> "FeedConfig":
-        from aegis.core.config import ConfigError
-
-        section = dict(section or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(section) - set(known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [feed]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = {}
-        for k, v in section.items():
-            default = known[k].default
-            if isinstance(default, tuple):
-                if isinstance(v, str):
-                    v = tuple(s.strip() for s in v.split(",") if s.strip())
-                if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
-                    raise ConfigError(f"[feed] {k} must be a list of strings")
-                v = tuple(v)
-            elif isinstance(default, bool):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"[feed] {k} must be true or false, got {v!r}")
-            elif isinstance(default, int):
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise ConfigError(f"[feed] {k} must be an integer, got {v!r}")
-            elif isinstance(default, float):
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ConfigError(f"[feed] {k} must be a number, got {v!r}")
-                v = float(v)
-            elif isinstance(default, str) and not isinstance(v, str):
-                raise ConfigError(f"[feed] {k} must be a string, got {v!r}")
-            kw[k] = v
-        cfg = cls(**kw)
-        bad = [s for s in cfg.streams if s not in STREAM_KINDS]
-        if bad or not cfg.streams:
-            raise ConfigError(f"[feed] streams must be a non-empty subset of {', '.join(STREAM_KINDS)}")
-        if cfg.depth_speed not in ("", "0ms", "100ms", "500ms"):
-            raise ConfigError("[feed] depth_speed must be one of '', '0ms', '100ms', '500ms'")
-        if cfg.mark_speed not in ("", "1s"):
-            raise ConfigError("[feed] mark_speed must be '' or '1s'")
-        if cfg.snapshot_limit not in (5, 10, 20, 50, 100, 500, 1000):
-            raise ConfigError("[feed] snapshot_limit must be one of 5, 10, 20, 50, 100, 500, 1000")
-        if not 1 <= cfg.max_streams_per_connection <= MAX_STREAMS_PER_CONNECTION:
-            raise ConfigError(f"[feed] max_streams_per_connection must be 1..{MAX_STREAMS_PER_CONNECTION}")
+        from aegis.core import config as C
+        checks = {
+            "streams": C.Check(lambda v: bool(v) and all(x in STREAM_KINDS for x in v),
+                               f"a non-empty subset of {', '.join(STREAM_KINDS)}"),
+            "depth_speed": C.one_of("", "0ms", "100ms", "500ms"), "mark_speed": C.one_of("", "1s"),
+            "snapshot_limit": C.one_of(5, 10, 20, 50, 100, 500, 1000),
+            "max_streams_per_connection": C.between(1, MAX_STREAMS_PER_CONNECTION),
+            "rotate_overlap": C.NON_NEGATIVE, "snapshot_interval": C.NON_NEGATIVE,
+            "buffer_bytes": C.at_least(1 << 16), "conflation_capacity": C.at_least(1024),
+        }
         for k in ("stall_timeout", "rotate_after", "backoff_initial", "backoff_max", "connect_timeout",
                   "snapshot_timeout", "discovery_timeout", "log_interval", "max_price", "max_qty",
                   "snapshot_weight_per_minute"):
-            if not getattr(cfg, k) > 0:
-                raise ConfigError(f"[feed] {k} must be positive")
-        if cfg.rotate_overlap < 0 or cfg.snapshot_interval < 0:
-            raise ConfigError("[feed] rotate_overlap and snapshot_interval must be >= 0")
-        if cfg.book_levels < cfg.snapshot_limit or cfg.buffer_bytes < 1 << 16 or cfg.conflation_capacity < 1024:
-            raise ConfigError("[feed] book_levels >= snapshot_limit, buffer_bytes >= 65536, "
-                              "conflation_capacity >= 1024")
+            checks[k] = C.POSITIVE
+        cfg = C.load_section(cls, "feed", section, checks)
+        if cfg.book_levels < cfg.snapshot_limit:
+            raise C.section_error("feed", "book_levels", f">= snapshot_limit ({cfg.snapshot_limit})", cfg.book_levels)
         return cfg
 
 

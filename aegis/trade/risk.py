@@ -109,13 +109,6 @@ ONE_S = 1_000_000_000
 EPS = 1e-6               # tolerance in units of a tick/step when converting floats to integer units
 
 
-class RiskConfigError(ValueError):
-    pass
-
-
-_SYMBOL_LIMIT_KEYS = ("max_position_qty", "max_position_notional", "max_order_qty", "max_order_notional")
-
-
 @dataclass(frozen=True)
 class RiskConfig:
     """[risk] table. Quantities in base asset, notionals in quote asset (USDT); 0 disables a limit."""
@@ -138,46 +131,26 @@ class RiskConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "RiskConfig":
-        from aegis.core.config import ConfigError
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [risk]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = {}
-        for k, v in section.items():
-            default = cls.__dataclass_fields__[k].default
-            if k == "symbols":
-                if not isinstance(v, dict):
-                    raise ConfigError("[risk] symbols must be a table of tables, e.g. [risk.symbols.BTCUSDT]")
-                for sym, lim in v.items():
-                    if not isinstance(lim, dict) or set(lim) - set(_SYMBOL_LIMIT_KEYS):
-                        raise ConfigError(f"[risk.symbols.{sym}] accepts only {', '.join(_SYMBOL_LIMIT_KEYS)}")
-                    for lk, lv in lim.items():
-                        if isinstance(lv, bool) or not isinstance(lv, (int, float)) or lv < 0:
-                            raise ConfigError(f"[risk.symbols.{sym}] {lk} must be a number >= 0, got {lv!r}")
-                kw[k] = {s: dict(lim) for s, lim in v.items()}
-                continue
-            if isinstance(default, bool):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"[risk] {k} must be true or false, got {v!r}")
-            elif isinstance(default, (int, float)):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise ConfigError(f"[risk] {k} must be a number >= 0, got {v!r}")
-                if isinstance(default, int) and not isinstance(v, int):
-                    raise ConfigError(f"[risk] {k} must be an integer, got {v!r}")
-            elif not isinstance(v, str):
-                raise ConfigError(f"[risk] {k} must be a string, got {v!r}")
-            kw[k] = v
-        cfg = cls(**kw)
-        if cfg.start_state not in ("ACTIVE", "REDUCING", "HALTED"):
-            raise ConfigError(f"[risk] start_state must be ACTIVE, REDUCING or HALTED, got {cfg.start_state!r}")
-        for k in ("orders_per_second", "binance_orders_10s", "binance_orders_1m"):
-            if not 1 <= getattr(cfg, k) <= RATE_CAP:
-                raise ConfigError(f"[risk] {k} must be between 1 and {RATE_CAP}, got {getattr(cfg, k)}")
-        if not 1 <= cfg.max_open_orders <= MAX_OPEN:
-            raise ConfigError(f"[risk] max_open_orders must be between 1 and {MAX_OPEN}")
-        return cfg
+        from aegis.core import config as C
+        rate = C.between(1, RATE_CAP)
+        checks = {"start_state": C.one_of("ACTIVE", "REDUCING", "HALTED"), "orders_per_second": rate,
+                  "binance_orders_10s": rate, "binance_orders_1m": rate, "max_open_orders": C.between(1, MAX_OPEN)}
+        kw = C.section_values(cls, "risk", section, checks, numbers=C.NON_NEGATIVE)
+        limits = {}
+        for sym, lim in kw.get("symbols", {}).items():
+            limits[sym] = C.section_values(SymbolLimits, f"risk.symbols.{sym}", lim, numbers=C.NON_NEGATIVE)
+        if "symbols" in kw:
+            kw["symbols"] = limits
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class SymbolLimits:
+    """A [risk.symbols.SYMBOL] table: that symbol's own limits (0 disables one)."""
+    max_position_qty: float = 0.0
+    max_position_notional: float = 0.0
+    max_order_qty: float = 0.0
+    max_order_notional: float = 0.0
 
 
 @dataclass(frozen=True)

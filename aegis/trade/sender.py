@@ -389,7 +389,7 @@ class TradeConfig:
     """[trade] table."""
     transport: str = "rest"          # rest | ws (ws-fapi order.place / order.cancel)
     wait: str = "auto"               # auto | spin | share | sleep | futex (see resolve_wait)
-    cores: tuple = ()                # CPU set of the sender thread (() = inherit)
+    cores: tuple[int, ...] = ()      # CPU set of the sender thread (() = inherit)
     queue_capacity: int = 4096
     recv_window_ms: int = 5000
     timeout_s: float = 5.0           # HTTP / ws request timeout
@@ -407,38 +407,12 @@ class TradeConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "TradeConfig":
-        from aegis.core.config import ConfigError
-        known = set(cls.__dataclass_fields__)
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [trade]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = dict(section)
-        if "cores" in kw:
-            c = kw["cores"]
-            if not isinstance(c, (list, tuple)) or not all(isinstance(x, int) and x >= 0 for x in c):
-                raise ConfigError(f"[trade] cores must be a list of CPU numbers, got {c!r}")
-            kw["cores"] = tuple(c)
-        for k, v in kw.items():
-            d = cls.__dataclass_fields__[k].default
-            if isinstance(d, bool) and not isinstance(v, bool):
-                raise ConfigError(f"[trade] {k} must be true or false, got {v!r}")
-            if isinstance(d, (int, float)) and not isinstance(d, bool) and \
-                    (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                raise ConfigError(f"[trade] {k} must be a positive number, got {v!r}")
-            if isinstance(d, str) and not isinstance(v, str):
-                raise ConfigError(f"[trade] {k} must be a string, got {v!r}")
-        cfg = cls(**kw)
-        checks = (("transport", ("rest", "ws")), ("wait", ("auto", *WAIT_MODES)),
-                  ("fsync", ("always", "interval", "never")), ("resp_type", ("ACK", "RESULT")))
-        for k, allowed in checks:
-            if getattr(cfg, k) not in allowed:
-                raise ConfigError(f"[trade] {k} must be one of {', '.join(allowed)}, got {getattr(cfg, k)!r}")
-        if cfg.queue_capacity < ring.MIN_CAPACITY or cfg.queue_capacity & (cfg.queue_capacity - 1):
-            raise ConfigError(f"[trade] queue_capacity must be a power of two >= {ring.MIN_CAPACITY}")
-        if cfg.recv_window_ms > 60000:
-            raise ConfigError("[trade] recv_window_ms must be <= 60000")
-        return cfg
+        from aegis.core import config as C
+        checks = {"transport": C.one_of("rest", "ws"), "wait": C.one_of("auto", *WAIT_MODES),
+                  "fsync": C.one_of("always", "interval", "never"), "resp_type": C.one_of("ACK", "RESULT"),
+                  "cores": C.Check(lambda c: all(x >= 0 for x in c), "a list of CPU numbers"),
+                  "queue_capacity": C.power_of_two(ring.MIN_CAPACITY), "recv_window_ms": C.between(1, 60000)}
+        return C.load_section(cls, "trade", section, checks, numbers=C.POSITIVE)
 
 
 def order_params(req, rules, coid: str, resp_type: str = "ACK") -> dict:
