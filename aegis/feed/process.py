@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
