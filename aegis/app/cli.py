@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from aegis.core import wait
 from aegis.core.config import VENUES, ConfigError, load
 from aegis.core.ring import POLICIES
+from aegis.core.usage import OneLineParser, usage_error
+
+PROG = "python -m aegis"
 
 DESCRIPTION = """\
 AEGIS: a low-latency trading engine for Binance USD-M perpetual futures.
@@ -49,17 +51,9 @@ Exit codes: 0 orderly stop (duration, Ctrl-C, SIGTERM), 1 an engine process fail
 """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes get one line naming the problem and pointing at --help (exit 2), not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog.split()[-1] if ' ' in self.prog else self.prog}: error: {message} "
-                     f"(see {self.prog} --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m aegis", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", metavar="A,B",
                    help="pin Feed to core A and Brain to core B (default: the two highest cores available)")
     p.add_argument("--duration", metavar="DURATION", help="stop after this long: seconds, or with a unit "
@@ -158,6 +152,5 @@ def main(argv: list[str]) -> int:
         _check_trading(cfg)
         brain.validate(cfg)  # strategy and [brain] mistakes are reported here, not inside a child process
     except (ConfigError, supervisor.CoreError) as e:
-        print(f"aegis: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, str(e))
     return supervisor.run(cfg)

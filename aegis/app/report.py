@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from aegis.core import latency as L
+from aegis.core.usage import OneLineParser, usage_error
+
+PROG = "python -m aegis report"
 
 REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 HIST_FILE_NAME = "latency.npz"
@@ -412,13 +415,8 @@ def write_run_report(hist_set: np.ndarray, out_dir, plot: bool = True) -> list[P
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # a user mistake is one line and exit 2, not a usage dump
-        self.exit(2, f"aegis report: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="aegis report", description="Per-stage latency percentiles, .hgrm files and a plot.")
+    p = OneLineParser(prog=PROG, description="Per-stage latency percentiles, .hgrm files and a plot.")
     p.add_argument("--hist", default=DEFAULT_HIST_PATH,
                    help=f"histogram file dumped by the engine (default {DEFAULT_HIST_PATH})")
     p.add_argument("--out", default=DEFAULT_OUT_DIR, help=f"output directory (default {DEFAULT_OUT_DIR})")
@@ -432,15 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hist_set = load_histograms(args.hist)
     except HistogramFileError as e:
-        print(f"aegis report: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, str(e))
     try:
         paths = write_hgrm_files(hist_set, args.out)
         if not args.no_plot:
             paths.append(write_plot(hist_set, Path(args.out) / PLOT_NAME))
     except OSError as e:
-        print(f"aegis report: error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, f"cannot write to {args.out}: {e.strerror or e}")
     sys.stdout.write(format_table(hist_set))
     print(f"wrote {len(paths)} files to {args.out}: " + ", ".join(p.name for p in paths))
     return 0

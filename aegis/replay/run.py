@@ -54,6 +54,7 @@ from aegis.replay.csvimport import RAW_DTYPE, CsvSource, InputError, concat, sym
 from aegis.core.records import MARKET_DTYPE, ORDER_REQUEST_DTYPE, SIGNAL_DTYPE
 from aegis.replay.simexec import C_ACTIVE, C_DONE, C_EQ, C_FILLS, SimConfig, SimExchange
 from aegis.core.wait import BUSY_SPIN
+from aegis.core.usage import OneLineParser, usage_error
 
 RING_BATCH = 1024            # records per ring write/read, as the Brain's batch
 RING_CAPACITY = 1 << 13
@@ -535,13 +536,8 @@ def _typed(v: str):
         return s
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # a user mistake is one line and exit 2, not a usage dump
-        raise ConfigError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m aegis replay",
+    p = OneLineParser(prog="python -m aegis replay",
                 description="Backtest a strategy on Feed recordings (.jsonl.gz) and Binance public-data CSV files "
                             "(USD-M futures bookTicker / aggTrades, .csv or .zip) through the live "
                             "ring -> strategy -> risk path with simulated execution.")
@@ -855,8 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configure(args)
         summary = run(args.files, cfg, args.symbol, args.format, args.symbols, args.exchange_info)
     except (ConfigError, InputError) as e:
-        print(f"aegis replay: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error("python -m aegis replay", str(e))
     except KeyboardInterrupt:
         print("aegis replay: interrupted", file=sys.stderr)
         return 130

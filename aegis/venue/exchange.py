@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Callable, Iterable, Mapping
 
+from aegis.trade.keys import EMBEDDED_KEY as DEFAULT_API_KEY, EMBEDDED_SECRET as DEFAULT_API_SECRET
 from aegis.venue.catalog import SymbolSpec, by_symbol, default_catalog, margin_assets
-
-DEFAULT_API_KEY = "aegis-test-key"
-DEFAULT_API_SECRET = "aegis-test-secret"
 
 ZERO = Decimal(0)
 _Q8 = Decimal("0.00000001")
