@@ -1,43 +1,41 @@
-"""Every test is bounded in time: a SIGALRM per test (default 60 s, `@pytest.mark.time_limit(s)` to change).
+"""Every test is bounded in time by pytest-timeout (pyproject.toml: 60 s, thread method).
 
-Jitted loops under test always carry their own deadline too: a signal handler only runs between Python bytecodes,
-so it cannot interrupt a thread that is inside compiled code.
+`@pytest.mark.time_limit(s)` gives a test its own limit (it becomes pytest-timeout's `timeout` marker); `--timeout`
+or PYTEST_TIMEOUT changes the default. The thread method is used because a hang is most likely inside jitted code,
+which no signal handler can interrupt: a watchdog thread dumps every thread's stack and ends the run. Jitted loops
+under test still carry their own deadline, so a slow test fails on its own instead of ending the whole run.
 """
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
-
-DEFAULT_LIMIT_S = int(os.environ.get("AEGIS_TEST_TIME_LIMIT", "60"))
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "time_limit(seconds): fail the test if it runs longer than this")
 
 
-@pytest.fixture(autouse=True)
-def _time_limit(request):
-    marker = request.node.get_closest_marker("time_limit")
-    limit = int(marker.args[0]) if marker else DEFAULT_LIMIT_S
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("time_limit")
+        if marker is not None:
+            item.add_marker(pytest.mark.timeout(marker.args[0]))
 
-    def expired(signum, frame):
-        raise TimeoutError(f"test exceeded its {limit}s time limit")
 
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(limit)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    """Compile the sender's jitted order path before the first test that needs it starts its clock: ~15 s on a
+    cold Numba cache, which no single test's limit should pay."""
+    if any("compiled_order_path" in getattr(item, "fixturenames", ()) for item in session.items) \
+            and not session.config.option.collectonly:
+        from aegis.trade import sender as trade
+        trade.warm_fast_path()
+    return (yield)
 
 
 @pytest.fixture(scope="session")
 def compiled_order_path():
-    """The sender's jitted fast path (aegis.trade.sender.wait_and_prepare) compiled once per session, outside any test's
-    time limit: ~15 s on a cold Numba cache (CI), after which every process loads it from the on-disk cache."""
+    """The sender's jitted fast path (aegis.trade.sender.wait_and_prepare) compiled: pytest_runtestloop did it before
+    any test's clock started, so here it is loaded, and every later process loads it from Numba's on-disk cache."""
     from aegis.trade import sender as trade
     trade.warm_fast_path()
 
