@@ -97,7 +97,7 @@ def test_status_line_query_cost(benchmark):
 # Tick-to-trade benches (issue 7): what one tick costs from "bytes received" to "order request bytes written".
 #
 # 1. test_in_process_tick_to_trade -- every stage is the engine's own code, in one process, no market network:
-#      pre-encoded websocket frames (bookTicker, API.md 2.4.1, combined-stream shape) copied into a real
+#      pre-encoded websocket frames (bookTicker, combined-stream shape) copied into a real
 #      FrameReader's buffer (what recv_into does), recv_ts = now  ->  FeedEngine.ingest (one jitted call: splitter,
 #      parser, conflation buffer, ring publish, recv->publish histogram)  ->  in-process ring (aegis.core.ring kernels)
 #      ->  Brain thread running the real brain_loop (ema_cross, risk.check, trade.handoff)  ->  the real Sender

@@ -1,4 +1,5 @@
-"""Futures order-book sync of aegis.feed.book (API.md section 3), driven through the real parser."""
+"""Futures order-book sync of aegis.feed.book (Binance docs: "How to manage a local order book correctly"), driven
+through the real parser."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Jitted field extraction of aegis.feed.parse against the real payloads of API.md and broken variants of them."""
+"""Jitted field extraction of aegis.feed.parse against payloads shaped as Binance sends them and broken variants of
+them."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from aegis.feed.book import BookState
 from aegis.core.records import KIND_MARK, KIND_QUOTE, KIND_TRADE, SIDE_BUY, SIDE_SELL
 from aegis.binance.symbols import SymbolTable
 
-# verbatim from API.md 2.4
+# shaped as Binance's stream payloads (docs/binance-notes.md, Stream payloads)
 DOC_BOOK_TICKER = (b'{"e":"bookTicker","u":400900217,"E":1568014460893,"T":1568014460891,"s":"BNBUSDT",'
                    b'"b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}')
 LIVE_BOOK_TICKER = (b'{"e":"bookTicker","u":10708444522016,"s":"BTCUSDT","b":"63405.40","B":"4.629","a":"63405.50",'

@@ -146,7 +146,7 @@ L_HTTP_END = _lit("\r\nContent-Length: 0\r\nUser-Agent: aegis\r\nAccept: */*\r\n
                   "Connection: keep-alive\r\n\r\n")
 L_GTC, L_IOC, L_FOK, L_GTX = _lit("GTC"), _lit("IOC"), _lit("FOK"), _lit("GTX")
 L_TRUE, L_FALSE = _lit("true"), _lit("false")
-# ws-fapi (API.md §5.3): params sorted by name, signature over `k=v&...` of the raw values
+# ws-fapi (docs/binance-notes.md, Request signing): params sorted by name, signature over `k=v&...` of the raw values
 L_WS_HEAD = _lit('{"id":"')
 L_WS_METHOD = _lit('","method":"order.place","params":{')
 L_WS_SIGNATURE = _lit(',"signature":"')
@@ -391,9 +391,9 @@ def _ws_values(enc, req, ts_ms, tmp, p, spans):
 
 @njit(cache=True, nogil=True)
 def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
-    """One masked ws-fapi text frame carrying order.place (API.md §5) at out[pos:]; the request id is the
-    newClientOrderId (unique per journal), so the answer is matched without a second counter. `tmp` is scratch
-    (>= 2 * MAX_REQUEST bytes). Returns the end position."""
+    """One masked ws-fapi text frame carrying order.place (Binance docs: "New Order (TRADE)", WebSocket API) at
+    out[pos:]; the request id is the newClientOrderId (unique per journal), so the answer is matched without a second
+    counter. `tmp` is scratch (>= 2 * MAX_REQUEST bytes). Returns the end position."""
     spans = enc.spans
     half = tmp.shape[0] // 2
     _ws_values(enc, req, ts_ms, tmp, half, spans)

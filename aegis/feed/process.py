@@ -76,7 +76,7 @@ EPOCH_OFFSET_NS = 0  # synthetic exchange time = monotonic clock (no wall clock 
 
 STREAM_KINDS = ("bookTicker", "aggTrade", "depth", "markPrice")
 ROUTE_OF = {"bookTicker": "public", "depth": "public", "aggTrade": "market", "markPrice": "market"}
-MAX_STREAMS_PER_CONNECTION = 1024   # Binance limit since 2025-07-02 (API.md 2.2)
+MAX_STREAMS_PER_CONNECTION = 1024   # Binance limit since 2025-07-02 (docs/binance-notes.md, Stream connection rules)
 URL_STREAMS_MAX_CHARS = 2000        # beyond that, SUBSCRIBE messages (long URLs are refused by proxies)
 SUBSCRIBE_CHUNK = 100
 SUBSCRIBE_SPACING_S = 0.25          # <= 4 control messages/s: under the 10 incoming messages/s limit
@@ -416,7 +416,8 @@ def entry_for(dispatcher, *args):
     return dispatcher.compile(tuple(numba.typeof(a) for a in args))
 
 
-DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}   # GET /fapi/v1/depth (API.md 3.1)
+# GET /fapi/v1/depth (Binance docs: "Order Book")
+DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
 
 
 class SnapshotFetcher:

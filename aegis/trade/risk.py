@@ -8,7 +8,7 @@ before it writes the record to the sender queue, with no Python in between.
 Rounding: the strategy's float price/qty are converted ONCE to integer ticks/steps (BUY limit rounds down, SELL
 limit rounds up: never more aggressive than asked; quantity rounds down: never bigger than asked) and the record
 carries price_ticks/qty_steps; the sender formats `units * "0.10"` with decimal arithmetic (aegis.binance.signing), so no
-float text ever reaches the wire (API.md §7.8).
+float text ever reaches the wire (docs/binance-notes.md, Decimal text on the wire).
 
 Checks, in order (the first failing one is the reason): trading state -> symbol tradable -> market data present and
 fresh -> rounding + exchange filters (LOT_SIZE / MARKET_LOT_SIZE, PRICE_FILTER, MIN_NOTIONAL unless reduce-only,

@@ -397,7 +397,8 @@ class TradeConfig:
     journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one per account; embedded: one per run)
     fsync: str = "interval"          # always | interval | never (see aegis.trade.journal: always = +0.5 ms per order)
     fsync_interval_ms: int = 50
-    keepalive_interval_s: float = 1800.0   # listenKey PUT cadence (API.md §6.1: 30 min or less)
+    # listenKey PUT cadence (docs/binance-notes.md, User data stream: 30 min or less)
+    keepalive_interval_s: float = 1800.0
     key_file: str = ""
     resp_type: str = "ACK"           # newOrderRespType: ACK | RESULT
     cancel_on_shutdown: bool = True

@@ -235,7 +235,7 @@ class RestApi:
         return b"," + rest[1:]
 
     def _exchange_info(self, key, params) -> bytes:
-        # `?symbol=` is ignored on Binance too (API.md §4.6)
+        # `?symbol=` is ignored on Binance too (docs/binance-notes.md, Exchange information)
         return b'{"timezone":"UTC","serverTime":%d' % self.exchange.clock_ms() + self._info_tail
 
 

@@ -59,7 +59,8 @@ def json_error(status: int, code: int, msg: str) -> Response:
 
 @dataclass(frozen=True)
 class WsPolicy:
-    """Per-route websocket rules; defaults are Binance's documented values (API.md 2.2)."""
+    """Per-route websocket rules; defaults are Binance's documented values (docs/binance-notes.md, Stream connection
+    rules)."""
 
     ping_interval_s: float = 180.0
     pong_timeout_s: float = 600.0
@@ -255,7 +256,8 @@ class WsConn:
                     self._send_raw(wsproto.encode_frame(wsproto.OP_PONG, payload))
                 elif opcode == wsproto.OP_PONG:
                     self.pongs_received += 1
-                    # Only an echo of an outstanding ping counts (unsolicited pongs do not, API.md 2.2).
+                    # Only an echo of an outstanding ping counts (unsolicited pongs do not, docs/binance-notes.md,
+                    # Stream connection rules).
                     with self._ping_lock:
                         if payload in self._pending_pings:
                             while self._pending_pings:

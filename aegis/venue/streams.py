@@ -1,8 +1,9 @@
 """Market websocket streams of the embedded venue: routes, subscriptions, per-connection framing, fault knobs.
 
-Routes (API.md 2.1): /public (bookTicker, depth*, trade, !bookTicker), /market (aggTrade, markPrice*, !markPrice@arr,
-klines...), unrouted legacy /ws and /stream (public data only, but every valid SUBSCRIBE is still acknowledged).
-Modes: raw /ws/<s1>/<s2> (bare payloads, combined=false) and combined /stream?streams=<s1>/<s2> ({"stream","data"}).
+Routes (docs/binance-notes.md, Stream routes): /public (bookTicker, depth*, trade, !bookTicker), /market (aggTrade,
+markPrice*, !markPrice@arr, klines...), unrouted legacy /ws and /stream (public data only, but every valid SUBSCRIBE is
+still acknowledged). Modes: raw /ws/<s1>/<s2> (bare payloads, combined=false) and combined /stream?streams=<s1>/<s2>
+({"stream","data"}).
 
 The generator publishes Chunks (encoded payloads + stream id per message) to every connection's queue; each
 connection's own thread selects its streams and frames them in one @njit pass and writes them with one sendall.
@@ -231,7 +232,7 @@ class StreamConn:
         self._mask_version = reg.version
 
     def _deliverable(self, route: str) -> bool:
-        # unrouted legacy connections only receive /public data (API.md 2.1, since 2026-04-23)
+        # unrouted legacy connections only receive /public data (since 2026-04-23, docs/binance-notes.md, Stream routes)
         return route == PUBLIC if self.route in (PUBLIC, LEGACY) else route == MARKET
 
     def _send_malformed(self, kind: str) -> None:
@@ -398,7 +399,7 @@ class StreamHub:
                     self._conns.remove(sc)
             self._recompute_wants()
 
-    # ---- control messages (API.md 2.3) -------------------------------------------------------------
+    # ---- control messages (Binance docs: "Live Subscribing/Unsubscribing to streams") ------------------------
     @staticmethod
     def _reply(sc: StreamConn, obj) -> None:
         sc.ws.send_text(orjson.dumps(obj))
@@ -629,7 +630,7 @@ class ReplayBooks:
                 "asks": [list(x) for x in a]}
 
 
-# ---- REST market data (API.md 3.1 / 4.6) -------------------------------------------------------------
+# ---- REST market data (Binance docs: "Order Book", "Exchange Information") ------------------------------------
 @dataclass(frozen=True)
 class MarketEndpoint:
     method: str
