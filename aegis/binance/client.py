@@ -280,7 +280,7 @@ class BinanceClient:
             return r
         if not r.get("unknown"):
             return r
-        return self._settle_unknown(params, sent_ms, r)
+        return self.settle_unknown(params, sent_ms, r)
 
     def plain_fd(self) -> int:
         """The order connection's descriptor when the jitted sender may write to it itself (plain TCP, connected,
@@ -355,7 +355,7 @@ class BinanceClient:
             return self.place_order(params_fn())
         if not r.get("unknown"):
             return r
-        return self._settle_unknown(params_fn(), sent_ms, r)
+        return self.settle_unknown(params_fn(), sent_ms, r)
 
     def idle(self) -> None:
         """Sender idle time: replace an order connection the server closed while idle (keep-alive expiry), so
@@ -373,7 +373,7 @@ class BinanceClient:
             self._order_conn = RestConnection(self.ep.rest_url, self.timeout_s)
         return self._order_conn
 
-    def _settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
+    def settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
         sym, coid = params["symbol"], params["newClientOrderId"]
         q = self.query_order(sym, coid)
         if q["ok"]:
@@ -599,7 +599,7 @@ class WsTradeClient:
             self.rest.back_off(r["status"], r.get("retry_after"), r.get("msg", ""))
         if not r.get("unknown"):
             return r
-        return self.rest._settle_unknown(params_fn(), sent_ms, r)
+        return self.rest.settle_unknown(params_fn(), sent_ms, r)
 
     def place_order(self, params: dict) -> dict:
         if self.rest.backing_off() > 0:

@@ -78,7 +78,7 @@ def decimals_of(unit: str) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _unit_parts(unit: str) -> tuple[int, int]:
+def unit_parts(unit: str) -> tuple[int, int]:
     """unit = mantissa / 10**decimals, both integers ("0.10" -> (10, 2), "1E-8" -> (1, 8), "10" -> (10, 0))."""
     d = decimals_of(unit)
     m = Decimal(unit).scaleb(d)
@@ -90,7 +90,7 @@ def _unit_parts(unit: str) -> tuple[int, int]:
 def units_to_str(units: int, unit: str) -> str:
     """Exact decimal text of `units * unit`, with the unit's number of decimals (how Binance writes it).
     Integer arithmetic only (this runs on every order): no float, no Decimal on the hot path."""
-    m, d = _unit_parts(unit)
+    m, d = unit_parts(unit)
     n = int(units) * m
     if d == 0:
         return str(n)

@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from aegis.binance import sha256
 from aegis.core.records import ORDER_MARKET, SIDE_BUY, TIF_FOK, TIF_GTX, TIF_IOC
-from aegis.binance.signing import _unit_parts, encode_params
+from aegis.binance.signing import unit_parts, encode_params
 
 TRANSPORT_REST, TRANSPORT_WS = 0, 1
 MAX_REQUEST = 2048        # bytes of one prepared request (a REST order is ~400 B, a ws-fapi frame ~450 B)
@@ -105,7 +105,7 @@ def send_now(fd, buf, off, n):
 
 
 @intrinsic
-def _fdatasync(typingctx, fd):
+def fdatasync(typingctx, fd):
     sig = types.int32(fd)
 
     def codegen(context, builder, signature, args):
@@ -187,7 +187,7 @@ def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str,
         for f, text in enumerate(forms):
             spans[f, i] = (len(blob), len(text))
             blob += text
-        units[i] = (*_unit_parts(r.step_size), *_unit_parts(r.market_step_size), *_unit_parts(r.tick_size))
+        units[i] = (*unit_parts(r.step_size), *unit_parts(r.market_step_size), *unit_parts(r.tick_size))
     for name, text in (("prefix", prefix), ("API key", api_key)):
         if encode_params([("s", text)])[2:] != text or orjson.dumps(text)[1:-1].decode() != text:
             raise ValueError(f"the {name} needs escaping, which the fast order path does not do")

@@ -196,10 +196,3 @@ STATUS_EXPIRED = 5
 STATUS_REJECTED = 6
 STATUS_SNAPSHOT = 7     # not an order event: the exchange's position (qty signed, price = entry) after reconciliation
 
-ALL_DTYPES = {
-    "market": MARKET_DTYPE,
-    "candle": CANDLE_DTYPE,
-    "signal": SIGNAL_DTYPE,
-    "order_request": ORDER_REQUEST_DTYPE,
-    "fill": FILL_DTYPE,
-}

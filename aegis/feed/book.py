@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from aegis.core.records import (FLAG_LAST_IN_EVENT, FLAG_RESYNC, FLAG_SNAPSHOT, KIND_BOOK, KIND_DEPTH, KIND_STATUS,
-                           MARKET_DTYPE, SIDE_BUY, SIDE_SELL)
+                           SIDE_BUY, SIDE_SELL)
 
 ST_BUFFERING, ST_WAIT_SNAPSHOT, ST_SYNCING, ST_LIVE = 0, 1, 2, 3
 STATE_NAMES = ("buffering", "wait-snapshot", "syncing", "live")
@@ -408,7 +408,3 @@ def _pool_empty(pend_hdr, pend_ctl):
         if pend_hdr[e, P_SYM] >= 0:
             return False
     return True
-
-
-def new_records(n: int) -> np.ndarray:
-    return np.zeros(n, MARKET_DTYPE)

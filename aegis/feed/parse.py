@@ -48,7 +48,6 @@ K_DATA = np.frombuffer(b"data", np.uint8).copy()
 K_STREAM = np.frombuffer(b"stream", np.uint8).copy()
 K_RESULT = np.frombuffer(b"result", np.uint8).copy()
 K_ERROR = np.frombuffer(b"error", np.uint8).copy()
-K_ID = np.frombuffer(b"id", np.uint8).copy()
 
 # stats slots (int64 array of ST_COUNT): every frame lands in exactly one of the first group
 ST_QUOTES, ST_TRADES, ST_MARKS, ST_DEPTH, ST_DUPLICATES, ST_SLOW, ST_MALFORMED, ST_UNKNOWN_SYMBOL, \

@@ -150,9 +150,6 @@ class SimExchange:
         return (self.book, self.acct, self.act_i, self.act_f, self.log_i, self.log_f, self.fills, self.eq_ts,
                 self.eq_val, self.ctr, self.params, self.lat_cum, self.lat_lo, self.lat_hi, self.rng)
 
-    def room_needed(self) -> int:
-        return int(self.ctr[C_ACTIVE]) + 2
-
     def drain_fills(self) -> np.ndarray:
         n = int(self.ctr[C_FILLS])
         out = self.fills[:n].copy()
@@ -434,7 +431,7 @@ def arrive_due(book, acct, act_i, act_f, log_i, log_f, fills, ctr, params, now):
 def submit(req, send_ts, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params, lat_cum,
            lat_lo, lat_hi, rng):
     """Send one accepted ORDER_REQUEST at send_ts; returns its arrival time. The caller must have drained the
-    buffers (room_needed) and the active table must have room (it holds every in-flight and resting order)."""
+    fill and log buffers and the active table must have room (it holds every in-flight and resting order)."""
     k = ctr[C_ACTIVE]
     for c in range(I_COLS):
         act_i[k, c] = 0

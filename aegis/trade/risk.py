@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, KIND_BOOK, KIND_MARK, KIND_QUOTE,
-                           ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, REQ_FLAG_FLATTEN, SIDE_BUY, SIDE_SELL,
+                           ORDER_LIMIT, ORDER_MARKET, REQ_FLAG_FLATTEN, SIDE_BUY, SIDE_SELL,
                            STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_REJECTED, STATUS_SNAPSHOT,
                            TIF_GTC, TIF_GTX)
 
@@ -194,16 +194,6 @@ class SymbolRules:
             kw["market_step_size"] = kw["step_size"]
         return cls(**kw)
 
-    @classmethod
-    def from_spec(cls, spec) -> "SymbolRules":
-        """From an aegis.venue.catalog.SymbolSpec (tests and the embedded venue)."""
-        return cls(symbol=spec.symbol, status=spec.status, tick_size=spec.tick_size, step_size=spec.step_size,
-                   market_step_size=spec.step_size, min_qty=spec.min_qty, max_qty=spec.max_qty,
-                   market_min_qty=spec.market_min_qty, market_max_qty=spec.market_max_qty,
-                   min_notional=spec.min_notional, multiplier_up=spec.multiplier_up,
-                   multiplier_down=spec.multiplier_down, min_price=spec.min_price, max_price=spec.max_price,
-                   max_num_orders=spec.max_num_orders)
-
 
 def _f(s: str) -> float:
     return float(Decimal(s))
@@ -285,10 +275,6 @@ class RiskBook:
         i = self.index[symbol]
         self.sym[i, S_POS] = qty
         self.sym[i, S_AVG_PX] = avg_price
-
-    def restore_open_order(self, client_id: int, symbol: str, side: int, remaining: float, price: float,
-                           reduce_only: bool) -> None:
-        add_open_order(self.sym, self.oo, client_id, self.index[symbol], side, int(reduce_only), remaining, price, 0)
 
 
 # ============================================================================================ jitted kernels
@@ -726,17 +712,3 @@ def halt_requests(sym, g, gf, oo, rates, rejlog, out, now):
                 r.price = 0.0
                 n += 1
     return n
-
-
-@njit(cache=True, nogil=True)
-def forget_open_orders(sym, oo, s):
-    """Drop every open order of symbol s (after a confirmed CANCEL_ALL, or reconciliation found none)."""
-    for k in range(oo.shape[0]):
-        if oo[k, O_CID] != 0.0 and np.int64(oo[k, O_SYM]) == s:
-            _open_add(sym, s, np.int64(oo[k, O_SIDE]), np.int64(oo[k, O_RO]), -oo[k, O_REMAIN], -1.0)
-            for c in range(O_COLS):
-                oo[k, c] = 0.0
-
-
-def new_requests(n: int) -> np.ndarray:
-    return np.zeros(n, ORDER_REQUEST_DTYPE)

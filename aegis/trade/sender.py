@@ -163,22 +163,6 @@ def handoff(header, records, req, now):
 
 
 @njit(cache=True, nogil=True)
-def handoff_batch(header, records, reqs, n, now):
-    """handoff for reqs[:n] with one wake; returns how many were queued (the rest did not fit)."""
-    mask = header[ring.H_CAPACITY] - 1
-    seq, k = ring.claim(header, n)
-    for i in range(k):
-        reqs[i].handoff_ts = now
-        records[(seq + i) & mask] = reqs[i]
-    if k > 0:
-        ring.publish(header, k)
-        wake(header)
-    if k < n:
-        header[ring.H_DROPPED] += n - k
-    return k
-
-
-@njit(cache=True, nogil=True)
 def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
     """Sender side (nogil): wait until requests arrive, the queue is aborted or `timeout_ns` passes; copy up to
     max_n into dst and return the count. stamps[0] = when they were seen (CLOCK_MONOTONIC ns)."""
@@ -250,7 +234,7 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
         w = wire.write_all(jfd, jbuf, jpos)
         ok = w == jpos
         if ok and state[wire.ST_FSYNC] != 0:
-            ok = wire._fdatasync(jfd) == 0
+            ok = wire.fdatasync(jfd) == 0
         if not ok:
             state[wire.ST_WRITE_ERRNO] = w if w != jpos else -1
             for i in range(n):

@@ -133,8 +133,17 @@ class WsConn:
     def closed(self) -> bool:
         return self._closed.is_set() or self._close_sent_at is not None
 
+    @property
+    def finished(self) -> bool:
+        """The socket is closed: nothing more will be sent or received."""
+        return self._closed.is_set()
+
     def wait_closed(self, timeout: float | None = None) -> bool:
         return self._closed.wait(timeout)
+
+    def start(self) -> None:
+        """Start reading frames (the server calls it once the connection is registered)."""
+        self._reader_thread.start()
 
     def _send_raw(self, data: bytes | bytearray | memoryview, block: bool = True) -> bool:
         """block=False: give up at once if another thread is inside a (possibly stuck) sendall."""
@@ -146,7 +155,7 @@ class WsConn:
             self._sock.sendall(data)
             return True
         except OSError:
-            self._mark_closed(1006, "send failed")
+            self.mark_closed(1006, "send failed")
             return False
         finally:
             self._send_lock.release()
@@ -185,20 +194,20 @@ class WsConn:
             return
         frame = wsproto.encode_close(code, reason)
         if not self._send_lock.acquire(timeout=-1 if wait_s is None else wait_s):
-            self._mark_closed(code, reason)
+            self.mark_closed(code, reason)
             return
         try:
             self._close_sent_at = time.monotonic()
             self.close_code, self.close_reason = code, reason
             self._sock.sendall(frame)
         except OSError:
-            self._mark_closed(code, reason)
+            self.mark_closed(code, reason)
         finally:
             self._send_lock.release()
 
     def abort(self) -> None:
         """Drop the TCP connection with no closing handshake (fault knob)."""
-        self._mark_closed(1006, "aborted")
+        self.mark_closed(1006, "aborted")
 
     # ---- receiving -----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None):
@@ -247,7 +256,7 @@ class WsConn:
                                 self._sock.sendall(wsproto.encode_close(code if code is not None else None))
                         except OSError:
                             pass
-                    self._mark_closed(code if code is not None else 1005, reason)
+                    self.mark_closed(code if code is not None else 1005, reason)
                     return
                 if not self._count_incoming():
                     self._drain_until_close()
@@ -267,7 +276,7 @@ class WsConn:
                 elif self._close_sent_at is None:
                     self._inbox.put((opcode, payload))
         except (OSError, ConnectionError):
-            self._mark_closed(1006, "connection lost")
+            self.mark_closed(1006, "connection lost")
 
     def _drain_until_close(self) -> None:
         # After we sent a close frame, wait briefly for the peer's close, then drop TCP.
@@ -280,9 +289,9 @@ class WsConn:
                     break
         except Exception:
             pass
-        self._mark_closed(self.close_code or 1006, self.close_reason)
+        self.mark_closed(self.close_code or 1006, self.close_reason)
 
-    def _mark_closed(self, code: int | None, reason: str) -> None:
+    def mark_closed(self, code: int | None, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if self._closed.is_set():
@@ -297,12 +306,12 @@ class WsConn:
         except OSError:
             pass
 
-    def _housekeep(self, now: float) -> None:
+    def housekeep(self, now: float) -> None:
         if self._closed.is_set():
             return
         if self._close_sent_at is not None:
             if now - self._close_sent_at > 1.0:
-                self._mark_closed(self.close_code, self.close_reason)
+                self.mark_closed(self.close_code, self.close_reason)
             return
         # never block here: one client that stopped reading must not stall every other connection's timers
         p = self.policy
@@ -403,11 +412,11 @@ class VenueServer:
         while not self._stop.wait(self._hk_interval):
             now = time.monotonic()
             with self._conn_lock:
-                self.ws_conns = [c for c in self.ws_conns if not c._closed.is_set()]
+                self.ws_conns = [c for c in self.ws_conns if not c.finished]
                 conns = list(self.ws_conns)
             for c in conns:
                 try:
-                    c._housekeep(now)
+                    c.housekeep(now)
                 except Exception:
                     traceback.print_exc(file=sys.stderr)
 
@@ -571,12 +580,11 @@ class VenueServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         except OSError:
             pass
-        reader = wsproto.FrameReader(sock)
-        reader._buf += buf  # bytes the client pipelined after its handshake
+        reader = wsproto.FrameReader(sock, pending=buf)  # with the bytes the client pipelined after its handshake
         conn = WsConn(sock, reader, req, policy or self.ws_policy, self)
         with self._conn_lock:
             self.ws_conns.append(conn)
-        conn._reader_thread.start()
+        conn.start()
         try:
             handler(conn, req)
         except Exception:
@@ -585,4 +593,4 @@ class VenueServer:
         else:
             conn.close(1000, "")
         conn.wait_closed(2.0)
-        conn._mark_closed(conn.close_code, conn.close_reason)
+        conn.mark_closed(conn.close_code, conn.close_reason)

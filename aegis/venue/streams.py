@@ -219,7 +219,12 @@ class StreamConn:
             self.queued_bytes += size
             self._cv.notify()
 
-    def _refresh_mask(self) -> None:
+    def subscriptions_changed(self) -> None:
+        """`subs` changed: the next refresh_mask() recomputes the mask."""
+        self._mask_version = -1
+
+    def refresh_mask(self) -> None:
+        """Bring `mask` (which registry streams this connection receives) up to date with `subs`."""
         reg = self.hub.registry
         if self._mask_version == reg.version and len(self.mask) == len(reg):
             return
@@ -277,7 +282,7 @@ class StreamConn:
                 self._send_chunks(chunks)
 
     def _send_chunks(self, chunks: list[Chunk]) -> None:
-        self._refresh_mask()
+        self.refresh_mask()
         reg = self.hub.registry
         if not self.mask.any():
             return
@@ -356,7 +361,7 @@ class StreamHub:
             reg = self.registry
             want = np.zeros(len(reg), np.bool_)
             for c in self.connections():
-                c._refresh_mask()
+                c.refresh_mask()
                 m = c.mask
                 want[: len(m)] |= m
             self.market.set_wants(want[: reg.n_sym])
@@ -450,7 +455,7 @@ class StreamHub:
                 else:
                     for p in params:
                         sc.subs.pop(p, None)
-                sc._mask_version = -1
+                sc.subscriptions_changed()
                 self._recompute_wants()
             self._reply(sc, {"result": None, "id": rid})
         elif method == "LIST_SUBSCRIPTIONS":

@@ -93,9 +93,9 @@ class FrameReader:
     control frame (control frames may arrive between fragments, RFC 6455 5.4).
     """
 
-    def __init__(self, sock, require_mask: bool = True):
+    def __init__(self, sock, require_mask: bool = True, pending: bytes = b""):
         self._sock = sock
-        self._buf = bytearray()
+        self._buf = bytearray(pending)   # bytes already read from the socket (after the handshake)
         self._require_mask = require_mask
         self._frag_opcode: int | None = None
         self._frag_parts: list[bytes] = []
