@@ -178,7 +178,7 @@ def test_malformed_frames_are_counted_and_skipped(feed, venue, kind):
     assert feed.eng.reconnects == 0
 
 
-@pytest.mark.parametrize("kind", ["bad_opcode", "rsv"])
+@pytest.mark.parametrize("kind", ["bad_opcode", "rsv", "masked"])
 def test_protocol_violations_close_the_connection_and_the_feed_reconnects(feed, venue, kind):
     assert feed.run(5.0, until=lambda: len(feed.records()) > 100)
     venue.send_malformed(kind)

@@ -37,6 +37,7 @@ H_CONFLATED = 26       # quotes replaced before reaching the ring (the Feed's co
 H_READ_CACHE = 27      # writer's last seen read cursor (saves touching the reader's line)
 H_WRITE_CACHE = 32     # line 4: reader-owned cache of the write cursor
 H_ABORT = 40           # line 5: set by the supervisor to release every waiter on shutdown
+# slots 48..63 belong to the wait strategy of a queue whose producer signals (aegis.core.wait.W_*)
 
 POLICY_WAIT = 0         # block (with the wait strategy) until the reader frees room: nothing is lost
 POLICY_DROP_NEWEST = 1  # drop what does not fit now and count it in H_DROPPED

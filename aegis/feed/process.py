@@ -66,7 +66,7 @@ from aegis.core.ring import POLICIES
 from aegis.binance.symbols import SymbolTable, discover
 from aegis.core.wait import BUSY_SPIN, SPIN_LIMIT, idle
 from aegis.feed.wsframes import (FR_SPECIAL, POS_HEAD, POS_N, POS_SPECIAL, POS_TAIL, SPLIT_OK, ConnectionClosed,
-                            connect, split_frames)
+                            connect, split_server_frames)
 
 log = logging.getLogger("aegis.feed.process")
 
@@ -362,7 +362,8 @@ def ingest_frames(k, fr, recv):
     max_frames = offs.shape[0]
     total = 0
     while True:
-        n, end, special, status = split_frames(buf, pos[POS_HEAD], pos[POS_TAIL], offs, lens, ops, flags, max_frames)
+        n, end, special, status = split_server_frames(buf, pos[POS_HEAD], pos[POS_TAIL], offs, lens, ops, flags,
+                                                      max_frames)
         if status != SPLIT_OK:
             io[IO_STOP] = STOP_SPLIT
             io[IO_FRAMES] = total
@@ -1170,7 +1171,8 @@ def warm_up() -> float:
 
     Numba compiles on first call; a fresh checkout pays tens of seconds once. The Feed process calls this before
     it reports READY, and test modules call it from a module-scoped fixture (outside the per-test time limit)."""
-    from aegis.feed.wsframes import OP_TEXT, encode_frame, split_frames
+    from aegis.core.websocket import OP_TEXT, encode_frame
+    from aegis.feed.wsframes import split_server_frames
 
     t0 = time.monotonic()
     table = SymbolTable.build([("BTCUSDT", "0.10", "0.001")])
@@ -1182,11 +1184,11 @@ def warm_up() -> float:
             b'{"e":"markPriceUpdate","s":"BTCUSDT","p":"1.5","i":"1.4","r":"0.0001","E":1}',
             b'{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":5,"pu":0,"b":[["1.5","1"]],"a":[["1.6","0"]],"E":1}',
             b'{"result":null,"id":1}']
-    blob = b"".join(encode_frame(OP_TEXT, m, mask=False) for m in msgs)
+    blob = b"".join(encode_frame(OP_TEXT, m, masked=False) for m in msgs)
     buf = np.frombuffer(blob, np.uint8).copy()
     offs, lens = np.zeros(8, np.int64), np.zeros(8, np.int64)
     ops, flags = np.zeros(8, np.uint8), np.zeros(8, np.uint8)
-    n, _, _, _ = split_frames(buf, 0, len(buf), offs, lens, ops, flags, 8)
+    n, _, _, _ = split_server_frames(buf, 0, len(buf), offs, lens, ops, flags, 8)
     _, j, _ = p.parse(buf, offs, lens, flags, 0, n, 1, 0)
     out = np.zeros(books.records_bound(2) + 4, MARKET_DTYPE)
     book.apply_snapshot(books.st, books.px, books.qty, books.pend_hdr, books.pend_lv, books.pend_ctl, 0, 3,

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import unquote
 
+from aegis.core import websocket as ws
+
 from . import wsproto
 
 _REASONS = {
@@ -163,7 +165,7 @@ class WsConn:
     def send_text(self, data: bytes | str) -> bool:
         if isinstance(data, str):
             data = data.encode("utf-8")
-        return self._send_raw(wsproto.encode_frame(wsproto.OP_TEXT, data))
+        return self._send_raw(ws.encode_frame(ws.OP_TEXT, data, masked=False))
 
     def send_frames(self, prebuilt: bytes | bytearray | memoryview) -> bool:
         """Write already-encoded server frames in one sendall (the firehose path)."""
@@ -178,7 +180,7 @@ class WsConn:
         now = time.monotonic()
         with self._ping_lock:  # registered before sending: the echo may arrive before sendall returns
             self._pending_pings[payload] = now
-        if not self._send_raw(wsproto.encode_frame(wsproto.OP_PING, payload), block):
+        if not self._send_raw(ws.encode_frame(ws.OP_PING, payload, masked=False), block):
             with self._ping_lock:
                 self._pending_pings.pop(payload, None)
             return False
@@ -192,7 +194,7 @@ class WsConn:
         is dropped without a close frame (None = wait as long as it takes)."""
         if self.closed:
             return
-        frame = wsproto.encode_close(code, reason)
+        frame = ws.encode_close(code, reason, masked=False)
         if not self._send_lock.acquire(timeout=-1 if wait_s is None else wait_s):
             self.mark_closed(code, reason)
             return
@@ -244,8 +246,8 @@ class WsConn:
                     self.close(e.close_code, str(e)[:100])
                     self._drain_until_close()
                     return
-                if opcode == wsproto.OP_CLOSE:
-                    code, reason = wsproto.parse_close_payload(payload)
+                if opcode == ws.OP_CLOSE:
+                    code, reason = ws.parse_close_payload(payload)
                     self.peer_close_code = code
                     if self._close_sent_at is None:
                         # Echo the peer's code, as RFC 6455 5.5.1 suggests.
@@ -253,7 +255,7 @@ class WsConn:
                             with self._send_lock:
                                 self._close_sent_at = time.monotonic()
                                 self.close_code, self.close_reason = code, reason
-                                self._sock.sendall(wsproto.encode_close(code if code is not None else None))
+                                self._sock.sendall(ws.encode_close(code, masked=False))
                         except OSError:
                             pass
                     self.mark_closed(code if code is not None else 1005, reason)
@@ -261,9 +263,9 @@ class WsConn:
                 if not self._count_incoming():
                     self._drain_until_close()
                     return
-                if opcode == wsproto.OP_PING:
-                    self._send_raw(wsproto.encode_frame(wsproto.OP_PONG, payload))
-                elif opcode == wsproto.OP_PONG:
+                if opcode == ws.OP_PING:
+                    self._send_raw(ws.encode_frame(ws.OP_PONG, payload, masked=False))
+                elif opcode == ws.OP_PONG:
                     self.pongs_received += 1
                     # Only an echo of an outstanding ping counts (unsolicited pongs do not, docs/binance-notes.md,
                     # Stream connection rules).
@@ -284,8 +286,8 @@ class WsConn:
             self._sock.settimeout(1.0)
             while True:
                 fin, opcode, payload = self._reader.read_frame()
-                if opcode == wsproto.OP_CLOSE:
-                    self.peer_close_code = wsproto.parse_close_payload(payload)[0]
+                if opcode == ws.OP_CLOSE:
+                    self.peer_close_code = ws.parse_close_payload(payload)[0]
                     break
         except Exception:
             pass
@@ -566,7 +568,7 @@ class VenueServer:
             return
         key = req.headers.get("sec-websocket-key", "")
         if (req.method != "GET" or "upgrade" not in req.headers.get("connection", "").lower()
-                or not wsproto.valid_client_key(key)):
+                or not ws.valid_client_key(key)):
             self._write_response(sock, json_error(400, -1000, "Bad websocket handshake."), False)
             return
         if req.headers.get("sec-websocket-version", "") != "13":
@@ -575,7 +577,7 @@ class VenueServer:
             self._write_response(sock, resp, False)
             return
         sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Accept: {wsproto.accept_key(key)}\r\n\r\n").encode("ascii"))
+                      f"Sec-WebSocket-Accept: {ws.accept_key(key)}\r\n\r\n").encode("ascii"))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         except OSError:

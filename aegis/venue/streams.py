@@ -241,17 +241,17 @@ class StreamConn:
         return route == PUBLIC if self.route in (PUBLIC, LEGACY) else route == MARKET
 
     def _send_malformed(self, kind: str) -> None:
-        from . import wsproto as W
+        from aegis.core import websocket as W
         if kind == "bad_json":
-            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"bookTicker","u":,}'))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"bookTicker","u":,}', masked=False))
         elif kind == "truncated_json":
-            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"depthUpdate","E":17'))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"depthUpdate","E":17', masked=False))
         elif kind == "bad_utf8":
-            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"\xff\xfe"}'))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"\xff\xfe"}', masked=False))
         elif kind == "bad_opcode":
             self.ws.send_raw_bytes(W.frame_header(0x3, 2) + b"{}")
         elif kind == "masked":
-            self.ws.send_raw_bytes(W.encode_client_frame(W.OP_TEXT, b"{}"))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b"{}", masked=True))
         elif kind == "rsv":
             self.ws.send_raw_bytes(W.frame_header(W.OP_TEXT, 2, rsv=4) + b"{}")
 
