@@ -103,3 +103,27 @@ def test_the_feed_and_csv_import_read_a_long_price_to_the_same_double(tmp_path):
                  "".join(f"{i + 1},{t},1,{i + 1},{i + 1},{1704067200000 + i},false\n" for i, t in enumerate(texts)))
     recs, _ = csvimport.read_file(str(f))
     assert [float(x) for x in recs["px"]] == [float(t) for t in texts]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(-(2**62), 2**62), st.integers(0, 12))
+def test_the_number_writers_write_what_python_writes(v, dec):
+    from aegis.core.codecs import put_decimal, put_int
+    out = np.zeros(64, np.uint8)
+    n = put_int(out, 3, v)
+    assert bytes(out[3:n]).decode() == str(v)
+    n = put_decimal(out, 0, v, dec)
+    q, r = divmod(abs(v), 10 ** dec)
+    want = ("-" if v < 0 else "") + str(q) + (f".{r:0{dec}d}" if dec else "")
+    assert bytes(out[:n]).decode() == want
+    _, ok = _parse(bytes(out[:n]).decode())                 # and the parser reads back what the writer wrote
+    assert ok
+
+
+def test_the_writers_copy_bytes_and_spans():
+    from aegis.core.codecs import put_bytes, put_span
+    out = np.zeros(16, np.uint8)
+    src = np.frombuffer(b"abcdef", np.uint8)
+    n = put_bytes(out, 1, src)
+    n = put_span(out, n, src, 2, 3)
+    assert n == 10 and bytes(out[1:n]) == b"abcdefcde"

@@ -115,6 +115,24 @@ def split_frames(buf, start, end, offs, lens, ops, flags, max_frames, from_clien
     return n, pos, special, SPLIT_OK
 
 
+@njit(cache=True, nogil=True)
+def put_text_header(out, pos, length):
+    """The header of an unmasked, unfragmented text frame (a server's) at out[pos:]; returns the position after it."""
+    out[pos] = 0x81
+    if length < 126:
+        out[pos + 1] = length
+        return pos + 2
+    if length < 65536:
+        out[pos + 1] = 126
+        out[pos + 2] = (length >> 8) & 0xFF
+        out[pos + 3] = length & 0xFF
+        return pos + 4
+    out[pos + 1] = 127
+    for j in range(8):
+        out[pos + 2 + j] = (length >> (8 * (7 - j))) & 0xFF
+    return pos + 10
+
+
 def frame_header(opcode: int, length: int, fin: bool = True, masked: bool = False, rsv: int = 0) -> bytes:
     """The header of one frame (without the masking key); rsv sets reserved bits (only a fault injector does)."""
     b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0x0F)
