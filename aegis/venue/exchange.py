@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Callable, Iterable, Mapping
 
-from aegis.trade.keys import EMBEDDED_KEY as DEFAULT_API_KEY, EMBEDDED_SECRET as DEFAULT_API_SECRET
+from aegis.binance.keys import EMBEDDED_KEY as DEFAULT_API_KEY, EMBEDDED_SECRET as DEFAULT_API_SECRET
 from aegis.venue.catalog import SymbolSpec, by_symbol, default_catalog, margin_assets
 
 ZERO = Decimal(0)
