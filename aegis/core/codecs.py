@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 P10 = np.array([10.0 ** i for i in range(23)])   # 10**0 .. 10**22: every one an exact double
+I10 = np.array([10 ** i for i in range(19)], np.int64)
 TWO53 = 1 << 53
 MAX_DIGITS = 800
 _SCRATCH = MAX_DIGITS + 32                         # room for the digits a left shift adds before truncation
@@ -187,8 +188,6 @@ def parse_decimal(buf, s, e):
     nd = 0              # digits in mant
     zeros = 0           # zeros after mant's last non-zero digit, not yet in mant
     frac = 0            # digits after the point
-    lead = 0            # digits before the first non-zero one
-    ipart = 0           # digits before the point
     many = False        # more than 18 significant digits: the exact path
     any_digit = False
     dot = False
@@ -199,17 +198,11 @@ def parse_decimal(buf, s, e):
             any_digit = True
             if dot:
                 frac += 1
-            else:
-                ipart += 1
             if c == 48:
-                if nd == 0:
-                    lead += 1
-                else:
+                if nd != 0:                         # leading zeros only move the point
                     zeros += 1
             elif nd + zeros < 18:                   # mant stays below 10**18: an int64
-                for _ in range(zeros):
-                    mant *= 10
-                mant = mant * 10 + (c - 48)
+                mant = mant * I10[zeros + 1] + (c - 48)
                 nd += zeros + 1
                 zeros = 0
             else:
@@ -253,29 +246,38 @@ def parse_decimal(buf, s, e):
             if 22 < p <= 22 + 15 and mant < TWO53 // 10 ** (p - 22):   # 12e30 = 12e8 * 1e22, both exact
                 v = float(mant * 10 ** (p - 22)) * P10[22]
                 return (-v if neg else v), True
-    # exact path: the significant digits as an array, value 0.d * 10**dp
+    v = _exact_text(buf, start, e, exp)
+    return (-v if neg else v), True
+
+
+@njit(cache=True, nogil=True)
+def _exact_text(buf, start, e, exp):
+    """The exact path of parse_decimal (kept out of it so the fast path stays small), on text it has validated:
+    the significant digits of buf[start:e] (up to the exponent) as a digit array with value 0.d * 10**dp."""
     d = np.zeros(_SCRATCH, np.int64)
     nd = 0
     trunc = False
-    seen = 0
+    ipart = 0           # digits before the point
+    lead = 0            # zeros before the first non-zero digit
+    dot = False
     for i in range(start, e):
         c = buf[i]
         if c == 101 or c == 69:
             break
         if c == 46:
+            dot = True
             continue
-        seen += 1
-        if seen <= lead:
-            continue
-        if nd < MAX_DIGITS:
+        if not dot:
+            ipart += 1
+        if nd == 0 and c == 48:
+            lead += 1
+        elif nd < MAX_DIGITS:
             d[nd] = c - 48
             nd += 1
         elif c != 48:
             trunc = True
-    dp = ipart - lead + exp
-    nd, dp = _trim(d, nd, dp)
-    v = _exact(d, nd, dp, trunc)
-    return (-v if neg else v), True
+    nd, dp = _trim(d, nd, ipart - lead + exp)
+    return _exact(d, nd, dp, trunc)
 
 
 # ===================================================================================== number -> text writers
