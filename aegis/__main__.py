@@ -14,11 +14,7 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(SUBCOMMANDS[argv[0]])
-        except ModuleNotFoundError as e:
-            print(f"aegis: error: the {argv[0]} command is not available in this build ({e})", file=sys.stderr)
-            return 2
+        module = importlib.import_module(SUBCOMMANDS[argv[0]])
         return int(module.main(argv[1:]) or 0)
     if argv and argv[0] == "run":
         argv = argv[1:]

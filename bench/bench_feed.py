@@ -30,7 +30,8 @@ from aegis.feed.conflation import ConflationBuffer
 from aegis.feed.parse import ST_QUOTES, Parser
 from aegis.binance.symbols import BUILTIN_SYMBOLS, SymbolTable
 from aegis.core.wait import SLEEP
-from aegis.feed.wsframes import OP_TEXT, connect, encode_frame
+from aegis.core.websocket import OP_TEXT, encode_frame
+from aegis.feed.wsframes import connect
 
 N_FAST = 2_000_000
 N_BASELINE = 100_000
@@ -49,7 +50,7 @@ def prebuilt_frames(n_distinct: int = 20_000, u0: int = 10_708_444_522_016) -> t
         payload = (b'{"stream":"%s@bookTicker","data":{"e":"bookTicker","u":%d,"s":"%s","b":"%.2f","B":"%.3f",'
                    b'"a":"%.2f","A":"%.3f","T":1780563843114,"E":1780563843114}}'
                    % (s.lower().encode(), u0 + i, s.encode(), px, rng.random() * 10, px + 0.01, rng.random() * 10))
-        parts.append(encode_frame(OP_TEXT, payload, mask=False))
+        parts.append(encode_frame(OP_TEXT, payload, masked=False))
     return b"".join(parts), n_distinct
 
 

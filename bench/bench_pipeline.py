@@ -97,7 +97,7 @@ def test_status_line_query_cost(benchmark):
 # Tick-to-trade benches (issue 7): what one tick costs from "bytes received" to "order request bytes written".
 #
 # 1. test_in_process_tick_to_trade -- every stage is the engine's own code, in one process, no market network:
-#      pre-encoded websocket frames (bookTicker, API.md 2.4.1, combined-stream shape) copied into a real
+#      pre-encoded websocket frames (bookTicker, combined-stream shape) copied into a real
 #      FrameReader's buffer (what recv_into does), recv_ts = now  ->  FeedEngine.ingest (one jitted call: splitter,
 #      parser, conflation buffer, ring publish, recv->publish histogram)  ->  in-process ring (aegis.core.ring kernels)
 #      ->  Brain thread running the real brain_loop (ema_cross, risk.check, trade.handoff)  ->  the real Sender
@@ -105,7 +105,7 @@ def test_status_line_query_cost(benchmark):
 #      line built in jitted code, line written, order send(2)'d on the plain keep-alive connection)  ->  a loopback
 #      HTTP/ws sink in a child process that timestamps the request's arrival and answers a canned ACK.
 #      Threads are pinned like the engine: Feed (this thread) on the first core, Brain on the last; the sender as
-#      [trade] wait = auto places it (with a polling Brain on 2 cores: waiting on the Brain's core, "share").
+#      [trade] wait = auto places it (with a polling Brain on 2 cores: waiting on the Brain's core, "spin-yield").
 #      The driver feeds one tick at a time and, after a tick that produced an order, waits for the sender to finish
 #      and applies a fill (as the user stream would) before the next tick: figures are per-order latency without
 #      queueing behind an earlier order. Meanwhile it keeps its core busy and does not hold the GIL, as the Feed
@@ -140,7 +140,7 @@ from aegis.trade import sender as trade  # noqa: E402
 from aegis.core.atomics import load_acquire  # noqa: E402
 from aegis.core.clock import py_now_ns  # noqa: E402
 from aegis.core.records import FILL_DTYPE, MARKET_DTYPE, STATUS_FILLED  # noqa: E402
-from aegis.core.wait import NAMES as WAIT_NAMES  # noqa: E402
+from aegis.core.wait import NAMES as WAIT_NAMES, name_of as wait_name_of  # noqa: E402
 from aegis.core.clock import cpu_relax, sleep_ns, yield_cpu  # noqa: E402
 from aegis.core.wait import SLEEP, SPIN_LIMIT  # noqa: E402
 
@@ -306,7 +306,7 @@ class HttpSink:
 # --- market data: pre-encoded bookTicker frames whose mids zigzag so ema_cross reverses often ----------------------
 def tick_frames(n: int, period: int = 12, u0: int = 10_708_444_522_016) -> list[np.ndarray]:
     """n server (unmasked) frames, symbols alternating; each symbol's mid is a triangle wave of `period` ticks."""
-    from aegis.feed.wsframes import OP_TEXT, encode_frame
+    from aegis.core.websocket import OP_TEXT, encode_frame
     e_ms = time.time_ns() // 1_000_000
     base = {"BTCUSDT": (63405.4, 0.1, "%.1f"), "ETHUSDT": (3050.25, 0.01, "%.2f")}
     out = []
@@ -320,7 +320,7 @@ def tick_frames(n: int, period: int = 12, u0: int = 10_708_444_522_016) -> list[
                    b'"a":"%s","A":"2.357","T":%d,"E":%d}}'
                    % (name.lower().encode(), u0 + i, name.encode(), (fmt % bid).encode(),
                       (fmt % (bid + tick)).encode(), e_ms + i // 10, e_ms + i // 10))
-        out.append(np.frombuffer(encode_frame(OP_TEXT, payload, mask=False), np.uint8).copy())
+        out.append(np.frombuffer(encode_frame(OP_TEXT, payload, masked=False), np.uint8).copy())
     return out
 
 
@@ -417,9 +417,9 @@ class InProcessPipeline:
         # the sender as TradeSession makes it ([trade] wait = auto): with a polling Brain (busy-spin/spin-yield)
         # on a 2-core box it shares the Brain's core (parked; the Brain hands it the core after each hand-off); with
         # a sleeping Brain it parks on a futex on the other core. AEGIS_BENCH_SENDER=futex|share|spin overrides.
-        smode = trade.WAIT_MODES.get(os.environ.get("AEGIS_BENCH_SENDER", ""),
-                                     trade.resolve_wait("auto", False, wait != "sleep"))
-        score = self.brain_core if smode == trade.WAIT_SHARE else self.feed_core
+        smode = WAIT_NAMES.get(os.environ.get("AEGIS_BENCH_SENDER", ""),
+                               trade.resolve_wait("auto", False, wait != "sleep"))
+        score = self.brain_core if smode == WAIT_NAMES["spin-yield"] else self.feed_core
         self.sender = trade.Sender(self.queue, self.order_client, self.journal, self.prefix, rules, self.fills,
                                    smode, (score,) if self.pin else (), "ACK", None, self.lat)
         if fast_path:                    # what TradeSession does with [trade] fast_path = true (the default)
@@ -639,7 +639,7 @@ def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
     print(f"in-process tick-to-trade, transport {transport}: {pipe.ticks} ticks, {n_orders} orders in {wall:.1f} s "
           f"(one tick at a time; ema_cross fast=2 slow=4; Brain wait {os.environ.get('AEGIS_BENCH_WAIT', 'spin-yield')}"
           f"{f', Feed on core {pipe.feed_core}, Brain on core {pipe.brain_core}' if pipe.pin else ''}; sender "
-          f"{trade.WAIT_NAMES[pipe.sender.wait]} on core(s) {','.join(map(str, pipe.sender.cores_used))})")
+          f"{wait_name_of(pipe.sender.wait)} on core(s) {','.join(map(str, pipe.sender.cores_used))})")
     print(_load_line())
     print(R.format_table(hset), end="")
     print(pipe.sender_breakdown())

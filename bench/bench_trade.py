@@ -22,7 +22,8 @@ from numba import njit
 from aegis.binance import wire
 from aegis.core.clock import cpu_relax, now_ns, sleep_ns, yield_cpu
 from aegis.core.records import ORDER_REQUEST_DTYPE
-from aegis.trade.sender import H_YIELD_TO, WAIT_MODES, WAIT_SHARE, RequestQueue, handoff, sender_wait
+from aegis.core.wait import NAMES as WAIT_NAMES, SPIN_YIELD, W_YIELD_TO
+from aegis.trade.sender import RequestQueue, handoff, sender_wait
 
 
 @njit(cache=True, nogil=True)
@@ -46,21 +47,22 @@ def _produce(header, records, reqs, count, gap_ns, nap):
 
 
 def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool = False) -> dict:
-    """share: producer and sender pinned to one core (the Brain's), the sender yield-polling, the producer hands the
-    core over after each hand-off (trade.H_YIELD_TO), as [trade] wait = auto does with a polling Brain on 2 cores."""
+    """spin-yield: producer and sender pinned to one core (the Brain's), the sender yield-polling, the producer hands
+    the core over after each hand-off (aegis.core.wait.W_YIELD_TO), as [trade] wait = auto does with a polling Brain
+    on 2 cores."""
     import os
     q = RequestQueue(4096)
-    same_core = mode == "share"
+    same_core = mode == "spin-yield"
     old_aff = os.sched_getaffinity(0)
     core = max(old_aff)
     if same_core:
-        q.header[H_YIELD_TO] = 1
+        q.header[W_YIELD_TO] = 1
         os.sched_setaffinity(0, {core})
     reqs = np.zeros(1, ORDER_REQUEST_DTYPE)
     dst = np.zeros(64, ORDER_REQUEST_DTYPE)
     stamps = np.zeros(2, np.int64)
     seen, py = [], []
-    wait = WAIT_MODES[mode]
+    wait = WAIT_NAMES[mode]
     _produce(q.header, q.records, reqs, 1, 1000, nap)      # compile outside the measurement
     sender_wait(q.header, q.records, dst, 64, wait, 1_000_000, stamps)
 
@@ -90,7 +92,7 @@ def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool =
 
 
 def test_handoff_futex(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("futex", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("block", 1000), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     assert r["n"] == 1000
 
@@ -108,7 +110,7 @@ def test_handoff_spin(benchmark):
 
 
 def test_handoff_share_the_producers_core(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("share", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("spin-yield", 1000), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     assert r["n"] == 1000
 
@@ -196,7 +198,7 @@ def test_fast_path_request_and_journal_line_build(benchmark, transport):
 # --- where the order encode runs: in the Brain before the hand-off, or in the sender after it ------------------
 # The sender encodes after the hand-off (trade.wait_and_prepare). Encoding in the Brain instead would move that
 # work before the hand-off, and it only pays if the Brain, whose loop is hot, encodes faster than the sender that
-# has just been switched in. Both threads share one core as with [trade] wait = share.
+# has just been switched in. Both threads share one core as with [trade] wait = spin-yield.
 @njit(cache=True, nogil=True)
 def _produce_encoding(header, records, reqs, count, gap_ns, encode_here, enc, req, pool, state, out, tmp, jb, times):
     """A spin-yield Brain: polls with sched_yield, and every gap_ns takes a stamp (risk passed), encodes when asked
@@ -225,7 +227,7 @@ def _produce_encoding(header, records, reqs, count, gap_ns, encode_here, enc, re
 def _consume_encoding(header, records, dst, count, encode_here, enc, req, pool, state, out, tmp, jb, times, stamps):
     got = 0
     while got < count:
-        n = sender_wait(header, records, dst, dst.shape[0], WAIT_SHARE, 50_000_000, stamps)
+        n = sender_wait(header, records, dst, dst.shape[0], SPIN_YIELD, 50_000_000, stamps)
         if n == 0:
             return got
         for i in range(n):
@@ -244,7 +246,7 @@ def measure_encode_placement(where: str, transport: str = "rest", count: int = 2
     sender holds the signed request and journal line, the figure that decides."""
     import os
     q = RequestQueue(4096)
-    q.header[H_YIELD_TO] = 1
+    q.header[W_YIELD_TO] = 1
     old_aff = os.sched_getaffinity(0)
     core = max(old_aff)
     os.sched_setaffinity(0, {core})
@@ -290,8 +292,8 @@ def test_encode_placement(benchmark, where):
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     print(f"{'mode':22} {'n':>5} {'seen p50':>9} {'seen p99':>9} {'py p50':>8} {'py p99':>8} {'max':>8}  (us)")
-    for m, nap in (("spin", False), ("futex", False), ("sleep", False), ("share", False), ("spin", True),
-                   ("futex", True)):
+    for m, nap in (("busy-spin", False), ("block", False), ("sleep", False), ("spin-yield", False),
+                   ("busy-spin", True), ("block", True)):
         r = measure_handoff(m, count, nap=nap)
         m = r["mode"]
         print(f"{m:22} {r['n']:5d} {r['seen_p50']:9.1f} {r['seen_p99']:9.1f} {r['p50']:8.1f} {r['p99']:8.1f} "

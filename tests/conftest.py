@@ -1,45 +1,96 @@
-"""Every test is bounded in time: a SIGALRM per test (default 60 s, `@pytest.mark.time_limit(s)` to change).
+"""Every test is bounded in time by pytest-timeout (pyproject.toml: 60 s, thread method).
 
-Jitted loops under test always carry their own deadline too: a signal handler only runs between Python bytecodes,
-so it cannot interrupt a thread that is inside compiled code.
+`@pytest.mark.time_limit(s)` gives a test its own limit (it becomes pytest-timeout's `timeout` marker); `--timeout`
+or PYTEST_TIMEOUT changes the default. The thread method is used because a hang is most likely inside jitted code,
+which no signal handler can interrupt: a watchdog thread dumps every thread's stack and ends the run. Jitted loops
+under test still carry their own deadline, so a slow test fails on its own instead of ending the whole run.
 """
 from __future__ import annotations
 
-import os
-import signal
+import contextlib
+import io
+import tempfile
+from pathlib import Path
 
 import pytest
-
-DEFAULT_LIMIT_S = int(os.environ.get("AEGIS_TEST_TIME_LIMIT", "60"))
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "time_limit(seconds): fail the test if it runs longer than this")
 
 
-@pytest.fixture(autouse=True)
-def _time_limit(request):
-    marker = request.node.get_closest_marker("time_limit")
-    limit = int(marker.args[0]) if marker else DEFAULT_LIMIT_S
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("time_limit")
+        if marker is not None:
+            item.add_marker(pytest.mark.timeout(marker.args[0]))
 
-    def expired(signum, frame):
-        raise TimeoutError(f"test exceeded its {limit}s time limit")
 
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(limit)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+# Jitted code a test needs compiled before its clock starts: 15-60 s each on a cold Numba cache, which no single
+# test's limit should pay. Each is warmed once per run, before the first test, and only when a collected test uses
+# the fixture of the same name (directly or through another fixture).
+def _warm_order_path() -> None:
+    from aegis.trade import sender
+    sender.warm_fast_path()        # the sender's order path (wait_and_prepare)
+
+
+def _warm_feed() -> None:
+    from aegis.feed import process
+    process.warm_up()              # the Feed's parse / book / ingest kernels
+
+
+def _warm_replay() -> None:
+    """The replay core and the Feed's parser, through the replay command on one CSV file and one recording."""
+    from aegis.feed.recording import Recorder
+    from aegis.replay import run as replay
+    t0 = 1_704_067_200_000
+    with tempfile.TemporaryDirectory() as d:
+        csv_path = Path(d) / "BTCUSDT-bookTicker-2024-01-01.csv"
+        csv_path.write_text("update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,"
+                            "event_time\n" + "".join(f"{i + 1},100.0,5,100.2,5,{t0 + i},{t0 + i}\n" for i in range(3)))
+        rec = Recorder(Path(d) / "rec")
+        rec.write(1, "btcusdt@bookTicker", {"e": "bookTicker", "u": 1, "s": "BTCUSDT", "b": "1.0", "B": "1",
+                                             "a": "1.1", "A": "1", "T": t0, "E": t0})
+        rec.close()
+        args = ["--param", "fast=1", "--param", "slow=2", "--brain", "unit_notional=0", "--out", str(Path(d) / "o"),
+                "--no-progress", "--latency", "1ms"]
+        for source in (str(csv_path), str(rec.files[0])):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                assert replay.main([source, *args]) == 0
+
+
+WARM_UPS = {"compiled_order_path": _warm_order_path, "compiled_feed": _warm_feed, "compiled_replay": _warm_replay}
+_warmed: set[str] = set()
+
+
+def _ensure(name: str) -> None:
+    if name not in _warmed:
+        WARM_UPS[name]()
+        _warmed.add(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    if not session.config.option.collectonly:
+        for name in WARM_UPS:
+            if any(name in getattr(item, "fixturenames", ()) for item in session.items):
+                _ensure(name)
+    return (yield)
 
 
 @pytest.fixture(scope="session")
 def compiled_order_path():
-    """The sender's jitted fast path (aegis.trade.sender.wait_and_prepare) compiled once per session, outside any test's
-    time limit: ~15 s on a cold Numba cache (CI), after which every process loads it from the on-disk cache."""
-    from aegis.trade import sender as trade
-    trade.warm_fast_path()
+    _ensure("compiled_order_path")
+
+
+@pytest.fixture(scope="session")
+def compiled_feed():
+    _ensure("compiled_feed")
+
+
+@pytest.fixture(scope="session")
+def compiled_replay():
+    _ensure("compiled_replay")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Futures order-book sync of aegis.feed.book (API.md section 3), driven through the real parser."""
+"""Futures order-book sync of aegis.feed.book (Binance docs: "How to manage a local order book correctly"), driven
+through the real parser."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,10 +17,8 @@ SYM = "BTCUSDT"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed.process import warm_up
-    warm_up()
+def _compiled(compiled_feed):
+    """The Feed's kernels, compiled before any test's clock started (tests/conftest.py)."""
 
 
 def depth(U, u, pu, bids=(), asks=(), sym=SYM):

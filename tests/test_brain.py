@@ -273,9 +273,9 @@ def test_brain_config_defaults_and_validation():
     assert c.candle_intervals == ("1s", "5m") and c.round_ms == 5.0 and not c.trading
     assert brain.BrainConfig.from_section({"unit_notional": 0}).unit_notional == 0.0
     for bad, msg in [({"batchsize": 1}, "unknown key"), ({"candle_intervals": ["1y"]}, "candle interval"),
-                     ({"batch": 0}, "positive integer"), ({"trading": "yes"}, "true or false"),
-                     ({"bus_capacity": 1000}, "power of two"), ({"round_ms": -1}, "positive number"),
-                     ({"unit_notional": -5}, "positive number")]:
+                     ({"batch": 0}, "batch must be > 0"), ({"trading": "yes"}, "true or false"),
+                     ({"bus_capacity": 1000}, "power of two"), ({"round_ms": -1}, "round_ms must be > 0"),
+                     ({"batch": 1.5}, "batch must be an integer"), ({"unit_notional": -5}, "unit_notional must be >= 0")]:
         with pytest.raises(ConfigError, match=msg):
             brain.BrainConfig.from_section(bad)
 

@@ -1,4 +1,4 @@
-"""Request signing (API.md §4.2, §5.3) and the decimal wire format."""
+"""Request signing (docs/binance-notes.md, Request signing) and the decimal wire format."""
 import hashlib
 import hmac
 from urllib.parse import unquote

@@ -17,10 +17,8 @@ CAP = R.MIN_CAPACITY
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed.process import warm_up
-    warm_up()
+def _compiled(compiled_feed):
+    """The Feed's kernels, compiled before any test's clock started (tests/conftest.py)."""
 
 
 @pytest.fixture()

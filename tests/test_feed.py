@@ -27,10 +27,8 @@ FAST = FeedConfig(stall_timeout=5.0, backoff_initial=0.05, backoff_max=0.2, snap
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed.process import warm_up
-    warm_up()
+def _compiled(compiled_feed):
+    """The Feed's kernels, compiled before any test's clock started (tests/conftest.py)."""
 
 
 class Run:
@@ -180,7 +178,7 @@ def test_malformed_frames_are_counted_and_skipped(feed, venue, kind):
     assert feed.eng.reconnects == 0
 
 
-@pytest.mark.parametrize("kind", ["bad_opcode", "rsv"])
+@pytest.mark.parametrize("kind", ["bad_opcode", "rsv", "masked"])
 def test_protocol_violations_close_the_connection_and_the_feed_reconnects(feed, venue, kind):
     assert feed.run(5.0, until=lambda: len(feed.records()) > 100)
     venue.send_malformed(kind)

@@ -27,18 +27,16 @@ from aegis.core.records import FLAG_CONFLATED, FLAG_RESYNC, KIND_BOOK, KIND_DEPT
 from aegis.feed.recording import read_recording
 from aegis.binance.symbols import SymbolTable
 from aegis.core.wait import SLEEP
-from aegis.feed.wsframes import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, ConnectionClosed, FrameReader, \
-    encode_frame
+from aegis.core.websocket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame
+from aegis.feed.wsframes import ConnectionClosed, FrameReader
 
 SYMBOLS = (("BTCUSDT", "0.10", "0.001"), ("ETHUSDT", "0.01", "0.001"), ("SOLUSDT", "0.01", "1"))
 STREAMS = ("bookTicker", "aggTrade", "markPrice")   # no "depth": no snapshot thread; tests load snapshots
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _compiled():
-    """Compile the Feed's kernels once per module, outside the per-test time limit (cold cache: ~30 s)."""
-    from aegis.feed.process import warm_up
-    warm_up()
+def _compiled(compiled_feed):
+    """The Feed's kernels, compiled before any test's clock started (tests/conftest.py)."""
 
 
 # ------------------------------------------------------------------------------------------------ payloads
@@ -66,20 +64,20 @@ def depth(sym="BTCUSDT", first=10, last=12, prev=9, bids=(("100.5", "1"),), asks
 
 
 def text(payload: bytes) -> bytes:
-    return encode_frame(OP_TEXT, payload, mask=False)
+    return encode_frame(OP_TEXT, payload, masked=False)
 
 
 def fragmented(payload: bytes, pieces: int = 3) -> bytes:
     k = max(1, len(payload) // pieces)
     parts = [payload[i:i + k] for i in range(0, len(payload), k)]
-    out = encode_frame(OP_TEXT, parts[0], mask=False, fin=len(parts) == 1)
+    out = encode_frame(OP_TEXT, parts[0], masked=False, fin=len(parts) == 1)
     for n, part in enumerate(parts[1:], 2):
-        out += encode_frame(OP_CONT, part, mask=False, fin=n == len(parts))
+        out += encode_frame(OP_CONT, part, masked=False, fin=n == len(parts))
     return out
 
 
 def ping(payload: bytes = b"hb") -> bytes:
-    return encode_frame(OP_PING, payload, mask=False)
+    return encode_frame(OP_PING, payload, masked=False)
 
 
 def market_stream(n: int, seed: int = 1, u0: int = 1) -> list[bytes]:
@@ -317,7 +315,7 @@ def test_reads_holding_more_frames_than_the_frame_table_loop_in_batches():
 def test_pings_are_answered_identically_and_data_around_them_published(twins):
     frames = market_stream(30, seed=6)
     data = b"".join(frames[:10]) + ping(b"p1") + b"".join(frames[10:20]) + ping(b"") + \
-        encode_frame(OP_PONG, b"unsolicited", mask=False) + b"".join(frames[20:])
+        encode_frame(OP_PONG, b"unsolicited", masked=False) + b"".join(frames[20:])
     twins.feed(data)
     twins.feed(ping(b"alone"))
     recs = twins.assert_identical()
@@ -444,7 +442,7 @@ def test_protocol_error_closes_after_publishing_the_reads_before_it(twins):
 
 
 def test_close_frame_publishes_the_frames_of_its_read_then_reports_the_connection_closed(twins):
-    data = b"".join(market_stream(8, seed=17)) + encode_frame(OP_CLOSE, struct.pack(">H", 1001), mask=False) + \
+    data = b"".join(market_stream(8, seed=17)) + encode_frame(OP_CLOSE, struct.pack(">H", 1001), masked=False) + \
         b"".join(market_stream(3, seed=18, u0=900))
     twins.feed(data)
     recs = twins.assert_identical()
@@ -452,13 +450,23 @@ def test_close_frame_publishes_the_frames_of_its_read_then_reports_the_connectio
     assert twins.fused.eng.parser.stats[ST_FRAMES] == 11 and len(recs) > 0
 
 
-def test_masked_and_binary_frames_are_parsed_once_by_either_path(twins):
+def test_binary_frames_are_parsed_once_by_either_path(twins):
     msgs = [quote("BTCUSDT", 70_000 + k) for k in range(5)]
-    data = b"".join(encode_frame(OP_TEXT, m, mask=True) for m in msgs[:3]) + \
-        encode_frame(OP_BINARY, msgs[3], mask=False) + encode_frame(OP_TEXT, msgs[4], mask=True) + ping(b"m")
+    data = b"".join(encode_frame(OP_TEXT, m, masked=False) for m in msgs[:3]) + \
+        encode_frame(OP_BINARY, msgs[3], masked=False) + encode_frame(OP_TEXT, msgs[4], masked=False) + ping(b"m")
     twins.feed(data, read_sizes=[50, 100, 400])
     recs = twins.assert_identical()
     assert recs["last_id"].tolist() == [70_000 + k for k in range(5)]
+
+
+def test_a_masked_server_frame_fails_the_connection_after_the_reads_before_it(twins):
+    """RFC 6455 5.1: a client must close the connection when a server frame is masked."""
+    twins.feed(b"".join(market_stream(10, seed=21)))
+    twins.feed(b"".join(market_stream(5, seed=22, u0=500)) + encode_frame(OP_TEXT, quote("BTCUSDT", 9), masked=True))
+    twins.assert_identical()
+    assert twins.fused.closed_with and "masked the wrong way" in twins.fused.closed_with
+    assert twins.fused.reader.closed
+    assert twins.pongs == [bytes([OP_CLOSE]) + struct.pack(">H", 1002)]
 
 
 def test_a_frame_larger_than_the_reader_buffer_grows_it_and_keeps_the_fused_path():

@@ -31,18 +31,8 @@ def quotes_csv(path, mids=MIDS, t0_ms=T0_MS, step_ms=1000, header=True):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compiled(tmp_path_factory):
-    """Compile (or load from numba's cache) the replay core and the Feed's parser once per module, before the
-    per-test time limit starts: a cold compile of the whole live path takes tens of seconds on a busy CI box."""
-    d = tmp_path_factory.mktemp("warm")
-    rec = Recorder(d / "rec")
-    rec.write(1, "btcusdt@bookTicker", {"e": "bookTicker", "u": 1, "s": "BTCUSDT", "b": "1.0", "B": "1",
-                                         "a": "1.1", "A": "1", "T": T0_MS, "E": T0_MS})
-    rec.close()
-    args = ["--param", "fast=1", "--param", "slow=2", "--brain", "unit_notional=0", "--out", str(d / "o"),
-            "--no-progress", "--latency", "1ms"]
-    assert replay.main([quotes_csv(d / "BTCUSDT-bookTicker-2024-01-01.csv"), *args]) == 0
-    assert replay.main([str(rec.files[0]), *args]) == 0
+def compiled(compiled_replay):
+    """The replay core and the Feed's parser, compiled before any test's clock started (tests/conftest.py)."""
 
 
 def run(tmp_path, files, *extra, out="out"):
@@ -202,7 +192,7 @@ def test_out_of_order_rows_are_reported_with_their_line(tmp_path, capsys):
     (["{csv}", "--strategy", "nope"], "unknown strategy 'nope'"),
     (["{csv}", "--param", "fast=abc"], "parameter fast must be an integer"),
     (["{csv}", "--param", "fast"], "--param takes KEY=VALUE"),
-    (["{csv}", "--latency", "soon"], "bad duration"),
+    (["{csv}", "--latency", "soon"], "duration must be"),
     (["{csv}", "--latency-hist", "nohist.npz"], "no histogram file"),
     (["{csv}", "--risk", "max_open_orders=0"], "max_open_orders"),
 ])

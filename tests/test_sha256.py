@@ -142,7 +142,7 @@ def test_sha256_matches_hashlib_around_block_boundaries(kernels, n):
 # --- HMAC-SHA256 ------------------------------------------------------------------------------------------------
 
 def test_binance_documented_signing_example_gives_the_documented_signature():
-    # API.md §4.2 test vector (the official SIGNED endpoint example)
+    # the test vector of Binance docs "SIGNED Endpoint Examples for POST /fapi/v1/order"
     secret = b"2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"
     query = (b"symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC"
              b"&recvWindow=5000&timestamp=1591702613943")

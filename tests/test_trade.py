@@ -12,6 +12,7 @@ from tests.trade_rig import brain_for, request
 from aegis.brain import pipeline
 from aegis.core import ring
 from aegis.trade import risk
+from aegis.core import wait as waiting
 from aegis.trade import sender as trade
 from aegis.binance.client import VENUE_URLS, VenueSelectionError, endpoints
 from aegis.core.config import ConfigError
@@ -42,16 +43,16 @@ def test_handoff_stamps_handoff_ts_and_the_sender_reads_requests_in_order():
         trade.handoff(q.header, q.records, one_req(cid)[0], 1000 + cid)
     dst = np.zeros(8, ORDER_REQUEST_DTYPE)
     stamps = np.zeros(2, np.int64)
-    n = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_FUTEX, 1_000_000, stamps)
+    n = trade.sender_wait(q.header, q.records, dst, 8, waiting.BLOCK, 1_000_000, stamps)
     assert n == 3 and list(dst[:3]["client_id"]) == [1, 2, 3] and list(dst[:3]["handoff_ts"]) == [1001, 1002, 1003]
 
 
-@pytest.mark.parametrize("mode", ["futex", "sleep", "spin"])
+@pytest.mark.parametrize("mode", ["block", "sleep", "busy-spin"])
 def test_sender_wait_times_out_empty(mode):
     q = trade.RequestQueue()
     dst = np.zeros(8, ORDER_REQUEST_DTYPE)
     t = time.monotonic()
-    assert trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_MODES[mode], 20_000_000, np.zeros(2, np.int64)) == 0
+    assert trade.sender_wait(q.header, q.records, dst, 8, waiting.NAMES[mode], 20_000_000, np.zeros(2, np.int64)) == 0
     assert 0.015 < time.monotonic() - t < 1.0
 
 
@@ -59,12 +60,12 @@ def test_parked_sender_is_woken_by_a_handoff_from_another_thread():
     q = trade.RequestQueue()
     dst = np.zeros(8, ORDER_REQUEST_DTYPE)
     stamps = np.zeros(2, np.int64)
-    trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_FUTEX, 1_000_000, stamps)   # compile
+    trade.sender_wait(q.header, q.records, dst, 8, waiting.BLOCK, 1_000_000, stamps)   # compile
     got = {}
 
     def sender():
         t = time.monotonic()
-        got["n"] = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_FUTEX, 5_000_000_000, stamps)
+        got["n"] = trade.sender_wait(q.header, q.records, dst, 8, waiting.BLOCK, 5_000_000_000, stamps)
         got["waited"] = time.monotonic() - t
 
     th = threading.Thread(target=sender)
@@ -84,7 +85,7 @@ def test_abort_releases_a_parked_sender():
     dst = np.zeros(8, ORDER_REQUEST_DTYPE)
     out = {}
     th = threading.Thread(target=lambda: out.setdefault("n", trade.sender_wait(
-        q.header, q.records, dst, 8, trade.WAIT_FUTEX, 5_000_000_000, np.zeros(2, np.int64))))
+        q.header, q.records, dst, 8, waiting.BLOCK, 5_000_000_000, np.zeros(2, np.int64))))
     t = time.monotonic()
     th.start()
     time.sleep(0.05)
@@ -169,22 +170,22 @@ def test_trade_config_validation():
 
 
 def test_auto_wait_spins_only_with_a_core_of_its_own():
-    assert trade.resolve_wait("auto", own_core=False) == trade.WAIT_FUTEX
-    assert trade.resolve_wait("auto", own_core=True) == trade.WAIT_SPIN
+    assert trade.resolve_wait("auto", own_core=False) == waiting.BLOCK
+    assert trade.resolve_wait("auto", own_core=True) == waiting.BUSY_SPIN
 
 
 def test_auto_wait_shares_the_brains_core_only_when_the_brain_never_sleeps():
-    assert trade.resolve_wait("auto", own_core=False, brain_polls=True) == trade.WAIT_SHARE
-    assert trade.resolve_wait("auto", own_core=False, brain_polls=False) == trade.WAIT_FUTEX
-    assert trade.resolve_wait("auto", own_core=True, brain_polls=True) == trade.WAIT_SPIN
+    assert trade.resolve_wait("auto", own_core=False, brain_polls=True) == waiting.SPIN_YIELD
+    assert trade.resolve_wait("auto", own_core=False, brain_polls=False) == waiting.BLOCK
+    assert trade.resolve_wait("auto", own_core=True, brain_polls=True) == waiting.BUSY_SPIN
 
 
 def test_a_sharing_sender_waiting_on_the_producers_core_gets_the_request_without_a_futex():
     q = trade.RequestQueue()
-    q.header[trade.H_YIELD_TO] = 1
+    q.header[waiting.W_YIELD_TO] = 1
     dst = np.zeros(8, ORDER_REQUEST_DTYPE)
     stamps = np.zeros(2, np.int64)
-    trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 1_000_000, stamps)   # compile
+    trade.sender_wait(q.header, q.records, dst, 8, waiting.SPIN_YIELD, 1_000_000, stamps)   # compile
     core = {max(os.sched_getaffinity(0))}
     old = os.sched_getaffinity(0)
     got, started = {}, threading.Event()
@@ -192,7 +193,7 @@ def test_a_sharing_sender_waiting_on_the_producers_core_gets_the_request_without
     def sender():
         os.sched_setaffinity(0, core)
         started.set()
-        got["n"] = trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 5_000_000_000, stamps)
+        got["n"] = trade.sender_wait(q.header, q.records, dst, 8, waiting.SPIN_YIELD, 5_000_000_000, stamps)
 
     th = threading.Thread(target=sender)
     th.start()
@@ -217,7 +218,7 @@ def test_a_sharing_sender_returns_when_the_queue_is_aborted():
     stamps = np.zeros(2, np.int64)
     got = {}
     th = threading.Thread(target=lambda: got.update(
-        n=trade.sender_wait(q.header, q.records, dst, 8, trade.WAIT_SHARE, 5_000_000_000, stamps)))
+        n=trade.sender_wait(q.header, q.records, dst, 8, waiting.SPIN_YIELD, 5_000_000_000, stamps)))
     th.start()
     time.sleep(0.01)
     q.abort()
@@ -242,7 +243,7 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
     rules = [risk.SymbolRules("X", tick_size="0.1", step_size="1")]
     q = trade.RequestQueue()
     j = ReadOnlyJournal(str(tmp_path / "j.jsonl"))
-    s = trade.Sender(q, MustNotSend(), j, "p-", rules, fills, wait=trade.WAIT_FUTEX)
+    s = trade.Sender(q, MustNotSend(), j, "p-", rules, fills, wait=waiting.BLOCK)
     s.enable_fast_path("rest", "key", "secret", 5000, "http://127.0.0.1:1")
     s.start()
     try:
@@ -280,7 +281,7 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
     jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
     lens = np.zeros(1, np.int64)
     try:
-        n = trade.wait_and_prepare(q.header, q.records, np.zeros(1, ORDER_REQUEST_DTYPE), 1, trade.WAIT_SPIN, 0,
+        n = trade.wait_and_prepare(q.header, q.records, np.zeros(1, ORDER_REQUEST_DTYPE), 1, waiting.BUSY_SPIN, 0,
                                    np.zeros(2, np.int64), enc, state, wire.new_mask_pool(),
                                    np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), lens,
                                    np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), jfd,
@@ -351,7 +352,7 @@ def test_sender_thread_leaves_the_brains_core_when_another_exists():
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[-1]})          # this thread plays the pinned Brain
     try:
-        s = trade.Sender(trade.RequestQueue(), None, None, "p-", [], wait=trade.WAIT_FUTEX).start()
+        s = trade.Sender(trade.RequestQueue(), None, None, "p-", [], wait=waiting.BLOCK).start()
         assert wait_for_value(lambda: s.cores_used)
         assert cores[-1] not in s.cores_used
         s.stop()

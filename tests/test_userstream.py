@@ -13,7 +13,7 @@ from tests.trade_rig import KeyPool, Rig, venue_config, wait_for
 
 pytestmark = [pytest.mark.time_limit(30), pytest.mark.usefixtures("compiled_order_path")]
 
-# API.md §6.4, verbatim live frames (2024-11-18)
+# live frames of one BTCUSDT open and close (2024-11-18; docs/binance-notes.md, User data events)
 LIVE_NEW = b'{"e":"ORDER_TRADE_UPDATE","T":1731954087444,"E":1731954087444,"o":{"s":"BTCUSDT","c":"android_MLA5BSDBdSD12WPlEyMh","S":"BUY","o":"LIMIT","f":"GTC","q":"0.002","p":"91739.90","ap":"0","sp":"0","x":"NEW","X":"NEW","i":482255808281,"l":"0","z":"0","L":"0","n":"0","N":"USDT","T":1731954087444,"t":0,"b":"183.66307","a":"0","m":false,"R":false,"wt":"CONTRACT_PRICE","ot":"LIMIT","ps":"BOTH","cp":false,"rp":"0","pP":false,"si":0,"ss":0,"V":"NONE","pm":"OPPONENT","gtd":0}}'
 LIVE_ACCOUNT = b'{"e":"ACCOUNT_UPDATE","T":1731954087444,"E":1731954087444,"a":{"B":[{"a":"USDT","wb":"642.76097079","cw":"642.76097079","bc":"0"}],"P":[{"s":"BTCUSDT","pa":"0.002","ep":"91739.9","cr":"0","up":"-0.03508665","mt":"cross","iw":"0","ps":"BOTH","ma":"USDT","bep":"91785.76995"}],"m":"ORDER"}}'
 LIVE_TRADE = b'{"e":"ORDER_TRADE_UPDATE","T":1731954087444,"E":1731954087444,"o":{"s":"BTCUSDT","c":"android_MLA5BSDBdSD12WPlEyMh","S":"BUY","o":"LIMIT","f":"GTC","q":"0.002","p":"91739.90","ap":"91739.90000","sp":"0","x":"TRADE","X":"FILLED","i":482255808281,"l":"0.002","z":"0.002","L":"91739.90","n":"0.09173990","N":"USDT","T":1731954087444,"t":5612428004,"b":"0","a":"0","m":false,"R":false,"wt":"CONTRACT_PRICE","ot":"LIMIT","ps":"BOTH","cp":false,"rp":"0","pP":false,"si":0,"ss":0,"V":"NONE","pm":"OPPONENT","gtd":0}}'

@@ -1,6 +1,7 @@
 """Matching, filters, positions and PnL of the embedded venue's exchange (pure logic, no sockets).
 
-Numbers in the PnL tests are computed by hand (and two come from Binance's live frames in API.md §6.4).
+Numbers in the PnL tests are computed by hand (and two come from Binance's live frames, docs/binance-notes.md, User data
+events).
 """
 from __future__ import annotations
 
@@ -411,7 +412,8 @@ def test_query_of_unknown_order_answers_2013(ex):
 # ----------------------------------------------------------------------------------------------- PnL & events
 
 def test_live_open_and_close_reproduce_binance_fee_realized_pnl_and_break_even(ex, book):
-    # API.md §6.4: BUY 0.002 @ 91739.90, then reduce-only MARKET SELL @ 90853.20
+    # live frames (docs/binance-notes.md, User data events): BUY 0.002 @ 91739.90, then reduce-only MARKET SELL @
+    # 90853.20
     book.set("BTCUSDT", [(91739.8, 5.0)], [(91739.9, 5.0)], mark=91739.9)
     order(ex, symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.002", price="91739.90")
     assert kinds(ex.events) == [("TRADE_LITE",), ("ORDER_TRADE_UPDATE", "NEW", "NEW"), ("ACCOUNT_UPDATE",),

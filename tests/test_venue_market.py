@@ -163,7 +163,8 @@ def test_some_symbols_use_ids_above_2_pow_53(venue):
     ws.close()
 
 
-# ---- depth snapshot + diffs (API.md 3.2 / 3.5 / 3.6) ------------------------------------------------------
+# ---- depth snapshot + diffs (docs/binance-notes.md, Local order book)
+# ------------------------------------------------------
 def _apply(book: dict, levels) -> None:
     for px, q in levels:
         if Decimal(q) == 0:
@@ -226,7 +227,7 @@ def _sync_and_compare(v, stream: str, symbol: str = "BTCUSDT"):
 def test_depth_0ms_snapshot_plus_diffs_rebuild_the_venue_book(own_venue):
     v = own_venue(rate=2000, seed=11)
     applied, gaps, tickers, best_at_u = _sync_and_compare(v, "btcusdt@depth@0ms")
-    assert gaps > applied // 2, "U - pu > 1 most of the time (API.md 3.6)"
+    assert gaps > applied // 2, "U - pu > 1 most of the time (docs/binance-notes.md, Local order book)"
 
 
 def test_depth_100ms_snapshot_plus_diffs_rebuild_the_venue_book(own_venue):
@@ -474,7 +475,7 @@ def test_rest_market_data_is_charged_to_the_ip_weight(venue):
     r1 = requests.get(venue.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=1000")
     r2 = requests.get(venue.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=1000")
     w1, w2 = int(r1.headers["X-MBX-USED-WEIGHT-1M"]), int(r2.headers["X-MBX-USED-WEIGHT-1M"])
-    assert w2 - w1 == 20  # limit 1000 weighs 20 (API.md 3.1)
+    assert w2 - w1 == 20  # limit 1000 weighs 20 (Binance docs: "Order Book")
 
 
 def test_rest_market_data_over_weight_limit_is_429(own_venue):

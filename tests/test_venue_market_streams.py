@@ -1,4 +1,5 @@
-"""Market-stream routing, control messages (API.md 2.3), connection rules and fault knobs of the embedded venue."""
+"""Market-stream routing, control messages (Binance docs: "Live Subscribing/Unsubscribing to streams"), connection rules
+and fault knobs of the embedded venue."""
 from __future__ import annotations
 
 import base64

@@ -108,7 +108,7 @@ def test_signed_order_in_form_body_is_accepted(venue):
 
 
 def test_mixed_query_and_body_are_signed_concatenated_without_separator(venue):
-    # API.md §4.2: totalParams = query string + body, "There is no & between"
+    # docs/binance-notes.md, Request signing: totalParams = query string + body, "There is no & between"
     ts = int(time.time() * 1000)
     query = "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC"
     body = f"quantity=0.001&price=89000&recvWindow=5000&timestamp={ts}"

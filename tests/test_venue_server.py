@@ -12,7 +12,7 @@ import pytest
 import requests
 import websocket
 
-from aegis.venue import wsproto
+from aegis.core import websocket as ws
 from aegis.venue.server import Response, Router, VenueServer, WsPolicy
 
 
@@ -191,35 +191,35 @@ def test_ws_fragmented_message_is_reassembled(make_server):
 def test_ws_client_ping_is_answered_with_same_payload(make_server):
     s = make_server()
     sock, _ = _handshake(s.port)
-    sock.sendall(wsproto.encode_client_frame(wsproto.OP_PING, b"hello"))
-    assert _read_server_frame(sock) == (wsproto.OP_PONG, b"hello")
+    sock.sendall(ws.encode_frame(ws.OP_PING, b"hello", masked=True))
+    assert _read_server_frame(sock) == (ws.OP_PONG, b"hello")
     sock.close()
 
 
 def test_ws_unmasked_client_frame_is_closed_with_1002(make_server):
     s = make_server()
     sock, _ = _handshake(s.port)
-    sock.sendall(wsproto.encode_frame(wsproto.OP_TEXT, b"hi"))
+    sock.sendall(ws.encode_frame(ws.OP_TEXT, b"hi", masked=False))
     op, payload = _read_server_frame(sock)
-    assert op == wsproto.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1002
+    assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1002
     sock.close()
 
 
 def test_ws_invalid_utf8_text_is_closed_with_1007(make_server):
     s = make_server()
     sock, _ = _handshake(s.port)
-    sock.sendall(wsproto.encode_client_frame(wsproto.OP_TEXT, b"\xff\xfe"))
+    sock.sendall(ws.encode_frame(ws.OP_TEXT, b"\xff\xfe", masked=True))
     op, payload = _read_server_frame(sock)
-    assert op == wsproto.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1007
+    assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1007
     sock.close()
 
 
 def test_ws_client_close_is_echoed_and_connection_ends(make_server):
     s = make_server()
     sock, _ = _handshake(s.port)
-    sock.sendall(wsproto.encode_client_frame(wsproto.OP_CLOSE, struct.pack("!H", 1000) + b"bye"))
+    sock.sendall(ws.encode_frame(ws.OP_CLOSE, struct.pack("!H", 1000) + b"bye", masked=True))
     op, payload = _read_server_frame(sock)
-    assert op == wsproto.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1000
+    assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1000
     assert sock.recv(10) == b""
     sock.close()
 
@@ -230,7 +230,7 @@ def test_server_pings_with_random_payload(make_server):
     payloads = set()
     for _ in range(2):
         op, payload = _read_server_frame(sock)
-        assert op == wsproto.OP_PING and len(payload) > 0
+        assert op == ws.OP_PING and len(payload) > 0
         payloads.add(payload)
     assert len(payloads) == 2
     sock.close()
@@ -242,8 +242,8 @@ def test_echoed_pongs_keep_the_connection_alive(make_server):
     deadline = time.monotonic() + 1.2
     while time.monotonic() < deadline:
         op, payload = _read_server_frame(sock)
-        assert op == wsproto.OP_PING
-        sock.sendall(wsproto.encode_client_frame(wsproto.OP_PONG, payload))
+        assert op == ws.OP_PING
+        sock.sendall(ws.encode_frame(ws.OP_PONG, payload, masked=True))
     sock.close()
 
 
@@ -253,7 +253,7 @@ def test_missing_pong_disconnects_after_pong_timeout(make_server):
     t0 = time.monotonic()
     while True:
         op, payload = _read_server_frame(sock)
-        if op == wsproto.OP_CLOSE:
+        if op == ws.OP_CLOSE:
             break
     assert 0.3 <= time.monotonic() - t0 < 2.0
     assert struct.unpack("!H", payload[:2])[0] == 1008
@@ -265,9 +265,9 @@ def test_unsolicited_or_wrong_pongs_do_not_prevent_disconnection(make_server):
     sock, _ = _handshake(s.port)
     while True:
         op, payload = _read_server_frame(sock)
-        if op == wsproto.OP_CLOSE:
+        if op == ws.OP_CLOSE:
             break
-        sock.sendall(wsproto.encode_client_frame(wsproto.OP_PONG, b"not-the-payload"))
+        sock.sendall(ws.encode_frame(ws.OP_PONG, b"not-the-payload", masked=True))
     assert struct.unpack("!H", payload[:2])[0] == 1008
     sock.close()
 
@@ -277,7 +277,7 @@ def test_connection_is_closed_at_its_lifetime(make_server):
     sock, _ = _handshake(s.port)
     t0 = time.monotonic()
     op, payload = _read_server_frame(sock)
-    assert op == wsproto.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1001
+    assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1001
     assert 0.45 <= time.monotonic() - t0 < 2.0
     sock.close()
 
@@ -286,15 +286,15 @@ def test_more_than_limit_incoming_messages_per_second_disconnects(make_server):
     s = make_server(WsPolicy(max_incoming_per_s=10))
     sock, _ = _handshake(s.port)
     for i in range(11):
-        sock.sendall(wsproto.encode_client_frame(wsproto.OP_PING, b"%d" % i))
+        sock.sendall(ws.encode_frame(ws.OP_PING, b"%d" % i, masked=True))
     frames = []
     while True:
         op, payload = _read_server_frame(sock)
         frames.append(op)
-        if op == wsproto.OP_CLOSE:
+        if op == ws.OP_CLOSE:
             break
     assert struct.unpack("!H", payload[:2])[0] == 1008
-    assert frames.count(wsproto.OP_PONG) == 10
+    assert frames.count(ws.OP_PONG) == 10
     sock.close()
 
 
@@ -319,9 +319,9 @@ def test_stop_closes_open_websockets(make_server):
 
 
 def test_accept_key_helper_matches_rfc_example():
-    assert wsproto.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-    assert wsproto.valid_client_key(base64.b64encode(os.urandom(16)).decode())
-    assert not wsproto.valid_client_key("short")
+    assert ws.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert ws.valid_client_key(base64.b64encode(os.urandom(16)).decode())
+    assert not ws.valid_client_key("short")
 
 
 def test_http_1_0_request_without_keep_alive_is_answered_and_closed(make_server):
@@ -346,9 +346,9 @@ def test_expect_100_continue_gets_interim_response(make_server):
 def test_frame_claiming_huge_length_is_closed_with_1009(make_server):
     s = make_server()
     sock, _ = _handshake(s.port)
-    sock.sendall(wsproto.frame_header(wsproto.OP_TEXT, 1 << 40, masked=True) + b"\x00\x00\x00\x00")
+    sock.sendall(ws.frame_header(ws.OP_TEXT, 1 << 40, masked=True) + b"\x00\x00\x00\x00")
     op, payload = _read_server_frame(sock)
-    assert op == wsproto.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1009
+    assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1009
     sock.close()
 
 
@@ -367,5 +367,5 @@ def test_ws_handler_exception_closes_with_1011(make_server):
     s.router.add_ws("/bad", bad)
     sock, _ = _handshake(s.port, "/bad")
     op, payload = _read_server_frame(sock)
-    assert op == wsproto.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1011
+    assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1011
     sock.close()

@@ -149,10 +149,11 @@ def test_journal_line_is_the_record_the_generic_path_journals(kw, tmp_path):
 @given(units=st.integers(-10**12, 10**12), unit=st.sampled_from(["0.10", "0.001", "1", "10", "0.0000001", "0.5",
                                                                    "100", "0.00001"]))
 def test_decimal_text_equals_units_to_str(units, unit):
-    from aegis.binance.signing import _unit_parts
-    m, d = _unit_parts(unit)
+    from aegis.core.codecs import put_decimal
+    from aegis.binance.signing import unit_parts
+    m, d = unit_parts(unit)
     out = np.zeros(64, np.uint8)
-    n = wire.put_units(out, 0, units, m, d)
+    n = put_decimal(out, 0, units * m, d)
     assert bytes(out[:n]).decode() == units_to_str(units, unit)
 
 

@@ -10,18 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from aegis.feed.wsframes import (FR_FIN, FR_SPECIAL, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
-                            SPLIT_OK, SPLIT_PROTOCOL_ERROR, ConnectionClosed, FrameReader, encode_frame,
-                            split_frames)
+from aegis.core.websocket import (FR_FIN, FR_SPECIAL, FROM_CLIENT, FROM_SERVER, OP_BINARY, OP_CLOSE, OP_CONT,
+                                  OP_PING, OP_PONG, OP_TEXT, SPLIT_BAD_MASK, SPLIT_OK, SPLIT_PROTOCOL_ERROR,
+                                  SPLIT_TOO_BIG, encode_frame, split_frames)
+from aegis.feed.wsframes import ConnectionClosed, FrameReader
 
 
-def _split_all(data: bytes, max_frames: int = 1024):
+def _split_all(data: bytes, max_frames: int = 1024, rule: int = FROM_SERVER, max_len: int = 1 << 30):
     buf = np.frombuffer(data, np.uint8).copy()
     offs = np.zeros(max_frames, np.int64)
     lens = np.zeros(max_frames, np.int64)
     ops = np.zeros(max_frames, np.uint8)
     flags = np.zeros(max_frames, np.uint8)
-    n, pos, special, status = split_frames(buf, 0, len(buf), offs, lens, ops, flags, max_frames)
+    n, pos, special, status = split_frames(buf, 0, len(buf), offs, lens, ops, flags, max_frames, rule, max_len)
     frames = [(int(ops[i]), bytes(buf[offs[i]:offs[i] + lens[i]]), int(flags[i])) for i in range(n)]
     return frames, pos, special, status
 
@@ -45,27 +46,37 @@ def _decode_client_frame(data: bytes) -> tuple[int, bytes, bool]:
 
 def test_splitter_reads_7_16_and_64_bit_payload_lengths():
     payloads = [b"x" * 5, b"y" * 125, b"z" * 126, b"w" * 65535, b"v" * 65536, b"u" * 200_000]
-    data = b"".join(encode_frame(OP_TEXT, p, mask=False) for p in payloads)
+    data = b"".join(encode_frame(OP_TEXT, p, masked=False) for p in payloads)
     frames, pos, special, status = _split_all(data)
     assert status == SPLIT_OK and pos == len(data) and special == 0
     assert [p for _, p, _ in frames] == payloads
 
 
 def test_splitter_leaves_a_partial_frame_for_the_next_read():
-    data = encode_frame(OP_TEXT, b'{"a":1}', mask=False) + encode_frame(OP_TEXT, b"b" * 300, mask=False)
+    data = encode_frame(OP_TEXT, b'{"a":1}', masked=False) + encode_frame(OP_TEXT, b"b" * 300, masked=False)
     cut = len(data) - 10
     frames, pos, _, status = _split_all(data[:cut])
     assert status == SPLIT_OK and len(frames) == 1 and pos == 9  # 2 header bytes + 7 payload bytes
 
 
-def test_splitter_unmasks_a_masked_server_frame():
-    frames, _, _, status = _split_all(encode_frame(OP_TEXT, b"hello masked", mask=True))
-    assert status == SPLIT_OK and frames[0][1] == b"hello masked"
+def test_a_masked_server_frame_fails_a_client_and_an_unmasked_client_frame_fails_a_server():
+    """RFC 6455 5.1: a client closes the connection on a masked frame, a server on an unmasked one."""
+    masked = encode_frame(OP_TEXT, b"hello masked", masked=True)
+    assert _split_all(masked, rule=FROM_SERVER)[3] == SPLIT_BAD_MASK
+    frames, _, _, status = _split_all(masked, rule=FROM_CLIENT)
+    assert status == SPLIT_OK and frames[0][1] == b"hello masked"   # a server unmasks it in place
+    assert _split_all(encode_frame(OP_TEXT, b"plain", masked=False), rule=FROM_CLIENT)[3] == SPLIT_BAD_MASK
+
+
+def test_a_frame_longer_than_the_reader_accepts_is_refused_from_its_header():
+    header_only = encode_frame(OP_TEXT, b"x" * 70_000, masked=False)[:10]   # the payload has not arrived
+    assert _split_all(header_only, max_len=65_536)[3] == SPLIT_TOO_BIG
+    assert _split_all(header_only, max_len=70_000)[3] == SPLIT_OK
 
 
 def test_splitter_flags_control_and_fragmented_frames_as_special():
-    data = (encode_frame(OP_PING, b"p", mask=False) + encode_frame(OP_TEXT, b"part1", mask=False, fin=False)
-            + encode_frame(OP_CONT, b"part2", mask=False) + encode_frame(OP_TEXT, b"whole", mask=False))
+    data = (encode_frame(OP_PING, b"p", masked=False) + encode_frame(OP_TEXT, b"part1", masked=False, fin=False)
+            + encode_frame(OP_CONT, b"part2", masked=False) + encode_frame(OP_TEXT, b"whole", masked=False))
     frames, _, special, status = _split_all(data)
     assert status == SPLIT_OK and special == 3
     assert [f & FR_SPECIAL != 0 for _, _, f in frames] == [True, True, True, False]
@@ -86,7 +97,7 @@ def test_splitter_reports_protocol_errors(bad):
        cuts=hst.lists(hst.integers(min_value=1, max_value=90_000), min_size=0, max_size=12),
        ops=hst.lists(hst.sampled_from([OP_TEXT, OP_BINARY]), min_size=6, max_size=6))
 def test_splitter_recovers_every_frame_from_any_fragmentation_of_the_stream(payloads, cuts, ops):
-    stream = b"".join(encode_frame(ops[i], p, mask=False) for i, p in enumerate(payloads))
+    stream = b"".join(encode_frame(ops[i], p, masked=False) for i, p in enumerate(payloads))
     # feed the stream in arbitrary pieces to a buffer the way FrameReader does (keep the unsplit tail)
     bounds = sorted({min(c, len(stream)) for c in cuts} | {len(stream)})
     buf = np.zeros(len(stream) + 16, np.uint8)
@@ -100,7 +111,7 @@ def test_splitter_recovers_every_frame_from_any_fragmentation_of_the_stream(payl
         prev = b
         buf[tail:tail + len(piece)] = np.frombuffer(piece, np.uint8)
         tail += len(piece)
-        n, pos, _, status = split_frames(buf, head, tail, offs, lens, opa, flags, 64)
+        n, pos, _, status = split_frames(buf, head, tail, offs, lens, opa, flags, 64, FROM_SERVER, 1 << 30)
         assert status == SPLIT_OK
         got += [(int(opa[i]), bytes(buf[offs[i]:offs[i] + lens[i]])) for i in range(n)]
         head = pos
@@ -127,7 +138,7 @@ def _read_frames(reader: FrameReader, deadline_s: float = 2.0):
 def test_reader_answers_ping_with_a_masked_pong_of_the_same_payload():
     reader, server = _pair()
     try:
-        server.sendall(encode_frame(OP_PING, b"ping-payload-42", mask=False))
+        server.sendall(encode_frame(OP_PING, b"ping-payload-42", masked=False))
         frames = _read_frames(reader)
         assert frames == [(OP_PING, b"ping-payload-42")]
         reader.handle_special(lambda m: None)
@@ -142,7 +153,7 @@ def test_reader_answers_ping_with_a_masked_pong_of_the_same_payload():
 def test_reader_echoes_close_and_reports_the_connection_closed():
     reader, server = _pair()
     try:
-        server.sendall(encode_frame(OP_CLOSE, struct.pack(">H", 1001) + b"bye", mask=False))
+        server.sendall(encode_frame(OP_CLOSE, struct.pack(">H", 1001) + b"bye", masked=False))
         _read_frames(reader)
         with pytest.raises(ConnectionClosed):
             reader.handle_special(lambda m: None)
@@ -158,9 +169,9 @@ def test_reader_echoes_close_and_reports_the_connection_closed():
 def test_reader_reassembles_a_fragmented_message():
     reader, server = _pair()
     try:
-        server.sendall(encode_frame(OP_TEXT, b'{"a":', mask=False, fin=False)
-                       + encode_frame(OP_CONT, b"1", mask=False, fin=False)
-                       + encode_frame(OP_CONT, b"}", mask=False))
+        server.sendall(encode_frame(OP_TEXT, b'{"a":', masked=False, fin=False)
+                       + encode_frame(OP_CONT, b"1", masked=False, fin=False)
+                       + encode_frame(OP_CONT, b"}", masked=False))
         got = []
         end = time.monotonic() + 2
         while not got and time.monotonic() < end:
@@ -189,7 +200,7 @@ def test_reader_grows_its_buffer_for_a_frame_larger_than_the_buffer():
     try:
         server.setblocking(True)
         import threading
-        t = threading.Thread(target=server.sendall, args=(encode_frame(OP_TEXT, big, mask=False),))
+        t = threading.Thread(target=server.sendall, args=(encode_frame(OP_TEXT, big, masked=False),))
         t.start()
         got = []
         end = time.monotonic() + 5

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from aegis.core import wait
 from aegis.core.config import VENUES, ConfigError, load
 from aegis.core.ring import POLICIES
+from aegis.core.usage import OneLineParser, usage_error
+
+PROG = "python -m aegis"
 
 DESCRIPTION = """\
 AEGIS: a low-latency trading engine for Binance USD-M perpetual futures.
@@ -49,21 +51,13 @@ Exit codes: 0 orderly stop (duration, Ctrl-C, SIGTERM), 1 an engine process fail
 """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes get one line naming the problem and pointing at --help (exit 2), not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog.split()[-1] if ' ' in self.prog else self.prog}: error: {message} "
-                     f"(see {self.prog} --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m aegis", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", metavar="A,B",
                    help="pin Feed to core A and Brain to core B (default: the two highest cores available)")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: run "
-                   "until Ctrl-C or SIGTERM)")
+    p.add_argument("--duration", metavar="DURATION", help="stop after this long: seconds, or with a unit "
+                   "(90s, 15m, 2h; default: run until Ctrl-C or SIGTERM)")
     p.add_argument("--wait", choices=wait.CHOICES, help="wait strategy of the spin loops (default: auto)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p.add_argument("--source", choices=("venue", "synthetic"),
@@ -116,15 +110,13 @@ def _check_trading(cfg) -> None:
     from aegis.binance import keys
     from aegis.trade.risk import RiskConfig
     from aegis.trade.sender import TradeConfig
-    try:
-        RiskConfig.from_section(cfg.section("risk"))
-        tcfg = TradeConfig.from_section(cfg.section("trade"))
-        if cfg.venue != "embedded" and cfg.source == "venue":
+    RiskConfig.from_section(cfg.section("risk"))
+    tcfg = TradeConfig.from_section(cfg.section("trade"))
+    if cfg.venue != "embedded" and cfg.source == "venue":
+        try:
             keys.load(cfg.venue, tcfg.key_file or None)
-    except ConfigError:
-        raise
-    except ValueError as e:  # RiskConfigError, ApiKeyError: user mistakes too
-        raise ConfigError(str(e)) from None
+        except keys.ApiKeyError as e:  # a user mistake too
+            raise ConfigError(str(e)) from None
 
 
 def main(argv: list[str]) -> int:
@@ -161,6 +153,5 @@ def main(argv: list[str]) -> int:
         _check_trading(cfg)
         brain.validate(cfg)  # strategy and [brain] mistakes are reported here, not inside a child process
     except (ConfigError, supervisor.CoreError) as e:
-        print(f"aegis: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, str(e))
     return supervisor.run(cfg)

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from aegis.core import latency as L
+from aegis.core.usage import OneLineParser, usage_error
+
+PROG = "python -m aegis report"
 
 REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 HIST_FILE_NAME = "latency.npz"
@@ -273,11 +276,11 @@ _CHAR_W = 6 * _FONT_SCALE   # 5 columns of ink + 1 of spacing
 _CHAR_H = 7 * _FONT_SCALE
 
 
-def _text_width(s: str) -> int:
+def text_width(s: str) -> int:
     return len(s) * _CHAR_W - _FONT_SCALE
 
 
-def _draw_text(img: np.ndarray, x: int, y: int, s: str, color) -> None:
+def draw_text(img: np.ndarray, x: int, y: int, s: str, color) -> None:
     """Draw `s` with its top-left corner at (x, y); characters without a glyph are drawn as '_' ."""
     for k, ch in enumerate(s.upper()):
         bits = _GLYPH_BITS.get(ch, _GLYPH_BITS["_"])
@@ -289,7 +292,7 @@ def _draw_text(img: np.ndarray, x: int, y: int, s: str, color) -> None:
         img[ys[ok], xs[ok]] = color
 
 
-def _draw_polyline(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, color, width: int = 2) -> None:
+def draw_polyline(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, color, width: int = 2) -> None:
     """Connect consecutive points with `width`-pixel lines (sampled at one point per pixel step)."""
     px, py = [], []
     for i in range(len(xs) - 1):
@@ -337,9 +340,9 @@ def render_plot(hist_set: np.ndarray, width: int = 960, height: int = 600) -> np
     pw, ph = width - left - right, height - top - bottom
     stages = [st for st in range(L.N_STAGES) if L.count(hist_set[st]) > 0]
     title = "AEGIS LATENCY BY STAGE"
-    _draw_text(img, (width - _text_width(title)) // 2, 14, title, _INK)
+    draw_text(img, (width - text_width(title)) // 2, 14, title, _INK)
     if not stages:
-        _draw_text(img, left + 20, top + ph // 2, "NO SAMPLES RECORDED", _INK)
+        draw_text(img, left + 20, top + ph // 2, "NO SAMPLES RECORDED", _INK)
         return img
 
     total_max = max(int(L.count(hist_set[st])) for st in stages)
@@ -358,18 +361,18 @@ def render_plot(hist_set: np.ndarray, width: int = 960, height: int = 600) -> np
         gx = left + round(d / x_decades * pw)
         img[top:top + ph, gx] = _GRID
         lab = _percentile_label(d)
-        lx = min(gx - _text_width(lab) // 2, width - 4 - _text_width(lab))
-        _draw_text(img, lx, top + ph + 8, lab, _INK)
+        lx = min(gx - text_width(lab) // 2, width - 4 - text_width(lab))
+        draw_text(img, lx, top + ph + 8, lab, _INK)
     for k in range(y_lo, y_hi + 1):  # horizontal grid + microsecond labels
         gy = int(round(float(to_y(np.array([10.0 ** k]))[0])))
         img[min(gy, top + ph - 1), left:left + pw] = _GRID
         lab = _decade_label(k)
-        _draw_text(img, left - 8 - _text_width(lab), gy - _CHAR_H // 2, lab, _INK)
+        draw_text(img, left - 8 - text_width(lab), gy - _CHAR_H // 2, lab, _INK)
     img[top:top + ph + 1, left] = _INK  # axes
     img[top + ph, left:left + pw + 1] = _INK
-    _draw_text(img, left, top - 22, "MICROSECONDS (LOG)", _INK)
+    draw_text(img, left, top - 22, "MICROSECONDS (LOG)", _INK)
     xl = "PERCENTILE, LOG 1/(1-P)"
-    _draw_text(img, left + (pw - _text_width(xl)) // 2, height - 24, xl, _INK)
+    draw_text(img, left + (pw - text_width(xl)) // 2, height - 24, xl, _INK)
 
     cols = np.arange(pw + 1)
     decades = cols / pw * x_decades
@@ -377,18 +380,18 @@ def render_plot(hist_set: np.ndarray, width: int = 960, height: int = 600) -> np
     vals = np.zeros(qs.size, dtype=np.int64)
     for st in stages:
         L.percentiles(hist_set[st], qs, vals)
-        _draw_polyline(img, left + cols.astype(float), to_y(vals / NS_PER_US), STAGE_COLORS[st],
+        draw_polyline(img, left + cols.astype(float), to_y(vals / NS_PER_US), STAGE_COLORS[st],
                        width=3 if st == L.STAGE_TICK_TO_TRADE else 2)
 
     # Legend in the bottom-right corner: percentile curves rise to the right, so the space under the lowest
     # curve is widest there.
-    box_w = 40 + max(_text_width(L.STAGE_NAMES[st]) for st in stages) + 12
+    box_w = 40 + max(text_width(L.STAGE_NAMES[st]) for st in stages) + 12
     lx, ly = left + pw - box_w - 6, top + ph - len(stages) * 20 - 8
     img[ly - 6:ly + len(stages) * 20 + 2, lx - 6:lx + box_w] = (255, 255, 255)
     for n, st in enumerate(stages):
         y = ly + n * 20
         img[y + 5:y + 9, lx:lx + 28] = STAGE_COLORS[st]
-        _draw_text(img, lx + 36, y, L.STAGE_NAMES[st], _INK)
+        draw_text(img, lx + 36, y, L.STAGE_NAMES[st], _INK)
     return img
 
 
@@ -412,13 +415,8 @@ def write_run_report(hist_set: np.ndarray, out_dir, plot: bool = True) -> list[P
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # a user mistake is one line and exit 2, not a usage dump
-        self.exit(2, f"aegis report: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="aegis report", description="Per-stage latency percentiles, .hgrm files and a plot.")
+    p = OneLineParser(prog=PROG, description="Per-stage latency percentiles, .hgrm files and a plot.")
     p.add_argument("--hist", default=DEFAULT_HIST_PATH,
                    help=f"histogram file dumped by the engine (default {DEFAULT_HIST_PATH})")
     p.add_argument("--out", default=DEFAULT_OUT_DIR, help=f"output directory (default {DEFAULT_OUT_DIR})")
@@ -432,15 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hist_set = load_histograms(args.hist)
     except HistogramFileError as e:
-        print(f"aegis report: error: {e}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, str(e))
     try:
         paths = write_hgrm_files(hist_set, args.out)
         if not args.no_plot:
             paths.append(write_plot(hist_set, Path(args.out) / PLOT_NAME))
     except OSError as e:
-        print(f"aegis report: error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, f"cannot write to {args.out}: {e.strerror or e}")
     sys.stdout.write(format_table(hist_set))
     print(f"wrote {len(paths)} files to {args.out}: " + ", ".join(p.name for p in paths))
     return 0

@@ -10,7 +10,7 @@ Transport: measured against the embedded venue on this (loaded) box, 150 LIMIT o
 default ([trade] transport) because every recovery path starts there; `ws` is 2.5x faster per order and uses the
 same recovery (lookups, cancel-all and reconciliation stay on REST).
 
-Safety rules (API.md §4.3, §4.4, §7.1, §7.20):
+Safety rules (docs/binance-notes.md: Timing security, HTTP status codes):
 - A new order is never re-sent blindly. After a timeout / connection error / 5xx it is looked up by its
   newClientOrderId (GET /fapi/v1/order?origClientOrderId=); found -> that is the answer. Not found -> we wait until
   the original's timestamp + recvWindow has passed (after that the exchange must refuse the original with -1021 /
@@ -46,7 +46,7 @@ from aegis.binance.wire import new_state as wire_new_state
 
 log = logging.getLogger("aegis.binance.client")
 
-# API.md §1 (exactly)
+# docs/binance-notes.md, Hosts
 VENUE_URLS = {
     "binance": ("https://fapi.binance.com", "wss://fstream.binance.com", "wss://ws-fapi.binance.com/ws-fapi/v1"),
     "binance-testnet": ("https://testnet.binancefuture.com", "wss://fstream.binancefuture.com",
@@ -323,7 +323,7 @@ class BinanceClient:
             return r
         if not r.get("unknown"):
             return r
-        return self._settle_unknown(params, sent_ms, r)
+        return self.settle_unknown(params, sent_ms, r)
 
     def plain_fd(self) -> int:
         """The order connection's descriptor when the jitted sender may write to it itself (plain TCP, connected,
@@ -398,7 +398,7 @@ class BinanceClient:
             return self.place_order(params_fn())
         if not r.get("unknown"):
             return r
-        return self._settle_unknown(params_fn(), sent_ms, r)
+        return self.settle_unknown(params_fn(), sent_ms, r)
 
     def idle(self) -> None:
         """Sender idle time: replace an order connection the server closed while idle (keep-alive expiry), so
@@ -416,7 +416,7 @@ class BinanceClient:
             self._order_conn = RestConnection(self.ep.rest_url, self.timeout_s)
         return self._order_conn
 
-    def _settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
+    def settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
         sym, coid = params["symbol"], params["newClientOrderId"]
         q = self.query_order(sym, coid)
         if q["ok"]:
@@ -449,7 +449,7 @@ class BinanceClient:
         return r
 
     def cancel_all(self, symbol: str) -> dict:
-        # success body is {"code": 200, "msg": ...} (API.md §7.17): judge by HTTP status
+        # success body is {"code": 200, "msg": ...} (docs/binance-notes.md, New order): judge by HTTP status
         return self.request("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol}, urgent=True)
 
     def query_order(self, symbol: str, client_order_id: str) -> dict:
@@ -488,9 +488,9 @@ class BinanceClient:
 
 
 class WsTradeClient:
-    """order.place / order.cancel over the websocket trading API (API.md §5), one request in flight at a time
-    (the sender is a single thread). Lookups, cancel-all and reconciliation go over the REST client `rest`, which
-    also supplies the clock offset. Reconnects lazily after any socket error."""
+    """order.place / order.cancel over the websocket trading API (Binance docs: "WebSocket API General Info"), one
+    request in flight at a time (the sender is a single thread). Lookups, cancel-all and reconciliation go over the
+    REST client `rest`, which also supplies the clock offset. Reconnects lazily after any socket error."""
 
     def __init__(self, rest: BinanceClient, timeout_s: float = 5.0):
         self.rest = rest
@@ -503,7 +503,8 @@ class WsTradeClient:
         self._pending = None              # the prepared frame _raw_write sends
         self.send_return_ns = 0
 
-    MAX_AGE_S = 23 * 3600     # reconnect before Binance's 24 h cut (API.md §7.2), never in the middle of an order
+    # reconnect before Binance's 24 h cut (docs/binance-notes.md, Trading websocket), never in the middle of an order
+    MAX_AGE_S = 23 * 3600
 
     def _conn(self):
         import websocket
@@ -520,8 +521,8 @@ class WsTradeClient:
 
     def idle(self) -> None:
         """Called by the sender thread when it has nothing to send: answer the server's pings (a pong must echo
-        the ping within 10 min, API.md §5.1, and websocket-client only answers while reading), notice a dead
-        socket and reconnect ahead of the 24 h cut, all off the order path."""
+        the ping within 10 min, docs/binance-notes.md, Trading websocket, and websocket-client only answers while
+        reading), notice a dead socket and reconnect ahead of the 24 h cut, all off the order path."""
         import websocket
         ws = self._ws
         try:
@@ -641,7 +642,7 @@ class WsTradeClient:
             self.rest.back_off(r["status"], r.get("retry_after"), r.get("msg", ""))
         if not r.get("unknown"):
             return r
-        return self.rest._settle_unknown(params_fn(), sent_ms, r)
+        return self.rest.settle_unknown(params_fn(), sent_ms, r)
 
     def place_order(self, params: dict) -> dict:
         if self.rest.backing_off() > 0:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 ENV_KEY = "BINANCE_API_KEY"
 ENV_SECRET = "BINANCE_API_SECRET"
-# what the embedded venue accepts unless configured otherwise (VENUE_INTERFACE.md)
+# the one key pair the embedded venue accepts unless configured otherwise (aegis.venue uses these)
 EMBEDDED_KEY = "aegis-test-key"
 EMBEDDED_SECRET = "aegis-test-secret"
 

@@ -1,8 +1,8 @@
 """SHA-256, HMAC-SHA256 and CRC32 as allocation-free @njit(nogil) kernels over numpy uint8 buffers.
 
-Why our own: the order sender signs Binance requests (API.md §4.2/§5.3: HMAC-SHA256 of the exact bytes sent, lowercase
-hex) and checksums journal lines (zlib.crc32, 8 hex) from inside nogil jitted code, where hashlib/hmac/zlib are out of
-reach without re-acquiring the GIL and leaving the jitted batch.
+Why our own: the order sender signs Binance requests (docs/binance-notes.md, Request signing: HMAC-SHA256 of the exact
+bytes sent, lowercase hex) and checksums journal lines (zlib.crc32, 8 hex) from inside nogil jitted code, where
+hashlib/hmac/zlib are out of reach without re-acquiring the GIL and leaving the jitted batch.
 
 HMAC key handling: `hmac_key_state(secret)` runs once and precomputes the SHA-256 midstates after the (key XOR ipad)
 and (key XOR opad) blocks (RFC 2104). Each signature then costs only the message blocks plus one outer block, never

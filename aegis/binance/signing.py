@@ -1,11 +1,12 @@
-"""HMAC-SHA256 request signing for Binance USD-M (API.md §4.2 REST, §5.3 ws-fapi), and the decimal wire format.
+"""HMAC-SHA256 request signing for Binance USD-M (docs/binance-notes.md, Request signing), and the decimal wire format.
 
 REST: the signature covers exactly the bytes sent (the query string, percent-encoded as sent) and is appended
 last as `&signature=<hex>`. ws-fapi: the signature covers every param except `signature`, sorted by name,
 `k=v` joined with `&`, raw (not percent-encoded) values, and includes `apiKey` and `timestamp`.
 
 Numbers on the wire are decimal strings built from integer ticks/steps and the filter's own string
-(`units_to_str(1234, "0.10") -> "123.40"`): never `repr(float)` (API.md §7.8: `0.02999999999999` -> -1111).
+(`units_to_str(1234, "0.10") -> "123.40"`): never `repr(float)` (`0.02999999999999` -> -1111, docs/binance-notes.md,
+Decimal text on the wire).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def hmac_hex(secret: Secret, payload: str | bytes) -> str:
 
 
 def encode_params(params) -> str:
-    """`k=v&...` in the given order, values percent-encoded as UTF-8 (non-ASCII symbols, API.md §4.1)."""
+    """`k=v&...` in the given order, values percent-encoded as UTF-8 (non-ASCII symbols, docs/binance-notes.md, Request
+    signing)."""
     parts = []
     for k, v in (params.items() if isinstance(params, dict) else params):
         if isinstance(v, bool):
@@ -76,7 +78,7 @@ def decimals_of(unit: str) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _unit_parts(unit: str) -> tuple[int, int]:
+def unit_parts(unit: str) -> tuple[int, int]:
     """unit = mantissa / 10**decimals, both integers ("0.10" -> (10, 2), "1E-8" -> (1, 8), "10" -> (10, 0))."""
     d = decimals_of(unit)
     m = Decimal(unit).scaleb(d)
@@ -88,7 +90,7 @@ def _unit_parts(unit: str) -> tuple[int, int]:
 def units_to_str(units: int, unit: str) -> str:
     """Exact decimal text of `units * unit`, with the unit's number of decimals (how Binance writes it).
     Integer arithmetic only (this runs on every order): no float, no Decimal on the hot path."""
-    m, d = _unit_parts(unit)
+    m, d = unit_parts(unit)
     n = int(units) * m
     if d == 0:
         return str(n)

@@ -166,12 +166,6 @@ class SymbolTable:
     def info(self, sid: int) -> SymbolInfo:
         return self.symbols[sid]
 
-    def tick_sizes(self) -> np.ndarray:
-        return np.array([float(s.tick_size) for s in self.symbols])
-
-    def step_sizes(self) -> np.ndarray:
-        return np.array([float(s.step_size) for s in self.symbols])
-
     def to_dict(self) -> dict:
         return {"source": self.source,
                 "symbols": [{"id": s.id, "name": s.name, "tick_size": s.tick_size, "step_size": s.step_size}

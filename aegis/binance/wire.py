@@ -32,8 +32,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from aegis.binance import sha256
+from aegis.core.codecs import put_bytes, put_decimal, put_int, put_span
 from aegis.core.records import ORDER_MARKET, SIDE_BUY, TIF_FOK, TIF_GTX, TIF_IOC
-from aegis.binance.signing import _unit_parts, encode_params
+from aegis.binance.signing import unit_parts, encode_params
 
 TRANSPORT_REST, TRANSPORT_WS = 0, 1
 MAX_REQUEST = 2048        # bytes of one prepared request (a REST order is ~400 B, a ws-fapi frame ~450 B)
@@ -105,7 +106,7 @@ def send_now(fd, buf, off, n):
 
 
 @intrinsic
-def _fdatasync(typingctx, fd):
+def fdatasync(typingctx, fd):
     sig = types.int32(fd)
 
     def codegen(context, builder, signature, args):
@@ -146,7 +147,7 @@ L_HTTP_END = _lit("\r\nContent-Length: 0\r\nUser-Agent: aegis\r\nAccept: */*\r\n
                   "Connection: keep-alive\r\n\r\n")
 L_GTC, L_IOC, L_FOK, L_GTX = _lit("GTC"), _lit("IOC"), _lit("FOK"), _lit("GTX")
 L_TRUE, L_FALSE = _lit("true"), _lit("false")
-# ws-fapi (API.md §5.3): params sorted by name, signature over `k=v&...` of the raw values
+# ws-fapi (docs/binance-notes.md, Request signing): params sorted by name, signature over `k=v&...` of the raw values
 L_WS_HEAD = _lit('{"id":"')
 L_WS_METHOD = _lit('","method":"order.place","params":{')
 L_WS_SIGNATURE = _lit(',"signature":"')
@@ -187,7 +188,7 @@ def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str,
         for f, text in enumerate(forms):
             spans[f, i] = (len(blob), len(text))
             blob += text
-        units[i] = (*_unit_parts(r.step_size), *_unit_parts(r.market_step_size), *_unit_parts(r.tick_size))
+        units[i] = (*unit_parts(r.step_size), *unit_parts(r.market_step_size), *unit_parts(r.tick_size))
     for name, text in (("prefix", prefix), ("API key", api_key)):
         if encode_params([("s", text)])[2:] != text or orjson.dumps(text)[1:-1].decode() != text:
             raise ValueError(f"the {name} needs escaping, which the fast order path does not do")
@@ -213,93 +214,34 @@ def new_mask_pool() -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- kernels
-# plain byte loops: a numpy slice assignment builds two views and a generic copy per call (~25 ns each, and an
-# order makes ~40 of them), a loop over a few bytes compiles to straight moves
-@njit(cache=True, nogil=True)
-def _put(out, pos, src):
-    n = src.shape[0]
-    for k in range(n):
-        out[pos + k] = src[k]
-    return pos + n
-
-
-@njit(cache=True, nogil=True)
-def _put_span(out, pos, src, off, n):
-    for k in range(n):
-        out[pos + k] = src[off + k]
-    return pos + n
-
-
-@njit(cache=True, nogil=True)
-def put_int(out, pos, v):
-    """Decimal text of an int64 (what str(int) gives)."""
-    if v < 0:
-        out[pos] = 45    # '-'
-        pos += 1
-        v = -v
-    digits = 1
-    t = v
-    while t >= 10:
-        t //= 10
-        digits += 1
-    end = pos + digits
-    for k in range(digits):
-        out[end - 1 - k] = 48 + v % 10
-        v //= 10
-    return end
-
-
-@njit(cache=True, nogil=True)
-def put_units(out, pos, units, m, d):
-    """Exact decimal text of units * m / 10**d with d decimals (aegis.binance.signing.units_to_str)."""
-    n = units * m
-    if d == 0:
-        return put_int(out, pos, n)
-    if n < 0:
-        out[pos] = 45
-        pos += 1
-        n = -n
-    scale = 1
-    for _ in range(d):
-        scale *= 10
-    pos = put_int(out, pos, n // scale)
-    out[pos] = 46        # '.'
-    pos += 1
-    r = n % scale
-    for k in range(d):
-        out[pos + d - 1 - k] = 48 + r % 10
-        r //= 10
-    return pos + d
-
-
 @njit(cache=True, nogil=True)
 def _put_const(out, pos, enc, c):
-    return _put_span(out, pos, enc.consts, enc.c_off[c], enc.c_len[c])
+    return put_span(out, pos, enc.consts, enc.c_off[c], enc.c_len[c])
 
 
 @njit(cache=True, nogil=True)
 def _qty(out, pos, enc, req):
     s = req.symbol
     if req.order_type == ORDER_MARKET:
-        return put_units(out, pos, req.qty_steps, enc.units[s, 2], enc.units[s, 3])
-    return put_units(out, pos, req.qty_steps, enc.units[s, 0], enc.units[s, 1])
+        return put_decimal(out, pos, req.qty_steps * enc.units[s, 2], enc.units[s, 3])
+    return put_decimal(out, pos, req.qty_steps * enc.units[s, 0], enc.units[s, 1])
 
 
 @njit(cache=True, nogil=True)
 def _price(out, pos, enc, req):
     s = req.symbol
-    return put_units(out, pos, req.price_ticks, enc.units[s, 4], enc.units[s, 5])
+    return put_decimal(out, pos, req.price_ticks * enc.units[s, 4], enc.units[s, 5])
 
 
 @njit(cache=True, nogil=True)
 def _tif(out, pos, tif):
     if tif == TIF_IOC:
-        return _put(out, pos, L_IOC)
+        return put_bytes(out, pos, L_IOC)
     if tif == TIF_FOK:
-        return _put(out, pos, L_FOK)
+        return put_bytes(out, pos, L_FOK)
     if tif == TIF_GTX:
-        return _put(out, pos, L_GTX)
-    return _put(out, pos, L_GTC)
+        return put_bytes(out, pos, L_GTX)
+    return put_bytes(out, pos, L_GTC)
 
 
 @njit(cache=True, nogil=True)
@@ -307,45 +249,45 @@ def encode_rest_order(enc, req, ts_ms, out, pos):
     """The complete HTTP request for POST /fapi/v1/order at out[pos:]; returns the end position. Query order as
     aegis.trade.sender.order_params + signing.signed_query: symbol, side, type, [timeInForce], quantity, [price],
     [reduceOnly], newClientOrderId, newOrderRespType, recvWindow, timestamp, signature."""
-    pos = _put(out, pos, L_POST)
+    pos = put_bytes(out, pos, L_POST)
     q0 = pos
-    pos = _put(out, pos, L_SYMBOL)
-    pos = _put_span(out, pos, enc.blob, enc.sym_rest[req.symbol, 0], enc.sym_rest[req.symbol, 1])
-    pos = _put(out, pos, L_SIDE)
-    pos = _put(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
-    pos = _put(out, pos, L_TYPE)
+    pos = put_bytes(out, pos, L_SYMBOL)
+    pos = put_span(out, pos, enc.blob, enc.sym_rest[req.symbol, 0], enc.sym_rest[req.symbol, 1])
+    pos = put_bytes(out, pos, L_SIDE)
+    pos = put_bytes(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
+    pos = put_bytes(out, pos, L_TYPE)
     if req.order_type == ORDER_MARKET:
-        pos = _put(out, pos, L_MARKET)
-        pos = _put(out, pos, L_QTY)
+        pos = put_bytes(out, pos, L_MARKET)
+        pos = put_bytes(out, pos, L_QTY)
         pos = _qty(out, pos, enc, req)
     else:
-        pos = _put(out, pos, L_LIMIT)
-        pos = _put(out, pos, L_TIF)
+        pos = put_bytes(out, pos, L_LIMIT)
+        pos = put_bytes(out, pos, L_TIF)
         pos = _tif(out, pos, req.tif)
-        pos = _put(out, pos, L_QTY)
+        pos = put_bytes(out, pos, L_QTY)
         pos = _qty(out, pos, enc, req)
-        pos = _put(out, pos, L_PRICE)
+        pos = put_bytes(out, pos, L_PRICE)
         pos = _price(out, pos, enc, req)
     if req.reduce_only:
-        pos = _put(out, pos, L_RO)
-    pos = _put(out, pos, L_COID)
+        pos = put_bytes(out, pos, L_RO)
+    pos = put_bytes(out, pos, L_COID)
     pos = _put_const(out, pos, enc, C_PREFIX)
     pos = put_int(out, pos, req.client_id)
-    pos = _put(out, pos, L_RESP)
+    pos = put_bytes(out, pos, L_RESP)
     pos = _put_const(out, pos, enc, C_RESP)
-    pos = _put(out, pos, L_RW)
+    pos = put_bytes(out, pos, L_RW)
     pos = put_int(out, pos, enc.recv_window)
-    pos = _put(out, pos, L_TS)
+    pos = put_bytes(out, pos, L_TS)
     pos = put_int(out, pos, ts_ms)
     q1 = pos
-    pos = _put(out, pos, L_SIG)
+    pos = put_bytes(out, pos, L_SIG)
     sha256.hmac_sha256_hex(enc.kstate, out, q0, q1 - q0, out, pos, enc.scratch)
     pos += 64
-    pos = _put(out, pos, L_HTTP)
+    pos = put_bytes(out, pos, L_HTTP)
     pos = _put_const(out, pos, enc, C_HOST)
-    pos = _put(out, pos, L_KEYHDR)
+    pos = put_bytes(out, pos, L_KEYHDR)
     pos = _put_const(out, pos, enc, C_APIKEY)
-    return _put(out, pos, L_HTTP_END)
+    return put_bytes(out, pos, L_HTTP_END)
 
 
 @njit(cache=True, nogil=True)
@@ -372,18 +314,18 @@ def _ws_values(enc, req, ts_ms, tmp, p, spans):
             p = put_int(tmp, p, enc.recv_window)
         elif k == WK_RO:
             if req.reduce_only:
-                p = _put(tmp, p, L_TRUE)
+                p = put_bytes(tmp, p, L_TRUE)
         elif k == WK_SIDE:
-            p = _put(tmp, p, L_BUY if req.side == SIDE_BUY else L_SELL)
+            p = put_bytes(tmp, p, L_BUY if req.side == SIDE_BUY else L_SELL)
         elif k == WK_SYMBOL:
-            p = _put_span(tmp, p, enc.blob, enc.sym_raw[req.symbol, 0], enc.sym_raw[req.symbol, 1])
+            p = put_span(tmp, p, enc.blob, enc.sym_raw[req.symbol, 0], enc.sym_raw[req.symbol, 1])
         elif k == WK_TIF:
             if limit:
                 p = _tif(tmp, p, req.tif)
         elif k == WK_TS:
             p = put_int(tmp, p, ts_ms)
         else:
-            p = _put(tmp, p, L_LIMIT if limit else L_MARKET)
+            p = put_bytes(tmp, p, L_LIMIT if limit else L_MARKET)
         spans[k, 0] = start
         spans[k, 1] = p - start if p > start else -1
     return p
@@ -391,9 +333,9 @@ def _ws_values(enc, req, ts_ms, tmp, p, spans):
 
 @njit(cache=True, nogil=True)
 def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
-    """One masked ws-fapi text frame carrying order.place (API.md §5) at out[pos:]; the request id is the
-    newClientOrderId (unique per journal), so the answer is matched without a second counter. `tmp` is scratch
-    (>= 2 * MAX_REQUEST bytes). Returns the end position."""
+    """One masked ws-fapi text frame carrying order.place (Binance docs: "New Order (TRADE)", WebSocket API) at
+    out[pos:]; the request id is the newClientOrderId (unique per journal), so the answer is matched without a second
+    counter. `tmp` is scratch (>= 2 * MAX_REQUEST bytes). Returns the end position."""
     spans = enc.spans
     half = tmp.shape[0] // 2
     _ws_values(enc, req, ts_ms, tmp, half, spans)
@@ -405,18 +347,18 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
         if p > 0:
             tmp[p] = 38    # '&'
             p += 1
-        p = _put_span(tmp, p, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
+        p = put_span(tmp, p, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
         tmp[p] = 61        # '='
-        p = _put_span(tmp, p + 1, tmp, spans[k, 0], spans[k, 1])
+        p = put_span(tmp, p + 1, tmp, spans[k, 0], spans[k, 1])
     payload_len = p
     # the frame header, then the JSON straight into out; masked in place at the end
     n_max = half - payload_len      # JSON room (the payload and the values share tmp)
     hdr = 4 if n_max >= 126 else 2
     j0 = pos + hdr + 4
-    j = _put(out, j0, L_WS_HEAD)
+    j = put_bytes(out, j0, L_WS_HEAD)
     j = _put_const(out, j, enc, C_PREFIX)
     j = put_int(out, j, req.client_id)
-    j = _put(out, j, L_WS_METHOD)
+    j = put_bytes(out, j, L_WS_METHOD)
     first = True
     for k in range(WS_KEY_LEN.shape[0]):
         if spans[k, 1] < 0:
@@ -426,22 +368,22 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
             j += 1
         first = False
         out[j] = 34
-        j = _put_span(out, j + 1, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
+        j = put_span(out, j + 1, WS_KEY_BLOB, WS_KEY_OFF[k], WS_KEY_LEN[k])
         out[j] = 34
         out[j + 1] = 58    # ':'
         j += 2
         if k == WK_SYMBOL:
-            j = _put_span(out, j, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
+            j = put_span(out, j, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
         elif k == WK_RW or k == WK_TS:
-            j = _put_span(out, j, tmp, spans[k, 0], spans[k, 1])
+            j = put_span(out, j, tmp, spans[k, 0], spans[k, 1])
         else:
             out[j] = 34
-            j = _put_span(out, j + 1, tmp, spans[k, 0], spans[k, 1])
+            j = put_span(out, j + 1, tmp, spans[k, 0], spans[k, 1])
             out[j] = 34
             j += 1
-    j = _put(out, j, L_WS_SIGNATURE)
+    j = put_bytes(out, j, L_WS_SIGNATURE)
     sha256.hmac_sha256_hex(enc.kstate, tmp, 0, payload_len, out, j, enc.scratch)
-    j = _put(out, j + 64, L_WS_END)
+    j = put_bytes(out, j + 64, L_WS_END)
     n = j - j0
     if hdr == 4 and n < 126:        # a short frame after all: move it down to the 2-byte header
         for b in range(n):
@@ -481,32 +423,32 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
 def encode_journal_req(enc, req, wall_ms, out, pos):
     """The journal's `req` line for a new order (aegis.trade.journal: `<json>\\t<crc32 hex>\\n`)."""
     j0 = pos
-    pos = _put(out, pos, L_J_HEAD)
+    pos = put_bytes(out, pos, L_J_HEAD)
     pos = put_int(out, pos, wall_ms)
-    pos = _put(out, pos, L_J_ID)
+    pos = put_bytes(out, pos, L_J_ID)
     pos = put_int(out, pos, req.client_id)
-    pos = _put(out, pos, L_J_COID)
+    pos = put_bytes(out, pos, L_J_COID)
     pos = _put_const(out, pos, enc, C_PREFIX)
     pos = put_int(out, pos, req.client_id)
-    pos = _put(out, pos, L_J_SYM)
-    pos = _put_span(out, pos, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
-    pos = _put(out, pos, L_J_SIDE)
-    pos = _put(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
-    pos = _put(out, pos, L_J_TYPE)
+    pos = put_bytes(out, pos, L_J_SYM)
+    pos = put_span(out, pos, enc.blob, enc.sym_json[req.symbol, 0], enc.sym_json[req.symbol, 1])
+    pos = put_bytes(out, pos, L_J_SIDE)
+    pos = put_bytes(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
+    pos = put_bytes(out, pos, L_J_TYPE)
     limit = req.order_type != ORDER_MARKET
-    pos = _put(out, pos, L_LIMIT if limit else L_MARKET)
-    pos = _put(out, pos, L_J_TIF)
+    pos = put_bytes(out, pos, L_LIMIT if limit else L_MARKET)
+    pos = put_bytes(out, pos, L_J_TIF)
     if limit:
         pos = _tif(out, pos, req.tif)
-    pos = _put(out, pos, L_J_QTY)
+    pos = put_bytes(out, pos, L_J_QTY)
     pos = _qty(out, pos, enc, req)
-    pos = _put(out, pos, L_J_PX)
-    pos = _price(out, pos, enc, req) if limit else _put(out, pos, L_ZERO)
-    pos = _put(out, pos, L_J_RO)
-    pos = _put(out, pos, L_TRUE if req.reduce_only else L_FALSE)
-    pos = _put(out, pos, L_J_X)
+    pos = put_bytes(out, pos, L_J_PX)
+    pos = _price(out, pos, enc, req) if limit else put_bytes(out, pos, L_ZERO)
+    pos = put_bytes(out, pos, L_J_RO)
+    pos = put_bytes(out, pos, L_TRUE if req.reduce_only else L_FALSE)
+    pos = put_bytes(out, pos, L_J_X)
     pos = put_int(out, pos, req.exch_ts)
-    pos = _put(out, pos, L_J_END)
+    pos = put_bytes(out, pos, L_J_END)
     crc = sha256.crc32(out, j0, pos - j0, 0)
     out[pos] = 9           # '\t'
     sha256.crc32_hex8(crc, out, pos + 1)

@@ -16,12 +16,11 @@ nothing grows however long the run.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from numba import njit
 
 from aegis.brain.pools import END, CandlePool, give, take
+from aegis.core.config import parse_duration_ns
 from aegis.core.records import KIND_TRADE
 
 # stats slots
@@ -33,17 +32,18 @@ C_NO_BAR = 4       # pool exhausted: trade not recorded (cannot happen with the 
 C_BAD_SYMBOL = 5
 STATS_SLOTS = 8
 
-_UNITS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000,
-          "d": 86_400_000_000_000}
-_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 
 
 def parse_interval(text) -> int:
-    """'250ms', '1s', '1m', '15m', '1h', '1d' -> ns. Raises ValueError with a one-line message."""
-    m = _INTERVAL_RE.match(str(text))
-    if not m or int(m.group(1)) <= 0:
-        raise ValueError(f"candle interval must look like 250ms, 1s, 1m, 1h or 1d, got {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    """A candle interval in the one duration grammar ('250ms', '1s', '1m' = one minute, '1h', '1d') -> ns.
+    Raises ValueError with a one-line message."""
+    try:
+        ns = parse_duration_ns(text)
+    except ValueError as e:
+        raise ValueError(f"candle interval must be {e}") from None
+    if ns <= 0:
+        raise ValueError(f"candle interval must be longer than zero, got {text!r}")
+    return ns
 
 
 @njit(cache=True, nogil=True)

@@ -53,11 +53,6 @@ def ema_update(st, off, alpha, x):
     return st[off]
 
 
-@njit(cache=True, nogil=True)
-def ema_count(st, off):
-    return st[off + 1]
-
-
 # --- rolling window: SMA, variance, Bollinger ------------------------------------------------------------------
 # slots: count (values seen, saturates at period), pos (next buffer slot), sum, sumsq_dev (sum of squared
 # deviations from `shift`), shift (first value: keeps the squares small), buffer[period]
@@ -101,11 +96,6 @@ def win_update(st, off, period, x):
             st[off + 2] = s
             st[off + 3] = q
     st[off + 1] = pos
-
-
-@njit(cache=True, nogil=True)
-def win_full(st, off, period):
-    return st[off] >= period
 
 
 @njit(cache=True, nogil=True)
@@ -219,12 +209,6 @@ def vwap_update(st, off, px, qty):
     if st[off + 1] <= 0.0:
         return NAN
     return st[off] / st[off + 1]
-
-
-@njit(cache=True, nogil=True)
-def vwap_reset(st, off):
-    st[off] = 0.0
-    st[off + 1] = 0.0
 
 
 # --- rolling volatility of log returns ---------------------------------------------------------------------------

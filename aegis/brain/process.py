@@ -68,7 +68,7 @@ class BrainConfig:
     """[brain] table."""
     batch: int = 1024                    # max records per ring read
     round_ms: float = 20.0               # max time between two Python housekeeping rounds (bus, stats)
-    candle_intervals: tuple = ("1s", "1m")
+    candle_intervals: tuple[str, ...] = ("1s", "1m")
     candle_depth: int = 64               # closed bars kept per symbol and interval
     candle_grace_ms: int = 250           # close a bar this long after its end (exchange time) without a trade
     signal_pool: int = 1024              # signals awaiting bus dispatch
@@ -81,42 +81,17 @@ class BrainConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "BrainConfig":
-        from aegis.core.config import ConfigError
-        known = set(cls.__dataclass_fields__)
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [brain]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = dict(section)
-        for k, v in kw.items():
-            d = cls.__dataclass_fields__[k].default
-            if isinstance(d, bool):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"[brain] {k} must be true or false, got {v!r}")
-            elif isinstance(d, int):
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ConfigError(f"[brain] {k} must be a positive integer, got {v!r}")
-            elif isinstance(d, float):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 or (v == 0 and k == "unit_notional")):
-                    raise ConfigError(f"[brain] {k} must be a positive number, got {v!r}")
-        ivs = kw.get("candle_intervals", cls.candle_intervals)
-        if isinstance(ivs, str):
-            ivs = [x for x in ivs.split(",") if x.strip()]
-        if not isinstance(ivs, (list, tuple)):
-            raise ConfigError(f"[brain] candle_intervals must be a list like [\"1s\", \"1m\"], got {ivs!r}")
-        try:
-            for x in ivs:
-                candles.parse_interval(x)
-        except ValueError as e:
-            raise ConfigError(f"[brain] {e}") from None
-        kw["candle_intervals"] = tuple(str(x).strip() for x in ivs)
-        cap = kw.get("bus_capacity", cls.bus_capacity)
-        if cap & (cap - 1) or cap < 2 * BUS_LOW_WATER:
-            raise ConfigError(f"[brain] bus_capacity must be a power of two >= {2 * BUS_LOW_WATER}, got {cap}")
-        for k in ("round_ms", "retry_ms", "unit_notional"):
-            if k in kw:
-                kw[k] = float(kw[k])
-        return cls(**kw)
+        from aegis.core import config as C
+        checks = {"unit_notional": C.NON_NEGATIVE, "bus_capacity": C.power_of_two(2 * BUS_LOW_WATER),
+                  "candle_intervals": C.Check(_intervals_ok, "a list of candle intervals like [\"1s\", \"1m\"]")}
+        return C.load_section(cls, "brain", section, checks, numbers=C.POSITIVE)
+
+
+def _intervals_ok(intervals) -> bool:
+    try:
+        return all(candles.parse_interval(x) > 0 for x in intervals)
+    except ValueError:
+        return False
 
 
 # ============================================================================================ jitted loop

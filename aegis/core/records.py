@@ -134,7 +134,8 @@ TIF_GTX = 4   # post-only
 # close the tick-to-trade measurement when the request bytes are written.
 # Line 0: timestamps; line 1: what goes on the wire. price/qty are kept for humans and PnL, but the wire value is
 # price_ticks * tickSize and qty_steps * stepSize, formatted from the filter strings (aegis.trade.risk rounds in integer
-# ticks/steps so no float ever reaches the wire, API.md §7.8). 14 bytes of line 1 are padding for future fields.
+# ticks/steps so no float ever reaches the wire, docs/binance-notes.md, Decimal text on the wire). 14 bytes of line 1
+# are padding for future fields.
 ORDER_REQUEST_DTYPE = _layout([
     # line 0 (bytes 0..63)
     ("client_id", "<i8"),     # numeric part of newClientOrderId, unique per run and journaled
@@ -196,10 +197,3 @@ STATUS_EXPIRED = 5
 STATUS_REJECTED = 6
 STATUS_SNAPSHOT = 7     # not an order event: the exchange's position (qty signed, price = entry) after reconciliation
 
-ALL_DTYPES = {
-    "market": MARKET_DTYPE,
-    "candle": CANDLE_DTYPE,
-    "signal": SIGNAL_DTYPE,
-    "order_request": ORDER_REQUEST_DTYPE,
-    "fill": FILL_DTYPE,
-}

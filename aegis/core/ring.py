@@ -36,8 +36,8 @@ H_FULL_WAITS = 25      # times the writer found the ring full and waited
 H_CONFLATED = 26       # quotes replaced before reaching the ring (the Feed's conflation buffer bumps it)
 H_READ_CACHE = 27      # writer's last seen read cursor (saves touching the reader's line)
 H_WRITE_CACHE = 32     # line 4: reader-owned cache of the write cursor
-H_EMPTY_POLLS = 33
 H_ABORT = 40           # line 5: set by the supervisor to release every waiter on shutdown
+# slots 48..63 belong to the wait strategy of a queue whose producer signals (aegis.core.wait.W_*)
 
 POLICY_WAIT = 0         # block (with the wait strategy) until the reader frees room: nothing is lost
 POLICY_DROP_NEWEST = 1  # drop what does not fit now and count it in H_DROPPED

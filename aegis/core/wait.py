@@ -1,24 +1,42 @@
-"""Wait strategies for every spin loop in the engine (the Disruptor's pluggable waiting, as @njit code).
+"""Wait strategies for every spin loop in the engine: the Disruptor's pluggable waiting, as @njit code.
 
-A consumer that finds nothing to do calls `idle(strategy, spins)` with the number of consecutive empty polls
-so far; the strategy decides how much CPU to give back. Busy-spin gives the lowest latency and burns a whole
-core, which is only acceptable when the process owns that core; on a box with fewer cores than busy processes
-it starves everything else (CI included), which is why `auto` exists.
+One family, four strategies, each with a wait (the consumer that found nothing to do) and a signal (the producer
+after it published):
+
+    busy-spin   wait: a PAUSE; signal: nothing. Lowest latency, burns the whole core, so only with a core of its own.
+    spin-yield  wait: spin briefly, then sched_yield; signal: give the core to a consumer that waits on this very
+                core (the header's W_YIELD_TO), so a same-core hand-off switches at once.
+    sleep       wait: spin briefly, then a 20 us nanosleep; signal: nothing. Least CPU of the polling strategies.
+    block       wait: spin briefly, then park on a futex in the ring header; signal: wake it if (and only if) it is
+                parked. ~0 CPU while idle; the wake-up costs a syscall on both sides.
+
+`idle(strategy, spins)` is the wait of the engine's market ring (Feed -> Brain), whose producer never signals, so
+that ring offers the three polling strategies (CHOICES). The Brain -> sender order queue uses all four
+(aegis.trade.sender): `wait_step` and `signal` on the queue's ring header.
+
+Busy-spin on a box with fewer cores than busy processes starves everything else (CI included), which is why `auto`
+exists.
 """
 from __future__ import annotations
 
 import os
+import platform
 
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
+from aegis.core.atomics import fetch_add, load_acquire, store_release
 from aegis.core.clock import cpu_relax, sleep_ns, yield_cpu
 
 BUSY_SPIN = 0
 SPIN_YIELD = 1
 SLEEP = 2
+BLOCK = 3
 
-NAMES = {"busy-spin": BUSY_SPIN, "spin-yield": SPIN_YIELD, "sleep": SLEEP}
-CHOICES = ("auto", *NAMES)
+NAMES = {"busy-spin": BUSY_SPIN, "spin-yield": SPIN_YIELD, "sleep": SLEEP, "block": BLOCK}
+CHOICES = ("auto", "busy-spin", "spin-yield", "sleep")   # the market ring's: its producer does not signal
 
 # Spins before giving the CPU back: ~100 PAUSEs is a few microseconds on current x86, long enough to catch a
 # producer that is mid-batch, short enough not to matter when it is not.
@@ -27,10 +45,49 @@ SPIN_LIMIT = 100
 # engine processes set their slack to 1 ns (see aegis.app.supervisor), so this is the real granularity.
 SLEEP_NS = 20_000
 
+# Slots of a ring header (aegis.core.ring) that belong to the wait strategy; the ring's own slots are below 48.
+W_SLEEPING = 48       # own cache line: 1 while the consumer is parked on the futex (block)
+W_WAKES = 56          # FUTEX_WAKE calls the producer made (diagnostics)
+W_PARKS = 57          # times the consumer parked
+W_YIELD_TO = 58       # 1: the consumer waits on the producer's core (spin-yield), so the producer yields after
+                      # publishing and the consumer runs at once (a same-core switch: no inter-core interrupt)
+
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+_TIMESPEC = ir.LiteralStructType([_I64, _I64])
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower(), 202)
+FUTEX_WAIT_PRIVATE = 0 | 128
+FUTEX_WAKE_PRIVATE = 1 | 128
+
+
+@intrinsic
+def futex(typingctx, arr, idx, op, val, timeout_ns):
+    """syscall(SYS_futex, &arr[idx], op, val, &timeout) by symbol name (cacheable, like aegis.core.clock)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+    sig = types.int64(arr, idx, op, val, timeout_ns)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64], var_arg=True), "syscall")
+        ts = cgutils.alloca_once(builder, _TIMESPEC)
+        t = context.cast(builder, args[4], signature.args[4], types.int64)
+        billion = ir.Constant(_I64, 1_000_000_000)
+        builder.store(builder.sdiv(t, billion), builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 0)]))
+        builder.store(builder.srem(t, billion), builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 1)]))
+        op = context.cast(builder, args[2], signature.args[2], types.int64)
+        val = context.cast(builder, args[3], signature.args[3], types.int64)
+        # the futex word is the low 32 bits of the int64 slot (little-endian); only 0 and 1 are ever stored there
+        return builder.call(fn, [ir.Constant(_I64, _SYS_FUTEX), builder.ptrtoint(ptr, _I64), op, val,
+                                 builder.ptrtoint(ts, _I64), ir.Constant(_I64, 0), ir.Constant(_I64, 0)])
+
+    return sig, codegen
+
 
 @njit(cache=True, nogil=True)
 def idle(strategy: int, spins: int) -> int:
-    """Wait once; return the new count of consecutive empty polls."""
+    """Wait once (a consumer whose producer does not signal); return the new count of consecutive empty polls."""
     if strategy == BUSY_SPIN or spins < SPIN_LIMIT:
         cpu_relax()
     elif strategy == SPIN_YIELD:
@@ -38,6 +95,38 @@ def idle(strategy: int, spins: int) -> int:
     else:
         sleep_ns(SLEEP_NS)
     return spins + 1
+
+
+@njit(cache=True, nogil=True)
+def wait_step(strategy, header, cursor, seen, abort, timeout_ns):
+    """One wait of a consumer past its spin phase, on a ring header whose producer signals: until header[cursor]
+    moves off `seen` or header[abort] is set (block re-checks both after announcing itself, so a signal between
+    the consumer's last look and its park is never lost: the producer's locked read of W_SLEEPING and the
+    consumer's locked announce order each other), or at most timeout_ns."""
+    if strategy == BUSY_SPIN:
+        cpu_relax()
+    elif strategy == SPIN_YIELD:
+        yield_cpu()
+    elif strategy == SLEEP:
+        sleep_ns(SLEEP_NS)
+    else:
+        fetch_add(header, W_SLEEPING, 1)
+        if load_acquire(header, cursor) == seen and load_acquire(header, abort) == 0:
+            header[W_PARKS] += 1
+            futex(header, W_SLEEPING, FUTEX_WAIT_PRIVATE, 1, timeout_ns)
+        store_release(header, W_SLEEPING, 0)
+
+
+@njit(cache=True, nogil=True)
+def signal(header):
+    """Producer side, after publishing: wake the consumer if (and only if) it is parked (block), and hand it the
+    core when it waits on this one (spin-yield sharing the producer's core, W_YIELD_TO)."""
+    if fetch_add(header, W_SLEEPING, 0) != 0:   # locked RMW: orders the publish before this read (Dekker)
+        store_release(header, W_SLEEPING, 0)
+        header[W_WAKES] += 1
+        futex(header, W_SLEEPING, FUTEX_WAKE_PRIVATE, 1, 0)
+    if load_acquire(header, W_YIELD_TO) != 0:
+        yield_cpu()
 
 
 def usable_cores() -> list[int]:

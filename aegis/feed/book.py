@@ -1,4 +1,5 @@
-"""Local L2 order books kept from the Binance futures diff-depth stream (API.md section 3).
+"""Local L2 order books kept from the Binance futures diff-depth stream (Binance docs: "How to manage a local order book
+correctly").
 
 Futures rules, not spot: an event continues the book when its `pu` equals the `u` of the previous event
 (U - pu is usually much larger than 1 on futures, so the spot rule `U == prev_u + 1` would resync constantly).
@@ -28,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from aegis.core.records import (FLAG_LAST_IN_EVENT, FLAG_RESYNC, FLAG_SNAPSHOT, KIND_BOOK, KIND_DEPTH, KIND_STATUS,
-                           MARKET_DTYPE, SIDE_BUY, SIDE_SELL)
+                           SIDE_BUY, SIDE_SELL)
 
 ST_BUFFERING, ST_WAIT_SNAPSHOT, ST_SYNCING, ST_LIVE = 0, 1, 2, 3
 STATE_NAMES = ("buffering", "wait-snapshot", "syncing", "live")
@@ -111,7 +112,7 @@ def set_level(px, qty, n, price, q, is_bid, cap):
         qty[lo] = q
         return n
     if q == 0.0:
-        return n   # removing a level we do not hold is normal (API.md 3.2 step 9)
+        return n   # removing a level we do not hold is normal (docs/binance-notes.md, Local order book)
     if n == cap:
         if lo == 0:
             return n   # worse than every level kept: beyond the depth we track
@@ -407,7 +408,3 @@ def _pool_empty(pend_hdr, pend_ctl):
         if pend_hdr[e, P_SYM] >= 0:
             return False
     return True
-
-
-def new_records(n: int) -> np.ndarray:
-    return np.zeros(n, MARKET_DTYPE)

@@ -24,6 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
+from aegis.core import codecs
 from aegis.feed import book
 from aegis.core.records import (KIND_MARK, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE, SIDE_BUY, SIDE_SELL)
 from aegis.binance.symbols import lookup_span
@@ -47,8 +48,6 @@ K_DATA = np.frombuffer(b"data", np.uint8).copy()
 K_STREAM = np.frombuffer(b"stream", np.uint8).copy()
 K_RESULT = np.frombuffer(b"result", np.uint8).copy()
 K_ERROR = np.frombuffer(b"error", np.uint8).copy()
-K_ID = np.frombuffer(b"id", np.uint8).copy()
-P10 = np.array([10.0 ** k for k in range(23)])
 
 # stats slots (int64 array of ST_COUNT): every frame lands in exactly one of the first group
 ST_QUOTES, ST_TRADES, ST_MARKS, ST_DEPTH, ST_DUPLICATES, ST_SLOW, ST_MALFORMED, ST_UNKNOWN_SYMBOL, \
@@ -277,79 +276,13 @@ def _members(buf, s, e, fs):
 
 @njit(cache=True, nogil=True)
 def parse_decimal(buf, s, e):
-    """(value, ok) of a JSON number or a quoted decimal string at buf[s:e]."""
+    """(value, ok) of a JSON number or a quoted decimal string at buf[s:e], as float(text) reads it."""
     if e - s >= 2 and buf[s] == 34:
         if buf[e - 1] != 34:
             return math.nan, False
         s += 1
         e -= 1
-    if s >= e:
-        return math.nan, False
-    neg = False
-    c = buf[s]
-    if c == 45:
-        neg = True
-        s += 1
-    elif c == 43:
-        s += 1
-    mant = np.int64(0)
-    digits = 0
-    frac = 0
-    dropped = 0
-    dot = False
-    any_digit = False
-    exp = 0
-    tz = 0      # trailing zeros of the fraction kept in mant
-    while s < e:
-        c = buf[s]
-        if c >= 48 and c <= 57:
-            any_digit = True
-            if digits < 18:
-                if mant != 0 or c != 48:
-                    digits += 1
-                mant = mant * 10 + (c - 48)
-                if dot:
-                    frac += 1
-                    tz = tz + 1 if c == 48 else 0
-            elif not dot:
-                dropped += 1
-        elif c == 46 and not dot:
-            dot = True
-        elif (c == 101 or c == 69) and any_digit:
-            s += 1
-            eneg = False
-            if s < e and (buf[s] == 45 or buf[s] == 43):
-                eneg = buf[s] == 45
-                s += 1
-            if s >= e:
-                return math.nan, False
-            while s < e:
-                c = buf[s]
-                if c < 48 or c > 57 or exp > 10000:
-                    return math.nan, False
-                exp = exp * 10 + (c - 48)
-                s += 1
-            if eneg:
-                exp = -exp
-            break
-        else:
-            return math.nan, False
-        s += 1
-    if not any_digit:
-        return math.nan, False
-    # normalise "1.50" to "1.5": equal decimals then always take the same path to the same double, even when
-    # the mantissa exceeds 2**53 and the result is not the correctly rounded one (> 15 significant digits)
-    while tz > 0 and mant != 0:
-        mant //= 10
-        frac -= 1
-        tz -= 1
-    p = exp + dropped - frac
-    v = float(mant)
-    if p < 0:
-        v = v / P10[-p] if -p <= 22 else v / (10.0 ** (-p))
-    elif p > 0:
-        v = v * P10[p] if p <= 22 else v * (10.0 ** p)
-    return (-v if neg else v), True
+    return codecs.parse_decimal(buf, s, e)
 
 
 @njit(cache=True, nogil=True)

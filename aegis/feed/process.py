@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -65,7 +65,7 @@ from aegis.core.ring import POLICIES
 from aegis.binance.symbols import SymbolTable, discover
 from aegis.core.wait import BUSY_SPIN, SPIN_LIMIT, idle
 from aegis.feed.wsframes import (FR_SPECIAL, POS_HEAD, POS_N, POS_SPECIAL, POS_TAIL, SPLIT_OK, ConnectionClosed,
-                            connect, split_frames)
+                            connect, split_server_frames)
 
 log = logging.getLogger("aegis.feed.process")
 
@@ -75,7 +75,7 @@ EPOCH_OFFSET_NS = 0  # synthetic exchange time = monotonic clock (no wall clock 
 
 STREAM_KINDS = ("bookTicker", "aggTrade", "depth", "markPrice")
 ROUTE_OF = {"bookTicker": "public", "depth": "public", "aggTrade": "market", "markPrice": "market"}
-MAX_STREAMS_PER_CONNECTION = 1024   # Binance limit since 2025-07-02 (API.md 2.2)
+MAX_STREAMS_PER_CONNECTION = 1024   # Binance limit since 2025-07-02 (docs/binance-notes.md, Stream connection rules)
 URL_STREAMS_MAX_CHARS = 2000        # beyond that, SUBSCRIBE messages (long URLs are refused by proxies)
 SUBSCRIBE_CHUNK = 100
 SUBSCRIBE_SPACING_S = 0.25          # <= 4 control messages/s: under the 10 incoming messages/s limit
@@ -115,58 +115,23 @@ class FeedConfig:
 
     @classmethod
     def from_section(cls, section: dict | None) -> "FeedConfig":
-        from aegis.core.config import ConfigError
-
-        section = dict(section or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(section) - set(known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [feed]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = {}
-        for k, v in section.items():
-            default = known[k].default
-            if isinstance(default, tuple):
-                if isinstance(v, str):
-                    v = tuple(s.strip() for s in v.split(",") if s.strip())
-                if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
-                    raise ConfigError(f"[feed] {k} must be a list of strings")
-                v = tuple(v)
-            elif isinstance(default, bool):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"[feed] {k} must be true or false, got {v!r}")
-            elif isinstance(default, int):
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise ConfigError(f"[feed] {k} must be an integer, got {v!r}")
-            elif isinstance(default, float):
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ConfigError(f"[feed] {k} must be a number, got {v!r}")
-                v = float(v)
-            elif isinstance(default, str) and not isinstance(v, str):
-                raise ConfigError(f"[feed] {k} must be a string, got {v!r}")
-            kw[k] = v
-        cfg = cls(**kw)
-        bad = [s for s in cfg.streams if s not in STREAM_KINDS]
-        if bad or not cfg.streams:
-            raise ConfigError(f"[feed] streams must be a non-empty subset of {', '.join(STREAM_KINDS)}")
-        if cfg.depth_speed not in ("", "0ms", "100ms", "500ms"):
-            raise ConfigError("[feed] depth_speed must be one of '', '0ms', '100ms', '500ms'")
-        if cfg.mark_speed not in ("", "1s"):
-            raise ConfigError("[feed] mark_speed must be '' or '1s'")
-        if cfg.snapshot_limit not in (5, 10, 20, 50, 100, 500, 1000):
-            raise ConfigError("[feed] snapshot_limit must be one of 5, 10, 20, 50, 100, 500, 1000")
-        if not 1 <= cfg.max_streams_per_connection <= MAX_STREAMS_PER_CONNECTION:
-            raise ConfigError(f"[feed] max_streams_per_connection must be 1..{MAX_STREAMS_PER_CONNECTION}")
+        from aegis.core import config as C
+        checks = {
+            "streams": C.Check(lambda v: bool(v) and all(x in STREAM_KINDS for x in v),
+                               f"a non-empty subset of {', '.join(STREAM_KINDS)}"),
+            "depth_speed": C.one_of("", "0ms", "100ms", "500ms"), "mark_speed": C.one_of("", "1s"),
+            "snapshot_limit": C.one_of(5, 10, 20, 50, 100, 500, 1000),
+            "max_streams_per_connection": C.between(1, MAX_STREAMS_PER_CONNECTION),
+            "rotate_overlap": C.NON_NEGATIVE, "snapshot_interval": C.NON_NEGATIVE,
+            "buffer_bytes": C.at_least(1 << 16), "conflation_capacity": C.at_least(1024),
+        }
         for k in ("stall_timeout", "rotate_after", "backoff_initial", "backoff_max", "connect_timeout",
                   "snapshot_timeout", "discovery_timeout", "log_interval", "max_price", "max_qty",
                   "snapshot_weight_per_minute"):
-            if not getattr(cfg, k) > 0:
-                raise ConfigError(f"[feed] {k} must be positive")
-        if cfg.rotate_overlap < 0 or cfg.snapshot_interval < 0:
-            raise ConfigError("[feed] rotate_overlap and snapshot_interval must be >= 0")
-        if cfg.book_levels < cfg.snapshot_limit or cfg.buffer_bytes < 1 << 16 or cfg.conflation_capacity < 1024:
-            raise ConfigError("[feed] book_levels >= snapshot_limit, buffer_bytes >= 65536, "
-                              "conflation_capacity >= 1024")
+            checks[k] = C.POSITIVE
+        cfg = C.load_section(cls, "feed", section, checks)
+        if cfg.book_levels < cfg.snapshot_limit:
+            raise C.section_error("feed", "book_levels", f">= snapshot_limit ({cfg.snapshot_limit})", cfg.book_levels)
         return cfg
 
 
@@ -374,7 +339,8 @@ def ingest_frames(k, fr, recv):
     max_frames = offs.shape[0]
     total = 0
     while True:
-        n, end, special, status = split_frames(buf, pos[POS_HEAD], pos[POS_TAIL], offs, lens, ops, flags, max_frames)
+        n, end, special, status = split_server_frames(buf, pos[POS_HEAD], pos[POS_TAIL], offs, lens, ops, flags,
+                                                      max_frames)
         if status != SPLIT_OK:
             io[IO_STOP] = STOP_SPLIT
             io[IO_FRAMES] = total
@@ -428,7 +394,8 @@ def entry_for(dispatcher, *args):
     return dispatcher.compile(tuple(numba.typeof(a) for a in args))
 
 
-DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}   # GET /fapi/v1/depth (API.md 3.1)
+# GET /fapi/v1/depth (Binance docs: "Order Book")
+DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
 
 
 class SnapshotFetcher:
@@ -1202,7 +1169,8 @@ def warm_up() -> float:
 
     Numba compiles on first call; a fresh checkout pays tens of seconds once. The Feed process calls this before
     it reports READY, and test modules call it from a module-scoped fixture (outside the per-test time limit)."""
-    from aegis.feed.wsframes import OP_TEXT, encode_frame, split_frames
+    from aegis.core.websocket import OP_TEXT, encode_frame
+    from aegis.feed.wsframes import split_server_frames
 
     t0 = time.monotonic()
     table = SymbolTable.build([("BTCUSDT", "0.10", "0.001")])
@@ -1214,11 +1182,11 @@ def warm_up() -> float:
             b'{"e":"markPriceUpdate","s":"BTCUSDT","p":"1.5","i":"1.4","r":"0.0001","E":1}',
             b'{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":5,"pu":0,"b":[["1.5","1"]],"a":[["1.6","0"]],"E":1}',
             b'{"result":null,"id":1}']
-    blob = b"".join(encode_frame(OP_TEXT, m, mask=False) for m in msgs)
+    blob = b"".join(encode_frame(OP_TEXT, m, masked=False) for m in msgs)
     buf = np.frombuffer(blob, np.uint8).copy()
     offs, lens = np.zeros(8, np.int64), np.zeros(8, np.int64)
     ops, flags = np.zeros(8, np.uint8), np.zeros(8, np.uint8)
-    n, _, _, _ = split_frames(buf, 0, len(buf), offs, lens, ops, flags, 8)
+    n, _, _, _ = split_server_frames(buf, 0, len(buf), offs, lens, ops, flags, 8)
     _, j, _ = p.parse(buf, offs, lens, flags, 0, n, 1, 0)
     out = np.zeros(books.records_bound(2) + 4, MARKET_DTYPE)
     book.apply_snapshot(books.st, books.px, books.qty, books.pend_hdr, books.pend_lv, books.pend_ctl, 0, 3,

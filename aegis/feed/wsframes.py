@@ -2,18 +2,17 @@
 
 websocket-client's `recv()` costs tens of microseconds per message (a Python object per frame, per-frame socket
 reads, UTF-8 validation). After its handshake (which also does TLS and proxies) the Feed takes the raw socket and
-calls `recv_into` on one large preallocated buffer; a jitted splitter walks the RFC 6455 frame headers in that
-buffer and returns (offset, length, opcode) triples without copying a payload. A frame cut by a read boundary
-stays in the buffer and is completed by the next read.
+calls `recv_into` on one large preallocated buffer; the engine's websocket codec (aegis.core.websocket.split_frames,
+jitted) walks the RFC 6455 frame headers in that buffer and returns (offset, length, opcode) triples without copying
+a payload. A frame cut by a read boundary stays in the buffer and is completed by the next read.
 
-Server frames are unmasked (RFC 6455 5.1); a masked one is unmasked in place rather than rejected. Control
-frames (PING, PONG, CLOSE) and fragmented messages are rare and handled in Python: a PING is answered at once
-with a PONG carrying the same payload (Binance disconnects clients that do not echo it), masked as every client
-frame must be; a CLOSE is echoed and the connection reported closed.
+Server frames are never masked: a masked one fails the connection (close 1002, RFC 6455 5.1), as does any other
+protocol error. Control frames (PING, PONG, CLOSE) and fragmented messages are rare and handled in Python: a PING is
+answered at once with a PONG carrying the same payload (Binance disconnects clients that do not echo it), masked as
+every client frame must be; a CLOSE is echoed and the connection reported closed.
 """
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
@@ -24,22 +23,12 @@ import numpy as np
 from numba import njit, types
 from numba.experimental import structref
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-
-# split_frames status
-SPLIT_OK = 0
-SPLIT_PROTOCOL_ERROR = 1   # reserved bits, a bad length, or a bad control frame: drop the connection
-
-# per-frame flag bits returned by the splitter
-FR_FIN = 1
-FR_SPECIAL = 2   # control frame or part of a fragmented message: Python handles it
+from aegis.core import websocket as ws
+from aegis.core.websocket import (FR_FIN, FR_SPECIAL, FROM_SERVER, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG,
+                                  OP_TEXT, SPLIT_OK, split_frames)
 
 DEFAULT_BUFFER = 4 << 20
+MAX_FRAME = 64 << 20        # longest server frame accepted (Binance's largest, !markPrice@arr, is ~100 kB)
 
 # FrameReader.pos slots: the reader's cursors live in an int64 array so jitted code (aegis.feed.process's fused ingest)
 # can advance them without a round trip through Python attributes
@@ -70,92 +59,14 @@ def make_frame_state(buf, offs, lens, ops, flags, pos):
 
 
 @njit(cache=True, nogil=True)
-def split_frames(buf, start, end, offs, lens, ops, flags, max_frames):
-    """Walk complete frames in buf[start:end].
-
-    Fills offs/lens/ops/flags for up to max_frames frames (payload offset and length into buf) and returns
-    (frames found, position after the last complete frame, number of FR_SPECIAL frames, status).
-    A trailing partial frame is left for the next call (the returned position is where it starts).
-    """
-    pos = start
-    n = 0
-    special = 0
-    while n < max_frames:
-        if end - pos < 2:
-            break
-        b0 = buf[pos]
-        b1 = buf[pos + 1]
-        if b0 & 0x70:
-            return n, pos, special, SPLIT_PROTOCOL_ERROR
-        op = b0 & 0x0F
-        fin = (b0 & 0x80) != 0
-        masked = (b1 & 0x80) != 0
-        ln = np.int64(b1 & 0x7F)
-        h = pos + 2
-        if ln == 126:
-            if end - h < 2:
-                break
-            ln = (np.int64(buf[h]) << 8) | np.int64(buf[h + 1])
-            h += 2
-        elif ln == 127:
-            if end - h < 8:
-                break
-            if buf[h] & 0x80:
-                return n, pos, special, SPLIT_PROTOCOL_ERROR
-            ln = np.int64(0)
-            for k in range(8):
-                ln = (ln << 8) | np.int64(buf[h + k])
-            h += 8
-        if op >= 8 and (ln > 125 or not fin):
-            return n, pos, special, SPLIT_PROTOCOL_ERROR
-        if (op > 2 and op < 8) or op > 10:
-            return n, pos, special, SPLIT_PROTOCOL_ERROR
-        mk = h
-        if masked:
-            if end - h < 4:
-                break
-            h += 4
-        if end - h < ln:
-            break
-        if masked:
-            # unmasked exactly once: the returned position moves past this frame, so it is never split again
-            for k in range(ln):
-                buf[h + k] ^= buf[mk + (k & 3)]
-        offs[n] = h
-        lens[n] = ln
-        ops[n] = op
-        f = FR_FIN if fin else 0
-        if op >= 8 or op == OP_CONT or not fin:
-            f |= FR_SPECIAL
-            special += 1
-        flags[n] = f
-        n += 1
-        pos = h + ln
-    return n, pos, special, SPLIT_OK
+def split_server_frames(buf, start, end, offs, lens, ops, flags, max_frames):
+    """split_frames with a client's rule: server frames, unmasked, at most MAX_FRAME bytes each."""
+    return split_frames(buf, start, end, offs, lens, ops, flags, max_frames, FROM_SERVER, MAX_FRAME)
 
 
-def encode_frame(opcode: int, payload: bytes, mask: bool = True, fin: bool = True) -> bytes:
-    """One websocket frame (masked as a client must send it, or unmasked as a server sends it)."""
-    n = len(payload)
-    head = bytearray([(0x80 if fin else 0) | opcode])
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head.append(mbit | n)
-    elif n < 1 << 16:
-        head.append(mbit | 126)
-        head += struct.pack(">H", n)
-    else:
-        head.append(mbit | 127)
-        head += struct.pack(">Q", n)
-    if not mask:
-        return bytes(head) + payload
-    key = os.urandom(4)
-    head += key
-    if n:
-        p = np.frombuffer(payload, np.uint8)
-        k = np.frombuffer((key * ((n + 3) // 4))[:n], np.uint8)
-        return bytes(head) + (p ^ k).tobytes()
-    return bytes(head)
+def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A frame as this client sends it: masked."""
+    return ws.encode_frame(opcode, payload, masked=True, fin=fin)
 
 
 class ConnectionClosed(Exception):
@@ -262,20 +173,21 @@ class FrameReader:
     def frames(self) -> int:
         """Split the received bytes into frames; returns the count. Raises ConnectionClosed on a protocol error."""
         pos = self.pos
-        n, end, special, status = split_frames(self.buf, pos[POS_HEAD], pos[POS_TAIL], self.offs, self.lens,
-                                               self.ops, self.flags, len(self.offs))
+        n, end, special, status = split_server_frames(self.buf, pos[POS_HEAD], pos[POS_TAIL], self.offs, self.lens,
+                                                      self.ops, self.flags, len(self.offs))
         if status != SPLIT_OK:
-            self.protocol_error()
+            self.protocol_error(status)
         pos[POS_HEAD] = end
         pos[POS_N] = n
         pos[POS_SPECIAL] = special
         return n
 
-    def protocol_error(self) -> None:
-        """The server broke RFC 6455: answer CLOSE 1002 and raise ConnectionClosed."""
+    def protocol_error(self, status: int = ws.SPLIT_PROTOCOL_ERROR) -> None:
+        """The server broke RFC 6455 (a split_frames status): answer CLOSE 1002 (1009: frame too big) and raise
+        ConnectionClosed."""
         self.closed = True
-        self._try_send(encode_frame(OP_CLOSE, struct.pack(">H", 1002)))
-        raise ConnectionClosed("websocket protocol error from the server")
+        self._try_send(encode_frame(OP_CLOSE, struct.pack(">H", ws.CLOSE_CODE[status])))
+        raise ConnectionClosed(f"websocket protocol error from the server: {ws.SPLIT_PROBLEM[status]}")
 
     def handle_special(self, on_message) -> None:
         """Answer PINGs, handle CLOSE, reassemble fragmented messages (delivered through on_message(bytes))."""

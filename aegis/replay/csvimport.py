@@ -31,6 +31,7 @@ aegis.replay.run relies on; exch_ts keeps the value in the file.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import zipfile
@@ -40,6 +41,7 @@ from typing import Callable, Iterator
 import numpy as np
 from numba import njit
 
+from aegis.core.codecs import parse_decimal
 from aegis.core.records import KIND_QUOTE, KIND_TRADE, MARKET_DTYPE, SIDE_BUY, SIDE_SELL
 
 BOOK_TICKER_COLUMNS = ("update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",
@@ -77,8 +79,6 @@ _REASONS = {
 
 RAW_DTYPE = np.dtype((np.void, MARKET_DTYPE.itemsize))   # one record as opaque bytes, for fast copies
 _NAME_RE = re.compile(r"^([A-Z0-9]{2,40})-(bookTicker|aggTrades)-")
-TWO53 = 1 << 53
-_POW10 = np.array([10.0 ** i for i in range(23)])  # 10**0..10**22 are exact doubles
 
 
 class InputError(ValueError):
@@ -107,52 +107,6 @@ def _parse_int(buf, s, e):
 
 
 @njit(cache=True, nogil=True)
-def _parse_dec(buf, s, e, pow10):
-    """(value, status) of a decimal number: status 0 ok, 1 bad, 2 valid-looking but needs Python's float()
-    (exponent notation or more than 2**53 in the mantissa). The fast path divides an exact integer mantissa by an
-    exact power of ten, which IEEE division rounds correctly: the same double float() returns."""
-    if s >= e:
-        return 0.0, 1
-    neg = False
-    c0 = buf[s]
-    if c0 == 45 or c0 == 43:  # '-' '+'
-        neg = c0 == 45
-        s += 1
-        if s >= e:
-            return 0.0, 1
-    mant = 0
-    scale = 0
-    digits = 0
-    dot = False
-    big = False
-    for i in range(s, e):
-        c = buf[i]
-        if c == 46:  # '.'
-            if dot:
-                return 0.0, 1
-            dot = True
-            continue
-        if c == 101 or c == 69:  # 'e' 'E'
-            return 0.0, (2 if digits > 0 else 1)
-        d = c - 48
-        if d < 0 or d > 9:
-            return 0.0, 1
-        digits += 1
-        if mant >= 900719925474099:  # next digit could pass 2**53
-            big = True
-        else:
-            mant = mant * 10 + d
-            if dot:
-                scale += 1
-    if digits == 0:
-        return 0.0, 1
-    if big or scale > 22:
-        return 0.0, 2
-    v = mant / pow10[scale]
-    return (-v if neg else v), 0
-
-
-@njit(cache=True, nogil=True)
 def _parse_bool(buf, s, e):
     """1 true, 0 false, -1 neither (case-insensitive true/false, as Binance writes both `true` and `True`)."""
     n = e - s
@@ -175,14 +129,13 @@ def _to_ns(v):
 
 
 @njit(cache=True, nogil=True)
-def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, bad_code, bad_detail,
-                slow_row, slow_field, slow_start, slow_end, pow10):
+def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, bad_code, bad_detail):
     """Parse every line of buf (complete lines) into out.
 
     cols[k] = position in the row of semantic column k (the order of *_COLUMNS); ncols = columns per row.
     line0 = file line number of buf's first line. prev_ts = latest time of the file so far (replay-time clamp).
-    Bad rows / warnings go to bad_line/bad_code/bad_detail; numbers the fast path cannot parse exactly go to the
-    slow_* arrays for Python's float(). Returns (records, bad+warning entries, slow entries, lines, prev_ts).
+    Bad rows / warnings go to bad_line/bad_code/bad_detail. Numbers are read by codecs.parse_decimal, the Feed's
+    parser: float(text) exactly. Returns (records, bad+warning entries, lines, prev_ts).
     """
     n = buf.shape[0]
     fs = np.empty(32, np.int64)
@@ -190,7 +143,6 @@ def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, ba
     vals = np.empty(4)
     nout = 0
     nbad = 0
-    nslow = 0
     line = line0
     pos = 0
     while pos < n:
@@ -225,7 +177,6 @@ def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, ba
         code = 0
         detail = 0
         r = out[nout]
-        slow0 = nslow
         if fmt == FMT_BOOK_TICKER:
             uid, ok1 = _parse_int(buf, fs[cols[0]], fe[cols[0]])
             tt, ok5 = _parse_int(buf, fs[cols[5]], fe[cols[5]])
@@ -241,18 +192,11 @@ def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, ba
             if code == 0:
                 for k in range(4):
                     c = cols[1 + k]
-                    v, st = _parse_dec(buf, fs[c], fe[c], pow10)
-                    if st == 1:
+                    v, ok = parse_decimal(buf, fs[c], fe[c])
+                    if not ok or not math.isfinite(v):
                         code, detail = BAD_NUMBER, c
                         break
-                    if st == 2:
-                        slow_row[nslow] = nout
-                        slow_field[nslow] = 1 + k
-                        slow_start[nslow] = fs[c]
-                        slow_end[nslow] = fe[c]
-                        nslow += 1
-                        v = 1.0  # placeholder, replaced by Python
-                    elif (k % 2 == 0 and not v > 0.0) or (k % 2 == 1 and not v >= 0.0):
+                    if (k % 2 == 0 and not v > 0.0) or (k % 2 == 1 and not v >= 0.0):
                         code, detail = BAD_VALUE, c
                         break
                     vals[k] = v
@@ -291,29 +235,15 @@ def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, ba
             px = 0.0
             qty = 0.0
             if code == 0:
-                px, st = _parse_dec(buf, fs[cols[1]], fe[cols[1]], pow10)
-                if st == 1:
+                px, ok = parse_decimal(buf, fs[cols[1]], fe[cols[1]])
+                if not ok or not math.isfinite(px):
                     code, detail = BAD_NUMBER, cols[1]
-                elif st == 2:
-                    slow_row[nslow] = nout
-                    slow_field[nslow] = 5
-                    slow_start[nslow] = fs[cols[1]]
-                    slow_end[nslow] = fe[cols[1]]
-                    nslow += 1
-                    px = 1.0
                 elif not px > 0.0:
                     code, detail = BAD_VALUE, cols[1]
             if code == 0:
-                qty, st = _parse_dec(buf, fs[cols[2]], fe[cols[2]], pow10)
-                if st == 1:
+                qty, ok = parse_decimal(buf, fs[cols[2]], fe[cols[2]])
+                if not ok or not math.isfinite(qty):
                     code, detail = BAD_NUMBER, cols[2]
-                elif st == 2:
-                    slow_row[nslow] = nout
-                    slow_field[nslow] = 6
-                    slow_start[nslow] = fs[cols[2]]
-                    slow_end[nslow] = fe[cols[2]]
-                    nslow += 1
-                    qty = 0.0
                 elif not qty >= 0.0:
                     code, detail = BAD_VALUE, cols[2]
             if code == 0:
@@ -332,7 +262,6 @@ def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, ba
                 r.last_id = aid
                 r.prev_id = lid
         if code != 0:
-            nslow = slow0  # the row is dropped: forget its slow fields
             bad_line[nbad] = line
             bad_code[nbad] = code
             bad_detail[nbad] = detail
@@ -354,10 +283,7 @@ def parse_block(buf, fmt, cols, ncols, symbol, out, line0, prev_ts, bad_line, ba
             nout += 1
         pos = nxt
         line += 1
-    return nout, nbad, nslow, line - line0, prev_ts
-
-
-_SLOW_FIELDS = {1: "bid_px", 2: "bid_qty", 3: "ask_px", 4: "ask_qty", 5: "px", 6: "qty"}
+    return nout, nbad, line - line0, prev_ts
 
 
 # ------------------------------------------------------------------------------------------------ file handling
@@ -566,7 +492,6 @@ class CsvSource:
                 nl = block.find(b"\n")
                 first = block if nl < 0 else block[:nl]
                 cols, ncols, has_header = self._header(first)
-                self._cols = cols
                 if has_header:
                     block = b"" if nl < 0 else block[nl + 1:]
                     line += 1
@@ -578,19 +503,9 @@ class CsvSource:
             bad_line = np.empty(nlines, np.int64)
             bad_code = np.empty(nlines, np.int64)
             bad_detail = np.empty(nlines, np.int64)
-            nslots = 4 * nlines
-            slow_row = np.empty(nslots, np.int64)
-            slow_field = np.empty(nslots, np.int64)
-            slow_start = np.empty(nslots, np.int64)
-            slow_end = np.empty(nslots, np.int64)
-            nout, nbad, nslow, used, prev_ts = parse_block(
-                buf, self.fmt, cols, ncols, self.symbol_id, out, line, prev_ts, bad_line, bad_code, bad_detail,
-                slow_row, slow_field, slow_start, slow_end, _POW10)
+            nout, nbad, used, prev_ts = parse_block(
+                buf, self.fmt, cols, ncols, self.symbol_id, out, line, prev_ts, bad_line, bad_code, bad_detail)
             out = out[:nout]
-            if nslow:
-                out = self._slow_path(block, out, slow_row[:nslow], slow_field[:nslow], slow_start[:nslow],
-                                      slow_end[:nslow], bad_line, bad_code, bad_detail, nbad, line)
-                nbad = self._extra_bad
             order = np.argsort(bad_line[:nbad], kind="stable")
             for i in order:
                 self._report(int(bad_line[i]), int(bad_code[i]), int(bad_detail[i]), ncols)
@@ -599,30 +514,6 @@ class CsvSource:
             self.stats.rows += len(out)
             if len(out):
                 yield out
-
-    def _slow_path(self, block, out, rows, fields, starts, ends, bad_line, bad_code, bad_detail, nbad, line0):
-        """Numbers the jitted parser left to float() (exponent notation, > 2**53 mantissa)."""
-        drop = []
-        for r, f, s, e in zip(rows.tolist(), fields.tolist(), starts.tolist(), ends.tolist()):
-            text = block[s:e]
-            try:
-                v = float(text)
-                ok = np.isfinite(v) and (v > 0 if f in (1, 3, 5) else v >= 0)
-            except ValueError:
-                ok = False
-            if ok:
-                out[r][_SLOW_FIELDS[f]] = v
-            else:
-                drop.append(r)
-                bad_line[nbad] = int(out[r]["seq"])
-                bad_code[nbad] = BAD_NUMBER
-                sem = f if self.fmt == FMT_BOOK_TICKER else f - 4   # px -> semantic 1, qty -> 2
-                bad_detail[nbad] = int(self._cols[sem])
-                nbad += 1
-        self._extra_bad = nbad
-        if drop:
-            out = np.delete(out, sorted(set(drop)))
-        return out
 
 
 def concat(parts: list[np.ndarray]) -> np.ndarray:

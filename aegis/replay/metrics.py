@@ -297,8 +297,7 @@ def equity_png(ts: np.ndarray, eq: np.ndarray, summary: dict | None = None, widt
                height: int = 540) -> bytes:
     """Equity curve as PNG bytes, drawn with aegis.app.report's rasteriser and PNG writer (no matplotlib)."""
     from aegis.app import report
-    draw_line = getattr(report, "draw_polyline", None) or report._draw_polyline
-    draw_text = getattr(report, "draw_text", None) or report._draw_text
+    draw_line, draw_text = report.draw_polyline, report.draw_text
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 110, 20, 40, 50
     pw, ph = width - left - right, height - top - bottom

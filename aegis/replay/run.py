@@ -55,6 +55,7 @@ from aegis.replay.csvimport import RAW_DTYPE, CsvSource, InputError, concat, sym
 from aegis.core.records import MARKET_DTYPE
 from aegis.replay.simexec import C_ACTIVE, C_DONE, C_EQ, C_FILLS, SimConfig, SimExchange
 from aegis.core.wait import BUSY_SPIN
+from aegis.core.usage import OneLineParser, usage_error
 
 RING_BATCH = 1024            # records per ring write/read, as the Brain's batch
 RING_CAPACITY = 1 << 13
@@ -503,22 +504,13 @@ class ReplayCore:
 
 
 # =============================================================================================== CLI
-def _duration_ns(text: str) -> int:
-    """'250us', '2ms', '1.5s', '800' (ns)."""
-    t = text.strip().lower()
-    for suffix, mult in (("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)):
-        if t.endswith(suffix):
-            t = t[: -len(suffix)]
-            break
-    else:
-        mult = 1
+def _duration_ns(text) -> int:
+    """'250us', '2ms', '1.5s', '1m', '800' (ns) in the one duration grammar."""
+    from aegis.core.config import parse_duration_ns
     try:
-        v = float(t)
-    except ValueError:
-        raise ConfigError(f"bad duration {text!r} (use e.g. 800, 250us, 2ms, 0.5s)") from None
-    if v < 0 or v != v:
-        raise ConfigError(f"duration must be >= 0, got {text!r}")
-    return int(round(v * mult))
+        return parse_duration_ns(text, bare_unit="ns")
+    except ValueError as e:
+        raise ConfigError(f"duration must be {e}") from None
 
 
 def _typed(v: str):
@@ -535,13 +527,8 @@ def _typed(v: str):
         return s
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # a user mistake is one line and exit 2, not a usage dump
-        raise ConfigError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m aegis replay",
+    p = OneLineParser(prog="python -m aegis replay",
                 description="Backtest a strategy on Feed recordings (.jsonl.gz) and Binance public-data CSV files "
                             "(USD-M futures bookTicker / aggTrades, .csv or .zip) through the live "
                             "ring -> strategy -> risk path with simulated execution.")
@@ -588,19 +575,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-REPLAY_KEYS = {"slippage_bps", "latency", "latency_hist", "latency_stage", "seed", "maker_fee", "taker_fee", "sample",
-               "out", "realtime"}
+@dataclass(frozen=True)
+class ReplaySection:
+    """The [replay] table: defaults for the options of the same names (the command line wins)."""
+    slippage_bps: float | None = None
+    latency: str | int | None = None         # a duration; a bare number is ns
+    latency_hist: str | None = None
+    latency_stage: str | None = None
+    seed: int | None = None
+    maker_fee: float | None = None
+    taker_fee: float | None = None
+    sample: str | int | None = None          # a duration; a bare number is ns
+    out: str | None = None
+    realtime: bool | None = None
 
 
 def configure(args) -> ReplayConfig:
     """Options -> ReplayConfig (CLI over the config file's tables over defaults); ConfigError on bad values."""
     from aegis.core import config as C
     eng = C.load(args.config) if args.config else C.EngineConfig()
-    rep = eng.section("replay")
-    unknown = set(rep) - REPLAY_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [replay]: {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(REPLAY_KEYS))})")
+    rep = C.section_values(ReplaySection, "replay", eng.section("replay"), {"slippage_bps": C.NON_NEGATIVE})
 
     def opt(name, cli):
         return cli if cli is not None else rep.get(name)
@@ -868,9 +862,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         cfg = configure(args)
         summary = run(args.files, cfg, args.symbol, args.format, args.symbols, args.exchange_info)
-    except (ConfigError, InputError, risk.RiskConfigError) as e:
-        print(f"aegis replay: error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, InputError) as e:
+        return usage_error("python -m aegis replay", str(e))
     except KeyboardInterrupt:
         print("aegis replay: interrupted", file=sys.stderr)
         return 130

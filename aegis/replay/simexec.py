@@ -169,9 +169,6 @@ class SimExchange:
                            self.eq_ts, self.eq_val, self.ctr, self.params, self.lat_cum, self.lat_lo, self.lat_hi,
                            self.rng)
 
-    def room_needed(self) -> int:
-        return int(self.ctr[C_ACTIVE]) + 2
-
     def drain_fills(self) -> np.ndarray:
         n = int(self.ctr[C_FILLS])
         out = self.fills[:n].copy()
@@ -452,7 +449,7 @@ def arrive_due(book, acct, act_i, act_f, log_i, log_f, fills, ctr, params, now):
 @njit(cache=True, nogil=True)
 def submit(req, send_ts, sx):
     """Send one accepted ORDER_REQUEST at send_ts; returns its arrival time. The caller must have drained the
-    buffers (room_needed) and the active table must have room (it holds every in-flight and resting order)."""
+    fill and log buffers and the active table must have room (it holds every in-flight and resting order)."""
     book, acct, act_i, act_f, log_i = sx.book, sx.acct, sx.act_i, sx.act_f, sx.log_i
     log_f, fills, ctr, params, lat_cum = sx.log_f, sx.fills, sx.ctr, sx.params, sx.lat_cum
     lat_lo, lat_hi, rng = sx.lat_lo, sx.lat_hi, sx.rng

@@ -307,7 +307,8 @@ def rebuild(records: list[dict]) -> JournalState:
 
 
 def new_prefix() -> str:
-    """Run prefix of newClientOrderId: short (ids are <= 36 chars, API.md §4.7) and unique per journal."""
+    """Run prefix of newClientOrderId: short (ids are <= 36 chars, docs/binance-notes.md, New order) and unique per
+    journal."""
     return "ae" + secrets.token_hex(4) + "-"
 
 

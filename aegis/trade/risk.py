@@ -8,7 +8,7 @@ before it writes the record to the sender queue, with no Python in between.
 Rounding: the strategy's float price/qty are converted ONCE to integer ticks/steps (BUY limit rounds down, SELL
 limit rounds up: never more aggressive than asked; quantity rounds down: never bigger than asked) and the record
 carries price_ticks/qty_steps; the sender formats `units * "0.10"` with decimal arithmetic (aegis.binance.signing), so no
-float text ever reaches the wire (API.md §7.8).
+float text ever reaches the wire (docs/binance-notes.md, Decimal text on the wire).
 
 Checks, in order (the first failing one is the reason): trading state -> symbol tradable -> market data present and
 fresh -> rounding + exchange filters (LOT_SIZE / MARKET_LOT_SIZE, PRICE_FILTER, MIN_NOTIONAL unless reduce-only,
@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit
 
 from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, KIND_BOOK, KIND_MARK, KIND_QUOTE,
-                           ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, REQ_FLAG_FLATTEN, SIDE_BUY, SIDE_SELL,
+                           ORDER_LIMIT, ORDER_MARKET, REQ_FLAG_FLATTEN, SIDE_BUY, SIDE_SELL,
                            STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_REJECTED, STATUS_SNAPSHOT,
                            TIF_GTC, TIF_GTX)
 
@@ -110,13 +110,6 @@ ONE_S = 1_000_000_000
 EPS = 1e-6               # tolerance in units of a tick/step when converting floats to integer units
 
 
-class RiskConfigError(ValueError):
-    pass
-
-
-_SYMBOL_LIMIT_KEYS = ("max_position_qty", "max_position_notional", "max_order_qty", "max_order_notional")
-
-
 @dataclass(frozen=True)
 class RiskConfig:
     """[risk] table. Quantities in base asset, notionals in quote asset (USDT); 0 disables a limit."""
@@ -139,46 +132,26 @@ class RiskConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "RiskConfig":
-        from aegis.core.config import ConfigError
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [risk]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = {}
-        for k, v in section.items():
-            default = cls.__dataclass_fields__[k].default
-            if k == "symbols":
-                if not isinstance(v, dict):
-                    raise ConfigError("[risk] symbols must be a table of tables, e.g. [risk.symbols.BTCUSDT]")
-                for sym, lim in v.items():
-                    if not isinstance(lim, dict) or set(lim) - set(_SYMBOL_LIMIT_KEYS):
-                        raise ConfigError(f"[risk.symbols.{sym}] accepts only {', '.join(_SYMBOL_LIMIT_KEYS)}")
-                    for lk, lv in lim.items():
-                        if isinstance(lv, bool) or not isinstance(lv, (int, float)) or lv < 0:
-                            raise ConfigError(f"[risk.symbols.{sym}] {lk} must be a number >= 0, got {lv!r}")
-                kw[k] = {s: dict(lim) for s, lim in v.items()}
-                continue
-            if isinstance(default, bool):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"[risk] {k} must be true or false, got {v!r}")
-            elif isinstance(default, (int, float)):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise ConfigError(f"[risk] {k} must be a number >= 0, got {v!r}")
-                if isinstance(default, int) and not isinstance(v, int):
-                    raise ConfigError(f"[risk] {k} must be an integer, got {v!r}")
-            elif not isinstance(v, str):
-                raise ConfigError(f"[risk] {k} must be a string, got {v!r}")
-            kw[k] = v
-        cfg = cls(**kw)
-        if cfg.start_state not in ("ACTIVE", "REDUCING", "HALTED"):
-            raise ConfigError(f"[risk] start_state must be ACTIVE, REDUCING or HALTED, got {cfg.start_state!r}")
-        for k in ("orders_per_second", "binance_orders_10s", "binance_orders_1m"):
-            if not 1 <= getattr(cfg, k) <= RATE_CAP:
-                raise ConfigError(f"[risk] {k} must be between 1 and {RATE_CAP}, got {getattr(cfg, k)}")
-        if not 1 <= cfg.max_open_orders <= MAX_OPEN:
-            raise ConfigError(f"[risk] max_open_orders must be between 1 and {MAX_OPEN}")
-        return cfg
+        from aegis.core import config as C
+        rate = C.between(1, RATE_CAP)
+        checks = {"start_state": C.one_of("ACTIVE", "REDUCING", "HALTED"), "orders_per_second": rate,
+                  "binance_orders_10s": rate, "binance_orders_1m": rate, "max_open_orders": C.between(1, MAX_OPEN)}
+        kw = C.section_values(cls, "risk", section, checks, numbers=C.NON_NEGATIVE)
+        limits = {}
+        for sym, lim in kw.get("symbols", {}).items():
+            limits[sym] = C.section_values(SymbolLimits, f"risk.symbols.{sym}", lim, numbers=C.NON_NEGATIVE)
+        if "symbols" in kw:
+            kw["symbols"] = limits
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class SymbolLimits:
+    """A [risk.symbols.SYMBOL] table: that symbol's own limits (0 disables one)."""
+    max_position_qty: float = 0.0
+    max_position_notional: float = 0.0
+    max_order_qty: float = 0.0
+    max_order_notional: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -221,16 +194,6 @@ class SymbolRules:
         if "market_step_size" not in kw and "step_size" in kw:
             kw["market_step_size"] = kw["step_size"]
         return cls(**kw)
-
-    @classmethod
-    def from_spec(cls, spec) -> "SymbolRules":
-        """From an aegis.venue.catalog.SymbolSpec (tests and the embedded venue)."""
-        return cls(symbol=spec.symbol, status=spec.status, tick_size=spec.tick_size, step_size=spec.step_size,
-                   market_step_size=spec.step_size, min_qty=spec.min_qty, max_qty=spec.max_qty,
-                   market_min_qty=spec.market_min_qty, market_max_qty=spec.market_max_qty,
-                   min_notional=spec.min_notional, multiplier_up=spec.multiplier_up,
-                   multiplier_down=spec.multiplier_down, min_price=spec.min_price, max_price=spec.max_price,
-                   max_num_orders=spec.max_num_orders)
 
 
 def _f(s: str) -> float:
@@ -322,10 +285,6 @@ class RiskBook:
         i = self.index[symbol]
         self.sym[i, S_POS] = qty
         self.sym[i, S_AVG_PX] = avg_price
-
-    def restore_open_order(self, client_id: int, symbol: str, side: int, remaining: float, price: float,
-                           reduce_only: bool) -> None:
-        add_open_order(self.sym, self.oo, client_id, self.index[symbol], side, int(reduce_only), remaining, price, 0)
 
 
 # ============================================================================================ jitted kernels
@@ -771,17 +730,3 @@ def halt_requests(rk, out, now):
                 r.price = 0.0
                 n += 1
     return n
-
-
-@njit(cache=True, nogil=True)
-def forget_open_orders(sym, oo, s):
-    """Drop every open order of symbol s (after a confirmed CANCEL_ALL, or reconciliation found none)."""
-    for k in range(oo.shape[0]):
-        if oo[k, O_CID] != 0.0 and np.int64(oo[k, O_SYM]) == s:
-            _open_add(sym, s, np.int64(oo[k, O_SIDE]), np.int64(oo[k, O_RO]), -oo[k, O_REMAIN], -1.0)
-            for c in range(O_COLS):
-                oo[k, c] = 0.0
-
-
-def new_requests(n: int) -> np.ndarray:
-    return np.zeros(n, ORDER_REQUEST_DTYPE)

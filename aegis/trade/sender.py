@@ -12,21 +12,24 @@ How the sender waits is the hard part. Measured with bench/bench_trade.py (`pyth
 producer thread spinning in nogil jitted code (like the Brain) hands over one request every 200 us; "seen" =
 Brain's handoff_ts -> sender_wait sees it. On this 2-vCPU VM the decisive cost is waking a thread on the OTHER core
 (an inter-processor interrupt through the hypervisor: ~20 us), and a thread spinning beside a busy thread on one
-core only runs at the scheduler's next pick (ms). Hence the modes ([trade] wait, resolve_wait picks for `auto`):
+core only runs at the scheduler's next pick (ms). Hence the wait strategy of the queue ([trade] wait, one of the
+engine's strategies in aegis.core.wait; resolve_wait picks for `auto`):
 
-    spin   busy poll; only with a core of its own ([trade] cores outside the engine's): 0.7-8 us here (simulated)
-    share  wait on the Brain's own core, giving it back with sched_yield at every poll; the Brain yields after a
-           hand-off (H_YIELD_TO) and the sender, already runnable, gets the core at once: a same-core switch with
-           no futex on either side, hand-off p50 2.0 us in the pipeline here (parking on a futex there and waking
-           it took 5.0 us: the wake-up syscall on the Brain's side and the futex return path on the sender's).
-           auto picks it when the Brain polls without sleeping (busy-spin or spin-yield: that core burns anyway).
-           Costs: while the sender works in Python (answers, journal acks) the Brain waits for its core, which
-           shows in publish->consume p99; and a spin-yield Brain's idle yields pass through the sender's poll
-           (~2 us each), so publish->consume p90 is ~2.5 us instead of 0.6 (p50 unchanged). Re-running the
-           encoder while idle to keep it in cache was tried and measured no gain, and so was encoding in the Brain
-           before the hand-off: the encode runs cold in either thread (bench/RESULTS.md).
-    futex  spin 20 us, then park on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a sleeping Brain
-    sleep  spin 20 us, then 20 us naps: ~50 us
+    busy-spin   only with a core of its own ([trade] cores outside the engine's): 0.7-8 us here (simulated)
+    spin-yield  wait on the Brain's own core, giving it back with sched_yield at every poll; the Brain yields after
+                a hand-off (the header's W_YIELD_TO) and the sender, already runnable, gets the core at once: a
+                same-core switch with no futex on either side, hand-off p50 2.0 us in the pipeline here (parking on
+                a futex there and waking it took 5.0 us: the wake-up syscall on the Brain's side and the futex
+                return path on the sender's). auto picks it when the Brain polls without sleeping (busy-spin or
+                spin-yield: that core burns anyway). Costs: while the sender works in Python (answers, journal
+                acks) the Brain waits for its core, which shows in publish->consume p99; and a spin-yield Brain's
+                idle yields pass through the sender's poll (~2 us each), so publish->consume p90 is ~2.5 us instead
+                of 0.6 (p50 unchanged). Encoding ahead of time (re-running the encoder while idle, or encoding in
+                the Brain before the hand-off) gains nothing: the encode runs cold in either thread
+                (bench/RESULTS.md).
+    block       spin 20 us, then park on a futex on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a
+                sleeping Brain
+    sleep       spin 20 us, then 20 us naps: ~50 us
 
 After the wake the fast path (wait_and_prepare, aegis.binance.wire) stays in nogil code: it builds the signed request and
 the journal line, writes the line, and on a plain connection send(2)s the order itself. Python (GIL) comes next,
@@ -43,22 +46,19 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from aegis.core import ring
+from aegis.core import wait as waiting
 from aegis.binance import wire
-from aegis.core.atomics import fetch_add, load_acquire, store_release
-from aegis.core.clock import cpu_relax, now_ns, sleep_ns, wall_ns, yield_cpu
+from aegis.core.atomics import load_acquire, store_release
+from aegis.core.clock import cpu_relax, now_ns, wall_ns, yield_cpu
 from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, ORDER_MARKET,
                            ORDER_REQUEST_DTYPE, SIDE_BUY, STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_NEW,
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
@@ -67,52 +67,9 @@ from aegis.trade import risk as riskmod
 
 log = logging.getLogger("aegis.trade.sender")
 
-# --- wait modes of the sender ---------------------------------------------------------------------------------
-WAIT_SPIN, WAIT_SLEEP, WAIT_FUTEX, WAIT_SHARE = 0, 1, 2, 3
-WAIT_MODES = {"spin": WAIT_SPIN, "sleep": WAIT_SLEEP, "futex": WAIT_FUTEX, "share": WAIT_SHARE}
-WAIT_NAMES = {v: k for k, v in WAIT_MODES.items()}
+# --- how the sender waits: the engine's wait strategies (aegis.core.wait) --------------------------------------
 SPIN_BEFORE_PARK_NS = 20_000    # catch back-to-back requests without a syscall
 PARK_TIMEOUT_NS = 50_000_000    # a parked sender re-checks stop/housekeeping at least this often
-SLEEP_NAP_NS = 20_000
-
-# extra header slots of the in-process queue (aegis.core.ring uses slots < 48)
-H_SLEEPING = 48       # own cache line: 1 while the sender is parked on the futex
-H_WAKES = 56          # FUTEX_WAKE calls made by the producer (diagnostics)
-H_PARKS = 57          # times the sender parked
-H_YIELD_TO = 58       # 1 (wait "share"): the sender waits on the producer's own core, so the producer yields
-                      # after publishing and the sender runs at once (a same-core switch: no inter-core interrupt)
-
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-_TIMESPEC = ir.LiteralStructType([_I64, _I64])
-_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower(), 202)
-FUTEX_WAIT_PRIVATE = 0 | 128
-FUTEX_WAKE_PRIVATE = 1 | 128
-
-
-@intrinsic
-def _futex(typingctx, arr, idx, op, val, timeout_ns):
-    """syscall(SYS_futex, &arr[idx], op, val, &timeout) by symbol name (cacheable, like aegis.core.clock)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
-        return None
-    sig = types.int64(arr, idx, op, val, timeout_ns)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64], var_arg=True), "syscall")
-        ts = cgutils.alloca_once(builder, _TIMESPEC)
-        t = context.cast(builder, args[4], signature.args[4], types.int64)
-        billion = ir.Constant(_I64, 1_000_000_000)
-        builder.store(builder.sdiv(t, billion), builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 0)]))
-        builder.store(builder.srem(t, billion), builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 1)]))
-        op = context.cast(builder, args[2], signature.args[2], types.int64)
-        val = context.cast(builder, args[3], signature.args[3], types.int64)
-        # the futex word is the low 32 bits of the int64 slot (little-endian); we only store 0 and 1 there
-        return builder.call(fn, [ir.Constant(_I64, _SYS_FUTEX), builder.ptrtoint(ptr, _I64), op, val,
-                                 builder.ptrtoint(ts, _I64), ir.Constant(_I64, 0), ir.Constant(_I64, 0)])
-
-    return sig, codegen
 
 
 # --------------------------------------------------------------------------------------------- the queue
@@ -128,24 +85,12 @@ class RequestQueue:
 
     def abort(self) -> None:
         ring.abort(self.header)
-        wake(self.header)
+        waiting.signal(self.header)
 
     def stats(self) -> dict:
         h = self.header
         return {"published": int(h[ring.H_WRITE]), "consumed": int(h[ring.H_READ]), "dropped": int(h[ring.H_DROPPED]),
-                "wakes": int(h[H_WAKES]), "parks": int(h[H_PARKS])}
-
-
-@njit(cache=True, nogil=True)
-def wake(header):
-    """Producer side after publishing: wake the sender if (and only if) it is parked on the futex, and hand it
-    the core when it waits on this one (H_YIELD_TO)."""
-    if fetch_add(header, H_SLEEPING, 0) != 0:   # locked RMW: orders our publish before this read (Dekker)
-        store_release(header, H_SLEEPING, 0)
-        header[H_WAKES] += 1
-        _futex(header, H_SLEEPING, FUTEX_WAKE_PRIVATE, 1, 0)
-    if load_acquire(header, H_YIELD_TO) != 0:
-        yield_cpu()
+                "wakes": int(h[waiting.W_WAKES]), "parks": int(h[waiting.W_PARKS])}
 
 
 @njit(cache=True, nogil=True)
@@ -159,24 +104,8 @@ def handoff(header, records, req, now):
     req.handoff_ts = now
     records[seq & (header[ring.H_CAPACITY] - 1)] = req
     ring.publish(header, 1)
-    wake(header)
+    waiting.signal(header)
     return 1
-
-
-@njit(cache=True, nogil=True)
-def handoff_batch(header, records, reqs, n, now):
-    """handoff for reqs[:n] with one wake; returns how many were queued (the rest did not fit)."""
-    mask = header[ring.H_CAPACITY] - 1
-    seq, k = ring.claim(header, n)
-    for i in range(k):
-        reqs[i].handoff_ts = now
-        records[(seq + i) & mask] = reqs[i]
-    if k > 0:
-        ring.publish(header, k)
-        wake(header)
-    if k < n:
-        header[ring.H_DROPPED] += n - k
-    return k
 
 
 @njit(cache=True, nogil=True)
@@ -198,26 +127,18 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
         t = now_ns() if (spins & 15) == 0 else start
         if t > deadline:
             return 0
-        if mode == WAIT_SHARE:
-            # the Brain's core: it polls and yields to us after a hand-off; a futex here would cost a wake-up
-            # syscall on its side and the futex return path on ours, ~3 us more per order
+        if mode == waiting.SPIN_YIELD:
+            # on the Brain's core (it polls, and yields to us after a hand-off): no spin phase, which would only
+            # delay the Brain, and no futex, whose wake-up syscall costs ~3 us more per order on both sides
             yield_cpu()
-        elif mode == WAIT_SPIN or t < spin_until:
+        elif mode == waiting.BUSY_SPIN or t < spin_until:
             cpu_relax()
-        elif mode == WAIT_SLEEP:
-            sleep_ns(SLEEP_NAP_NS)
         else:
-            fetch_add(header, H_SLEEPING, 1)          # announce, then re-check: no lost wake-up
-            if ring.available(header) > 0 or ring.aborted(header):
-                store_release(header, H_SLEEPING, 0)
-                continue
             left = deadline - now_ns()
             if left <= 0:
-                store_release(header, H_SLEEPING, 0)
                 return 0
-            header[H_PARKS] += 1
-            _futex(header, H_SLEEPING, FUTEX_WAIT_PRIVATE, 1, left if left < PARK_TIMEOUT_NS else PARK_TIMEOUT_NS)
-            store_release(header, H_SLEEPING, 0)
+            waiting.wait_step(mode, header, ring.H_WRITE, load_acquire(header, ring.H_READ), ring.H_ABORT,
+                           left if left < PARK_TIMEOUT_NS else PARK_TIMEOUT_NS)
 
 
 @njit(cache=True, nogil=True)
@@ -251,7 +172,7 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
         w = wire.write_all(jfd, jbuf, jpos)
         ok = w == jpos
         if ok and state[wire.ST_FSYNC] != 0:
-            ok = wire._fdatasync(jfd) == 0
+            ok = wire.fdatasync(jfd) == 0
         if not ok:
             state[wire.ST_WRITE_ERRNO] = w if w != jpos else -1
             for i in range(n):
@@ -282,7 +203,8 @@ def warm_fast_path() -> None:
     state = wire.new_state()
     state[wire.ST_SEND_FD] = -1
     n = 1
-    wait_and_prepare(q.header, q.records, np.zeros(n, ORDER_REQUEST_DTYPE), n, WAIT_SPIN, 0, np.zeros(2, np.int64),
+    wait_and_prepare(q.header, q.records, np.zeros(n, ORDER_REQUEST_DTYPE), n, waiting.BUSY_SPIN, 0,
+                     np.zeros(2, np.int64),
                      enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
                      np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8))
@@ -335,15 +257,14 @@ def _parse_cpus(text: str) -> set:
 
 
 def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
-    """auto: spin on a core of its own; else, when the Brain polls without sleeping (busy-spin / spin-yield),
-    share the Brain's core: yield-poll there and let the Brain hand the core over after each hand-off (a
-    same-core switch, ~2 us here, against ~20 us for waking another core of this VM); else park on a futex on
-    another core."""
+    """auto: busy-spin on a core of its own; else, when the Brain polls without sleeping (busy-spin / spin-yield),
+    spin-yield on the Brain's core and let the Brain hand the core over after each hand-off (a same-core switch,
+    ~2 us here, against ~20 us for waking another core of this VM); else block (futex) on another core."""
     if name == "auto":
         if own_core:
-            return WAIT_SPIN
-        return WAIT_SHARE if brain_polls else WAIT_FUTEX
-    return WAIT_MODES[name]
+            return waiting.BUSY_SPIN
+        return waiting.SPIN_YIELD if brain_polls else waiting.BLOCK
+    return waiting.NAMES[name]
 
 
 # --------------------------------------------------------------------------------------------- fills back
@@ -389,8 +310,8 @@ _TIF = {TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}
 class TradeConfig:
     """[trade] table."""
     transport: str = "rest"          # rest | ws (ws-fapi order.place / order.cancel)
-    wait: str = "auto"               # auto | spin | share | sleep | futex (see resolve_wait)
-    cores: tuple = ()                # CPU set of the sender thread (() = inherit)
+    wait: str = "auto"               # auto | busy-spin | spin-yield | sleep | block (aegis.core.wait, resolve_wait)
+    cores: tuple[int, ...] = ()      # CPU set of the sender thread (() = inherit)
     queue_capacity: int = 4096
     recv_window_ms: int = 5000
     timeout_s: float = 5.0           # HTTP / ws request timeout
@@ -398,7 +319,8 @@ class TradeConfig:
     journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one per account; embedded: one per run)
     fsync: str = "interval"          # always | interval | never (see aegis.trade.journal: always = +0.5 ms per order)
     fsync_interval_ms: int = 50
-    keepalive_interval_s: float = 1800.0   # listenKey PUT cadence (API.md §6.1: 30 min or less)
+    # listenKey PUT cadence (docs/binance-notes.md, User data stream: 30 min or less)
+    keepalive_interval_s: float = 1800.0
     key_file: str = ""
     resp_type: str = "ACK"           # newOrderRespType: ACK | RESULT
     cancel_on_shutdown: bool = True
@@ -408,38 +330,12 @@ class TradeConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "TradeConfig":
-        from aegis.core.config import ConfigError
-        known = set(cls.__dataclass_fields__)
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [trade]: {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-        kw = dict(section)
-        if "cores" in kw:
-            c = kw["cores"]
-            if not isinstance(c, (list, tuple)) or not all(isinstance(x, int) and x >= 0 for x in c):
-                raise ConfigError(f"[trade] cores must be a list of CPU numbers, got {c!r}")
-            kw["cores"] = tuple(c)
-        for k, v in kw.items():
-            d = cls.__dataclass_fields__[k].default
-            if isinstance(d, bool) and not isinstance(v, bool):
-                raise ConfigError(f"[trade] {k} must be true or false, got {v!r}")
-            if isinstance(d, (int, float)) and not isinstance(d, bool) and \
-                    (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                raise ConfigError(f"[trade] {k} must be a positive number, got {v!r}")
-            if isinstance(d, str) and not isinstance(v, str):
-                raise ConfigError(f"[trade] {k} must be a string, got {v!r}")
-        cfg = cls(**kw)
-        checks = (("transport", ("rest", "ws")), ("wait", ("auto", *WAIT_MODES)),
-                  ("fsync", ("always", "interval", "never")), ("resp_type", ("ACK", "RESULT")))
-        for k, allowed in checks:
-            if getattr(cfg, k) not in allowed:
-                raise ConfigError(f"[trade] {k} must be one of {', '.join(allowed)}, got {getattr(cfg, k)!r}")
-        if cfg.queue_capacity < ring.MIN_CAPACITY or cfg.queue_capacity & (cfg.queue_capacity - 1):
-            raise ConfigError(f"[trade] queue_capacity must be a power of two >= {ring.MIN_CAPACITY}")
-        if cfg.recv_window_ms > 60000:
-            raise ConfigError("[trade] recv_window_ms must be <= 60000")
-        return cfg
+        from aegis.core import config as C
+        checks = {"transport": C.one_of("rest", "ws"), "wait": C.one_of("auto", *waiting.NAMES),
+                  "fsync": C.one_of("always", "interval", "never"), "resp_type": C.one_of("ACK", "RESULT"),
+                  "cores": C.Check(lambda c: all(x >= 0 for x in c), "a list of CPU numbers"),
+                  "queue_capacity": C.power_of_two(ring.MIN_CAPACITY), "recv_window_ms": C.between(1, 60000)}
+        return C.load_section(cls, "trade", section, checks, numbers=C.POSITIVE)
 
 
 def order_params(req, rules, coid: str, resp_type: str = "ACK") -> dict:
@@ -471,7 +367,7 @@ class Sender:
     """The sender thread. `client` is an aegis.binance.client.BinanceClient (REST) or WsTradeClient (ws-fapi)."""
 
     def __init__(self, queue: RequestQueue, client, journal, prefix: str, rules, fills: FillQueue | None = None,
-                 wait: int = WAIT_FUTEX, cores: tuple = (), resp_type: str = "ACK", ctl=None, latency=None,
+                 wait: int = waiting.BLOCK, cores: tuple = (), resp_type: str = "ACK", ctl=None, latency=None,
                  batch: int = 64):
         self.q = queue
         self.client = client
@@ -528,7 +424,7 @@ class Sender:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.q.header[H_YIELD_TO] = 0
+        self.q.header[waiting.W_YIELD_TO] = 0
         self._stop.set()
         self.q.abort()
         if self._thread is not None:
@@ -545,14 +441,15 @@ class Sender:
     def _run(self) -> None:
         # a sharing sender stays on the Brain's core (it inherits the Brain's affinity): the Brain hands it the core
         # after each hand-off; every other mode leaves the Brain's core
-        cores = self.cores or (() if self.wait == WAIT_SHARE else default_sender_cores())
+        cores = self.cores or (() if self.wait == waiting.SPIN_YIELD else default_sender_cores())
         if cores:
             try:
                 os.sched_setaffinity(0, cores)   # pid 0 = this thread only (Linux)
             except OSError as e:
                 log.warning("sender: cannot pin to cores %s: %s", cores, e)
         self.cores_used = tuple(sorted(os.sched_getaffinity(0)))
-        self.q.header[H_YIELD_TO] = int(self.wait == WAIT_SHARE)   # read by the Brain with an acquire load
+        # read by the Brain with an acquire load
+        self.q.header[waiting.W_YIELD_TO] = int(self.wait == waiting.SPIN_YIELD)
         h, recs, dst = self.q.header, self.q.records, self._batch
         while not self._stop.is_set():
             if self.fast is not None:

@@ -180,7 +180,8 @@ class UserStream:
             self.stats["expired"] += 1
             log.warning("listenKey expired (-1125 on keep-alive): recreating")
             return False
-        # a network error on the PUT must not kill the stream a day later (API.md §7.18): retry soon
+        # a network error on the PUT must not kill the stream a day later (docs/binance-notes.md, User data stream):
+        # retry soon
         self._next_keepalive = time.monotonic() + min(60.0, self.keepalive_interval_s)
         return True
 
@@ -248,7 +249,7 @@ class UserStream:
             self.stats["gap_fills"] += 1
         p = self.ledger.pos(sym)
         # quantity comes from ACCOUNT_UPDATE / positionRisk (authoritative, and ACCOUNT_UPDATE arrives BEFORE the
-        # TRADE event, API.md §6.4); fills carry realized PnL and fees
+        # TRADE event, docs/binance-notes.md, User data events); fills carry realized PnL and fees
         p.realized += float(rpnl)
         p.fees += float(fee)
         self.ledger.fills += 1

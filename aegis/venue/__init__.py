@@ -7,18 +7,17 @@
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import exchange as exchange_mod
+from . import rest, userdata, wsapi
+from . import streams as _streams
 from .catalog import catalog_with, default_catalog
 from .market import Market, MarketConfig
 from .server import Router, VenueServer, WsPolicy
-from . import streams as _streams
 
-DEFAULT_API_KEY = "aegis-test-key"
-DEFAULT_API_SECRET = "aegis-test-secret"
+from .exchange import DEFAULT_API_KEY, DEFAULT_API_SECRET
 
 
 @dataclass(frozen=True)
@@ -48,14 +47,6 @@ class VenueConfig:
     listen_key_validity_s: float = 3600.0
     rate_limits: Any = None             # aegis.venue.ratelimit.RateLimitConfig (venue-exchange), None = Binance's
     exchange_cfg: Any = None            # aegis.venue.exchange.ExchangeConfig; None = built from the fields above
-
-
-def _optional_module(name: str):
-    """The venue-exchange module if it exists. A module that exists but fails to import raises."""
-    full = f"aegis.venue.{name}"
-    if importlib.util.find_spec(full) is None:
-        return None
-    return importlib.import_module(full)
 
 
 class Venue:
@@ -153,29 +144,15 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
     _streams.install_market_rest(router, market, hub=hub)
     _streams.install(router, hub, market_policy)
 
-    exchange = None
-    services: list = []
-    exchange_mod = _optional_module("exchange")
-    if exchange_mod is not None:
-        ex_cfg = cfg.exchange_cfg
-        if ex_cfg is None:
-            ex_cfg = exchange_mod.ExchangeConfig(api_keys=dict(cfg.api_keys),
-                                                 listen_key_validity_s=cfg.listen_key_validity_s, seed=cfg.seed)
-        exchange = exchange_mod.Exchange(market, catalog, ex_cfg, clock_ms=market.now_ms)
-        rest = _optional_module("rest")
-        if rest is not None:
-            api = rest.install(router, exchange, market, cfg)
-            services.append(api)
-            limiter = getattr(api, "limiter", None)
-            if limiter is not None:
-                # market data shares the IP weight budget (and header) with the rest of the REST API
-                _streams.install_market_rest(router, market, limiter, hub=hub)
-        userdata = _optional_module("userdata")
-        if userdata is not None:
-            services.append(userdata.install(router, exchange, cfg))
-        wsapi = _optional_module("wsapi")
-        if wsapi is not None:
-            services.append(wsapi.install(router, exchange, cfg))
+    ex_cfg = cfg.exchange_cfg
+    if ex_cfg is None:
+        ex_cfg = exchange_mod.ExchangeConfig(api_keys=dict(cfg.api_keys),
+                                             listen_key_validity_s=cfg.listen_key_validity_s, seed=cfg.seed)
+    exchange = exchange_mod.Exchange(market, catalog, ex_cfg, clock_ms=market.now_ms)
+    api = rest.install(router, exchange, market, cfg)
+    # market data shares the IP weight budget (and header) with the rest of the REST API
+    _streams.install_market_rest(router, market, api.limiter, hub=hub)
+    services = [api, userdata.install(router, exchange, cfg), wsapi.install(router, exchange, cfg)]
 
     server = VenueServer(router, cfg.host, cfg.port, ws_policy=base_policy).start()
     venue = Venue(cfg, server, market, hub, exchange, services)

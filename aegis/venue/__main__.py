@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from aegis.core.usage import OneLineParser, usage_error
+
 PROG = "python -m aegis.venue"
 
 EPILOG = """\
@@ -32,12 +34,6 @@ Ctrl-C or SIGTERM stops it cleanly.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (no usage dump)
-        sys.stderr.write(f"{PROG}: error: {message} (see --help)\n")
-        sys.exit(2)
-
-
 def _positive(kind, name):
     def conv(text: str):
         try:
@@ -58,7 +54,7 @@ def _key_pair(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run the embedded Binance USD-M futures venue (REST + websockets on one "
+    p = OneLineParser(prog=PROG, description="Run the embedded Binance USD-M futures venue (REST + websockets on one "
                 "loopback port) for paper trading, the engine's tests, or any Binance client.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1; keep it on loopback)")
@@ -93,14 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.replay and not os.path.isfile(args.replay):
-        sys.stderr.write(f"{PROG}: error: --replay file not found: {args.replay}\n")
-        return 2
+        return usage_error(PROG, f"--replay file not found: {args.replay}")
     if args.symbols is not None and args.symbols < 1:
-        sys.stderr.write(f"{PROG}: error: --symbols must be >= 1\n")
-        return 2
+        return usage_error(PROG, "--symbols must be >= 1")
     if args.port > 65535:
-        sys.stderr.write(f"{PROG}: error: --port must be <= 65535\n")
-        return 2
+        return usage_error(PROG, "--port must be <= 65535")
     from aegis.venue import VenueConfig, start_venue
 
     kw = {}
@@ -120,11 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         venue = start_venue(cfg)
     except OSError as e:
-        sys.stderr.write(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}\n")
-        return 2
+        return usage_error(PROG, f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
     except ValueError as e:  # e.g. an unreadable replay file
-        sys.stderr.write(f"{PROG}: error: {e}\n")
-        return 2
+        return usage_error(PROG, str(e))
     try:
         print(f"aegis venue listening on {venue.host}:{venue.port}", flush=True)
         print(f"  rest_url      {venue.rest_url}", flush=True)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from aegis.core.codecs import put_bytes, put_decimal, put_int, put_span
+from aegis.core.websocket import put_text_header
+
 # stream kinds per symbol (sid = sid_base[s] + kind)
 K_BOOKTICKER = 0
 K_DEPTH0 = 1          # @depth@0ms (one diff per engine event)
@@ -72,61 +75,6 @@ _T_TR7 = np.frombuffer(b'","X":"MARKET","m":false}', dtype=np.uint8)
 
 
 @njit(cache=True)
-def _put(buf, pos, src):
-    n = src.shape[0]
-    buf[pos:pos + n] = src
-    return pos + n
-
-
-@njit(cache=True)
-def _put_slice(buf, pos, src, off, n):
-    buf[pos:pos + n] = src[off:off + n]
-    return pos + n
-
-
-@njit(cache=True)
-def _put_int(buf, pos, v):
-    if v < 0:
-        buf[pos] = 45
-        pos += 1
-        v = -v
-    if v == 0:
-        buf[pos] = 48
-        return pos + 1
-    n = 0
-    t = v
-    while t > 0:
-        n += 1
-        t //= 10
-    p = pos + n - 1
-    while v > 0:
-        buf[p] = 48 + v % 10
-        v //= 10
-        p -= 1
-    return pos + n
-
-
-@njit(cache=True)
-def _put_fixed(buf, pos, units, dec):
-    """units / 10**dec with exactly dec decimals (0 -> "0.000" for dec 3, as Binance prints zero)."""
-    if dec == 0:
-        return _put_int(buf, pos, units)
-    scale = 1
-    for _ in range(dec):
-        scale *= 10
-    pos = _put_int(buf, pos, units // scale)
-    buf[pos] = 46
-    pos += 1
-    frac = units % scale
-    p = pos + dec - 1
-    for _ in range(dec):
-        buf[p] = 48 + frac % 10
-        frac //= 10
-        p -= 1
-    return pos + dec
-
-
-@njit(cache=True)
 def seed_rng(seed):
     np.random.seed(seed)
 
@@ -140,50 +88,50 @@ def _rand_qty(qbase):
 @njit(cache=True)
 def encode_depth_msg(buf, pos, sym_buf, so, sl, pdec, tu, qdec, E, T, U, u, pu,
                      b_tick, b_qty, nb, a_tick, a_qty, na, tail_buf, to, tl):
-    pos = _put(buf, pos, _T_D0)
-    pos = _put_int(buf, pos, E)
-    pos = _put(buf, pos, _T_D1)
-    pos = _put_int(buf, pos, T)
-    pos = _put(buf, pos, _T_D2)
-    pos = _put_slice(buf, pos, sym_buf, so, sl)
-    pos = _put(buf, pos, _T_D3)
-    pos = _put_int(buf, pos, U)
-    pos = _put(buf, pos, _T_D4)
-    pos = _put_int(buf, pos, u)
-    pos = _put(buf, pos, _T_D5)
-    pos = _put_int(buf, pos, pu)
-    pos = _put(buf, pos, _T_D6)
+    pos = put_bytes(buf, pos, _T_D0)
+    pos = put_int(buf, pos, E)
+    pos = put_bytes(buf, pos, _T_D1)
+    pos = put_int(buf, pos, T)
+    pos = put_bytes(buf, pos, _T_D2)
+    pos = put_span(buf, pos, sym_buf, so, sl)
+    pos = put_bytes(buf, pos, _T_D3)
+    pos = put_int(buf, pos, U)
+    pos = put_bytes(buf, pos, _T_D4)
+    pos = put_int(buf, pos, u)
+    pos = put_bytes(buf, pos, _T_D5)
+    pos = put_int(buf, pos, pu)
+    pos = put_bytes(buf, pos, _T_D6)
     for i in range(nb):
         if i > 0:
             buf[pos] = 44
             pos += 1
         buf[pos] = 91
         buf[pos + 1] = 34
-        pos = _put_fixed(buf, pos + 2, b_tick[i] * tu, pdec)
+        pos = put_decimal(buf, pos + 2, b_tick[i] * tu, pdec)
         buf[pos] = 34
         buf[pos + 1] = 44
         buf[pos + 2] = 34
-        pos = _put_fixed(buf, pos + 3, b_qty[i], qdec)
+        pos = put_decimal(buf, pos + 3, b_qty[i], qdec)
         buf[pos] = 34
         buf[pos + 1] = 93
         pos += 2
-    pos = _put(buf, pos, _T_D7)
+    pos = put_bytes(buf, pos, _T_D7)
     for i in range(na):
         if i > 0:
             buf[pos] = 44
             pos += 1
         buf[pos] = 91
         buf[pos + 1] = 34
-        pos = _put_fixed(buf, pos + 2, a_tick[i] * tu, pdec)
+        pos = put_decimal(buf, pos + 2, a_tick[i] * tu, pdec)
         buf[pos] = 34
         buf[pos + 1] = 44
         buf[pos + 2] = 34
-        pos = _put_fixed(buf, pos + 3, a_qty[i], qdec)
+        pos = put_decimal(buf, pos + 3, a_qty[i], qdec)
         buf[pos] = 34
         buf[pos + 1] = 93
         pos += 2
-    pos = _put(buf, pos, _T_D8)
-    pos = _put_slice(buf, pos, tail_buf, to, tl)
+    pos = put_bytes(buf, pos, _T_D8)
+    pos = put_span(buf, pos, tail_buf, to, tl)
     buf[pos] = 125
     return pos + 1
 
@@ -446,23 +394,23 @@ def gen_events(n, t0_ms, t1_ms, skew_ms, cumw,
         new_aq = askq[s, na_ - base[s]]
         if want[sb + K_BOOKTICKER] and (nb_ != old_bb or na_ != old_ba or new_bq != old_bq or new_aq != old_aq):
             start = pos
-            pos = _put(out_buf, pos, _T_BT0)
-            pos = _put_int(out_buf, pos, u)
-            pos = _put(out_buf, pos, _T_BT1)
-            pos = _put_slice(out_buf, pos, sym_buf, so, sl)
-            pos = _put(out_buf, pos, _T_BT2)
-            pos = _put_fixed(out_buf, pos, nb_ * tu, pd)
-            pos = _put(out_buf, pos, _T_BT3)
-            pos = _put_fixed(out_buf, pos, new_bq, qd)
-            pos = _put(out_buf, pos, _T_BT4)
-            pos = _put_fixed(out_buf, pos, na_ * tu, pd)
-            pos = _put(out_buf, pos, _T_BT5)
-            pos = _put_fixed(out_buf, pos, new_aq, qd)
-            pos = _put(out_buf, pos, _T_BT6)
-            pos = _put_int(out_buf, pos, T)
-            pos = _put(out_buf, pos, _T_E)
-            pos = _put_int(out_buf, pos, E)
-            pos = _put_slice(out_buf, pos, tail_buf, tail_off[s, 0], tail_len[s, 0])
+            pos = put_bytes(out_buf, pos, _T_BT0)
+            pos = put_int(out_buf, pos, u)
+            pos = put_bytes(out_buf, pos, _T_BT1)
+            pos = put_span(out_buf, pos, sym_buf, so, sl)
+            pos = put_bytes(out_buf, pos, _T_BT2)
+            pos = put_decimal(out_buf, pos, nb_ * tu, pd)
+            pos = put_bytes(out_buf, pos, _T_BT3)
+            pos = put_decimal(out_buf, pos, new_bq, qd)
+            pos = put_bytes(out_buf, pos, _T_BT4)
+            pos = put_decimal(out_buf, pos, na_ * tu, pd)
+            pos = put_bytes(out_buf, pos, _T_BT5)
+            pos = put_decimal(out_buf, pos, new_aq, qd)
+            pos = put_bytes(out_buf, pos, _T_BT6)
+            pos = put_int(out_buf, pos, T)
+            pos = put_bytes(out_buf, pos, _T_E)
+            pos = put_int(out_buf, pos, E)
+            pos = put_span(out_buf, pos, tail_buf, tail_off[s, 0], tail_len[s, 0])
             out_buf[pos] = 125
             pos += 1
             out_off[nmsg] = start
@@ -518,26 +466,26 @@ def gen_events(n, t0_ms, t1_ms, skew_ms, cumw,
                     klq[1, iv, s] += quote
             if want[sb + K_AGGTRADE]:
                 start = pos
-                pos = _put(out_buf, pos, _T_A0)
-                pos = _put_int(out_buf, pos, E)
-                pos = _put(out_buf, pos, _T_A1)
-                pos = _put_slice(out_buf, pos, sym_buf, so, sl)
-                pos = _put(out_buf, pos, _T_A2)
-                pos = _put_int(out_buf, pos, agg_id[s])
-                pos = _put(out_buf, pos, _T_A3)
-                pos = _put_fixed(out_buf, pos, tr_px * tu, pd)
-                pos = _put(out_buf, pos, _T_A4)
-                pos = _put_fixed(out_buf, pos, tr_qty, qd)
-                pos = _put(out_buf, pos, _T_A5)
-                pos = _put_fixed(out_buf, pos, tr_qty, qd)
-                pos = _put(out_buf, pos, _T_A6)
-                pos = _put_int(out_buf, pos, f)
-                pos = _put(out_buf, pos, _T_A7)
-                pos = _put_int(out_buf, pos, l)
-                pos = _put(out_buf, pos, _T_A8)
-                pos = _put_int(out_buf, pos, T)
-                pos = _put(out_buf, pos, _T_A9 if tr_m else _T_A10)
-                pos = _put_slice(out_buf, pos, tail_buf, tail_off[s, 1], tail_len[s, 1])
+                pos = put_bytes(out_buf, pos, _T_A0)
+                pos = put_int(out_buf, pos, E)
+                pos = put_bytes(out_buf, pos, _T_A1)
+                pos = put_span(out_buf, pos, sym_buf, so, sl)
+                pos = put_bytes(out_buf, pos, _T_A2)
+                pos = put_int(out_buf, pos, agg_id[s])
+                pos = put_bytes(out_buf, pos, _T_A3)
+                pos = put_decimal(out_buf, pos, tr_px * tu, pd)
+                pos = put_bytes(out_buf, pos, _T_A4)
+                pos = put_decimal(out_buf, pos, tr_qty, qd)
+                pos = put_bytes(out_buf, pos, _T_A5)
+                pos = put_decimal(out_buf, pos, tr_qty, qd)
+                pos = put_bytes(out_buf, pos, _T_A6)
+                pos = put_int(out_buf, pos, f)
+                pos = put_bytes(out_buf, pos, _T_A7)
+                pos = put_int(out_buf, pos, l)
+                pos = put_bytes(out_buf, pos, _T_A8)
+                pos = put_int(out_buf, pos, T)
+                pos = put_bytes(out_buf, pos, _T_A9 if tr_m else _T_A10)
+                pos = put_span(out_buf, pos, tail_buf, tail_off[s, 1], tail_len[s, 1])
                 out_buf[pos] = 125
                 pos += 1
                 out_off[nmsg] = start
@@ -546,19 +494,19 @@ def gen_events(n, t0_ms, t1_ms, skew_ms, cumw,
                 nmsg += 1
             if want[sb + K_TRADE]:
                 start = pos
-                pos = _put(out_buf, pos, _T_TR0)
-                pos = _put_int(out_buf, pos, E)
-                pos = _put(out_buf, pos, _T_TR1)
-                pos = _put_int(out_buf, pos, T)
-                pos = _put(out_buf, pos, _T_TR2)
-                pos = _put_slice(out_buf, pos, sym_buf, so, sl)
-                pos = _put(out_buf, pos, _T_TR3)
-                pos = _put_int(out_buf, pos, l)
-                pos = _put(out_buf, pos, _T_TR4)
-                pos = _put_fixed(out_buf, pos, tr_px * tu, pd)
-                pos = _put(out_buf, pos, _T_TR5)
-                pos = _put_fixed(out_buf, pos, tr_qty, qd)
-                pos = _put(out_buf, pos, _T_TR6 if tr_m else _T_TR7)
+                pos = put_bytes(out_buf, pos, _T_TR0)
+                pos = put_int(out_buf, pos, E)
+                pos = put_bytes(out_buf, pos, _T_TR1)
+                pos = put_int(out_buf, pos, T)
+                pos = put_bytes(out_buf, pos, _T_TR2)
+                pos = put_span(out_buf, pos, sym_buf, so, sl)
+                pos = put_bytes(out_buf, pos, _T_TR3)
+                pos = put_int(out_buf, pos, l)
+                pos = put_bytes(out_buf, pos, _T_TR4)
+                pos = put_decimal(out_buf, pos, tr_px * tu, pd)
+                pos = put_bytes(out_buf, pos, _T_TR5)
+                pos = put_decimal(out_buf, pos, tr_qty, qd)
+                pos = put_bytes(out_buf, pos, _T_TR6 if tr_m else _T_TR7)
                 out_off[nmsg] = start
                 out_len[nmsg] = pos - start
                 out_sid[nmsg] = sb + K_TRADE
@@ -674,23 +622,6 @@ def book_side(s, side, n, base, bidq, askq, bb, ba, depth, out_tick, out_qty):
 
 
 @njit(cache=True)
-def _put_header(out, pos, length):
-    out[pos] = 0x81
-    if length < 126:
-        out[pos + 1] = length
-        return pos + 2
-    if length < 65536:
-        out[pos + 1] = 126
-        out[pos + 2] = (length >> 8) & 0xFF
-        out[pos + 3] = length & 0xFF
-        return pos + 4
-    out[pos + 1] = 127
-    for j in range(8):
-        out[pos + 2 + j] = (length >> (8 * (7 - j))) & 0xFF
-    return pos + 10
-
-
-@njit(cache=True)
 def frame_select(pbuf, poff, plen, psid, n, mask, is_depth, combined, pre_buf, pre_off, pre_len, out,
                  skip_n, dup_n):
     """Frame the messages this connection subscribed to into `out` (raw or combined wrapper).
@@ -713,7 +644,7 @@ def frame_select(pbuf, poff, plen, psid, n, mask, is_depth, combined, pre_buf, p
         for _ in range(reps):
             if combined:
                 pl = pre_len[sid]
-                pos = _put_header(out, pos, pl + plen[i] + 1)
+                pos = put_text_header(out, pos, pl + plen[i] + 1)
                 out[pos:pos + pl] = pre_buf[pre_off[sid]:pre_off[sid] + pl]
                 pos += pl
                 out[pos:pos + plen[i]] = pbuf[poff[i]:poff[i] + plen[i]]
@@ -721,7 +652,7 @@ def frame_select(pbuf, poff, plen, psid, n, mask, is_depth, combined, pre_buf, p
                 out[pos] = 125
                 pos += 1
             else:
-                pos = _put_header(out, pos, plen[i])
+                pos = put_text_header(out, pos, plen[i])
                 out[pos:pos + plen[i]] = pbuf[poff[i]:poff[i] + plen[i]]
                 pos += plen[i]
             frames += 1

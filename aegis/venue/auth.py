@@ -1,8 +1,8 @@
 """The venue's own request authentication: API key, HMAC-SHA256 signature and the timestamp window.
 
-Written from the server's side of API.md §4.2/§4.3/§5.3 and deliberately independent of any client signer: REST
-signs the raw bytes as received (query string, then body, no separator, minus the `signature` pair), ws-fapi signs
-the params sorted by name. If both sides shared code, a bug in it would pass every test.
+Written from the server's side of docs/binance-notes.md (Request signing, Timing security) and deliberately independent
+of any client signer: REST signs the raw bytes as received (query string, then body, no separator, minus the `signature`
+pair), ws-fapi signs the params sorted by name. If both sides shared code, a bug in it would pass every test.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Callable, Mapping
 from aegis.venue.exchange import VenueError
 
 DEFAULT_RECV_WINDOW_MS = 5000
-MAX_RECV_WINDOW_MS = 60000   # API.md §4.3: UNCONFIRMED, configurable
+# undocumented, what client libraries state (docs/binance-notes.md, Timing security); configurable
+MAX_RECV_WINDOW_MS = 60000
 
 
 def key_format_invalid() -> VenueError:
@@ -83,8 +84,8 @@ class Authenticator:
             raise VenueError(-1021, "Timestamp for this request is outside of the recvWindow.")
 
     def check_matching_engine_window(self, params: Mapping[str, object]) -> None:
-        """Second recvWindow check when an order reaches the matching engine (since 2023-04, API.md §4.3):
-        an order delayed inside the venue past its window is rejected with -5028."""
+        """Second recvWindow check when an order reaches the matching engine (since 2023-04, docs/binance-notes.md,
+        Timing security): an order delayed inside the venue past its window is rejected with -5028."""
         raw_ts = params.get("timestamp")
         if raw_ts is None or not str(raw_ts).isdigit():
             return

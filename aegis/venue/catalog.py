@@ -1,8 +1,8 @@
 """Instrument catalog of the embedded venue: the symbols it lists and their exchange filters.
 
-Values are modelled on live Binance USD-M exchangeInfo rows (API.md §4.6): tick/step sizes, lot limits and minimum
-notionals are strings exactly as Binance sends them, so the venue's exchangeInfo and its filter validation read the
-same source and a client that quantises with them produces orders the venue accepts.
+Values are modelled on live Binance USD-M exchangeInfo rows (Binance docs: "Exchange Information"): tick/step sizes, lot
+limits and minimum notionals are strings exactly as Binance sends them, so the venue's exchangeInfo and its filter
+validation read the same source and a client that quantises with them produces orders the venue accepts.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from decimal import Decimal
 
 PERPETUAL_DELIVERY_MS = 4133404800000   # what Binance puts in deliveryDate for perpetuals
 _ONBOARD_MS = 1567900800000             # 2019-09-08, BTCUSDT's onboarding day; fine for every listed symbol
-ORDER_IDS_ABOVE_2_53 = 8389765612825190229   # a real-world order id magnitude (API.md §7.6)
+ORDER_IDS_ABOVE_2_53 = 8389765612825190229   # a real-world order id magnitude (docs/binance-notes.md, Order ids)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ _DEFAULT: tuple[SymbolSpec, ...] = (
     _usdt_perp("UNIUSDT", "UNI", "0.0010", "1", "1", "1000000", "50000", "5", 6.0, 4, 0, 6e7),
     _usdt_perp("XAUUSDT", "XAU", "0.01", "0.001", "0.001", "1000", "200", "5", 4000.0, 2, 3, 3e8,
                contract_type="TRADIFI_PERPETUAL", underlying_type="COMMODITY"),
-    # Chinese-character symbols are listed since 2025-10 and must be percent-encoded in requests (API.md §4.1)
+    # Chinese-character symbols are listed since 2025-10 and must be percent-encoded in requests (docs/binance-notes.md,
+    # Request signing)
     _usdt_perp("币安人生USDT", "币安人生", "0.00001", "1", "1", "50000000", "5000000", "5", 0.12, 5, 0, 1e8,
                underlying_sub_type=("Meme",)),
     # not tradable: orders are refused, the row still appears in exchangeInfo
@@ -177,7 +178,7 @@ def filters_json(spec: SymbolSpec) -> list[dict]:
 
 
 def symbol_json(spec: SymbolSpec) -> dict:
-    """One exchangeInfo `symbols[]` row, field order as the live row in API.md §4.6."""
+    """One exchangeInfo `symbols[]` row, field order as in live rows (docs/binance-notes.md, Exchange information)."""
     return {
         "symbol": spec.symbol, "pair": spec.pair, "contractType": spec.contract_type,
         "deliveryDate": spec.delivery_date, "onboardDate": spec.onboard_date, "status": spec.status,

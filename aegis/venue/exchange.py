@@ -9,7 +9,8 @@ Money is Decimal throughout: PnL, fees and wallet balances must add up to the ce
 reconciliation, and order placement is not the venue's hot path (the market-data firehose is).
 
 Every call that changes an account emits user-data events (dicts shaped as Binance sends them) to the listeners
-of that account, in Binance's order (API.md §6.4/§6.8). Listeners run under the exchange lock and must not block.
+of that account, in Binance's order (docs/binance-notes.md, User data events). Listeners run under the exchange lock and
+must not block.
 """
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Callable, Iterable, Mapping
 
+from aegis.binance.keys import EMBEDDED_KEY as DEFAULT_API_KEY, EMBEDDED_SECRET as DEFAULT_API_SECRET
 from aegis.venue.catalog import SymbolSpec, by_symbol, default_catalog, margin_assets
-
-DEFAULT_API_KEY = "aegis-test-key"
-DEFAULT_API_SECRET = "aegis-test-secret"
 
 ZERO = Decimal(0)
 _Q8 = Decimal("0.00000001")
@@ -68,7 +67,8 @@ class ExchangeConfig:
     maint_margin_rate: str = "0.004"
     book_depth: int = 50                 # levels a taker may sweep
     liquidity_scale: float = 1.0         # <1 thins every book level the exchange sees -> partial fills
-    filter_errors: str = "specific"      # "specific": -4014/-4023; "generic": -1013 "Filter failure: ..." (API.md §9)
+    # "specific": -4014/-4023; "generic": -1013 "Filter failure: ..." (docs/binance-notes.md, New order)
+    filter_errors: str = "specific"
     listen_key_validity_s: float = 3600.0
     max_order_history: int = 200_000    # closed orders kept queryable per account (a long paper run stays bounded)
     seed: int = 7
@@ -212,7 +212,8 @@ def _qty(spec: SymbolSpec, d: Decimal) -> str:
 
 
 def _quote_places(spec: SymbolSpec) -> int:
-    # live replies pad avgPrice/cumQuote to 5 decimals, or to the price precision when that is larger (API.md §4.7)
+    # live replies pad avgPrice/cumQuote to 5 decimals, or to the price precision when that is larger
+    # (docs/binance-notes.md, New order)
     return max(spec.price_precision, 5)
 
 
@@ -313,7 +314,8 @@ class Exchange:
     # ------------------------------------------------------------------------------------ listen keys
 
     def listen_key_create(self, key: str) -> str:
-        """One key per account: POST on an account with a live key returns it and extends it (API.md §6.1)."""
+        """One key per account: POST on an account with a live key returns it and extends it (Binance docs: "Start User
+        Data Stream")."""
         with self.lock:
             self.account(key)
             now = time.monotonic()
@@ -860,7 +862,8 @@ class Exchange:
             "m": "ORDER"}}
 
     def _break_even(self, pos: Position) -> Decimal:
-        # entry price moved by the taker fee paid to open and to close (matches the live frame of API.md §6.4)
+        # entry price moved by the taker fee paid to open and to close (as in live frames, docs/binance-notes.md, User
+        # data events)
         if pos.amt == 0:
             return ZERO
         f = self._taker_fee

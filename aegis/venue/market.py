@@ -4,8 +4,8 @@ The model (per TRADING symbol, integer ticks and step units): a ladder of price 
 the best prices; each engine event is a trade at the best (aggressor side random, trending in bursts), a price
 improvement / best-level pull, or a quantity change at a geometric distance from the top. Symbols switch between
 calm / normal / burst regimes; bursts are 5x more active and trend. Update ids are per symbol and monotone; each
-event consumes one id per visible level change, plus a random gap of invisible ids (API.md 3.6: U - pu > 1 mostly).
-Some symbols start their ids above 2**53 to catch float-parsing clients.
+event consumes one id per visible level change, plus a random gap of invisible ids (docs/binance-notes.md, Local order
+book: U - pu > 1 mostly). Some symbols start their ids above 2**53 to catch float-parsing clients.
 
 Published output is a Chunk: encoded JSON payloads plus a stream id per message; the streams hub frames them per
 connection. The generator only encodes the streams somebody subscribed to.
@@ -77,7 +77,8 @@ class MarketConfig:
     tick_interval_s: float = 0.005  # generator loop period
     level_notional: float = 3000.0  # typical quote notional per level (sets step-unit quantities)
     big_ids_every: int = 5         # every n-th symbol uses update / agg ids above 2**53 (0 = never)
-    fields_2026: bool = False      # add the 2026 "st" (1 = UM) / "ps" (pair) fields (API.md 0.2, 2.4)
+    # add the 2026 "st" (1 = UM) / "ps" (pair) fields (docs/binance-notes.md, Stream payloads)
+    fields_2026: bool = False
 
 
 class Market:
@@ -314,7 +315,7 @@ class Market:
         change = f"{Decimal(change_units).scaleb(-pd):.{pd}f}"
         pct = (last_px - open_px) / open_px * 100 if open_px else 0.0
         now = self.now_ms()
-        # live keys come back sorted (API.md 4.6)
+        # live keys come back sorted (docs/binance-notes.md, Exchange information)
         return {"closeTime": now, "count": int(k[K.KL_N]), "firstId": int(k[K.KL_F]),
                 "highPrice": self.price_str(symbol, int(k[K.KL_H])), "lastId": int(k[K.KL_LAST]),
                 "lastPrice": self.price_str(symbol, last), "lastQty": self.qty_str(symbol, int(k[K.KL_LASTQ])),

@@ -8,6 +8,7 @@ X-MBX-ORDER-COUNT-10S/-1M. Parameters come from the query string and/or a form b
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import parse_qsl
@@ -44,12 +45,14 @@ class Services:
                                   max_recv_window_ms=getattr(cfg, "max_recv_window_ms", MAX_RECV_WINDOW_MS))
 
 
+_SERVICES: "weakref.WeakKeyDictionary[Exchange, Services]" = weakref.WeakKeyDictionary()
+
+
 def services(exchange: Exchange, cfg=None) -> Services:
     """The one Services object of an exchange (created by whichever install() runs first)."""
-    svc = getattr(exchange, "_venue_services", None)
+    svc = _SERVICES.get(exchange)
     if svc is None:
-        svc = Services(exchange, cfg)
-        exchange._venue_services = svc
+        svc = _SERVICES[exchange] = Services(exchange, cfg)
     return svc
 
 
@@ -232,7 +235,7 @@ class RestApi:
         return b"," + rest[1:]
 
     def _exchange_info(self, key, params) -> bytes:
-        # `?symbol=` is ignored on Binance too (API.md §4.6)
+        # `?symbol=` is ignored on Binance too (docs/binance-notes.md, Exchange information)
         return b'{"timezone":"UTC","serverTime":%d' % self.exchange.clock_ms() + self._info_tail
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import unquote
 
+from aegis.core import websocket as ws
+
 from . import wsproto
 
 _REASONS = {
@@ -59,7 +61,8 @@ def json_error(status: int, code: int, msg: str) -> Response:
 
 @dataclass(frozen=True)
 class WsPolicy:
-    """Per-route websocket rules; defaults are Binance's documented values (API.md 2.2)."""
+    """Per-route websocket rules; defaults are Binance's documented values (docs/binance-notes.md, Stream connection
+    rules)."""
 
     ping_interval_s: float = 180.0
     pong_timeout_s: float = 600.0
@@ -132,8 +135,17 @@ class WsConn:
     def closed(self) -> bool:
         return self._closed.is_set() or self._close_sent_at is not None
 
+    @property
+    def finished(self) -> bool:
+        """The socket is closed: nothing more will be sent or received."""
+        return self._closed.is_set()
+
     def wait_closed(self, timeout: float | None = None) -> bool:
         return self._closed.wait(timeout)
+
+    def start(self) -> None:
+        """Start reading frames (the server calls it once the connection is registered)."""
+        self._reader_thread.start()
 
     def _send_raw(self, data: bytes | bytearray | memoryview, block: bool = True) -> bool:
         """block=False: give up at once if another thread is inside a (possibly stuck) sendall."""
@@ -145,7 +157,7 @@ class WsConn:
             self._sock.sendall(data)
             return True
         except OSError:
-            self._mark_closed(1006, "send failed")
+            self.mark_closed(1006, "send failed")
             return False
         finally:
             self._send_lock.release()
@@ -153,7 +165,7 @@ class WsConn:
     def send_text(self, data: bytes | str) -> bool:
         if isinstance(data, str):
             data = data.encode("utf-8")
-        return self._send_raw(wsproto.encode_frame(wsproto.OP_TEXT, data))
+        return self._send_raw(ws.encode_frame(ws.OP_TEXT, data, masked=False))
 
     def send_frames(self, prebuilt: bytes | bytearray | memoryview) -> bool:
         """Write already-encoded server frames in one sendall (the firehose path)."""
@@ -168,7 +180,7 @@ class WsConn:
         now = time.monotonic()
         with self._ping_lock:  # registered before sending: the echo may arrive before sendall returns
             self._pending_pings[payload] = now
-        if not self._send_raw(wsproto.encode_frame(wsproto.OP_PING, payload), block):
+        if not self._send_raw(ws.encode_frame(ws.OP_PING, payload, masked=False), block):
             with self._ping_lock:
                 self._pending_pings.pop(payload, None)
             return False
@@ -182,22 +194,22 @@ class WsConn:
         is dropped without a close frame (None = wait as long as it takes)."""
         if self.closed:
             return
-        frame = wsproto.encode_close(code, reason)
+        frame = ws.encode_close(code, reason, masked=False)
         if not self._send_lock.acquire(timeout=-1 if wait_s is None else wait_s):
-            self._mark_closed(code, reason)
+            self.mark_closed(code, reason)
             return
         try:
             self._close_sent_at = time.monotonic()
             self.close_code, self.close_reason = code, reason
             self._sock.sendall(frame)
         except OSError:
-            self._mark_closed(code, reason)
+            self.mark_closed(code, reason)
         finally:
             self._send_lock.release()
 
     def abort(self) -> None:
         """Drop the TCP connection with no closing handshake (fault knob)."""
-        self._mark_closed(1006, "aborted")
+        self.mark_closed(1006, "aborted")
 
     # ---- receiving -----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None):
@@ -234,8 +246,8 @@ class WsConn:
                     self.close(e.close_code, str(e)[:100])
                     self._drain_until_close()
                     return
-                if opcode == wsproto.OP_CLOSE:
-                    code, reason = wsproto.parse_close_payload(payload)
+                if opcode == ws.OP_CLOSE:
+                    code, reason = ws.parse_close_payload(payload)
                     self.peer_close_code = code
                     if self._close_sent_at is None:
                         # Echo the peer's code, as RFC 6455 5.5.1 suggests.
@@ -243,19 +255,20 @@ class WsConn:
                             with self._send_lock:
                                 self._close_sent_at = time.monotonic()
                                 self.close_code, self.close_reason = code, reason
-                                self._sock.sendall(wsproto.encode_close(code if code is not None else None))
+                                self._sock.sendall(ws.encode_close(code, masked=False))
                         except OSError:
                             pass
-                    self._mark_closed(code if code is not None else 1005, reason)
+                    self.mark_closed(code if code is not None else 1005, reason)
                     return
                 if not self._count_incoming():
                     self._drain_until_close()
                     return
-                if opcode == wsproto.OP_PING:
-                    self._send_raw(wsproto.encode_frame(wsproto.OP_PONG, payload))
-                elif opcode == wsproto.OP_PONG:
+                if opcode == ws.OP_PING:
+                    self._send_raw(ws.encode_frame(ws.OP_PONG, payload, masked=False))
+                elif opcode == ws.OP_PONG:
                     self.pongs_received += 1
-                    # Only an echo of an outstanding ping counts (unsolicited pongs do not, API.md 2.2).
+                    # Only an echo of an outstanding ping counts (unsolicited pongs do not, docs/binance-notes.md,
+                    # Stream connection rules).
                     with self._ping_lock:
                         if payload in self._pending_pings:
                             while self._pending_pings:
@@ -265,7 +278,7 @@ class WsConn:
                 elif self._close_sent_at is None:
                     self._inbox.put((opcode, payload))
         except (OSError, ConnectionError):
-            self._mark_closed(1006, "connection lost")
+            self.mark_closed(1006, "connection lost")
 
     def _drain_until_close(self) -> None:
         # After we sent a close frame, wait briefly for the peer's close, then drop TCP.
@@ -273,14 +286,14 @@ class WsConn:
             self._sock.settimeout(1.0)
             while True:
                 fin, opcode, payload = self._reader.read_frame()
-                if opcode == wsproto.OP_CLOSE:
-                    self.peer_close_code = wsproto.parse_close_payload(payload)[0]
+                if opcode == ws.OP_CLOSE:
+                    self.peer_close_code = ws.parse_close_payload(payload)[0]
                     break
         except Exception:
             pass
-        self._mark_closed(self.close_code or 1006, self.close_reason)
+        self.mark_closed(self.close_code or 1006, self.close_reason)
 
-    def _mark_closed(self, code: int | None, reason: str) -> None:
+    def mark_closed(self, code: int | None, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if self._closed.is_set():
@@ -295,12 +308,12 @@ class WsConn:
         except OSError:
             pass
 
-    def _housekeep(self, now: float) -> None:
+    def housekeep(self, now: float) -> None:
         if self._closed.is_set():
             return
         if self._close_sent_at is not None:
             if now - self._close_sent_at > 1.0:
-                self._mark_closed(self.close_code, self.close_reason)
+                self.mark_closed(self.close_code, self.close_reason)
             return
         # never block here: one client that stopped reading must not stall every other connection's timers
         p = self.policy
@@ -401,11 +414,11 @@ class VenueServer:
         while not self._stop.wait(self._hk_interval):
             now = time.monotonic()
             with self._conn_lock:
-                self.ws_conns = [c for c in self.ws_conns if not c._closed.is_set()]
+                self.ws_conns = [c for c in self.ws_conns if not c.finished]
                 conns = list(self.ws_conns)
             for c in conns:
                 try:
-                    c._housekeep(now)
+                    c.housekeep(now)
                 except Exception:
                     traceback.print_exc(file=sys.stderr)
 
@@ -555,7 +568,7 @@ class VenueServer:
             return
         key = req.headers.get("sec-websocket-key", "")
         if (req.method != "GET" or "upgrade" not in req.headers.get("connection", "").lower()
-                or not wsproto.valid_client_key(key)):
+                or not ws.valid_client_key(key)):
             self._write_response(sock, json_error(400, -1000, "Bad websocket handshake."), False)
             return
         if req.headers.get("sec-websocket-version", "") != "13":
@@ -564,17 +577,16 @@ class VenueServer:
             self._write_response(sock, resp, False)
             return
         sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Accept: {wsproto.accept_key(key)}\r\n\r\n").encode("ascii"))
+                      f"Sec-WebSocket-Accept: {ws.accept_key(key)}\r\n\r\n").encode("ascii"))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         except OSError:
             pass
-        reader = wsproto.FrameReader(sock)
-        reader._buf += buf  # bytes the client pipelined after its handshake
+        reader = wsproto.FrameReader(sock, pending=buf)  # with the bytes the client pipelined after its handshake
         conn = WsConn(sock, reader, req, policy or self.ws_policy, self)
         with self._conn_lock:
             self.ws_conns.append(conn)
-        conn._reader_thread.start()
+        conn.start()
         try:
             handler(conn, req)
         except Exception:
@@ -583,4 +595,4 @@ class VenueServer:
         else:
             conn.close(1000, "")
         conn.wait_closed(2.0)
-        conn._mark_closed(conn.close_code, conn.close_reason)
+        conn.mark_closed(conn.close_code, conn.close_reason)

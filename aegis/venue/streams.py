@@ -1,8 +1,9 @@
 """Market websocket streams of the embedded venue: routes, subscriptions, per-connection framing, fault knobs.
 
-Routes (API.md 2.1): /public (bookTicker, depth*, trade, !bookTicker), /market (aggTrade, markPrice*, !markPrice@arr,
-klines...), unrouted legacy /ws and /stream (public data only, but every valid SUBSCRIBE is still acknowledged).
-Modes: raw /ws/<s1>/<s2> (bare payloads, combined=false) and combined /stream?streams=<s1>/<s2> ({"stream","data"}).
+Routes (docs/binance-notes.md, Stream routes): /public (bookTicker, depth*, trade, !bookTicker), /market (aggTrade,
+markPrice*, !markPrice@arr, klines...), unrouted legacy /ws and /stream (public data only, but every valid SUBSCRIBE is
+still acknowledged). Modes: raw /ws/<s1>/<s2> (bare payloads, combined=false) and combined /stream?streams=<s1>/<s2>
+({"stream","data"}).
 
 The generator publishes Chunks (encoded payloads + stream id per message) to every connection's queue; each
 connection's own thread selects its streams and frames them in one @njit pass and writes them with one sendall.
@@ -218,7 +219,12 @@ class StreamConn:
             self.queued_bytes += size
             self._cv.notify()
 
-    def _refresh_mask(self) -> None:
+    def subscriptions_changed(self) -> None:
+        """`subs` changed: the next refresh_mask() recomputes the mask."""
+        self._mask_version = -1
+
+    def refresh_mask(self) -> None:
+        """Bring `mask` (which registry streams this connection receives) up to date with `subs`."""
         reg = self.hub.registry
         if self._mask_version == reg.version and len(self.mask) == len(reg):
             return
@@ -231,21 +237,21 @@ class StreamConn:
         self._mask_version = reg.version
 
     def _deliverable(self, route: str) -> bool:
-        # unrouted legacy connections only receive /public data (API.md 2.1, since 2026-04-23)
+        # unrouted legacy connections only receive /public data (since 2026-04-23, docs/binance-notes.md, Stream routes)
         return route == PUBLIC if self.route in (PUBLIC, LEGACY) else route == MARKET
 
     def _send_malformed(self, kind: str) -> None:
-        from . import wsproto as W
+        from aegis.core import websocket as W
         if kind == "bad_json":
-            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"bookTicker","u":,}'))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"bookTicker","u":,}', masked=False))
         elif kind == "truncated_json":
-            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"depthUpdate","E":17'))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"depthUpdate","E":17', masked=False))
         elif kind == "bad_utf8":
-            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"\xff\xfe"}'))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b'{"e":"\xff\xfe"}', masked=False))
         elif kind == "bad_opcode":
             self.ws.send_raw_bytes(W.frame_header(0x3, 2) + b"{}")
         elif kind == "masked":
-            self.ws.send_raw_bytes(W.encode_client_frame(W.OP_TEXT, b"{}"))
+            self.ws.send_raw_bytes(W.encode_frame(W.OP_TEXT, b"{}", masked=True))
         elif kind == "rsv":
             self.ws.send_raw_bytes(W.frame_header(W.OP_TEXT, 2, rsv=4) + b"{}")
 
@@ -276,7 +282,7 @@ class StreamConn:
                 self._send_chunks(chunks)
 
     def _send_chunks(self, chunks: list[Chunk]) -> None:
-        self._refresh_mask()
+        self.refresh_mask()
         reg = self.hub.registry
         if not self.mask.any():
             return
@@ -355,7 +361,7 @@ class StreamHub:
             reg = self.registry
             want = np.zeros(len(reg), np.bool_)
             for c in self.connections():
-                c._refresh_mask()
+                c.refresh_mask()
                 m = c.mask
                 want[: len(m)] |= m
             self.market.set_wants(want[: reg.n_sym])
@@ -398,7 +404,7 @@ class StreamHub:
                     self._conns.remove(sc)
             self._recompute_wants()
 
-    # ---- control messages (API.md 2.3) -------------------------------------------------------------
+    # ---- control messages (Binance docs: "Live Subscribing/Unsubscribing to streams") ------------------------
     @staticmethod
     def _reply(sc: StreamConn, obj) -> None:
         sc.ws.send_text(orjson.dumps(obj))
@@ -449,7 +455,7 @@ class StreamHub:
                 else:
                     for p in params:
                         sc.subs.pop(p, None)
-                sc._mask_version = -1
+                sc.subscriptions_changed()
                 self._recompute_wants()
             self._reply(sc, {"result": None, "id": rid})
         elif method == "LIST_SUBSCRIPTIONS":
@@ -629,7 +635,7 @@ class ReplayBooks:
                 "asks": [list(x) for x in a]}
 
 
-# ---- REST market data (API.md 3.1 / 4.6) -------------------------------------------------------------
+# ---- REST market data (Binance docs: "Order Book", "Exchange Information") ------------------------------------
 @dataclass(frozen=True)
 class MarketEndpoint:
     method: str

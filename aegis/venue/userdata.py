@@ -1,6 +1,6 @@
 """User data stream of the venue: ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, TRADE_LITE and listenKeyExpired over websocket.
 
-Paths (API.md §6.2): /private/ws/<listenKey>, /private/ws?listenKey=<k>[&events=A/B],
+Paths (docs/binance-notes.md, User data stream): /private/ws/<listenKey>, /private/ws?listenKey=<k>[&events=A/B],
 /private/stream?listenKey=<k1>&events=..&listenKey=<k2>.. (combined wrapper {"stream":<listenKey>,"data":..}), and
 /private/stream with a JSON SUBSCRIBE of bare listenKeys. An unknown or expired listenKey closes the socket (1008).
 
@@ -77,7 +77,8 @@ class UserDataService:
                 if not s.conn.subs:
                     s.conn.ws.close(1000, "listenKey deleted")
                 continue
-            # the last event of a key; nothing follows until a new listenKey is used (API.md §6.7)
+            # the last event of a key; nothing follows until a new listenKey is used (docs/binance-notes.md, User data
+            # events)
             s.conn.push(listen_key, ev)
             self._drop(s)
 

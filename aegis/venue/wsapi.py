@@ -1,5 +1,5 @@
-"""ws-fapi trading API of the venue (API.md §5): order.place, order.cancel, order.status, account views and
-userDataStream.* over one websocket at /ws-fapi/v1.
+"""ws-fapi trading API of the venue (Binance docs: "WebSocket API General Info"): order.place, order.cancel,
+order.status, account views and userDataStream.* over one websocket at /ws-fapi/v1.
 
 Same filters, errors and (shared) rate limits as REST; signatures use the sorted-params rule of §5.3. One request
 is answered at a time per connection, in order, on the connection's handler thread.

@@ -1,24 +1,15 @@
-"""RFC 6455 websocket framing for the embedded venue (server side).
+"""The venue's websocket reader (server side): client frames from a blocking socket, reassembled into messages.
 
-Server frames are never masked; client frames must be masked (RFC 6455 5.1), so a
-client frame without the mask bit is a protocol error (close 1002).
+Frames are split by the engine's one websocket codec (aegis.core.websocket.split_frames) with the server's rule:
+every client frame must be masked (RFC 6455 5.1), so an unmasked one is a protocol error (close 1002).
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import struct
+import numpy as np
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
-DATA_OPCODES = (OP_CONT, OP_TEXT, OP_BINARY)
+from aegis.core import websocket as ws
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CONTROL_OPCODES = (ws.OP_CLOSE, ws.OP_PING, ws.OP_PONG)
 
 # A client can claim any payload length in the header; cap what we agree to buffer.
 MAX_FRAME_PAYLOAD = 16 * 1024 * 1024
@@ -33,59 +24,6 @@ class ProtocolError(Exception):
         self.close_code = close_code
 
 
-def accept_key(sec_websocket_key: str) -> str:
-    digest = hashlib.sha1(sec_websocket_key.strip().encode("ascii") + WS_GUID).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
-def valid_client_key(key: str) -> bool:
-    try:
-        return len(base64.b64decode(key.strip(), validate=True)) == 16
-    except Exception:
-        return False
-
-
-# Precomputed 2-byte headers for the common small unfragmented text frames.
-_SMALL_TEXT_HDR = [bytes((0x81, n)) for n in range(126)]
-
-
-def frame_header(opcode: int, length: int, fin: bool = True, rsv: int = 0, masked: bool = False) -> bytes:
-    b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0x0F)
-    m = 0x80 if masked else 0
-    if length < 126:
-        return bytes((b0, m | length))
-    if length < 65536:
-        return struct.pack("!BBH", b0, m | 126, length)
-    return struct.pack("!BBQ", b0, m | 127, length)
-
-
-def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    n = len(payload)
-    if opcode == OP_TEXT and fin and n < 126:
-        return _SMALL_TEXT_HDR[n] + payload
-    return frame_header(opcode, n, fin) + payload
-
-
-def encode_close(code: int | None = 1000, reason: str = "") -> bytes:
-    if code is None:
-        return encode_frame(OP_CLOSE, b"")
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return encode_frame(OP_CLOSE, body)
-
-
-def mask_bytes(payload: bytes, mask: bytes) -> bytes:
-    if not payload:
-        return b""
-    n = len(payload)
-    reps = (mask * ((n + 3) // 4))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(reps, "little")).to_bytes(n, "little")
-
-
-def encode_client_frame(opcode: int, payload: bytes, mask: bytes = b"\x01\x02\x03\x04", fin: bool = True) -> bytes:
-    """Masked frame as a client would send it (used by tests and tools)."""
-    return frame_header(opcode, len(payload), fin, masked=True) + mask + mask_bytes(payload, mask)
-
-
 class FrameReader:
     """Reads client frames from a blocking socket and reassembles messages.
 
@@ -93,59 +31,53 @@ class FrameReader:
     control frame (control frames may arrive between fragments, RFC 6455 5.4).
     """
 
-    def __init__(self, sock, require_mask: bool = True):
+    def __init__(self, sock, require_mask: bool = True, pending: bytes = b""):
         self._sock = sock
-        self._buf = bytearray()
-        self._require_mask = require_mask
+        self._rule = ws.FROM_CLIENT if require_mask else ws.FROM_SERVER
+        self._buf = np.zeros(max(1 << 16, 2 * len(pending)), np.uint8)
+        self._buf[:len(pending)] = np.frombuffer(bytes(pending), np.uint8)   # read along with the handshake
+        self._head, self._tail = 0, len(pending)
+        self._offs = np.zeros(1, np.int64)
+        self._lens = np.zeros(1, np.int64)
+        self._ops = np.zeros(1, np.uint8)
+        self._flags = np.zeros(1, np.uint8)
         self._frag_opcode: int | None = None
         self._frag_parts: list[bytes] = []
         self._frag_len = 0
 
-    def _fill(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            chunk = self._sock.recv(max(65536, n - len(self._buf)))
-            if not chunk:
-                raise ConnectionError("peer closed the TCP connection")
-            self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+    def _recv(self) -> None:
+        if self._head:
+            rest = self._tail - self._head
+            self._buf[:rest] = self._buf[self._head:self._tail].copy()
+            self._head, self._tail = 0, rest
+        if self._tail == len(self._buf):   # one frame larger than the buffer (split_frames capped its length)
+            grown = np.zeros(2 * len(self._buf), np.uint8)
+            grown[:self._tail] = self._buf[:self._tail]
+            self._buf = grown
+        got = self._sock.recv_into(memoryview(self._buf)[self._tail:])
+        if not got:
+            raise ConnectionError("peer closed the TCP connection")
+        self._tail += got
 
     def read_frame(self) -> tuple[bool, int, bytes]:
-        b0, b1 = self._fill(2)
-        fin = bool(b0 & 0x80)
-        if b0 & 0x70:
-            raise ProtocolError("reserved bits set without a negotiated extension")
-        opcode = b0 & 0x0F
-        if opcode not in CONTROL_OPCODES and opcode not in DATA_OPCODES:
-            raise ProtocolError(f"reserved opcode {opcode:#x}")
-        masked = bool(b1 & 0x80)
-        length = b1 & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", self._fill(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._fill(8))
-        if opcode in CONTROL_OPCODES:
-            if length > 125:
-                raise ProtocolError("control frame payload > 125 bytes")
-            if not fin:
-                raise ProtocolError("fragmented control frame")
-        if length > MAX_FRAME_PAYLOAD:
-            raise ProtocolError("frame too big", 1009)
-        if self._require_mask and not masked:
-            raise ProtocolError("client frame not masked")
-        mask = self._fill(4) if masked else b""
-        payload = self._fill(length) if length else b""
-        if masked:
-            payload = mask_bytes(payload, mask)
-        return fin, opcode, payload
+        while True:
+            n, end, _, status = ws.split_frames(self._buf, self._head, self._tail, self._offs, self._lens, self._ops,
+                                                self._flags, 1, self._rule, MAX_FRAME_PAYLOAD)
+            if status != ws.SPLIT_OK:
+                raise ProtocolError(ws.SPLIT_PROBLEM[status], ws.CLOSE_CODE[status])
+            if n:
+                o = int(self._offs[0])
+                payload = self._buf[o:o + int(self._lens[0])].tobytes()
+                self._head = end
+                return bool(self._flags[0] & ws.FR_FIN), int(self._ops[0]), payload
+            self._recv()
 
     def next_message(self) -> tuple[int, bytes]:
         while True:
             fin, opcode, payload = self.read_frame()
             if opcode in CONTROL_OPCODES:
                 return opcode, payload
-            if opcode == OP_CONT:
+            if opcode == ws.OP_CONT:
                 if self._frag_opcode is None:
                     raise ProtocolError("continuation frame without a started message")
                 self._frag_parts.append(payload)
@@ -168,16 +100,9 @@ class FrameReader:
 
     @staticmethod
     def _checked(opcode: int, payload: bytes) -> tuple[int, bytes]:
-        if opcode == OP_TEXT:
+        if opcode == ws.OP_TEXT:
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
                 raise ProtocolError("text message is not valid UTF-8", 1007) from None
         return opcode, payload
-
-
-def parse_close_payload(payload: bytes) -> tuple[int | None, str]:
-    if len(payload) >= 2:
-        (code,) = struct.unpack("!H", payload[:2])
-        return code, payload[2:].decode("utf-8", "replace")
-    return None, ""
