@@ -48,6 +48,7 @@ class VenueConfig:
     listen_key_validity_s: float = 3600.0
     rate_limits: Any = None             # aegis.venue.ratelimit.RateLimitConfig (venue-exchange), None = Binance's
     exchange_cfg: Any = None            # aegis.venue.exchange.ExchangeConfig; None = built from the fields above
+    funding_interval_s: float = 8 * 3600.0  # funding settles at multiples of this (Binance: 8 h); shorten in tests
 
 
 def _optional_module(name: str):
@@ -143,6 +144,7 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
                                           depth=cfg.book_depth_ticks, bursts=cfg.bursts,
                                           fields_2026=cfg.fields_2026))
     market.skew_ms = int(cfg.clock_skew_ms)
+    market.funding_interval_ms = max(1, int(cfg.funding_interval_s * 1000))
     hub = _streams.StreamHub(market, _streams.HubConfig(strict_ids=cfg.strict_ids, max_queue_bytes=cfg.max_queue_bytes,
                                                         backpressure=cfg.backpressure, max_streams=cfg.max_streams))
     base_policy = WsPolicy(ping_interval_s=cfg.ping_interval_s, pong_timeout_s=cfg.pong_timeout_s,
@@ -162,6 +164,7 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
             ex_cfg = exchange_mod.ExchangeConfig(api_keys=dict(cfg.api_keys),
                                                  listen_key_validity_s=cfg.listen_key_validity_s, seed=cfg.seed)
         exchange = exchange_mod.Exchange(market, catalog, ex_cfg, clock_ms=market.now_ms)
+        services.append(exchange_mod.ExchangeTimers(exchange))
         rest = _optional_module("rest")
         if rest is not None:
             api = rest.install(router, exchange, market, cfg)

@@ -72,6 +72,8 @@ class WsPolicy:
 class Router:
     def __init__(self) -> None:
         self._http: dict[tuple[str, str], Callable[[Request], Response]] = {}
+        # headers of 404/405 replies (the REST API sets X-MBX-USED-WEIGHT-1M: every Binance reply carries it)
+        self.unmatched_headers: Callable[[Request], dict[str, str]] | None = None
         self._ws: list[tuple[str, Callable, WsPolicy | None]] = []
 
     def add_http(self, method: str, path: str, handler: Callable[[Request], Response]) -> None:
@@ -523,8 +525,12 @@ class VenueServer:
         handler, status = self.router.http_handler(req.method, req.path)
         if handler is None:
             if status == 405:
-                return json_error(405, -1000, f"Request method '{req.method}' not supported.")
-            return json_error(404, -1000, "Not Found: unknown path.")
+                resp = json_error(405, -1000, f"Request method '{req.method}' not supported.")
+            else:
+                resp = json_error(404, -1000, "Not Found: unknown path.")
+            if self.router.unmatched_headers is not None:
+                resp.headers.update(self.router.unmatched_headers(req))
+            return resp
         try:
             resp = handler(req)
         except Exception:
