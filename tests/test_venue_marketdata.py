@@ -168,3 +168,55 @@ def test_update_ids_are_exact_in_a_double(venue):
     for sym in ("BTCUSDT", "ATOMUSDT", "XRPUSDT", "币安人生USDT"):
         u = get(venue, "/fapi/v1/depth", symbol=sym, limit=5).json()["lastUpdateId"]
         assert 10**12 < u < 2**53 and float(u) == u
+
+
+# ---------------------------------------------------------------------------------------------- streams
+
+def _first(venue, path, timeout=5):
+    ws = websocket.create_connection(venue.ws_market_url + path, timeout=timeout)
+    try:
+        while True:
+            d = json.loads(ws.recv())
+            if "result" not in d:
+                return d
+    finally:
+        ws.close()
+
+
+def test_ticker_streams(venue):
+    t = _first(venue, "/market/ws/btcusdt@ticker")
+    assert t["e"] == "24hrTicker" and t["s"] == "BTCUSDT"
+    assert set(t) == {"e", "E", "s", "p", "P", "w", "c", "Q", "o", "h", "l", "v", "q", "O", "C", "F", "L", "n"}
+    m = _first(venue, "/market/ws/btcusdt@miniTicker")
+    assert m["e"] == "24hrMiniTicker" and set(m) == {"e", "E", "s", "c", "o", "h", "l", "v", "q"}
+    arr = _first(venue, "/market/stream?streams=!ticker@arr")
+    assert arr["stream"] == "!ticker@arr" and {x["s"] for x in arr["data"]} >= {"BTCUSDT", "ETHUSDT"}
+    arr = _first(venue, "/market/stream?streams=!miniTicker@arr")
+    assert all(x["e"] == "24hrMiniTicker" for x in arr["data"])
+    # tickers are /market data: an unrouted (legacy) connection gets nothing
+    ws = websocket.create_connection(venue.ws_market_url + "/ws/btcusdt@ticker", timeout=1.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        ws.recv()
+    ws.close()
+
+
+def test_ticker_stream_agrees_with_rest_24hr(venue):
+    venue.pause_market()
+    try:
+        time.sleep(0.3)
+        t = _first(venue, "/market/ws/xrpusdt@ticker")
+        r = get(venue, "/fapi/v1/ticker/24hr", symbol="XRPUSDT").json()
+    finally:
+        venue.resume_market()
+    assert (t["c"], t["o"], t["h"], t["l"], t["v"], t["n"]) == (r["lastPrice"], r["openPrice"], r["highPrice"],
+                                                              r["lowPrice"], r["volume"], r["count"])
+
+
+def test_kline_and_continuous_kline_streams(venue):
+    k = _first(venue, "/market/ws/btcusdt@kline_1m")
+    assert k["e"] == "kline" and k["k"]["i"] == "1m" and k["k"]["s"] == "BTCUSDT"
+    c = _first(venue, "/market/ws/btcusdt_perpetual@continuousKline_5m")
+    assert c["e"] == "continuous_kline" and c["ps"] == "BTCUSDT" and c["ct"] == "PERPETUAL"
+    assert c["k"]["i"] == "5m" and "s" not in c["k"] and c["k"]["T"] == c["k"]["t"] + 299_999
+    q = _first(venue, "/market/stream?streams=btcusdt_current_quarter@continuousKline_1m", timeout=5)
+    assert q["data"]["ct"] == "CURRENT_QUARTER"

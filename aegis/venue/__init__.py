@@ -48,6 +48,7 @@ class VenueConfig:
     listen_key_validity_s: float = 3600.0
     rate_limits: Any = None             # aegis.venue.ratelimit.RateLimitConfig (venue-exchange), None = Binance's
     exchange_cfg: Any = None            # aegis.venue.exchange.ExchangeConfig; None = built from the fields above
+    ws_api_max_request_bytes: int = 4096   # ws-fapi: a bigger request frame closes the connection (1009)
     funding_interval_s: float = 8 * 3600.0  # funding settles at multiples of this (Binance: 8 h); shorten in tests
 
 
@@ -101,6 +102,10 @@ class Venue:
 
     def set_rate(self, rate: float) -> None:
         self.market.set_rate(rate)
+
+    def drive(self, symbol: str, direction: int | None) -> None:
+        """Move a symbol's market up (+1) or down (-1) through ordinary one-sided trading; None stops it."""
+        self.market.drive(symbol, direction)
 
     def pause_market(self) -> None:
         self.market.pause()

@@ -284,6 +284,9 @@ class Exchange:
         self._key_listeners: list[Callable[[str, str, dict], None]] = []
         if market is not None and hasattr(market, "add_tick_listener"):
             market.add_tick_listener(self.on_tick)
+        from aegis.venue.algo import AlgoEngine   # it builds on this module: imported once the module exists
+        # conditional orders; created after on_tick is registered, so resting fills of a tick come first
+        self.algo = AlgoEngine(self)
 
     # ------------------------------------------------------------------------------------ accounts & events
 
@@ -303,7 +306,7 @@ class Exchange:
             if acc is not None and fn in acc.listeners:
                 acc.listeners.remove(fn)
 
-    def _emit(self, acc: Account, events: list[dict]) -> None:
+    def emit(self, acc: Account, events: list[dict]) -> None:
         for ev in events:
             for fn in tuple(acc.listeners):
                 fn(ev)
@@ -324,7 +327,7 @@ class Exchange:
             ev = {"e": "ACCOUNT_UPDATE", "E": now, "T": now, "a": {"B": [
                 {"a": asset, "wb": q8(acc.wallet[asset]), "cw": q8(acc.wallet[asset]), "bc": q8(Decimal(amount))}],
                 "P": [], "m": "DEPOSIT"}}
-            self._emit(acc, [ev])
+            self.emit(acc, [ev])
 
     # ------------------------------------------------------------------------------------ listen keys
 
@@ -404,7 +407,7 @@ class Exchange:
 
     # ------------------------------------------------------------------------------------ validation helpers
 
-    def _spec(self, symbol: str | None) -> SymbolSpec:
+    def spec(self, symbol: str | None) -> SymbolSpec:
         if not symbol:
             raise mandatory("symbol")
         spec = self.specs.get(symbol)
@@ -418,7 +421,7 @@ class Exchange:
         return VenueError(specific_code, specific_msg)
 
     @staticmethod
-    def _decimal(params: Mapping[str, str], name: str) -> Decimal | None:
+    def decimal_param(params: Mapping[str, str], name: str) -> Decimal | None:
         raw = params.get(name)
         if raw is None or raw == "":
             return None
@@ -430,11 +433,11 @@ class Exchange:
             raise mandatory(name) from None
 
     @staticmethod
-    def _places(d: Decimal) -> int:
+    def places(d: Decimal) -> int:
         exp = d.normalize().as_tuple().exponent
         return -exp if isinstance(exp, int) and exp < 0 else 0
 
-    def _grid(self, px: float, step: Decimal) -> Decimal:
+    def grid(self, px: float, step: Decimal) -> Decimal:
         return (Decimal(repr(px)) / step).quantize(Decimal(1), rounding=ROUND_HALF_UP) * step
 
     def _levels(self, spec: SymbolSpec, side: str, limit: Decimal | None = None,
@@ -447,7 +450,7 @@ class Exchange:
             top = ask if buy else bid
             if not top:
                 return []
-            top_d = self._grid(top, spec.tick)
+            top_d = self.grid(top, spec.tick)
             if (top_d > limit) if buy else (top_d < limit):
                 return []
         raw = self.market.book_levels(spec.symbol, side, self.cfg.book_depth)
@@ -455,7 +458,7 @@ class Exchange:
         out = []
         total = ZERO
         for px, qty in raw:
-            p = self._grid(px, spec.tick)
+            p = self.grid(px, spec.tick)
             if limit is not None and ((p > limit) if buy else (p < limit)):
                 break
             q = (Decimal(repr(qty * scale)) / spec.step).to_integral_value(rounding=ROUND_DOWN) * spec.step
@@ -466,8 +469,8 @@ class Exchange:
                     break
         return out
 
-    def _mark(self, spec: SymbolSpec) -> Decimal:
-        return self._grid(float(self.market.mark_price(spec.symbol)), spec.tick)
+    def mark(self, spec: SymbolSpec) -> Decimal:
+        return self.grid(float(self.market.mark_price(spec.symbol)), spec.tick)
 
     # ------------------------------------------------------------------------------------ margin
 
@@ -478,7 +481,7 @@ class Exchange:
         """POST /fapi/v1/leverage."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             raw = params.get("leverage")
             if not raw:
                 raise mandatory("leverage")
@@ -486,13 +489,13 @@ class Exchange:
                 raise VenueError(-4028, f"Leverage {raw} is not valid")
             acc.leverage[spec.symbol] = Decimal(int(raw))
             now = self.clock_ms()
-            self._emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
+            self.emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
                               "ac": {"s": spec.symbol, "l": int(raw)}}])
             return {"leverage": int(raw), "maxNotionalValue": "1000000", "symbol": spec.symbol}
 
     def commission_rate(self, key: str, params: Mapping[str, str]) -> dict:
         """GET /fapi/v1/commissionRate."""
-        spec = self._spec(params.get("symbol"))
+        spec = self.spec(params.get("symbol"))
         self.account(key)
         return {"symbol": spec.symbol, "makerCommissionRate": self.cfg.maker_fee,
                 "takerCommissionRate": self.cfg.taker_fee, "rpiCommissionRate": "0"}
@@ -501,7 +504,7 @@ class Exchange:
         """GET /fapi/v1/userTrades (from the bounded per-account trade history)."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             raw_limit = params.get("limit") or "500"
             if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
                 raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
@@ -526,7 +529,7 @@ class Exchange:
         total = ZERO
         for sym, p in acc.positions.items():
             if p.amt and self.specs[sym].margin_asset == asset:
-                total += p.amt * (self._mark(self.specs[sym]) - p.entry)
+                total += p.amt * (self.mark(self.specs[sym]) - p.entry)
         return total
 
     def _initial_margin(self, acc: Account, asset: str) -> tuple[Decimal, Decimal]:
@@ -534,7 +537,7 @@ class Exchange:
         ord_im = ZERO
         for sym, p in acc.positions.items():
             if p.amt and self.specs[sym].margin_asset == asset:
-                pos_im += abs(p.amt) * self._mark(self.specs[sym]) / self._lev(acc, sym)
+                pos_im += abs(p.amt) * self.mark(self.specs[sym]) / self._lev(acc, sym)
         for sym, orders in acc.open_orders.items():
             if self.specs[sym].margin_asset != asset:
                 continue
@@ -575,7 +578,7 @@ class Exchange:
             return {}
 
     def _validate_new(self, acc: Account, p: Mapping[str, str], now: int) -> Order:
-        spec = self._spec(p.get("symbol"))
+        spec = self.spec(p.get("symbol"))
         side = p.get("side")
         if not side:
             raise mandatory("side")
@@ -601,8 +604,8 @@ class Exchange:
         if p.get("closePosition") or p.get("stopPrice"):
             raise not_required("closePosition" if p.get("closePosition") else "stopPrice")
         tif = p.get("timeInForce")
-        qty = self._decimal(p, "quantity")
-        price = self._decimal(p, "price")
+        qty = self.decimal_param(p, "quantity")
+        price = self.decimal_param(p, "price")
         price_match = p.get("priceMatch") or "NONE"
         gtd = 0
         if otype == "LIMIT":
@@ -635,7 +638,7 @@ class Exchange:
             tif = "GTC"   # what live MARKET replies show
         if not spec.is_trading:
             raise VenueError(-4140, "Invalid symbol status for opening position.")
-        mark = self._check_filters(spec, side, otype, qty, price, reduce_only)
+        mark = self.check_filters(spec, side, otype, qty, price, reduce_only)
         cid = p.get("newClientOrderId")
         if cid is not None:
             if not _CID_RE.match(cid):
@@ -645,7 +648,7 @@ class Exchange:
             if prev is not None and prev.is_open:
                 raise VenueError(-4116, "ClientOrderId is duplicated.")
         else:
-            cid = "".join(self._rng.choice(_CID_ALPHABET) for _ in range(22))
+            cid = self.random_client_id()
         if len(acc.open_orders.get(spec.symbol, ())) >= spec.max_num_orders:
             raise VenueError(-2025, "Reach max open order limit.")
         pos = acc.positions.get(spec.symbol)
@@ -668,15 +671,15 @@ class Exchange:
                   price_match=price_match, stp=stp, gtd=gtd, account=acc, sent_new=False)
         return o
 
-    def _check_filters(self, spec: SymbolSpec, side: str, otype: str, qty: Decimal, price: Decimal | None,
+    def check_filters(self, spec: SymbolSpec, side: str, otype: str, qty: Decimal, price: Decimal | None,
                        reduce_only: bool) -> Decimal:
         """PRICE_FILTER, LOT_SIZE/MARKET_LOT_SIZE, PERCENT_PRICE and MIN_NOTIONAL; returns the mark price."""
         if qty <= 0:
             raise VenueError(-4003, "Quantity less than or equal to zero.")
         if price is not None and price <= 0:
             raise VenueError(-4001, "Price less than 0.")
-        if self._places(qty) > spec.quantity_precision or (
-                price is not None and self._places(price) > spec.price_precision):
+        if self.places(qty) > spec.quantity_precision or (
+                price is not None and self.places(price) > spec.price_precision):
             raise VenueError(-1111, "Precision is over the maximum defined for this asset.")
         if price is not None:
             min_px, max_px = Decimal(spec.min_price), Decimal(spec.max_price)
@@ -691,7 +694,7 @@ class Exchange:
             raise VenueError(-1013, f"Filter failure: {lot}")
         if (qty - min_q) % spec.step != 0:
             raise self._filter_error(-4023, "Qty not increased by step size.", lot)
-        mark = self._mark(spec)
+        mark = self.mark(spec)
         if otype == "LIMIT":
             up = mark * Decimal(spec.multiplier_up)
             down = mark * Decimal(spec.multiplier_down)
@@ -717,7 +720,7 @@ class Exchange:
         levels = self.market.book_levels(spec.symbol, look_side, n)
         if not levels:
             raise VenueError(-4131, "The counterparty's best price does not meet the PERCENT_PRICE filter limit.")
-        return self._grid(levels[min(n, len(levels)) - 1][0], spec.tick)
+        return self.grid(levels[min(n, len(levels)) - 1][0], spec.tick)
 
     def _prematch(self, o: Order) -> list[tuple[Decimal, Decimal]]:
         """Book levels the new order would take; raises the reject of GTX/FOK/MARKET-outside-band orders."""
@@ -730,7 +733,7 @@ class Exchange:
                 raise VenueError(-5021, "Due to the order could not be filled immediately, the FOK order has been "
                                         "rejected.")
         else:
-            mark = self._mark(spec)
+            mark = self.mark(spec)
             bound = mark * Decimal(spec.multiplier_up if o.side == "BUY" else spec.multiplier_down)
             crossing = self._levels(spec, o.side, bound, o.orig_qty)
             if not crossing:
@@ -767,7 +770,7 @@ class Exchange:
                 self._resting.setdefault(spec.symbol, {})[o.order_id] = o
                 self._rebound(spec.symbol)
         self._expire_stale_reduce_only(acc, spec.symbol, now, events, skip=o)
-        self._emit(acc, events)
+        self.emit(acc, events)
 
     def _ro_dead(self, acc: Account, o: Order) -> bool:
         pos = acc.positions.get(o.symbol)
@@ -871,7 +874,7 @@ class Exchange:
     def _account_update(self, acc: Account, spec: SymbolSpec, pos: Position, now: int) -> dict:
         asset = spec.margin_asset
         wb = acc.wallet[asset]
-        up = pos.amt * (self._mark(spec) - pos.entry) if pos.amt else ZERO
+        up = pos.amt * (self.mark(spec) - pos.entry) if pos.amt else ZERO
         return {"e": "ACCOUNT_UPDATE", "T": now, "E": now, "a": {
             "B": [{"a": asset, "wb": q8(wb), "cw": q8(wb), "bc": "0"}],
             "P": [{"s": spec.symbol, "pa": norm(pos.amt), "ep": pnorm(pos.entry), "cr": q8(pos.realized) if
@@ -924,14 +927,14 @@ class Exchange:
     def cancel_order(self, key: str, params: Mapping[str, str]) -> dict:
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None or not o.is_open:
                 raise VenueError(-2011, "Unknown order sent.")
             now = self.clock_ms()
             events: list[dict] = []
             self._cancel(acc, o, now, events)
-            self._emit(acc, events)
+            self.emit(acc, events)
             return order_json(o)
 
     def _cancel(self, acc: Account, o: Order, now: int, events: list[dict]) -> None:
@@ -943,12 +946,12 @@ class Exchange:
     def cancel_all(self, key: str, params: Mapping[str, str]) -> dict:
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             now = self.clock_ms()
             events: list[dict] = []
             for o in sorted(acc.open_orders.get(spec.symbol, {}).values(), key=lambda x: x.order_id):
                 self._cancel(acc, o, now, events)
-            self._emit(acc, events)
+            self.emit(acc, events)
             return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
     def modify_order(self, key: str, params: Mapping[str, str]) -> dict:
@@ -956,7 +959,7 @@ class Exchange:
         A new price that crosses the book trades at once like a new taker order (GTX: -5022, order unchanged)."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None or not o.is_open:
                 raise VenueError(-2013, "Order does not exist.")
@@ -965,18 +968,18 @@ class Exchange:
                 raise mandatory("side")
             if side != o.side:
                 raise VenueError(-1130, "Data sent for parameter 'side' is not valid.")
-            qty = self._decimal(params, "quantity")
+            qty = self.decimal_param(params, "quantity")
             if qty is None:
                 raise mandatory("quantity")
             pm = params.get("priceMatch") or "NONE"
-            price = self._decimal(params, "price")
+            price = self.decimal_param(params, "price")
             if pm != "NONE":
                 if price is not None:
                     raise not_required("price")
                 price = self._match_price(spec, side, pm)
             if price is None:
                 raise mandatory("price")
-            self._check_filters(spec, side, "LIMIT", qty, price, o.reduce_only)
+            self.check_filters(spec, side, "LIMIT", qty, price, o.reduce_only)
             if qty <= o.executed_qty:
                 raise VenueError(-1130, "Data sent for parameter 'quantity' is not valid.")
             if price == o.price and qty == o.orig_qty:
@@ -995,13 +998,13 @@ class Exchange:
                     break
                 self._fill(acc, o, px, take, False, now, events)
             self._expire_stale_reduce_only(acc, spec.symbol, now, events)
-            self._emit(acc, events)
+            self.emit(acc, events)
             return order_json(o)
 
     def query_order(self, key: str, params: Mapping[str, str]) -> dict:
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None:
                 raise VenueError(-2013, "Order does not exist.")
@@ -1011,7 +1014,7 @@ class Exchange:
         """GET /fapi/v1/openOrder: like query_order, but only orders still open."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None or not o.is_open:
                 raise VenueError(-2013, "Order does not exist.")
@@ -1021,7 +1024,7 @@ class Exchange:
         with self.lock:
             acc = self.account(key)
             sym = params.get("symbol")
-            symbols = [self._spec(sym).symbol] if sym else sorted(acc.open_orders)
+            symbols = [self.spec(sym).symbol] if sym else sorted(acc.open_orders)
             out = []
             for s in symbols:
                 for o in sorted(acc.open_orders.get(s, {}).values(), key=lambda x: x.order_id):
@@ -1057,8 +1060,8 @@ class Exchange:
                 return
             now = self.clock_ms()
             spec = self.specs[symbol]
-            ask = self._grid(ask_px, spec.tick) if ask_px else None
-            bid = self._grid(bid_px, spec.tick) if bid_px else None
+            ask = self.grid(ask_px, spec.tick) if ask_px else None
+            bid = self.grid(bid_px, spec.tick) if bid_px else None
             buys = sorted((o for o in resting.values() if o.side == "BUY" and ask is not None and o.price >= ask),
                           key=lambda o: (-o.price, o.order_id))
             sells = sorted((o for o in resting.values() if o.side == "SELL" and bid is not None and o.price <= bid),
@@ -1101,7 +1104,20 @@ class Exchange:
                     self._unrest(o.account, o)
                     per_account.setdefault(o.account.key, []).append(self._otu(o, "EXPIRED", now, er="6"))
             for k, evs in per_account.items():
-                self._emit(self.accounts[k], evs)
+                self.emit(self.accounts[k], evs)
+
+    def random_client_id(self) -> str:
+        return "".join(self._rng.choice(_CID_ALPHABET) for _ in range(22))
+
+    @staticmethod
+    def position_amt(acc: Account, symbol: str) -> Decimal:
+        pos = acc.positions.get(symbol)
+        return pos.amt if pos else ZERO
+
+    @staticmethod
+    def client_id_in_use(acc: Account, symbol: str, cid: str) -> bool:
+        prev = acc.by_cid.get(symbol, {}).get(cid)
+        return prev is not None and prev.is_open
 
     # ------------------------------------------------------------------------------------ income, funding, timers
 
@@ -1135,7 +1151,7 @@ class Exchange:
                     events: list[dict] = []
                     for o in sorted(acc.open_orders.get(symbol, {}).values(), key=lambda x: x.order_id):
                         self._cancel(acc, o, now, events)
-                    self._emit(acc, events)
+                    self.emit(acc, events)
         if now >= self._next_funding_ms:
             with self.lock:
                 funding_time = now // self.funding_interval_ms * self.funding_interval_ms
@@ -1169,7 +1185,7 @@ class Exchange:
                 self._income(acc, sym, "FUNDING_FEE", amount, asset, funding_time, None)
             if paid:
                 # cross positions: only the balances are pushed (Binance's FUNDING_FEE ACCOUNT_UPDATE)
-                self._emit(acc, [{"e": "ACCOUNT_UPDATE", "E": funding_time, "T": funding_time, "a": {
+                self.emit(acc, [{"e": "ACCOUNT_UPDATE", "E": funding_time, "T": funding_time, "a": {
                     "m": "FUNDING_FEE", "B": [{"a": a, "wb": q8(acc.wallet[a]), "cw": q8(acc.wallet[a]), "bc": "0"}
                                              for a in paid], "P": []}}])
 
@@ -1182,7 +1198,7 @@ class Exchange:
         start, end = self._time_param(params, "startTime"), self._time_param(params, "endTime")
         with self.lock:
             if sym:
-                rows = list(self.funding_history[self._spec(sym).symbol])
+                rows = list(self.funding_history[self.spec(sym).symbol])
             else:
                 rows = sorted((r for h in self.funding_history.values() for r in h), key=lambda r: r["fundingTime"])
         if start is not None:
@@ -1194,7 +1210,7 @@ class Exchange:
     def open_interest(self, params: Mapping[str, str]) -> dict:
         """GET /fapi/v1/openInterest: the long positions of the venue's accounts, plus half of what the generated
         market traded since the venue started (its synthetic traders' positions)."""
-        spec = self._spec(params.get("symbol"))
+        spec = self.spec(params.get("symbol"))
         with self.lock:
             own = sum((acc.positions[spec.symbol].amt for acc in self.accounts.values()
                        if spec.symbol in acc.positions and acc.positions[spec.symbol].amt > 0), ZERO)
@@ -1218,7 +1234,7 @@ class Exchange:
         service and stay: a stop that protects a position must outlive the client that placed it."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             raw = params.get("countdownTime")
             if raw is None or raw == "":
                 raise mandatory("countdownTime")
@@ -1264,7 +1280,7 @@ class Exchange:
         self.account(key)
         sym = params.get("symbol")
         if sym:
-            spec = self._spec(sym)
+            spec = self.spec(sym)
             return {"symbol": spec.symbol, "notionalCoef": 1.0, "brackets": self._brackets()}
         return [{"symbol": s.symbol, "notionalCoef": 1.0, "brackets": self._brackets()} for s in self.catalog]
 
@@ -1278,7 +1294,7 @@ class Exchange:
         """POST /fapi/v1/marginType (ISOLATED / CROSSED)."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             mt = params.get("marginType")
             if not mt:
                 raise mandatory("marginType")
@@ -1328,8 +1344,8 @@ class Exchange:
         """POST /fapi/v1/positionMargin: add (type 1) or reduce (type 2) an isolated position's margin."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
-            amount = self._decimal(params, "amount")
+            spec = self.spec(params.get("symbol"))
+            amount = self.decimal_param(params, "amount")
             if amount is None:
                 raise mandatory("amount")
             kind = params.get("type")
@@ -1369,7 +1385,7 @@ class Exchange:
             acc.multi_assets = raw == "true"
             now = self.clock_ms()
             acc.config_time = now
-            self._emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now, "ai": {"j": acc.multi_assets}}])
+            self.emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now, "ai": {"j": acc.multi_assets}}])
             return {"code": 200, "msg": "success"}
 
     def account_config(self, key: str, params: Mapping[str, str]) -> dict:
@@ -1383,7 +1399,7 @@ class Exchange:
         with self.lock:
             acc = self.account(key)
             sym = params.get("symbol")
-            specs = [self._spec(sym)] if sym else [s for s in self.catalog if s.is_trading]
+            specs = [self.spec(sym)] if sym else [s for s in self.catalog if s.is_trading]
             return [{"symbol": s.symbol, "marginType": self.margin_type_of(acc, s.symbol), "isAutoAddMargin": False,
                      "leverage": int(self._lev(acc, s.symbol)), "maxNotionalValue": "1000000"} for s in specs]
 
@@ -1391,7 +1407,7 @@ class Exchange:
         """GET /fapi/v1/allOrders: open and closed orders of a symbol, oldest first (default 500, max 1000)."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             raw = params.get("limit") or "500"
             if not raw.isdigit() or not 1 <= int(raw) <= 1000:
                 raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
@@ -1414,7 +1430,7 @@ class Exchange:
             acc = self.account(key)
             sym = params.get("symbol")
             if sym:
-                self._spec(sym)
+                self.spec(sym)
             kind = params.get("incomeType")
             raw = params.get("limit") or "100"
             if not raw.isdigit() or not 1 <= int(raw) <= 1000:
@@ -1433,7 +1449,7 @@ class Exchange:
         there are none."""
         self.account(key)
         if params.get("symbol"):
-            self._spec(params.get("symbol"))
+            self.spec(params.get("symbol"))
         return []
 
     def adl_quantile(self, key: str, params: Mapping[str, str]) -> list[dict]:
@@ -1441,13 +1457,13 @@ class Exchange:
         with self.lock:
             acc = self.account(key)
             sym = params.get("symbol")
-            syms = [self._spec(sym).symbol] if sym else sorted(s for s, p in acc.positions.items() if p.amt)
+            syms = [self.spec(sym).symbol] if sym else sorted(s for s, p in acc.positions.items() if p.amt)
             out = []
             for s in syms:
                 pos = acc.positions.get(s)
                 q = 0
                 if pos is not None and pos.amt:
-                    ratio = pos.amt * (self._mark(self.specs[s]) - pos.entry) / (abs(pos.amt) * pos.entry)
+                    ratio = pos.amt * (self.mark(self.specs[s]) - pos.entry) / (abs(pos.amt) * pos.entry)
                     q = 1 if ratio <= 0 else 2 if ratio < Decimal("0.01") else 3 if ratio < Decimal("0.05") else 4
                 out.append({"symbol": s, "adlQuantile": {"LONG": q if pos is not None and pos.amt > 0 else 0,
                                                          "SHORT": q if pos is not None and pos.amt < 0 else 0,
@@ -1467,7 +1483,7 @@ class Exchange:
     def _position_row(self, acc: Account, sym: str, version: int) -> dict:
         spec = self.specs[sym]
         pos = acc.positions.get(sym) or Position()
-        mark = self._mark(spec)
+        mark = self.mark(spec)
         up = pos.amt * (mark - pos.entry) if pos.amt else ZERO
         notional = pos.amt * mark
         im = abs(notional) / self._lev(acc, sym)
@@ -1496,7 +1512,7 @@ class Exchange:
             acc = self.account(key)
             sym = params.get("symbol")
             if sym:
-                syms = [self._spec(sym).symbol]
+                syms = [self.spec(sym).symbol]
             elif version == 3:     # v3: "only symbol that has position or open orders will be returned"
                 syms = sorted(s for s in self.specs if (acc.positions.get(s) and acc.positions[s].amt)
                               or acc.open_orders.get(s))
@@ -1527,7 +1543,7 @@ class Exchange:
             for asset, wb in acc.wallet.items():
                 up = self._unrealized(acc, asset)
                 pos_im, ord_im = self._initial_margin(acc, asset)
-                mm = sum((abs(p.amt) * self._mark(self.specs[s]) * self._mmr for s, p in acc.positions.items()
+                mm = sum((abs(p.amt) * self.mark(self.specs[s]) * self._mmr for s, p in acc.positions.items()
                           if p.amt and self.specs[s].margin_asset == asset), ZERO)
                 avail = wb + up - pos_im - ord_im
                 assets.append({"asset": asset, "walletBalance": q8(wb), "unrealizedProfit": q8(up),
@@ -1546,7 +1562,7 @@ class Exchange:
                 if version == 3 and not p.amt:
                     continue
                 spec = self.specs[sym]
-                mark = self._mark(spec)
+                mark = self.mark(spec)
                 notional = p.amt * mark
                 positions.append({"symbol": sym, "positionSide": "BOTH", "positionAmt": norm(p.amt),
                                   "unrealizedProfit": q8(p.amt * (mark - p.entry) if p.amt else ZERO),

@@ -196,6 +196,7 @@ class Market:
             mid = self._mid(i)
             self._mark_ma[i] = mid
         self._cumw = np.cumsum(self.weights)
+        self._drive: dict[int, int] = {}
         self._ev_cap = 0
         self._ev_buf = np.zeros(1, np.uint8)
         self._fl_buf = np.zeros(max(S, 1) * 16_384, np.uint8)
@@ -410,6 +411,8 @@ class Market:
             return Chunk(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
         parts = []
         with self.lock:
+            for i, d in self._drive.items():
+                self.regime[i], self.trend[i] = 2, d
             self.touched[:] = False
             remaining, ta = n, t0
             while remaining > 0:
@@ -703,6 +706,23 @@ class Market:
             out.append(orjson.dumps({"e": "bookTicker", "u": t["lastUpdateId"], "s": sym, "b": t["bidPrice"],
                                      "B": t["bidQty"], "a": t["askPrice"], "A": t["askQty"], "T": now, "E": now}))
         return out
+
+    def drive(self, symbol: str, direction: int | None) -> None:
+        """Test knob: push a symbol's price up (+1) or down (-1) with a lasting trending burst that also gets half
+        of the generator's events; None lets it go. Streams, books and ids stay consistent (it is ordinary
+        generated trading, just one-sided)."""
+        i = self.index[symbol]
+        with self.lock:
+            if direction is None:
+                self._drive.pop(i, None)
+                self.regime[i] = 1
+            else:
+                self._drive[i] = 1 if direction > 0 else -1
+            w = self.weights.copy()
+            others = w.sum() - w[list(self._drive)].sum() if self._drive else 0.0
+            for j in self._drive:
+                w[j] = max(others, 1e-12) / len(self._drive)
+            self._cumw = np.cumsum(w)
 
     # ---- thread ----------------------------------------------------------------------------------
     @property

@@ -67,6 +67,7 @@ class WsPolicy:
     max_incoming_per_s: int | None = None  # ping + pong + data frames in any 1 s window
     incoming_limit_close_code: int = 1008
     lifetime_close_code: int = 1001
+    max_message_bytes: int | None = None   # larger data messages close the connection with 1009 (None: 16 MiB)
 
 
 class Router:
@@ -575,9 +576,10 @@ class VenueServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         except OSError:
             pass
-        reader = wsproto.FrameReader(sock)
+        policy = policy or self.ws_policy
+        reader = wsproto.FrameReader(sock, max_message=policy.max_message_bytes or wsproto.MAX_MESSAGE_PAYLOAD)
         reader._buf += buf  # bytes the client pipelined after its handshake
-        conn = WsConn(sock, reader, req, policy or self.ws_policy, self)
+        conn = WsConn(sock, reader, req, policy, self)
         with self._conn_lock:
             self.ws_conns.append(conn)
         conn._reader_thread.start()

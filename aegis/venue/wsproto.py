@@ -93,8 +93,9 @@ class FrameReader:
     control frame (control frames may arrive between fragments, RFC 6455 5.4).
     """
 
-    def __init__(self, sock, require_mask: bool = True):
+    def __init__(self, sock, require_mask: bool = True, max_message: int = MAX_MESSAGE_PAYLOAD):
         self._sock = sock
+        self._max_message = max_message
         self._buf = bytearray()
         self._require_mask = require_mask
         self._frag_opcode: int | None = None
@@ -130,8 +131,8 @@ class FrameReader:
                 raise ProtocolError("control frame payload > 125 bytes")
             if not fin:
                 raise ProtocolError("fragmented control frame")
-        if length > MAX_FRAME_PAYLOAD:
-            raise ProtocolError("frame too big", 1009)
+        if length > MAX_FRAME_PAYLOAD or (opcode not in CONTROL_OPCODES and length > self._max_message):
+            raise ProtocolError("frame too big", 1009)     # refused from its header, before reading it
         if self._require_mask and not masked:
             raise ProtocolError("client frame not masked")
         mask = self._fill(4) if masked else b""
@@ -158,7 +159,7 @@ class FrameReader:
                 self._frag_opcode = opcode
                 self._frag_parts = [payload]
                 self._frag_len = len(payload)
-            if self._frag_len > MAX_MESSAGE_PAYLOAD:
+            if self._frag_len > self._max_message:
                 raise ProtocolError("message too big", 1009)
             if fin:
                 op = self._frag_opcode
