@@ -404,6 +404,11 @@ class TradeConfig:
     resume: bool = False             # clear a HALTED state recorded in the journal (CLI --resume)
     gil_switch_us: int = 100         # sys.setswitchinterval for the Brain process (Python's default: 5000 us)
     fast_path: bool = True           # new orders built, signed and journaled in jitted code (aegis.binance.wire)
+    # exchange-side safety (aegis.trade.protect): a protective STOP_MARKET per position `protect` away from its
+    # entry (a fraction, or "1%" in the file; 0 = none), and the countdownCancelAll dead-man switch
+    protect: float = 0.0
+    deadman: bool = True
+    deadman_s: float = 120.0         # countdown armed per traded symbol, re-armed every deadman_s / 4
 
     @classmethod
     def from_section(cls, section: dict) -> "TradeConfig":
@@ -414,12 +419,20 @@ class TradeConfig:
             raise ConfigError(f"unknown key(s) in [trade]: {', '.join(sorted(unknown))} "
                               f"(known: {', '.join(sorted(known))})")
         kw = dict(section)
+        if "protect" in kw:
+            from aegis.trade.protect import parse_distance
+            try:
+                kw["protect"] = parse_distance(kw["protect"])
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if "cores" in kw:
             c = kw["cores"]
             if not isinstance(c, (list, tuple)) or not all(isinstance(x, int) and x >= 0 for x in c):
                 raise ConfigError(f"[trade] cores must be a list of CPU numbers, got {c!r}")
             kw["cores"] = tuple(c)
         for k, v in kw.items():
+            if k == "protect":
+                continue
             d = cls.__dataclass_fields__[k].default
             if isinstance(d, bool) and not isinstance(v, bool):
                 raise ConfigError(f"[trade] {k} must be true or false, got {v!r}")
@@ -851,6 +864,7 @@ class TradeSession:
             self.flags = np.zeros(FLAGS_LEN, np.int64)
         self.journal = self.jstate = self.client = self.order_client = self.book = None
         self.queue = self.fills = self.sender = self.userstream = None
+        self.protector = None
         self._last_sync = 0.0
         self._last_state = (-1, -1)
 
@@ -921,7 +935,33 @@ class TradeSession:
             log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
         # reconciliation may have adopted orders the journal had lost: never hand out their ids again
         self.book.g[_G_NEXT_CID] = max(int(self.book.g[_G_NEXT_CID]), self.jstate.next_client_id)
+        self._start_protector(rules)
         return self
+
+    # ---- exchange-side protection (issue 17: aegis.trade.protect) ---------------------------------------------
+    def _start_protector(self, rules) -> None:
+        from decimal import Decimal
+        from aegis.binance.client import BinanceClient
+        from aegis.trade.protect import Protector
+        if self.tcfg.protect <= 0 and not self.tcfg.deadman:
+            return
+        client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
+        client.sync_time()
+        ledger = self.userstream.ledger
+
+        def positions() -> dict:
+            for _ in range(5):     # the user-stream thread may add a symbol meanwhile
+                try:
+                    return {s: (p.qty, p.entry) for s, p in list(ledger.positions.items())}
+                except RuntimeError:
+                    continue
+            return {}
+        self.protector = Protector(client, self.symbols, {r.symbol: Decimal(r.tick_size) for r in rules}, positions,
+                                   self.tcfg.protect, self.tcfg.deadman_s if self.tcfg.deadman else 0.0).start()
+        log.info("exchange-side safety: %s; %s", f"protective stops {self.tcfg.protect:.2%} from entry"
+                 if self.tcfg.protect > 0 else "no protective stops",
+                 f"dead-man switch {self.tcfg.deadman_s:g} s per symbol" if self.tcfg.deadman else "no dead-man switch")
+    # ---- end of exchange-side protection ----------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
         """Runs in the sender thread when idle: kill-switch file, trading-state changes (say why, journal them),
@@ -981,6 +1021,9 @@ class TradeSession:
                     self.userstream.reconcile()
                 except Exception as e:
                     log.warning("final reconciliation failed: %s", type(e).__name__)
+        if self.protector is not None:     # after the cancel-all: disarm the countdowns, keep protective stops
+            self.protector.stop()
+            self.protector.client.close()
         if self.userstream is not None:
             self.userstream.stop()
         if self.order_client is not None and self.order_client is not self.client:
