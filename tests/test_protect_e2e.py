@@ -106,7 +106,8 @@ def test_a_killed_engine_leaves_a_protective_stop_that_closes_the_position(tmp_p
 
 
 def test_frozen_engine_processes_have_their_orders_cancelled_by_the_venue_countdown(tmp_path, venue):
-    run = _engine(tmp_path, venue, "deadman_s = 2.0", "--param", "fast=20", "--param", "slow=200",
+    # 4 s, re-armed every second: a loaded 2-core box may stall the engine's Python threads for a second or two
+    run = _engine(tmp_path, venue, "deadman_s = 4.0", "--param", "fast=20", "--param", "slow=200",
                   "--param", "unit=10")
     try:
         run.wait_running(120)
@@ -118,14 +119,16 @@ def test_frozen_engine_processes_have_their_orders_cancelled_by_the_venue_countd
         bid = Decimal(venue.market.book_ticker(SYM)["bidPrice"])
         o = venue.exchange.place_order(KEY, {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
                                              "quantity": "10", "price": str(bid * Decimal("0.97"))[:5]})
-        time.sleep(3.0)      # longer than the countdown: the running engine's heartbeats keep it armed
+        time.sleep(5.0)      # longer than the countdown: the running engine's heartbeats keep it armed
         assert venue.exchange.query_order(KEY, {"symbol": SYM, "orderId": str(o["orderId"])})["status"] == "NEW"
         os.killpg(run.proc.pid, signal.SIGSTOP)            # every engine process frozen, sockets left open
         try:
-            end = time.monotonic() + 10
+            t_frozen = time.monotonic()
+            end = t_frozen + 10
             while time.monotonic() < end and venue.exchange.open_orders(KEY, {"symbol": SYM}):
                 time.sleep(0.1)
             assert venue.exchange.open_orders(KEY, {"symbol": SYM}) == []
+            assert time.monotonic() - t_frozen <= 4.5       # within the countdown of the last heartbeat
             assert venue.exchange.query_order(KEY, {"symbol": SYM, "orderId": str(o["orderId"])})["status"] == \
                 "CANCELED"
             assert venue.exchange.countdown_deadline(KEY, SYM) is None      # it fired

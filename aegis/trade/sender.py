@@ -893,6 +893,7 @@ class TradeSession:
             raise ValueError(f"symbols not listed by the venue: {', '.join(missing[:5])}")
         rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
         self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
+        self._apply_leverage_brackets()
         if self.jstate.trading_state == "HALTED" and self.resume:
             self.journal.append("state", state="ACTIVE", reason="resume")
         elif self.jstate.trading_state == "HALTED":
@@ -924,6 +925,7 @@ class TradeSession:
         idx = {s: i for i, s in enumerate(self.symbols)}
         self.userstream = UserStream(self.client, self.journal, self.jstate, idx, self.fills,
                                      self.tcfg.keepalive_interval_s)
+        self.userstream.fee_rates = self._commission_rates()
         # how long the sender may wait for the GIL held by another Python thread of this process (the Brain's
         # housekeeping round, the user stream) before the interpreter forces a switch: 5 ms by default
         sys.setswitchinterval(self.tcfg.gil_switch_us / 1e6)
@@ -961,6 +963,34 @@ class TradeSession:
         log.info("exchange-side safety: %s; %s", f"protective stops {self.tcfg.protect:.2%} from entry"
                  if self.tcfg.protect > 0 else "no protective stops",
                  f"dead-man switch {self.tcfg.deadman_s:g} s per symbol" if self.tcfg.deadman else "no dead-man switch")
+
+    def _apply_leverage_brackets(self) -> None:
+        """At the account's leverage (symbolConfig) Binance refuses a position above that bracket's notionalCap
+        (-2027): cap the risk book's position-notional limit there, so the engine never sends such an order."""
+        from aegis.trade.risk import S_LIM_POS_NOTIONAL
+        br, sc = self.client.leverage_brackets(), self.client.symbol_config()
+        if not br.get("ok") or not sc.get("ok"):
+            log.warning("leverage brackets unavailable (%s %s): position limits are [risk]'s only",
+                        br.get("code") or sc.get("code"), br.get("msg") or sc.get("msg"))
+            return
+        lev = {row["symbol"]: int(row["leverage"]) for row in sc["data"]}
+        for i, sym in enumerate(self.symbols):
+            caps = [b["notionalCap"] for b in br["brackets"].get(sym, ()) if b["initialLeverage"] >= lev.get(sym, 0)]
+            if not caps or sym not in lev:
+                continue
+            cap, cur = float(max(caps)), float(self.book.sym[i, S_LIM_POS_NOTIONAL])
+            if cur <= 0.0 or cur > cap:
+                self.book.sym[i, S_LIM_POS_NOTIONAL] = cap
+                log.info("%s: position notional limited to %g (leverage %dx bracket)", sym, cap, lev[sym])
+
+    def _commission_rates(self) -> dict[str, tuple[float, float]]:
+        """(maker, taker) per symbol from commissionRate: every fill's fee is checked against them."""
+        out = {}
+        for sym in self.symbols:
+            r = self.client.commission_rate(sym)
+            if r.get("ok"):
+                out[sym] = (float(r["data"]["makerCommissionRate"]), float(r["data"]["takerCommissionRate"]))
+        return out
     # ---- end of exchange-side protection ----------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
