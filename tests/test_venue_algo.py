@@ -85,8 +85,9 @@ def test_stop_market_close_position_closes_the_long_when_the_mark_falls_through(
     placed = client.query_order(symbol="DOTUSDT", orderId=int(q["actualOrderId"]))
     assert placed["type"] == "MARKET" and placed["reduceOnly"] is True and placed["status"] == "FILLED"
     assert Decimal(placed["executedQty"]) == 10
-    seq = [e["o"]["X"] for e in events if e["e"] == "ALGO_UPDATE"]
-    assert seq == ["NEW", "TRIGGERING", "TRIGGERED", "FINISHED"]
+    algo_events = [e["o"] for e in events if e["e"] == "ALGO_UPDATE"]
+    assert [e["X"] for e in algo_events] == ["NEW", "TRIGGERING", "TRIGGERED", "FINISHED"]
+    assert Decimal(algo_events[-1]["aq"]) == 10 and algo_events[-1]["ai"] == q["actualOrderId"]
     assert client.sign_request("GET", "/fapi/v1/openAlgoOrders", {}) == []
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from aegis.binance import wire
 from aegis.trade.journal import _line, read_records
-from aegis.trade.keys import Secret
+from aegis.binance.keys import Secret
 from aegis.core.records import (ACTION_NEW, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY, SIDE_SELL, TIF_FOK,
                            TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.trade.risk import SymbolRules

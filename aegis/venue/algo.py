@@ -32,7 +32,7 @@ class AlgoOrder:
     __slots__ = ("algo_id", "client_id", "account", "spec", "side", "type", "tif", "qty", "price", "trigger",
                  "working", "price_match", "close_position", "price_protect", "reduce_only", "activate",
                  "callback", "stp", "gtd", "status", "create_time", "update_time", "trigger_time", "actual_id",
-                 "actual_price", "extreme", "activated", "reason")
+                 "actual_price", "actual_qty", "extreme", "activated", "reason")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -94,7 +94,8 @@ class AlgoEngine:
             "caid": a.client_id, "aid": a.algo_id, "at": "CONDITIONAL", "o": a.type, "s": spec.symbol, "S": a.side,
             "ps": "BOTH", "f": a.tif, "q": fixed(a.qty, spec.quantity_precision) if a.qty is not None else "0",
             "X": a.status, "ai": str(a.actual_id) if a.actual_id else "",
-            "ap": self._px(a, a.actual_price) if a.actual_price else "0", "aq": "0",
+            "ap": self._px(a, a.actual_price) if a.actual_price else "0",
+            "aq": fixed(a.actual_qty, spec.quantity_precision) if a.actual_qty else "0",
             "act": self._px(a, a.activate) or "0", "tp": self._px(a, a.trigger) or "0",
             "p": self._px(a, a.price) or "0", "V": a.stp, "wt": a.working, "pm": a.price_match,
             "cp": a.close_position, "pP": a.price_protect, "R": a.reduce_only, "tt": a.trigger_time,
@@ -414,6 +415,7 @@ class AlgoEngine:
             return
         a.actual_id = res["orderId"]
         a.actual_price = Decimal(res["avgPrice"]) if Decimal(res["avgPrice"]) else None
+        a.actual_qty = Decimal(res["executedQty"])
         events = []
         self._set(a, "TRIGGERED", ex.clock_ms(), events)
         if res["status"] in ("NEW", "PARTIALLY_FILLED"):
@@ -434,6 +436,8 @@ class AlgoEngine:
             return
         if o["ap"] not in ("0", ""):
             a.actual_price = Decimal(o["ap"])
+        if o["z"] not in ("0", ""):
+            a.actual_qty = Decimal(o["z"])
         self.ex.emit(a.account, [self._event_after(a, "FINISHED", ev["E"])])
 
     def _event_after(self, a: AlgoOrder, status: str, now: int) -> dict:
