@@ -10,7 +10,7 @@ import pytest
 
 from aegis.binance.client import Endpoints, BinanceClient
 from aegis.core.config import ConfigError
-from aegis.trade import keys
+from aegis.binance import keys
 from aegis.trade.protect import PREFIX, Protector, parse_distance, stop_price
 from aegis.trade.sender import TradeConfig
 from aegis.venue import DEFAULT_API_KEY as KEY, DEFAULT_API_SECRET as SECRET, VenueConfig, start_venue

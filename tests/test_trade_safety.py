@@ -80,7 +80,7 @@ def test_the_session_keeps_the_dead_man_switch_armed_and_disarms_it_on_stop(venu
 
 
 def test_candles_start_warm_from_the_exchanges_klines(venue):
-    from aegis.trade import keys
+    from aegis.binance import keys
     client = BinanceClient(endpoints("embedded", embedded=venue), keys.from_strings("trade-key-0", "trade-secret-0"))
     try:
         book = candles.CandleBook(2, [candles.parse_interval("1m"), candles.parse_interval("1s")], depth=8)

@@ -86,11 +86,11 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
 
 def start(section: dict) -> VenueHandle:
     """Start the embedded venue with a fresh random API key for this run; returns once it listens. With
-    [venue] url, use that running venue instead, with the keys of aegis.trade.keys.load (environment, else the
+    [venue] url, use that running venue instead, with the keys of aegis.binance.keys.load (environment, else the
     venue's built-in test key)."""
     settings = venue_settings(section)
     if "url" in settings:
-        from aegis.trade import keys
+        from aegis.binance import keys
         k = keys.load("embedded")
         ws = "ws://" + settings["url"][len("http://"):]
         return VenueHandle(None, settings["url"], ws, ws + "/ws-fapi/v1", k.key.reveal(), k.secret.reveal())
