@@ -42,7 +42,7 @@ class Recorder:
         self.exchange_info: dict | None = None
         self.parse: dict = {}
 
-    def _open(self) -> None:
+    def _open(self, recv_ns: int) -> None:
         self._n += 1
         name = time.strftime("feed-%Y%m%d-%H%M%S", time.gmtime()) + f"-{self._n:04d}.jsonl.gz"
         path = self.dir / name
@@ -50,7 +50,7 @@ class Recorder:
         self.files.append(path)
         self._written = 0
         if self.exchange_info is not None:
-            self._line(time.monotonic_ns(), EXCHANGE_INFO_STREAM, self.exchange_info, parse=self.parse)
+            self._line(recv_ns, EXCHANGE_INFO_STREAM, self.exchange_info, parse=self.parse)
 
     def write_payloads(self, recv_ns: int, payloads) -> None:
         """Record a batch of received text payloads (bytes-like objects) sharing one receive timestamp."""
@@ -67,7 +67,7 @@ class Recorder:
             return
         if self._f is None or self._written >= self.max_bytes:
             self.close()
-            self._open()
+            self._open(recv_ns)
         blob = b"".join(lines)
         self._f.write(blob)
         self._written += len(blob)
@@ -93,7 +93,7 @@ class Recorder:
         """A REST depth snapshot as the Feed applied it at recv_ns (bids/asks: float64 rows (price, qty))."""
         if self._f is None or self._written >= self.max_bytes:
             self.close()
-            self._open()
+            self._open(recv_ns)
         self._line(recv_ns, symbol.lower() + SNAPSHOT_SUFFIX,
                    {"lastUpdateId": int(last_update_id), "E": int(exch_ns // 1_000_000), "bids": bids, "asks": asks})
         self.count += 1
