@@ -129,7 +129,7 @@ def test_a_triggered_stop_is_forgotten_and_the_closed_position_needs_none(venue,
 
 def test_dead_man_heartbeat_arms_and_an_orderly_stop_disarms(venue, client):
     p = Protector(client, [SYM, "BTCUSDT"], {SYM: TICK, "BTCUSDT": Decimal("0.1")}, lambda: {}, deadman_s=0.8,
-                  period_s=0.05).start()
+                  period_s=0.05, weight_budget=100_000).start()      # the venue here allows it: beat every 0.2 s
     try:
         first = venue.exchange.countdown_deadline(KEY, SYM)
         assert first is not None and venue.exchange.countdown_deadline(KEY, "BTCUSDT") is not None
@@ -138,3 +138,12 @@ def test_dead_man_heartbeat_arms_and_an_orderly_stop_disarms(venue, client):
     finally:
         p.stop()
     assert venue.exchange.countdown_deadline(KEY, SYM) is None and p.stats["heartbeat_failures"] == 0
+
+
+def test_many_symbols_stretch_the_heartbeat_within_the_weight_budget(client):
+    syms = [f"S{i}USDT" for i in range(120)]
+    p = Protector(client, syms, {}, lambda: {}, deadman_s=120.0)
+    # 120 symbols x 10 weight per beat within 600 weight a minute: one beat every 120 s, a 240 s countdown
+    assert p.beat_s == 120.0 and p.deadman_s == 240.0
+    q = Protector(client, syms[:4], {}, lambda: {}, deadman_s=120.0)
+    assert q.beat_s == 30.0 and q.deadman_s == 120.0

@@ -69,11 +69,11 @@ def test_fees_are_checked_against_the_commission_rate(rig):
 
 def test_the_session_keeps_the_dead_man_switch_armed_and_disarms_it_on_stop(venue, pool, rig):
     k = pool.take()
-    r = rig(k, trade_cfg={"deadman_s": 1.0})
+    r = rig(k, trade_cfg={"deadman_s": 4.0})      # 2 symbols within the weight budget: re-armed every 2 s
     key = k.key.reveal()
     assert all(venue.exchange.countdown_deadline(key, s) is not None for s in r.symbols)
     first = venue.exchange.countdown_deadline(key, "BTCUSDT")
-    time.sleep(0.6)
+    time.sleep(2.5)
     assert venue.exchange.countdown_deadline(key, "BTCUSDT") > first
     r.stop()
     assert all(venue.exchange.countdown_deadline(key, s) is None for s in r.symbols)

@@ -15,6 +15,8 @@ One thread with its own REST client (its own connection and clock offset: it nev
 It reads positions from the user stream's ledger (what the exchange reported). Its stops are recognised after a
 restart by their clientAlgoId prefix, so a restarted engine adopts the stop a crashed one left behind.
 Weight: countdownCancelAll costs 10 per symbol per heartbeat (20 symbols every 30 s = 400 of 2400 per minute).
+The heartbeat period stretches so that it never takes more than a quarter of the 2400/min budget (many symbols),
+and the countdown stretches to at least two periods, with a warning, so a heartbeat can never lapse by design.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ log = logging.getLogger("aegis.trade.protect")
 
 PREFIX = "aegisprot"          # clientAlgoId prefix of the engine's protective stops
 VERIFY_EVERY_S = 5.0          # how often the stops we think are open are checked against openAlgoOrders
+HEARTBEAT_WEIGHT = 10         # countdownCancelAll, per symbol
+HEARTBEAT_BUDGET = 600        # request weight per minute the heartbeats may use (a quarter of Binance's 2400)
 
 
 def parse_distance(value) -> float:
@@ -65,7 +69,7 @@ def stop_price(entry: Decimal, long: bool, distance: float, tick: Decimal) -> De
 
 class Protector:
     def __init__(self, client, symbols: list[str], ticks: dict[str, Decimal], positions, distance: float = 0.0,
-                 deadman_s: float = 0.0, period_s: float = 0.2):
+                 deadman_s: float = 0.0, period_s: float = 0.2, weight_budget: float = HEARTBEAT_BUDGET):
         """client: an aegis.binance.client.BinanceClient of its own; positions(): {symbol: (qty, entry)} as the
         exchange reported them (floats); distance: 0 = no stops; deadman_s: 0 = no countdown."""
         self.client = client
@@ -73,8 +77,15 @@ class Protector:
         self.ticks = ticks
         self.positions = positions
         self.distance = distance
-        self.deadman_s = deadman_s
         self.period_s = period_s
+        # re-arm every deadman_s / 4, but within the weight budget; the countdown covers two periods at least
+        self.beat_s = max(deadman_s / 4, len(self.symbols) * HEARTBEAT_WEIGHT * 60.0 / weight_budget) \
+            if deadman_s > 0 else 0.0
+        if deadman_s > 0 and 2 * self.beat_s > deadman_s:
+            log.warning("dead-man countdown %.0f s is too short to re-arm %d symbols within the weight budget: "
+                        "using %.0f s", deadman_s, len(self.symbols), 2 * self.beat_s)
+            deadman_s = 2 * self.beat_s
+        self.deadman_s = deadman_s
         self.stops: dict[str, Stop] = {}
         self.stats = {"placed": 0, "cancelled": 0, "failed": 0, "heartbeats": 0, "heartbeat_failures": 0}
         self._stop = threading.Event()
@@ -129,7 +140,7 @@ class Protector:
                 self.stats["heartbeat_failures"] += 1
                 log.error("countdownCancelAll %s failed: %s %s (the dead-man switch may lapse)", s, r.get("code"),
                           r.get("msg"))
-        self._next_beat = time.monotonic() + self.deadman_s / 4
+        self._next_beat = time.monotonic() + self.beat_s
 
     # ------------------------------------------------------------------------------------------ stops
     def adopt(self) -> None:
