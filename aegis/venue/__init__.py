@@ -4,6 +4,7 @@
     with start_venue(VenueConfig(rate=1000, conn_lifetime_s=30)) as v:
         v.rest_url, v.ws_market_url, v.ws_api_url      # http://127.0.0.1:P, ws://127.0.0.1:P, .../ws-fapi/v1
         v.skip_depth(1)                                  # fault knobs, see Venue
+        v.drive("BTCUSDT", -1)                           # push a market down through one-sided trading (tests)
 """
 from __future__ import annotations
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import collections
 import random
 import re
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Callable, Iterable, Mapping
@@ -1597,9 +1599,7 @@ class ExchangeTimers:
         while not self._stop.wait(period):
             try:
                 self.exchange.run_timers()
-            except Exception:
-                import sys
-                import traceback
+            except Exception:      # a bug must show, but must not stop countdowns and funding for good
                 traceback.print_exc(file=sys.stderr)
 
     def stop(self) -> None:
