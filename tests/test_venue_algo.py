@@ -290,3 +290,26 @@ def test_ws_fapi_refuses_an_oversize_request_frame(venue):
     ws.send(json.dumps({"id": 2, "method": "ticker.price", "params": {"symbol": "BTCUSDT"}}))
     assert json.loads(ws.recv())["status"] == 200
     ws.close()
+
+
+def test_raw_http_algo_order_counts_orders_not_weight(venue):
+    """POST /fapi/v1/algoOrder by hand (form body, HMAC over the body): 0 IP weight, counted as an order."""
+    import hashlib
+    import hmac
+    from urllib.parse import urlencode
+
+    import requests
+    m = Decimal(venue.market.premium_index("DOTUSDT")["markPrice"])
+    body = urlencode({"algoType": "CONDITIONAL", "symbol": "DOTUSDT", "side": "SELL", "type": "STOP_MARKET",
+                      "triggerPrice": str((m * Decimal("0.98")).quantize(TICK)), "quantity": "5",
+                      "timestamp": int(time.time() * 1000)})
+    body += "&signature=" + hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+    h = {"X-MBX-APIKEY": KEY, "Content-Type": "application/x-www-form-urlencoded"}
+    w0 = int(requests.get(venue.rest_url + "/fapi/v1/ping", timeout=5).headers["X-MBX-USED-WEIGHT-1M"])
+    r = requests.post(venue.rest_url + "/fapi/v1/algoOrder", data=body, headers=h, timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json()["algoStatus"] == "NEW" and r.headers["X-MBX-ORDER-COUNT-10S"] == "1"
+    assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) == w0
+    bad = requests.post(venue.rest_url + "/fapi/v1/algoOrder", data=body.replace("quantity=5", "quantity=6"),
+                        headers=h, timeout=5)
+    assert bad.status_code == 400 and bad.json()["code"] == -1022
