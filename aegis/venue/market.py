@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import gzip
-import math
 import sys
 import threading
 import time
@@ -512,7 +511,8 @@ class Market:
         return out
 
     def _kline_row(self, i: int, iv: int) -> tuple:
-        """(open time, o, h, l, c ticks, volume units, trades, taker-buy units, first id, last id, quote, taker quote)."""
+        """(open time, o, h, l, c ticks, volume units, trades, taker-buy units, first id, last id, quote volume,
+        taker-buy quote volume)."""
         k = self.kl[:, iv, i]
         return (int(k[K.KL_OPEN_T]), int(k[K.KL_O]), int(k[K.KL_H]), int(k[K.KL_L]), int(k[K.KL_C]), int(k[K.KL_V]),
                 int(k[K.KL_N]), int(k[K.KL_TBV]), int(k[K.KL_F]), int(k[K.KL_LAST]), float(self.klq[0, iv, i]),

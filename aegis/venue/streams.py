@@ -41,7 +41,8 @@ for _i, _iv in enumerate(K.KLINE_INTERVALS):
 _KIND_SUFFIX[K.K_TICKER] = "@ticker"
 _KIND_SUFFIX[K.K_MINITICKER] = "@miniTicker"
 _SUFFIX_KIND = {v: k for k, v in _KIND_SUFFIX.items()}
-# continuous klines are named after the pair and contract type, not the symbol: <pair>_<contracttype>@continuousKline_<i>
+# continuous klines are named after the pair and contract type, not the symbol:
+# <pair>_<contracttype>@continuousKline_<interval>
 _CKLINE_SUFFIX = {K.K_CKLINE + _i: f"@continuousKline_{_iv}" for _i, _iv in enumerate(K.KLINE_INTERVALS)}
 _MARKET_KINDS = ({K.K_AGGTRADE, K.K_MARK3S, K.K_MARK1S, K.K_TICKER, K.K_MINITICKER}
                  | {K.K_KLINE + i for i in range(len(K.KLINE_INTERVALS))} | set(_CKLINE_SUFFIX))
