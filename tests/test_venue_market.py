@@ -154,13 +154,25 @@ def test_all_mark_price_stream_is_an_array(venue):
     ws.close()
 
 
-def test_some_symbols_use_ids_above_2_pow_53(venue):
-    ws = _connect(venue.ws_market_url + "/public/ws/xrpusdt@bookTicker")
-    d = _collect(ws, 1)[0]
-    assert d["u"] > 2**53  # exact only for int parsers, as on live Binance
-    raw = ws.recv()
-    assert str(json.loads(raw)["u"]) in raw
+def test_update_ids_stay_around_1e13(venue):
+    """Binance's depth/bookTicker ids are ~1e13: exact even for clients that read JSON numbers as doubles."""
+    for sym in ("xrpusdt", "atomusdt", "btcusdt"):
+        ws = _connect(venue.ws_market_url + f"/public/ws/{sym}@bookTicker")
+        d = _collect(ws, 1)[0]
+        assert 10**12 < d["u"] < 2**53
+        ws.close()
+
+
+@pytest.mark.parametrize("stream", ["dotusdt@depth@0ms", "dotusdt@depth@100ms", "dotusdt@depth", "dotusdt@depth5",
+                                    "dotusdt@depth10@100ms"])
+def test_first_depth_message_carries_the_previous_update_id(venue, stream):
+    """Binance's first message on a depth stream has the real previous id in pu, never 0."""
+    before = venue.market.last_update_id("DOTUSDT")
+    ws = _connect(venue.ws_market_url + "/public/ws/" + stream)
+    first, second = _collect(ws, 2, timeout=8)
     ws.close()
+    assert before <= first["pu"] < first["u"] and first["pu"] >= 10**12
+    assert second["pu"] == first["u"]
 
 
 # ---- depth snapshot + diffs (docs/binance-notes.md, Local order book)

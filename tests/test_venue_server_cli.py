@@ -52,9 +52,35 @@ def test_runs_alone_prints_urls_and_stops_cleanly_on_sigterm():
         assert rest_url and rest_url.startswith("http://127.0.0.1:")
         r = requests.get(rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=5", timeout=5)
         assert r.status_code == 200 and len(r.json()["bids"]) == 5
+        # the accepted built-in key is shown at start (it is public: without it nobody can sign)
+        lines = [p.stdout.readline() for _ in range(3)]
+        key_line = next(x for x in lines if x.strip().startswith("api key"))
+        assert "aegis-test-key" in key_line and "aegis-test-secret" in key_line
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=8) == 0
         assert "Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_keys_given_on_the_command_line_are_not_echoed():
+    p = subprocess.Popen([sys.executable, "-m", "aegis.venue", "--port", "0", "--rate", "10", "--api-key",
+                          "mykey:mysecretvalue"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        out = []
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            out.append(line)
+            if line.strip().startswith("symbols"):
+                break
+        text = "".join(out)
+        assert "api keys      1 accepted" in text
+        assert "mysecretvalue" not in text and "mykey" not in text
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=8) == 0
     finally:
         if p.poll() is None:
             p.kill()

@@ -11,7 +11,7 @@ import secrets
 import signal
 from dataclasses import dataclass
 
-from aegis.core.config import NON_NEGATIVE, POSITIVE, at_least, between, section_values
+from aegis.core.config import NON_NEGATIVE, POSITIVE, ConfigError, at_least, between, section_values
 
 START_TIMEOUT_S = 60.0
 DEFAULT_RATE = 2_000.0  # book events/s over all symbols: lively, and light enough for a 2-core box
@@ -19,7 +19,7 @@ DEFAULT_RATE = 2_000.0  # book events/s over all symbols: lively, and light enou
 
 @dataclass(frozen=True)
 class VenueHandle:
-    process: mp.Process
+    process: mp.Process | None           # None: a venue already running elsewhere ([venue] url)
     rest_url: str
     ws_market_url: str
     ws_api_url: str
@@ -31,6 +31,8 @@ class VenueHandle:
         return self.rest_url, self.ws_market_url, self.ws_api_url
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.process is None:         # not ours to stop
+            return
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(timeout)
@@ -42,6 +44,14 @@ class VenueHandle:
 def venue_settings(section: dict) -> dict:
     """The [venue] table, typed and checked against VenueConfig's fields, as VenueConfig keyword arguments."""
     from aegis.venue import VenueConfig
+    if isinstance(section, dict) and "url" in section:
+        # an embedded venue started separately (`python -m aegis.venue`): it outlives the engine, so what the
+        # exchange does without the engine (protective stops, the dead-man switch) can be watched and tested
+        url = section["url"]
+        if not isinstance(url, str) or not url.startswith("http://") or set(section) != {"url"}:
+            raise ConfigError("[venue] url must be the http://host:port of a running `python -m aegis.venue`, "
+                              "and alone in [venue] (the other settings belong to that venue's own command line)")
+        return {"url": url.rstrip("/")}
     checks = {"port": between(0, 65535), "replay_speed": NON_NEGATIVE, "symbols": at_least(1),
               "book_depth_ticks": at_least(1), "max_incoming_per_s": at_least(1), "max_streams": at_least(1),
               "max_queue_bytes": at_least(1)}
@@ -73,8 +83,15 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
 
 
 def start(section: dict) -> VenueHandle:
-    """Start the embedded venue with a fresh random API key for this run; returns once it listens."""
+    """Start the embedded venue with a fresh random API key for this run; returns once it listens. With
+    [venue] url, use that running venue instead, with the keys of aegis.binance.keys.load (environment, else the
+    venue's built-in test key)."""
     settings = venue_settings(section)
+    if "url" in settings:
+        from aegis.binance import keys
+        k = keys.load("embedded")
+        ws = "ws://" + settings["url"][len("http://"):]
+        return VenueHandle(None, settings["url"], ws, ws + "/ws-fapi/v1", k.key.reveal(), k.secret.reveal())
     api_key, api_secret = secrets.token_hex(16), secrets.token_hex(32)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

@@ -279,7 +279,7 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
     last_status = t_start
     t_running = None
     sentinels = {p.sentinel: role for role, p in r.procs.items()}
-    if r.venue is not None:
+    if r.venue is not None and r.venue.process is not None:   # None: a venue running elsewhere ([venue] url)
         sentinels[r.venue.process.sentinel] = "venue"
     while True:
         ready = wait_sentinels(list(sentinels), timeout=0.1)

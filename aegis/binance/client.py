@@ -471,6 +471,50 @@ class BinanceClient:
     def exchange_info(self) -> dict:
         return self.request("GET", "/fapi/v1/exchangeInfo", {}, signed=False, urgent=True)
 
+    # ----------------------------------------------------------------------------------- reference data
+    def klines(self, symbol: str, interval: str, limit: int = 500) -> dict:
+        """GET /fapi/v1/klines (closed and open candles, oldest first); "klines" = the rows on success."""
+        r = self.request("GET", "/fapi/v1/klines", {"symbol": symbol, "interval": interval, "limit": limit},
+                         signed=False)
+        if r["ok"]:
+            r["klines"] = r["data"]
+        return r
+
+    def leverage_brackets(self, symbol: str | None = None) -> dict:
+        """GET /fapi/v1/leverageBracket: "brackets" = {symbol: [bracket, ...]}."""
+        r = self.request("GET", "/fapi/v1/leverageBracket", {"symbol": symbol} if symbol else {})
+        if r["ok"]:
+            rows = r["data"] if isinstance(r["data"], list) else [r["data"]]
+            r["brackets"] = {row["symbol"]: row["brackets"] for row in rows}
+        return r
+
+    def symbol_config(self, symbol: str | None = None) -> dict:
+        """GET /fapi/v1/symbolConfig (leverage and margin type per symbol)."""
+        return self.request("GET", "/fapi/v1/symbolConfig", {"symbol": symbol} if symbol else {})
+
+    def commission_rate(self, symbol: str) -> dict:
+        """GET /fapi/v1/commissionRate: this account's maker/taker rates for the symbol."""
+        return self.request("GET", "/fapi/v1/commissionRate", {"symbol": symbol})
+
+    # ----------------------------------------------------------------------------------- exchange-side safety
+    def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict:
+        """POST /fapi/v1/countdownCancelAll: (re)arm the symbol's dead-man switch; 0 disarms it."""
+        return self.request("POST", "/fapi/v1/countdownCancelAll", {"symbol": symbol, "countdownTime": countdown_ms},
+                            urgent=True)
+
+    def algo_place(self, params: dict) -> dict:
+        """POST /fapi/v1/algoOrder (conditional orders: STOP_MARKET & co. since 2025-12-09)."""
+        return self.request("POST", "/fapi/v1/algoOrder", {"algoType": "CONDITIONAL", **params}, urgent=True)
+
+    def algo_cancel(self, algo_id: int) -> dict:
+        return self.request("DELETE", "/fapi/v1/algoOrder", {"algoId": algo_id}, urgent=True)
+
+    def algo_open_orders(self, symbol: str | None = None) -> dict:
+        r = self.request("GET", "/fapi/v1/openAlgoOrders", {"symbol": symbol} if symbol else {}, urgent=True)
+        if r["ok"]:
+            r["orders"] = r["data"]
+        return r
+
     # ----------------------------------------------------------------------------------- listenKey (key only)
     def listen_key_create(self) -> dict:
         return self.request("POST", "/fapi/v1/listenKey", {}, signed=False, urgent=True)

@@ -190,3 +190,57 @@ class CandleBook:
     def open_bar(self, symbol: int, interval: int):
         b = int(self.cur[symbol, interval])
         return None if b < 0 else self.pool.records[b].copy()
+
+
+# ---- warm-up from the exchange's klines (issue 17) ------------------------------------------------------------
+BINANCE_INTERVALS = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
+                     "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800}
+_BY_NS = {sec * 1_000_000_000: name for name, sec in BINANCE_INTERVALS.items()}
+
+
+def seed(book: CandleBook, symbol: int, interval: int, bars) -> int:
+    """Put closed bars from history into (symbol, interval): (open_ts_ns, open, high, low, close, volume,
+    quote_volume, trades), oldest first, aligned to the interval. Only before that pair has an open bar and only
+    bars newer than its last closed one: live bars are never rewritten. Returns the bars added."""
+    if book.cur[symbol, interval] >= 0:
+        return 0
+    iv = int(book.intervals[interval])
+    rec, added = book.pool.records, 0
+    for t, o, h, lo, c, v, q, k in bars:
+        if t % iv or t + iv <= book.last_close[symbol, interval]:
+            continue
+        b = book.pool.take()
+        if b < 0:
+            break
+        for name, val in (("open", o), ("high", h), ("low", lo), ("close", c), ("volume", v), ("quote_volume", q),
+                          ("vwap", q / v if v > 0 else c), ("trades", k), ("open_ts", t), ("close_ts", t + iv),
+                          ("symbol", symbol), ("interval", interval), ("closed", 1)):
+            rec[name][b] = val
+        n = int(book.hist_n[symbol, interval])
+        slot = n % book.depth
+        if n >= book.depth:
+            book.pool.give(int(book.hist[symbol, interval, slot]))
+        book.hist[symbol, interval, slot] = b
+        book.hist_n[symbol, interval] = n + 1
+        book.last_close[symbol, interval] = t + iv
+        added += 1
+    return added
+
+
+def warm_up(book: CandleBook, client, names: list[str], now_ms: int) -> int:
+    """Seed every (symbol, interval) that Binance has klines for with the exchange's most recent closed klines
+    (GET /fapi/v1/klines), so bar-based indicators start warm instead of `depth` intervals into the run.
+    `client` is an aegis.binance.client.BinanceClient; `names` the symbols in id order. Returns the bars added."""
+    total = 0
+    for k, iv_ns in enumerate(book.intervals.tolist()):
+        name = _BY_NS.get(int(iv_ns))
+        if name is None:
+            continue
+        for s, sym in enumerate(names):
+            r = client.klines(sym, name, limit=min(book.depth + 1, 1500))
+            if not r.get("ok"):
+                continue
+            bars = [(int(row[0]) * 1_000_000, float(row[1]), float(row[2]), float(row[3]), float(row[4]),
+                     float(row[5]), float(row[7]), int(row[8])) for row in r["klines"] if int(row[6]) < now_ms]
+            total += seed(book, s, k, bars)
+    return total

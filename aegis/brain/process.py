@@ -318,6 +318,10 @@ def run(spec: ProcessSpec) -> int:
         if ctx.latency is not None and ctx.latency.size >= latency.N_STAGES * latency.HIST_LEN:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
         brain = Brain(bcfg, strat, symbol_count(spec.config, ctx.control), order_path, lat, spec.wait)
+        if order_path is not None:      # bars start from the exchange's recent klines (issue 17)
+            sess = order_path.session
+            n = candles.warm_up(brain.candles, sess.client, sess.symbols, sess.client.now_ms())
+            print(f"aegis: brain: {n} candles warmed up from the exchange's klines", flush=True)
         mode = "trading" if brain.trading else "signals only (no order path)"
         # warm-up before RUNNING: compiles (or loads from numba's cache) the whole jitted loop now, while the
         # supervisor's start timeout applies, instead of inside the first round where the heartbeat is watched

@@ -327,14 +327,27 @@ class TradeConfig:
     resume: bool = False             # clear a HALTED state recorded in the journal (CLI --resume)
     gil_switch_us: int = 100         # sys.setswitchinterval for the Brain process (Python's default: 5000 us)
     fast_path: bool = True           # new orders built, signed and journaled in jitted code (aegis.binance.wire)
+    # exchange-side safety (aegis.trade.protect): a protective STOP_MARKET per position `protect` away from its
+    # entry (a fraction, or "1%" in the file; 0 = none), and the countdownCancelAll dead-man switch
+    protect: float = 0.0
+    deadman: bool = True
+    deadman_s: float = 120.0         # countdown armed per traded symbol, re-armed every deadman_s / 4
 
     @classmethod
     def from_section(cls, section: dict) -> "TradeConfig":
         from aegis.core import config as C
+        if isinstance(section, dict) and "protect" in section:
+            from aegis.trade.protect import parse_distance
+            section = dict(section)
+            try:
+                section["protect"] = parse_distance(section["protect"])
+            except ValueError as e:
+                raise C.ConfigError(str(e)) from None
         checks = {"transport": C.one_of("rest", "ws"), "wait": C.one_of("auto", *waiting.NAMES),
                   "fsync": C.one_of("always", "interval", "never"), "resp_type": C.one_of("ACK", "RESULT"),
                   "cores": C.Check(lambda c: all(x >= 0 for x in c), "a list of CPU numbers"),
-                  "queue_capacity": C.power_of_two(ring.MIN_CAPACITY), "recv_window_ms": C.between(1, 60000)}
+                  "queue_capacity": C.power_of_two(ring.MIN_CAPACITY), "recv_window_ms": C.between(1, 60000),
+                  "protect": C.NON_NEGATIVE}
         return C.load_section(cls, "trade", section, checks, numbers=C.POSITIVE)
 
 
@@ -706,6 +719,7 @@ class TradeSession:
             self.flags = np.zeros(FLAGS_LEN, np.int64)
         self.journal = self.jstate = self.client = self.order_client = self.book = None
         self.queue = self.fills = self.sender = self.userstream = None
+        self.protector = None
         self._last_sync = 0.0
         self._last_state = (-1, -1)
 
@@ -734,6 +748,7 @@ class TradeSession:
             raise ValueError(f"symbols not listed by the venue: {', '.join(missing[:5])}")
         rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
         self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
+        self._apply_leverage_brackets()
         if self.jstate.trading_state == "HALTED" and self.resume:
             self.journal.append("state", state="ACTIVE", reason="resume")
         elif self.jstate.trading_state == "HALTED":
@@ -765,6 +780,7 @@ class TradeSession:
         idx = {s: i for i, s in enumerate(self.symbols)}
         self.userstream = UserStream(self.client, self.journal, self.jstate, idx, self.fills,
                                      self.tcfg.keepalive_interval_s)
+        self.userstream.fee_rates = self._commission_rates()
         # how long the sender may wait for the GIL held by another Python thread of this process (the Brain's
         # housekeeping round, the user stream) before the interpreter forces a switch: 5 ms by default
         sys.setswitchinterval(self.tcfg.gil_switch_us / 1e6)
@@ -776,7 +792,66 @@ class TradeSession:
             log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
         # reconciliation may have adopted orders the journal had lost: never hand out their ids again
         self.book.g[riskmod.G_NEXT_CID] = max(int(self.book.g[riskmod.G_NEXT_CID]), self.jstate.next_client_id)
+        self._start_protector(rules)
         return self
+
+    # ---- exchange-side protection (issue 17: aegis.trade.protect) ---------------------------------------------
+    def _start_protector(self, rules) -> None:
+        from decimal import Decimal
+        from aegis.binance.client import BinanceClient
+        from aegis.trade.protect import Protector
+        if self.tcfg.protect <= 0 and not self.tcfg.deadman:
+            return
+        client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
+        client.sync_time()
+        ledger = self.userstream.ledger
+
+        def positions() -> dict:
+            for _ in range(5):     # the user-stream thread may add a symbol meanwhile
+                try:
+                    return {s: (p.qty, p.entry) for s, p in list(ledger.positions.items())}
+                except RuntimeError:
+                    continue
+            return {}
+        self.protector = Protector(client, self.symbols, {r.symbol: Decimal(r.tick_size) for r in rules}, positions,
+                                   self.tcfg.protect, self.tcfg.deadman_s if self.tcfg.deadman else 0.0).start()
+        log.info("exchange-side safety: %s; %s", f"protective stops {self.tcfg.protect:.2%} from entry"
+                 if self.tcfg.protect > 0 else "no protective stops",
+                 f"dead-man switch {self.tcfg.deadman_s:g} s per symbol" if self.tcfg.deadman else "no dead-man switch")
+
+    def _apply_leverage_brackets(self) -> None:
+        """At the account's leverage (symbolConfig) Binance refuses a position above that bracket's notionalCap
+        (-2027): cap the risk book's position-notional limit there, so the engine never sends such an order."""
+        from aegis.trade.risk import S_LIM_POS_NOTIONAL
+        br, sc = self.client.leverage_brackets(), self.client.symbol_config()
+        if not br.get("ok") or not sc.get("ok"):
+            log.warning("leverage brackets unavailable (%s %s): position limits are [risk]'s only",
+                        br.get("code") or sc.get("code"), br.get("msg") or sc.get("msg"))
+            return
+        lev = {row["symbol"]: int(row["leverage"]) for row in sc["data"]}
+        for i, sym in enumerate(self.symbols):
+            caps = [b["notionalCap"] for b in br["brackets"].get(sym, ()) if b["initialLeverage"] >= lev.get(sym, 0)]
+            if not caps or sym not in lev:
+                continue
+            cap, cur = float(max(caps)), float(self.book.sym[i, S_LIM_POS_NOTIONAL])
+            if cur <= 0.0 or cur > cap:
+                self.book.sym[i, S_LIM_POS_NOTIONAL] = cap
+                log.info("%s: position notional limited to %g (leverage %dx bracket)", sym, cap, lev[sym])
+
+    def _commission_rates(self) -> dict[str, tuple[float, float]]:
+        """(maker, taker) per symbol from commissionRate: every fill's fee is checked against them. Weight 20 a
+        call: symbols past a third of the minute's budget go unchecked (said once) rather than risk a 429."""
+        out = {}
+        for n, sym in enumerate(self.symbols):
+            if (getattr(self.client, "used_weight_1m", 0) or 0) > 800:
+                log.warning("commission rates fetched for %d of %d symbols (weight budget); fees of the others "
+                            "are not checked", n, len(self.symbols))
+                break
+            r = self.client.commission_rate(sym)
+            if r.get("ok"):
+                out[sym] = (float(r["data"]["makerCommissionRate"]), float(r["data"]["takerCommissionRate"]))
+        return out
+    # ---- end of exchange-side protection ----------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
         """Runs in the sender thread when idle: kill-switch file, trading-state changes (say why, journal them),
@@ -836,6 +911,9 @@ class TradeSession:
                     self.userstream.reconcile()
                 except Exception as e:
                     log.warning("final reconciliation failed: %s", type(e).__name__)
+        if self.protector is not None:     # after the cancel-all: disarm the countdowns, keep protective stops
+            self.protector.stop()
+            self.protector.client.close()
         if self.userstream is not None:
             self.userstream.stop()
         if self.order_client is not None and self.order_client is not self.client:

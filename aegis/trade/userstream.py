@@ -99,6 +99,8 @@ class UserStream:
         self.stats = {"events": 0, "fills": 0, "dup_fills": 0, "reconnects": 0, "expired": 0, "keepalives": 0,
                       "reconciles": 0, "gap_fills": 0, "bad": 0}
         self._next_keepalive = 0.0
+        self.fee_rates: dict[str, tuple[float, float]] = {}   # symbol -> (maker, taker) from commissionRate
+        self._fee_warned: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> "UserStream":
@@ -252,11 +254,30 @@ class UserStream:
         # TRADE event, docs/binance-notes.md, User data events); fills carry realized PnL and fees
         p.realized += float(rpnl)
         p.fees += float(fee)
+        if not gap:
+            self._check_fee(sym, px, qty, fee, maker)
         self.ledger.fills += 1
         self._push(sym, cid, oid, tid, side, float(px), float(qty), float(cum), float(fee), float(rpnl),
                    STATUS_CODES.get(status, STATUS_PARTIALLY_FILLED), maker, ts_ms, recv_ns, float(orig_qty or 0),
                    reduce_only)
         return True
+
+    def _check_fee(self, sym, px, qty, fee, maker) -> None:
+        """The fee charged against the account's commissionRate for the symbol (issue 17). A mismatch (a changed fee
+        tier, a BNB discount, fees in another asset) means the engine's fee assumptions are off: said once per
+        symbol, counted every time."""
+        rates = self.fee_rates.get(sym)
+        if not rates:
+            return
+        expect = float(px) * float(qty) * rates[0 if maker else 1]
+        if abs(float(fee) - expect) <= 1e-8 + 1e-6 * expect:
+            self.stats["fee_checked"] = self.stats.get("fee_checked", 0) + 1
+            return
+        self.stats["fee_mismatch"] = self.stats.get("fee_mismatch", 0) + 1
+        if sym not in self._fee_warned:
+            self._fee_warned.add(sym)
+            log.warning("%s: fee %s on a %s fill of %s @ %s, commissionRate says %.8f", sym, fee,
+                        "maker" if maker else "taker", qty, px, expect)
 
     def _push(self, sym, cid, oid, tid, side, px, qty, cum, fee, rpnl, status, maker, ts_ms, recv_ns, orig_qty,
               reduce_only) -> None:

@@ -4,6 +4,7 @@
     with start_venue(VenueConfig(rate=1000, conn_lifetime_s=30)) as v:
         v.rest_url, v.ws_market_url, v.ws_api_url      # http://127.0.0.1:P, ws://127.0.0.1:P, .../ws-fapi/v1
         v.skip_depth(1)                                  # fault knobs, see Venue
+        v.drive("BTCUSDT", -1)                           # push a market down through one-sided trading (tests)
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class VenueConfig:
     listen_key_validity_s: float = 3600.0
     rate_limits: Any = None             # aegis.venue.ratelimit.RateLimitConfig (venue-exchange), None = Binance's
     exchange_cfg: Any = None            # aegis.venue.exchange.ExchangeConfig; None = built from the fields above
+    ws_api_max_request_bytes: int = 4096   # ws-fapi: a bigger request frame closes the connection (1009)
+    funding_interval_s: float = 8 * 3600.0  # funding settles at multiples of this (Binance: 8 h); shorten in tests
 
 
 class Venue:
@@ -92,6 +95,10 @@ class Venue:
     def set_rate(self, rate: float) -> None:
         self.market.set_rate(rate)
 
+    def drive(self, symbol: str, direction: int | None) -> None:
+        """Move a symbol's market up (+1) or down (-1) through ordinary one-sided trading; None stops it."""
+        self.market.drive(symbol, direction)
+
     def pause_market(self) -> None:
         self.market.pause()
 
@@ -134,6 +141,7 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
                                           depth=cfg.book_depth_ticks, bursts=cfg.bursts,
                                           fields_2026=cfg.fields_2026))
     market.skew_ms = int(cfg.clock_skew_ms)
+    market.funding_interval_ms = max(1, int(cfg.funding_interval_s * 1000))
     hub = _streams.StreamHub(market, _streams.HubConfig(strict_ids=cfg.strict_ids, max_queue_bytes=cfg.max_queue_bytes,
                                                         backpressure=cfg.backpressure, max_streams=cfg.max_streams))
     base_policy = WsPolicy(ping_interval_s=cfg.ping_interval_s, pong_timeout_s=cfg.pong_timeout_s,
@@ -152,7 +160,8 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
     api = rest.install(router, exchange, market, cfg)
     # market data shares the IP weight budget (and header) with the rest of the REST API
     _streams.install_market_rest(router, market, api.limiter, hub=hub)
-    services = [api, userdata.install(router, exchange, cfg), wsapi.install(router, exchange, cfg)]
+    services = [exchange_mod.ExchangeTimers(exchange), api, userdata.install(router, exchange, cfg),
+                wsapi.install(router, exchange, cfg)]
 
     server = VenueServer(router, cfg.host, cfg.port, ws_policy=base_policy).start()
     venue = Venue(cfg, server, market, hub, exchange, services)

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-loop", action="store_true", help="start the recording again at its end")
     p.add_argument("--api-key", type=_key_pair, action="append", metavar="KEY:SECRET",
                    help="accepted API key and secret (repeatable; default aegis-test-key:aegis-test-secret)")
+    p.add_argument("--funding-interval", type=_positive(float, "--funding-interval"), default=28800.0,
+                   help="seconds between funding settlements (Binance: 28800 = 8 h; shorten to watch funding)")
     p.add_argument("--backpressure", action="store_true",
                    help="let slow stream clients slow the generator down instead of disconnecting them")
     return p
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = VenueConfig(host=args.host, port=args.port, rate=args.rate, symbols=args.symbols, seed=args.seed,
                       bursts=not args.no_bursts, conn_lifetime_s=args.lifetime, ping_interval_s=args.ping_interval,
                       pong_timeout_s=args.pong_timeout, replay_path=args.replay, replay_speed=args.replay_speed,
-                      replay_loop=args.replay_loop, backpressure=args.backpressure, **kw)
+                      replay_loop=args.replay_loop, backpressure=args.backpressure,
+                      funding_interval_s=args.funding_interval, **kw)
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -122,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ws_market_url {venue.ws_market_url}   (e.g. {venue.ws_market_url}/public/stream?streams="
               f"btcusdt@bookTicker)", flush=True)
         print(f"  ws_api_url    {venue.ws_api_url}", flush=True)
+        if args.api_key:
+            # keys given on the command line are the user's own: never echoed
+            print(f"  api keys      {len(args.api_key)} accepted (given with --api-key)", flush=True)
+        else:
+            # the built-in test key is public (it is in --help); without it nobody can sign a request
+            from aegis.venue import DEFAULT_API_KEY, DEFAULT_API_SECRET
+            print(f"  api key       {DEFAULT_API_KEY}  secret {DEFAULT_API_SECRET}  (built-in test key; "
+                  "--api-key KEY:SECRET to choose)", flush=True)
         print(f"  symbols {len(venue.market.symbols)}, rate {args.rate:g} events/s; Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             pass

@@ -26,11 +26,19 @@ K_MARK1S = 16
 K_TRADE = 17
 K_KLINE = 18          # 18..32: kline_<interval> for KLINE_INTERVALS
 KLINE_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
-N_KINDS = K_KLINE + len(KLINE_INTERVALS)
+K_TICKER = K_KLINE + len(KLINE_INTERVALS)      # @ticker (500 ms)
+K_MINITICKER = K_TICKER + 1                      # @miniTicker (500 ms)
+K_CKLINE = K_MINITICKER + 1   # <pair>_<contract type>@continuousKline_<interval>, same order as KLINE_INTERVALS
+N_KINDS = K_CKLINE + len(KLINE_INTERVALS)
 # kline state fields (int64 array [field, interval, symbol]); quote volumes live in a float64 array
 KL_OPEN_T, KL_O, KL_H, KL_L, KL_C, KL_V, KL_N, KL_TBV, KL_F, KL_LAST, KL_LASTQ = range(11)
 KL_FIELDS = 11
 KL_SINCE_START = len(KLINE_INTERVALS)  # an extra "interval" that never rolls: the venue's 24 h ticker statistics
+# trade ring fields (int64 array [symbol, slot, field]): aggregate id, first/last trade id, price tick, qty units,
+# transaction time, buyer is maker
+TR_AGG, TR_FIRST, TR_LAST, TR_PX, TR_QTY, TR_T, TR_M = range(7)
+TR_FIELDS = 7
+TRADE_RING = 1000     # the most a REST trades/aggTrades request may return
 SPEEDS_MS = (100, 250, 500)
 PART_LEVELS = (5, 10, 20)
 
@@ -226,8 +234,10 @@ def gen_events(n, t0_ms, t1_ms, skew_ms, cumw,
                base, bidq, askq, bb, ba, next_id, last_u, regime, trend, qbase, agg_id, trade_id, depth,
                flags, win_U, track, want, pu, sid_base,
                sym_buf, sym_off, sym_len, pdec, tick_units, qdec,
-               out_buf, out_off, out_len, out_sid, touched, bursts, status, kl, klq, tail_buf, tail_off, tail_len):
+               out_buf, out_off, out_len, out_sid, touched, bursts, status, kl, klq, tail_buf, tail_off, tail_len,
+               tr_ring, tr_head):
     """Run n engine events; append encoded payloads for wanted real-time streams. Returns message count.
+    Every trade is also written to the symbol's ring tr_ring[s, tr_head[s] % R] (TR_* fields), the REST history.
     status[0] = index of the event it stopped before (an aggregation window must be flushed before that symbol's
     ladder is recentered, or touched slots would be shifted out of it), -1 when all n ran."""
     status[0] = -1
@@ -442,6 +452,15 @@ def gen_events(n, t0_ms, t1_ms, skew_ms, cumw,
             f = trade_id[s] + 1
             l = f + (np.random.randint(0, 4) if np.random.random() < 0.4 else 0)
             trade_id[s] = l
+            slot = tr_head[s] % tr_ring.shape[1]
+            tr_ring[s, slot, TR_AGG] = agg_id[s]
+            tr_ring[s, slot, TR_FIRST] = f
+            tr_ring[s, slot, TR_LAST] = l
+            tr_ring[s, slot, TR_PX] = tr_px
+            tr_ring[s, slot, TR_QTY] = tr_qty
+            tr_ring[s, slot, TR_T] = T
+            tr_ring[s, slot, TR_M] = 1 if tr_m else 0
+            tr_head[s] += 1
             # every open kline of this symbol takes the trade (candles are rolled by the caller between batches)
             quote = float(tr_px * tu) * float(tr_qty)
             for iv in range(kl.shape[1]):

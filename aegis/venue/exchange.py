@@ -17,8 +17,10 @@ from __future__ import annotations
 import collections
 import random
 import re
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Callable, Iterable, Mapping
@@ -72,6 +74,7 @@ class ExchangeConfig:
     listen_key_validity_s: float = 3600.0
     max_order_history: int = 200_000    # closed orders kept queryable per account (a long paper run stays bounded)
     seed: int = 7
+    timer_period_s: float = 0.01         # countdownCancelAll / funding checks (Binance checks countdowns ~every 10 ms)
 
 
 class OrderPathFaults:
@@ -158,18 +161,25 @@ class Position:
 
 
 class Account:
-    def __init__(self, key: str, balances: Mapping[str, str], assets: Iterable[str]):
+    def __init__(self, key: str, balances: Mapping[str, str], assets: Iterable[str], created_ms: int = 0):
         self.key = key
+        self.created_ms = created_ms
         self.wallet: dict[str, Decimal] = {a: Decimal(balances.get(a, "0")) for a in assets}
         self.positions: dict[str, Position] = {}
         self.open_orders: dict[str, dict[int, Order]] = {}
         self.orders: dict[str, dict[int, Order]] = {}          # every accepted order, for GET /fapi/v1/order
         self.by_cid: dict[str, dict[str, Order]] = {}           # symbol -> clientOrderId -> latest order
         self.listeners: list[Callable[[dict], None]] = []
-        self.update_time = 0
+        # a fresh balance was last updated when the account was created (clients skip rows with updateTime 0)
+        self.update_time = created_ms
         self.closed: collections.deque[Order] = collections.deque()
         self.leverage: dict[str, Decimal] = {}
         self.trades: collections.deque[dict] = collections.deque()
+        self.income: collections.deque[dict] = collections.deque()
+        self.margin_type: dict[str, str] = {}           # symbol -> "ISOLATED" (absent: "CROSSED")
+        self.isolated_margin: dict[str, Decimal] = {}   # margin added to an isolated position (positionMargin)
+        self.multi_assets = False
+        self.config_time = created_ms
 
     def position(self, symbol: str) -> Position:
         p = self.positions.get(symbol)
@@ -262,8 +272,14 @@ class Exchange:
         self._next_order_id = {s.symbol: s.first_order_id for s in self.catalog}
         self._next_trade_id = {s.symbol: 1000 + (s.first_order_id // 3) for s in self.catalog}
         assets = margin_assets(self.catalog)
+        self.created_ms = self.clock_ms()
         self.accounts: dict[str, Account] = {
-            k: Account(k, self.cfg.initial_balances, assets) for k in self.cfg.api_keys}
+            k: Account(k, self.cfg.initial_balances, assets, self.created_ms) for k in self.cfg.api_keys}
+        self._tran_id = 9_689_000_000
+        self._countdowns: dict[tuple[str, str], int] = {}      # (account, symbol) -> deadline (ms)
+        self.funding_history: dict[str, collections.deque] = {s.symbol: collections.deque(maxlen=1000)
+                                                              for s in self.catalog}
+        self._next_funding_ms = self._funding_after(self.created_ms)
         # symbol -> resting orders of every account; the tick listener only looks at symbols present here
         self._resting: dict[str, dict[int, Order]] = {}
         self._bounds: dict[str, tuple[float, float, float]] = {}
@@ -271,6 +287,9 @@ class Exchange:
         self._key_listeners: list[Callable[[str, str, dict], None]] = []
         if market is not None and hasattr(market, "add_tick_listener"):
             market.add_tick_listener(self.on_tick)
+        from aegis.venue.algo import AlgoEngine   # it builds on this module: imported once the module exists
+        # conditional orders; created after on_tick is registered, so resting fills of a tick come first
+        self.algo = AlgoEngine(self)
 
     # ------------------------------------------------------------------------------------ accounts & events
 
@@ -290,7 +309,7 @@ class Exchange:
             if acc is not None and fn in acc.listeners:
                 acc.listeners.remove(fn)
 
-    def _emit(self, acc: Account, events: list[dict]) -> None:
+    def emit(self, acc: Account, events: list[dict]) -> None:
         for ev in events:
             for fn in tuple(acc.listeners):
                 fn(ev)
@@ -306,10 +325,12 @@ class Exchange:
             acc = self.account(key)
             now = self.clock_ms()
             acc.wallet[asset] = acc.wallet.get(asset, ZERO) + Decimal(amount)
+            acc.update_time = now
+            self._income(acc, "", "TRANSFER", Decimal(amount), asset, now, None, info="TRANSFER")
             ev = {"e": "ACCOUNT_UPDATE", "E": now, "T": now, "a": {"B": [
                 {"a": asset, "wb": q8(acc.wallet[asset]), "cw": q8(acc.wallet[asset]), "bc": q8(Decimal(amount))}],
                 "P": [], "m": "DEPOSIT"}}
-            self._emit(acc, [ev])
+            self.emit(acc, [ev])
 
     # ------------------------------------------------------------------------------------ listen keys
 
@@ -390,7 +411,7 @@ class Exchange:
 
     # ------------------------------------------------------------------------------------ validation helpers
 
-    def _spec(self, symbol: str | None) -> SymbolSpec:
+    def spec(self, symbol: str | None) -> SymbolSpec:
         if not symbol:
             raise mandatory("symbol")
         spec = self.specs.get(symbol)
@@ -404,7 +425,7 @@ class Exchange:
         return VenueError(specific_code, specific_msg)
 
     @staticmethod
-    def _decimal(params: Mapping[str, str], name: str) -> Decimal | None:
+    def decimal_param(params: Mapping[str, str], name: str) -> Decimal | None:
         raw = params.get(name)
         if raw is None or raw == "":
             return None
@@ -416,11 +437,11 @@ class Exchange:
             raise mandatory(name) from None
 
     @staticmethod
-    def _places(d: Decimal) -> int:
+    def places(d: Decimal) -> int:
         exp = d.normalize().as_tuple().exponent
         return -exp if isinstance(exp, int) and exp < 0 else 0
 
-    def _grid(self, px: float, step: Decimal) -> Decimal:
+    def grid(self, px: float, step: Decimal) -> Decimal:
         return (Decimal(repr(px)) / step).quantize(Decimal(1), rounding=ROUND_HALF_UP) * step
 
     def _levels(self, spec: SymbolSpec, side: str, limit: Decimal | None = None,
@@ -433,7 +454,7 @@ class Exchange:
             top = ask if buy else bid
             if not top:
                 return []
-            top_d = self._grid(top, spec.tick)
+            top_d = self.grid(top, spec.tick)
             if (top_d > limit) if buy else (top_d < limit):
                 return []
         raw = self.market.book_levels(spec.symbol, side, self.cfg.book_depth)
@@ -441,7 +462,7 @@ class Exchange:
         out = []
         total = ZERO
         for px, qty in raw:
-            p = self._grid(px, spec.tick)
+            p = self.grid(px, spec.tick)
             if limit is not None and ((p > limit) if buy else (p < limit)):
                 break
             q = (Decimal(repr(qty * scale)) / spec.step).to_integral_value(rounding=ROUND_DOWN) * spec.step
@@ -452,8 +473,8 @@ class Exchange:
                     break
         return out
 
-    def _mark(self, spec: SymbolSpec) -> Decimal:
-        return self._grid(float(self.market.mark_price(spec.symbol)), spec.tick)
+    def mark(self, spec: SymbolSpec) -> Decimal:
+        return self.grid(float(self.market.mark_price(spec.symbol)), spec.tick)
 
     # ------------------------------------------------------------------------------------ margin
 
@@ -464,7 +485,7 @@ class Exchange:
         """POST /fapi/v1/leverage."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             raw = params.get("leverage")
             if not raw:
                 raise mandatory("leverage")
@@ -472,13 +493,13 @@ class Exchange:
                 raise VenueError(-4028, f"Leverage {raw} is not valid")
             acc.leverage[spec.symbol] = Decimal(int(raw))
             now = self.clock_ms()
-            self._emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
+            self.emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
                               "ac": {"s": spec.symbol, "l": int(raw)}}])
             return {"leverage": int(raw), "maxNotionalValue": "1000000", "symbol": spec.symbol}
 
     def commission_rate(self, key: str, params: Mapping[str, str]) -> dict:
         """GET /fapi/v1/commissionRate."""
-        spec = self._spec(params.get("symbol"))
+        spec = self.spec(params.get("symbol"))
         self.account(key)
         return {"symbol": spec.symbol, "makerCommissionRate": self.cfg.maker_fee,
                 "takerCommissionRate": self.cfg.taker_fee, "rpiCommissionRate": "0"}
@@ -487,7 +508,7 @@ class Exchange:
         """GET /fapi/v1/userTrades (from the bounded per-account trade history)."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             raw_limit = params.get("limit") or "500"
             if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
                 raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
@@ -512,7 +533,7 @@ class Exchange:
         total = ZERO
         for sym, p in acc.positions.items():
             if p.amt and self.specs[sym].margin_asset == asset:
-                total += p.amt * (self._mark(self.specs[sym]) - p.entry)
+                total += p.amt * (self.mark(self.specs[sym]) - p.entry)
         return total
 
     def _initial_margin(self, acc: Account, asset: str) -> tuple[Decimal, Decimal]:
@@ -520,7 +541,7 @@ class Exchange:
         ord_im = ZERO
         for sym, p in acc.positions.items():
             if p.amt and self.specs[sym].margin_asset == asset:
-                pos_im += abs(p.amt) * self._mark(self.specs[sym]) / self._lev(acc, sym)
+                pos_im += abs(p.amt) * self.mark(self.specs[sym]) / self._lev(acc, sym)
         for sym, orders in acc.open_orders.items():
             if self.specs[sym].margin_asset != asset:
                 continue
@@ -561,7 +582,7 @@ class Exchange:
             return {}
 
     def _validate_new(self, acc: Account, p: Mapping[str, str], now: int) -> Order:
-        spec = self._spec(p.get("symbol"))
+        spec = self.spec(p.get("symbol"))
         side = p.get("side")
         if not side:
             raise mandatory("side")
@@ -587,8 +608,8 @@ class Exchange:
         if p.get("closePosition") or p.get("stopPrice"):
             raise not_required("closePosition" if p.get("closePosition") else "stopPrice")
         tif = p.get("timeInForce")
-        qty = self._decimal(p, "quantity")
-        price = self._decimal(p, "price")
+        qty = self.decimal_param(p, "quantity")
+        price = self.decimal_param(p, "price")
         price_match = p.get("priceMatch") or "NONE"
         gtd = 0
         if otype == "LIMIT":
@@ -621,7 +642,7 @@ class Exchange:
             tif = "GTC"   # what live MARKET replies show
         if not spec.is_trading:
             raise VenueError(-4140, "Invalid symbol status for opening position.")
-        mark = self._check_filters(spec, side, otype, qty, price, reduce_only)
+        mark = self.check_filters(spec, side, otype, qty, price, reduce_only)
         cid = p.get("newClientOrderId")
         if cid is not None:
             if not _CID_RE.match(cid):
@@ -631,7 +652,7 @@ class Exchange:
             if prev is not None and prev.is_open:
                 raise VenueError(-4116, "ClientOrderId is duplicated.")
         else:
-            cid = "".join(self._rng.choice(_CID_ALPHABET) for _ in range(22))
+            cid = self.random_client_id()
         if len(acc.open_orders.get(spec.symbol, ())) >= spec.max_num_orders:
             raise VenueError(-2025, "Reach max open order limit.")
         pos = acc.positions.get(spec.symbol)
@@ -654,15 +675,15 @@ class Exchange:
                   price_match=price_match, stp=stp, gtd=gtd, account=acc, sent_new=False)
         return o
 
-    def _check_filters(self, spec: SymbolSpec, side: str, otype: str, qty: Decimal, price: Decimal | None,
+    def check_filters(self, spec: SymbolSpec, side: str, otype: str, qty: Decimal, price: Decimal | None,
                        reduce_only: bool) -> Decimal:
         """PRICE_FILTER, LOT_SIZE/MARKET_LOT_SIZE, PERCENT_PRICE and MIN_NOTIONAL; returns the mark price."""
         if qty <= 0:
             raise VenueError(-4003, "Quantity less than or equal to zero.")
         if price is not None and price <= 0:
             raise VenueError(-4001, "Price less than 0.")
-        if self._places(qty) > spec.quantity_precision or (
-                price is not None and self._places(price) > spec.price_precision):
+        if self.places(qty) > spec.quantity_precision or (
+                price is not None and self.places(price) > spec.price_precision):
             raise VenueError(-1111, "Precision is over the maximum defined for this asset.")
         if price is not None:
             min_px, max_px = Decimal(spec.min_price), Decimal(spec.max_price)
@@ -677,7 +698,7 @@ class Exchange:
             raise VenueError(-1013, f"Filter failure: {lot}")
         if (qty - min_q) % spec.step != 0:
             raise self._filter_error(-4023, "Qty not increased by step size.", lot)
-        mark = self._mark(spec)
+        mark = self.mark(spec)
         if otype == "LIMIT":
             up = mark * Decimal(spec.multiplier_up)
             down = mark * Decimal(spec.multiplier_down)
@@ -703,7 +724,7 @@ class Exchange:
         levels = self.market.book_levels(spec.symbol, look_side, n)
         if not levels:
             raise VenueError(-4131, "The counterparty's best price does not meet the PERCENT_PRICE filter limit.")
-        return self._grid(levels[min(n, len(levels)) - 1][0], spec.tick)
+        return self.grid(levels[min(n, len(levels)) - 1][0], spec.tick)
 
     def _prematch(self, o: Order) -> list[tuple[Decimal, Decimal]]:
         """Book levels the new order would take; raises the reject of GTX/FOK/MARKET-outside-band orders."""
@@ -716,7 +737,7 @@ class Exchange:
                 raise VenueError(-5021, "Due to the order could not be filled immediately, the FOK order has been "
                                         "rejected.")
         else:
-            mark = self._mark(spec)
+            mark = self.mark(spec)
             bound = mark * Decimal(spec.multiplier_up if o.side == "BUY" else spec.multiplier_down)
             crossing = self._levels(spec, o.side, bound, o.orig_qty)
             if not crossing:
@@ -753,7 +774,7 @@ class Exchange:
                 self._resting.setdefault(spec.symbol, {})[o.order_id] = o
                 self._rebound(spec.symbol)
         self._expire_stale_reduce_only(acc, spec.symbol, now, events, skip=o)
-        self._emit(acc, events)
+        self.emit(acc, events)
 
     def _ro_dead(self, acc: Account, o: Order) -> bool:
         pos = acc.positions.get(o.symbol)
@@ -835,6 +856,10 @@ class Exchange:
                            "symbol": spec.symbol, "time": now})
         if len(acc.trades) > self.cfg.max_order_history:
             acc.trades.popleft()
+        if realized:
+            self._income(acc, spec.symbol, "REALIZED_PNL", realized, asset, now, trade_id)
+        if fee:
+            self._income(acc, spec.symbol, "COMMISSION", -fee, asset, now, trade_id)
         events.append({"e": "TRADE_LITE", "E": now, "T": now, "s": spec.symbol, "q": _qty(spec, o.orig_qty),
                        "p": _price(spec, o.price) if o.type == "LIMIT" else fixed(ZERO, spec.price_precision),
                        "m": maker, "c": o.client_id, "S": o.side, "L": _price(spec, px), "l": _qty(spec, q),
@@ -853,7 +878,7 @@ class Exchange:
     def _account_update(self, acc: Account, spec: SymbolSpec, pos: Position, now: int) -> dict:
         asset = spec.margin_asset
         wb = acc.wallet[asset]
-        up = pos.amt * (self._mark(spec) - pos.entry) if pos.amt else ZERO
+        up = pos.amt * (self.mark(spec) - pos.entry) if pos.amt else ZERO
         return {"e": "ACCOUNT_UPDATE", "T": now, "E": now, "a": {
             "B": [{"a": asset, "wb": q8(wb), "cw": q8(wb), "bc": "0"}],
             "P": [{"s": spec.symbol, "pa": norm(pos.amt), "ep": pnorm(pos.entry), "cr": q8(pos.realized) if
@@ -907,14 +932,14 @@ class Exchange:
     def cancel_order(self, key: str, params: Mapping[str, str]) -> dict:
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None or not o.is_open:
                 raise VenueError(-2011, "Unknown order sent.")
             now = self.clock_ms()
             events: list[dict] = []
             self._cancel(acc, o, now, events)
-            self._emit(acc, events)
+            self.emit(acc, events)
             return order_json(o)
 
     def _cancel(self, acc: Account, o: Order, now: int, events: list[dict]) -> None:
@@ -926,12 +951,12 @@ class Exchange:
     def cancel_all(self, key: str, params: Mapping[str, str]) -> dict:
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             now = self.clock_ms()
             events: list[dict] = []
             for o in sorted(acc.open_orders.get(spec.symbol, {}).values(), key=lambda x: x.order_id):
                 self._cancel(acc, o, now, events)
-            self._emit(acc, events)
+            self.emit(acc, events)
             return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
     def modify_order(self, key: str, params: Mapping[str, str]) -> dict:
@@ -939,7 +964,7 @@ class Exchange:
         A new price that crosses the book trades at once like a new taker order (GTX: -5022, order unchanged)."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None or not o.is_open:
                 raise VenueError(-2013, "Order does not exist.")
@@ -948,18 +973,18 @@ class Exchange:
                 raise mandatory("side")
             if side != o.side:
                 raise VenueError(-1130, "Data sent for parameter 'side' is not valid.")
-            qty = self._decimal(params, "quantity")
+            qty = self.decimal_param(params, "quantity")
             if qty is None:
                 raise mandatory("quantity")
             pm = params.get("priceMatch") or "NONE"
-            price = self._decimal(params, "price")
+            price = self.decimal_param(params, "price")
             if pm != "NONE":
                 if price is not None:
                     raise not_required("price")
                 price = self._match_price(spec, side, pm)
             if price is None:
                 raise mandatory("price")
-            self._check_filters(spec, side, "LIMIT", qty, price, o.reduce_only)
+            self.check_filters(spec, side, "LIMIT", qty, price, o.reduce_only)
             if qty <= o.executed_qty:
                 raise VenueError(-1130, "Data sent for parameter 'quantity' is not valid.")
             if price == o.price and qty == o.orig_qty:
@@ -978,13 +1003,13 @@ class Exchange:
                     break
                 self._fill(acc, o, px, take, False, now, events)
             self._expire_stale_reduce_only(acc, spec.symbol, now, events)
-            self._emit(acc, events)
+            self.emit(acc, events)
             return order_json(o)
 
     def query_order(self, key: str, params: Mapping[str, str]) -> dict:
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None:
                 raise VenueError(-2013, "Order does not exist.")
@@ -994,7 +1019,7 @@ class Exchange:
         """GET /fapi/v1/openOrder: like query_order, but only orders still open."""
         with self.lock:
             acc = self.account(key)
-            spec = self._spec(params.get("symbol"))
+            spec = self.spec(params.get("symbol"))
             o = self._find(acc, spec.symbol, params.get("orderId"), params.get("origClientOrderId"))
             if o is None or not o.is_open:
                 raise VenueError(-2013, "Order does not exist.")
@@ -1004,7 +1029,7 @@ class Exchange:
         with self.lock:
             acc = self.account(key)
             sym = params.get("symbol")
-            symbols = [self._spec(sym).symbol] if sym else sorted(acc.open_orders)
+            symbols = [self.spec(sym).symbol] if sym else sorted(acc.open_orders)
             out = []
             for s in symbols:
                 for o in sorted(acc.open_orders.get(s, {}).values(), key=lambda x: x.order_id):
@@ -1040,8 +1065,8 @@ class Exchange:
                 return
             now = self.clock_ms()
             spec = self.specs[symbol]
-            ask = self._grid(ask_px, spec.tick) if ask_px else None
-            bid = self._grid(bid_px, spec.tick) if bid_px else None
+            ask = self.grid(ask_px, spec.tick) if ask_px else None
+            bid = self.grid(bid_px, spec.tick) if bid_px else None
             buys = sorted((o for o in resting.values() if o.side == "BUY" and ask is not None and o.price >= ask),
                           key=lambda o: (-o.price, o.order_id))
             sells = sorted((o for o in resting.values() if o.side == "SELL" and bid is not None and o.price <= bid),
@@ -1084,7 +1109,371 @@ class Exchange:
                     self._unrest(o.account, o)
                     per_account.setdefault(o.account.key, []).append(self._otu(o, "EXPIRED", now, er="6"))
             for k, evs in per_account.items():
-                self._emit(self.accounts[k], evs)
+                self.emit(self.accounts[k], evs)
+
+    def random_client_id(self) -> str:
+        return "".join(self._rng.choice(_CID_ALPHABET) for _ in range(22))
+
+    @staticmethod
+    def position_amt(acc: Account, symbol: str) -> Decimal:
+        pos = acc.positions.get(symbol)
+        return pos.amt if pos else ZERO
+
+    @staticmethod
+    def client_id_in_use(acc: Account, symbol: str, cid: str) -> bool:
+        prev = acc.by_cid.get(symbol, {}).get(cid)
+        return prev is not None and prev.is_open
+
+    # ------------------------------------------------------------------------------------ income, funding, timers
+
+    def _income(self, acc: Account, symbol: str, kind: str, amount: Decimal, asset: str, now: int,
+                trade_id: int | None, info: str = "") -> None:
+        self._tran_id += 1
+        acc.income.append({"symbol": symbol, "incomeType": kind, "income": q8(amount), "asset": asset,
+                           "info": info, "time": now, "tranId": self._tran_id,
+                           "tradeId": str(trade_id) if trade_id is not None else ""})
+        if len(acc.income) > self.cfg.max_order_history:
+            acc.income.popleft()
+
+    @property
+    def funding_interval_ms(self) -> int:
+        return int(getattr(self.market, "funding_interval_ms", 8 * 3_600_000))
+
+    def _funding_after(self, now: int) -> int:
+        iv = self.funding_interval_ms
+        return (now // iv + 1) * iv
+
+    def run_timers(self, now: int | None = None) -> None:
+        """Fire due countdownCancelAll timers and settle funding when a funding time passed (ExchangeTimers
+        calls it every timer_period_s)."""
+        now = self.clock_ms() if now is None else now
+        if self._countdowns:
+            with self.lock:
+                due = [k for k, deadline in self._countdowns.items() if deadline <= now]
+                for key, symbol in due:
+                    del self._countdowns[(key, symbol)]
+                    acc = self.accounts[key]
+                    events: list[dict] = []
+                    for o in sorted(acc.open_orders.get(symbol, {}).values(), key=lambda x: x.order_id):
+                        self._cancel(acc, o, now, events)
+                    self.emit(acc, events)
+        if now >= self._next_funding_ms:
+            with self.lock:
+                funding_time = now // self.funding_interval_ms * self.funding_interval_ms
+                self._next_funding_ms = self._funding_after(now)
+                self._settle_funding(funding_time)
+
+    def _settle_funding(self, funding_time: int) -> None:
+        """Every perpetual's rate from the venue's mark and index; each position pays or receives
+        position notional x rate (longs pay a positive rate), booked as FUNDING_FEE income."""
+        rates: dict[str, tuple[Decimal, Decimal]] = {}
+        for spec in self.catalog:
+            if spec.contract_type != "PERPETUAL" or not spec.is_trading:
+                continue
+            pi = self.market.premium_index(spec.symbol)
+            rate, mark = Decimal(pi["lastFundingRate"]), Decimal(pi["markPrice"])
+            rates[spec.symbol] = (rate, mark)
+            self.funding_history[spec.symbol].append({"symbol": spec.symbol, "fundingRate": pi["lastFundingRate"],
+                                                      "fundingTime": funding_time,
+                                                      "markPrice": q8(mark)})
+        for acc in self.accounts.values():
+            paid: dict[str, Decimal] = {}
+            for sym, pos in acc.positions.items():
+                if not pos.amt or sym not in rates:
+                    continue
+                rate, mark = rates[sym]
+                amount = (-pos.amt * mark * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
+                asset = self.specs[sym].margin_asset
+                acc.wallet[asset] = acc.wallet.get(asset, ZERO) + amount
+                acc.update_time = funding_time
+                paid[asset] = paid.get(asset, ZERO) + amount
+                self._income(acc, sym, "FUNDING_FEE", amount, asset, funding_time, None)
+            if paid:
+                # cross positions: only the balances are pushed (Binance's FUNDING_FEE ACCOUNT_UPDATE)
+                self.emit(acc, [{"e": "ACCOUNT_UPDATE", "E": funding_time, "T": funding_time, "a": {
+                    "m": "FUNDING_FEE", "B": [{"a": a, "wb": q8(acc.wallet[a]), "cw": q8(acc.wallet[a]), "bc": "0"}
+                                             for a in paid], "P": []}}])
+
+    def funding_rates(self, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/fundingRate: settled rates, oldest first (symbol optional; default limit 100, max 1000)."""
+        sym = params.get("symbol")
+        raw = params.get("limit") or "100"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
+        start, end = self._time_param(params, "startTime"), self._time_param(params, "endTime")
+        with self.lock:
+            if sym:
+                rows = list(self.funding_history[self.spec(sym).symbol])
+            else:
+                rows = sorted((r for h in self.funding_history.values() for r in h), key=lambda r: r["fundingTime"])
+        if start is not None:
+            rows = [r for r in rows if r["fundingTime"] >= start]
+        if end is not None:
+            rows = [r for r in rows if r["fundingTime"] <= end]
+        return rows[:int(raw)] if start is not None else rows[-int(raw):]
+
+    def open_interest(self, params: Mapping[str, str]) -> dict:
+        """GET /fapi/v1/openInterest: the long positions of the venue's accounts, plus half of what the generated
+        market traded since the venue started (its synthetic traders' positions)."""
+        spec = self.spec(params.get("symbol"))
+        with self.lock:
+            own = sum((acc.positions[spec.symbol].amt for acc in self.accounts.values()
+                       if spec.symbol in acc.positions and acc.positions[spec.symbol].amt > 0), ZERO)
+        traded = Decimal(self.market.ticker_24hr(spec.symbol)["volume"])
+        oi = (own + traded / 2).quantize(spec.step, rounding=ROUND_DOWN)
+        return {"openInterest": _qty(spec, oi), "symbol": spec.symbol, "time": self.clock_ms()}
+
+    @staticmethod
+    def _time_param(params: Mapping[str, str], name: str) -> int | None:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return None
+        if not raw.isdigit():
+            raise VenueError(-1100, f"Illegal characters found in parameter '{name}'; legal range is "
+                                    "'^[0-9]{1,20}$'.")
+        return int(raw)
+
+    def countdown_cancel_all(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/countdownCancelAll: (re)arm the symbol's dead-man switch; countdownTime 0 disarms it.
+        When it fires, every open order of the symbol is cancelled. Conditional (algo) orders are a separate
+        service and stay: a stop that protects a position must outlive the client that placed it."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self.spec(params.get("symbol"))
+            raw = params.get("countdownTime")
+            if raw is None or raw == "":
+                raise mandatory("countdownTime")
+            if not raw.isdigit():
+                raise VenueError(-1100, "Illegal characters found in parameter 'countdownTime'; legal range is "
+                                        "'^[0-9]{1,20}$'.")
+            ms = int(raw)
+            if ms == 0:
+                self._countdowns.pop((acc.key, spec.symbol), None)
+            else:
+                self._countdowns[(acc.key, spec.symbol)] = self.clock_ms() + ms
+            return {"symbol": spec.symbol, "countdownTime": str(ms)}
+
+    def countdown_deadline(self, key: str, symbol: str) -> int | None:
+        """When the symbol's countdown fires (ms), None when disarmed (tests, venue console)."""
+        with self.lock:
+            return self._countdowns.get((key, symbol))
+
+    # ------------------------------------------------------------------------------------ account configuration
+
+    # Notional brackets (Binance's "Notional and Leverage Brackets"; the tiers of a large USDT perpetual). Tier 1's
+    # maintenance rate is the venue's maint_margin_rate; `cum` is the maintenance amount that keeps the
+    # maintenance margin continuous across tiers.
+    _BRACKETS = ((125, 50_000, "0.004"), (100, 600_000, "0.005"), (75, 3_000_000, "0.0065"), (50, 12_000_000, "0.01"),
+                 (25, 70_000_000, "0.02"), (20, 100_000_000, "0.025"), (10, 230_000_000, "0.05"),
+                 (5, 480_000_000, "0.1"), (4, 600_000_000, "0.125"), (3, 800_000_000, "0.15"),
+                 (2, 1_200_000_000, "0.25"), (1, 1_800_000_000, "0.5"))
+
+    def _brackets(self) -> list[dict]:
+        out, floor, cum = [], 0, ZERO
+        prev_mmr = None
+        for n, (lev, cap, mmr) in enumerate(self._BRACKETS, 1):
+            m = self._mmr if n == 1 else Decimal(mmr)
+            if prev_mmr is not None:
+                cum += Decimal(floor) * (m - prev_mmr)
+            out.append({"bracket": n, "initialLeverage": lev, "notionalCap": cap, "notionalFloor": floor,
+                        "maintMarginRatio": float(m), "cum": float(cum)})
+            floor, prev_mmr = cap, m
+        return out
+
+    def leverage_brackets(self, key: str, params: Mapping[str, str]) -> list[dict] | dict:
+        """GET /fapi/v1/leverageBracket: a list of every symbol, or (symbol sent) that symbol's object."""
+        self.account(key)
+        sym = params.get("symbol")
+        if sym:
+            spec = self.spec(sym)
+            return {"symbol": spec.symbol, "notionalCoef": 1.0, "brackets": self._brackets()}
+        return [{"symbol": s.symbol, "notionalCoef": 1.0, "brackets": self._brackets()} for s in self.catalog]
+
+    def _has_position_or_orders(self, acc: Account, symbol: str | None) -> tuple[bool, bool]:
+        syms = [symbol] if symbol else list(self.specs)
+        pos = any(acc.positions.get(s) is not None and acc.positions[s].amt != 0 for s in syms)
+        orders = any(acc.open_orders.get(s) for s in syms)
+        return pos, orders
+
+    def set_margin_type(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/marginType (ISOLATED / CROSSED)."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self.spec(params.get("symbol"))
+            mt = params.get("marginType")
+            if not mt:
+                raise mandatory("marginType")
+            mt = mt.upper()
+            if mt not in ("ISOLATED", "CROSSED"):
+                raise VenueError(-1130, "Data sent for parameter 'marginType' is not valid.")
+            if acc.margin_type.get(spec.symbol, "CROSSED") == mt:
+                raise VenueError(-4046, "No need to change margin type.")
+            pos, orders = self._has_position_or_orders(acc, spec.symbol)
+            if orders:
+                raise VenueError(-4047, "Margin type cannot be changed if there exists open orders.")
+            if pos:
+                raise VenueError(-4048, "Margin type cannot be changed if there exists position.")
+            if mt == "CROSSED":
+                acc.margin_type.pop(spec.symbol, None)
+            else:
+                acc.margin_type[spec.symbol] = mt
+            acc.isolated_margin.pop(spec.symbol, None)
+            return {"code": 200, "msg": "success"}
+
+    def margin_type_of(self, acc: Account, symbol: str) -> str:
+        return acc.margin_type.get(symbol, "CROSSED")
+
+    def position_mode(self, key: str, params: Mapping[str, str]) -> dict:
+        """GET /fapi/v1/positionSide/dual."""
+        self.account(key)
+        return {"dualSidePosition": False}
+
+    def set_position_mode(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/positionSide/dual. The venue trades one-way (BOTH) positions only; hedge mode is refused
+        with the parameter error rather than accepted and then mishandled."""
+        with self.lock:
+            acc = self.account(key)
+            raw = (params.get("dualSidePosition") or "").lower()
+            if raw not in ("true", "false"):
+                raise mandatory("dualSidePosition")
+            if raw == "false":
+                raise VenueError(-4059, "No need to change position side.")
+            pos, orders = self._has_position_or_orders(acc, None)
+            if orders:
+                raise VenueError(-4067, "Position side cannot be changed if there exists open orders.")
+            if pos:
+                raise VenueError(-4068, "Position side cannot be changed if there exists position.")
+            raise VenueError(-1130, "Data sent for parameter 'dualSidePosition' is not valid.")
+
+    def position_margin(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/positionMargin: add (type 1) or reduce (type 2) an isolated position's margin."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self.spec(params.get("symbol"))
+            amount = self.decimal_param(params, "amount")
+            if amount is None:
+                raise mandatory("amount")
+            kind = params.get("type")
+            if kind not in ("1", "2"):
+                raise mandatory("type")
+            if amount <= 0:
+                raise VenueError(-1130, "Data sent for parameter 'amount' is not valid.")
+            if self.margin_type_of(acc, spec.symbol) != "ISOLATED":
+                raise VenueError(-4049, "Add margin only support for isolated position.")
+            pos = acc.positions.get(spec.symbol)
+            if pos is None or pos.amt == 0:
+                raise VenueError(-4050 if kind == "1" else -4051, "Cross balance insufficient." if kind == "1"
+                                 else "Isolated balance insufficient.")
+            cur = acc.isolated_margin.get(spec.symbol, ZERO)
+            if kind == "1":
+                if amount > self.available_balance(acc, spec.margin_asset):
+                    raise VenueError(-4050, "Cross balance insufficient.")
+                acc.isolated_margin[spec.symbol] = cur + amount
+            else:
+                if amount > cur:
+                    raise VenueError(-4051, "Isolated balance insufficient.")
+                acc.isolated_margin[spec.symbol] = cur - amount
+            return {"amount": float(amount), "code": 200, "msg": "Successfully modify position margin.",
+                    "type": int(kind)}
+
+    def multi_assets_mode(self, key: str, params: Mapping[str, str]) -> dict:
+        """GET /fapi/v1/multiAssetsMargin."""
+        return {"multiAssetsMargin": self.account(key).multi_assets}
+
+    def set_multi_assets_mode(self, key: str, params: Mapping[str, str]) -> dict:
+        """POST /fapi/v1/multiAssetsMargin (ACCOUNT_CONFIG_UPDATE with "ai" on the user stream)."""
+        with self.lock:
+            acc = self.account(key)
+            raw = (params.get("multiAssetsMargin") or "").lower()
+            if raw not in ("true", "false"):
+                raise mandatory("multiAssetsMargin")
+            acc.multi_assets = raw == "true"
+            now = self.clock_ms()
+            acc.config_time = now
+            self.emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now, "ai": {"j": acc.multi_assets}}])
+            return {"code": 200, "msg": "success"}
+
+    def account_config(self, key: str, params: Mapping[str, str]) -> dict:
+        """GET /fapi/v1/accountConfig."""
+        acc = self.account(key)
+        return {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True, "dualSidePosition": False,
+                "updateTime": acc.config_time, "multiAssetsMargin": acc.multi_assets, "tradeGroupId": -1}
+
+    def symbol_config(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/symbolConfig (symbol optional)."""
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            specs = [self.spec(sym)] if sym else [s for s in self.catalog if s.is_trading]
+            return [{"symbol": s.symbol, "marginType": self.margin_type_of(acc, s.symbol), "isAutoAddMargin": False,
+                     "leverage": int(self._lev(acc, s.symbol)), "maxNotionalValue": "1000000"} for s in specs]
+
+    def all_orders(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/allOrders: open and closed orders of a symbol, oldest first (default 500, max 1000)."""
+        with self.lock:
+            acc = self.account(key)
+            spec = self.spec(params.get("symbol"))
+            raw = params.get("limit") or "500"
+            if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+                raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
+            start, end = self._time_param(params, "startTime"), self._time_param(params, "endTime")
+            oid = self._time_param(params, "orderId")
+            rows = sorted(acc.orders.get(spec.symbol, {}).values(), key=lambda o: o.order_id)
+            if oid is not None:
+                rows = [o for o in rows if o.order_id >= oid]
+            if start is not None:
+                rows = [o for o in rows if o.time >= start]
+            if end is not None:
+                rows = [o for o in rows if o.time <= end]
+            rows = rows[:int(raw)] if (oid is not None or start is not None) else rows[-int(raw):]
+            return [order_json(o, "query") for o in rows]
+
+    def income_history(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/income: REALIZED_PNL, COMMISSION, FUNDING_FEE, TRANSFER rows, oldest first; without a
+        time range the last 7 days (default limit 100, max 1000; `page` pages through the result)."""
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            if sym:
+                self.spec(sym)
+            kind = params.get("incomeType")
+            raw = params.get("limit") or "100"
+            if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+                raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
+            page = self._time_param(params, "page") or 1
+            start, end = self._time_param(params, "startTime"), self._time_param(params, "endTime")
+            if start is None and end is None:
+                start = self.clock_ms() - 7 * 86_400_000
+            rows = [r for r in acc.income if (not sym or r["symbol"] == sym) and (not kind or r["incomeType"] == kind)
+                    and (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
+            n = int(raw)
+            return rows[(page - 1) * n: page * n]
+
+    def force_orders(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/forceOrders: the account's liquidation orders. The venue does not liquidate accounts, so
+        there are none."""
+        self.account(key)
+        if params.get("symbol"):
+            self.spec(params.get("symbol"))
+        return []
+
+    def adl_quantile(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/adlQuantile: 1..4 by unrealized-profit ratio for each position (0 = no position)."""
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            syms = [self.spec(sym).symbol] if sym else sorted(s for s, p in acc.positions.items() if p.amt)
+            out = []
+            for s in syms:
+                pos = acc.positions.get(s)
+                q = 0
+                if pos is not None and pos.amt:
+                    ratio = pos.amt * (self.mark(self.specs[s]) - pos.entry) / (abs(pos.amt) * pos.entry)
+                    q = 1 if ratio <= 0 else 2 if ratio < Decimal("0.01") else 3 if ratio < Decimal("0.05") else 4
+                out.append({"symbol": s, "adlQuantile": {"LONG": q if pos is not None and pos.amt > 0 else 0,
+                                                         "SHORT": q if pos is not None and pos.amt < 0 else 0,
+                                                         "BOTH": q}})
+            return out
 
     # ------------------------------------------------------------------------------------ account views
 
@@ -1099,7 +1488,7 @@ class Exchange:
     def _position_row(self, acc: Account, sym: str, version: int) -> dict:
         spec = self.specs[sym]
         pos = acc.positions.get(sym) or Position()
-        mark = self._mark(spec)
+        mark = self.mark(spec)
         up = pos.amt * (mark - pos.entry) if pos.amt else ZERO
         notional = pos.amt * mark
         im = abs(notional) / self._lev(acc, sym)
@@ -1113,7 +1502,8 @@ class Exchange:
                   "unRealizedProfit": q8(up), "liquidationPrice": pnorm(self._liq_price(acc, spec, pos))}
         if version == 2:
             return {**common, "leverage": str(int(self._lev(acc, sym))), "maxNotionalValue": "1000000",
-                    "marginType": "cross", "isolatedMargin": "0.00000000", "isAutoAddMargin": "false",
+                    "marginType": self.margin_type_of(acc, sym).lower().replace("crossed", "cross"),
+                    "isolatedMargin": q8(acc.isolated_margin.get(sym, ZERO)), "isAutoAddMargin": "false",
                     "positionSide": "BOTH", "notional": q8(notional), "isolatedWallet": "0",
                     "updateTime": pos.update_time}
         return {"symbol": sym, "positionSide": "BOTH", **{k: v for k, v in common.items() if k != "symbol"},
@@ -1127,7 +1517,7 @@ class Exchange:
             acc = self.account(key)
             sym = params.get("symbol")
             if sym:
-                syms = [self._spec(sym).symbol]
+                syms = [self.spec(sym).symbol]
             elif version == 3:     # v3: "only symbol that has position or open orders will be returned"
                 syms = sorted(s for s in self.specs if (acc.positions.get(s) and acc.positions[s].amt)
                               or acc.open_orders.get(s))
@@ -1158,7 +1548,7 @@ class Exchange:
             for asset, wb in acc.wallet.items():
                 up = self._unrealized(acc, asset)
                 pos_im, ord_im = self._initial_margin(acc, asset)
-                mm = sum((abs(p.amt) * self._mark(self.specs[s]) * self._mmr for s, p in acc.positions.items()
+                mm = sum((abs(p.amt) * self.mark(self.specs[s]) * self._mmr for s, p in acc.positions.items()
                           if p.amt and self.specs[s].margin_asset == asset), ZERO)
                 avail = wb + up - pos_im - ord_im
                 assets.append({"asset": asset, "walletBalance": q8(wb), "unrealizedProfit": q8(up),
@@ -1177,7 +1567,7 @@ class Exchange:
                 if version == 3 and not p.amt:
                     continue
                 spec = self.specs[sym]
-                mark = self._mark(spec)
+                mark = self.mark(spec)
                 notional = p.amt * mark
                 positions.append({"symbol": sym, "positionSide": "BOTH", "positionAmt": norm(p.amt),
                                   "unrealizedProfit": q8(p.amt * (mark - p.entry) if p.amt else ZERO),
@@ -1194,5 +1584,27 @@ class Exchange:
                     "assets": assets, "positions": positions}
             if version == 2:
                 body = {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
-                        "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1, **body}
+                        "updateTime": 0, "multiAssetsMargin": acc.multi_assets, "tradeGroupId": -1, **body}
             return body
+
+
+class ExchangeTimers:
+    """The exchange's clock thread: countdownCancelAll deadlines and funding settlement."""
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="venue-exchange-timers", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        period = self.exchange.cfg.timer_period_s
+        while not self._stop.wait(period):
+            try:
+                self.exchange.run_timers()
+            except Exception:      # a bug must show, but must not stop countdowns and funding for good
+                traceback.print_exc(file=sys.stderr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)

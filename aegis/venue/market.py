@@ -5,15 +5,17 @@ the best prices; each engine event is a trade at the best (aggressor side random
 improvement / best-level pull, or a quantity change at a geometric distance from the top. Symbols switch between
 calm / normal / burst regimes; bursts are 5x more active and trend. Update ids are per symbol and monotone; each
 event consumes one id per visible level change, plus a random gap of invisible ids (docs/binance-notes.md, Local order
-book: U - pu > 1 mostly). Some symbols start their ids above 2**53 to catch float-parsing clients.
+book: U - pu > 1 mostly). Update ids start around 1e13 like Binance's (exact in a double: clients that read JSON numbers
+as doubles keep them); optionally some symbols use aggregate/trade ids above 2**53 to catch float-parsing clients
+(big_ids_every).
 
 Published output is a Chunk: encoded JSON payloads plus a stream id per message; the streams hub frames them per
 connection. The generator only encodes the streams somebody subscribed to.
 """
 from __future__ import annotations
 
+import collections
 import gzip
-import math
 import sys
 import threading
 import time
@@ -29,6 +31,29 @@ from . import _mdkernels as K
 
 LADDER_WIDTH = 4096
 BIG_ID_BASE = 2**53 + 12345  # ids above 2**53 (exact in int64, not in float64)
+KLINE_HISTORY = 1500         # closed candles kept per symbol and interval (the most one klines request returns)
+PRICE_HISTORY = 1500         # closed 1m mark / index candles kept per symbol
+FUNDING_INTERVAL_MS = 8 * 3_600_000
+INTEREST_RATE = 0.0001       # per funding period, as on Binance USD-M
+FUNDING_CAP = 0.02
+
+
+_DEPTH_KINDS = (K.K_DEPTH0, K.K_DEPTH100, K.K_DEPTH250, K.K_DEPTH500) + tuple(K.K_PART + j for j in range(9))
+
+
+def _index_of(mid, now: int, i):
+    """The synthetic index (scalars or arrays): the mid, off by a slowly oscillating basis of up to 2 bp."""
+    return mid * (1.0 - 0.0002 * np.sin(now / 7000.0 + i))
+
+
+def _window(rows: list, start: int | None, end: int | None, limit: int, key) -> list:
+    """Binance's time-window rule: rows with start <= key <= end; the first `limit` after startTime, else the
+    last `limit`."""
+    if start is not None:
+        rows = [r for r in rows if key(r) >= start]
+    if end is not None:
+        rows = [r for r in rows if key(r) <= end]
+    return rows[:limit] if start is not None else rows[-limit:] if limit else []
 
 
 class Chunk(NamedTuple):
@@ -76,7 +101,7 @@ class MarketConfig:
     bursts: bool = True
     tick_interval_s: float = 0.005  # generator loop period
     level_notional: float = 3000.0  # typical quote notional per level (sets step-unit quantities)
-    big_ids_every: int = 5         # every n-th symbol uses update / agg ids above 2**53 (0 = never)
+    big_ids_every: int = 0         # every n-th symbol uses agg / trade ids above 2**53 (0 = never)
     # add the 2026 "st" (1 = UM) / "ps" (pair) fields (docs/binance-notes.md, Stream payloads)
     fields_2026: bool = False
 
@@ -140,12 +165,15 @@ class Market:
         self.win_U = np.zeros((3, S), np.int64)
         self.track = np.zeros((3, S), np.bool_)
         self.pu = np.zeros((K.N_KINDS, S), np.int64)
+        self.tr_ring = np.zeros((max(S, 1), K.TRADE_RING, K.TR_FIELDS), np.int64)
+        self.tr_head = np.zeros(max(S, 1), np.int64)
         rng = np.random.default_rng(self.cfg.seed)
         big = np.array([self.cfg.big_ids_every > 0 and i % self.cfg.big_ids_every == self.cfg.big_ids_every - 1
                         for i in range(S)])
-        self.next_id = np.where(big, BIG_ID_BASE + rng.integers(0, 10**9, S),
-                                10**13 + rng.integers(0, 10**12, S)).astype(np.int64)
+        self.next_id = (10**13 + rng.integers(0, 10**12, S)).astype(np.int64)
         self.last_u = self.next_id - 1
+        # the first message of every depth stream carries the book's previous id in pu, as Binance's does
+        self.pu[:] = self.last_u[None, :]
         self.agg_id = np.where(big, BIG_ID_BASE + rng.integers(0, 10**9, S),
                                rng.integers(10**9, 4 * 10**9, S)).astype(np.int64)
         self.trade_id = (self.agg_id * 2 + rng.integers(0, 10**6, S)).astype(np.int64) if S else self.agg_id.copy()
@@ -169,6 +197,7 @@ class Market:
             mid = self._mid(i)
             self._mark_ma[i] = mid
         self._cumw = np.cumsum(self.weights)
+        self._drive: dict[int, int] = {}
         self._ev_cap = 0
         self._ev_buf = np.zeros(1, np.uint8)
         self._fl_buf = np.zeros(max(S, 1) * 16_384, np.uint8)
@@ -193,6 +222,12 @@ class Market:
         for iv in range(NI):
             self.kl[K.KL_OPEN_T, iv] = kline_open_time(K.KLINE_INTERVALS[iv], now0)
         self.kl[K.KL_OPEN_T, NI] = now0
+        self.kl_hist = [[collections.deque(maxlen=KLINE_HISTORY) for _ in range(S)] for _ in range(NI)]
+        # 1m mark (0) and index (1) candles: [kind][o, h, l, c, samples][symbol], sampled once a second
+        self.pk = np.zeros((2, 5, max(S, 1)))
+        self.pk_open = np.zeros(max(S, 1), np.int64)
+        self.pk_hist = [[collections.deque(maxlen=PRICE_HISTORY) for _ in range(S)] for _ in range(2)]
+        self.funding_interval_ms = FUNDING_INTERVAL_MS
         self._warm_kernels()
 
     def _warm_kernels(self) -> None:
@@ -208,7 +243,7 @@ class Market:
                          self.sym_off, self.sym_len, self.pdec, self.tick_units, self.qdec, self._ev_buf,
                          np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), self.touched,
                          bool(self.cfg.bursts), self._status, self.kl, self.klq, self.tail_buf, self.tail_off,
-                         self.tail_len)
+                         self.tail_len, self.tr_ring, self.tr_head)
             for k in range(3):
                 if not self.win_U[k].any():
                     self.flush(k)
@@ -337,6 +372,14 @@ class Market:
             self._apply_wants(w)
 
     def _apply_wants(self, w: np.ndarray) -> None:
+        if self.S:
+            # a depth stream nobody watched starts its pu chain at the book's current id: the id its previous
+            # message would have carried had it been published
+            on = (w[: self.n_sym_sids] & ~self.want[: self.n_sym_sids]).reshape(self.S, K.N_KINDS)
+            for kind in _DEPTH_KINDS:
+                started = on[:, kind]
+                if started.any():
+                    self.pu[kind, started] = self.last_u[started]
         self.want = w
         per = w[: self.n_sym_sids].reshape(self.S, K.N_KINDS) if self.S else np.zeros((0, K.N_KINDS), bool)
         for k in range(3):
@@ -369,6 +412,8 @@ class Market:
             return Chunk(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
         parts = []
         with self.lock:
+            for i, d in self._drive.items():
+                self.regime[i], self.trend[i] = 2, d
             self.touched[:] = False
             remaining, ta = n, t0
             while remaining > 0:
@@ -378,7 +423,8 @@ class Market:
                                     self.track, self.want, self.pu, self.sid_base, self.sym_buf, self.sym_off,
                                     self.sym_len, self.pdec, self.tick_units, self.qdec, self._ev_buf, self._ev_off,
                                     self._ev_len, self._ev_sid, self.touched, bool(self.cfg.bursts), self._status,
-                                    self.kl, self.klq, self.tail_buf, self.tail_off, self.tail_len)
+                                    self.kl, self.klq, self.tail_buf, self.tail_off, self.tail_len,
+                                    self.tr_ring, self.tr_head)
                 parts.append(self._copy_chunk(self._ev_buf, self._ev_off, self._ev_len, self._ev_sid, nmsg))
                 stopped = int(self._status[0])
                 if stopped < 0:
@@ -424,19 +470,34 @@ class Market:
         return self._copy_chunk(self._fl_buf, self._fl_off, self._fl_len, self._fl_sid, n)
 
     def kline_messages(self, now: int) -> list[tuple[int, bytes]]:
-        """Roll candles whose interval ended (a final x=true message if somebody listens) and return the current
-        candle of every wanted kline stream (the 250 ms push)."""
+        """Roll candles whose interval ended (into the REST history; a final x=true message if somebody listens)
+        and return the current candle of every wanted kline and continuous-kline stream (the 250 ms push)."""
         out = []
         NI = len(K.KLINE_INTERVALS)
         with self.lock:
-            wanted = self.want[: self.n_sym_sids].reshape(self.S, K.N_KINDS)[:, K.K_KLINE:K.K_KLINE + NI]
+            per = self.want[: self.n_sym_sids].reshape(self.S, K.N_KINDS)
+            wanted = per[:, K.K_KLINE:K.K_KLINE + NI]
+            wanted_c = per[:, K.K_CKLINE:K.K_CKLINE + NI]
             for iv, name in enumerate(K.KLINE_INTERVALS):
                 open_now = kline_open_time(name, now)
                 rolled = np.flatnonzero(self.kl[K.KL_OPEN_T, iv] < open_now)
                 for i in rolled.tolist():
+                    row = self._kline_row(i, iv)
                     if wanted[i, iv]:
-                        out.append((int(self.sid_base[i] + K.K_KLINE + iv), self._kline_json(i, iv, now, True)))
-                    c = self.kl[K.KL_C, iv, i]
+                        out.append((int(self.sid_base[i] + K.K_KLINE + iv), self._kline_json(i, iv, row, now, True)))
+                    if wanted_c[i, iv]:
+                        out.append((int(self.sid_base[i] + K.K_CKLINE + iv),
+                                    self._ckline_json(i, iv, row, now, True)))
+                    hist = self.kl_hist[iv][i]
+                    hist.append(row)
+                    c = int(self.kl[K.KL_C, iv, i])
+                    # intervals without a trade are flat candles at the previous close, as on Binance
+                    t = kline_close_time(name, row[0]) + 1
+                    gaps = 0
+                    while t < open_now and gaps < KLINE_HISTORY:
+                        hist.append((t, c, c, c, c, 0, 0, 0, -1, -1, 0.0, 0.0))
+                        t = kline_close_time(name, t) + 1
+                        gaps += 1
                     self.kl[:, iv, i] = 0
                     self.kl[K.KL_O, iv, i] = self.kl[K.KL_H, iv, i] = self.kl[K.KL_L, iv, i] = c
                     self.kl[K.KL_C, iv, i] = c
@@ -444,37 +505,183 @@ class Market:
                     self.kl[K.KL_OPEN_T, iv, i] = open_now
                     self.klq[:, iv, i] = 0.0
                 for i in np.flatnonzero(wanted[:, iv]).tolist():
-                    out.append((int(self.sid_base[i] + K.K_KLINE + iv), self._kline_json(i, iv, now, False)))
+                    out.append((int(self.sid_base[i] + K.K_KLINE + iv),
+                                self._kline_json(i, iv, self._kline_row(i, iv), now, False)))
+                for i in np.flatnonzero(wanted_c[:, iv]).tolist():
+                    out.append((int(self.sid_base[i] + K.K_CKLINE + iv),
+                                self._ckline_json(i, iv, self._kline_row(i, iv), now, False)))
         return out
 
-    def _kline_json(self, i: int, iv: int, now: int, closed: bool) -> bytes:
-        sym = self.symbols[i]
-        name = K.KLINE_INTERVALS[iv]
+    def _kline_row(self, i: int, iv: int) -> tuple:
+        """(open time, o, h, l, c ticks, volume units, trades, taker-buy units, first id, last id, quote volume,
+        taker-buy quote volume)."""
         k = self.kl[:, iv, i]
-        t = int(k[K.KL_OPEN_T])
+        return (int(k[K.KL_OPEN_T]), int(k[K.KL_O]), int(k[K.KL_H]), int(k[K.KL_L]), int(k[K.KL_C]), int(k[K.KL_V]),
+                int(k[K.KL_N]), int(k[K.KL_TBV]), int(k[K.KL_F]), int(k[K.KL_LAST]), float(self.klq[0, iv, i]),
+                float(self.klq[1, iv, i]))
+
+    def _kline_body(self, i: int, name: str, row: tuple, closed: bool) -> dict:
+        sym = self.symbols[i]
         qd = int(self.pdec[i]) + int(self.qdec[i])
         scale = 10.0 ** qd
-        return orjson.dumps({"e": "kline", "E": now, "s": sym, "k": {
-            "t": t, "T": kline_close_time(name, t), "s": sym, "i": name, "f": int(k[K.KL_F]), "L": int(k[K.KL_LAST]),
-            "o": self.price_str(sym, int(k[K.KL_O])), "c": self.price_str(sym, int(k[K.KL_C])),
-            "h": self.price_str(sym, int(k[K.KL_H])), "l": self.price_str(sym, int(k[K.KL_L])),
-            "v": self.qty_str(sym, int(k[K.KL_V])), "n": int(k[K.KL_N]), "x": closed,
-            "q": f"{self.klq[0, iv, i] / scale:.{qd}f}", "V": self.qty_str(sym, int(k[K.KL_TBV])),
-            "Q": f"{self.klq[1, iv, i] / scale:.{qd}f}", "B": "0"}})
+        t = row[0]
+        return {"t": t, "T": kline_close_time(name, t), "s": sym, "i": name, "f": row[8], "L": row[9],
+                "o": self.price_str(sym, row[1]), "c": self.price_str(sym, row[4]), "h": self.price_str(sym, row[2]),
+                "l": self.price_str(sym, row[3]), "v": self.qty_str(sym, row[5]), "n": row[6], "x": closed,
+                "q": f"{row[10] / scale:.{qd}f}", "V": self.qty_str(sym, row[7]), "Q": f"{row[11] / scale:.{qd}f}",
+                "B": "0"}
+
+    def _kline_json(self, i: int, iv: int, row: tuple, now: int, closed: bool) -> bytes:
+        sym = self.symbols[i]
+        return orjson.dumps({"e": "kline", "E": now, "s": sym,
+                             "k": self._kline_body(i, K.KLINE_INTERVALS[iv], row, closed)})
+
+    def _ckline_json(self, i: int, iv: int, row: tuple, now: int, closed: bool) -> bytes:
+        spec = self.specs[self.symbols[i]]
+        body = self._kline_body(i, K.KLINE_INTERVALS[iv], row, closed)
+        del body["s"]
+        return orjson.dumps({"e": "continuous_kline", "E": now, "ps": spec.pair, "ct": spec.contract_type,
+                             "k": body})
+
+    def klines(self, symbol: str, interval: str, start: int | None, end: int | None, limit: int) -> list[list]:
+        """REST kline rows of the venue's own trades: the closed candles, then the open one (same data as the
+        kline streams)."""
+        i = self.index[symbol]
+        iv = K.KLINE_INTERVALS.index(interval)
+        with self.lock:
+            rows = list(self.kl_hist[iv][i]) + [self._kline_row(i, iv)]
+        rows = _window(rows, start, end, limit, lambda r: r[0])
+        qd = int(self.pdec[i]) + int(self.qdec[i])
+        scale = 10.0 ** qd
+        return [[r[0], self.price_str(symbol, r[1]), self.price_str(symbol, r[2]), self.price_str(symbol, r[3]),
+                 self.price_str(symbol, r[4]), self.qty_str(symbol, r[5]), kline_close_time(interval, r[0]),
+                 f"{r[10] / scale:.{qd}f}", r[6], self.qty_str(symbol, r[7]), f"{r[11] / scale:.{qd}f}", "0"]
+                for r in rows]
+
+    # ---- mark / index prices and funding ----------------------------------------------------------------
+    def index_price(self, i: int, now: int) -> float:
+        return float(_index_of(self._mid(i), now, i))
+
+    @staticmethod
+    def funding_rate(mark: float, index: float) -> float:
+        """Binance's formula: premium + clamp(interest - premium, +-0.05 %), with interest 0.01 % per period."""
+        premium = (mark - index) / index if index else 0.0
+        rate = premium + min(max(INTEREST_RATE - premium, -0.0005), 0.0005)
+        return min(max(rate, -FUNDING_CAP), FUNDING_CAP)
+
+    def next_funding_time(self, now: int) -> int:
+        iv = self.funding_interval_ms
+        return (now // iv + 1) * iv
 
     def mark_price_payload(self, i: int, now: int) -> dict:
         sym = self.symbols[i]
         pd = int(self.pdec[i]) + 6
         mid = self._mid(i)
         self._mark_ma[i] = 0.9 * self._mark_ma[i] + 0.1 * mid
-        idx = mid * (1.0 - 0.0002 * math.sin(now / 7000.0 + i))
-        funding = 0.0001 + 0.00005 * math.sin(now / 3.6e6 + i)
-        next_funding = (now // 28_800_000 + 1) * 28_800_000
+        idx = self.index_price(i, now)
         out = {"e": "markPriceUpdate", "E": now, "s": sym, "p": f"{mid:.{pd}f}", "ap": f"{self._mark_ma[i]:.{pd}f}",
-               "P": f"{idx * 1.0003:.{pd}f}", "i": f"{idx:.{pd}f}", "r": f"{funding:.8f}", "T": next_funding}
+               "P": f"{idx * 1.0003:.{pd}f}", "i": f"{idx:.{pd}f}", "r": f"{self.funding_rate(mid, idx):.8f}",
+               "T": self.next_funding_time(now)}
         if self.cfg.fields_2026:
             out["st"] = 1
         return out
+
+    def premium_index(self, symbol: str) -> dict:
+        i = self.index[symbol]
+        now = self.now_ms()
+        pd = int(self.pdec[i]) + 6
+        with self.lock:
+            mid = self._mid(i)
+        idx = self.index_price(i, now)
+        return {"symbol": symbol, "markPrice": f"{mid:.{pd}f}", "indexPrice": f"{idx:.{pd}f}",
+                "estimatedSettlePrice": f"{idx * 1.0003:.{pd}f}",
+                "lastFundingRate": f"{self.funding_rate(mid, idx):.8f}", "interestRate": f"{INTEREST_RATE:.8f}",
+                "nextFundingTime": self.next_funding_time(now), "time": now}
+
+    def sample_prices(self, now: int) -> None:
+        """One mark and index sample per symbol into the 1m mark / index candles (called every second)."""
+        open_now = kline_open_time("1m", now)
+        with self.lock:
+            mark = (self.bb + self.ba) * 0.5 * self.tick_f
+            idx = _index_of(mark, now, np.arange(self.S))
+            for kind, px in ((0, mark), (1, idx)):
+                pk = self.pk[kind]
+                for i in np.flatnonzero(self.pk_open < open_now).tolist():
+                    if pk[4, i] > 0:
+                        self.pk_hist[kind][i].append((int(self.pk_open[i]), *pk[:4, i].tolist(), int(pk[4, i])))
+                new = self.pk_open < open_now
+                pk[0, new] = pk[1, new] = pk[2, new] = pk[3, new] = px[new]
+                pk[4, new] = 0
+                pk[1] = np.maximum(pk[1], px)
+                pk[2] = np.minimum(pk[2], px)
+                pk[3] = px
+                pk[4] += 1
+            self.pk_open[self.pk_open < open_now] = open_now
+
+    def price_klines(self, kind: int, symbol: str, interval: str, start: int | None, end: int | None,
+                     limit: int) -> list[list]:
+        """markPriceKlines (kind 0) / indexPriceKlines (kind 1) rows, from the per-second samples."""
+        i = self.index[symbol]
+        with self.lock:
+            rows = list(self.pk_hist[kind][i])
+            if self.pk[kind][4, i] > 0:
+                rows.append((int(self.pk_open[i]), *self.pk[kind][:4, i].tolist(), int(self.pk[kind][4, i])))
+        buckets: dict[int, list] = {}
+        for t, o, h, l, c, n in rows:
+            b = kline_open_time(interval, t)
+            cur = buckets.get(b)
+            if cur is None:
+                buckets[b] = [b, o, h, l, c, n]
+            else:
+                cur[2], cur[3], cur[4], cur[5] = max(cur[2], h), min(cur[3], l), c, cur[5] + n
+        out = _window(sorted(buckets.values()), start, end, limit, lambda r: r[0])
+        pd = int(self.pdec[i]) + 6
+        return [[r[0], f"{r[1]:.{pd}f}", f"{r[2]:.{pd}f}", f"{r[3]:.{pd}f}", f"{r[4]:.{pd}f}", "0",
+                 kline_close_time(interval, r[0]), "0", r[5], "0", "0", "0"] for r in out]
+
+    # ---- trades, last price, tickers --------------------------------------------------------------------
+    def recent_trades(self, symbol: str) -> list[tuple[int, ...]]:
+        """The trade ring of a symbol, oldest first: (aggId, firstId, lastId, price tick, qty units, T, maker)."""
+        i = self.index[symbol]
+        with self.lock:
+            head = int(self.tr_head[i])
+            n = min(head, K.TRADE_RING)
+            idx = [(head - n + j) % K.TRADE_RING for j in range(n)]
+            rows = self.tr_ring[i, idx].tolist() if n else []
+        return [tuple(r) for r in rows]
+
+    def last_price(self, symbol: str) -> float:
+        i = self.index[symbol]
+        with self.lock:
+            return self._px(i, int(self.kl[K.KL_C, K.KL_SINCE_START, i]))
+
+    def ticker_price(self, symbol: str) -> dict:
+        i = self.index[symbol]
+        with self.lock:
+            last = int(self.kl[K.KL_C, K.KL_SINCE_START, i])
+        return {"symbol": symbol, "price": self.price_str(symbol, last), "time": self.now_ms()}
+
+    def ticker_payloads(self, now: int) -> tuple[list[tuple[int, bytes]], list[dict], list[dict]]:
+        """(wanted @ticker / @miniTicker messages, every 24hrTicker, every 24hrMiniTicker) of the TRADING symbols."""
+        items, full, mini = [], [], []
+        per = self.want[: self.n_sym_sids].reshape(self.S, K.N_KINDS)
+        for i, sym in enumerate(self.symbols):
+            if self.specs[sym].status != "TRADING":
+                continue
+            t = self.ticker_24hr(sym)
+            ft = {"e": "24hrTicker", "E": now, "s": sym, "p": t["priceChange"], "P": t["priceChangePercent"],
+                  "w": t["weightedAvgPrice"], "c": t["lastPrice"], "Q": t["lastQty"], "o": t["openPrice"],
+                  "h": t["highPrice"], "l": t["lowPrice"], "v": t["volume"], "q": t["quoteVolume"],
+                  "O": t["openTime"], "C": t["closeTime"], "F": t["firstId"], "L": t["lastId"], "n": t["count"]}
+            mt = {"e": "24hrMiniTicker", "E": now, "s": sym, "c": t["lastPrice"], "o": t["openPrice"],
+                  "h": t["highPrice"], "l": t["lowPrice"], "v": t["volume"], "q": t["quoteVolume"]}
+            full.append(ft)
+            mini.append(mt)
+            if per[i, K.K_TICKER]:
+                items.append((int(self.sid_base[i] + K.K_TICKER), orjson.dumps(ft)))
+            if per[i, K.K_MINITICKER]:
+                items.append((int(self.sid_base[i] + K.K_MINITICKER), orjson.dumps(mt)))
+        return items, full, mini
 
     def mark_prices(self, kind: int) -> list[tuple[int, bytes]]:
         now = self.now_ms()
@@ -501,6 +708,23 @@ class Market:
             out.append(orjson.dumps({"e": "bookTicker", "u": t["lastUpdateId"], "s": sym, "b": t["bidPrice"],
                                      "B": t["bidQty"], "a": t["askPrice"], "A": t["askQty"], "T": now, "E": now}))
         return out
+
+    def drive(self, symbol: str, direction: int | None) -> None:
+        """Test knob: push a symbol's price up (+1) or down (-1) with a lasting trending burst that also gets half
+        of the generator's events; None lets it go. Streams, books and ids stay consistent (it is ordinary
+        generated trading, just one-sided)."""
+        i = self.index[symbol]
+        with self.lock:
+            if direction is None:
+                self._drive.pop(i, None)
+                self.regime[i] = 1
+            else:
+                self._drive[i] = 1 if direction > 0 else -1
+            w = self.weights.copy()
+            others = w.sum() - w[list(self._drive)].sum() if self._drive else 0.0
+            for j in self._drive:
+                w[j] = max(others, 1e-12) / len(self._drive)
+            self._cumw = np.cumsum(w)
 
     # ---- thread ----------------------------------------------------------------------------------
     @property

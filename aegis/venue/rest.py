@@ -18,10 +18,11 @@ import orjson
 from aegis.venue.auth import Authenticator, MAX_RECV_WINDOW_MS
 from aegis.venue.catalog import margin_assets, symbol_json
 from aegis.venue.exchange import Exchange, VenueError
+from aegis.venue.marketdata import ParamError, historical_trades
 from aegis.venue.ratelimit import RateLimitConfig, RateLimiter
 from aegis.venue.server import Request, Response
 
-NONE, USER_STREAM, SIGNED = "NONE", "USER_STREAM", "SIGNED"
+NONE, USER_STREAM, MARKET_DATA, SIGNED = "NONE", "USER_STREAM", "MARKET_DATA", "SIGNED"  # the middle two: key only
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,30 @@ class RestApi:
             Endpoint("GET", "/fapi/v2/balance", SIGNED, lambda p: 5, lambda k, p: ex.balances(k)),
             Endpoint("GET", "/fapi/v3/balance", SIGNED, lambda p: 5, lambda k, p: ex.balances(k)),
             Endpoint("GET", "/fapi/v1/rateLimit/order", SIGNED, one, lambda k, p: self._order_limits()),
+            Endpoint("GET", "/fapi/v1/historicalTrades", MARKET_DATA, lambda p: 20, self._historical_trades),
+            Endpoint("GET", "/fapi/v1/fundingRate", NONE, one, lambda k, p: ex.funding_rates(p)),
+            Endpoint("GET", "/fapi/v1/openInterest", NONE, one, lambda k, p: ex.open_interest(p)),
+            Endpoint("GET", "/fapi/v1/leverageBracket", SIGNED, one, ex.leverage_brackets),
+            Endpoint("POST", "/fapi/v1/marginType", SIGNED, one, ex.set_margin_type),
+            Endpoint("GET", "/fapi/v1/positionSide/dual", SIGNED, lambda p: 30, ex.position_mode),
+            Endpoint("POST", "/fapi/v1/positionSide/dual", SIGNED, one, ex.set_position_mode),
+            Endpoint("POST", "/fapi/v1/positionMargin", SIGNED, one, ex.position_margin),
+            Endpoint("GET", "/fapi/v1/multiAssetsMargin", SIGNED, lambda p: 30, ex.multi_assets_mode),
+            Endpoint("POST", "/fapi/v1/multiAssetsMargin", SIGNED, one, ex.set_multi_assets_mode),
+            Endpoint("GET", "/fapi/v1/allOrders", SIGNED, lambda p: 5, ex.all_orders),
+            Endpoint("GET", "/fapi/v1/income", SIGNED, lambda p: 30, ex.income_history),
+            Endpoint("GET", "/fapi/v1/forceOrders", SIGNED, lambda p: 20 if p.get("symbol") else 50, ex.force_orders),
+            Endpoint("GET", "/fapi/v1/adlQuantile", SIGNED, lambda p: 5, ex.adl_quantile),
+            Endpoint("GET", "/fapi/v1/accountConfig", SIGNED, lambda p: 5, ex.account_config),
+            Endpoint("GET", "/fapi/v1/symbolConfig", SIGNED, lambda p: 5, ex.symbol_config),
+            Endpoint("POST", "/fapi/v1/countdownCancelAll", SIGNED, lambda p: 10, ex.countdown_cancel_all),
+            Endpoint("POST", "/fapi/v1/algoOrder", SIGNED, lambda p: 0, ex.algo.place, counts_order=True),
+            Endpoint("DELETE", "/fapi/v1/algoOrder", SIGNED, one, ex.algo.cancel),
+            Endpoint("GET", "/fapi/v1/algoOrder", SIGNED, one, ex.algo.query),
+            Endpoint("GET", "/fapi/v1/openAlgoOrders", SIGNED, lambda p: 1 if p.get("symbol") else 40,
+                     ex.algo.open_orders),
+            Endpoint("GET", "/fapi/v1/allAlgoOrders", SIGNED, lambda p: 5, ex.algo.all_orders),
+            Endpoint("DELETE", "/fapi/v1/algoOpenOrders", SIGNED, one, ex.algo.cancel_all),
             Endpoint("POST", "/fapi/v1/listenKey", USER_STREAM, one,
                      lambda k, p: {"listenKey": ex.listen_key_create(k)}),
             Endpoint("PUT", "/fapi/v1/listenKey", USER_STREAM, one,
@@ -125,6 +150,7 @@ class RestApi:
     def install(self, router) -> None:
         for ep in self.endpoints:
             router.add_http(ep.method, ep.path, self._bind(ep))
+        router.unmatched_headers = lambda req: {"X-MBX-USED-WEIGHT-1M": str(self.limiter.used_weight(req.client_ip))}
 
     def _bind(self, ep: Endpoint) -> Callable[[Request], Response]:
         return lambda req: self.handle(ep, req)
@@ -218,6 +244,18 @@ class RestApi:
             except VenueError as e:
                 out.append({"code": e.code, "msg": e.msg})
         return out
+
+    def _historical_trades(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/historicalTrades (MARKET_DATA: API key, no signature)."""
+        sym = params.get("symbol")
+        if not sym:
+            raise VenueError(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        if self.market is None or sym not in self.market.index:
+            raise VenueError(-1121, "Invalid symbol.")
+        try:
+            return historical_trades(self.market, sym, params)
+        except ParamError as e:
+            raise VenueError(e.code, e.msg, e.status) from None
 
     def _order_limits(self) -> list[dict]:
         c = self.limits_cfg

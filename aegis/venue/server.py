@@ -70,11 +70,14 @@ class WsPolicy:
     max_incoming_per_s: int | None = None  # ping + pong + data frames in any 1 s window
     incoming_limit_close_code: int = 1008
     lifetime_close_code: int = 1001
+    max_message_bytes: int | None = None   # larger data messages close the connection with 1009 (None: 16 MiB)
 
 
 class Router:
     def __init__(self) -> None:
         self._http: dict[tuple[str, str], Callable[[Request], Response]] = {}
+        # headers of 404/405 replies (the REST API sets X-MBX-USED-WEIGHT-1M: every Binance reply carries it)
+        self.unmatched_headers: Callable[[Request], dict[str, str]] | None = None
         self._ws: list[tuple[str, Callable, WsPolicy | None]] = []
 
     def add_http(self, method: str, path: str, handler: Callable[[Request], Response]) -> None:
@@ -536,8 +539,12 @@ class VenueServer:
         handler, status = self.router.http_handler(req.method, req.path)
         if handler is None:
             if status == 405:
-                return json_error(405, -1000, f"Request method '{req.method}' not supported.")
-            return json_error(404, -1000, "Not Found: unknown path.")
+                resp = json_error(405, -1000, f"Request method '{req.method}' not supported.")
+            else:
+                resp = json_error(404, -1000, "Not Found: unknown path.")
+            if self.router.unmatched_headers is not None:
+                resp.headers.update(self.router.unmatched_headers(req))
+            return resp
         try:
             resp = handler(req)
         except Exception:
@@ -582,8 +589,11 @@ class VenueServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         except OSError:
             pass
-        reader = wsproto.FrameReader(sock, pending=buf)  # with the bytes the client pipelined after its handshake
-        conn = WsConn(sock, reader, req, policy or self.ws_policy, self)
+        policy = policy or self.ws_policy
+        # with the bytes the client pipelined after its handshake
+        reader = wsproto.FrameReader(sock, pending=buf,
+                                     max_message=policy.max_message_bytes or wsproto.MAX_MESSAGE_PAYLOAD)
+        conn = WsConn(sock, reader, req, policy, self)
         with self._conn_lock:
             self.ws_conns.append(conn)
         conn.start()

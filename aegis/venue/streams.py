@@ -25,6 +25,7 @@ import orjson
 
 from . import _mdkernels as K
 from .market import Chunk, Market, chunk_from_payloads
+from .marketdata import market_data_endpoints
 from .server import Request, Response, Router, WsConn, WsPolicy
 
 MAX_STREAMS = 1024
@@ -38,17 +39,24 @@ for _li, _lv in enumerate(K.PART_LEVELS):
         _KIND_SUFFIX[K.K_PART + _li * 3 + _k] = f"@depth{_lv}{_sp}"
 for _i, _iv in enumerate(K.KLINE_INTERVALS):
     _KIND_SUFFIX[K.K_KLINE + _i] = f"@kline_{_iv}"
+_KIND_SUFFIX[K.K_TICKER] = "@ticker"
+_KIND_SUFFIX[K.K_MINITICKER] = "@miniTicker"
 _SUFFIX_KIND = {v: k for k, v in _KIND_SUFFIX.items()}
-_MARKET_KINDS = {K.K_AGGTRADE, K.K_MARK3S, K.K_MARK1S} | {K.K_KLINE + i for i in range(len(K.KLINE_INTERVALS))}
+# continuous klines are named after the pair and contract type, not the symbol:
+# <pair>_<contracttype>@continuousKline_<interval>
+_CKLINE_SUFFIX = {K.K_CKLINE + _i: f"@continuousKline_{_iv}" for _i, _iv in enumerate(K.KLINE_INTERVALS)}
+_MARKET_KINDS = ({K.K_AGGTRADE, K.K_MARK3S, K.K_MARK1S, K.K_TICKER, K.K_MINITICKER}
+                 | {K.K_KLINE + i for i in range(len(K.KLINE_INTERVALS))} | set(_CKLINE_SUFFIX))
 _DEPTH_KINDS = {K.K_DEPTH0, K.K_DEPTH100, K.K_DEPTH250, K.K_DEPTH500} | {K.K_PART + i for i in range(9)}
-G_ALL_BOOKTICKER, G_ALL_MARK3S, G_ALL_MARK1S = 0, 1, 2
+G_ALL_BOOKTICKER, G_ALL_MARK3S, G_ALL_MARK1S, G_ALL_TICKER, G_ALL_MINITICKER = range(5)
 _GLOBAL_NAMES = {"!bookTicker": (G_ALL_BOOKTICKER, PUBLIC), "!markPrice@arr": (G_ALL_MARK3S, MARKET),
-                 "!markPrice@arr@1s": (G_ALL_MARK1S, MARKET)}
+                 "!markPrice@arr@1s": (G_ALL_MARK1S, MARKET), "!ticker@arr": (G_ALL_TICKER, MARKET),
+                 "!miniTicker@arr": (G_ALL_MINITICKER, MARKET)}
 
 # Valid stream names the venue acknowledges but has no data for (route given for the delivery rule).
-_OTHER_SUFFIX_ROUTE = {"@miniTicker": MARKET, "@ticker": MARKET, "@forceOrder": MARKET, "@compositeIndex": MARKET,
+_OTHER_SUFFIX_ROUTE = {"@forceOrder": MARKET, "@compositeIndex": MARKET,
                        "@rpiDepth@500ms": PUBLIC, "@bookTicker@rpi": PUBLIC}
-_OTHER_GLOBAL_ROUTE = {"!miniTicker@arr": MARKET, "!ticker@arr": MARKET, "!forceOrder@arr": MARKET,
+_OTHER_GLOBAL_ROUTE = {"!forceOrder@arr": MARKET,
                        "!contractInfo": MARKET, "!assetIndex@arr": MARKET}
 _SYMBOL_RE = re.compile(r"^[^\s@/!A-Z\"\\]+$")
 
@@ -65,8 +73,17 @@ class StreamRegistry:
         self.routes: list[str] = []
         for i, sym in enumerate(market.symbols):
             low = sym.lower()
+            spec = market.specs[sym]
+            ck = f"{spec.pair.lower()}_{spec.contract_type.lower()}"
             for kind in range(K.N_KINDS):
-                self.names.append(low + _KIND_SUFFIX[kind])
+                if kind in _CKLINE_SUFFIX:
+                    # one symbol per (pair, contract type) owns the name; a second one gets an unreachable name
+                    name = ck + _CKLINE_SUFFIX[kind]
+                    if name in self.names:
+                        name = f"{low}#{kind}"
+                    self.names.append(name)
+                else:
+                    self.names.append(low + _KIND_SUFFIX[kind])
                 self.routes.append(MARKET if kind in _MARKET_KINDS else PUBLIC)
         self.g0 = len(self.names)
         for name, (_g, route) in sorted(_GLOBAL_NAMES.items(), key=lambda kv: kv[1][0]):
@@ -324,11 +341,14 @@ class StreamHub:
         # new streams unwanted (never generated) until the next change: seen as 66 of 300 symbols never quoted.
         # Subscription edits and the recompute happen under this lock, so the last writer saw every edit.
         self._wants_lock = threading.RLock()
-        self.global_want = np.zeros(3, np.bool_)
+        self.global_want = np.zeros(len(_GLOBAL_NAMES), np.bool_)
         self._next_flush = [0.0, 0.0, 0.0]
         self._next_mark = [0.0, 0.0]
         self._next_all_bt = 0.0
         self._next_kline = 0.0
+        self._next_ticker = 0.0
+        self._next_ticker_arr = 0.0
+        self._next_sample = 0.0
         self._replay_thread: threading.Thread | None = None
         self._replay_stop = threading.Event()
         self.replay_books: ReplayBooks | None = None  # REST depth source while replaying
@@ -365,7 +385,7 @@ class StreamHub:
                 m = c.mask
                 want[: len(m)] |= m
             self.market.set_wants(want[: reg.n_sym])
-            self.global_want = want[reg.g0: reg.g0 + 3].copy()
+            self.global_want = want[reg.g0: reg.g0 + len(_GLOBAL_NAMES)].copy()
 
     # ---- the websocket handler -------------------------------------------------------------------
     def handle(self, ws: WsConn, req: Request) -> None:
@@ -489,6 +509,9 @@ class StreamHub:
             self._next_mark = [now + 1.0, now + 3.0]
             self._next_all_bt = now + 5.0
             self._next_kline = now + 0.25
+            self._next_ticker = now + 0.5
+            self._next_ticker_arr = now + 1.0
+            self._next_sample = now
         for k, period in enumerate((0.1, 0.25, 0.5)):
             if now >= self._next_flush[k]:
                 self._next_flush[k] = max(self._next_flush[k] + period, now)
@@ -507,6 +530,25 @@ class StreamHub:
             items = self.market.kline_messages(self.market.now_ms())
             if items:
                 self.publish(chunk_from_payloads(items))
+        if now >= self._next_sample:
+            self._next_sample = max(self._next_sample + 1.0, now)
+            self.market.sample_prices(self.market.now_ms())
+        if now >= self._next_ticker:
+            # symbol tickers every 500 ms, the all-market arrays every second (Binance's update speeds)
+            self._next_ticker = max(self._next_ticker + 0.5, now)
+            arr = now >= self._next_ticker_arr
+            if arr:
+                self._next_ticker_arr = max(self._next_ticker_arr + 1.0, now)
+            gw = self.global_want
+            if arr and (gw[G_ALL_TICKER] or gw[G_ALL_MINITICKER]) or self.market.want[
+                    self.market.sid_base[:, None] + np.array([K.K_TICKER, K.K_MINITICKER])].any():
+                items, full, mini = self.market.ticker_payloads(self.market.now_ms())
+                if arr and gw[G_ALL_TICKER]:
+                    items.append((g0 + G_ALL_TICKER, orjson.dumps(full)))
+                if arr and gw[G_ALL_MINITICKER]:
+                    items.append((g0 + G_ALL_MINITICKER, orjson.dumps(mini)))
+                if items:
+                    self.publish(chunk_from_payloads(items))
         if now >= self._next_all_bt:
             self._next_all_bt = max(self._next_all_bt + 5.0, now)
             if self.global_want[G_ALL_BOOKTICKER]:
@@ -701,7 +743,7 @@ def market_endpoints(market: Market, hub: "StreamHub | None" = None) -> list[Mar
         sym, err = symbol_of(p)
         return err if err else (200, market.ticker_24hr(sym))
 
-    return [
+    return market_data_endpoints(market, MarketEndpoint, symbol_of) + [
         MarketEndpoint("GET", "/fapi/v1/depth", _depth_weight, depth),
         MarketEndpoint("GET", "/fapi/v1/ticker/bookTicker", lambda p: 2 if p.get("symbol") else 5, book_ticker),
         MarketEndpoint("GET", "/fapi/v1/ticker/24hr", lambda p: 1 if p.get("symbol") else 40, ticker_24hr),

@@ -13,6 +13,8 @@ import orjson
 
 from aegis.venue.exchange import Exchange, VenueError
 from aegis.venue.rest import services
+from aegis.venue.server import WsPolicy
+from aegis.venue.streams import market_endpoints
 
 _BAD_JSON = VenueError(-1000, "Invalid JSON request.")
 
@@ -36,12 +38,15 @@ class WsApiService:
         self.auth = svc.auth
         self.limiter = svc.limiter
         ex = exchange
+        self.market_data = self._market_data_methods(exchange.market)
         # method -> (weight, signed, counts_order, fn(account_key, params) -> result)
         self.methods: dict[str, tuple[int, bool, bool, Callable]] = {
             "order.place": (0, True, True, ex.place_order),
             "order.cancel": (1, True, False, ex.cancel_order),
             "order.modify": (1, True, True, ex.modify_order),
             "order.status": (1, True, False, ex.query_order),
+            "algoOrder.place": (0, True, True, ex.algo.place),
+            "algoOrder.cancel": (1, True, False, ex.algo.cancel),
             "account.position": (5, True, False, lambda k, p: ex.position_risk(k, p, version=3)),
             "v2/account.position": (5, True, False, lambda k, p: ex.position_risk(k, p, version=3)),
             "account.status": (5, True, False, lambda k, p: ex.account_info(k, version=3)),
@@ -52,6 +57,25 @@ class WsApiService:
             "userDataStream.ping": (1, False, False, lambda k, p: {"listenKey": ex.listen_key_keepalive(k)}),
             "userDataStream.stop": (1, False, False, lambda k, p: ex.listen_key_delete(k) or {}),
         }
+
+    @staticmethod
+    def _market_data_methods(market) -> dict[str, tuple[Callable, Callable]]:
+        """depth, ticker.price and ticker.book: the REST market-data endpoints' weights, checks and results."""
+        if market is None or not hasattr(market, "index"):
+            return {}
+        by_path = {ep.path: ep for ep in market_endpoints(market)}
+
+        def call(path):
+            ep = by_path[path]
+
+            def fn(p):
+                status, body = ep.handler(p)
+                if status != 200:
+                    raise VenueError(body["code"], body["msg"], status)
+                return body
+            return ep.weight, fn
+        return {"depth": call("/fapi/v1/depth"), "ticker.price": call("/fapi/v2/ticker/price"),
+                "ticker.book": call("/fapi/v1/ticker/bookTicker")}
 
     def handle(self, ws, req) -> None:
         return_limits = "returnRateLimits=false" not in (req.query or "")
@@ -85,6 +109,15 @@ class WsApiService:
                 raise VenueError(-1102, "Mandatory parameter 'params' was not sent, was empty/null, or malformed.")
             if "returnRateLimits" in params:     # a signed param like any other; not an order field
                 return_limits = params["returnRateLimits"] not in (False, "false")
+            public = self.market_data.get(method) if isinstance(method, str) else None
+            if public is not None:          # market data: no key, no signature
+                weight_of, fn = public
+                sparams = _str_params(params)
+                self.limiter.charge_weight(client_ip, weight_of(sparams))
+                out = {"id": rid, "status": 200, "result": fn(sparams)}
+                if return_limits:
+                    out["rateLimits"] = self.limiter.rate_limits_status(client_ip, None)
+                return orjson.dumps(out)
             spec = self.methods.get(method) if isinstance(method, str) else None
             if spec is None:
                 raise VenueError(-1102, "Mandatory parameter 'method' was not sent, was empty/null, or malformed.")
@@ -116,7 +149,16 @@ class WsApiService:
         return orjson.dumps(out)
 
 
+# Largest request frame accepted; a bigger one closes the connection with 1009. Binance documents no number for
+# ws-fapi; clients report a 4096-byte cap on Binance websocket requests, and no single request here comes near it.
+MAX_REQUEST_BYTES = 4096
+
+
 def install(router, exchange: Exchange, cfg=None) -> WsApiService:
     svc = WsApiService(exchange, cfg)
-    router.add_ws("/ws-fapi/v1", svc.handle)
+    policy = WsPolicy(ping_interval_s=getattr(cfg, "ping_interval_s", 180.0),
+                      pong_timeout_s=getattr(cfg, "pong_timeout_s", 600.0),
+                      lifetime_s=getattr(cfg, "conn_lifetime_s", 86400.0),
+                      max_message_bytes=getattr(cfg, "ws_api_max_request_bytes", MAX_REQUEST_BYTES))
+    router.add_ws("/ws-fapi/v1", svc.handle, policy)
     return svc

@@ -31,8 +31,10 @@ class FrameReader:
     control frame (control frames may arrive between fragments, RFC 6455 5.4).
     """
 
-    def __init__(self, sock, require_mask: bool = True, pending: bytes = b""):
+    def __init__(self, sock, require_mask: bool = True, pending: bytes = b"",
+                 max_message: int = MAX_MESSAGE_PAYLOAD):
         self._sock = sock
+        self._max_message = min(max_message, MAX_FRAME_PAYLOAD)   # larger frames: 1009 from the header
         self._rule = ws.FROM_CLIENT if require_mask else ws.FROM_SERVER
         self._buf = np.zeros(max(1 << 16, 2 * len(pending)), np.uint8)
         self._buf[:len(pending)] = np.frombuffer(bytes(pending), np.uint8)   # read along with the handshake
@@ -62,7 +64,7 @@ class FrameReader:
     def read_frame(self) -> tuple[bool, int, bytes]:
         while True:
             n, end, _, status = ws.split_frames(self._buf, self._head, self._tail, self._offs, self._lens, self._ops,
-                                                self._flags, 1, self._rule, MAX_FRAME_PAYLOAD)
+                                                self._flags, 1, self._rule, self._max_message)
             if status != ws.SPLIT_OK:
                 raise ProtocolError(ws.SPLIT_PROBLEM[status], ws.CLOSE_CODE[status])
             if n:
@@ -90,7 +92,7 @@ class FrameReader:
                 self._frag_opcode = opcode
                 self._frag_parts = [payload]
                 self._frag_len = len(payload)
-            if self._frag_len > MAX_MESSAGE_PAYLOAD:
+            if self._frag_len > self._max_message:
                 raise ProtocolError("message too big", 1009)
             if fin:
                 op = self._frag_opcode
