@@ -588,3 +588,52 @@ def status_text(n: float, ok: float, ll: float, bll: float) -> str:
         return "model: no predictions yet"
     return (f"model: {int(n)} predictions, accuracy {ok / n * 100:.1f}%, log-loss {ll / n:.4f} "
             f"(base rate {bll / n:.4f})")
+
+
+# ============================================================================================ run hooks
+# The Brain (aegis.brain.process) and replay (aegis.replay.run) call these at start and at the end of a run; they
+# do nothing unless the strategy is `online`.
+def _online(scfg) -> bool:
+    from aegis.brain import strategy
+    return scfg is not None and scfg.id == strategy.ONLINE
+
+
+def _param(scfg, name: str) -> float:
+    return float(scfg.params[[p.name for p in scfg.spec.params].index(name)])
+
+
+def check_model_options(scfg, load_path, save_path) -> None:
+    """Before anything starts: model files are for the online strategy, and a file to load must be usable."""
+    if not _online(scfg):
+        if load_path or save_path:
+            raise ConfigError(f"--model / --save-model need --strategy online (strategy is {scfg.name})")
+        return
+    if load_path:
+        header, _ = read_model(load_path)
+        want = _model_name(int(_param(scfg, "model")))
+        if header.get("model") != want:
+            raise ModelFileError(f"{load_path}: model file holds a {header.get('model')!r} model, the strategy "
+                                 f"runs model={want}")
+    if save_path:
+        parent = Path(save_path).resolve().parent
+        if not parent.is_dir():
+            raise ConfigError(f"{save_path}: directory {parent} does not exist")
+
+
+def start_run(scfg, state: np.ndarray, names, load_path, say) -> None:
+    """Load the model file (if any) into the strategy state; say() which symbols start from zero."""
+    if not _online(scfg) or not load_path:
+        return
+    fresh = load_model(load_path, state, int(_param(scfg, "model")), names)
+    known = [n for n in names if n not in fresh]
+    say(f"model {load_path}: loaded for {', '.join(known)}"
+        + (f"; no model in the file for {', '.join(fresh)}: those start from zero" if fresh else ""))
+
+
+def end_run(scfg, state: np.ndarray, names, save_path) -> dict | None:
+    """Save the model (if asked) and return the prequential metrics (None unless the strategy learns)."""
+    if not _online(scfg):
+        return None
+    if save_path:
+        save_model(save_path, state, int(_param(scfg, "model")), names)
+    return summary(state, _param(scfg, "window_s"), names)
