@@ -235,3 +235,131 @@ def test_missing_model_file_is_an_error_not_a_fresh_start(tmp_path):
     cfg, params, st = online()
     with pytest.raises(learn.ModelFileError, match="does not exist"):
         learn.load_model(tmp_path / "nope.bin", st, learn.MODEL_LOGIT, ["BTCUSDT"])
+
+
+# ============================================================================================ replay, CLI, Brain
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from aegis.replay import run as replay  # noqa: E402
+
+T0_MS = T0_NS // 1_000_000
+HEADER = "update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time"
+
+
+def quotes_csv(path, n=4000, **kw):
+    """The stream() quotes as a Binance bookTicker CSV (10 ms apart)."""
+    rec = stream(n, **kw)
+    rows = [HEADER]
+    for i, r in enumerate(rec):
+        t = T0_MS + i * (STEP_NS // 1_000_000)
+        rows.append(f"{i + 1},{r['bid_px']:.2f},{r['bid_qty']:.6f},{r['ask_px']:.2f},{r['ask_qty']:.6f},{t - 1},{t}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def replay_online(tmp_path, csv_path, *extra, out="out"):
+    out_dir = tmp_path / out
+    rc = replay.main([csv_path, "--strategy", "online", "--brain", "unit_notional=0", "--out", str(out_dir),
+                      "--no-progress", *extra])
+    assert rc == 0
+    return json.loads((out_dir / "summary.json").read_text()), out_dir
+
+
+@pytest.mark.time_limit(600)
+def test_replay_writes_prequential_metrics_windows_and_a_learning_curve(tmp_path):
+    csv_path = quotes_csv(tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv")
+    summary, out = replay_online(tmp_path, csv_path, "--param", "window_s=5", "--param", "trade=false")
+    m = summary["model"]
+    assert {"predictions", "accuracy", "log_loss", "baseline_log_loss", "windows"} <= set(m)
+    assert m["predictions"] == 3999
+    assert m["accuracy"] > 0.7 and m["log_loss"] < m["baseline_log_loss"]
+    w = m["windows"]
+    assert len(w) == 8                                      # 40 s of quotes, 5 s windows
+    for x in w:
+        assert {"start_ns", "end_ns", "predictions", "accuracy", "log_loss"} <= set(x)
+    assert [x["start_ns"] for x in w] == sorted(x["start_ns"] for x in w)
+    assert w[0]["start_ns"] == T0_NS and w[-1]["end_ns"] == T0_NS + 40 * 10**9
+    assert sum(x["predictions"] for x in w) == m["predictions"]
+    assert w[-1]["log_loss"] < w[0]["log_loss"]            # it learns
+    png = (out / "learning_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and (out / "equity.png").exists()
+
+
+@pytest.mark.time_limit(600)
+def test_replay_trains_a_model_file_that_a_later_run_starts_from(tmp_path):
+    csv_path = quotes_csv(tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv")
+    model = tmp_path / "m.bin"
+    a, _ = replay_online(tmp_path, csv_path, "--param", "window_s=1", "--param", "trade=false",
+                         "--save-model", str(model), out="a")
+    header, blocks = learn.read_model(model)
+    assert header["symbols"] == ["BTCUSDT"] and header["feature_set"] == learn.FEATURE_SET
+    b, _ = replay_online(tmp_path, csv_path, "--param", "window_s=1", "--param", "trade=false",
+                         "--model", str(model), out="b")
+    # the second run starts trained: its first second (100 events) is far better than the fresh model's, and as
+    # good as the first run's last one
+    wa, wb = a["model"]["windows"], b["model"]["windows"]
+    assert wa[0]["log_loss"] > 0.62 and wb[0]["log_loss"] < wa[0]["log_loss"] - 0.05
+    assert wb[0]["log_loss"] < wa[-1]["log_loss"] + 0.05
+
+
+@pytest.mark.time_limit(600)
+@pytest.mark.parametrize("make,extra,message", [
+    (lambda p: p.write_bytes(b"AEGISMDL" + b"\0" * 100), [], "corrupt or truncated"),
+    (lambda p: None, [], "does not exist"),
+    (lambda p: p.write_bytes(b""), ["--strategy", "obi"], "need --strategy online"),
+])
+def test_replay_refuses_a_bad_model_file_with_one_line_and_exit_2(tmp_path, make, extra, message):
+    csv_path = quotes_csv(tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv", n=50)
+    model = tmp_path / "m.bin"
+    make(model)
+    res = subprocess.run([sys.executable, "-m", "aegis", "replay", csv_path, "--strategy", "online", *extra,
+                          "--model", str(model), "--out", str(tmp_path / "o"), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and message in lines[0], res.stderr
+
+
+@pytest.mark.time_limit(600)
+def test_online_orders_go_through_risk(tmp_path):
+    csv_path = quotes_csv(tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv")
+    free = ("--param", "fee_bps=0", "--param", "margin_bps=0", "--param", "warmup=200", "--param", "cooldown_ms=200",
+            "--param", "unit=0.01")
+    s, _ = replay_online(tmp_path, csv_path, *free, out="free")
+    c = s["counts"]
+    assert c["orders_accepted"] > 10 and c["fills"] == c["orders_accepted"]
+    assert c["orders_accepted"] + c["orders_refused_by_risk"] == c["signals"]
+    # the same signals against a risk limit no order can pass: every one refused, nothing filled
+    s, _ = replay_online(tmp_path, csv_path, *free, "--risk", "max_order_notional=1", out="capped")
+    c = s["counts"]
+    assert c["orders_accepted"] == 0 and c["fills"] == 0 and c["orders_refused_by_risk"] > 0
+    assert s["refusals"] == {"ORDER_NOTIONAL_LIMIT": c["orders_refused_by_risk"]}
+    # with a realistic taker fee the predicted edge (a fraction of a 1 bps move) never pays: no orders at all
+    s, _ = replay_online(tmp_path, csv_path, "--param", "warmup=200", out="fees")
+    assert s["counts"]["signals"] == 0 and s["model"]["predictions"] == 3999
+
+
+def test_brain_reports_the_model_on_its_status_and_summary_lines():
+    from aegis.app import supervisor
+    from aegis.brain import process
+    from aegis.core import control
+    brain = process.Brain(process.BrainConfig(candle_intervals=()), strategy.resolve("online", {"trade": "false"}), 1)
+    brain.process(stream(2000))
+    ctl = control.new_block()
+    brain.housekeeping(0, ctl, ctl.view(np.float64))
+    text = supervisor.model_fields(ctl)
+    n, ok, ll, bll = learn.totals(brain.state)
+    assert n == 1999 and f"{int(n)} predictions" in text and f"accuracy {ok / n * 100:.1f}%" in text
+    assert "model: 1999 predictions" in process.summary_line(brain)
+
+
+def test_live_cli_checks_model_options_before_starting(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "aegis", "--strategy", "online", "--model", str(tmp_path / "x.bin")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert [x for x in res.stderr.splitlines() if x.strip()] == [f"aegis: error: {tmp_path / 'x.bin'}: model file "
+                                                                  f"does not exist"]
+    res = subprocess.run([sys.executable, "-m", "aegis", "--strategy", "list"], capture_output=True, text=True,
+                         timeout=120)
+    assert "online:" in res.stdout and "forget=0.999" in res.stdout and "fee_bps=5" in res.stdout

@@ -637,3 +637,19 @@ def end_run(scfg, state: np.ndarray, names, save_path) -> dict | None:
     if save_path:
         save_model(save_path, state, int(_param(scfg, "model")), names)
     return summary(state, _param(scfg, "window_s"), names)
+
+
+def publish(ctl, ctl_f, state: np.ndarray) -> None:
+    """The Brain's housekeeping: prequential totals into the control block for the supervisor's status line."""
+    from aegis.core import control
+    n, ok, ll, bll = totals(state)
+    b = control.base(control.ROLE_BRAIN)
+    ctl[b + control.R_BRAIN_MODEL_N] = int(n)
+    ctl[b + control.R_BRAIN_MODEL_OK] = int(ok)
+    if ctl_f is not None:
+        ctl_f[b + control.F_BRAIN_MODEL_LL] = ll
+        ctl_f[b + control.F_BRAIN_MODEL_BLL] = bll
+
+
+def state_text(state: np.ndarray) -> str:
+    return status_text(*totals(state))
