@@ -55,12 +55,12 @@ FEATURES = (
     "depth_imbalance",         # same over the depth levels updated within DEPTH_BPS of the mid (decayed sums)
     "micro_minus_mid_bps",     # microprice - mid, basis points of the mid
     "spread_ticks",            # spread / smallest spread seen (the tick, estimated from the data)
-    "ret_events_short",        # log(mid / EMA of the mid over RET_EV_SHORT events), bps
+    "ret_events_short",        # mid / (EMA of the mid over RET_EV_SHORT events) - 1, bps
     "ret_events_long",         # same over RET_EV_LONG events
-    "ret_time_short",          # log(mid / time-decayed mean of the mid, time constant RET_T_SHORT_NS), bps
+    "ret_time_short",          # mid / (time-decayed mean of the mid, time constant RET_T_SHORT_NS) - 1, bps
     "ret_time_long",           # same, RET_T_LONG_NS
     "trade_flow_imbalance",    # (buy qty - sell qty) / (buy + sell) of aggTrades, decayed with FLOW_TAU_NS
-    "realized_vol_bps",        # sqrt of the EWMA (RV_EVENTS mid changes) of squared mid log-returns, bps
+    "realized_vol_bps",        # sqrt of the EWMA (RV_EVENTS mid changes) of squared relative mid moves, bps
     "log_ms_since_mid_change",  # log(1 + ms since the mid last moved)
 )
 NF = len(FEATURES)
@@ -123,14 +123,14 @@ Q_OK = Q_BASE + 1      # correct
 Q_LL = Q_BASE + 2      # sum of log-loss
 Q_BLL = Q_BASE + 3     # sum of the baseline's log-loss
 Q_UP = Q_BASE + 4      # up labels seen (the baseline's base rate)
-Q_LAST_P = Q_BASE + 5  # last probability of an up move computed for trading
 # current window and the window log
 WIN_FIELDS = 5         # bucket, n, correct, log-loss sum, baseline log-loss sum
 W_SCALE = Q_BASE + 8   # window length = window_s * 2**scale
+W_LEN = Q_BASE + 11    # that length in ns (0: not set yet)
 W_LOG_N = Q_BASE + 9
-W_CUR = Q_BASE + 10    # current window (WIN_FIELDS); its n = 0: none open
+W_CUR = Q_BASE + 12    # current window (WIN_FIELDS); its n = 0: none open
 WLOG_CAP = 512
-W_LOG = Q_BASE + 16
+W_LOG = Q_BASE + 24
 W_END = W_LOG + WLOG_CAP * WIN_FIELDS
 # trading (the strategy's own slots: position in units, orders working, tracked flag, ts of the last signal)
 T_POS = W_END
@@ -225,6 +225,7 @@ def _wlog_compact(row):
     """Window log full: double the window length, merging the windows that now share a bucket."""
     while row[W_LOG_N] >= WLOG_CAP:
         row[W_SCALE] += 1.0
+        row[W_LEN] *= 2.0
         n = int(row[W_LOG_N])
         k = -1
         for i in range(n):
@@ -260,11 +261,13 @@ def score(row, ts, p, y, window_ns):
     row[Q_UP] += y
     if window_ns <= 0.0:
         return
-    b = math.floor(ts / (window_ns * 2.0 ** row[W_SCALE]))
+    if row[W_LEN] == 0.0:
+        row[W_LEN] = window_ns
+    b = math.floor(ts / row[W_LEN])
     if row[W_CUR + 1] > 0.0 and row[W_CUR] != b:
         if row[W_LOG_N] >= WLOG_CAP:
             _wlog_compact(row)
-            b = math.floor(ts / (window_ns * 2.0 ** row[W_SCALE]))
+            b = math.floor(ts / row[W_LEN])
         if row[W_CUR] != b:
             dst = W_LOG + int(row[W_LOG_N]) * WIN_FIELDS
             for f in range(WIN_FIELDS):
@@ -303,10 +306,10 @@ def _features(row, ts):
     spread = ask - bid
     ms = row[F_MIN_SPREAD]
     row[x + 4] = spread / ms if ms > 0.0 else 1.0
-    row[x + 5] = math.log(mid / row[F_EV_S]) * 1e4
-    row[x + 6] = math.log(mid / row[F_EV_L]) * 1e4
-    row[x + 7] = math.log(mid / row[F_T_S]) * 1e4
-    row[x + 8] = math.log(mid / row[F_T_L]) * 1e4
+    row[x + 5] = (mid / row[F_EV_S] - 1.0) * 1e4
+    row[x + 6] = (mid / row[F_EV_L] - 1.0) * 1e4
+    row[x + 7] = (mid / row[F_T_S] - 1.0) * 1e4
+    row[x + 8] = (mid / row[F_T_L] - 1.0) * 1e4
     k = _decay(ts - row[F_FLOW_TS], FLOW_TAU_NS)
     fa = row[F_FLOW_A] * k
     row[x + 9] = row[F_FLOW_S] * k / fa if fa > 0.0 else 0.0
@@ -318,16 +321,24 @@ def _features(row, ts):
     n = row[M_STD_N] + 1.0
     row[M_STD_N] = n
     a = 1.0 / n if n < STD_MEMORY else 1.0 / STD_MEMORY
+    for j in range(1, NF):
+        d = row[x + j] - row[M_MEAN + j]
+        row[M_MEAN + j] += a * d
+        row[M_VAR + j] = (1.0 - a) * (row[M_VAR + j] + a * d * d)
+    row[F_ZOK] = 1.0
+
+
+@njit(cache=True, nogil=True)
+def standardise(row):
+    """row[F_Z:] = the standardised row[F_X:] with the current mean / variance, clipped to +-Z_CLIP. Called only
+    when z is needed (a label scores it, a trading decision reads it), always before the next record updates the
+    statistics, so z is exactly what it would be if it were computed with every record (and costs nothing on the
+    records that need no z)."""
     row[F_Z] = 1.0
     for j in range(1, NF):
-        v = row[x + j]
-        d = v - row[M_MEAN + j]
-        row[M_MEAN + j] += a * d
-        var = (1.0 - a) * (row[M_VAR + j] + a * d * d)
-        row[M_VAR + j] = var
-        z = (v - row[M_MEAN + j]) / math.sqrt(var) if var > 1e-18 else 0.0
+        var = row[M_VAR + j]
+        z = (row[F_X + j] - row[M_MEAN + j]) / math.sqrt(var) if var > 1e-18 else 0.0
         row[F_Z + j] = Z_CLIP if z > Z_CLIP else (-Z_CLIP if z < -Z_CLIP else z)
-    row[F_ZOK] = 1.0
 
 
 @njit(cache=True, nogil=True)
@@ -350,6 +361,7 @@ def _on_mid(row, r, ts, model, lr, l2, opt, lam, init, window_ns):
             y = 1.0 if mid > old else 0.0
             if row[F_ZOK] != 0.0:
                 # prequential: score the vector known before this move with the current model, then learn from it
+                standardise(row)
                 if model == MODEL_RLS:
                     p = predict(row, F_Z, MODEL_RLS)
                     score(row, ts, p, y, window_ns)
@@ -359,7 +371,7 @@ def _on_mid(row, r, ts, model, lr, l2, opt, lam, init, window_ns):
                     score(row, ts, p, y, window_ns)
                 row[M_UPDATES] += 1.0
                 row[F_ZOK] = 0.0
-            ret = math.log(mid / old)
+            ret = mid / old - 1.0
             nrv = row[F_RV_N] + 1.0
             row[F_RV_N] = nrv
             a = 1.0 / nrv if nrv < RV_EVENTS else 1.0 / RV_EVENTS

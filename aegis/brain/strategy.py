@@ -372,8 +372,6 @@ def online_batch(params, state, records, start, n, out, max_k):
         st = state[s]
         if not learn.on_record(st, r, mid_source, model, lr, l2, opt, lam, init, window_ns):
             continue
-        p = learn.predict(st, learn.F_Z, model)
-        st[learn.Q_LAST_P] = p
         if not trade or st[learn.M_UPDATES] < warmup:
             continue
         tracked = st[learn.T_TRACKED] != 0.0
@@ -382,10 +380,16 @@ def online_batch(params, state, records, start, n, out, max_k):
         bid = st[learn.F_BID]
         ask = st[learn.F_ASK]
         mid = 0.5 * (bid + ask)
-        edge = learn.edge_bps(st, p)
         cost = cost0 + 0.5 * (ask - bid) / mid * 1e4
         pos = st[learn.T_POS]
         cur = 1.0 if pos > 0.0 else (-1.0 if pos < 0.0 else 0.0)
+        # |edge| < the mean move size: when that cannot beat the cost (flat) or the margin (in a position), no
+        # prediction can change anything and none is computed
+        if st[learn.M_MOVE] <= (cost if cur == 0.0 else margin):
+            continue
+        learn.standardise(st)
+        p = learn.predict(st, learn.F_Z, model)
+        edge = learn.edge_bps(st, p)
         target = cur
         if edge > cost:
             target = 1.0
