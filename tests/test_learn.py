@@ -109,17 +109,19 @@ def test_rls_with_forgetting_matches_the_numpy_closed_form_to_1e9():
             w_prev = row[learn.M_W:learn.M_W + learn.NF].copy()
 
 
-def test_standardiser_is_the_running_mean_and_population_variance_of_the_features():
+def test_standardiser_is_the_running_mean_and_population_variance_of_the_labelled_features():
     cfg, params, st = online()
     rec = stream(600, trades=True)
     xs = []
     out = strategy.new_signals(1)
     for i in range(len(rec)):
+        n = st[0, learn.Q_N]
         strategy.run_range(cfg.id, params, st, rec, i, i + 1, out, 1)
-        xs.append(st[0, learn.F_X:learn.F_X + learn.NF].copy())
+        if st[0, learn.Q_N] > n:          # a label: the vector it scored
+            xs.append(st[0, learn.F_X:learn.F_X + learn.NF].copy())
     xs = np.array(xs)
     n = int(st[0, learn.M_STD_N])
-    assert n == len(xs)
+    assert n == len(xs) == 599
     np.testing.assert_allclose(st[0, learn.M_MEAN + 1:learn.M_MEAN + learn.NF], xs[:, 1:].mean(0), rtol=1e-9,
                                atol=1e-9)
     np.testing.assert_allclose(st[0, learn.M_VAR + 1:learn.M_VAR + learn.NF], xs[:, 1:].var(0), rtol=1e-7,

@@ -96,7 +96,8 @@ F_DEP_B, F_DEP_A, F_DEP_TS = 15, 16, 17        # decayed near-touch depth qty pe
 F_RV = 18              # EWMA of squared mid log-returns
 F_RV_N = 19
 F_MIN_SPREAD = 20
-F_ZOK = 21             # 1 when Z holds a vector not yet labelled
+F_ZOK = 21             # 1 when the state changed since the last label (the next move labels it)
+F_LAST_TS = 22         # exchange ts of the last record that changed the state
 F_X = 24               # raw features [NF]
 F_Z = F_X + NF         # standardised features [NF] (the vector the next label scores)
 F_END = F_Z + NF
@@ -291,8 +292,10 @@ def _decay(dt, tau):
 
 
 @njit(cache=True, nogil=True)
-def _features(row, ts):
-    """Raw feature vector from the row's feature state into row[F_X:], then standardise into row[F_Z:]."""
+def features(row, ts):
+    """Raw feature vector of the row's feature state as of exchange time ts into row[F_X:]. Computed only when a
+    vector is needed (a label, a trading decision): between records the state does not change, so the vector a
+    label scores is exactly the one that was known right after the previous record."""
     mid = row[F_MID]
     bid, ask, bq, aq = row[F_BID], row[F_ASK], row[F_BQ], row[F_AQ]
     x = F_X
@@ -316,6 +319,12 @@ def _features(row, ts):
     row[x + 10] = math.sqrt(row[F_RV]) * 1e4
     dt_ms = (ts - row[F_MID_TS]) * 1e-6
     row[x + 11] = math.log1p(dt_ms if dt_ms > 0.0 else 0.0)
+
+
+@njit(cache=True, nogil=True)
+def observe(row):
+    """Add row[F_X:] to the standardiser's statistics (once per labelled vector)."""
+    x = F_X
     # online standardisation: exact running mean / population variance (Welford's recursion in its 1/n form)
     # until STD_MEMORY samples, then exponentially weighted with that memory so the scale can follow the market
     n = row[M_STD_N] + 1.0
@@ -325,15 +334,11 @@ def _features(row, ts):
         d = row[x + j] - row[M_MEAN + j]
         row[M_MEAN + j] += a * d
         row[M_VAR + j] = (1.0 - a) * (row[M_VAR + j] + a * d * d)
-    row[F_ZOK] = 1.0
 
 
 @njit(cache=True, nogil=True)
 def standardise(row):
-    """row[F_Z:] = the standardised row[F_X:] with the current mean / variance, clipped to +-Z_CLIP. Called only
-    when z is needed (a label scores it, a trading decision reads it), always before the next record updates the
-    statistics, so z is exactly what it would be if it were computed with every record (and costs nothing on the
-    records that need no z)."""
+    """row[F_Z:] = the standardised row[F_X:] with the current mean / variance, clipped to +-Z_CLIP."""
     row[F_Z] = 1.0
     for j in range(1, NF):
         var = row[M_VAR + j]
@@ -361,6 +366,8 @@ def _on_mid(row, r, ts, model, lr, l2, opt, lam, init, window_ns):
             y = 1.0 if mid > old else 0.0
             if row[F_ZOK] != 0.0:
                 # prequential: score the vector known before this move with the current model, then learn from it
+                features(row, row[F_LAST_TS])
+                observe(row)
                 standardise(row)
                 if model == MODEL_RLS:
                     p = predict(row, F_Z, MODEL_RLS)
@@ -433,7 +440,8 @@ def on_record(row, r, mid_source, model, lr, l2, opt, lam, init, window_ns):
         row[F_DEP_TS] = ts
     else:
         return False
-    _features(row, ts)
+    row[F_ZOK] = 1.0
+    row[F_LAST_TS] = ts
     return True
 
 

@@ -387,6 +387,7 @@ def online_batch(params, state, records, start, n, out, max_k):
         # prediction can change anything and none is computed
         if st[learn.M_MOVE] <= (cost if cur == 0.0 else margin):
             continue
+        learn.features(st, float(r.exch_ts))
         learn.standardise(st)
         p = learn.predict(st, learn.F_Z, model)
         edge = learn.edge_bps(st, p)
