@@ -5,12 +5,14 @@ strategy `online`), laid out by the slot constants below, so a tick touches one 
 The same kernels run in the Brain, in replay and in the tests.
 
 Per market record of symbol s (on_record):
-  1. If the record moves the mid (the strategy's mid source), the move is a LABEL: y = 1 up, 0 down. The
-     standardised feature vector z saved after the previous record (everything known before the move) is scored
-     first (predict, accuracy / log-loss / baseline) and only then learned from (prequential: predict, then learn).
-     Records that do not move the mid carry no label.
-  2. The record updates the features; they are standardised online and saved as z for the next label.
-No step reads anything later than the record being processed, so there is no look-ahead.
+  1. If the record moves the mid (the strategy's mid source), the move is a LABEL: y = 1 up, 0 down. The feature
+     vector of the state as it was after the previous record (everything known before the move: features() is
+     computed from the state before this record touches it) is added to the standardiser, standardised, scored
+     first (predict, accuracy / log-loss / baseline) and only then learned from (prequential: predict, then
+     learn). Records that do not move the mid carry no label.
+  2. The record updates the feature state (top of book, EMAs, trade flow, depth): O(1), no vector built.
+The strategy builds the current vector only for a trading decision. No step reads anything later than the record
+being processed, so there is no look-ahead.
 
 Feature set FEATURE_SET (version FEATURE_VERSION; any change to the list, a horizon or a formula is a new version,
 and model files of another version are refused): see FEATURES and docs/learning.md.
