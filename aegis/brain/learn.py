@@ -290,6 +290,8 @@ def _decay(dt, tau):
     """Weight kept by a time-decayed quantity after dt ns (time constant tau)."""
     if dt <= 0.0:
         return 1.0
+    if dt > 700.0 * tau:       # exp would underflow (libm's slow path): nothing is left anyway
+        return 0.0
     return math.exp(-dt / tau)
 
 
@@ -315,9 +317,8 @@ def features(row, ts):
     row[x + 6] = (mid / row[F_EV_L] - 1.0) * 1e4
     row[x + 7] = (mid / row[F_T_S] - 1.0) * 1e4
     row[x + 8] = (mid / row[F_T_L] - 1.0) * 1e4
-    k = _decay(ts - row[F_FLOW_TS], FLOW_TAU_NS)
-    fa = row[F_FLOW_A] * k
-    row[x + 9] = row[F_FLOW_S] * k / fa if fa > 0.0 else 0.0
+    fa = row[F_FLOW_A]
+    row[x + 9] = row[F_FLOW_S] / fa if fa > 0.0 else 0.0   # the decay since the last trade cancels out
     row[x + 10] = math.sqrt(row[F_RV]) * 1e4
     dt_ms = (ts - row[F_MID_TS]) * 1e-6
     row[x + 11] = math.log1p(dt_ms if dt_ms > 0.0 else 0.0)
