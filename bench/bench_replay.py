@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from aegis.replay import run as replay
+from aegis.brain.pipeline import S_ORDERS, S_RECORDS
 from aegis.trade import risk
 from aegis.replay import simexec
 from aegis.brain import strategy
@@ -86,12 +87,12 @@ def test_bench_replay_core_1m_quotes_10_symbols_ema_cross(benchmark, quotes):
     benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
     gc.unfreeze()
     core = cores[-1]
-    assert core.stats[replay.ST_RECORDS] == N_QUOTES
-    assert core.stats[replay.ST_ACCEPTED] > 1000   # the strategy really trades
+    assert core.stats[S_RECORDS] == N_QUOTES
+    assert core.stats[S_ORDERS] > 1000   # the strategy really trades
     rate = N_QUOTES / benchmark.stats.stats.min
     benchmark.extra_info["ticks_per_s"] = rate
     print(f"\nreplay core: {rate / 1e6:.1f} M ticks/s (best of {len(benchmark.stats.stats.data)}), "
-          f"{int(core.stats[replay.ST_ACCEPTED])} orders")
+          f"{int(core.stats[S_ORDERS])} orders")
 
 
 ONLINE_TARGET_TICKS_PER_S = 5_000_000   # issue 16: replay --strategy online
@@ -119,9 +120,10 @@ def test_bench_replay_core_online_vs_ema_cross(quotes):
     rate = {n: N_QUOTES / b for n, b in best.items()}
     print(f"\nreplay core, same run: online {rate['online'] / 1e6:.2f} M ticks/s, ema_cross "
           f"{rate['ema_cross'] / 1e6:.2f} M ticks/s (ratio {rate['online'] / rate['ema_cross']:.2f}); target online "
-          f">= {ONLINE_TARGET_TICKS_PER_S / 1e6:.0f} M: {'met' if rate['online'] >= ONLINE_TARGET_TICKS_PER_S else 'NOT met'}")
+          f">= {ONLINE_TARGET_TICKS_PER_S / 1e6:.0f} M: "
+          f"{'met' if rate['online'] >= ONLINE_TARGET_TICKS_PER_S else 'NOT met'}")
     from aegis.brain import learn
-    assert learn.totals(cores["online"].sstate)[0] > 0.5 * N_QUOTES   # it really learned from the moves
+    assert learn.totals(cores["online"].bs.strat.state)[0] > 0.5 * N_QUOTES   # it really learned from the moves
 
 
 def write_csv_files(quotes: np.ndarray, directory) -> list[str]:

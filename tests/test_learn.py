@@ -56,7 +56,7 @@ def online(**values):
 
 def run(cfg, params, state, rec):
     out = strategy.new_signals(len(rec))
-    return strategy.run_batch(cfg.id, params, state, rec, len(rec), out)
+    return strategy.run_batch(strategy.StrategyState(cfg.id, params, state), rec, len(rec), out)
 
 
 # ============================================================================================ references
@@ -116,7 +116,7 @@ def test_standardiser_is_the_running_mean_and_population_variance_of_the_labelle
     out = strategy.new_signals(1)
     for i in range(len(rec)):
         n = st[0, learn.Q_N]
-        strategy.run_range(cfg.id, params, st, rec, i, i + 1, out, 1)
+        strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, i, i + 1, out, 1)
         if st[0, learn.Q_N] > n:          # a label: the vector it scored
             xs.append(st[0, learn.F_X:learn.F_X + learn.NF].copy())
     xs = np.array(xs)
@@ -153,15 +153,15 @@ def test_model_recovers_within_stated_events_after_the_relation_flips(model, rec
     cfg, params, st = online(model=model)
     rec = stream(flip + recover + 2000, flip_at=flip)
     out = strategy.new_signals(len(rec))
-    strategy.run_range(cfg.id, params, st, rec, 0, flip, out, len(rec))
+    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, 0, flip, out, len(rec))
     n0, ok0, _, _ = learn.totals(st)
     assert ok0 / n0 > 0.75                              # it learned the first regime
-    strategy.run_range(cfg.id, params, st, rec, flip, flip + 300, out, len(rec))
+    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, flip, flip + 300, out, len(rec))
     n1, ok1, _, _ = learn.totals(st)
     assert (ok1 - ok0) / (n1 - n0) < 0.5                # the flip really hurt at first
-    strategy.run_range(cfg.id, params, st, rec, flip + 300, flip + recover, out, len(rec))
+    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, flip + 300, flip + recover, out, len(rec))
     n2, ok2, _, _ = learn.totals(st)
-    strategy.run_range(cfg.id, params, st, rec, flip + recover, len(rec), out, len(rec))
+    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, flip + recover, len(rec), out, len(rec))
     n3, ok3, _, _ = learn.totals(st)
     assert n3 - n2 == 2000
     assert (ok3 - ok2) / (n3 - n2) > 0.70
@@ -351,7 +351,7 @@ def test_brain_reports_the_model_on_its_status_and_summary_lines():
     ctl = control.new_block()
     brain.housekeeping(0, ctl, ctl.view(np.float64))
     text = supervisor.model_fields(ctl)
-    n, ok, ll, bll = learn.totals(brain.state)
+    n, ok, ll, bll = learn.totals(brain.bs.strat.state)
     assert n == 1999 and f"{int(n)} predictions" in text and f"accuracy {ok / n * 100:.1f}%" in text
     assert "model: 1999 predictions" in process.summary_line(brain)
 
