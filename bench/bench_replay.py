@@ -100,10 +100,12 @@ ONLINE_TARGET_TICKS_PER_S = 5_000_000   # issue 16: replay --strategy online
 
 def test_bench_replay_core_online_vs_ema_cross(quotes):
     """Replay core with --strategy online (learning on every mid move, default costs: it learns and evaluates but
-    the edge never pays a 5 bps fee) and ema_cross on the same quotes, alternated in one run: a ratio that machine
-    load affects alike. Best of 3 each."""
+    the edge never pays a 5 bps fee), ema_cross and obi on the same quotes, alternated in one run: ratios that
+    machine load affects alike. Best of 3 each. obi is the other strategy that tracks actual positions, which the
+    order loop runs one record at a time: online vs obi is the cost of learning, obi vs ema_cross the cost of
+    that per-record path."""
     import time
-    cores = {n: make_core(n) for n in ("ema_cross", "online")}
+    cores = {n: make_core(n) for n in ("ema_cross", "obi", "online")}
     for c in cores.values():
         c.feed(quotes[:20_000])   # compile outside the timing
     best = {n: float("inf") for n in cores}
@@ -119,7 +121,8 @@ def test_bench_replay_core_online_vs_ema_cross(quotes):
             cores[n] = core
     rate = {n: N_QUOTES / b for n, b in best.items()}
     print(f"\nreplay core, same run: online {rate['online'] / 1e6:.2f} M ticks/s, ema_cross "
-          f"{rate['ema_cross'] / 1e6:.2f} M ticks/s (ratio {rate['online'] / rate['ema_cross']:.2f}); target online "
+          f"{rate['ema_cross'] / 1e6:.2f} M ticks/s (ratio {rate['online'] / rate['ema_cross']:.2f}), obi "
+          f"{rate['obi'] / 1e6:.2f} M ticks/s (online/obi {rate['online'] / rate['obi']:.2f}); target online "
           f">= {ONLINE_TARGET_TICKS_PER_S / 1e6:.0f} M: "
           f"{'met' if rate['online'] >= ONLINE_TARGET_TICKS_PER_S else 'NOT met'}")
     from aegis.brain import learn

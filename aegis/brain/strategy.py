@@ -24,12 +24,13 @@ signal is risk-checked before the strategy moves on); run_batch(...) is run_rang
 Position -- what actually happened, not what was asked for:
   * ema_cross keeps the side it last traded (state[s, EC_S_SIDE]) as the issue specifies; a caller whose order was
     refused calls revert() so it stays equal to what was really sent. sync_symbol/accepted do nothing for it.
-  * mean_reversion and obi decide from the ACTUAL position and working orders of the symbol, which the caller
+  * mean_reversion, obi and online decide from the ACTUAL position and working orders of the symbol, which the caller
     copies from the risk book into the strategy state with sync_symbol(ss, risk_sym, unit_qty, s)
     (risk_sym = aegis.trade.risk RiskBook.sym: column S_POS, signed base qty, and S_OPEN_COUNT; unit_qty = the Brain's
     per-symbol base qty of one unit, aegis.brain.pipeline.unit_size; 0 = not fixed yet = 1.0) right before the
     strategy sees each record, for that record's symbol (aegis.brain.pipeline.process_batch, live and replay alike).
-    Columns: mean_reversion MR_S_POS (position, units of `unit`), MR_S_OPEN (orders working); obi OB_S_POS,
+    Columns: mean_reversion MR_S_POS (position, units of `unit`), MR_S_OPEN (orders working); online learn.T_POS,
+    learn.T_OPEN; obi OB_S_POS,
     OB_S_OPEN. A signal counts as a working order (OPEN + 1) from the moment it is emitted until the next sync;
     revert() takes it back when the order was refused. After a NEW order passed risk and was handed off, the
     caller calls accepted(..., sig, req.client_id): mean_reversion remembers its working entry's client id
