@@ -48,6 +48,20 @@ def stream(n, p=0.8, flip_at=None, seed=1, informative=True, trades=False):
     return rec
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled():
+    """Compile (or load from numba's cache) the learning kernels once per module, before the per-test time limit
+    starts: a cold compile of the strategy dispatch takes tens of seconds on a busy machine."""
+    for model in ("logit", "rls"):
+        cfg = strategy.resolve("online", {"model": model})
+        params = cfg.array()
+        ss = strategy.StrategyState(cfg.id, params, strategy.make_state(cfg.id, 1, params))
+        strategy.run_batch(ss, stream(10), 10, strategy.new_signals(10))
+    row = np.zeros(learn.ROW_SLOTS)
+    learn.logit_step(row, learn.F_Z, 1.0, 0.1, 0.0, learn.OPT_SGD)
+    learn.rls_step(row, learn.F_Z, 1.0, 0.99, 1.0)
+
+
 def online(**values):
     cfg = strategy.resolve("online", {"trade": "false", **values})
     params = cfg.array()
@@ -107,6 +121,29 @@ def test_rls_with_forgetting_matches_the_numpy_closed_form_to_1e9():
             assert yhat == pytest.approx(float(w_prev @ xs[t]), abs=1e-9)   # prediction before learning
         if t == 49 or t == 50:
             w_prev = row[learn.M_W:learn.M_W + learn.NF].copy()
+
+
+def test_rls_does_not_wind_up_on_a_feature_that_never_moves():
+    # z_3 is always 0 (e.g. no depth data): without a guard P[3,3] grows by 1/lam per update and overflows
+    # after ~700 / (1 - lam) updates (70 k here), turning the weights into NaN
+    rng = np.random.default_rng(5)
+    lam, init = 0.99, 100.0
+    row = np.zeros(learn.ROW_SLOTS)
+    xs = rng.normal(size=(100_000, learn.NF))
+    xs[:, 0] = 1.0
+    xs[:, 3] = 0.0
+    ys = np.sign(xs[:, 1] + 0.5 * rng.normal(size=len(xs)))
+    for x, y in zip(xs, ys):
+        row[learn.F_Z:learn.F_Z + learn.NF] = x
+        learn.rls_step(row, learn.F_Z, y, lam, init)
+    p = row[learn.M_P:learn.M_P + learn.NF ** 2].reshape(learn.NF, learn.NF)
+    w = row[learn.M_W:learn.M_W + learn.NF]
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(w))
+    cap = init * learn.RLS_WINDUP
+    assert p[3, 3] == pytest.approx(cap, rel=0.02) and np.all(np.diag(p) <= cap * 1.0101)
+    np.testing.assert_allclose(p, p.T, rtol=0, atol=0)
+    assert np.all(np.linalg.eigvalsh(p) > 0)
+    assert w[1] > 0.3 and abs(w[3]) < 1e-12          # still learns the excited direction
 
 
 def test_standardiser_is_the_running_mean_and_population_variance_of_the_labelled_features():

@@ -23,6 +23,7 @@ Models (state in the row, chosen by the strategy parameter `model`):
     any weight (river's LogisticRegression with intercept_lr = 0 and a constant feature gives the same updates).
   * recursive least squares with forgetting factor lam on target y in {-1, +1}: the exact minimiser of
     sum_i lam^(n-i) (y_i - w.z_i)^2 + lam^n w' P0^-1 w, P0 = rls_init * I; p = clip((1 + w.z) / 2, PMIN, 1-PMIN).
+    A direction of P that grows past rls_init * RLS_WINDUP (never excited: wind-up) is rescaled back to that.
 Prequential metrics: predictions, correct (p >= 0.5 <=> predicted up), sum of log-loss, and the baseline's
 log-loss: the base rate of up moves seen so far, (ups + 1) / (labels + 2), also predicted before it is updated.
 Time windows of window_s seconds (exchange time) are logged per symbol (WLOG_CAP windows; when the log is full,
@@ -78,6 +79,7 @@ Z_CLIP = 8.0                   # standardised values are clipped to +-Z_CLIP: on
 PMIN = 1e-3                    # RLS probabilities are kept in [PMIN, 1 - PMIN]
 LL_EPS = 1e-15                 # log-loss clips probabilities to [LL_EPS, 1 - LL_EPS]
 ADAGRAD_EPS = 1e-8
+RLS_WINDUP = 1e6               # RLS: a diagonal of P above rls_init * RLS_WINDUP is scaled back to it (wind-up guard)
 
 MODEL_LOGIT, MODEL_RLS = 0, 1
 MODEL_NAMES = {"logit": MODEL_LOGIT, "rls": MODEL_RLS}
@@ -205,12 +207,28 @@ def rls_step(row, zoff, y, lam, init):
         row[S_K + i] = k
         row[M_W + i] += k * e
     inv = 1.0 / lam
+    cap = init * RLS_WINDUP
+    capped = False
     for i in range(NF):
         ki = row[S_K + i]
         for j in range(i, NF):
             v = (row[M_P + i * NF + j] - ki * row[S_PZ + j]) * inv
             row[M_P + i * NF + j] = v      # P stays exactly symmetric
             row[M_P + j * NF + i] = v
+        if row[M_P + i * NF + i] > cap:
+            capped = True
+    if capped:
+        # wind-up guard: a direction the data never excites (a feature that stays at its mean: no depth or no
+        # trades in the input) is divided by lam on every update and would overflow after ~700/(1-lam) updates.
+        # Its variance is capped: P <- D P D with d_i = sqrt(cap / P_ii) where P_ii > cap, which keeps P symmetric
+        # positive definite and leaves every direction the data does excite (P_ii <= init) alone.
+        for i in range(NF):
+            pii = row[M_P + i * NF + i]
+            row[S_K + i] = math.sqrt(cap / pii) if pii > cap else 1.0
+        for i in range(NF):
+            di = row[S_K + i]
+            for j in range(NF):
+                row[M_P + i * NF + j] *= di * row[S_K + j]
     return yhat
 
 
