@@ -173,6 +173,46 @@ def test_brain_pipeline_other_strategies_ticks_per_second(benchmark):
     _report(benchmark, 2 * N_QUOTES)
 
 
+LEARN_TARGET_NS = 1000.0   # issue 16: online learning adds <= 1 us p50 per tick in the Brain
+
+
+def learning_cost(q: np.ndarray, rounds: int = 3) -> dict:
+    """Per-tick cost of the online strategy (features + standardiser + prequential predict/learn on every mid
+    move + the trading decision) over ema_cross, both through the same Brain pipeline on the same batches,
+    interleaved batch by batch so machine load hits both alike. p50 over batches of (time / ticks)."""
+    brains = {"ema_cross": new_brain("ema_cross"), "online_logit": new_brain("online", {"trade": "false"}),
+              "online_rls": new_brain("online", {"model": "rls", "trade": "false"})}
+    for b in brains.values():
+        pipeline_pass(b, q[:BATCH])
+    per = {k: [] for k in brains}
+    consume_ts = int(q["pub_ts"][-1]) + 1
+    for _ in range(rounds):
+        for i in range(0, q.shape[0], BATCH):
+            part = q[i:i + BATCH]
+            for name, b in brains.items():
+                t = time.perf_counter_ns()
+                b.process(part, part.shape[0], consume_ts)
+                per[name].append((time.perf_counter_ns() - t) / part.shape[0])
+                if b.bus.pending():
+                    b.bus.dispatch()
+    p50 = {k: float(np.median(v)) for k, v in per.items()}
+    out = {f"{k}_ns_per_tick_p50": v for k, v in p50.items()}
+    for k in ("online_logit", "online_rls"):
+        out[f"{k}_adds_ns_p50"] = p50[k] - p50["ema_cross"]
+    from aegis.brain import learn
+    out["predictions"] = int(learn.totals(brains["online_logit"].bs.strat.state)[0])
+    return out
+
+
+def test_brain_pipeline_online_learning_cost_per_tick(benchmark):
+    q = quotes_once()[:200_000]
+    res = benchmark.pedantic(learning_cost, args=(q, 1), rounds=1, iterations=1)
+    benchmark.extra_info.update(res)
+    benchmark.extra_info["target_adds_ns_p50"] = LEARN_TARGET_NS
+    print("\n" + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+    assert res["predictions"] > 0
+
+
 def main() -> int:
     t0 = time.perf_counter()
     q = quotes_once()
@@ -204,6 +244,12 @@ def main() -> int:
     t = time.perf_counter()
     strategy_pass(cfg, state, q, out)
     print(f"ema_cross kernel alone        {N_QUOTES / (time.perf_counter() - t) / 1e6:7.1f} M ticks/s")
+    res = learning_cost(q[:300_000])
+    for k in ("online_logit", "online_rls"):
+        add = res[f"{k}_adds_ns_p50"]
+        print(f"{k} learning adds {add:6.1f} ns/tick p50 over ema_cross ({res[k + '_ns_per_tick_p50']:.1f} vs "
+              f"{res['ema_cross_ns_per_tick_p50']:.1f}; target <= {LEARN_TARGET_NS:.0f}: "
+              f"{'met' if add <= LEARN_TARGET_NS else 'NOT met'})")
     print(f"total {time.perf_counter() - t0:.1f}s")
     return 0
 

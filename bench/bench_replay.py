@@ -53,9 +53,10 @@ def make_quotes(n: int = N_QUOTES, n_symbols: int = N_SYMBOLS, seed: int = 7) ->
     return recs
 
 
-def make_core() -> replay.ReplayCore:
+def make_core(name: str = "ema_cross") -> replay.ReplayCore:
     table = SymbolTable.build([(f"SYM{i:02d}USDT", "0.00000001", "0.00000001") for i in range(N_SYMBOLS)])
-    scfg = strategy.resolve("ema_cross", {"fast": 20, "slow": 100, "unit": 0.01})
+    values = {"fast": 20, "slow": 100, "unit": 0.01} if name == "ema_cross" else {"unit": 0.01}
+    scfg = strategy.resolve(name, values)
     rcfg = risk.RiskConfig(max_position_notional=0.0, max_gross_notional=0.0, max_order_notional=0.0,
                            orders_per_second=4096, binance_orders_10s=4096, binance_orders_1m=4096,
                            daily_loss_limit=0.0, price_band_bps=0.0)
@@ -92,6 +93,40 @@ def test_bench_replay_core_1m_quotes_10_symbols_ema_cross(benchmark, quotes):
     benchmark.extra_info["ticks_per_s"] = rate
     print(f"\nreplay core: {rate / 1e6:.1f} M ticks/s (best of {len(benchmark.stats.stats.data)}), "
           f"{int(core.stats[S_ORDERS])} orders")
+
+
+ONLINE_TARGET_TICKS_PER_S = 5_000_000   # issue 16: replay --strategy online
+
+
+def test_bench_replay_core_online_vs_ema_cross(quotes):
+    """Replay core with --strategy online (learning on every mid move, default costs: it learns and evaluates but
+    the edge never pays a 5 bps fee), ema_cross and obi on the same quotes, alternated in one run: ratios that
+    machine load affects alike. Best of 3 each. obi is the other strategy that tracks actual positions, which the
+    order loop runs one record at a time: online vs obi is the cost of learning, obi vs ema_cross the cost of
+    that per-record path."""
+    import time
+    cores = {n: make_core(n) for n in ("ema_cross", "obi", "online")}
+    for c in cores.values():
+        c.feed(quotes[:20_000])   # compile outside the timing
+    best = {n: float("inf") for n in cores}
+    for _ in range(3):
+        for n in cores:
+            core = make_core(n)
+            gc.collect()
+            gc.freeze()
+            t = time.perf_counter()
+            core.feed(quotes)
+            best[n] = min(best[n], time.perf_counter() - t)
+            gc.unfreeze()
+            cores[n] = core
+    rate = {n: N_QUOTES / b for n, b in best.items()}
+    print(f"\nreplay core, same run: online {rate['online'] / 1e6:.2f} M ticks/s, ema_cross "
+          f"{rate['ema_cross'] / 1e6:.2f} M ticks/s (ratio {rate['online'] / rate['ema_cross']:.2f}), obi "
+          f"{rate['obi'] / 1e6:.2f} M ticks/s (online/obi {rate['online'] / rate['obi']:.2f}); target online "
+          f">= {ONLINE_TARGET_TICKS_PER_S / 1e6:.0f} M: "
+          f"{'met' if rate['online'] >= ONLINE_TARGET_TICKS_PER_S else 'NOT met'}")
+    from aegis.brain import learn
+    assert learn.totals(cores["online"].bs.strat.state)[0] > 0.5 * N_QUOTES   # it really learned from the moves
 
 
 def write_csv_files(quotes: np.ndarray, directory) -> list[str]:

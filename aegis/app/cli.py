@@ -66,10 +66,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", default=None, help="confirm trading real money on --venue binance")
     p.add_argument("--symbols", metavar="N|LIST",
                    help="top N USDT perpetuals by 24h volume (default 20), or a comma-separated list")
-    p.add_argument("--strategy", metavar="NAME", help="strategy to run: ema_cross (default), mean_reversion, obi; "
+    p.add_argument("--strategy", metavar="NAME", help="strategy to run: ema_cross (default), mean_reversion, obi, "
+                   "online (learns as it runs); "
                    "`--strategy list` shows them with their parameters")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="strategy parameter, repeatable (e.g. --param fast=10 --param slow=50)")
+    p.add_argument("--model", metavar="FILE", help="--strategy online: start from this model file (e.g. from "
+                   "`replay --save-model`) and save the model back to it at shutdown")
+    p.add_argument("--save-model", metavar="FILE", help="--strategy online: save the model here at shutdown "
+                   "(without --model: start from zero)")
     t = p.add_argument_group("trading")
     t.add_argument("--kill-switch", metavar="FILE", help="halt trading (cancel all open orders, refuse new ones) as "
                    "soon as FILE exists; `kill -USR1 <pid>` of the supervisor does the same, -USR2 also flattens")
@@ -139,6 +144,7 @@ def main(argv: list[str]) -> int:
             "risk.kill_switch_file": args.kill_switch, "risk.flatten_on_halt": args.flatten_on_halt,
             "trade.resume": args.resume, "trade.journal": args.journal, "trade.transport": args.transport,
             "trade.key_file": args.key_file,
+            "brain.model_file": args.model, "brain.save_model_file": args.save_model,
             **strategy.param_overrides(args.param),
         }
         if args.cores is not None:

@@ -87,7 +87,19 @@ def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: flo
         snap = latency.snapshot(hist)
         line += " | " + report.status_text(hist, prev.get("hist"))
         prev["hist"] = snap
-    return line + trading_fields(ctl)
+    return line + trading_fields(ctl) + model_fields(ctl)
+
+
+def model_fields(ctl: np.ndarray) -> str:
+    """The online strategy's prequential scores (aegis.brain.learn), when it has made predictions."""
+    b = control.base(control.ROLE_BRAIN)
+    n = int(ctl[b + control.R_BRAIN_MODEL_N])
+    if n <= 0:
+        return ""
+    from aegis.brain import learn
+    ctl_f = ctl.view(np.float64)
+    return " | " + learn.status_text(n, int(ctl[b + control.R_BRAIN_MODEL_OK]), ctl_f[b + control.F_BRAIN_MODEL_LL],
+                                     ctl_f[b + control.F_BRAIN_MODEL_BLL])
 
 
 def trading_fields(ctl: np.ndarray) -> str:

@@ -32,6 +32,7 @@ from aegis.brain.pipeline import (S_BATCHES, S_CHECKSUM, S_EVENTS_DROPPED, S_FIL
                                   S_LAST_SEQ, S_MAX_EXCH_TS, S_ORDERS, S_RECORDS, S_REJECTS, S_SIGNALS,
                                   S_TICK_BATCHES, S_TICK_RECORDS)
 from aegis.brain import candles
+from aegis.brain import learn
 from aegis.core import control
 from aegis.core import latency
 from aegis.brain import pools
@@ -78,6 +79,8 @@ class BrainConfig:
     unit_notional: float = 20.0          # quote value of one strategy unit (fixed per symbol at its first order,
                                          # rounded up to the step); 0: a unit is 1.0 base asset
     record_latency: bool = True          # record publish->consume per record into the latency histograms
+    model_file: str = ""                 # online strategy: model loaded at start and saved at shutdown (--model)
+    save_model_file: str = ""            # online strategy: save at shutdown here instead (--save-model)
 
     @classmethod
     def from_section(cls, section: dict) -> "BrainConfig":
@@ -250,6 +253,8 @@ class Brain:
                     ctl_f[base + control.F_BRAIN_FEES] = float(self.riskbook.gf[riskmod.GF_FEES])
                     ref = np.where(sym[:, riskmod.S_MID] > 0, sym[:, riskmod.S_MID], sym[:, riskmod.S_MARK])
                     ctl_f[base + control.F_BRAIN_GROSS] = float(np.abs(sym[:, riskmod.S_POS] * ref).sum())
+            if self.strategy.id == strategy.ONLINE:     # learn hook: prequential scores for the status line
+                learn.publish(ctl, ctl_f, self.bs.strat.state)
             control.beat(ctl, ROLE_BRAIN)
         return delivered
 
@@ -276,7 +281,8 @@ def summary_line(brain: Brain) -> str:
     refused = ", ".join(f"{k} {v}" for k, v in brain.riskbook.reject_counts().items()) if brain.trading else ""
     return (f"aegis: brain: {st['records']} records, {st['signals']} signals, {st['orders']} orders sent, "
             f"{st['rejects']} refused{' (' + refused + ')' if refused else ''}, {st['held']} held off, "
-            f"{st['fills']} fills, {st['candles_closed']} candles closed")
+            f"{st['fills']} fills, {st['candles_closed']} candles closed"
+            + (f"; {learn.state_text(brain.bs.strat.state)}" if brain.strategy.id == strategy.ONLINE else ""))
 
 
 def symbol_count(cfg, ctl=None) -> int:
@@ -289,7 +295,18 @@ def symbol_count(cfg, ctl=None) -> int:
 def validate(cfg) -> tuple[BrainConfig, strategy.StrategyConfig]:
     """Validate [brain] and the strategy selection of an EngineConfig; raises ConfigError (one line). The CLI
     calls this before starting processes so user mistakes never surface inside a child."""
-    return BrainConfig.from_section(cfg.section("brain")), strategy.from_config(cfg)
+    bcfg, strat = BrainConfig.from_section(cfg.section("brain")), strategy.from_config(cfg)
+    learn.check_model_options(strat, bcfg.model_file, bcfg.save_model_file)   # learn hook: model file usable
+    return bcfg, strat
+
+
+def symbol_names(spec: ProcessSpec, n: int) -> list[str]:
+    """Symbol names by id (model files key their models by name: ids differ between runs)."""
+    table = spec.symbols
+    if table is not None:
+        return list(table.names)[:n]
+    syms = spec.config.symbols
+    return list(syms)[:n] if not isinstance(syms, int) else [str(i) for i in range(n)]
 
 
 def _open_order_path(spec: ProcessSpec, ctx, bcfg: BrainConfig):
@@ -313,6 +330,7 @@ def run(spec: ProcessSpec) -> int:
         ctx.set_state(control.ST_FAILED)
         return 2
     brain = None
+    model_ready = False     # learn hook: save at shutdown only a model that was loaded (or started fresh) here
     try:
         lat = None
         if ctx.latency is not None and ctx.latency.size >= latency.N_STAGES * latency.HIST_LEN:
@@ -322,6 +340,10 @@ def run(spec: ProcessSpec) -> int:
             sess = order_path.session
             n = candles.warm_up(brain.candles, sess.client, sess.symbols, sess.client.now_ms())
             print(f"aegis: brain: {n} candles warmed up from the exchange's klines", flush=True)
+        names = symbol_names(spec, brain.n_symbols)
+        learn.start_run(strat, brain.bs.strat.state, names, bcfg.model_file,
+                        lambda m: print(f"aegis: brain: {m}", flush=True))
+        model_ready = True
         mode = "trading" if brain.trading else "signals only (no order path)"
         # warm-up before RUNNING: compiles (or loads from numba's cache) the whole jitted loop now, while the
         # supervisor's start timeout applies, instead of inside the first round where the heartbeat is watched
@@ -342,6 +364,12 @@ def run(spec: ProcessSpec) -> int:
     finally:
         if brain is not None:
             print(summary_line(brain), flush=True)
+            if model_ready and (bcfg.save_model_file or bcfg.model_file):   # learn hook: save at shutdown
+                try:
+                    learn.end_run(strat, brain.bs.strat.state, names, bcfg.save_model_file or bcfg.model_file)
+                    print(f"aegis: brain: model saved to {bcfg.save_model_file or bcfg.model_file}", flush=True)
+                except ConfigError as e:
+                    print(f"aegis: error: {e}", file=sys.stderr, flush=True)
         try:
             if order_path is not None:
                 order_path.close()     # stops the sender, cancels open orders, closes the journal

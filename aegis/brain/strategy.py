@@ -24,12 +24,13 @@ signal is risk-checked before the strategy moves on); run_batch(...) is run_rang
 Position -- what actually happened, not what was asked for:
   * ema_cross keeps the side it last traded (state[s, EC_S_SIDE]) as the issue specifies; a caller whose order was
     refused calls revert() so it stays equal to what was really sent. sync_symbol/accepted do nothing for it.
-  * mean_reversion and obi decide from the ACTUAL position and working orders of the symbol, which the caller
+  * mean_reversion, obi and online decide from the ACTUAL position and working orders of the symbol, which the caller
     copies from the risk book into the strategy state with sync_symbol(ss, risk_sym, unit_qty, s)
     (risk_sym = aegis.trade.risk RiskBook.sym: column S_POS, signed base qty, and S_OPEN_COUNT; unit_qty = the Brain's
     per-symbol base qty of one unit, aegis.brain.pipeline.unit_size; 0 = not fixed yet = 1.0) right before the
     strategy sees each record, for that record's symbol (aegis.brain.pipeline.process_batch, live and replay alike).
-    Columns: mean_reversion MR_S_POS (position, units of `unit`), MR_S_OPEN (orders working); obi OB_S_POS,
+    Columns: mean_reversion MR_S_POS (position, units of `unit`), MR_S_OPEN (orders working); online learn.T_POS,
+    learn.T_OPEN; obi OB_S_POS,
     OB_S_OPEN. A signal counts as a working order (OPEN + 1) from the moment it is emitted until the next sync;
     revert() takes it back when the order was refused. After a NEW order passed risk and was handed off, the
     caller calls accepted(..., sig, req.client_id): mean_reversion remembers its working entry's client id
@@ -62,6 +63,11 @@ Built-in strategies (all positions in units of the `unit` parameter, base asset 
     target long, below -threshold target short, inside +-exit target flat; MARKET orders for the difference to
     the current target, at most one per `cooldown_ms` of exchange time per symbol; tracked mode: nothing while
     an order of ours is working.
+  * online: learns online from every record (aegis.brain.learn: features, standardisation, logistic regression or
+    RLS, prequential scoring) the probability p that the mid's next move is up; edge = (2p - 1) * mean move (bps).
+    Long when edge > fee_bps + half spread + margin_bps, short when -edge does, flat when the edge turns against
+    the position by more than margin_bps; nothing before `warmup` labelled events. MARKET orders, cooldown_ms,
+    tracked / paper mode as obi. Its state row also holds the model and the evaluation (aegis.brain.learn layout).
 Mids come from bookTicker quotes (KIND_QUOTE) by default; mid_source=book uses the Feed's local book tops
 (KIND_BOOK), any uses both. Records flagged FLAG_RESYNC, or with a non-positive bid/ask, are skipped.
 """
@@ -74,6 +80,7 @@ import numpy as np
 from numba import njit
 
 from aegis.brain import indicators as ind
+from aegis.brain import learn
 from aegis.brain.pools import state_matrix
 from aegis.trade import risk as _risk
 from aegis.core.records import (ACTION_CANCEL, ACTION_NEW, FLAG_RESYNC, KIND_BOOK, KIND_QUOTE, ORDER_LIMIT, ORDER_MARKET,
@@ -85,6 +92,7 @@ _R_OPEN = _risk.S_OPEN_COUNT
 EMA_CROSS = 0
 MEAN_REVERSION = 1
 OBI = 2
+ONLINE = 3
 
 MID_QUOTE, MID_BOOK, MID_ANY = 0, 1, 2
 MID_SOURCES = {"quote": MID_QUOTE, "book": MID_BOOK, "any": MID_ANY}
@@ -97,6 +105,9 @@ EC_FAST, EC_SLOW, EC_UNIT, EC_MID = 0, 1, 2, 3
  MR_MID) = range(10)
 # obi
 OB_THRESHOLD, OB_EXIT, OB_SMOOTH, OB_COOLDOWN_MS, OB_UNIT, OB_MID = range(6)
+# online (aegis.brain.learn)
+(ON_MODEL, ON_OPT, ON_LR, ON_L2, ON_FORGET, ON_RLS_INIT, ON_FEE_BPS, ON_MARGIN_BPS, ON_WARMUP, ON_COOLDOWN_MS,
+ ON_UNIT, ON_WINDOW_S, ON_TRADE, ON_MID) = range(14)
 
 # --- state slot layout per strategy -------------------------------------------------------------------------------
 # ema_cross: fast EMA (2 slots), slow EMA (2 slots), side last traded (0 none yet, +1, -1)
@@ -334,6 +345,81 @@ def obi_batch(params, state, records, start, n, out, max_k):
 
 
 @njit(cache=True, nogil=True)
+def online_batch(params, state, records, start, n, out, max_k):
+    """Learn from every record (aegis.brain.learn.on_record: label + score + learn, then features), then trade
+    when the predicted edge beats the costs. Positions and working orders as obi (tracked / paper mode)."""
+    model = int(params[ON_MODEL])
+    opt = int(params[ON_OPT])
+    lr = params[ON_LR]
+    l2 = params[ON_L2]
+    lam = params[ON_FORGET]
+    init = params[ON_RLS_INIT]
+    cost0 = params[ON_FEE_BPS] + params[ON_MARGIN_BPS]
+    margin = params[ON_MARGIN_BPS]
+    warmup = params[ON_WARMUP]
+    cooldown_ns = params[ON_COOLDOWN_MS] * 1e6
+    unit = params[ON_UNIT]
+    window_ns = params[ON_WINDOW_S] * 1e9
+    trade = params[ON_TRADE] != 0.0
+    mid_source = int(params[ON_MID])
+    n_sym = state.shape[0]
+    k = 0
+    for i in range(start, n):
+        r = records[i]
+        s = r.symbol
+        if s < 0 or s >= n_sym:
+            continue
+        st = state[s]
+        if not learn.on_record(st, r, mid_source, model, lr, l2, opt, lam, init, window_ns):
+            continue
+        if not trade or st[learn.M_UPDATES] < warmup:
+            continue
+        tracked = st[learn.T_TRACKED] != 0.0
+        if tracked and st[learn.T_OPEN] > 0.0:
+            continue                # an order of ours is still working: act once its outcome is known
+        bid = st[learn.F_BID]
+        ask = st[learn.F_ASK]
+        mid = 0.5 * (bid + ask)
+        cost = cost0 + 0.5 * (ask - bid) / mid * 1e4
+        pos = st[learn.T_POS]
+        cur = 1.0 if pos > 0.0 else (-1.0 if pos < 0.0 else 0.0)
+        # |edge| < the mean move size: when that cannot beat the cost (flat) or the margin (in a position), no
+        # prediction can change anything and none is computed
+        if st[learn.M_MOVE] <= (cost if cur == 0.0 else margin):
+            continue
+        learn.features(st, float(r.exch_ts))
+        learn.standardise(st)
+        p = learn.predict(st, learn.F_Z, model)
+        edge = learn.edge_bps(st, p)
+        target = cur
+        if edge > cost:
+            target = 1.0
+        elif -edge > cost:
+            target = -1.0
+        elif cur * edge < -margin:
+            target = 0.0            # the model now expects a move against the position
+        if target == cur:
+            continue
+        if st[learn.T_LAST] != 0.0 and r.exch_ts - st[learn.T_LAST] < cooldown_ns:
+            continue
+        if tracked:
+            st[learn.T_OPEN] += 1.0
+        else:
+            st[learn.T_POS] = target
+        st[learn.T_LAST] = float(r.exch_ts)
+        reduce = 1 if target == 0.0 else 0
+        qty = abs(pos) * unit if reduce else (abs(pos) + 1.0) * unit
+        if target > cur:
+            _emit(out, k, r, ONLINE, SIDE_BUY, qty, ask, ORDER_MARKET, 0, reduce, edge, target * unit)
+        else:
+            _emit(out, k, r, ONLINE, SIDE_SELL, qty, bid, ORDER_MARKET, 0, reduce, edge, target * unit)
+        k += 1
+        if k >= max_k:
+            return k, i + 1
+    return k, n
+
+
+@njit(cache=True, nogil=True)
 def run_range(ss, records, start, n, signals_out, max_signals):
     """Run over records[start:n], stopping right after the record that produced the max_signals-th signal.
     Returns (signals written to signals_out[0:], index of the first record not processed). The Brain calls it
@@ -350,6 +436,8 @@ def run_range(ss, records, start, n, signals_out, max_signals):
         return mean_reversion_batch(params, state, records, start, n, signals_out, max_signals)
     if strategy_id == OBI:
         return obi_batch(params, state, records, start, n, signals_out, max_signals)
+    if strategy_id == ONLINE:
+        return online_batch(params, state, records, start, n, signals_out, max_signals)
     raise ValueError("unknown strategy id")
 
 
@@ -392,6 +480,12 @@ def revert(ss, sig):
                 state[s, OB_S_OPEN] -= 1.0
         else:
             state[s, OB_S_POS] = before / params[OB_UNIT]
+    elif strategy_id == ONLINE:
+        if state[s, learn.T_TRACKED] != 0.0:
+            if state[s, learn.T_OPEN] >= 1.0:
+                state[s, learn.T_OPEN] -= 1.0
+        else:
+            state[s, learn.T_POS] = before / params[ON_UNIT]
 
 
 @njit(cache=True, nogil=True)
@@ -430,12 +524,17 @@ def sync_symbol(ss, risk_sym, unit_qty, s):
         st[OB_S_TRACKED] = 1.0
         st[OB_S_POS] = risk_sym[s, _R_POS] / (uq * params[OB_UNIT])
         st[OB_S_OPEN] = risk_sym[s, _R_OPEN]
+    elif strategy_id == ONLINE:
+        st = state[s]
+        st[learn.T_TRACKED] = 1.0
+        st[learn.T_POS] = risk_sym[s, _R_POS] / (uq * params[ON_UNIT])
+        st[learn.T_OPEN] = risk_sym[s, _R_OPEN]
 
 
 @njit(cache=True, nogil=True)
 def tracks_positions(strategy_id):
     """Whether the strategy reads actual positions (sync/sync_symbol) between records."""
-    return strategy_id == MEAN_REVERSION or strategy_id == OBI
+    return strategy_id == MEAN_REVERSION or strategy_id == OBI or strategy_id == ONLINE
 
 
 # ================================================================================================ registry
@@ -508,6 +607,8 @@ class StrategySpec:
             return EC_SLOTS
         if self.id == MEAN_REVERSION:
             return MR_S_WIN + ind.win_slots(int(params[MR_PERIOD]))
+        if self.id == ONLINE:
+            return learn.ROW_SLOTS
         return OB_SLOTS
 
     def defaults(self) -> dict:
@@ -542,6 +643,27 @@ REGISTRY: dict[str, StrategySpec] = {
         ParamSpec("unit", 1.0, "float", 1e-12, None, doc="position size (base asset)"),
         _MID,
     ), "top-of-book order-book imbalance, market orders"),
+    "online": StrategySpec("online", ONLINE, (
+        ParamSpec("model", learn.MODEL_LOGIT, "choice", choices=tuple(learn.MODEL_NAMES.items()),
+                  doc="logit: online logistic regression; rls: recursive least squares with forgetting"),
+        ParamSpec("optimizer", learn.OPT_SGD, "choice", choices=tuple(learn.OPT_NAMES.items()),
+                  doc="logit updates: sgd (constant rate, keeps adapting) or adagrad (rate decays per feature)"),
+        ParamSpec("lr", 0.01, "float", 1e-9, 10.0, doc="logit learning rate"),
+        ParamSpec("l2", 1e-4, "float", 0.0, 10.0, doc="logit L2 penalty (gradient term l2 * w)"),
+        ParamSpec("forget", 0.999, "float", 0.5, 1.0,
+                  doc="rls forgetting factor: memory ~ 1 / (1 - forget) labelled events"),
+        ParamSpec("rls_init", 100.0, "float", 1e-6, 1e9, doc="rls initial P = rls_init * identity"),
+        ParamSpec("fee_bps", 5.0, "float", 0.0, 1000.0, doc="fee of one market order (bps) counted against the edge"),
+        ParamSpec("margin_bps", 0.5, "float", 0.0, 1000.0,
+                  doc="extra edge required over fee + half spread (bps); also the exit threshold"),
+        ParamSpec("warmup", 1000, "int", 0, 1_000_000_000, doc="labelled events learned before trading"),
+        ParamSpec("cooldown_ms", 500, "int", 0, 86_400_000, doc="min exchange time between two signals"),
+        ParamSpec("unit", 1.0, "float", 1e-12, None, doc="position size (base asset)"),
+        ParamSpec("window_s", 60.0, "float", 0.001, 86_400.0, doc="prequential evaluation window (exchange time)"),
+        ParamSpec("trade", 1, "bool", doc="send orders (false: learn and evaluate only)"),
+        _MID,
+    ), "online-learning model of the sign of the next mid move (aegis.brain.learn); trades when the predicted "
+       "edge beats fee + half spread + margin"),
 }
 BY_ID = {s.id: s for s in REGISTRY.values()}
 
@@ -640,7 +762,7 @@ def from_config(cfg) -> StrategyConfig:
 class StrategyState(NamedTuple):
     """One strategy instance as the one argument of the dispatching kernels (run_range, sync_symbol, revert,
     accepted): its id, its immutable parameter vector and its per-symbol state matrix (mutated in place)."""
-    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI)
+    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI, ONLINE)
     params: np.ndarray   # float64 parameter vector (StrategyConfig.array())
     state: np.ndarray    # (symbols, width) float64, rows cache-line aligned (make_state)
 

@@ -54,10 +54,14 @@ R_BRAIN_ORDERS = 17
 R_BRAIN_REJECTS = 18
 R_BRAIN_FILLS = 19
 R_BRAIN_POSITIONS = 20   # symbols with a non-zero position
+R_BRAIN_MODEL_N = 21     # online strategy: labelled events predicted (prequential, all symbols)
+R_BRAIN_MODEL_OK = 22    # ... of which the direction was right
 # float64 view slots (same memory, read through control_f)
 F_BRAIN_PNL = 32         # realized + unrealized, quote currency
 F_BRAIN_FEES = 33
 F_BRAIN_GROSS = 34       # gross position notional
+F_BRAIN_MODEL_LL = 35    # online strategy: sum of the model's log-loss
+F_BRAIN_MODEL_BLL = 36   # ... and of the base rate's
 # --- sender section (owner: trade) ----------------------------------------------------------------------
 R_SENDER_SENT = 16
 R_SENDER_ACKS = 17

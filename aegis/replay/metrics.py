@@ -34,6 +34,7 @@ TRADES_FILE = "trades.csv"
 ORDERS_FILE = "orders.csv"
 EQUITY_FILE = "equity.csv"
 EQUITY_PLOT = "equity.png"
+LEARNING_PLOT = "learning_curve.png"   # strategies that learn (summary "model"): log-loss per window vs base rate
 SUMMARY_FILE = "summary.json"
 
 TRADES_HEADER = ("time_ns,time_utc,symbol,client_id,order_id,trade_id,side,price,qty,notional,fee,realized_pnl,"
@@ -266,6 +267,9 @@ class Collector:
             f.write("time_ns,time_utc,equity\n")
             f.write("".join(f"{t},{utc(t)},{_r(v)!r}\n" for t, v in zip(ts.tolist(), eq.tolist())))
         (self.out_dir / EQUITY_PLOT).write_bytes(equity_png(ts, eq, summary))
+        model = summary.get("model")
+        if model is not None:
+            (self.out_dir / LEARNING_PLOT).write_bytes(learning_png(model))
 
 
 def format_summary(s: dict) -> str:
@@ -284,6 +288,14 @@ def format_summary(s: dict) -> str:
         f"unrealized {f(s['pnl']['unrealized'])}   fees {f(s['pnl']['fees'])}",
         f"risk       max drawdown {f(s['max_drawdown'])}   Sharpe {f(s['sharpe'])}   state {s['risk_state']}",
     ]
+    m = s.get("model")
+    if m is not None:
+        if m["predictions"]:
+            lines.append(f"model      {m['predictions']:,} predictions   accuracy {m['accuracy'] * 100:.2f}%   "
+                         f"log-loss {m['log_loss']:.5f} (base rate {m['baseline_log_loss']:.5f})   "
+                         f"{m['feature_set']}")
+        else:
+            lines.append("model      no predictions (no mid moved)")
     if s["refusals"]:
         lines.append("refusals   " + ", ".join(f"{k} {v}" for k, v in s["refusals"].items()))
     for name, p in s["per_symbol"].items():
@@ -296,23 +308,45 @@ def format_summary(s: dict) -> str:
 def equity_png(ts: np.ndarray, eq: np.ndarray, summary: dict | None = None, width: int = 960,
                height: int = 540) -> bytes:
     """Equity curve as PNG bytes, drawn with aegis.app.report's rasteriser and PNG writer (no matplotlib)."""
+    title = "EQUITY (NET PNL)"
+    if summary is not None:
+        title += f"   NET {summary['pnl']['net']:.2f}   MAX DD {summary['max_drawdown']:.2f}"
+    return curve_png(ts, [(eq, (31, 119, 180))], title, width, height, zero=True)
+
+
+def learning_png(model: dict, width: int = 960, height: int = 540) -> bytes:
+    """Learning curve: the model's prequential log-loss per window (blue) against the base rate's (grey)."""
+    w = model.get("windows") or []
+    ts = np.array([(x["start_ns"] + x["end_ns"]) // 2 for x in w], np.int64)
+    ll = np.array([x["log_loss"] for x in w], np.float64)
+    base = np.array([x["baseline_log_loss"] for x in w], np.float64)
+    title = "LOG-LOSS PER WINDOW: MODEL (BLUE) VS BASE RATE (GREY)"
+    if model.get("predictions"):
+        title += f"   ACC {model['accuracy'] * 100:.1f}%"
+    return curve_png(ts, [(base, (150, 150, 150)), (ll, (31, 119, 180))], title, width, height, zero=False,
+                     fmt="{:.4f}")
+
+
+def curve_png(ts: np.ndarray, series: list, title: str, width: int = 960, height: int = 540, zero: bool = True,
+              fmt: str = "{:.2f}") -> bytes:
+    """Time series (one or more (values, rgb) sharing ts) as PNG bytes, drawn with aegis.app.report's rasteriser
+    and PNG writer (no matplotlib). zero: the value axis always includes 0 and draws it."""
     from aegis.app import report
     draw_line, draw_text = report.draw_polyline, report.draw_text
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 110, 20, 40, 50
     pw, ph = width - left - right, height - top - bottom
-    ink, grid, curve = (0, 0, 0), (225, 225, 225), (31, 119, 180)
-    title = "EQUITY (NET PNL)"
-    if summary is not None:
-        title += f"   NET {summary['pnl']['net']:.2f}   MAX DD {summary['max_drawdown']:.2f}"
+    ink, grid = (0, 0, 0), (225, 225, 225)
     draw_text(img, left, 12, title, ink)
     img[top:top + ph, left] = ink
     img[top + ph, left:left + pw] = ink
-    if len(eq) == 0:
+    if len(ts) == 0:
         draw_text(img, left + 20, top + ph // 2, "NO DATA", ink)
         return report.png_bytes(img)
-    lo, hi = float(np.min(eq)), float(np.max(eq))
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    lo = min(float(np.min(v)) for v, _ in series)
+    hi = max(float(np.max(v)) for v, _ in series)
+    if zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
     if hi - lo < 1e-12:
         hi, lo = hi + 1.0, lo - 1.0
     t0, t1 = int(ts[0]), int(ts[-1])
@@ -325,26 +359,28 @@ def equity_png(ts: np.ndarray, eq: np.ndarray, summary: dict | None = None, widt
         v = lo + (hi - lo) * k / 4
         y = int(round(float(y_of(v))))
         img[y, left + 1:left + pw] = grid
-        draw_text(img, 4, max(0, y - 7), f"{v:.2f}"[:15], ink)
-    y0 = int(round(float(y_of(0.0))))
-    img[y0, left + 1:left + pw] = (150, 150, 150)
+        draw_text(img, 4, max(0, y - 7), fmt.format(v)[:15], ink)
+    if zero:
+        y0 = int(round(float(y_of(0.0))))
+        img[y0, left + 1:left + pw] = (150, 150, 150)
     # at most two points per pixel column: min and max of the samples that fall in it, in time order
     x = left + 1 + (ts - t0) / span * (pw - 2)
     col = np.floor(x).astype(np.int64)
-    if len(eq) > 2 * pw:
-        xs, ys = [], []
-        starts = np.flatnonzero(np.diff(col, prepend=col[0] - 1))
-        ends = np.append(starts[1:], len(col))
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            seg = eq[a:b]
-            i_lo, i_hi = int(np.argmin(seg)), int(np.argmax(seg))
-            for i in sorted((i_lo, i_hi)):
-                xs.append(float(col[a]))
-                ys.append(float(seg[i]))
-        xs, ys = np.array(xs), np.array(ys)
-    else:
-        xs, ys = x, eq
-    draw_line(img, xs, y_of(ys), curve, 2)
+    for eq, curve in series:
+        if len(eq) > 2 * pw:
+            xs, ys = [], []
+            starts = np.flatnonzero(np.diff(col, prepend=col[0] - 1))
+            ends = np.append(starts[1:], len(col))
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                seg = eq[a:b]
+                i_lo, i_hi = int(np.argmin(seg)), int(np.argmax(seg))
+                for i in sorted((i_lo, i_hi)):
+                    xs.append(float(col[a]))
+                    ys.append(float(seg[i]))
+            xs, ys = np.array(xs), np.array(ys)
+        else:
+            xs, ys = x, eq
+        draw_line(img, xs, y_of(ys), curve, 2)
     draw_text(img, left, top + ph + 10, utc(t0)[:16].replace("T", " "), ink)
     end = utc(t1)[:16].replace("T", " ")
     draw_text(img, width - right - len(end) * 12, top + ph + 10, end, ink)

@@ -42,7 +42,7 @@ from aegis.replay import metrics
 from aegis.core import ring
 from aegis.trade import risk
 from aegis.replay import simexec
-from aegis.brain import strategy
+from aegis.brain import learn, strategy
 from aegis.brain import bus, candles, pipeline, pools
 from aegis.brain.pipeline import S_HALT_REQUESTS, S_HELD, S_ORDERS, S_RECORDS, S_REFUSED, S_SIGNALS
 from aegis.brain.process import BrainConfig
@@ -432,6 +432,8 @@ class ReplayConfig:
     brain: BrainConfig = BrainConfig()
     realtime: bool = False
     progress: bool | None = None   # None: when stderr is a terminal
+    model_in: str | None = None    # online strategy: model file loaded at start (--model)
+    model_out: str | None = None   # online strategy: model file written at the end (--save-model)
 
 
 def symbol_rules(table) -> list:
@@ -564,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV layout when neither the name nor a header says it")
     p.add_argument("--symbols", default=None, help="extra symbol names for recordings (comma-separated)")
     p.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="--strategy online: start from this model file (from --save-model or a live run)")
+    p.add_argument("--save-model", default=None, metavar="FILE",
+                   help="--strategy online: write the trained model here at the end (for --model in a live run)")
     speed = p.add_mutually_exclusive_group()
     speed.add_argument("--max-speed", dest="realtime", action="store_false", help="as fast as possible (default)")
     speed.add_argument("--realtime", dest="realtime", action="store_true", help="pace the replay at real time")
@@ -664,7 +670,8 @@ def configure(args) -> ReplayConfig:
         raise ConfigError(str(e)) from None
     realtime = args.realtime if args.realtime is not None else bool(rep.get("realtime", False))
     out = opt("out", args.out) or DEFAULT_OUT
-    return ReplayConfig(scfg, sim, rcfg, str(out), bcfg, realtime, args.progress)
+    learn.check_model_options(scfg, args.model, args.save_model)
+    return ReplayConfig(scfg, sim, rcfg, str(out), bcfg, realtime, args.progress, args.model, args.save_model)
 
 
 def _exchange_rules(path: str, table) -> list:
@@ -798,6 +805,7 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
         raise InputError(f"{out_dir}: cannot create output directory ({e.strerror or e})") from None
     sink = metrics.Collector(table.names, cfg.sim.sample_ns, out_dir)
     core = ReplayCore(table, cfg, rules, sink)
+    learn.start_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_in, warn)   # online strategy: --model
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     prog = Progress(sources, show)
     merger = Merger(sources)
@@ -832,6 +840,10 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
               "orders_accepted": int(core.stats[S_ORDERS]), "orders_refused_by_risk": int(core.stats[S_REFUSED]),
               "halt_requests": int(core.stats[S_HALT_REQUESTS])}
     summary = sink.summary(core.sim, core.riskbook, counts, inputs, cfg)
+    # online strategy: prequential metrics, --save-model
+    model = learn.end_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_out)
+    if model is not None:
+        summary["model"] = model
     sink.write_summary(summary)
     return summary
 
