@@ -47,6 +47,7 @@ from aegis.replay import metrics
 from aegis.core import ring
 from aegis.trade import risk
 from aegis.replay import simexec
+from aegis.replay import store
 from aegis.brain import strategy
 from aegis.brain.process import BrainConfig, signal_to_request, unit_size
 from aegis.core.config import ConfigError
@@ -183,7 +184,10 @@ def expand_inputs(paths: list[str]) -> list[str]:
     """Files in command-line order; a directory contributes its data files sorted by name."""
     out = []
     for p in paths:
-        if os.path.isdir(p):
+        parts = store.expand(p)   # a market-data store (or a symbol / day directory in one): its partitions
+        if parts is not None:
+            out.extend(parts)
+        elif os.path.isdir(p):
             names = sorted(f for f in os.listdir(p)
                            if f.lower().endswith((".csv", ".zip", ".csv.gz", ".jsonl.gz", ".jsonl")))
             if not names:
@@ -705,8 +709,12 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
     from aegis.binance import symbols as S
     kinds = []
     names: set[str] = set()
+    parts = {f: store.partition_of(f) for f in files}
     for f in files:
-        if _looks_like_recording(f):
+        if parts[f] is not None:
+            kinds.append("store")
+            names.add(parts[f].symbol)
+        elif _looks_like_recording(f):
             kinds.append("rec")
             names |= recording_symbols(f)
         else:
@@ -729,7 +737,9 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
         raise InputError(str(e)) from None
     sources = []
     for f, kind in zip(files, kinds):
-        if kind == "rec":
+        if kind == "store":
+            sources.append(store.StoreSource(parts[f], table.id_of(parts[f].symbol)))
+        elif kind == "rec":
             sources.append(RecordingSource(f, table, warn))
         else:
             sym, _ = symbol_and_format_from_name(f)

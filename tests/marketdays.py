@@ -1,0 +1,41 @@
+"""Synthetic Binance USD-M bookTicker days (the public-data CSV layout, with header) for store / sweep tests and
+benches: a random-walk mid with a one-tick spread, rows evenly spaced over the UTC day."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+HEADER = "update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time\n"
+
+
+def day_ms(day: str) -> int:
+    d = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    return int(d.timestamp() * 1000)
+
+
+def write_day(directory, symbol: str, day: str, rows: int, seed: int = 1, mid0: float = 40_000.0,
+              tick: float = 0.1, vol_ticks: int = 3) -> Path:
+    """DIR/<SYMBOL>-bookTicker-<day>.csv with `rows` quotes spread over the day; returns its path."""
+    rng = np.random.default_rng(seed)
+    mid = np.round(mid0 / tick) + np.cumsum(rng.integers(-vol_ticks, vol_ticks + 1, rows))
+    bid = mid * tick
+    ask = (mid + 1) * tick
+    t = day_ms(day) + (np.arange(rows, dtype=np.int64) * 86_400_000) // rows
+    bq = rng.integers(1, 500, rows) / 100.0
+    aq = rng.integers(1, 500, rows) / 100.0
+    uid = 1_000_000 + np.arange(rows)
+    path = Path(directory) / f"{symbol}-bookTicker-{day}.csv"
+    lines = [f"{u},{b:.1f},{x:.2f},{a:.1f},{y:.2f},{ts},{ts}\n"
+             for u, b, x, a, y, ts in zip(uid.tolist(), bid.tolist(), bq.tolist(), ask.tolist(), aq.tolist(),
+                                          t.tolist())]
+    with open(path, "w", encoding="ascii") as f:
+        f.write(HEADER)
+        f.writelines(lines)
+    return path
+
+
+def days(first: str, n: int) -> list[str]:
+    d0 = dt.date.fromisoformat(first)
+    return [(d0 + dt.timedelta(days=i)).isoformat() for i in range(n)]
