@@ -790,17 +790,20 @@ class Progress:
 
 
 def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbols=None, exchange_info=None,
-        warn=None) -> dict:
-    """Replay files with cfg; writes the output files and returns the summary dict."""
+        warn=None, make_sink=metrics.Collector) -> dict:
+    """Replay files with cfg; writes the output files (none when cfg.out_dir is empty: a sweep's trials only want the
+    summary) and returns the summary dict. make_sink(names, sample_ns, out_dir) builds the metrics.Collector, for
+    a caller that wants it afterwards (e.g. its equity curve)."""
     warn = warn or (lambda m: print(m, file=sys.stderr))
     table, sources = open_sources(expand_inputs(files), symbol, fmt, extra_symbols, warn)
     rules = _exchange_rules(exchange_info, table) if exchange_info else None
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{out_dir}: cannot create output directory ({e.strerror or e})") from None
-    sink = metrics.Collector(table.names, cfg.sim.sample_ns, out_dir)
+    sink = make_sink(table.names, cfg.sim.sample_ns, out_dir)
     core = ReplayCore(table, cfg, rules, sink)
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     prog = Progress(sources, show)

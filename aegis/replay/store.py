@@ -247,6 +247,16 @@ def verify(parts: list[Partition], progress: Callable[[Partition], None] | None 
             progress(p)
 
 
+def identities(parts: list[Partition]) -> list[tuple]:
+    """What verify() remembers of each partition, to hand to another process reading the same files (a sweep's
+    workers): trust() there skips the CRC pass for exactly these files (same inode, size and mtime)."""
+    return [_identity(p) for p in parts]
+
+
+def trust(idents) -> None:
+    _verified.update(tuple(i) for i in idents)
+
+
 class StoreSource:
     """One partition as a replay source: chunks are slices of the mapped file (no parsing, no copy unless the
     replay's symbol id is not 0); pages already replayed are given back to the OS."""
