@@ -561,8 +561,15 @@ def prepare(args, say):
         args.search = "optuna" if args.range else "grid"
     if args.trials < 1 or args.workers < 1 or args.top < 0 or args.grace_days < 1:
         raise SweepError("--trials, --workers and --grace-days must be >= 1")
+    if args.walk_forward:
+        _windows(days, args.walk_forward)
     from aegis.brain import strategy
     dims = parse_dims(args.strategy, args.grid, args.range)
+    if args.search == "grid":
+        for d in dims:
+            if not d.values:
+                raise SweepError(f"--range {d.name}: a grid needs explicit values (--grid {d.name}=V1,V2,...); "
+                                 "ranges are for --search random or optuna")
     fixed = strategy.parse_param_args(args.param)
     clash = sorted(set(fixed) & {d.name for d in dims})
     if clash:
