@@ -182,30 +182,44 @@ def month(rows: int, days: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ sweep
 def sweep_rate(rows: int, days: int, trials: int) -> None:
+    """One local Ray runtime with 2 CPUs; the same grid with at most 1, then 2, trials at once (a ratio from one run)."""
+    import argparse
+    import ray
     from aegis.research import sweep
     with tempfile.TemporaryDirectory(dir=os.environ.get("AEGIS_BENCH_DIR")) as d:
         _, root, _ = make_data(Path(d), rows, days)
         fasts = ",".join(str(5 + 3 * i) for i in range(trials))
         files = [str(p.path) for p in S.Store(root).select()]
-        ctx = {"strategy": "ema_cross", "fixed": {"slow": 200}, "replay_args": []}
-        sweep.evaluate(ctx, {"fast": 5}, files, None)
+        ctx0 = {"strategy": "ema_cross", "fixed": {"slow": 200}, "replay_args": []}
+        sweep.evaluate(ctx0, {"fast": 5}, files, None)
         t0 = time.perf_counter()
         for i in range(3):
-            sweep.evaluate(ctx, {"fast": 5 + 3 * i}, files, None)
+            sweep.evaluate(ctx0, {"fast": 5 + 3 * i}, files, None)
         in_proc = (time.perf_counter() - t0) / 3
         print(f"one trial in-process (no Ray): {in_proc:.3f} s for {rows * days:,} rows")
-        for w in (1, 2):
-            out = Path(d) / f"sw{w}"
+        t0 = time.perf_counter()
+        _ns = argparse.Namespace(address=None, workers=2)
+        sweep._start_ray(_ns)
+        print(f"local Ray runtime start: {time.perf_counter() - t0:.1f} s")
+        try:
+            for w in (1, 2):
+                args = sweep.build_parser().parse_args(
+                    ["--data", str(root), "--grid", f"fast={fasts}", "--param", "slow=200", "--workers", str(w),
+                     "--out", str(Path(d) / f"sw{w}")])
+                _, by_day, dims, ctx = sweep.prepare(args, lambda m: None)
+                t0 = time.perf_counter()
+                rows_, _ = sweep.run_search(ctx, dims, args, f"w{w}", Path(d) / f"sw{w}", list(by_day.values()),
+                                            False, lambda m: None)
+                wall = time.perf_counter() - t0
+                per = [r["elapsed_s"] for r in rows_]
+                over = (wall * w - sum(per)) / trials
+                print(f"workers {w}: {trials} trials in {wall:.1f} s = {trials / wall * 60:.1f} trials/min; in-trial "
+                      f"median {np.median(per):.3f} s (first {max(per):.2f} s); Ray/Tune overhead per trial "
+                      f"{over:.2f} s worker-time (incl. actor start); load {os.getloadavg()[0]:.1f}")
+        finally:
             t0 = time.perf_counter()
-            rc = sweep.main(["--data", str(root), "--grid", f"fast={fasts}", "--param", "slow=200", "--workers",
-                             str(w), "--out", str(out), "--top", "0"])
-            wall = time.perf_counter() - t0
-            assert rc == 0
-            rows_ = sweep.read_table(out / sweep.RESULTS)
-            per = [float(r["elapsed_s"]) for r in rows_]
-            print(f"workers {w}: {trials} trials, wall {wall:.1f} s incl. Ray start/stop -> "
-                  f"{trials / wall * 60:.1f} trials/min; trial time inside Ray median {np.median(per):.3f} s, "
-                  f"first {max(per):.2f} s; load {os.getloadavg()[0]:.1f}")
+            ray.shutdown()
+            print(f"local Ray runtime stop: {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,41 @@ def test_sweep_mistakes_are_one_line_exit_2_before_ray_starts(store, tmp_path, c
     assert sweep.main(["--data", str(store), *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.time_limit(600)
+def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_sweep(tmp_path, capsys):
+    import os
+    import signal
+    import threading
+    files = [marketdays.write_day(tmp_path, "BTCUSDT", day, 40_000, seed=i) for i, day in enumerate(DAYS)]
+    store = tmp_path / "store"    # trials long enough (~0.5 s) that Ctrl-C lands with most of the grid to do
+    assert S.main(["import", *map(str, files), "--to", str(store)]) == 0
+    out = tmp_path / "sw"
+    argv = ["--data", str(store), "--grid", "fast=2,3,4,5,6,7,8,9,10,11,12,13", "--grid", "slow=50", "--workers", "1",
+            "--out", str(out)]
+    stop = threading.Event()
+
+    def ctrl_c_after_a_trial():   # what a user's Ctrl-C does: SIGINT to the sweep process
+        while not stop.wait(0.2):
+            done = [p for p in out.glob("ray/sweep/*/result.json") if p.stat().st_size > 0]
+            if len(done) >= 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+    t = threading.Thread(target=ctrl_c_after_a_trial, daemon=True)
+    t.start()
+    try:
+        rc = sweep.main(argv)
+    finally:
+        stop.set()
+    assert rc == 130
+    first = {r["trial"]: r for r in _rows(out / sweep.RESULTS)}
+    finished = {k: r for k, r in first.items() if r["status"] == "ok"}
+    assert 1 <= len(finished) < 12 and any(r["status"] == "not run" for r in first.values())
+    assert "--resume" in capsys.readouterr().err
+    assert sweep.main(argv) == 2   # the same --out without --resume: refused, nothing overwritten
+    assert sweep.main([*argv, "--resume"]) == 0
+    rows = {r["trial"]: r for r in _rows(out / sweep.RESULTS)}
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows.values())
+    for k, r in finished.items():
+        assert rows[k]["net"] == r["net"] and rows[k]["fast"] == r["fast"]

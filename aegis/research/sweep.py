@@ -320,7 +320,7 @@ def rows_of(grid, dims: list[Dim], total_days: int) -> list[dict]:
         if r.error is not None:
             row["status"] = "error"
             row["error"] = _error_line(r.error)
-        elif not m:
+        elif "score" not in m:
             row["status"] = "not run"
         elif m.get("days", total_days) < total_days:
             row["status"] = f"stopped after {m.get('days')} day(s)"
