@@ -387,9 +387,10 @@ def plot(rows: list[dict], dims: list[Dim], metric: str, path: Path, title: str)
         return None
     names = [d.name for d in dims]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
-    if len(names) == 2 and all(len({r[n] for r in ok}) <= 40 for n in names):
-        xs = sorted({r[names[0]] for r in ok}, key=_sort_key)
-        ys = sorted({r[names[1]] for r in ok}, key=_sort_key)
+    xs = sorted({r[names[0]] for r in ok}, key=_sort_key)
+    ys = sorted({r[names[-1]] for r in ok}, key=_sort_key)
+    cmap = plt.get_cmap("RdYlGn" if METRICS[metric][1] == "max" else "RdYlGn_r")
+    if len(names) == 2 and len(xs) <= 40 and len(ys) <= 40 and len(ok) >= 0.5 * len(xs) * len(ys):   # a grid
         grid = np.full((len(ys), len(xs)), np.nan)
         for r in ok:
             grid[ys.index(r[names[1]]), xs.index(r[names[0]])] = r["score"]
@@ -403,13 +404,18 @@ def plot(rows: list[dict], dims: list[Dim], metric: str, path: Path, title: str)
             if v == v and grid.size <= 200:
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7)
         fig.colorbar(im, ax=ax, label=metric)
+    elif len(names) == 2 and all(isinstance(r[n], (int, float)) for r in ok for n in names):   # sampled points
+        sc = ax.scatter([r[names[0]] for r in ok], [r[names[1]] for r in ok], c=[r["score"] for r in ok], cmap=cmap,
+                        s=60, edgecolors="k")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        fig.colorbar(sc, ax=ax, label=metric)
     else:
         cols = names + ["score"]
         data = np.array([[_as_float(r[c]) for c in cols] for r in ok])
         lo, hi = np.nanmin(data, axis=0), np.nanmax(data, axis=0)
         norm = (data - lo) / np.where(hi > lo, hi - lo, 1.0)
         s = norm[:, -1]
-        cmap = plt.get_cmap("RdYlGn" if METRICS[metric][1] == "max" else "RdYlGn_r")
         for k in np.argsort(s):
             ax.plot(range(len(cols)), norm[k], color=cmap(s[k]), alpha=0.7, lw=1.2)
         ax.set_xticks(range(len(cols)), [f"{c}\n{_fmt(lo[i])}..{_fmt(hi[i])}" for i, c in enumerate(cols)])
