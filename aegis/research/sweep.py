@@ -494,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--walk-forward", default=None, metavar="TRAIN/TEST",
                    help="days per training and test window: choose parameters on each training window, report "
                         "them on the next unseen test window")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="trials at once (default: this box's cores); the local Ray runtime gets this many CPUs")
+    p.add_argument("--workers", type=int, default=None,
+                   help="trials at once (default: this box's cores for the local Ray runtime, which gets this many "
+                        "CPUs; with --address, every CPU of the cluster)")
     p.add_argument("--address", default=None, metavar="ray://HOST:PORT",
                    help="run on an existing Ray cluster instead of a local runtime")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default {DEFAULT_OUT})")
@@ -565,7 +566,9 @@ def prepare(args, say):
     by_day = {d: [str(p.path) for p in parts if p.day == d] for d in days}
     if args.search is None:
         args.search = "optuna" if args.range else "grid"
-    if args.trials < 1 or args.workers < 1 or args.top < 0 or args.grace_days < 1:
+    if args.workers is None and not args.address:
+        args.workers = os.cpu_count() or 1
+    if args.trials < 1 or (args.workers is not None and args.workers < 1) or args.top < 0 or args.grace_days < 1:
         raise SweepError("--trials, --workers and --grace-days must be >= 1")
     if args.walk_forward:
         _windows(days, args.walk_forward)
@@ -617,7 +620,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    _start_ray(args)
+    try:
+        _start_ray(args)
+    except (ConnectionError, RuntimeError, ValueError) as e:   # what ray.init raises for an unreachable cluster
+        import ray
+        ray.shutdown()
+        print(f"aegis sweep: error: cannot start or reach Ray{' at ' + args.address if args.address else ''}: "
+              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 2
     try:
         if args.walk_forward:
             rc = _walk_forward(args, days, by_day, dims, ctx, out, exp_root, say)
