@@ -147,3 +147,18 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_sweep(tmp_path, c
     assert len(rows) == 12 and all(r["status"] == "ok" for r in rows.values())
     for k, r in finished.items():
         assert rows[k]["net"] == r["net"] and rows[k]["fast"] == r["fast"]
+
+
+@pytest.mark.time_limit(600)
+def test_optuna_search_with_asha_reports_daily_sessions(store, tmp_path):
+    out = tmp_path / "opt"
+    rc = sweep.main(["--data", str(store), "--search", "optuna", "--range", "fast=3:12", "--grid", "slow=40,60",
+                     "--trials", "4", "--scheduler", "asha", "--workers", "1", "--out", str(out)])
+    assert rc == 0
+    rows = _rows(out / sweep.RESULTS)
+    assert len(rows) == 4 and len({(r["fast"], r["slow"]) for r in rows}) > 1
+    for r in rows:
+        assert r["status"] == "ok" or r["status"].startswith("stopped after"), r
+        days = int(r["days"])
+        direct = [_direct(store, [d], int(r["fast"]), int(r["slow"]))["net"] for d in DAYS[:days]]
+        assert float(r["net"]) == pytest.approx(sum(direct), abs=1e-9)   # daily sessions, chained
