@@ -115,6 +115,10 @@ def test_bench_store_formats_and_end_to_end(tmp_path):
         read[f"parquet-{comp}"] = timed(lambda: parquet_read(tmp_path / f"day.{comp}.parquet"))
         read[f"parquet-{comp} + page CRC"] = timed(lambda: parquet_read(tmp_path / f"day.{comp}.parquet", verify=True))
 
+    def merged():   # store -> replay's k-way merge -> batches ready for the core (the input path, no core)
+        _, srcs = replay.open_sources([str(part.path)], None, None, None, None)
+        return sum(len(b) for b in replay.Merger(srcs).batches())
+    read["store -> merged batches (replay input path)"] = timed(merged)
     # end to end: the replay core alone on records already in memory, then replay.run from the store and from CSV
     mem = np.array(recs).view(MARKET_DTYPE)   # np.load rebuilds the dtype without its aligned flag
     mem["pub_ts"] = mem["recv_ts"]
