@@ -18,6 +18,7 @@ import numpy as np
 
 from types import SimpleNamespace
 
+from aegis.brain import pipeline
 from aegis.brain import process as brain
 from aegis.core import latency
 from aegis.core import ring
@@ -101,15 +102,15 @@ def _exchange_fills_everything(b: brain.Brain) -> None:
     f["price"] = 1000.0 * (r["symbol"] + 1)
     f["status"] = STATUS_FILLED
     ring.write_batch(path.fills.header, path.fills.records, f, n, ring.POLICY_WAIT, 0)
-    brain.drain_fills(b.fq, b.risk, b.busq, b.st, b.fill_log, 1)
+    pipeline.drain_fills(b.bs, b.sink, 1)
 
 
 def strategy_pass(cfg: strategy.StrategyConfig, state, quotes, out) -> int:
     k = 0
-    params = cfg.array()
+    ss = strategy.StrategyState(cfg.id, cfg.array(), state)
     for i in range(0, quotes.shape[0], BATCH):
         part = quotes[i:i + BATCH]
-        k += strategy.run_batch(cfg.id, params, state, part, part.shape[0], out)
+        k += strategy.run_batch(ss, part, part.shape[0], out)
     return k
 
 

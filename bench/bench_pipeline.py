@@ -132,12 +132,11 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from aegis.brain import process as brain
-from aegis.core import control
-from aegis.core import ring
-from aegis.brain import strategy
-from aegis.trade import sender as trade
-from aegis.trade import risk
+from aegis.brain import process as B  # noqa: E402
+from aegis.brain import strategy  # noqa: E402
+from aegis.core import control, ring  # noqa: E402
+from aegis.trade import risk as riskmod  # noqa: E402
+from aegis.trade import sender as trade  # noqa: E402
 from aegis.core.atomics import load_acquire  # noqa: E402
 from aegis.core.clock import py_now_ns  # noqa: E402
 from aegis.core.records import FILL_DTYPE, MARKET_DTYPE, STATUS_FILLED  # noqa: E402
@@ -377,7 +376,7 @@ class InProcessPipeline:
         from aegis.binance.client import BinanceClient, Endpoints, WsTradeClient
         from aegis.feed.process import FeedConfig, FeedEngine
         from aegis.trade.journal import open_journal
-        from aegis.trade.keys import from_strings
+        from aegis.binance.keys import from_strings
         from aegis.binance.symbols import SymbolTable
         from aegis.feed.wsframes import FrameReader
         self.lat = L.new_set()
@@ -530,7 +529,7 @@ class InProcessPipeline:
         f = self._fill
         f["client_id"], f["symbol"], f["side"] = req["client_id"], req["symbol"], req["side"]
         f["qty"] = f["cum_qty"] = f["orig_qty"] = req["qty"]
-        f["price"] = self.book.arrays[0][int(req["symbol"]), riskmod.S_MID]   # MARKET orders: fill at the mid
+        f["price"] = self.book.sym[int(req["symbol"]), riskmod.S_MID]   # MARKET orders: fill at the mid
         f["status"], f["recv_ts"] = STATUS_FILLED, py_now_ns()
         f["order_id"] = f["trade_id"] = self.orders
         put = self.fills.header[ring.H_WRITE] + 1

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from aegis.replay import run as replay
+from aegis.brain.pipeline import S_ORDERS, S_RECORDS
 from aegis.trade import risk
 from aegis.replay import simexec
 from aegis.brain import strategy
@@ -85,12 +86,12 @@ def test_bench_replay_core_1m_quotes_10_symbols_ema_cross(benchmark, quotes):
     benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
     gc.unfreeze()
     core = cores[-1]
-    assert core.stats[replay.ST_RECORDS] == N_QUOTES
-    assert core.stats[replay.ST_ACCEPTED] > 1000   # the strategy really trades
+    assert core.stats[S_RECORDS] == N_QUOTES
+    assert core.stats[S_ORDERS] > 1000   # the strategy really trades
     rate = N_QUOTES / benchmark.stats.stats.min
     benchmark.extra_info["ticks_per_s"] = rate
     print(f"\nreplay core: {rate / 1e6:.1f} M ticks/s (best of {len(benchmark.stats.stats.data)}), "
-          f"{int(core.stats[replay.ST_ACCEPTED])} orders")
+          f"{int(core.stats[S_ORDERS])} orders")
 
 
 def write_csv_files(quotes: np.ndarray, directory) -> list[str]:

@@ -120,7 +120,7 @@ def test_handoff_spin_with_a_free_core(benchmark):
 
 
 def test_signed_rest_query_build(benchmark):
-    from aegis.trade.keys import from_strings
+    from aegis.binance.keys import from_strings
     from aegis.binance.signing import signed_query
     keys = from_strings("k" * 64, "s" * 64)
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.002",
@@ -129,7 +129,7 @@ def test_signed_rest_query_build(benchmark):
 
 
 def test_order_params_and_signing_from_record(benchmark):
-    from aegis.trade.keys import from_strings
+    from aegis.binance.keys import from_strings
     from aegis.trade.risk import SymbolRules
     from aegis.binance.signing import signed_query
     from aegis.trade.sender import order_params
@@ -144,7 +144,7 @@ def test_order_params_and_signing_from_record(benchmark):
 
 
 def test_ws_signed_params_build(benchmark):
-    from aegis.trade.keys import from_strings
+    from aegis.binance.keys import from_strings
     from aegis.binance.signing import ws_signed_params
     keys = from_strings("k" * 64, "s" * 64)
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.002",

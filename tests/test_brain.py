@@ -13,7 +13,7 @@ from aegis.brain import strategy
 from aegis.trade import sender as trade
 from aegis.trade import risk as riskmod
 from aegis.core.config import ConfigError, EngineConfig
-from aegis.feed.process import checksum_step
+from aegis.core.ring import checksum_step
 from aegis.core.records import (ACTION_CANCEL_ALL, ACTION_NEW, FILL_DTYPE, KIND_TRADE, MARKET_DTYPE, ORDER_REQUEST_DTYPE, SIDE_BUY,
                            STATUS_FILLED)
 from aegis.trade.sender import FillQueue, RequestQueue
@@ -46,7 +46,7 @@ def test_pipeline_emits_exactly_the_strategy_kernels_signals_stamped_with_stage_
     params = EMA.array()
     state = strategy.make_state(EMA.id, 3, params)
     out = strategy.new_signals(len(recs))
-    k_ref = strategy.run_batch(EMA.id, params, state, recs, len(recs), out)
+    k_ref = strategy.run_batch(strategy.StrategyState(EMA.id, params, state), recs, len(recs), out)
     assert k == k_ref > 0 and len(got) == k
     assert [int(s["seq"]) for s in got] == list(out["seq"][:k])
     assert all(s["consume_ts"] == 5_000_000 and s["ts"] >= s["consume_ts"] for s in got)
@@ -59,7 +59,7 @@ def test_publish_to_consume_latency_is_recorded_per_record():
     recs["pub_ts"] = 1_000
     b = make_brain()
     b.process(recs, consume_ts=1_500)
-    row = b.lat[latency.STAGE_RING]
+    row = b.bs.lat[latency.STAGE_RING]
     assert row[latency.H_COUNT] == 100 and row[latency.H_MIN] == 500 and row[latency.H_MAX] == 500
 
 
@@ -118,11 +118,11 @@ def test_one_unit_is_unit_notional_at_the_first_order_price_rounded_up_to_the_st
     reqs = drain_queue(path.queue)
     params = EMA.array()
     sigs = strategy.new_signals(len(recs))
-    k = strategy.run_batch(EMA.id, params, strategy.make_state(EMA.id, 3, params), recs, len(recs), sigs)
+    k = strategy.run_batch(strategy.StrategyState(EMA.id, params, strategy.make_state(EMA.id, 3, params)), recs, len(recs), sigs)
     for s in range(3):
         mine = reqs[reqs["symbol"] == s]
         first_px = sigs[:k][sigs[:k]["symbol"] == s][0]["price"]     # touch the first order would take
-        unit = b.unit_qty[s]
+        unit = b.bs.unit_qty[s]
         assert unit == pytest.approx(np.ceil(25.0 / first_px / 0.001) * 0.001, abs=1e-12)
         assert unit * first_px >= 25.0
         assert mine[0]["qty"] == unit and (mine[1:]["qty"] == 2 * unit).all()
@@ -179,7 +179,7 @@ def test_brain_loop_drains_the_ring_applies_fills_first_and_stops_after_the_feed
     path = order_path()
     b = make_brain(path)
     filled = []
-    b.bus.subscribe(bus.ORDER_FILLED, lambda t, idx, cid, status: filled.append((cid, status, b.fill_log[idx]["qty"])))
+    b.bus.subscribe(bus.ORDER_FILLED, lambda t, idx, cid, status: filled.append((cid, status, b.bs.fill_log[idx]["qty"])))
     header, records = in_process_ring()
     ctl = control.new_block()
     recs = live_quotes(3000)
@@ -227,10 +227,10 @@ def test_manual_halt_on_the_control_topic_turns_into_risk_refusals():
     k = b.process(live_quotes(3000), consume_ts=time.monotonic_ns())
     assert k > 0 and b.stats()["orders"] == 0 and path.risk.reject_counts() == {"HALTED": b.stats()["rejects"]}
     # refused orders were not traded: the strategy still holds no side, so after a resume it enters with 1 unit
-    assert not b.state[:, strategy.EC_S_SIDE].any()
+    assert not b.bs.strat.state[:, strategy.EC_S_SIDE].any()
     b.bus.publish(bus.CONTROL, bus.CMD_RESUME)
     b.housekeeping(time.monotonic_ns())
-    b.holdoff[:] = 0                          # (the 100 ms retry hold-off after the refusals)
+    b.bs.holdoff[:] = 0                          # (the 100 ms retry hold-off after the refusals)
     b.process(live_quotes(3000, seed=5), consume_ts=time.monotonic_ns())
     reqs = drain_queue(path.queue)
     assert len(reqs) > 3

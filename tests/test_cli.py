@@ -125,4 +125,5 @@ def test_record_option_makes_the_feed_write_a_recording_replay_can_read(tmp_path
     assert res.returncode == 0, res.stdout + res.stderr
     from aegis.feed.recording import read_recording
     rows = list(read_recording(str(rec)))
-    assert rows and all(stream.startswith("btcusdt@") for _, stream, _ in rows)
+    assert rows[0][1] == "!exchangeInfo" and [r["symbol"] for r in rows[0][2]["symbols"]] == ["BTCUSDT"]
+    assert len(rows) > 1 and all(stream.startswith("btcusdt@") for _, stream, _ in rows[1:])

@@ -5,7 +5,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from aegis.trade.keys import Secret
+from aegis.binance.keys import Secret
 from aegis.binance.signing import (decimals_of, encode_params, hmac_hex, signed_query, to_units, units_to_str,
                            ws_signed_params)
 

@@ -295,6 +295,8 @@ def test_recorded_session_reads_back_and_replays_through_the_venue(tmp_path):
         finally:
             r.close()
     lines = list(read_recording(tmp_path))
+    assert lines[0][1] == "!exchangeInfo"      # the recording carries its symbols' exchange filters
+    lines = lines[1:]
     frames = int(r.eng.parser.stats[P.ST_FRAMES])
     assert len(lines) == frames and frames > 100
     assert all(s.endswith(("@bookTicker", "@aggTrade")) for _, s, _ in lines)

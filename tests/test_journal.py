@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from aegis.trade import journal
-from aegis.trade.keys import Secret
+from aegis.binance.keys import Secret
 
 
 def test_records_read_back_in_order_with_kind_and_fields(tmp_path):

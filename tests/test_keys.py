@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from aegis.trade import keys
+from aegis.binance import keys
 
 SECRET = "s3cr3t-VALUE-that-must-never-appear-0123456789"
 

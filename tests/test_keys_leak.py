@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from aegis.trade import keys
+from aegis.binance import keys
 from aegis.core.records import SIDE_BUY, SIDE_SELL
 from aegis.venue import VenueConfig, start_venue
 

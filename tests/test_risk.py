@@ -26,7 +26,7 @@ def book(**cfg):
 
 
 def quote(b, s, bid, ask, ts=NOW):
-    risk.on_quote(*b.arrays, s, bid, ask, ts)
+    risk.on_quote(b.rk, s, bid, ask, ts)
 
 
 def req(symbol=0, side=SIDE_BUY, qty=0.01, price=90000.0, otype=ORDER_LIMIT, ro=0, flags=0):
@@ -38,14 +38,14 @@ def req(symbol=0, side=SIDE_BUY, qty=0.01, price=90000.0, otype=ORDER_LIMIT, ro=
 
 
 def check(b, r, now=NOW):
-    return risk.REASONS[risk.check(*b.arrays, r[0], now)]
+    return risk.REASONS[risk.check(b.rk, r[0], now)]
 
 
 def fill(b, cid, side, qty, px, status=STATUS_FILLED, symbol=0, fee=0.0, now=NOW):
     f = np.zeros(1, FILL_DTYPE)
     f[0]["client_id"], f[0]["side"], f[0]["qty"], f[0]["price"], f[0]["status"] = cid, side, qty, px, status
     f[0]["symbol"], f[0]["fee"] = symbol, fee
-    risk.on_fill(*b.arrays, f[0], now)
+    risk.on_fill(b.rk, f[0], now)
 
 
 def test_buy_limit_rounds_price_down_to_tick_and_qty_down_to_step():
@@ -273,24 +273,24 @@ def test_kill_switch_cancels_all_symbols_with_open_orders_and_flattens_when_conf
     fill(b, 0, SIDE_BUY, 0.5, 3000.0, symbol=1)                       # position on ETH
     risk.kill(b.g, NOW)
     out = np.zeros(8, ORDER_REQUEST_DTYPE)
-    n = risk.halt_requests(*b.arrays, out, NOW)
+    n = risk.halt_requests(b.rk, out, NOW)
     assert n == 2
     assert out[0]["action"] == ACTION_CANCEL_ALL and out[0]["symbol"] == 0
     flat = out[1]
     assert flat["action"] == ACTION_NEW and flat["symbol"] == 1 and flat["side"] == SIDE_SELL
     assert flat["flags"] == REQ_FLAG_FLATTEN and flat["order_type"] == ORDER_MARKET
-    assert risk.REASONS[risk.check(*b.arrays, out[1], NOW)] == "OK"     # flatten passes HALTED
+    assert risk.REASONS[risk.check(b.rk, out[1], NOW)] == "OK"     # flatten passes HALTED
     assert out[1]["qty_steps"] == 500 and out[1]["reduce_only"] == 1
-    assert risk.halt_requests(*b.arrays, out, NOW) == 0          # once
+    assert risk.halt_requests(b.rk, out, NOW) == 0          # once
 
 
 def test_daily_loss_limit_halts_on_unrealized_loss():
     b = book(daily_loss_limit=100.0)
     fill(b, 0, SIDE_BUY, 0.1, 90000.0)
     quote(b, 0, 89100.0, 89100.1)                                    # -90
-    assert not risk.check_daily_loss(*b.arrays, NOW)
+    assert not risk.check_daily_loss(b.rk, NOW)
     quote(b, 0, 88900.0, 88900.1)                                    # -110
-    assert risk.check_daily_loss(*b.arrays, NOW)
+    assert risk.check_daily_loss(b.rk, NOW)
     assert b.state == "HALTED" and b.state_reason == "daily loss limit"
     assert b.g[risk.G_HALT_PENDING] == 1
 
@@ -300,7 +300,7 @@ def test_daily_loss_counts_from_the_start_of_the_utc_day():
     fill(b, 0, SIDE_BUY, 0.1, 90000.0)
     quote(b, 0, 88950.0, 88950.1)                                    # -105 on day 0
     risk.roll_day(b.g, b.gf, b.sym, 5 * risk.NS_PER_DAY)             # new day: baseline = -105
-    assert not risk.check_daily_loss(*b.arrays, NOW)
+    assert not risk.check_daily_loss(b.rk, NOW)
 
 
 def test_rejections_are_counted_per_reason_and_logged_with_symbol():

@@ -24,13 +24,13 @@ class Sim:
     def quote(self, t, bid, ask):
         r = np.zeros(1, MARKET_DTYPE)[0]
         r["recv_ts"], r["kind"], r["bid_px"], r["ask_px"], r["bid_qty"], r["ask_qty"] = t, KIND_QUOTE, bid, ask, 1, 1
-        X.on_market(r, *self.x.arrays)
+        X.on_market(r, self.x.sx)
         self._drain()
 
     def trade(self, t, px):
         r = np.zeros(1, MARKET_DTYPE)[0]
         r["recv_ts"], r["kind"], r["px"], r["qty"] = t, KIND_TRADE, px, 1.0
-        X.on_market(r, *self.x.arrays)
+        X.on_market(r, self.x.sx)
         self._drain()
 
     def send(self, t, side, qty, price=0.0, order_type=ORDER_MARKET, tif=0, action=ACTION_NEW, target=0):
@@ -38,7 +38,7 @@ class Sim:
         q = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
         q["client_id"], q["symbol"], q["side"], q["qty"], q["price"] = self.cid, 0, side, qty, price
         q["order_type"], q["tif"], q["action"], q["target_id"] = order_type, tif, action, target
-        X.submit(q, t, *self.x.arrays)
+        X.submit(q, t, self.x.sx)
         self._drain()
         return self.cid
 
@@ -165,7 +165,7 @@ def test_open_orders_at_end_of_data_are_logged_as_canceled():
     s = Sim()
     s.quote(1 * S, 99.0, 100.0)
     s.send(1 * S, SIDE_BUY, 1.0, 90.0, ORDER_LIMIT, TIF_GTC)
-    X.finish_open(*s.x.arrays)
+    X.finish_open(s.x.sx)
     s._drain()
     assert s.statuses() == [(1, STATUS_CANCELED)]
     log_i, _ = s.x.drain_log()

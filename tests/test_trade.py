@@ -3,14 +3,19 @@ import os
 import threading
 import time
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from tests.trade_rig import brain_for, request
 
+from aegis.brain import pipeline
+from aegis.core import ring
 from aegis.trade import risk
 from aegis.trade import sender as trade
 from aegis.binance.client import VENUE_URLS, VenueSelectionError, endpoints
 from aegis.core.config import ConfigError
-from aegis.core.records import (FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY,
+from aegis.core.records import (ACTION_CANCEL_ALL, FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY,
                            SIDE_SELL, STATUS_FILLED, TIF_GTX)
 
 
@@ -88,49 +93,58 @@ def test_abort_releases_a_parked_sender():
     assert out["n"] == 0 and time.monotonic() - t < 1.0
 
 
-def test_submit_counts_queue_full_and_releases_the_risk_slot():
+def _path(book, queue=None, fills=None, flags=None):
+    return SimpleNamespace(risk=book, queue=queue or trade.RequestQueue(), fills=fills or trade.FillQueue(),
+                           flags=flags if flags is not None else np.zeros(trade.FLAGS_LEN, np.int64))
+
+
+def test_a_full_sender_queue_is_a_queue_full_refusal_that_releases_the_risk_slot():
     b = risk.RiskBook(risk.RiskConfig(orders_per_second=100000, binance_orders_10s=4096, binance_orders_1m=4096,
                                       max_open_orders=1024, max_gross_notional=0, max_position_notional=0,
                                       max_order_notional=0),
                       [risk.SymbolRules("X", tick_size="0.1", step_size="1", min_qty="1", min_notional="0")])
-    risk.on_quote(*b.arrays, 0, 10.0, 10.1, 1)
+    risk.on_quote(b.rk, 0, 10.0, 10.1, 1)
     q = trade.RequestQueue(4096)
     filler = one_req()
     for _ in range(4095):
         trade.handoff(q.header, q.records, filler[0], 1)
-    reqs = np.zeros(2, ORDER_REQUEST_DTYPE)
-    for r in reqs:
-        r["side"], r["order_type"], r["tif"], r["price"], r["qty"] = SIDE_BUY, ORDER_LIMIT, 1, 10.0, 1.0
-    assert trade.submit(*b.arrays, q.header, q.records, reqs, 2, 2) == 1
+    brain = brain_for(_path(b, q), 1)
+    reqs = [request(0, SIDE_BUY, 1.0, 10.0) for _ in range(2)]
+    verdicts = [pipeline.send(brain.bs, brain.sink, r[0], 2) for r in reqs]
+    assert verdicts == [0, risk.R_QUEUE_FULL]
     assert b.reject_counts() == {"QUEUE_FULL": 1}
-    assert b.sym[0, risk.S_OPEN_COUNT] == 1
+    assert b.sym[0, risk.S_OPEN_COUNT] == 1          # the refused order's slot was given back
+    st = brain.bs.st
+    assert (st[pipeline.S_ORDERS], st[pipeline.S_REFUSED], st[pipeline.S_REJECTS]) == (1, 1, 1)
 
 
 def test_kill_flag_halts_and_queues_cancel_all_for_symbols_with_open_orders():
     b = risk.RiskBook(risk.RiskConfig(), [risk.SymbolRules("X", tick_size="0.1", step_size="1", min_qty="1",
                                                            min_notional="0"), risk.SymbolRules("Y")])
-    risk.on_quote(*b.arrays, 0, 10.0, 10.1, 1)
-    q = trade.RequestQueue()
-    flags = np.zeros(trade.FLAGS_LEN, np.int64)
-    reqs = np.zeros(4, ORDER_REQUEST_DTYPE)
-    reqs[0]["side"], reqs[0]["order_type"], reqs[0]["tif"], reqs[0]["price"], reqs[0]["qty"] = 1, ORDER_LIMIT, 1, 10.0, 1
-    assert trade.submit(*b.arrays, q.header, q.records, reqs, 1, 2) == 1
-    scratch = np.zeros(8, ORDER_REQUEST_DTYPE)
-    assert trade.service(*b.arrays, flags, q.header, q.records, scratch, 3) == 0
-    flags[trade.F_KILL] = 1
-    assert trade.service(*b.arrays, flags, q.header, q.records, scratch, 4) == 1
-    assert b.state == "HALTED" and q.records[1]["action"] == 3 and q.records[1]["symbol"] == 0
+    risk.on_quote(b.rk, 0, 10.0, 10.1, 1)
+    path = _path(b)
+    brain = brain_for(path, 2)
+    assert pipeline.send(brain.bs, brain.sink, request(0, 1, 1.0, 10.0)[0], 2) == 0
+    pipeline.service(brain.bs, brain.sink, path.flags, 3)
+    assert path.queue.header[ring.H_WRITE] == 1
+    path.flags[trade.F_KILL] = 1
+    pipeline.service(brain.bs, brain.sink, path.flags, 4)
+    q = path.queue
+    assert b.state == "HALTED" and q.header[ring.H_WRITE] == 2
+    assert q.records[1]["action"] == ACTION_CANCEL_ALL and q.records[1]["symbol"] == 0
+    assert brain.bs.st[pipeline.S_HALT_REQUESTS] == 1
 
 
 def test_fill_queue_events_reach_the_risk_book():
     b = risk.RiskBook(risk.RiskConfig(), [risk.SymbolRules("X")])
-    f = trade.FillQueue()
+    path = _path(b)
     rec = np.zeros(1, FILL_DTYPE)[0]
     rec["side"], rec["qty"], rec["price"], rec["status"] = SIDE_SELL, 2.0, 5.0, STATUS_FILLED
-    assert f.put(rec)
-    scratch = np.zeros(16, FILL_DTYPE)
-    assert trade.apply_events(*b.arrays, f.header, f.records, scratch, 1) == 1
+    assert path.fills.put(rec)
+    brain = brain_for(path, 1)
+    assert pipeline.service(brain.bs, brain.sink, path.flags, 1) == 1
     assert b.position("X") == -2.0
+    assert brain.bs.st[pipeline.S_FILLS] == 1
 
 
 def test_order_params_are_decimal_strings_from_integer_units():
@@ -299,7 +313,7 @@ def test_the_jitted_sender_sends_once_the_back_off_has_passed(compiled_order_pat
 def test_a_back_off_reaches_the_state_the_jitted_sender_reads():
     from aegis.binance import wire
     from aegis.binance.client import BinanceClient
-    from aegis.trade.keys import from_strings
+    from aegis.binance.keys import from_strings
     c = BinanceClient(endpoints("binance-testnet"), from_strings("k", "s"))
     t = time.monotonic_ns()
     c.back_off(429, "3", "")

@@ -205,7 +205,7 @@ def test_emergency_cancel_all_works_without_the_brain(venue, pool, tmp_path, mon
 
 def test_429_backs_off_for_retry_after_without_touching_the_network(tmp_path):
     from aegis.binance.client import BinanceClient, endpoints
-    from aegis.trade.keys import from_strings
+    from aegis.binance.keys import from_strings
     from aegis.venue.ratelimit import RateLimitConfig
     cfg = VenueConfig(rate=20, rate_limits=RateLimitConfig(weight_per_minute=10, weight_window_s=2.0))
     with start_venue(cfg) as v:
@@ -268,7 +268,7 @@ def test_a_halt_survives_a_restart_until_resume(venue, pool, tmp_path):
 
 def test_418_ban_stops_even_cancels_until_it_ends(tmp_path):
     from aegis.binance.client import BinanceClient, endpoints
-    from aegis.trade.keys import from_strings
+    from aegis.binance.keys import from_strings
     from aegis.venue.ratelimit import RateLimitConfig
     cfg = VenueConfig(rate=20, rate_limits=RateLimitConfig(weight_per_minute=5, weight_window_s=30.0,
                                                            requests_over_limit_before_ban=2, ban_s=1.0))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from aegis.binance import wire
 from aegis.trade.journal import _line, read_records
-from aegis.trade.keys import Secret
+from aegis.binance.keys import Secret
 from aegis.core.records import (ACTION_NEW, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, SIDE_BUY, SIDE_SELL, TIF_FOK,
                            TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.trade.risk import SymbolRules
@@ -35,7 +35,7 @@ def _req(sym=0, side=SIDE_BUY, otype=ORDER_LIMIT, tif=TIF_GTC, qty_steps=5, pric
     r = np.zeros(1, ORDER_REQUEST_DTYPE)
     r[0]["symbol"], r[0]["side"], r[0]["order_type"], r[0]["tif"] = sym, side, otype, tif
     r[0]["qty_steps"], r[0]["price_ticks"], r[0]["reduce_only"] = qty_steps, price_ticks, ro
-    r[0]["client_id"], r[0]["action"] = cid, ACTION_NEW
+    r[0]["client_id"], r[0]["action"], r[0]["exch_ts"] = cid, ACTION_NEW, 1_732_000_000_123_000_000
     return r
 
 
@@ -137,7 +137,7 @@ def test_journal_line_is_the_record_the_generic_path_journals(kw, tmp_path):
     want = {"k": "req", "t": 1_732_000_000_789, "id": int(req[0]["client_id"]), "coid": _coid(req),
             "sym": RULES[int(req[0]["symbol"])].symbol, "side": p["side"], "type": p["type"],
             "tif": p.get("timeInForce", ""), "qty": p["quantity"], "px": p.get("price", "0"),
-            "ro": bool(int(req[0]["reduce_only"])), "act": "new"}
+            "ro": bool(int(req[0]["reduce_only"])), "act": "new", "x": int(req[0]["exch_ts"])}
     f = tmp_path / "j.jsonl"
     f.write_bytes(line)
     recs, good = read_records(str(f))       # the CRC and framing the journal reader checks

@@ -5,11 +5,13 @@ import time
 
 import numpy as np
 
-from aegis.trade import keys
+from aegis.brain import pipeline, strategy
+from aegis.brain.process import Brain, BrainConfig
+from aegis.binance import keys
 from aegis.trade import risk
 from aegis.trade import sender as trade
 from aegis.binance.client import endpoints
-from aegis.core.records import ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, TIF_GTC
+from aegis.core.records import ACTION_CANCEL, ACTION_NEW, ORDER_LIMIT, ORDER_MARKET, ORDER_REQUEST_DTYPE, TIF_GTC
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 N_KEYS = 40
@@ -49,8 +51,22 @@ def wait_for(cond, timeout=10.0, step=0.01):
     return cond()
 
 
+def brain_for(order_path, n_symbols: int) -> Brain:
+    """A real Brain on an order path (anything with .risk, .queue, .fills, .flags, as aegis.trade.sender.OrderPath):
+    tests drive its order loop (aegis.brain.pipeline) directly instead of through the market ring."""
+    return Brain(BrainConfig(candle_intervals=()), strategy.resolve("ema_cross"), n_symbols, order_path)
+
+
+def request(symbol=0, side=1, qty=1.0, price=0.0, otype=ORDER_LIMIT, ro=0, action=ACTION_NEW, target=0):
+    r = np.zeros(1, ORDER_REQUEST_DTYPE)
+    r[0]["symbol"], r[0]["side"], r[0]["qty"], r[0]["price"] = symbol, side, qty, price
+    r[0]["order_type"], r[0]["reduce_only"], r[0]["action"], r[0]["target_id"] = otype, ro, action, target
+    r[0]["tif"] = TIF_GTC if otype == ORDER_LIMIT else 0
+    return r
+
+
 class Rig:
-    """A TradeSession plus the few Brain duties a test needs (quotes -> risk, submit, drain events)."""
+    """A TradeSession driven by a real Brain's order loop (quotes -> risk, send, service)."""
 
     def __init__(self, venue, k, journal_path, risk_cfg=None, trade_cfg=None, symbols=SYMBOLS, resume=False):
         rc = risk_cfg or {}
@@ -64,11 +80,11 @@ class Rig:
                                      endpoints("embedded", embedded=venue), k, symbols,
                                      journal_path=str(journal_path), resume=resume)
         self.symbols = symbols
-        self.scratch_f = np.zeros(256, FILL_DTYPE)
-        self.scratch_r = np.zeros(16, ORDER_REQUEST_DTYPE)
+        self.brain = None
 
     def start(self):
         self.ts.start()
+        self.brain = brain_for(trade.OrderPath(self.ts), len(self.symbols))
         return self
 
     @property
@@ -79,34 +95,26 @@ class Rig:
         now = time.monotonic_ns()
         for i, s in enumerate(self.symbols):
             bid, _, ask, _ = self.venue.market.best(s)
-            risk.on_quote(*self.book.arrays, i, bid, ask, now)
+            risk.on_quote(self.book.rk, i, bid, ask, now)
 
     def pump(self):
-        """One Brain iteration: events first, then kill switch / halt follow-up."""
-        b, q = self.book, self.ts.queue
-        n = trade.apply_events(*b.arrays, self.ts.fills.header, self.ts.fills.records,
-                               self.scratch_f, time.monotonic_ns())
-        trade.service(*b.arrays, self.ts.flags, q.header, q.records, self.scratch_r, time.monotonic_ns())
-        return n
+        """The start of one Brain loop iteration: fills, then kill switch / halt follow-up."""
+        return pipeline.service(self.brain.bs, self.brain.sink, self.ts.flags, time.monotonic_ns())
+
+    def send(self, r):
+        """One request through the order loop's risk check and hand-off; 1 if it was handed to the sender."""
+        return int(pipeline.send(self.brain.bs, self.brain.sink, r[0], time.monotonic_ns()) == 0)
 
     def order(self, symbol, side, qty, price=0.0, otype=ORDER_LIMIT, ro=0):
         self.quotes()
-        r = np.zeros(1, ORDER_REQUEST_DTYPE)
-        r[0]["symbol"], r[0]["side"], r[0]["qty"], r[0]["price"] = self.symbols.index(symbol), side, qty, price
-        r[0]["order_type"], r[0]["tif"], r[0]["reduce_only"], r[0]["action"] = otype, TIF_GTC, ro, ACTION_NEW
-        r[0]["tif"] = TIF_GTC if otype == ORDER_LIMIT else 0
-        b, q = self.book, self.ts.queue
-        queued = trade.submit(*b.arrays, q.header, q.records, r, 1, time.monotonic_ns())
-        return queued, r[0]
+        r = request(self.symbols.index(symbol), side, qty, price, otype, ro)
+        return self.send(r), r[0]
 
     def market(self, symbol, side, qty):
         return self.order(symbol, side, qty, 0.0, ORDER_MARKET)
 
     def cancel(self, client_id):
-        r = np.zeros(1, ORDER_REQUEST_DTYPE)
-        r[0]["action"], r[0]["target_id"] = ACTION_CANCEL, client_id
-        b, q = self.book, self.ts.queue
-        return trade.submit(*b.arrays, q.header, q.records, r, 1, time.monotonic_ns())
+        return self.send(request(action=ACTION_CANCEL, target=client_id))
 
     def below_bid(self, symbol, pct=0.02):
         return self.venue.market.best(symbol)[0] * (1 - pct)

@@ -115,7 +115,7 @@ def _symbols(text: str | None):
 
 def _check_trading(cfg) -> None:
     """[risk]/[trade] mistakes and missing Binance keys are usage errors: report them before starting anything."""
-    from aegis.trade import keys
+    from aegis.binance import keys
     from aegis.trade.risk import RiskConfig
     from aegis.trade.sender import TradeConfig
     try:
@@ -135,10 +135,11 @@ def main(argv: list[str]) -> int:
         from aegis.brain import strategy
         print(strategy.help_text())
         return 0
-    from aegis.brain import process as brain
-    from aegis.feed import process as feed
-    from aegis.brain import strategy
+    # imported late: --help and usage errors must not pay for numba
     from aegis.app import supervisor
+    from aegis.brain import process as brain
+    from aegis.brain import strategy
+    from aegis.feed import process as feed
     try:
         overrides = {
             "duration": args.duration, "wait": args.wait, "source": args.source, "venue": args.venue,

@@ -210,7 +210,7 @@ def _cancel_orphaned_orders(r: Run, urls, out) -> None:
     brain = r.procs.get("brain")
     if brain is None or brain.exitcode == 0 or urls is None or r.cfg.source != "venue":
         return
-    from aegis.trade import keys
+    from aegis.binance import keys
     from aegis.trade import sender as trade
     try:
         api = keys.from_strings(r.venue.api_key, r.venue.api_secret) if r.venue else None

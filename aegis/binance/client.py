@@ -1,4 +1,4 @@
-"""Binance USD-M order client: signed REST over a keep-alive requests.Session, and the websocket trading API.
+"""Binance USD-M order client: signed REST over keep-alive HTTP/1.1 connections, and the websocket trading API.
 
 Results are plain dicts, never exceptions, because the sender thread must keep going whatever happens:
   {"ok": True, "status": 200, "data": <json>, "order": <order json>?}   or
@@ -25,20 +25,21 @@ Safety rules (API.md §4.3, §4.4, §7.1, §7.20):
 from __future__ import annotations
 
 import errno
+import http.client
 import itertools
 import logging
 import re
+import select
 import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import orjson
-import requests
-import urllib3
 
-from aegis.trade.keys import ApiKeys
+from aegis.binance.keys import ApiKeys
 from aegis.binance.signing import encode_params, signed_query, ws_signed_params
 from aegis.binance.wire import ST_BACKOFF_UNTIL_NS, ST_OFFSET_MS, RestConnection, WireError
 from aegis.binance.wire import new_state as wire_new_state
@@ -94,50 +95,93 @@ def _result_error(status: int, body: bytes | str, unknown: bool = False) -> dict
 _WIRE = threading.local()  # .ns: CLOCK_MONOTONIC ns of this thread's last write of request bytes to a socket
 
 
-class _StampingHTTPConnection(urllib3.connection.HTTPConnection):
+class _StampingHTTPConnection(http.client.HTTPConnection):
     def send(self, data):
         super().send(data)
         _WIRE.ns = time.monotonic_ns()
 
 
-class _StampingHTTPSConnection(urllib3.connection.HTTPSConnection):
+class _StampingHTTPSConnection(http.client.HTTPSConnection):
     def send(self, data):
         super().send(data)
         _WIRE.ns = time.monotonic_ns()
 
 
-class _StampingHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _StampingHTTPConnection
+class HttpPool:
+    """Keep-alive HTTP/1.1 connections to one REST base URL (the standard library's http.client): one per request in
+    flight, reused afterwards. Each connection notes when request bytes reach its socket (the latency stage
+    "wire" ends there, not when the call began). The Brain process needs nothing more, so it never loads requests.
+
+    A connection that the server closed while idle is found when it is taken (its socket reads EOF) and replaced,
+    so a request is never written to a dead connection; an error after the write is the caller's "unknown"."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], timeout_s: float):
+        u = urllib.parse.urlsplit(base_url)
+        self.https = u.scheme == "https"
+        self.host, self.port = u.hostname or "localhost", u.port or (443 if self.https else 80)
+        self.prefix = u.path.rstrip("/")
+        self.headers = {"Accept-Encoding": "identity", "Connection": "keep-alive", **headers}
+        self.timeout_s = timeout_s
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._ssl = ssl.create_default_context() if self.https else None
+
+    def _take(self) -> http.client.HTTPConnection:
+        with self._lock:
+            while self._idle:
+                c = self._idle.pop()
+                if c.sock is not None and not _readable(c.sock):
+                    return c
+                c.close()
+        if self.https:
+            return _StampingHTTPSConnection(self.host, self.port, timeout=self.timeout_s, context=self._ssl)
+        return _StampingHTTPConnection(self.host, self.port, timeout=self.timeout_s)
+
+    def request(self, method: str, path_qs: str) -> tuple[int, dict[str, str], bytes]:
+        """(status, lower-case headers, body); raises TimeoutError / OSError / http.client.HTTPException."""
+        c = self._take()
+        try:
+            c.timeout = self.timeout_s
+            c.request(method, self.prefix + path_qs, headers=self.headers)
+            r = c.getresponse()
+            body = r.read()
+            h = {k.lower(): v for k, v in r.getheaders()}
+        except BaseException:
+            c.close()
+            raise
+        if r.will_close:
+            c.close()
+        else:
+            with self._lock:
+                self._idle.append(c)
+        return r.status, h, body
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._idle:
+                c.close()
+            self._idle.clear()
 
 
-class _StampingHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _StampingHTTPSConnection
-
-
-class WireStampAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections note when request bytes reach the socket.
-
-    Tick-to-trade ends when the order's bytes are written; requests spends ~0.5 ms between being called and writing
-    (URL and header handling, urllib3), so a stamp taken before the call would hide that cost."""
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _StampingHTTPPool, "https": _StampingHTTPSPool}
+def _readable(sock) -> bool:
+    """An idle keep-alive socket that is readable was closed (or broken) by the server."""
+    try:
+        r, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(r)
 
 
 class BinanceClient:
     """Signed REST client. Thread-safe for the counters; one Session per client (keep-alive)."""
 
     def __init__(self, ep: Endpoints, keys: ApiKeys, recv_window_ms: int = 5000, timeout_s: float = 5.0,
-                 session: requests.Session | None = None, max_backoff_s: float = 120.0):
+                 max_backoff_s: float = 120.0):
         self.ep = ep
         self.keys = keys
         self.recv_window_ms = int(recv_window_ms)
         self.timeout_s = timeout_s
-        self.session = session or requests.Session()
-        self.session.mount("http://", WireStampAdapter())
-        self.session.mount("https://", WireStampAdapter())
-        self.session.headers.update({"X-MBX-APIKEY": keys.key.reveal()})
+        self.http = HttpPool(ep.rest_url, {"X-MBX-APIKEY": keys.key.reveal()}, timeout_s)
         # serverTime - local wall clock lives in the fast path's state array (aegis.binance.wire), which the sender's
         # jitted code reads when it stamps an order: a resync from any thread applies to the very next order
         self.wire_state = wire_new_state()
@@ -178,24 +222,23 @@ class BinanceClient:
 
     # ----------------------------------------------------------------------------------- transport
     def _send(self, method: str, path: str, qs: str, signed: bool, key_header: bool = True) -> dict:
-        url = self.ep.rest_url + path + ("?" + qs if qs else "")
         self.stats["requests"] += 1
         _WIRE.ns = 0
         try:
-            resp = self.session.request(method, url, timeout=self.timeout_s)
-        except requests.Timeout:
+            status, headers, body = self.http.request(method, path + ("?" + qs if qs else ""))
+        except TimeoutError:
             self.stats["timeouts"] += 1
             return {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
-        except requests.RequestException as e:
+        except (OSError, http.client.HTTPException) as e:
             return {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
                     "unknown": True, "timeout": True}
         if not self.first_send_ns:
-            # when the request's last bytes went into the socket (latency stage "wire"), not when we called requests
+            # when the request's last bytes went into the socket (latency stage "wire"), not when the call began
             self.first_send_ns = _WIRE.ns or time.monotonic_ns()
-        return self._interpret(resp.status_code, resp.headers, resp.content)
+        return self._interpret(status, headers, body)
 
     def _interpret(self, status: int, h, content: bytes) -> dict:
-        """An HTTP answer as a result dict; `h` maps lower-case header names (requests' headers do too)."""
+        """An HTTP answer as a result dict; `h` maps lower-case header names."""
         if "x-mbx-used-weight-1m" in h:
             self.used_weight_1m = int(h["x-mbx-used-weight-1m"])
         if "x-mbx-order-count-10s" in h:
@@ -439,7 +482,7 @@ class BinanceClient:
         return self.request("DELETE", "/fapi/v1/listenKey", {}, signed=False, urgent=True)
 
     def close(self) -> None:
-        self.session.close()
+        self.http.close()
         if self._order_conn is not None:
             self._order_conn.close()
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import lru_cache
 from urllib.parse import quote
 
-from aegis.trade.keys import Secret
+from aegis.binance.keys import Secret
 
 # characters Binance sends unescaped in query strings (and what `requests` would leave alone)
 _SAFE = "-_.~"

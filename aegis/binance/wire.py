@@ -164,7 +164,7 @@ WS_KEY_LEN = np.array([len(k) for k in _WK], np.int64)
 L_J_HEAD, L_J_ID, L_J_COID = _lit('{"k":"req","t":'), _lit(',"id":'), _lit(',"coid":"')
 L_J_SYM, L_J_SIDE, L_J_TYPE = _lit('","sym":'), _lit(',"side":"'), _lit('","type":"')
 L_J_TIF, L_J_QTY, L_J_PX = _lit('","tif":"'), _lit('","qty":"'), _lit('","px":"')
-L_J_RO, L_J_END = _lit('","ro":'), _lit(',"act":"new"}')
+L_J_RO, L_J_X, L_J_END = _lit('","ro":'), _lit(',"act":"new","x":'), _lit('}')
 L_ZERO = _lit("0")
 
 # Everything the encoder reads, prepared once per run (immutable afterwards).
@@ -504,6 +504,8 @@ def encode_journal_req(enc, req, wall_ms, out, pos):
     pos = _price(out, pos, enc, req) if limit else _put(out, pos, L_ZERO)
     pos = _put(out, pos, L_J_RO)
     pos = _put(out, pos, L_TRUE if req.reduce_only else L_FALSE)
+    pos = _put(out, pos, L_J_X)
+    pos = put_int(out, pos, req.exch_ts)
     pos = _put(out, pos, L_J_END)
     crc = sha256.crc32(out, j0, pos - j0, 0)
     out[pos] = 9           # '\t'

@@ -1,27 +1,25 @@
 """Brain process: market records in, orders out, inside one long @njit(nogil) loop.
 
-Per iteration of `brain_loop`, in priority order (the event bus keeps the same order for its Python handlers):
-  1. fills   drain the trade path's FillQueue -> aegis.trade.risk.on_fill_batch (positions, PnL, open orders), log them;
-  2. control stop / abort; a pending HALT turns into cancel-all (+ flatten) requests via aegis.trade.risk.halt_requests;
-  3. market  ring.wait_batch -> consume_ts, STAGE_RING latency -> checksum -> candles -> risk.on_market_batch ->
-             strategy.sync (the actual positions / open orders of the risk book, fills included, into the strategy
-             state) -> strategy.run_range (one signal at a time) -> per signal: signal_to_request -> risk.check ->
-             trade.handoff to the sender thread (then strategy.accepted with the client id); a refused signal is
-             reverted in the strategy's state and its symbol held off for [brain] retry_ms (no re-check on every
-             tick). A signal may also ask to cancel a working order of the strategy (ACTION_CANCEL).
+`brain_loop` reads the shared ring and runs the order loop of aegis.brain.pipeline (the very kernels replay runs)
+with the live sink, the sender thread's hand-off queue. Per iteration, in priority order (the event bus keeps the
+same order for its Python handlers):
+  1. fills and control  pipeline.service: the fill queue -> risk (positions, PnL, open orders); the kill switch;
+                        a pending HALT turns into cancel-all (+ flatten) requests;
+  2. market             ring.wait_batch -> pipeline.process_batch (latency, checksum, candles, risk, strategy,
+                        risk.check, hand-off; a refused signal is reverted and its symbol held off for
+                        [brain] retry_ms).
 The loop returns to Python only for a housekeeping round (every [brain] round_ms, or early when the bus queues are
 getting full): Python then dispatches the event bus (SIGNAL_GENERATED, ORDER_REQUEST, RISK_REJECTED, ORDER_FILLED,
 TICK_UPDATE, TIMER), closes due candles, publishes stats and beats. Nothing per record or per order needs Python,
 and while the loop spins it holds no GIL, so the sender thread runs freely (see aegis.trade.sender).
 
-Without an order path (aegis.trade.sender.open_order_path missing or returning None, or [brain] trading = false) the
-Brain runs "signals only": the same pipeline minus risk and hand-off; the strategy is never synced then, so it
-trades on paper (assumes each of its orders filled at once, see aegis.brain.strategy "Position").
+Without an order path (aegis.trade.sender.open_order_path returning None, or [brain] trading = false) the Brain
+runs "signals only": the same pipeline minus risk and hand-off; the strategy then trades on paper (assumes each of
+its orders filled at once, see aegis.brain.strategy "Position").
 """
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from dataclasses import dataclass
 
@@ -29,6 +27,10 @@ import numpy as np
 from numba import njit
 
 from aegis.brain import bus
+from aegis.brain import pipeline
+from aegis.brain.pipeline import (S_BATCHES, S_CHECKSUM, S_EVENTS_DROPPED, S_FILLS, S_HELD, S_IDLE,
+                                  S_LAST_SEQ, S_MAX_EXCH_TS, S_ORDERS, S_RECORDS, S_REJECTS, S_SIGNALS,
+                                  S_TICK_BATCHES, S_TICK_RECORDS)
 from aegis.brain import candles
 from aegis.core import control
 from aegis.core import latency
@@ -41,14 +43,10 @@ from aegis.core.clock import now_ns, py_now_ns
 from aegis.core.control import (R_BATCHES, R_BRAIN_FILLS, R_BRAIN_ORDERS, R_BRAIN_POSITIONS, R_BRAIN_REJECTS,
                            R_BRAIN_SIGNALS, R_CHECKSUM, R_ERRORS, R_IDLE, R_RECORDS, R_STATE, ROLE_BRAIN, ROLE_FEED,
                            ROLE_SLOTS, ST_STOPPED)
-from aegis.feed.process import checksum_step
 from aegis.core.startup import ProcessSpec, enter, freeze_gc
 from aegis.trade.sender import FillQueue, RequestQueue
 from aegis.trade.sender import FLAGS_LEN as KILL_FLAGS_LEN
-from aegis.trade.sender import handoff as trade_handoff
-from aegis.trade.sender import poll_kill
-from aegis.core.records import (ACTION_CANCEL, ACTION_NEW, FILL_DTYPE, MARKET_DTYPE, ORDER_MARKET, ORDER_REQUEST_DTYPE,
-                           STATUS_REJECTED)
+from aegis.core.records import FILL_DTYPE, MARKET_DTYPE
 from aegis.core.wait import SLEEP
 
 log = logging.getLogger("aegis.brain.process")
@@ -60,18 +58,6 @@ BUS_LOW_WATER = 64          # return to Python when a bus queue has less room th
 # loop return codes
 RET_ROUND = 0    # housekeeping round due (or bus nearly full): call again
 RET_DONE = 1     # stop: the Feed stopped and everything it published was consumed, or the ring was aborted
-
-# brain stats (int64 array `st`)
-S_RECORDS, S_BATCHES, S_CHECKSUM, S_SIGNALS, S_ORDERS, S_REJECTS, S_FILLS, S_LAST_SEQ = range(8)
-S_TICK_RECORDS = 8     # records since the last TICK_UPDATE (reset by Python)
-S_TICK_BATCHES = 9
-S_IDLE = 10
-S_MAX_EXCH_TS = 11     # newest exchange time seen (candle closing)
-S_EVENTS_DROPPED = 12  # bus events not queued (queue or signal pool full): observers missed them, trading did not
-S_FILL_LOG_N = 13
-S_HALT_REQUESTS = 14
-S_HELD = 15            # signals dropped (and reverted) during a symbol's hold-off after a refusal
-STATS_SLOTS = 16
 
 FILL_LOG = 1024        # recent fills kept for ORDER_FILLED handlers (power of two)
 
@@ -133,202 +119,7 @@ class BrainConfig:
         return cls(**kw)
 
 
-# ============================================================================================ jitted pipeline
-@njit(cache=True, nogil=True)
-def unit_size(sym, s, unit_qty, unit_notional, price):
-    """Base-asset quantity of one strategy unit for symbol s, fixed at the symbol's first order so a reversal is
-    exactly twice an entry: unit_notional (quote currency) at that price, rounded UP to the symbol's step and at
-    least its min qty (sym = risk's per-symbol filter rows). unit_notional <= 0: a unit is 1.0 base asset."""
-    q = unit_qty[s]
-    if q > 0.0:
-        return q
-    if unit_notional <= 0.0 or price <= 0.0:
-        return 1.0
-    q = unit_notional / price
-    if s < sym.shape[0]:
-        step = max(sym[s, riskmod.S_STEP], sym[s, riskmod.S_MKT_STEP])
-        if step > 0.0:
-            q = math.ceil(q / step - 1e-9) * step
-        mn = max(sym[s, riskmod.S_MIN_QTY], sym[s, riskmod.S_MKT_MIN_QTY])
-        if q < mn:
-            q = mn
-    unit_qty[s] = q
-    return q
-
-
-@njit(cache=True, nogil=True)
-def signal_to_request(sig, req, consume_ts, signal_ts, unit):
-    """Fill an ORDER_REQUEST (ACTION_NEW, client id left to risk) from a signal, with the stage timestamps;
-    quantity = signal units * `unit` (base asset per unit, see unit_size). A cancel signal (action ACTION_CANCEL)
-    becomes an ACTION_CANCEL request of its target_id."""
-    req.client_id = 0
-    req.recv_ts = sig.recv_ts
-    req.pub_ts = sig.pub_ts
-    req.consume_ts = consume_ts
-    req.signal_ts = signal_ts
-    req.risk_ts = 0
-    req.handoff_ts = 0
-    req.target_id = sig.target_id if sig.action == ACTION_CANCEL else 0
-    req.price = 0.0 if sig.order_type == ORDER_MARKET else sig.price
-    req.qty = sig.qty * unit
-    req.price_ticks = 0
-    req.qty_steps = 0
-    req.symbol = sig.symbol
-    req.side = sig.side
-    req.order_type = sig.order_type
-    req.tif = sig.tif
-    req.reduce_only = sig.reduce_only
-    req.action = ACTION_CANCEL if sig.action == ACTION_CANCEL else ACTION_NEW
-    req.flags = 0
-
-
-@njit(cache=True, nogil=True)
-def _send(risk, oq, req, st, busq, now):
-    """risk check + hand-off of one request; returns 0 (sent) or the risk reason code. Pushes the bus event."""
-    sym, g, gf, oo, rates, rejlog = risk
-    qh, qr = oq
-    events, bh, prio_of = busq
-    reason = riskmod.check(sym, g, gf, oo, rates, rejlog, req, now)
-    if reason == 0:
-        # risk decides at the signal's time `now` (deterministic, as replay needs); the latency stage ends here
-        req.risk_ts = now_ns()
-        if trade_handoff(qh, qr, req, now_ns()) == 0:
-            reason = riskmod.R_QUEUE_FULL
-            riskmod.count_reject(sym, g, gf, oo, rates, rejlog, req.symbol, reason, req.client_id, now)
-    if reason == 0:
-        st[S_ORDERS] += 1
-        if not bus.push(events, bh, prio_of, bus.ORDER_REQUEST, req.client_id, req.symbol,
-                        np.int64(req.side) * np.int64(req.action)):
-            st[S_EVENTS_DROPPED] += 1
-    else:
-        st[S_REJECTS] += 1
-        if not bus.push(events, bh, prio_of, bus.RISK_REJECTED, reason, req.symbol, req.client_id):
-            st[S_EVENTS_DROPPED] += 1
-    return reason
-
-
-@njit(cache=True, nogil=True)
-def process_batch(batch, n, consume_ts, strat, cndl, risk, oq, busq, spool, lat, st, signals, req_tmp, trading,
-                  record_lat, holdoff, retry_ns, unit_qty, unit_notional):
-    """Everything the Brain does with one batch of market records (also the bench's unit of work)."""
-    strategy_id, params, state = strat
-    events, bh, prio_of = busq
-    sp_recs, sp_hdr = spool
-    # latency + checksum + bookkeeping
-    chk = st[S_CHECKSUM]
-    max_ts = st[S_MAX_EXCH_TS]
-    for i in range(n):
-        r = batch[i]
-        chk = checksum_step(chk, r.seq)
-        if r.exch_ts > max_ts:
-            max_ts = r.exch_ts
-        if record_lat:
-            latency.record_span(lat, latency.STAGE_RING, r.pub_ts, consume_ts)
-    st[S_CHECKSUM] = chk
-    st[S_MAX_EXCH_TS] = max_ts
-    st[S_RECORDS] += n
-    st[S_BATCHES] += 1
-    st[S_TICK_RECORDS] += n
-    st[S_TICK_BATCHES] += 1
-    if n > 0:
-        st[S_LAST_SEQ] = batch[n - 1].seq
-    # candles (trades only)
-    pool, pool_hdr, cur, last_close, hist, hist_n, intervals, cstats = cndl
-    if intervals.shape[0] > 0:
-        candles.update(pool, pool_hdr, cur, last_close, hist, hist_n, intervals, cstats, batch, n)
-    sym, g, gf, oo, rates, rejlog = risk
-    if trading:
-        riskmod.on_market_batch(sym, g, gf, oo, rates, rejlog, batch, n, consume_ts)
-        # the strategy decides from what really happened: positions and working orders as risk knows them (fills
-        # reach risk only between batches, so once per batch is as fresh as it gets)
-        strategy.sync(strategy_id, params, state, sym, unit_qty)
-    # strategy: one signal at a time, so each is risk-checked and handed off (or reverted when refused) before
-    # the strategy sees the next record, and its signal_ts is the moment it was produced
-    total = 0
-    i = 0
-    while i < n:
-        k, i = strategy.run_range(strategy_id, params, state, batch, i, n, signals, 1)
-        if k == 0:
-            break
-        total += 1
-        signal_ts = now_ns()
-        sig = signals[0]
-        sig.ts = signal_ts
-        sig.consume_ts = consume_ts
-        verdict = -1
-        cid = 0
-        if trading:
-            s = sig.symbol
-            if signal_ts < holdoff[s]:
-                # refused recently: do not hammer risk with the same order on every tick; the strategy forgets
-                # the signal and will produce it again once the hold-off is over (if it still wants it)
-                strategy.revert(strategy_id, params, state, sig)
-                st[S_HELD] += 1
-                continue
-        st[S_SIGNALS] += 1
-        if trading:
-            req = req_tmp[0]
-            signal_to_request(sig, req, consume_ts, signal_ts,
-                              unit_size(sym, s, unit_qty, unit_notional, sig.price))
-            verdict = _send(risk, oq, req, st, busq, signal_ts)
-            cid = req.client_id
-            if verdict != 0:
-                strategy.revert(strategy_id, params, state, sig)
-                holdoff[s] = signal_ts + retry_ns
-            else:
-                strategy.accepted(strategy_id, params, state, sig, cid)
-        if not bus.wanted(prio_of, bus.SIGNAL_GENERATED):
-            continue
-        slot = pools.take(sp_recs, sp_hdr)
-        if slot < 0:
-            st[S_EVENTS_DROPPED] += 1
-            continue
-        sp_recs[slot] = sig
-        sp_recs[slot].next = pools.TAKEN
-        if not bus.push(events, bh, prio_of, bus.SIGNAL_GENERATED, slot, verdict, cid):
-            pools.give(sp_recs, sp_hdr, slot)
-            st[S_EVENTS_DROPPED] += 1
-    return total
-
-
-@njit(cache=True, nogil=True)
-def drain_fills(fq, risk, busq, st, fill_log, now):
-    """Fills and order state changes from the trade path: risk state first, then the log the bus points into."""
-    fh, frecs, ftmp = fq
-    sym, g, gf, oo, rates, rejlog = risk
-    events, bh, prio_of = busq
-    total = 0
-    while True:
-        n = ring.read_batch(fh, frecs, ftmp, ftmp.shape[0])
-        if n == 0:
-            return total
-        riskmod.on_fill_batch(sym, g, gf, oo, rates, rejlog, ftmp, n, now)
-        mask = fill_log.shape[0] - 1
-        for i in range(n):
-            f = ftmp[i]
-            if f.qty > 0.0:
-                st[S_FILLS] += 1
-            if f.status == STATUS_REJECTED:
-                st[S_REJECTS] += 1
-            idx = st[S_FILL_LOG_N] & mask
-            fill_log[idx] = f
-            st[S_FILL_LOG_N] += 1
-            if not bus.push(events, bh, prio_of, bus.ORDER_FILLED, idx, f.client_id, f.status):
-                st[S_EVENTS_DROPPED] += 1
-        total += n
-
-
-@njit(cache=True, nogil=True)
-def halt_orders(risk, oq, busq, st, req_buf, now):
-    """Cancel-all (+ flatten) requests once risk entered HALTED; each still goes through check + hand-off."""
-    sym, g, gf, oo, rates, rejlog = risk
-    m = riskmod.halt_requests(sym, g, gf, oo, rates, rejlog, req_buf, now)
-    for i in range(m):
-        _send(risk, oq, req_buf[i], st, busq, now)
-    st[S_HALT_REQUESTS] += m
-    return m
-
-
+# ============================================================================================ jitted loop
 @njit(cache=True, nogil=True)
 def _publish_stats(ctl, st):
     base = ROLE_SLOTS * (1 + ROLE_BRAIN)
@@ -343,24 +134,20 @@ def _publish_stats(ctl, st):
 
 
 @njit(cache=True, nogil=True)
-def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, strat, cndl, risk, oq, fq, busq, spool, lat, st,
-               signals, req_tmp, req_buf, fill_log, trading, record_lat, holdoff, retry_ns, unit_qty, unit_notional,
-               kill_flags):
-    """Run the pipeline until a housekeeping round is due (RET_ROUND) or the run is over (RET_DONE)."""
+def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, bs, sink, kill_flags):
+    """Run the order loop on the shared ring until a housekeeping round is due (RET_ROUND) or the run is over
+    (RET_DONE). Each iteration: fills first, then the kill switch and a halt's follow-up, then market data."""
     feed_state = ROLE_SLOTS * (1 + ROLE_FEED) + R_STATE
-    events, bh, prio_of = busq
+    bh = bs.busq[1]
+    events = bs.busq[0]
+    st = bs.st
+    trading = bs.trading
     max_n = batch.shape[0]
     last_beat = 0
     while True:
         t = now_ns()
-        # 1. fills
         if trading:
-            drain_fills(fq, risk, busq, st, fill_log, t)
-            # 2. control: the kill switch (file, supervisor, session) -> HALTED; a HALT (kill switch, daily loss,
-            # manual) becomes cancel-all / flatten requests
-            poll_kill(kill_flags, risk[1], t)
-            if risk[1][riskmod.G_HALT_PENDING] != 0:
-                halt_orders(risk, oq, busq, st, req_buf, t)
+            pipeline.service(bs, sink, kill_flags, t)
         if t - last_beat > BEAT_NS:
             control.beat(ctl, ROLE_BRAIN)
             last_beat = t
@@ -371,15 +158,13 @@ def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, strat, cndl, r
             if bus.room(bh, events, p) < BUS_LOW_WATER:
                 _publish_stats(ctl, st)
                 return RET_ROUND
-        # 3. market data (the wait is bounded so fills, halts and the round's end are seen in time)
+        # market data (the wait is bounded so fills, halts and the round's end are seen in time)
         deadline = round_end_ns
         if trading and t + FILL_POLL_NS < deadline:
             deadline = t + FILL_POLL_NS
         n = ring.wait_batch(header, ring_recs, batch, max_n, wait, deadline)
         if n > 0:
-            consume_ts = now_ns()
-            process_batch(batch, n, consume_ts, strat, cndl, risk, oq, busq, spool, lat, st, signals, req_tmp,
-                          trading, record_lat, holdoff, retry_ns, unit_qty, unit_notional)
+            pipeline.process_batch(bs, sink, batch, n, now_ns())
             _publish_stats(ctl, st)
         else:
             st[S_IDLE] += 1
@@ -389,7 +174,7 @@ def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, strat, cndl, r
             if control.stop_requested(ctl) and load_acquire(ctl, feed_state) == ST_STOPPED \
                     and ring.available(header) == 0:
                 if trading:
-                    drain_fills(fq, risk, busq, st, fill_log, now_ns())
+                    pipeline.drain_fills(bs, sink, now_ns())
                 _publish_stats(ctl, st)
                 return RET_DONE
 
@@ -405,12 +190,8 @@ class Brain:
         self.strategy = strat
         self.n_symbols = n_symbols
         self.wait = wait
-        self.params = strat.array()
-        self.state = strategy.make_state(strat.id, n_symbols, self.params)
-        self.strat = (np.int64(strat.id), self.params, self.state)
         intervals = np.array([candles.parse_interval(x) for x in cfg.candle_intervals], dtype=np.int64)
         self.candles = candles.CandleBook(n_symbols, intervals, cfg.candle_depth)
-        self.cndl = (*self.candles.args, self.candles.intervals, self.candles.stats)
         self.order_path = order_path
         self.trading = bool(order_path is not None and cfg.trading)
         if order_path is not None:
@@ -420,28 +201,21 @@ class Brain:
             self.riskbook = riskmod.RiskBook(riskmod.RiskConfig(), [])
             queue, fills = RequestQueue(ring.MIN_CAPACITY), FillQueue(ring.MIN_CAPACITY)
             self.kill_flags = np.zeros(KILL_FLAGS_LEN, np.int64)
-        self.risk = self.riskbook.arrays
-        self.oq = (queue.header, queue.records)
-        self.fq = (fills.header, fills.records, np.zeros(256, FILL_DTYPE))
+        self.sink = pipeline.HandoffSink(queue.header, queue.records, fills.header, fills.records,
+                                         np.zeros(256, FILL_DTYPE))
         self.bus = bus.EventBus(cfg.bus_capacity)
-        self.busq = (self.bus.events, self.bus.header, self.bus.prio_of)
         self.signal_pool = pools.SignalPool(cfg.signal_pool)
-        self.spool = (self.signal_pool.records, self.signal_pool.header)
         self.bus.set_release(bus.SIGNAL_GENERATED, self.signal_pool.give)
         self.record_lat = bool(cfg.record_latency and latency_set is not None)
-        self.lat = latency_set if latency_set is not None else latency.new_set()
-        self.st = np.zeros(STATS_SLOTS, np.int64)
+        self.bs = pipeline.new_brain_state(
+            strat, n_symbols, self.riskbook.rk, (*self.candles.args, self.candles.intervals, self.candles.stats),
+            (self.bus.events, self.bus.header, self.bus.prio_of), (self.signal_pool.records, self.signal_pool.header),
+            latency_set if latency_set is not None else latency.new_set(), trading=self.trading,
+            record_lat=self.record_lat, retry_ms=cfg.retry_ms, unit_notional=cfg.unit_notional, fill_log=FILL_LOG)
+        self.st = self.bs.st
         self.batch = pools.aligned_zeros(cfg.batch, MARKET_DTYPE)
-        self.signals = strategy.new_signals(1)
-        self.req_tmp = np.zeros(1, ORDER_REQUEST_DTYPE)
-        self.req_buf = np.zeros(2 * self.risk[0].shape[0] + 8, ORDER_REQUEST_DTYPE)
-        self.fill_log = np.zeros(FILL_LOG, FILL_DTYPE)
         self.grace_ns = int(cfg.candle_grace_ms) * 1_000_000
         self.round_ns = int(cfg.round_ms * 1e6)
-        self.retry_ns = int(cfg.retry_ms * 1e6)
-        self.holdoff = np.zeros(n_symbols, np.int64)   # per symbol: no new order before this time (after a refusal)
-        self.unit_qty = np.zeros(n_symbols, np.float64)  # per symbol: base qty of one strategy unit (0: not fixed yet)
-        self.unit_notional = float(cfg.unit_notional)
         self.stop_asked = False
         self.bus.subscribe(bus.CONTROL, self._on_control)
         self.bus.on_error = lambda topic, e: log.error("bus handler for %s failed: %s: %s", bus.TOPIC_NAMES[topic],
@@ -463,17 +237,13 @@ class Brain:
     def process(self, records: np.ndarray, n: int | None = None, consume_ts: int | None = None) -> int:
         """Run the pipeline over records[:n] (no ring): returns the number of signals. Bench/tests/tools."""
         n = len(records) if n is None else n
-        return int(process_batch(records, n, py_now_ns() if consume_ts is None else consume_ts, self.strat,
-                                 self.cndl, self.risk, self.oq, self.busq, self.spool, self.lat, self.st,
-                                 self.signals, self.req_tmp, self.trading, self.record_lat, self.holdoff,
-                                 self.retry_ns, self.unit_qty, self.unit_notional))
+        return int(pipeline.process_batch(self.bs, self.sink, records, n,
+                                          py_now_ns() if consume_ts is None else consume_ts))
 
     def step(self, header, ring_records, ctl, round_end_ns: int) -> int:
         """One brain_loop call: until the round ends or the run is over."""
-        return int(brain_loop(header, ring_records, self.batch, self.wait, ctl, round_end_ns, self.strat, self.cndl,
-                              self.risk, self.oq, self.fq, self.busq, self.spool, self.lat, self.st, self.signals,
-                              self.req_tmp, self.req_buf, self.fill_log, self.trading, self.record_lat,
-                              self.holdoff, self.retry_ns, self.unit_qty, self.unit_notional, self.kill_flags))
+        return int(brain_loop(header, ring_records, self.batch, self.wait, ctl, round_end_ns, self.bs, self.sink,
+                              self.kill_flags))
 
     def housekeeping(self, now: int, ctl=None, ctl_f=None) -> int:
         """The Python round between two brain_loop calls: bus, candles, stats. Returns events delivered."""
@@ -495,14 +265,14 @@ class Brain:
             base = control.base(ROLE_BRAIN)
             ctl[base + R_ERRORS] = self.bus.handler_errors + int(st[S_EVENTS_DROPPED])
             if self.trading:
-                sym = self.risk[0]
+                sym = self.riskbook.sym
                 ctl[base + R_BRAIN_POSITIONS] = int(np.count_nonzero(sym[:, riskmod.S_POS]))
                 sender = control.base(control.ROLE_SENDER)      # risk state mirrored for the status line
-                ctl[sender + control.R_SENDER_TRADING_STATE] = int(self.risk[1][riskmod.G_STATE])
-                ctl[sender + control.R_SENDER_STATE_REASON] = int(self.risk[1][riskmod.G_STATE_REASON])
+                ctl[sender + control.R_SENDER_TRADING_STATE] = int(self.riskbook.g[riskmod.G_STATE])
+                ctl[sender + control.R_SENDER_STATE_REASON] = int(self.riskbook.g[riskmod.G_STATE_REASON])
                 if ctl_f is not None:
-                    ctl_f[base + control.F_BRAIN_PNL] = float(riskmod.total_pnl(sym, self.risk[2]))
-                    ctl_f[base + control.F_BRAIN_FEES] = float(self.risk[2][riskmod.GF_FEES])
+                    ctl_f[base + control.F_BRAIN_PNL] = float(riskmod.total_pnl(sym, self.riskbook.gf))
+                    ctl_f[base + control.F_BRAIN_FEES] = float(self.riskbook.gf[riskmod.GF_FEES])
                     ref = np.where(sym[:, riskmod.S_MID] > 0, sym[:, riskmod.S_MID], sym[:, riskmod.S_MARK])
                     ctl_f[base + control.F_BRAIN_GROSS] = float(np.abs(sym[:, riskmod.S_POS] * ref).sum())
             control.beat(ctl, ROLE_BRAIN)
@@ -511,9 +281,9 @@ class Brain:
     def _on_control(self, topic, cmd, b, c):
         now = py_now_ns()
         if cmd == bus.CMD_HALT:
-            riskmod.set_state(self.risk[1], riskmod.HALTED, riskmod.WHY_MANUAL, now)
+            riskmod.set_state(self.riskbook.g, riskmod.HALTED, riskmod.WHY_MANUAL, now)
         elif cmd == bus.CMD_RESUME:
-            riskmod.set_state(self.risk[1], riskmod.ACTIVE, riskmod.WHY_MANUAL, now)
+            riskmod.set_state(self.riskbook.g, riskmod.ACTIVE, riskmod.WHY_MANUAL, now)
         elif cmd == bus.CMD_STOP:
             self.stop_asked = True
 

@@ -2,15 +2,14 @@
 
 Kernel API (process independent: the Brain, replay and tests call the very same code):
 
-    params = resolve("ema_cross", {"fast": 20}).array()     # float64[n_params], defaults filled in, validated
-    state  = make_state(strategy_id, n_symbols, params)      # float64[n_symbols, width], row s = symbol s
-    k      = run_batch(strategy_id, params, state, records, n, signals_out)   # @njit; returns signals written
-
-    k, nxt = run_range(strategy_id, params, state, records, start, n, signals_out, max_signals)   # @njit
-    revert(strategy_id, params, state, signal)               # @njit: undo a signal whose order was refused
-    accepted(strategy_id, params, state, signal, client_id)  # @njit: the order was risk-checked and sent
-    sync(strategy_id, params, state, risk_sym, unit_qty)     # @njit: actual positions / open orders from risk
-    sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s)   # @njit: the same for one symbol
+    ss = new_strategy_state(resolve("ema_cross", {"fast": 20}), n_symbols)   # StrategyState(id, params, state):
+                                               # params float64[n_params] (defaults filled in, validated), state
+                                               # float64[n_symbols, width] (row s = symbol s)
+    k      = run_batch(ss, records, n, signals_out)                         # @njit; returns signals written
+    k, nxt = run_range(ss, records, start, n, signals_out, max_signals)     # @njit
+    revert(ss, signal)                         # @njit: undo a signal whose order was refused
+    accepted(ss, signal, client_id)            # @njit: the order was risk-checked and sent
+    sync_symbol(ss, risk_sym, unit_qty, s)     # @njit: symbol s's actual position / open orders from risk
 
 `records` is a MARKET_DTYPE array (records[:n] are processed in order), `signals_out` a SIGNAL_DTYPE array with
 room for at least n signals (a record yields at most one). run_batch is deterministic: it reads nothing but its
@@ -24,13 +23,12 @@ signal is risk-checked before the strategy moves on); run_batch(...) is run_rang
 
 Position -- what actually happened, not what was asked for:
   * ema_cross keeps the side it last traded (state[s, EC_S_SIDE]) as the issue specifies; a caller whose order was
-    refused calls revert() so it stays equal to what was really sent. sync/accepted do nothing for it.
+    refused calls revert() so it stays equal to what was really sent. sync_symbol/accepted do nothing for it.
   * mean_reversion and obi decide from the ACTUAL position and working orders of the symbol, which the caller
-    copies from the risk book into the strategy state with sync(strategy_id, params, state, risk_sym, unit_qty)
+    copies from the risk book into the strategy state with sync_symbol(ss, risk_sym, unit_qty, s)
     (risk_sym = aegis.trade.risk RiskBook.sym: column S_POS, signed base qty, and S_OPEN_COUNT; unit_qty = the Brain's
-    per-symbol base qty of one unit, aegis.brain.process.unit_size; 0 = not fixed yet = 1.0) right before the strategy
-    sees market records: the Brain once per batch after draining fills (fills reach risk only between batches),
-    replay before every record for that record's symbol (sync_symbol; its simulated fills land between records).
+    per-symbol base qty of one unit, aegis.brain.pipeline.unit_size; 0 = not fixed yet = 1.0) right before the
+    strategy sees each record, for that record's symbol (aegis.brain.pipeline.process_batch, live and replay alike).
     Columns: mean_reversion MR_S_POS (position, units of `unit`), MR_S_OPEN (orders working); obi OB_S_POS,
     OB_S_OPEN. A signal counts as a working order (OPEN + 1) from the moment it is emitted until the next sync;
     revert() takes it back when the order was refused. After a NEW order passed risk and was handed off, the
@@ -39,12 +37,12 @@ Position -- what actually happened, not what was asked for:
     Rules: no exit while flat, no new order while one of ours is working; mean_reversion cancels a resting entry
     not filled within `entry_timeout_ms` of exchange time: a signal with action = ACTION_CANCEL and target_id =
     that client id (qty/price informational), which the caller turns into an ACTION_CANCEL request through the
-    normal risk check + hand-off (aegis.brain.process.signal_to_request). The clock restarts when the cancel is emitted,
+    normal risk check + hand-off (aegis.brain.pipeline.signal_to_request). The clock restarts when the cancel is emitted,
     so a cancel that is refused or lost is retried one timeout later; revert() of a cancel does nothing.
     Exits size to the actual position (risk clips reduce-only orders to it); partial fills are exited as such.
   * A caller that never syncs a symbol (the kernel tests, the Brain in signals-only mode: no risk book) gets paper
     trading for it: every signal is assumed filled at once (MR_S_POS / OB_S_POS = the signal's target), and
-    revert() restores the previous position. sync() switches a symbol to tracked mode for good (MR_S_TRACKED,
+    revert() restores the previous position. sync_symbol() switches a symbol to tracked mode for good (MR_S_TRACKED,
     OB_S_TRACKED).
 
 Registry: name -> StrategySpec(id, param specs with defaults and bounds, state slots). resolve() validates user
@@ -70,6 +68,7 @@ Mids come from bookTicker quotes (KIND_QUOTE) by default; mid_source=book uses t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -335,11 +334,12 @@ def obi_batch(params, state, records, start, n, out, max_k):
 
 
 @njit(cache=True, nogil=True)
-def run_range(strategy_id, params, state, records, start, n, signals_out, max_signals):
+def run_range(ss, records, start, n, signals_out, max_signals):
     """Run over records[start:n], stopping right after the record that produced the max_signals-th signal.
     Returns (signals written to signals_out[0:], index of the first record not processed). The Brain calls it
     with max_signals = 1 so each signal is risk-checked and handed off (or reverted) before the strategy sees
     the next record: the strategy's idea of its position never runs ahead of what was really sent."""
+    strategy_id, params, state = ss.id, ss.params, ss.state
     if max_signals > signals_out.shape[0]:
         max_signals = signals_out.shape[0]
     if max_signals <= 0:
@@ -354,19 +354,20 @@ def run_range(strategy_id, params, state, records, start, n, signals_out, max_si
 
 
 @njit(cache=True, nogil=True)
-def run_batch(strategy_id, params, state, records, n, signals_out):
+def run_batch(ss, records, n, signals_out):
     """Run strategy `strategy_id` over records[:n]; returns the number of signals written to signals_out."""
     if signals_out.shape[0] < n:
         raise ValueError("signals_out must have room for one signal per record of the batch")
-    k, _ = run_range(strategy_id, params, state, records, 0, n, signals_out, n + 1)
+    k, _ = run_range(ss, records, 0, n, signals_out, n + 1)
     return k
 
 
 @njit(cache=True, nogil=True)
-def revert(strategy_id, params, state, sig):
+def revert(ss, sig):
     """Undo the position change of a signal whose order was refused (risk, full sender queue): the strategy then
     still holds the side it last really traded, so e.g. ema_cross re-enters with the right size later instead of
     believing it is in the market. Cooldowns / sampling clocks are NOT rolled back (they throttle the retry)."""
+    strategy_id, params, state = ss.id, ss.params, ss.state
     s = sig.symbol
     if s < 0 or s >= state.shape[0]:
         return
@@ -394,9 +395,10 @@ def revert(strategy_id, params, state, sig):
 
 
 @njit(cache=True, nogil=True)
-def accepted(strategy_id, params, state, sig, client_id):
+def accepted(ss, sig, client_id):
     """The order of `sig` passed risk and was handed off as client id `client_id`: mean_reversion remembers the
     client id of its working entry (to cancel it after entry_timeout_ms). No-op for the other strategies."""
+    strategy_id, state = ss.id, ss.state
     s = sig.symbol
     if strategy_id != MEAN_REVERSION or s < 0 or s >= state.shape[0]:
         return
@@ -405,10 +407,11 @@ def accepted(strategy_id, params, state, sig, client_id):
 
 
 @njit(cache=True, nogil=True)
-def sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s):
+def sync_symbol(ss, risk_sym, unit_qty, s):
     """Copy symbol s's actual position (risk_sym[s, S_POS], base qty, converted to units of the strategy's `unit`
     with unit_qty[s], the Brain's base qty per unit; 0 = 1.0) and open-order count (S_OPEN_COUNT) into the
     strategy state, and switch the symbol to tracked mode. No-op for ema_cross (it keeps the side last traded)."""
+    strategy_id, params, state = ss.id, ss.params, ss.state
     if not tracks_positions(strategy_id):
         return  # first: replay calls this once per record, and ema_cross needs nothing from it
     if s < 0 or s >= state.shape[0] or s >= risk_sym.shape[0]:
@@ -433,16 +436,6 @@ def sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s):
 def tracks_positions(strategy_id):
     """Whether the strategy reads actual positions (sync/sync_symbol) between records."""
     return strategy_id == MEAN_REVERSION or strategy_id == OBI
-
-
-@njit(cache=True, nogil=True)
-def sync(strategy_id, params, state, risk_sym, unit_qty):
-    """sync_symbol for every symbol both arrays have."""
-    if strategy_id == EMA_CROSS:
-        return
-    n = state.shape[0] if state.shape[0] < risk_sym.shape[0] else risk_sym.shape[0]
-    for s in range(n):
-        sync_symbol(strategy_id, params, state, risk_sym, unit_qty, s)
 
 
 # ================================================================================================ registry
@@ -642,6 +635,20 @@ def from_config(cfg) -> StrategyConfig:
         values.update(sub)
     values.update({k: v for k, v in table.items() if not isinstance(v, dict)})
     return resolve(name, values)
+
+
+class StrategyState(NamedTuple):
+    """One strategy instance as the one argument of the dispatching kernels (run_range, sync_symbol, revert,
+    accepted): its id, its immutable parameter vector and its per-symbol state matrix (mutated in place)."""
+    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI)
+    params: np.ndarray   # float64 parameter vector (StrategyConfig.array())
+    state: np.ndarray    # (symbols, width) float64, rows cache-line aligned (make_state)
+
+
+def new_strategy_state(cfg, n_symbols: int) -> StrategyState:
+    """A fresh StrategyState for StrategyConfig `cfg` over n_symbols symbols."""
+    params = cfg.array()
+    return StrategyState(int(cfg.id), params, make_state(cfg.id, n_symbols, params))
 
 
 def make_state(strategy_id: int, n_symbols: int, params: np.ndarray) -> np.ndarray:

@@ -134,7 +134,7 @@ TIF_GTX = 4   # post-only
 # close the tick-to-trade measurement when the request bytes are written.
 # Line 0: timestamps; line 1: what goes on the wire. price/qty are kept for humans and PnL, but the wire value is
 # price_ticks * tickSize and qty_steps * stepSize, formatted from the filter strings (aegis.trade.risk rounds in integer
-# ticks/steps so no float ever reaches the wire, API.md §7.8). 22 bytes of line 1 are padding for future fields.
+# ticks/steps so no float ever reaches the wire, API.md §7.8). 14 bytes of line 1 are padding for future fields.
 ORDER_REQUEST_DTYPE = _layout([
     # line 0 (bytes 0..63)
     ("client_id", "<i8"),     # numeric part of newClientOrderId, unique per run and journaled
@@ -150,6 +150,7 @@ ORDER_REQUEST_DTYPE = _layout([
     ("qty", "<f8"),           # = qty_steps * step
     ("price_ticks", "<i8"),   # limit price in ticks of the symbol's PRICE_FILTER tickSize
     ("qty_steps", "<i8"),     # quantity in steps of LOT_SIZE (LIMIT) / MARKET_LOT_SIZE (MARKET) stepSize
+    ("exch_ts", "<i8"),       # exchange time of the market record whose signal made it (0: halt / shutdown)
     ("symbol", "<i4"),
     ("side", "i1"),
     ("order_type", "u1"),

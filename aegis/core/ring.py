@@ -232,3 +232,10 @@ def wait_batch(header, records, dst, max_n, wait, deadline_ns):
         if deadline_ns > 0 and (spins & 255) == 255 and now_ns() > deadline_ns:
             return 0
         spins = idle(wait, spins)
+
+
+@njit(cache=True, nogil=True)
+def checksum_step(chk, seq):
+    """Order-sensitive running checksum of record sequence numbers (wrapping int64 arithmetic): the Feed sums what
+    it published, the Brain what it consumed, and the supervisor compares the two at the end of a run."""
+    return chk * 31 + seq + 1

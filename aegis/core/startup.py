@@ -30,7 +30,7 @@ class ProcessSpec:
     venue_urls: tuple[str, str, str] | None = None  # (rest, ws market, ws api) of the venue to use
     symbols: object = None  # aegis.binance.symbols.SymbolTable resolved once by the supervisor: Feed and Brain share ids
     api_key: str | None = field(default=None, repr=False)     # the embedded venue's per-run key; for Binance the
-    api_secret: str | None = field(default=None, repr=False)  # keys come from the environment (aegis.trade.keys)
+    api_secret: str | None = field(default=None, repr=False)  # keys come from the environment (aegis.binance.keys)
 
     @property
     def role_id(self) -> int:

@@ -280,12 +280,6 @@ def record_feed_latency(hset, header, records, w0, w1):
 
 
 @njit(cache=True, nogil=True)
-def checksum_step(chk, seq):
-    """Order-sensitive running checksum of record sequence numbers (wrapping int64 arithmetic)."""
-    return chk * 31 + seq + 1
-
-
-@njit(cache=True, nogil=True)
 def checksum_range(chk, s0, s1):
     for s in range(s0, s1):
         chk = chk * 31 + s + 1
@@ -544,8 +538,7 @@ class FeedEngine:
         self.ctl = ctl
         self.latency = latency_set     # histogram set (aegis.core.latency): STAGE_FEED gets recv -> publish
         self.books = BookState(len(table), cfg.book_levels)
-        self.parser = Parser(table, self.books, max_price=cfg.max_price, max_qty=cfg.max_qty,
-                             emit_levels=cfg.depth_levels, dedupe=cfg.dedupe)
+        self.parser = Parser(table, self.books, **self.parse_settings())
         self.conflation = ConflationBuffer(len(table), cfg.conflation_capacity, ctl, ROLE_FEED)
         self.io = np.zeros(IO_COUNT, np.int64)    # shared with the fused kernel (IO_*)
         self.flush_at = len(self.parser.out) - (LEVELS_CAP + 2)
@@ -559,6 +552,7 @@ class FeedEngine:
         if record_dir:
             from aegis.feed.recording import Recorder
             self.recorder = Recorder(record_dir, cfg.record_max_bytes)
+            self._record_exchange_info()
         self.rlog = RateLimitedLog(log, cfg.log_interval)
         self.reconnects = 0
         self.bytes_in = 0
@@ -753,6 +747,24 @@ class FeedEngine:
             if c.successor is not None and c.successor.reader is not None:
                 yield c.successor
 
+    def parse_settings(self) -> dict:
+        """The Parser keywords this Feed parses with (recorded, so replay parses the same way)."""
+        c = self.cfg
+        return {"max_price": c.max_price, "max_qty": c.max_qty, "emit_levels": c.depth_levels, "dedupe": c.dedupe}
+
+    def _record_exchange_info(self) -> None:
+        """The recorded symbols' exchange filters head the recording (weight 1), so it replays on its own."""
+        import requests
+        try:
+            with requests.Session() as s:
+                s.trust_env = not self.rest_url.startswith(("http://127.", "http://localhost"))
+                r = s.get(self.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo", timeout=self.cfg.snapshot_timeout)
+                r.raise_for_status()
+                self.recorder.set_exchange_info(orjson.loads(r.content), self.table.names, self.parse_settings())
+        except Exception as e:  # noqa: BLE001 - the recording goes on; replay then needs --exchange-info
+            log.warning("feed: recording without exchange filters (exchangeInfo: %s: %s); replay it with "
+                        "--exchange-info FILE", type(e).__name__, e)
+
     # -------------------------------------------------------------------------------------------- books
     def _snapshots(self, now: float) -> None:
         if not self.depth_enabled:
@@ -778,8 +790,11 @@ class FeedEngine:
             if len(self._snap_out) < need:
                 self._snap_out = np.zeros(need, MARKET_DTYPE)
             b = self.books
+            applied = now_ns()
+            if self.recorder is not None:
+                self.recorder.write_snapshot(applied, self.table.name_of(int(sym)), last_id, bids, asks, exch)
             n = book.apply_snapshot(b.st, b.px, b.qty, b.pend_hdr, b.pend_lv, b.pend_ctl, sym, last_id, bids, asks,
-                                    exch, now_ns(), self._snap_out, 0, self.cfg.depth_levels)
+                                    exch, applied, self._snap_out, 0, self.cfg.depth_levels)
             self._publish(self._snap_out, n, measure=False)
 
     # ------------------------------------------------------------------------------------------ reading
@@ -1115,7 +1130,7 @@ def synthetic_loop(header, records, ctl, state, batch, rate, policy, wait):
         synthetic.generate(state, batch, nb, seq, t + EPOCH_OFFSET_NS, t)
         w = ring.stamp_and_write(header, records, batch, nb, policy, wait)
         for i in range(w):
-            chk = checksum_step(chk, batch[i].seq)
+            chk = ring.checksum_step(chk, batch[i].seq)
         seq += nb
         written_total += w
         store_release(ctl, base + R_RECORDS, written_total)

@@ -39,7 +39,7 @@ SUMMARY_FILE = "summary.json"
 TRADES_HEADER = ("time_ns,time_utc,symbol,client_id,order_id,trade_id,side,price,qty,notional,fee,realized_pnl,"
                  "maker,position_after\n")
 ORDERS_HEADER = ("client_id,symbol,action,side,type,tif,reduce_only,price,qty,send_ns,arrive_ns,done_ns,status,"
-                 "reason,filled_qty,avg_price,fee\n")
+                 "reason,filled_qty,avg_price,fee,trigger_exch_ns\n")
 
 _TYPES = {ORDER_MARKET: "MARKET", ORDER_LIMIT: "LIMIT"}
 _TIFS = {0: "", TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}
@@ -188,7 +188,7 @@ class Collector:
             lines.append(f"{ri[X.I_CID]},{name},{action},{side},{_TYPES.get(ri[X.I_TYPE], '')},"
                          f"{_TIFS.get(ri[X.I_TIF], '')},{ri[X.I_RO]},{_r(rf[X.F_PRICE])!r},{_r(rf[X.F_QTY])!r},"
                          f"{ri[X.I_SEND_TS]},{ri[X.I_ARRIVE_TS]},{ri[X.I_DONE_TS]},{status},{why},{_r(filled)!r},"
-                         f"{_r(avg)!r},{_r(rf[X.F_FEE])!r}\n")
+                         f"{_r(avg)!r},{_r(rf[X.F_FEE])!r},{ri[X.I_EXCH_TS]}\n")
         if lines:
             self._orders.write("".join(lines))
 

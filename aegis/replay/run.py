@@ -5,16 +5,11 @@ Pipeline (one process, no threads):
 
   sources (one per file, each an iterator of MARKET_DTYPE chunks in non-decreasing replay time)
     -> k-way merge (heap over the sources keyed by the last time of their buffered chunk)
-    -> replay core, ONE jitted call per merged batch; per ring batch of RING_BATCH records, the steps of
-       aegis.brain.process.process_batch with the same kernels:
-         aegis.core.ring.write_batch / read_batch on an in-process ring (plain numpy arrays)
-         aegis.trade.risk.on_market_batch -> per record: aegis.brain.strategy.sync_symbol (actual position / open orders from
-         risk) -> aegis.brain.strategy.run_range over that record -> aegis.replay.simexec.on_market -> if it signalled:
-         aegis.brain.process.signal_to_request -> aegis.trade.risk.check -> aegis.replay.simexec.submit (instead of the sender) and
-         aegis.brain.strategy.accepted, or aegis.brain.strategy.revert when risk refuses; the simulated exchange has seen
-         every record up to the trigger when the order is sent. Every
-         fill / final order state goes back through aegis.trade.risk.on_fill as live fills do (immediately, in simulated
-         time); risk's HALTED state produces its cancel-all / flatten requests after the batch, as in the Brain.
+    -> replay core, ONE jitted call per merged batch: per ring batch of RING_BATCH records, aegis.core.ring's
+       write_batch / read_batch on an in-process ring, then the Brain's own order loop
+       (aegis.brain.pipeline.process_batch and halt_followup) with the simulated exchange as its order sink
+       (aegis.replay.sink): the exchange sees every record up to a signal's trigger before the order is sent, and
+       its fills reach risk at once, in simulated time.
     -> aegis.replay.metrics: summary.json, trades.csv, orders.csv, equity.csv, equity.png in --out.
 
 Replay time: every record's recv_ts (and pub_ts) is its replay time in ns since the Unix epoch, which is what the
@@ -49,10 +44,16 @@ from aegis.trade import risk
 from aegis.replay import simexec
 from aegis.replay import store
 from aegis.brain import strategy
-from aegis.brain.process import BrainConfig, signal_to_request, unit_size
+from aegis.brain import bus, candles, pipeline, pools
+from aegis.brain.pipeline import S_HALT_REQUESTS, S_HELD, S_ORDERS, S_RECORDS, S_REFUSED, S_SIGNALS
+from aegis.brain.process import BrainConfig
+from aegis.core import latency
+from aegis.feed.parse import LEVELS_CAP
+from aegis.feed.recording import EXCHANGE_INFO_STREAM, SNAPSHOT_SUFFIX
+from aegis.replay.sink import SimSink
 from aegis.core.config import ConfigError
 from aegis.replay.csvimport import RAW_DTYPE, CsvSource, InputError, concat, symbol_and_format_from_name
-from aegis.core.records import MARKET_DTYPE, ORDER_REQUEST_DTYPE, SIGNAL_DTYPE
+from aegis.core.records import MARKET_DTYPE
 from aegis.replay.simexec import C_ACTIVE, C_DONE, C_EQ, C_FILLS, SimConfig, SimExchange
 from aegis.core.wait import BUSY_SPIN
 
@@ -65,46 +66,18 @@ DEFAULT_OUT = "replay-out"
 
 # =============================================================================================== jitted core
 @njit(cache=True, nogil=True)
-def _fills_to_risk(rsym, rg, rgf, roo, rrates, rrejlog, fills, f0, f1, now):
-    for f in range(f0, f1):
-        risk.on_fill(rsym, rg, rgf, roo, rrates, rrejlog, fills[f], now)
-
-
-@njit(cache=True, nogil=True)
-def _send(req, now, rsym, rg, rgf, roo, rrates, rrejlog, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts,
-          eq_val, ctr, params, lat_cum, lat_lo, lat_hi, rng, stats):
-    rc = risk.check(rsym, rg, rgf, roo, rrates, rrejlog, req, now)
-    if rc == 0:
-        stats[ST_ACCEPTED] += 1
-        f0 = ctr[C_FILLS]
-        req.handoff_ts = now
-        simexec.submit(req, now, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params,
-                       lat_cum, lat_lo, lat_hi, rng)
-        _fills_to_risk(rsym, rg, rgf, roo, rrates, rrejlog, fills, f0, ctr[C_FILLS], now)
-    else:
-        stats[ST_REFUSED] += 1
-        simexec.log_refused(req, now, rc, log_i, log_f, ctr)
-    return rc
-
-
-ST_RECORDS, ST_SIGNALS, ST_ACCEPTED, ST_REFUSED, ST_HALT_REQUESTS, ST_HELD = range(6)
-ST_LEN = 8
-
-
-@njit(cache=True, nogil=True)
-def run_core(src, n, start, rh, rrec, dst, sid, sparams, sstate, sigs, req, hreq, holdoff, retry_ns, unit_qty,
-             unit_notional,
-             rsym, rg, rgf, roo, rrates, rrejlog,
-             book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params, lat_cum, lat_lo, lat_hi, rng,
-             stats):
-    """Replay src[start:n]; returns how far it got (< n when an output buffer must be drained first)."""
+def run_core(src, n, start, rh, rrec, dst, bs, sink):
+    """Replay src[start:n] through the in-process ring and the Brain's order loop (aegis.brain.pipeline) with the
+    simulated exchange as its sink; returns how far it got (< n when an output buffer must be drained first)."""
+    sx = sink.sx
+    ctr = sx.ctr
     i0 = start
     batch = dst.shape[0]
-    need = 2 * batch + hreq.shape[0] + 8
+    need = 2 * batch + bs.req_buf.shape[0] + 8
     while i0 < n:
         na = ctr[C_ACTIVE]
-        if fills.shape[0] - ctr[C_FILLS] < na + need or log_i.shape[0] - ctr[C_DONE] < na + need \
-                or eq_ts.shape[0] - ctr[C_EQ] < batch + 2 or act_i.shape[0] - na < batch + hreq.shape[0] + 1:
+        if sx.fills.shape[0] - ctr[C_FILLS] < na + need or sx.log_i.shape[0] - ctr[C_DONE] < na + need \
+                or sx.eq_ts.shape[0] - ctr[C_EQ] < batch + 2 or sx.act_i.shape[0] - na < batch + bs.req_buf.shape[0] + 1:
             return i0
         m = n - i0
         if m > batch:
@@ -112,60 +85,13 @@ def run_core(src, n, start, rh, rrec, dst, sid, sparams, sstate, sigs, req, hreq
         ring.write_batch(rh, rrec, src[i0:i0 + m], m, ring.POLICY_WAIT, BUSY_SPIN)
         got = ring.read_batch(rh, rrec, dst, batch)
         now = dst[got - 1].recv_ts
-        stats[ST_RECORDS] += got
-        risk.on_market_batch(rsym, rg, rgf, roo, rrates, rrejlog, dst, got, now)
-        # the Brain's order (aegis.brain.process.process_batch), one record at a time: the strategy sees the record with
-        # the actual position / open orders of its symbol (strategy.sync_symbol: simulated fills land between
-        # records, as live fills land between the Brain's batches), then the simulated exchange sees the record,
-        # then the record's signal (if any) is risk checked and sent -- or reverted in the strategy when refused
-        # A strategy that does not track positions (ema_cross) reads nothing from risk between records, so it runs
-        # over the batch up to its next signal in one call (same outcome, far fewer calls per tick).
-        tracked = strategy.tracks_positions(sid)
-        i = 0
-        while i < got:
-            if tracked:
-                strategy.sync_symbol(sid, sparams, sstate, rsym, unit_qty, dst[i].symbol)
-                k, i2 = strategy.run_range(sid, sparams, sstate, dst, i, i + 1, sigs, 1)
-            else:
-                k, i2 = strategy.run_range(sid, sparams, sstate, dst, i, got, sigs, 1)
-            for q in range(i, i2):
-                r = dst[q]
-                if not simexec.quick_market(r, book, ctr):
-                    f0 = ctr[C_FILLS]
-                    simexec.on_market(r, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params,
-                                      lat_cum, lat_lo, lat_hi, rng)
-                    if ctr[C_FILLS] > f0:
-                        _fills_to_risk(rsym, rg, rgf, roo, rrates, rrejlog, fills, f0, ctr[C_FILLS], r.recv_ts)
-            i = i2
-            if k == 0:
-                continue
-            sig = sigs[0]
-            t = sig.recv_ts
-            s = sig.symbol
-            if t < holdoff[s]:   # the Brain's hold-off after a refusal: forget the signal, no risk check
-                strategy.revert(sid, sparams, sstate, sig)
-                stats[ST_HELD] += 1
-                continue
-            stats[ST_SIGNALS] += 1
-            signal_to_request(sig, req, t, t, unit_size(rsym, s, unit_qty, unit_notional, sig.price))
-            rc = _send(req, t, rsym, rg, rgf, roo, rrates, rrejlog, book, acct, act_i, act_f, log_i, log_f,
-                       fills, eq_ts, eq_val, ctr, params, lat_cum, lat_lo, lat_hi, rng, stats)
-            if rc != 0:
-                strategy.revert(sid, sparams, sstate, sig)
-                holdoff[s] = t + retry_ns
-            else:
-                strategy.accepted(sid, sparams, sstate, sig, req.client_id)
-        if rg[risk.G_HALT_PENDING] != 0:  # the Brain's housekeeping step: cancel-all / flatten after a halt
-            nh = risk.halt_requests(rsym, rg, rgf, roo, rrates, rrejlog, hreq, now)
-            stats[ST_HALT_REQUESTS] += nh
-            for h in range(nh):
-                _send(hreq[h], now, rsym, rg, rgf, roo, rrates, rrejlog, book, acct, act_i, act_f, log_i, log_f,
-                      fills, eq_ts, eq_val, ctr, params, lat_cum, lat_lo, lat_hi, rng, stats)
+        pipeline.process_batch(bs, sink, dst, got, now)
+        if bs.rk.g[risk.G_HALT_PENDING] != 0:   # as the Brain's next loop iteration: cancel-all / flatten
+            pipeline.halt_followup(bs, sink, now)
         i0 += m
     return i0
 
 
-# =============================================================================================== sources
 def _looks_like_recording(path: str) -> bool:
     name = os.path.basename(path).lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json.gz")):
@@ -266,7 +192,8 @@ class RecordingSource:
     def chunks(self) -> Iterator[np.ndarray]:
         from aegis.feed import book
         from aegis.feed import parse
-        parser = parse.Parser(self.table, book.BookState(len(self.table)), out_cap=1 << 15)
+        parser = parse.Parser(self.table, book.BookState(len(self.table)), out_cap=1 << 15,
+                              **recording_meta(self.path)[1])
         opener = gzip.open if self.path.endswith(".gz") else open
         prev = np.iinfo(np.int64).min
         try:
@@ -290,6 +217,20 @@ class RecordingSource:
                     if reported < 20 and self.warn:
                         self.warn(f"{self.path}:{self.lines}: not a recorded message (expected {{\"t\": ..., ...}})")
                         reported += 1
+                    continue
+                special = _special_stream(line)
+                if special is not None:
+                    if batch:
+                        j = self._parse(parser, batch, batch_t, j)
+                        batch = []
+                        batch_t = None
+                    if special.endswith(SNAPSHOT_SUFFIX):
+                        if j + parser.books.records_bound(2 * LEVELS_CAP) > len(parser.out):
+                            out, prev = self._finish(parser.out[:j].copy(), prev)
+                            j = 0
+                            if len(out):
+                                yield out
+                        j = self._snapshot(parser, special[:-len(SNAPSHOT_SUFFIX)], line, t, j)
                     continue
                 if t != batch_t and batch:
                     j = self._parse(parser, batch, batch_t, j)
@@ -326,6 +267,28 @@ class RecordingSource:
                     + (" (symbols first seen after the scanned head of the file: add them with --symbols)"
                        if "unknown symbol" in self.parse_problems else ""))
 
+    def _snapshot(self, parser, name: str, line: bytes, t: int, j: int) -> int:
+        """A recorded REST depth snapshot, applied to the books with the Feed's own kernel at its recorded time."""
+        import orjson
+        from aegis.feed import book, parse
+        sid = self.table.find(name.upper())
+        if sid < 0:
+            return j
+        try:
+            d = orjson.loads(line)["data"]
+            bids = np.asarray(d["bids"], np.float64).reshape(-1, 2)
+            asks = np.asarray(d["asks"], np.float64).reshape(-1, 2)
+            last_id, exch = int(d["lastUpdateId"]), int(d.get("E", 0) or 0) * 1_000_000
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.bad_lines += 1
+            return j
+        b = parser.books
+        if b.state(sid) not in (book.ST_BUFFERING, book.ST_WAIT_SNAPSHOT):
+            return j
+        b.st[sid, book.S_STATE] = book.ST_WAIT_SNAPSHOT
+        return book.apply_snapshot(b.st, b.px, b.qty, b.pend_hdr, b.pend_lv, b.pend_ctl, sid, last_id, bids, asks,
+                                   exch, t, parser.out, j, bool(parser.params[parse.PR_EMIT_LEVELS] != 0))
+
     @staticmethod
     def _parse(parser, batch: list[bytes], t: int, j: int) -> int:
         """The Feed's parse, fast path then its slow path (aegis.feed.process): what the kernel leaves (arrays such as
@@ -353,6 +316,39 @@ class RecordingSource:
         out["recv_ts"] = t
         self.rows += len(out)
         return out, int(t[-1]) if len(t) else prev
+
+
+def _special_stream(line: bytes) -> str | None:
+    """The stream name of a recording's exchangeInfo or depth snapshot line, else None (market data)."""
+    k = line.find(b'"stream":"', 0, 40)
+    if k < 0:
+        return None
+    end = line.find(b'"', k + 10, k + 80)
+    name = line[k + 10:end].decode("ascii", "replace") if end > 0 else ""
+    return name if name == EXCHANGE_INFO_STREAM or name.endswith(SNAPSHOT_SUFFIX) else None
+
+
+PARSE_KEYS = ("max_price", "max_qty", "emit_levels", "dedupe")
+
+
+def recording_meta(path: str) -> tuple[dict | None, dict]:
+    """(exchangeInfo, Feed parse settings) a recording file carries in its first line; (None, {}) without."""
+    import orjson
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            line = f.readline()
+    except (OSError, EOFError):
+        return None, {}
+    if _special_stream(line.strip()) != EXCHANGE_INFO_STREAM:
+        return None, {}
+    try:
+        obj = orjson.loads(line)
+        data, parse = obj["data"], obj.get("parse") or {}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None, {}
+    parse = {k: v for k, v in parse.items() if k in PARSE_KEYS} if isinstance(parse, dict) else {}
+    return (data if isinstance(data, dict) else None), parse
 
 
 def _line_time(line: bytes) -> int | None:
@@ -453,9 +449,10 @@ def symbol_rules(table) -> list:
 
 
 class ReplayCore:
-    """The live path's kernels and state for one replay (strategy, risk, simulated exchange, in-process ring)."""
+    """The live path's kernels and state for one replay: the Brain's order loop (aegis.brain.pipeline) over an
+    in-process ring, with the simulated exchange as its order sink (aegis.replay.sink)."""
 
-    def __init__(self, table, cfg: ReplayConfig, rules: list | None = None, sink=None):
+    def __init__(self, table, cfg: ReplayConfig, rules: list | None = None, out=None):
         n = len(table)
         self.table = table
         self.cfg = cfg
@@ -463,33 +460,27 @@ class ReplayCore:
         ring.init_header(self.header, RING_CAPACITY, MARKET_DTYPE.itemsize)
         self.ring_records = np.zeros(RING_CAPACITY, MARKET_DTYPE)
         self.dst = np.zeros(RING_BATCH, MARKET_DTYPE)
-        self.sparams = cfg.strategy.array()
-        self.sstate = strategy.make_state(cfg.strategy.id, n, self.sparams)
-        self.sigs = np.zeros(RING_BATCH, SIGNAL_DTYPE)
-        self.req = np.zeros(1, ORDER_REQUEST_DTYPE)[0:1]
-        self.hreq = np.zeros(2 * n + 2, ORDER_REQUEST_DTYPE)
         self.riskbook = risk.RiskBook(cfg.risk, rules if rules is not None else symbol_rules(table))
         self.sim = SimExchange(n, cfg.sim, max_active=risk.MAX_OPEN + 4 * RING_BATCH, fill_cap=1 << 15,
                                log_cap=1 << 15, eq_cap=1 << 15)
-        self.stats = np.zeros(ST_LEN, np.int64)
-        # the Brain's per-symbol sizing and refusal hold-off ([brain] unit_notional, retry_ms), in simulated time
-        self.retry_ns = int(cfg.brain.retry_ms * 1e6)
-        self.unit_notional = float(cfg.brain.unit_notional)
-        self.holdoff = np.zeros(n, np.int64)
-        self.unit_qty = np.zeros(n, np.float64)
-        self.sink = sink if sink is not None else metrics.Collector(table.names, cfg.sim.sample_ns)
+        self.sink = SimSink(self.sim.sx)
+        # no candles, no bus listeners, no latency histograms: the order loop's observers, not its decisions
+        no_candles = candles.CandleBook(1, np.zeros(0, np.int64), 1)
+        quiet = bus.EventBus(64)
+        spool = pools.SignalPool(1)
+        self.bs = pipeline.new_brain_state(
+            cfg.strategy, n, self.riskbook.rk, (*no_candles.args, no_candles.intervals, no_candles.stats),
+            (quiet.events, quiet.header, quiet.prio_of), (spool.records, spool.header), latency.new_set(), trading=True,
+            record_lat=False, retry_ms=cfg.brain.retry_ms, unit_notional=cfg.brain.unit_notional)
+        self.stats = self.bs.st
+        self.out = out if out is not None else metrics.Collector(table.names, cfg.sim.sample_ns)
 
     def feed(self, recs: np.ndarray) -> None:
         n = len(recs)
         i = 0
-        sim = self.sim
-        rb = self.riskbook
         while i < n:
             before = i
-            i = run_core(recs, n, i, self.header, self.ring_records, self.dst, self.cfg.strategy.id, self.sparams,
-                         self.sstate, self.sigs, self.req[0], self.hreq, self.holdoff, self.retry_ns, self.unit_qty,
-                         self.unit_notional, rb.sym, rb.g, rb.gf, rb.oo, rb.rates,
-                         rb.rejlog, *sim.arrays, self.stats)
+            i = run_core(recs, n, i, self.header, self.ring_records, self.dst, self.bs, self.sink)
             self.drain()
             if i == before:   # drained buffers and still no room: only the active-order table can be full
                 raise RuntimeError(f"simulated exchange: {int(self.sim.ctr[C_ACTIVE])} orders open or in flight, "
@@ -498,20 +489,20 @@ class ReplayCore:
     def drain(self) -> None:
         sim = self.sim
         if sim.ctr[C_FILLS]:
-            self.sink.fills(sim.drain_fills())
+            self.out.fills(sim.drain_fills())
         if sim.ctr[C_DONE]:
-            self.sink.orders(*sim.drain_log())
+            self.out.orders(*sim.drain_log())
         if sim.ctr[C_EQ]:
-            self.sink.equity(*sim.drain_equity())
+            self.out.equity(*sim.drain_equity())
 
     def finish(self) -> None:
         self.drain()
-        simexec.finish_open(*self.sim.arrays)
+        simexec.finish_open(self.sim.sx)
         f = self.sim.drain_fills()
         rb = self.riskbook
         for k in range(len(f)):
-            risk.on_fill(*rb.arrays, f[k], int(self.sim.ctr[simexec.C_NOW]))
-        self.sink.fills(f)
+            risk.on_fill(rb.rk, f[k], int(self.sim.ctr[simexec.C_NOW]))
+        self.out.fills(f)
         self.drain()
 
 
@@ -692,6 +683,11 @@ def _exchange_rules(path: str, table) -> list:
         data = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read exchangeInfo JSON ({e})") from None
+    return rules_from_exchange_info(data, table, path)
+
+
+def rules_from_exchange_info(data, table, origin: str) -> list:
+    """Risk's SymbolRules per table symbol from an exchangeInfo body; symbols it lacks get symbol_rules' defaults."""
     rows = {r.get("symbol"): r for r in data.get("symbols", [])} if isinstance(data, dict) else {}
     out = []
     defaults = symbol_rules(table)
@@ -700,7 +696,7 @@ def _exchange_rules(path: str, table) -> list:
         try:
             out.append(risk.SymbolRules.from_exchange_info(row) if row else d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ConfigError(f"{path}: symbol {info.name}: unreadable filters ({e!r})") from None
+            raise ConfigError(f"{origin}: symbol {info.name}: unreadable filters ({e!r})") from None
     return out
 
 
@@ -747,6 +743,22 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
             src = CsvSource(f, table.id_of(sym), sym, fmt, MERGE_CHUNK_BYTES, warn)
             sources.append(src)
     return table, sources
+
+
+def _recorded_rules(sources, table, warn) -> list | None:
+    """Exchange filters carried by the recordings among the sources (the last file's wins per symbol)."""
+    rows = {}
+    recs = [s for s in sources if isinstance(s, RecordingSource)]
+    for src in recs:
+        info, _ = recording_meta(src.path)
+        if info:
+            rows.update({r.get("symbol"): r for r in info.get("symbols", []) if isinstance(r, dict)})
+    if not rows:
+        if recs:
+            warn("replay: the recordings carry no exchange filters (recorded before they did); orders are sized "
+                 "with lenient built-in filters, give --exchange-info FILE for the real ones")
+        return None
+    return rules_from_exchange_info({"symbols": list(rows.values())}, table, "recording")
 
 
 class Progress:
@@ -796,7 +808,7 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     a caller that wants it afterwards (e.g. its equity curve)."""
     warn = warn or (lambda m: print(m, file=sys.stderr))
     table, sources = open_sources(expand_inputs(files), symbol, fmt, extra_symbols, warn)
-    rules = _exchange_rules(exchange_info, table) if exchange_info else None
+    rules = _exchange_rules(exchange_info, table) if exchange_info else _recorded_rules(sources, table, warn)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     try:
         if out_dir is not None:
@@ -820,11 +832,11 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
                 sim0 = _pace(core, batch, sim0, wall0, prog)
             else:
                 core.feed(batch)
-            prog.update(int(core.stats[ST_RECORDS]))
+            prog.update(int(core.stats[S_RECORDS]))
         core.finish()
     finally:
         gc.unfreeze()
-        prog.close(int(core.stats[ST_RECORDS]))
+        prog.close(int(core.stats[S_RECORDS]))
         sink.close()
     inputs = []
     for s in sources:
@@ -834,10 +846,10 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
         else:
             inputs.append({"file": s.path, "rows": s.rows, "bad_lines": s.bad_lines,
                            "parse_problems": dict(sorted(s.parse_problems.items()))})
-    counts = {"records": int(core.stats[ST_RECORDS]), "signals": int(core.stats[ST_SIGNALS]),
-              "signals_held_after_refusal": int(core.stats[ST_HELD]),
-              "orders_accepted": int(core.stats[ST_ACCEPTED]), "orders_refused_by_risk": int(core.stats[ST_REFUSED]),
-              "halt_requests": int(core.stats[ST_HALT_REQUESTS])}
+    counts = {"records": int(core.stats[S_RECORDS]), "signals": int(core.stats[S_SIGNALS]),
+              "signals_held_after_refusal": int(core.stats[S_HELD]),
+              "orders_accepted": int(core.stats[S_ORDERS]), "orders_refused_by_risk": int(core.stats[S_REFUSED]),
+              "halt_requests": int(core.stats[S_HALT_REQUESTS])}
     summary = sink.summary(core.sim, core.riskbook, counts, inputs, cfg)
     sink.write_summary(summary)
     return summary
@@ -856,7 +868,7 @@ def _pace(core: ReplayCore, batch: np.ndarray, sim0, wall0, prog) -> int:
         if j > i:
             core.feed(batch[i:j])
             i = j
-            prog.update(int(core.stats[ST_RECORDS]))
+            prog.update(int(core.stats[S_RECORDS]))
         else:
             time.sleep(min(0.05, max(0.0, (int(t[i]) - due) / 1e9)))
     return sim0

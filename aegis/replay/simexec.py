@@ -27,6 +27,7 @@ State: preallocated arrays (SimExchange.arrays); every kernel is @njit(cache=Tru
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -46,8 +47,8 @@ A_COLS = 8
 
 # --- order table columns: int64 part and float64 part (active orders, and the log of finished orders) ------------
 (I_CID, I_SYM, I_SIDE, I_TYPE, I_TIF, I_RO, I_ACTION, I_TARGET, I_SEND_TS, I_ARRIVE_TS, I_DONE_TS, I_STATUS,
- I_REASON, I_RESTING, I_ORDER_ID, I_MAKER) = range(16)
-I_COLS = 16
+ I_REASON, I_RESTING, I_ORDER_ID, I_MAKER, I_EXCH_TS) = range(17)
+I_COLS = 17
 F_PRICE, F_QTY, F_FILLED, F_NOTIONAL, F_FEE = 0, 1, 2, 3, 4
 F_COLS = 8
 
@@ -114,6 +115,26 @@ def latency_table(hist: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.n
     return np.cumsum(counts[nz]).astype(np.int64), lo, hi
 
 
+class SimState(NamedTuple):
+    """One simulated exchange as the one argument of its kernels: a record of SimExchange's preallocated arrays
+    (mutated in place; the record itself never changes)."""
+    book: np.ndarray     # (symbols, B_COLS): top of book, last trade, clock per symbol
+    acct: np.ndarray     # (symbols, A_COLS): position, entry, realized PnL, fees
+    act_i: np.ndarray    # (max_active, I_COLS) int64: orders in flight or resting
+    act_f: np.ndarray    # (max_active, F_COLS) float64: their prices and quantities
+    log_i: np.ndarray    # finished orders (int columns), drained by the caller
+    log_f: np.ndarray    # finished orders (float columns)
+    fills: np.ndarray    # FILL_DTYPE records not yet drained
+    eq_ts: np.ndarray    # equity grid times not yet drained
+    eq_val: np.ndarray   # equity grid values
+    ctr: np.ndarray      # (C_LEN,) int64: counters, clock, latency settings
+    params: np.ndarray   # (P_LEN,) float64: slippage, fees
+    lat_cum: np.ndarray  # latency histogram: cumulative counts per non-empty bucket (empty: constant latency)
+    lat_lo: np.ndarray   # bucket lows
+    lat_hi: np.ndarray   # bucket highs
+    rng: np.ndarray      # (1,) uint64: splitmix64 state
+
+
 class SimExchange:
     """Arrays of one simulated exchange. Buffers (fills, finished-order log, equity points) are drained by the
     caller (drain_*) whenever room() says they may not hold the next record's output."""
@@ -144,11 +165,9 @@ class SimExchange:
         self.ctr[C_NEXT_TRADE_ID] = 1
         self.rng = np.array([splitmix_seed(cfg.seed)], np.uint64)
 
-    @property
-    def arrays(self):
-        """The argument tuple of the jitted kernels (after the record/request argument)."""
-        return (self.book, self.acct, self.act_i, self.act_f, self.log_i, self.log_f, self.fills, self.eq_ts,
-                self.eq_val, self.ctr, self.params, self.lat_cum, self.lat_lo, self.lat_hi, self.rng)
+        self.sx = SimState(self.book, self.acct, self.act_i, self.act_f, self.log_i, self.log_f, self.fills,
+                           self.eq_ts, self.eq_val, self.ctr, self.params, self.lat_cum, self.lat_lo, self.lat_hi,
+                           self.rng)
 
     def room_needed(self) -> int:
         return int(self.ctr[C_ACTIVE]) + 2
@@ -431,10 +450,12 @@ def arrive_due(book, acct, act_i, act_f, log_i, log_f, fills, ctr, params, now):
 
 
 @njit(cache=True, nogil=True)
-def submit(req, send_ts, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params, lat_cum,
-           lat_lo, lat_hi, rng):
+def submit(req, send_ts, sx):
     """Send one accepted ORDER_REQUEST at send_ts; returns its arrival time. The caller must have drained the
     buffers (room_needed) and the active table must have room (it holds every in-flight and resting order)."""
+    book, acct, act_i, act_f, log_i = sx.book, sx.acct, sx.act_i, sx.act_f, sx.log_i
+    log_f, fills, ctr, params, lat_cum = sx.log_f, sx.fills, sx.ctr, sx.params, sx.lat_cum
+    lat_lo, lat_hi, rng = sx.lat_lo, sx.lat_hi, sx.rng
     k = ctr[C_ACTIVE]
     for c in range(I_COLS):
         act_i[k, c] = 0
@@ -449,6 +470,7 @@ def submit(req, send_ts, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, e
     act_i[k, I_RO] = req.reduce_only
     act_i[k, I_ACTION] = req.action
     act_i[k, I_TARGET] = req.target_id
+    act_i[k, I_EXCH_TS] = req.exch_ts
     act_i[k, I_SEND_TS] = send_ts
     act_i[k, I_ARRIVE_TS] = send_ts + lat
     act_i[k, I_ORDER_ID] = ctr[C_NEXT_ORDER_ID]
@@ -480,6 +502,7 @@ def log_refused(req, send_ts, reason, log_i, log_f, ctr):
     log_i[d, I_RO] = req.reduce_only
     log_i[d, I_ACTION] = req.action
     log_i[d, I_TARGET] = req.target_id
+    log_i[d, I_EXCH_TS] = req.exch_ts
     log_i[d, I_SEND_TS] = send_ts
     log_i[d, I_ARRIVE_TS] = send_ts
     log_i[d, I_DONE_TS] = send_ts
@@ -543,10 +566,12 @@ def _move_book(book, rec, s):
 
 
 @njit(cache=True, nogil=True)
-def on_market(rec, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params, lat_cum, lat_lo,
-              lat_hi, rng):
+def on_market(rec, sx):
     """One market record at its replay time rec.recv_ts: due orders arrive, the equity grid is sampled, the book
     moves, and resting orders the record crosses fill."""
+    book, acct, act_i, act_f, log_i = sx.book, sx.acct, sx.act_i, sx.act_f, sx.log_i
+    log_f, fills, eq_ts, eq_val, ctr = sx.log_f, sx.fills, sx.eq_ts, sx.eq_val, sx.ctr
+    params = sx.params
     t = rec.recv_ts
     if t > ctr[C_NOW]:
         ctr[C_NOW] = t
@@ -584,11 +609,12 @@ def on_market(rec, book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val,
 
 
 @njit(cache=True, nogil=True)
-def finish_open(book, acct, act_i, act_f, log_i, log_f, fills, eq_ts, eq_val, ctr, params, lat_cum, lat_lo, lat_hi,
-                rng):
+def finish_open(sx):
     """End of data: requests still in flight arrive (if due by the last record's time they already did; the
     rest never reach the exchange) and every open order is logged as CANCELED (open at end); then one last equity
     point at the last replay time. Caller drains buffers first (needs ctr[C_ACTIVE] + 1 slots)."""
+    book, acct, act_i, act_f, log_i = sx.book, sx.acct, sx.act_i, sx.act_f, sx.log_i
+    log_f, fills, eq_ts, eq_val, ctr = sx.log_f, sx.fills, sx.eq_ts, sx.eq_val, sx.ctr
     t = ctr[C_NOW]
     while ctr[C_ACTIVE] > 0:
         if act_i[0, I_ACTION] != ACTION_CANCEL and act_i[0, I_ACTION] != ACTION_CANCEL_ALL:

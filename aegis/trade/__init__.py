@@ -1,2 +1,2 @@
 """The order side, inside the Brain process: pre-trade risk, the sender thread, the journal, the user data
-stream and API keys."""
+stream."""

@@ -25,7 +25,7 @@ crash; fills are fdatasync'd at once by the user-stream thread, everything else 
 only: survives a process crash, not a host crash). Measured here: always 470 us/record, interval/never 6 us.
 What a host crash can cost under "interval" is a request or ack line of the last few ms; reconciliation adopts such
 orders from GET openOrders (they carry our prefix) and client ids continue above every id the journal has seen.
-Secrets never reach it: append() refuses aegis.trade.keys.Secret values.
+Secrets never reach it: append() refuses aegis.binance.keys.Secret values.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from aegis.trade.keys import Secret
+from aegis.binance.keys import Secret
 
 log = logging.getLogger("aegis.trade.journal")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -236,6 +237,18 @@ def _f(s: str) -> float:
     return float(Decimal(s))
 
 
+class RiskState(NamedTuple):
+    """The risk book as the one argument of every jitted check. A record of the book's preallocated arrays: the
+    arrays are owned by the Brain and mutated in place; the record itself never changes, so numba passes it by
+    value at no cost and caches the kernels that take it."""
+    sym: np.ndarray      # (symbols, S_COLS) float64: filters, limits, position, open quantities, mid/mark
+    g: np.ndarray        # (G_LEN,) int64: trading state, client ids, rate-limit settings, per-reason counters
+    gf: np.ndarray       # (GF_LEN,) float64: gross/daily-loss limits, realized PnL, fees
+    oo: np.ndarray       # (MAX_OPEN, O_COLS) float64: open orders
+    rates: np.ndarray    # (RATE_CAP,) int64: accepted-order times, the rate windows' ring
+    rejlog: np.ndarray   # (REJLOG, 4) int64: recent refusals (ts, symbol, reason, client id)
+
+
 class RiskBook:
     """The Brain's risk state: preallocated arrays the jitted checks work on (pass `book.arrays` to them)."""
 
@@ -277,10 +290,7 @@ class RiskBook:
         self.gf[GF_DAILY_LOSS] = cfg.daily_loss_limit
         self.gf[GF_BAND] = cfg.price_band_bps / 10_000.0
 
-    @property
-    def arrays(self):
-        """(sym, g, gf, oo, rates, rejlog): the argument tuple of every jitted check."""
-        return self.sym, self.g, self.gf, self.oo, self.rates, self.rejlog
+        self.rk = RiskState(self.sym, self.g, self.gf, self.oo, self.rates, self.rejlog)
 
     # --- Python-side views (status line, logs, tests) --------------------------------------------------------
     @property
@@ -333,9 +343,10 @@ def _reject(sym, g, rejlog, req_symbol, reason, cid, now):
 
 
 @njit(cache=True, nogil=True)
-def count_reject(sym, g, gf, oo, rates, rejlog, symbol, reason, cid, now):
+def count_reject(rk, symbol, reason, cid, now):
     """Count a refusal decided outside check_new (sender queue full, exchange reject). QUEUE_FULL also releases
     the open-order slot check_new took for client id `cid` (the request never left the Brain)."""
+    sym, g, oo, rejlog = rk.sym, rk.g, rk.oo, rk.rejlog
     if reason == R_QUEUE_FULL and cid > 0:
         release_order(sym, oo, cid)
     _count_reject(g, rejlog, symbol, reason, cid, now)
@@ -426,12 +437,13 @@ def _ref_px(sym, s):
 
 
 @njit(cache=True, nogil=True)
-def check_new(sym, g, gf, oo, rates, rejlog, req, now):
+def check_new(rk, req, now):
     """Validate one ACTION_NEW request in place; returns 0 (accepted) or a reason code.
 
     Reads req.symbol/side/order_type/tif/reduce_only/flags/price/qty; on acceptance writes req.client_id,
     price_ticks, qty_steps, price, qty (rounded), reduce_only (REDUCING may set it), risk_ts, and records the order
     as open and in the rate windows. Rounding never makes an order more aggressive or bigger than asked."""
+    sym, g, gf, oo, rates, rejlog = rk.sym, rk.g, rk.gf, rk.oo, rk.rates, rk.rejlog
     s = req.symbol
     flatten = (req.flags & REQ_FLAG_FLATTEN) != 0
     if s < 0 or s >= sym.shape[0] or sym[s, S_TICK] <= 0.0:
@@ -559,8 +571,9 @@ def check_new(sym, g, gf, oo, rates, rejlog, req, now):
 
 
 @njit(cache=True, nogil=True)
-def check_cancel(sym, g, gf, oo, rates, rejlog, req, now):
+def check_cancel(rk, req, now):
     """ACTION_CANCEL of req.target_id: allowed in every state when the order is open; 0 or R_UNKNOWN_ORDER."""
+    sym, g, oo, rejlog = rk.sym, rk.g, rk.oo, rk.rejlog
     k = find_open(oo, req.target_id)
     if k < 0:
         return _reject(sym, g, rejlog, req.symbol, R_UNKNOWN_ORDER, req.target_id, now)
@@ -571,27 +584,29 @@ def check_cancel(sym, g, gf, oo, rates, rejlog, req, now):
 
 
 @njit(cache=True, nogil=True)
-def check(sym, g, gf, oo, rates, rejlog, req, now):
+def check(rk, req, now):
     """Dispatch on req.action (CANCEL / CANCEL_ALL / NEW)."""
     if req.action == ACTION_CANCEL:
-        return check_cancel(sym, g, gf, oo, rates, rejlog, req, now)
+        return check_cancel(rk, req, now)
     if req.action == ACTION_CANCEL_ALL:
         req.risk_ts = now
         return R_OK
-    return check_new(sym, g, gf, oo, rates, rejlog, req, now)
+    return check_new(rk, req, now)
 
 
 # --------------------------------------------------------------------------------------------- market + fills
 @njit(cache=True, nogil=True)
-def on_quote(sym, g, gf, oo, rates, rejlog, s, bid, ask, ts_ns):
+def on_quote(rk, s, bid, ask, ts_ns):
+    sym = rk.sym
     if 0 <= s < sym.shape[0] and bid > 0.0 and ask > 0.0:
         sym[s, S_MID] = 0.5 * (bid + ask)
         sym[s, S_MD_TS] = ts_ns
 
 
 @njit(cache=True, nogil=True)
-def on_market_batch(sym, g, gf, oo, rates, rejlog, records, n, now):
+def on_market_batch(rk, records, n, now):
     """Update mids/marks from a batch of MARKET records; then check the daily loss limit (unrealized PnL moves)."""
+    sym, g, gf = rk.sym, rk.g, rk.gf
     for i in range(n):
         r = records[i]
         s = r.symbol
@@ -647,7 +662,8 @@ def kill(g, now):
 
 
 @njit(cache=True, nogil=True)
-def check_daily_loss(sym, g, gf, oo, rates, rejlog, now):
+def check_daily_loss(rk, now):
+    sym, g, gf = rk.sym, rk.g, rk.gf
     return _daily_loss(sym, g, gf, now)
 
 
@@ -661,9 +677,10 @@ def _daily_loss(sym, g, gf, now):
 
 
 @njit(cache=True, nogil=True)
-def on_fill(sym, g, gf, oo, rates, rejlog, fill, now):
+def on_fill(rk, fill, now):
     """Apply one FILL record (trade or final state change): position, average price, realized PnL, fees, open
     orders. The caller dedupes fills by (order_id, trade_id) before this (aegis.trade.userstream does)."""
+    sym, g, gf, oo, rejlog = rk.sym, rk.g, rk.gf, rk.oo, rk.rejlog
     s = fill.symbol
     if s < 0 or s >= sym.shape[0]:
         return
@@ -711,16 +728,17 @@ def on_fill(sym, g, gf, oo, rates, rejlog, fill, now):
 
 
 @njit(cache=True, nogil=True)
-def on_fill_batch(sym, g, gf, oo, rates, rejlog, fills, n, now):
+def on_fill_batch(rk, fills, n, now):
     for i in range(n):
-        on_fill(sym, g, gf, oo, rates, rejlog, fills[i], now)
+        on_fill(rk, fills[i], now)
 
 
 @njit(cache=True, nogil=True)
-def halt_requests(sym, g, gf, oo, rates, rejlog, out, now):
+def halt_requests(rk, out, now):
     """After entering HALTED: write one CANCEL_ALL per symbol with open orders and, when flatten_on_halt, a
     reduce-only MARKET order (REQ_FLAG_FLATTEN) per open position into `out`; returns how many. The flatten
     orders still go through check_new (rounding, MARKET_LOT_SIZE) before they are sent."""
+    sym, g = rk.sym, rk.g
     if g[G_HALT_PENDING] == 0:
         return 0
     g[G_HALT_PENDING] = 0

@@ -63,6 +63,7 @@ from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FI
                            ORDER_REQUEST_DTYPE, SIDE_BUY, STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_NEW,
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.binance.signing import units_to_str
+from aegis.trade import risk as riskmod
 
 log = logging.getLogger("aegis.trade.sender")
 
@@ -603,7 +604,8 @@ class Sender:
                 params = order_params(req, self.rules, coid, self.resp_type)
                 self.journal.append("req", id=cid, coid=coid, sym=sym, side=params["side"], type=params["type"],
                                     tif=params.get("timeInForce", ""), qty=params["quantity"],
-                                    px=params.get("price", "0"), ro=bool(int(req["reduce_only"])), act="new")
+                                    px=params.get("price", "0"), ro=bool(int(req["reduce_only"])), act="new",
+                                    x=int(req["exch_ts"]))
             except Exception:
                 # not journaled = not sent (disk full, bad record): release it in the Brain's risk state
                 self._event(cid, req, STATUS_REJECTED, 0)
@@ -761,61 +763,17 @@ def set_flag(flags, slot, value):
 
 
 @njit(cache=True, nogil=True)
-def apply_events(sym, g, gf, oo, rates, rejlog, fill_header, fill_records, scratch, now):
-    """Drain the fill queue into the risk book (positions, open orders, PnL, exchange rejects); returns count."""
-    n = ring.read_batch(fill_header, fill_records, scratch, scratch.shape[0])
-    if n > 0:
-        _on_fill_batch(sym, g, gf, oo, rates, rejlog, scratch, n, now)
-    return n
-
-
-@njit(cache=True, nogil=True)
-def submit(sym, g, gf, oo, rates, rejlog, q_header, q_records, reqs, n, now):
-    """Risk-check reqs[:n] and hand the accepted ones to the sender; returns how many were queued. A request that
-    passes risk but finds the queue full is counted as QUEUE_FULL and its open-order slot released."""
-    queued = 0
-    for i in range(n):
-        if _check(sym, g, gf, oo, rates, rejlog, reqs[i], now) != 0:
-            continue
-        if handoff(q_header, q_records, reqs[i], now) == 1:
-            queued += 1
-        else:
-            _count_reject(sym, g, gf, oo, rates, rejlog, reqs[i].symbol, _R_QUEUE_FULL, reqs[i].client_id, now)
-    return queued
-
-
-@njit(cache=True, nogil=True)
 def poll_kill(flags, g, now):
     """Kill switch (file, supervisor, TradeSession.kill) -> risk HALTED (+ flatten); True the first time it fires.
-    The Brain calls this (or `service`) once per loop iteration: one acquire load when nothing happens."""
+    The Brain's order loop calls this once per iteration (aegis.brain.pipeline.service): one acquire load when nothing happens."""
     k = load_acquire(flags, F_KILL)
     if k != 0 and flags[F_KILL_SEEN] == 0:
         flags[F_KILL_SEEN] = 1
         if k == 2:
-            g[_G_FLATTEN] = 1
-        _kill(g, now)
+            g[riskmod.G_FLATTEN_ON_HALT] = 1
+        riskmod.kill(g, now)
         return True
     return False
-
-
-@njit(cache=True, nogil=True)
-def service(sym, g, gf, oo, rates, rejlog, flags, q_header, q_records, scratch, now):
-    """Kill switch and HALTED follow-up: call once per Brain loop iteration (cheap when nothing is pending).
-    Returns the number of requests queued (cancel-alls and flatten orders)."""
-    poll_kill(flags, g, now)
-    if g[_G_HALT_PENDING] == 0:
-        return 0
-    m = _halt_requests(sym, g, gf, oo, rates, rejlog, scratch, now)
-    return submit(sym, g, gf, oo, rates, rejlog, q_header, q_records, scratch, m, now)
-
-
-from aegis.trade.risk import (G_FLATTEN_ON_HALT as _G_FLATTEN, G_HALT_PENDING as _G_HALT_PENDING,  # noqa: E402
-                        G_NEXT_CID as _G_NEXT_CID,
-                        R_QUEUE_FULL as _R_QUEUE_FULL, check as _check,
-                        count_reject as _count_reject, halt_requests as _halt_requests, kill as _kill,
-                        on_fill_batch as _on_fill_batch)
-
-
 
 
 # --------------------------------------------------------------------------------------------- wiring
@@ -885,7 +843,7 @@ class TradeSession:
             # a halt survives restarts until someone says --resume: the reason it halted is probably still there
             why = WHY_NAMES.index(self.jstate.state_reason) if self.jstate.state_reason in WHY_NAMES else 3
             set_state(self.book.g, STATE_NAMES.index("HALTED"), why, time.monotonic_ns())
-            self.book.g[_G_HALT_PENDING] = 1     # cancel whatever is still open from before
+            self.book.g[riskmod.G_HALT_PENDING] = 1     # cancel whatever is still open from before
         self.queue = RequestQueue(self.tcfg.queue_capacity)
         self.fills = FillQueue(4096)
         self.order_client = WsTradeClient(self.client, self.tcfg.timeout_s) if self.tcfg.transport == "ws" \
@@ -920,7 +878,7 @@ class TradeSession:
         if not self.userstream.connected.wait(wait_stream_s):
             log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
         # reconciliation may have adopted orders the journal had lost: never hand out their ids again
-        self.book.g[_G_NEXT_CID] = max(int(self.book.g[_G_NEXT_CID]), self.jstate.next_client_id)
+        self.book.g[riskmod.G_NEXT_CID] = max(int(self.book.g[riskmod.G_NEXT_CID]), self.jstate.next_client_id)
         return self
 
     def _housekeeping(self) -> None:
@@ -1005,8 +963,8 @@ def emergency_cancel_all(venue: str = "embedded", live: bool = False, key_file: 
                          embedded=None, timeout_s: float = 5.0, urls=None, api_keys=None) -> dict:
     """For the supervisor when the Brain is dead (or on SIGTERM/Ctrl-C from outside it): load keys in THIS process
     (secrets never travel between processes), list open orders on the exchange and cancel them per symbol.
-    `urls` = (rest, ws market, ws api) instead of `embedded`; `api_keys` = an aegis.trade.keys.ApiKeys to use."""
-    from aegis.trade import keys as _keys
+    `urls` = (rest, ws market, ws api) instead of `embedded`; `api_keys` = an aegis.binance.keys.ApiKeys to use."""
+    from aegis.binance import keys as _keys
     from aegis.binance.client import BinanceClient, Endpoints, endpoints
     ep = Endpoints(venue, *urls) if urls else endpoints(venue, live, embedded)
     client = BinanceClient(ep, api_keys or _keys.load(venue, key_file), timeout_s=timeout_s)
@@ -1070,7 +1028,7 @@ def open_order_path(spec, ctx) -> OrderPath | None:
 
 
 def _open_order_path(spec, ctx) -> OrderPath | None:
-    from aegis.trade import keys as _keys
+    from aegis.binance import keys as _keys
     from aegis.binance.client import Endpoints, endpoints
     from aegis.trade.risk import RiskConfig
     cfg = spec.config
