@@ -39,3 +39,12 @@ def write_day(directory, symbol: str, day: str, rows: int, seed: int = 1, mid0: 
 def days(first: str, n: int) -> list[str]:
     d0 = dt.date.fromisoformat(first)
     return [(d0 + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def warm_replay(directory) -> None:
+    """Compile (or load from numba's cache) the replay path once, before any per-test time limit starts: a cold
+    compile takes minutes on a busy 2-core box."""
+    from aegis.replay import run as replay
+    path = write_day(directory, "BTCUSDT", "2024-01-01", 500)
+    assert replay.main([str(path), "--param", "fast=2", "--param", "slow=5", "--out", str(Path(directory) / "o"),
+                        "--no-progress"]) == 0

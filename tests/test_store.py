@@ -21,6 +21,11 @@ DAYS = marketdays.days("2024-03-01", 2)
 ROWS = 3000
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled(tmp_path_factory):
+    marketdays.warm_replay(tmp_path_factory.mktemp("warm"))
+
+
 @pytest.fixture()
 def csvs(tmp_path):
     d = tmp_path / "csv"

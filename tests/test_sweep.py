@@ -21,6 +21,11 @@ import marketdays  # noqa: E402
 DAYS = marketdays.days("2024-05-01", 3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled(tmp_path_factory):
+    marketdays.warm_replay(tmp_path_factory.mktemp("warm"))
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("sweepdata")
