@@ -48,3 +48,9 @@ def warm_replay(directory) -> None:
     path = write_day(directory, "BTCUSDT", "2024-01-01", 500)
     assert replay.main([str(path), "--param", "fast=2", "--param", "slow=5", "--out", str(Path(directory) / "o"),
                         "--no-progress"]) == 0
+    from aegis.feed.recording import Recorder   # and the Feed's parser, which reads recordings
+    rec = Recorder(Path(directory) / "rec")
+    rec.write(1, "btcusdt@bookTicker", {"e": "bookTicker", "u": 1, "s": "BTCUSDT", "b": "1.0", "B": "1", "a": "1.1",
+                                         "A": "1", "T": day_ms("2024-01-01"), "E": day_ms("2024-01-01")})
+    rec.close()
+    assert replay.main([str(rec.files[0]), "--out", str(Path(directory) / "o2"), "--no-progress"]) == 0

@@ -176,3 +176,26 @@ def test_engine_modules_import_no_research_dependency():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_a_feed_recording_imports_and_replays_like_the_recording(tmp_path):
+    from aegis.feed.recording import Recorder
+    rec = Recorder(tmp_path / "rec")
+    t0 = marketdays.day_ms(DAYS[0])
+    for i in range(600):
+        m = 40_000 + (i * 7) % 11
+        rec.write(5_000_000_000 + i * 500_000_000, "btcusdt@bookTicker",
+                  {"e": "bookTicker", "u": 100 + i, "s": "BTCUSDT", "b": f"{m - 0.05:.2f}", "B": "5",
+                   "a": f"{m + 0.05:.2f}", "A": "5", "T": t0 + i * 500, "E": t0 + i * 500})
+    rec.close()
+    root = tmp_path / "store"
+    assert _import(rec.files, root) == 0
+    (p,) = S.Store(root).select()
+    assert p.stream.startswith("rec-feed-") and p.rows == 600 and p.day == DAYS[0]
+    a = _replay(rec.files, tmp_path / "from-rec")
+    b = _replay([root], tmp_path / "from-store")
+    a.pop("inputs")
+    b.pop("inputs")
+    assert a == b and a["counts"]["orders_accepted"] > 10
+    for name in ("trades.csv", "orders.csv"):
+        assert (tmp_path / "from-rec" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
