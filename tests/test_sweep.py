@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aegis.replay import run as replay
 from aegis.replay import store as S
 
 pytest.importorskip("ray")

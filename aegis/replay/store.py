@@ -14,9 +14,11 @@ recordings overlapping one day are merged at replay time like any two inputs, no
 Why a plain .npy of whole MARKET_DTYPE records (and not Parquet): measured in bench/bench_store.py (figures in
 bench/RESULTS.md). Replay consumes MARKET_DTYPE records; a .npy partition is those records, so reading is an mmap
 and a slice -- no decode, no column-to-row assembly -- and the file opens with plain `numpy.load(mmap_mode="r")`.
-Parquet (pyarrow, zstd) is several times smaller on disk but must be decompressed and transposed into records on
-every read, which is slower than the replay core itself; compression does not pay on the read path, which is
-what a sweep repeats hundreds of times. The engine path stays free of pyarrow.
+Parquet (pyarrow) is 3.6x (uncompressed) to 5.3x (zstd) smaller on disk, but every read must decode and transpose
+it into records, which replay's merge then copies once more: zstd Parquet read at about half the .npy rate, and
+uncompressed Parquet at the .npy rate before that extra pass. Compression does not pay on the read path, which a
+sweep repeats hundreds of times, while the data sits in the page cache; it would on storage slower than ~0.6 GB/s.
+The engine path stays free of pyarrow.
 
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
 stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
@@ -51,7 +53,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from aegis.core.records import MARKET_DTYPE
-from aegis.replay.csvimport import CsvSource, InputError, symbol_and_format_from_name
+from aegis.replay.csvimport import CsvSource, InputError
 
 MANIFEST = "manifest.json"
 FORMAT = "aegis-market-store"

@@ -606,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         days, by_day, dims, ctx = prepare(args, say)
         try:
-            import ray  # noqa: F401
+            import ray
         except ModuleNotFoundError:
             raise SweepError("the sweep needs the research extra: pip install 'aegis-engine[research]'") from None
     except (SweepError, ConfigError, InputError) as e:
@@ -623,7 +623,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _start_ray(args)
     except (ConnectionError, RuntimeError, ValueError) as e:   # what ray.init raises for an unreachable cluster
-        import ray
         ray.shutdown()
         print(f"aegis sweep: error: cannot start or reach Ray{' at ' + args.address if args.address else ''}: "
               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
@@ -634,7 +633,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rc = _sweep(args, days, by_day, dims, ctx, out, exp_root, say)
     finally:
-        import ray
         ray.shutdown()
     say(f"sweep: {time.monotonic() - t0:.1f} s wall; results in {out}/")
     return rc
