@@ -31,6 +31,8 @@ examples:
   python -m aegis venue --help                  run the embedded venue alone
   python -m aegis report --help                 latency report of the last run
   python -m aegis replay --help                 backtest recorded or Binance public data
+  python -m aegis data --help                   market-data store for replay and sweeps (import, verify)
+  python -m aegis sweep --help                  parameter sweeps / walk-forward on Ray Tune ([research] extra)
 
 wait strategies (what a process does when it has nothing to do):
   busy-spin   spin on the ring cursor; lowest latency, burns the whole core

@@ -42,6 +42,7 @@ from aegis.replay import metrics
 from aegis.core import ring
 from aegis.trade import risk
 from aegis.replay import simexec
+from aegis.replay import store
 from aegis.brain import learn, strategy
 from aegis.brain import bus, candles, pipeline, pools
 from aegis.brain.pipeline import S_HALT_REQUESTS, S_HELD, S_ORDERS, S_RECORDS, S_REFUSED, S_SIGNALS
@@ -110,7 +111,10 @@ def expand_inputs(paths: list[str]) -> list[str]:
     """Files in command-line order; a directory contributes its data files sorted by name."""
     out = []
     for p in paths:
-        if os.path.isdir(p):
+        parts = store.expand(p)   # a market-data store (or a symbol / day directory in one): its partitions
+        if parts is not None:
+            out.extend(parts)
+        elif os.path.isdir(p):
             names = sorted(f for f in os.listdir(p)
                            if f.lower().endswith((".csv", ".zip", ".csv.gz", ".jsonl.gz", ".jsonl")))
             if not names:
@@ -702,8 +706,12 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
     from aegis.binance import symbols as S
     kinds = []
     names: set[str] = set()
+    parts = {f: store.partition_of(f) for f in files}
     for f in files:
-        if _looks_like_recording(f):
+        if parts[f] is not None:
+            kinds.append("store")
+            names.add(parts[f].symbol)
+        elif _looks_like_recording(f):
             kinds.append("rec")
             names |= recording_symbols(f)
         else:
@@ -726,7 +734,9 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
         raise InputError(str(e)) from None
     sources = []
     for f, kind in zip(files, kinds):
-        if kind == "rec":
+        if kind == "store":
+            sources.append(store.StoreSource(parts[f], table.id_of(parts[f].symbol)))
+        elif kind == "rec":
             sources.append(RecordingSource(f, table, warn))
         else:
             sym, _ = symbol_and_format_from_name(f)
@@ -793,17 +803,20 @@ class Progress:
 
 
 def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbols=None, exchange_info=None,
-        warn=None) -> dict:
-    """Replay files with cfg; writes the output files and returns the summary dict."""
+        warn=None, make_sink=metrics.Collector) -> dict:
+    """Replay files with cfg; writes the output files (none when cfg.out_dir is empty: a sweep's trials only want the
+    summary) and returns the summary dict. make_sink(names, sample_ns, out_dir) builds the metrics.Collector, for
+    a caller that wants it afterwards (e.g. its equity curve)."""
     warn = warn or (lambda m: print(m, file=sys.stderr))
     table, sources = open_sources(expand_inputs(files), symbol, fmt, extra_symbols, warn)
     rules = _exchange_rules(exchange_info, table) if exchange_info else _recorded_rules(sources, table, warn)
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{out_dir}: cannot create output directory ({e.strerror or e})") from None
-    sink = metrics.Collector(table.names, cfg.sim.sample_ns, out_dir)
+    sink = make_sink(table.names, cfg.sim.sample_ns, out_dir)
     core = ReplayCore(table, cfg, rules, sink)
     learn.start_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_in, warn)   # online strategy: --model
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()

@@ -1,0 +1,538 @@
+"""A market-data store: Binance public data and Feed recordings converted once into MARKET_DTYPE arrays that replay
+memory-maps with no parsing. `python -m aegis data import FILES... --to DIR`, `data verify DIR`, `data ls DIR`.
+
+Layout (one directory, any filesystem every reader sees):
+
+  DIR/manifest.json                                  the only list of partitions a reader uses (the commit point)
+  DIR/<SYMBOL>/<YYYY-MM-DD>/<stream>.<crc32>.npy     one partition: the records of one symbol, one UTC day (of replay
+                                                     time, recv_ts) and one input stream, in replay order
+
+stream is "bookTicker" or "aggTrades" for Binance CSV/ZIP files and "rec-<file name>" for a Feed recording (a
+recording holds every symbol and kind the Feed received; each recording file gives its own partitions, so two
+recordings overlapping one day are merged at replay time like any two inputs, not rewritten at import).
+
+Why a plain .npy of whole MARKET_DTYPE records (and not Parquet): measured in bench/bench_store.py (figures in
+bench/RESULTS.md). Replay consumes MARKET_DTYPE records; a .npy partition is those records, so reading is an mmap
+and a slice -- no decode, no column-to-row assembly -- and the file opens with plain `numpy.load(mmap_mode="r")`.
+Parquet (pyarrow) is 3.6x (uncompressed) to 5.3x (zstd) smaller on disk, but every read must decode and transpose
+it into records, which replay's merge then copies once more: zstd Parquet read at about half the .npy rate, and
+uncompressed Parquet at the .npy rate before that extra pass. Compression does not pay on the read path, which a
+sweep repeats hundreds of times, while the data sits in the page cache; it would on storage slower than ~0.6 GB/s.
+The engine path stays free of pyarrow.
+
+In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
+stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
+
+Integrity:
+  * atomic: a partition is written to a hidden temp file, fsynced and renamed to a name that carries its checksum;
+    then the manifest is rewritten the same way (temp + fsync + rename). A reader only opens partitions the
+    manifest lists, so an import killed at any point leaves nothing replay would read (at worst an unlisted file,
+    removed by the next import). A re-imported partition gets a new name; the old file is removed after the
+    manifest no longer lists it.
+  * checksummed: the manifest holds each partition's rows, bytes and CRC-32 of its records. Every open checks the
+    file size and header against the manifest (catches truncation, no cost); the CRC is checked when a replay
+    first opens a partition in a process (once per sweep worker, not once per trial) and by `data verify`.
+    A mismatch is one line naming the partition, exit 2. CRC-32 and not SHA-256: it detects accidental damage,
+    which is the threat here, at 1.3 GB/s against SHA-256's 0.76 GB/s on this box.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import mmap
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from aegis.core.records import MARKET_DTYPE
+from aegis.replay.csvimport import CsvSource, InputError
+
+MANIFEST = "manifest.json"
+FORMAT = "aegis-market-store"
+VERSION = 1
+LOCK = ".import.lock"
+TMP_MARK = ".tmp-"
+HEADER_BYTES = 1024          # reserved .npy header: written before the row count is known, padded with spaces
+DAY_NS = 86_400 * 1_000_000_000
+CHUNK_ROWS = 1 << 13         # rows per chunk a reader yields (1 MB): the merge keeps one chunk per source
+CRC_BLOCK = 64 << 20         # bytes per crc32 call (bounded peak of touched-but-not-dropped pages)
+_DESCR = np.lib.format.dtype_to_descr(MARKET_DTYPE)
+
+
+class StoreError(InputError):
+    """A store that cannot be used as asked (bad path, damaged partition): one line, exit 2."""
+
+
+# ============================================================================================== manifest
+@dataclass(frozen=True)
+class Partition:
+    root: Path
+    rel: str               # SYMBOL/YYYY-MM-DD/<stream>.<crc>.npy
+    symbol: str
+    day: str
+    stream: str
+    rows: int
+    nbytes: int            # bytes of records (file size - header)
+    crc32: int
+    first_ns: int
+    last_ns: int
+    source: str            # the imported file's name
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
+
+    def to_json(self) -> dict:
+        return {"symbol": self.symbol, "day": self.day, "stream": self.stream, "rows": self.rows,
+                "bytes": self.nbytes, "crc32": f"{self.crc32:08x}", "first_ns": self.first_ns,
+                "last_ns": self.last_ns, "source": self.source}
+
+    @classmethod
+    def from_json(cls, root: Path, rel: str, d: dict) -> "Partition":
+        return cls(root, rel, d["symbol"], d["day"], d["stream"], int(d["rows"]), int(d["bytes"]),
+                   int(d["crc32"], 16), int(d["first_ns"]), int(d["last_ns"]), d.get("source", ""))
+
+
+def find_root(path: str | os.PathLike) -> Path | None:
+    """The store holding path (the store directory itself, a symbol or day directory, or a partition file)."""
+    p = Path(path).resolve()
+    for cand in (p, *list(p.parents)[:3]):
+        if (cand / MANIFEST).is_file():
+            return cand
+    return None
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.parts: dict[str, Partition] = {}
+        mf = self.root / MANIFEST
+        if not mf.exists():
+            return
+        try:
+            data = json.loads(mf.read_text(encoding="ascii"))
+            if data.get("format") != FORMAT or data.get("version") != VERSION:
+                raise StoreError(f"{mf}: not an {FORMAT} v{VERSION} manifest")
+            if data.get("record") != repr(_DESCR):
+                raise StoreError(f"{mf}: written with another MARKET_DTYPE layout; import the data again")
+            self.parts = {rel: Partition.from_json(self.root, rel, d) for rel, d in data["partitions"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{mf}: unreadable manifest ({e})") from None
+
+    def save(self) -> None:
+        data = {"format": FORMAT, "version": VERSION, "record": repr(_DESCR),
+                "partitions": {rel: p.to_json() for rel, p in sorted(self.parts.items())}}
+        _atomic_write(self.root / MANIFEST, (json.dumps(data, indent=1) + "\n").encode("ascii"))
+
+    def select(self, symbols=None, start: str | None = None, end: str | None = None, under: str = "",
+               streams=None) -> list[Partition]:
+        """Partitions by symbol (None: all), day range [start, end] (ISO dates, inclusive), path prefix and stream;
+        ordered by day, symbol, stream (the order replay merges ties in)."""
+        syms = {s.upper() for s in symbols} if symbols else None
+        out = [p for rel, p in self.parts.items()
+               if (syms is None or p.symbol in syms) and (start is None or p.day >= start)
+               and (end is None or p.day <= end) and rel.startswith(under)
+               and (streams is None or p.stream in streams)]
+        return sorted(out, key=lambda p: (p.day, p.symbol, p.stream))
+
+    def symbols(self) -> list[str]:
+        return sorted({p.symbol for p in self.parts.values()})
+
+    def days(self, symbols=None) -> list[str]:
+        return sorted({p.day for p in self.select(symbols)})
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ============================================================================================== reading
+def _npy_header(rows: int) -> bytes:
+    """A version 1.0 .npy header for `rows` MARKET records, padded to HEADER_BYTES (numpy strips the padding)."""
+    text = repr({"descr": _DESCR, "fortran_order": False, "shape": (rows,)}).encode("latin1")
+    head = b"\x93NUMPY\x01\x00"
+    body_len = HEADER_BYTES - len(head) - 2
+    if len(text) + 1 > body_len:
+        raise ValueError("MARKET_DTYPE description does not fit the reserved .npy header")
+    return head + body_len.to_bytes(2, "little") + text.ljust(body_len - 1) + b"\n"
+
+
+def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
+    """The partition's records as a read-only array over a private mmap; StoreError naming it if damaged."""
+    path = part.path
+    name = part.rel
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise StoreError(f"damaged partition {name}: {e.strerror or e}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size != HEADER_BYTES + part.nbytes or part.nbytes != part.rows * MARKET_DTYPE.itemsize:
+            raise StoreError(f"damaged partition {name}: {size} bytes on disk, manifest says "
+                             f"{HEADER_BYTES + part.nbytes}")
+        try:
+            if np.lib.format.read_magic(f) != (1, 0):
+                raise ValueError("not a version 1.0 header")
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        except ValueError as e:
+            raise StoreError(f"damaged partition {name}: bad .npy header ({e})") from None
+        if f.tell() != HEADER_BYTES or dtype != MARKET_DTYPE or shape != (part.rows,) or fortran:
+            raise StoreError(f"damaged partition {name}: header says {shape} of another layout")
+        if part.rows == 0:
+            return np.zeros(0, MARKET_DTYPE)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mm.madvise(mmap.MADV_SEQUENTIAL)
+    if check_crc:
+        crc = 0
+        view = memoryview(mm)
+        try:
+            for o in range(HEADER_BYTES, size, CRC_BLOCK):
+                e = min(o + CRC_BLOCK, size)
+                crc = zlib.crc32(view[o:e], crc)
+                _drop(mm, o, e)
+        finally:
+            view.release()
+        if crc != part.crc32:
+            raise StoreError(f"damaged partition {name}: checksum {crc:08x}, manifest says {part.crc32:08x}")
+    return np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
+
+
+def _drop(mm: mmap.mmap, start: int, end: int) -> None:
+    """Give pages [start, end) of a read-only file mapping back (they are re-read from the file if touched again):
+    what bounds a month-long replay's resident memory to the chunks in flight."""
+    a = start - start % mmap.PAGESIZE
+    if end > a:
+        mm.madvise(mmap.MADV_DONTNEED, a, end - a)
+
+
+_verified: set[tuple] = set()   # partitions whose CRC this process has checked (key includes inode and mtime)
+
+
+def _identity(part: Partition) -> tuple:
+    st = os.stat(part.path)
+    return part.rel, part.crc32, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def verify(parts: list[Partition], progress: Callable[[Partition], None] | None = None) -> None:
+    """Check every partition's CRC now (StoreError on the first damaged one); later opens in this process skip it."""
+    for p in parts:
+        try:
+            ident = _identity(p)
+        except OSError as e:
+            raise StoreError(f"damaged partition {p.rel}: {e.strerror or e}") from None
+        if ident not in _verified:
+            open_partition(p, check_crc=True)
+            _verified.add(ident)
+        if progress:
+            progress(p)
+
+
+def identities(parts: list[Partition]) -> list[tuple]:
+    """What verify() remembers of each partition, to hand to another process reading the same files (a sweep's
+    workers): trust() there skips the CRC pass for exactly these files (same inode, size and mtime)."""
+    return [_identity(p) for p in parts]
+
+
+def trust(idents) -> None:
+    _verified.update(tuple(i) for i in idents)
+
+
+class StoreSource:
+    """One partition as a replay source: chunks are slices of the mapped file (no parsing, no copy unless the
+    replay's symbol id is not 0); pages already replayed are given back to the OS."""
+
+    def __init__(self, part: Partition, symbol_id: int, chunk_rows: int = CHUNK_ROWS):
+        self.part = part
+        self.path = str(part.path)
+        self.symbol_id = int(symbol_id)
+        self.chunk_rows = int(chunk_rows)
+        self.rows = 0
+        self.bad_lines = 0
+        self.parse_problems: dict[str, int] = {}
+        self._done = False
+
+    def progress(self) -> tuple[int, int]:
+        total = max(self.part.nbytes, 1)
+        return (total if self._done else min(self.rows * MARKET_DTYPE.itemsize, total)), total
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        try:
+            ident = _identity(self.part)
+        except OSError as e:
+            raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
+        recs = open_partition(self.part, check_crc=ident not in _verified)
+        _verified.add(ident)
+        mm = recs.base if isinstance(recs.base, mmap.mmap) else None
+        n = len(recs)
+        step = self.chunk_rows
+        size = MARKET_DTYPE.itemsize
+        for i in range(0, n, step):
+            c = recs[i:i + step]
+            if self.symbol_id != 0:
+                c = c.copy()
+                c["symbol"] = self.symbol_id
+            self.rows += len(c)
+            yield c
+            if mm is not None and i >= step:   # the merge may still hold the chunk just yielded, not older ones
+                _drop(mm, HEADER_BYTES + (i - step) * size, HEADER_BYTES + i * size)
+        self._done = True
+
+
+def partition_of(path: str | os.PathLike) -> Partition | None:
+    """The manifest entry of a partition file, or None if path is not one."""
+    p = Path(path)
+    if p.suffix != ".npy":
+        return None
+    root = find_root(p)
+    if root is None:
+        return None
+    rel = p.resolve().relative_to(root.resolve()).as_posix()
+    return Store(root).parts.get(rel)
+
+
+def expand(path: str | os.PathLike) -> list[str] | None:
+    """Partition files under a store path (store, symbol or day directory), in merge order; None if not a store."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    root = find_root(p)
+    if root is None:
+        return None
+    rel = p.resolve().relative_to(root.resolve()).as_posix()
+    parts = Store(root).select(under="" if rel == "." else rel + "/")
+    if not parts:
+        raise StoreError(f"{path}: store directory lists no partitions")
+    return [str(x.path) for x in parts]
+
+
+# ============================================================================================== import
+class _PartWriter:
+    """One partition being written: hidden temp file, running CRC, header patched in at the end."""
+
+    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str):
+        self.root, self.symbol, self.day, self.stream, self.source = root, symbol, day, stream, source
+        self.dir = root / symbol / day
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.dir / f".{stream}{TMP_MARK}{os.getpid()}"
+        self.f = open(self.tmp, "wb")
+        self.f.write(b"\0" * HEADER_BYTES)
+        self.rows = 0
+        self.crc = 0
+        self.first = self.last = 0
+
+    def append(self, recs: np.ndarray) -> None:
+        if not self.rows:
+            self.first = int(recs["recv_ts"][0])
+        self.last = int(recs["recv_ts"][-1])
+        blob = recs.tobytes()
+        self.crc = zlib.crc32(blob, self.crc)
+        self.f.write(blob)
+        self.rows += len(recs)
+
+    def commit(self) -> Partition:
+        self.f.seek(0)
+        self.f.write(_npy_header(self.rows))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        rel = f"{self.symbol}/{self.day}/{self.stream}.{self.crc:08x}.npy"
+        os.replace(self.tmp, self.root / rel)
+        _fsync_dir(self.dir)
+        return Partition(self.root, rel, self.symbol, self.day, self.stream, self.rows,
+                         self.rows * MARKET_DTYPE.itemsize, self.crc, self.first, self.last, self.source)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+def _day(ns: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ns // 1_000_000_000))
+
+
+def _split(recs: np.ndarray, names: list[str]) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(symbol, day, records) groups of a chunk (non-decreasing recv_ts), each in its original order."""
+    syms = recs["symbol"]
+    for sid in np.unique(syms):
+        part = recs[syms == sid] if len(names) > 1 else recs
+        t = part["recv_ts"]
+        d = t // DAY_NS
+        cuts = np.flatnonzero(np.diff(d)) + 1
+        for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(part)]))):
+            yield names[int(sid)], _day(int(t[a])), part[a:b]
+
+
+def _source_of(path: str, symbol: str | None, fmt: str | None, extra_symbols: str | None, warn):
+    """(source, symbol names by id, stream name) for one input file, read by replay's own readers."""
+    from aegis.replay import run as replay
+    table, srcs = replay.open_sources([path], symbol, fmt, extra_symbols, warn)
+    src = srcs[0]
+    if isinstance(src, CsvSource):
+        return src, list(table.names), None
+    return src, list(table.names), "rec-" + Path(path).name.split(".")[0]
+
+
+def import_files(files: list[str], root: str | os.PathLike, symbol: str | None = None, fmt: str | None = None,
+                 extra_symbols: str | None = None, warn=None, say=None) -> list[Partition]:
+    """Convert input files into partitions of the store at root; the manifest is committed after each file."""
+    from aegis.replay import run as replay
+    warn = warn or (lambda m: print(m, file=sys.stderr))
+    say = say or (lambda m: None)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    inputs = replay.expand_inputs(files)
+    done: list[Partition] = []
+    with open(root / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(f"{root}: another import is writing this store") from None
+        store = Store(root)
+        _remove_orphans(store)
+        for path in inputs:
+            src, names, stream = _source_of(path, symbol, fmt, extra_symbols, warn)
+            writers: dict[tuple[str, str], _PartWriter] = {}
+            t0 = time.monotonic()
+            rows = 0
+            try:
+                for chunk in src.chunks():
+                    if not len(chunk):
+                        continue
+                    rows += len(chunk)
+                    kind = stream or ("bookTicker" if src.fmt == 1 else "aggTrades")
+                    for sym, day, recs in _split(chunk, names):
+                        w = writers.get((sym, day))
+                        if w is None:
+                            w = writers[(sym, day)] = _PartWriter(root, sym, day, kind, Path(path).name)
+                        recs = recs.copy()
+                        recs["symbol"] = 0
+                        recs["pub_ts"] = 0
+                        recs["seq"] = 0
+                        w.append(recs)
+                new = [w.commit() for w in writers.values()]
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                raise
+            old = []
+            for p in new:
+                key = f"{p.symbol}/{p.day}/{p.stream}."
+                for rel in [r for r in store.parts if r.startswith(key) and r != p.rel]:
+                    old.append(store.parts.pop(rel))
+                store.parts[p.rel] = p
+            store.save()
+            for p in old:
+                with contextlib.suppress(OSError):
+                    os.unlink(p.path)
+            el = time.monotonic() - t0
+            say(f"{path}: {rows:,} rows -> {len(new)} partition(s) in {el:.2f} s "
+                f"({rows / el / 1e6 if el > 0 else 0:.2f} M rows/s)")
+            done.extend(new)
+    return done
+
+
+def _remove_orphans(store: Store) -> None:
+    """Files a killed import left behind: temp files and renamed partitions the manifest never listed."""
+    listed = {p.path.resolve() for p in store.parts.values()}
+    for f in store.root.glob("*/*/*"):
+        if f.is_file() and (TMP_MARK in f.name or (f.suffix == ".npy" and f.resolve() not in listed)):
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+# ============================================================================================== CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise StoreError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m aegis data",
+                description="The market-data store: Binance public data (bookTicker / aggTrades .csv/.zip) and Feed "
+                            "recordings (.jsonl.gz) converted once into memory-mapped MARKET records, partitioned "
+                            "by symbol and UTC day, checksummed. `python -m aegis replay DIR` (or a symbol or day "
+                            "directory inside it) and `python -m aegis sweep --data DIR` read it.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    imp = sub.add_parser("import", help="convert files into the store (re-importing a file replaces its partitions)")
+    imp.add_argument("files", nargs="+", metavar="FILE", help="input files or directories")
+    imp.add_argument("--to", required=True, metavar="DIR", help="store directory (created if missing)")
+    imp.add_argument("--symbol", default=None, help="symbol of CSV files whose name does not say it")
+    imp.add_argument("--format", choices=("bookTicker", "aggTrades"), default=None,
+                     help="CSV layout when neither the name nor a header says it")
+    imp.add_argument("--symbols", default=None, help="extra symbol names for recordings (comma-separated)")
+    ver = sub.add_parser("verify", help="check every partition's checksum (exit 2 naming the first damaged one)")
+    ver.add_argument("store", metavar="DIR")
+    ls = sub.add_parser("ls", help="list partitions: symbol, day, stream, rows, time span")
+    ls.add_argument("store", metavar="DIR")
+    return p
+
+
+def _existing_store(path: str) -> Store:
+    if not (Path(path) / MANIFEST).is_file():
+        raise StoreError(f"{path}: not a store (no {MANIFEST}); create one with `python -m aegis data import`")
+    return Store(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.cmd == "import":
+            parts = import_files(args.files, args.to, args.symbol, args.format, args.symbols,
+                                 say=lambda m: print(m, file=sys.stderr))
+            rows = sum(p.rows for p in parts)
+            print(f"{len(parts)} partition(s), {rows:,} rows written to {args.to}")
+        elif args.cmd == "verify":
+            store = _existing_store(args.store)
+            parts = store.select()
+            t0 = time.monotonic()
+            verify(parts)
+            nb = sum(p.nbytes for p in parts)
+            el = time.monotonic() - t0
+            print(f"{len(parts)} partition(s), {sum(p.rows for p in parts):,} rows, {nb / 1e6:.1f} MB: checksums OK "
+                  f"({el:.2f} s)")
+        else:
+            store = _existing_store(args.store)
+            for p in store.select():
+                print(f"{p.symbol:<14} {p.day}  {p.stream:<24} {p.rows:>12,}  {_utc(p.first_ns)} .. "
+                      f"{_utc(p.last_ns)}  {p.rel}")
+    except (InputError, OSError) as e:
+        print(f"aegis data: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aegis data: interrupted (finished files are in the store; the file in progress is not)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _utc(ns: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ns // 1_000_000_000))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The market-data store: import, replay from it (same results as from CSV), integrity (checksums, atomic import)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aegis.core.records import MARKET_DTYPE
+from aegis.replay import run as replay
+from aegis.replay import store as S
+
+sys.path.insert(0, str(Path(__file__).parent))
+import marketdays  # noqa: E402
+
+DAYS = marketdays.days("2024-03-01", 2)
+ROWS = 3000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled(tmp_path_factory):
+    marketdays.warm_replay(tmp_path_factory.mktemp("warm"))
+
+
+@pytest.fixture()
+def csvs(tmp_path):
+    d = tmp_path / "csv"
+    d.mkdir()
+    out = [marketdays.write_day(d, "BTCUSDT", day, ROWS, seed=i) for i, day in enumerate(DAYS)]
+    out.append(marketdays.write_day(d, "ETHUSDT", DAYS[0], ROWS // 2, seed=9, mid0=2500.0, tick=0.01))
+    return out
+
+
+def _import(files, to) -> int:
+    return S.main(["import", *map(str, files), "--to", str(to)])
+
+
+def _replay(inputs, out) -> dict:
+    assert replay.main([*map(str, inputs), "--param", "fast=5", "--param", "slow=40", "--out", str(out),
+                        "--no-progress"]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_import_partitions_by_symbol_and_day_as_plain_npy(csvs, tmp_path):
+    root = tmp_path / "store"
+    assert _import(csvs, root) == 0
+    st = S.Store(root)
+    got = sorted((p.symbol, p.day, p.stream, p.rows) for p in st.select())
+    assert got == [("BTCUSDT", DAYS[0], "bookTicker", ROWS), ("BTCUSDT", DAYS[1], "bookTicker", ROWS),
+                   ("ETHUSDT", DAYS[0], "bookTicker", ROWS // 2)]
+    p = st.select(["BTCUSDT"], DAYS[1], DAYS[1])[0]
+    a = np.load(p.path, mmap_mode="r")          # any numpy reads a partition
+    assert a.dtype == MARKET_DTYPE and len(a) == ROWS
+    assert (np.diff(a["recv_ts"]) >= 0).all()
+    assert a["recv_ts"][0] // S.DAY_NS == a["recv_ts"][-1] // S.DAY_NS
+    assert (a["symbol"] == 0).all() and (a["bid_px"] > 0).all()
+
+
+def test_replay_from_the_store_gives_the_same_results_as_from_csv(csvs, tmp_path):
+    root = tmp_path / "store"
+    assert _import(csvs, root) == 0
+    a = _replay(csvs, tmp_path / "from-csv")
+    b = _replay([root], tmp_path / "from-store")
+    a.pop("inputs")
+    b.pop("inputs")
+    assert a == b and a["counts"]["records"] == 2 * ROWS + ROWS // 2 and a["counts"]["orders_accepted"] > 10
+    for name in ("trades.csv", "orders.csv", "equity.csv"):
+        assert (tmp_path / "from-csv" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
+    # a symbol directory of the store selects that symbol's partitions only
+    c = _replay([root / "ETHUSDT"], tmp_path / "eth")
+    assert c["counts"]["records"] == ROWS // 2 and list(c["per_symbol"]) in ([], ["ETHUSDT"])
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys, damage):
+    root = tmp_path / "store"
+    assert _import(csvs, root) == 0
+    p = S.Store(root).select(["BTCUSDT"], DAYS[1], DAYS[1])[0]
+    if damage == "flip":
+        _flip_byte(p.path, S.HEADER_BYTES + 1000 * MARKET_DTYPE.itemsize + 24)   # one bid price bit
+    else:
+        os.truncate(p.path, p.path.stat().st_size - MARKET_DTYPE.itemsize)
+    capsys.readouterr()
+    assert S.main(["verify", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"damaged partition {p.rel}" in err[0]
+    rc = replay.main([str(root), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"damaged partition {p.rel}" in err[0]
+
+
+def test_an_interrupted_import_leaves_nothing_replay_reads(csvs, tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    assert _import(csvs[:1], root) == 0
+    before = (root / S.MANIFEST).read_bytes()
+
+    # killed while writing the second file's partition: its temp file is not a partition
+    def boom(self, recs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(S._PartWriter, "append", boom)
+    with pytest.raises(KeyboardInterrupt):
+        S.import_files([str(csvs[1])], root)
+    monkeypatch.undo()
+    # killed after the partition was renamed into place but before the manifest listed it
+    monkeypatch.setattr(S.Store, "save", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        S.import_files([str(csvs[1])], root)
+    monkeypatch.undo()
+    assert (root / S.MANIFEST).read_bytes() == before
+    orphans = [f for f in root.rglob("*") if f.is_file() and f.name not in (S.MANIFEST, S.LOCK)
+               and f.resolve() not in {p.path.resolve() for p in S.Store(root).select()}]
+    assert orphans   # the renamed, unlisted partition of the second kill
+    assert [p.day for p in S.Store(root).select()] == [DAYS[0]]
+    assert replay.expand_inputs([str(root)]) == [str(S.Store(root).select()[0].path)]
+    # the next import cleans up and completes
+    assert _import(csvs[1:2], root) == 0
+    files = {f.resolve() for f in root.rglob("*.npy")}
+    assert files == {p.path.resolve() for p in S.Store(root).select()} and len(files) == 2
+
+
+def test_reimporting_a_file_replaces_its_partition(csvs, tmp_path):
+    root = tmp_path / "store"
+    assert _import(csvs[:1], root) == 0
+    old = S.Store(root).select()[0]
+    marketdays.write_day(csvs[0].parent, "BTCUSDT", DAYS[0], ROWS // 3, seed=5)
+    assert _import(csvs[:1], root) == 0
+    new = S.Store(root).select()
+    assert len(new) == 1 and new[0].rows == ROWS // 3 and not old.path.exists()
+
+
+def test_store_reader_yields_views_without_copies_for_symbol_0(csvs, tmp_path):
+    root = tmp_path / "store"
+    assert _import(csvs[:1], root) == 0
+    part = S.Store(root).select()[0]
+    chunks = list(S.StoreSource(part, 0, chunk_rows=1000).chunks())
+    assert [len(c) for c in chunks] == [1000, 1000, 1000]
+    assert all(not c.flags.owndata and not c.flags.writeable for c in chunks)
+    moved = list(S.StoreSource(part, 3, chunk_rows=1000).chunks())
+    assert all((c["symbol"] == 3).all() for c in moved)
+    assert np.array_equal(np.concatenate(moved)["bid_px"], np.concatenate(chunks)["bid_px"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verify", "nowhere"], "not a store"),
+    (["import", "missing.csv", "--to", "x"], "no such file"),
+    (["import"], "required"),
+])
+def test_data_command_mistakes_are_one_line_exit_2(tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert S.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_engine_modules_import_no_research_dependency():
+    """The hot path (and replay, and the store) never pulls in Ray, Optuna, pyarrow or matplotlib."""
+    code = ("import sys\n"
+            "import aegis.core.records, aegis.core.ring, aegis.feed.process, aegis.brain.process, "
+            "aegis.trade.sender, aegis.trade.risk, aegis.binance.client, aegis.app.cli, aegis.app.supervisor, "
+            "aegis.replay.run, aegis.replay.store\n"
+            "bad = sorted(m for m in ('ray', 'optuna', 'pyarrow', 'matplotlib', 'pandas') if m in sys.modules)\n"
+            "print(','.join(bad))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_a_feed_recording_imports_and_replays_like_the_recording(tmp_path):
+    from aegis.feed.recording import Recorder
+    rec = Recorder(tmp_path / "rec")
+    t0 = marketdays.day_ms(DAYS[0])
+    for i in range(600):
+        m = 40_000 + (i * 7) % 11
+        rec.write(5_000_000_000 + i * 500_000_000, "btcusdt@bookTicker",
+                  {"e": "bookTicker", "u": 100 + i, "s": "BTCUSDT", "b": f"{m - 0.05:.2f}", "B": "5",
+                   "a": f"{m + 0.05:.2f}", "A": "5", "T": t0 + i * 500, "E": t0 + i * 500})
+    rec.close()
+    root = tmp_path / "store"
+    assert _import(rec.files, root) == 0
+    (p,) = S.Store(root).select()
+    assert p.stream.startswith("rec-feed-") and p.rows == 600 and p.day == DAYS[0]
+    a = _replay(rec.files, tmp_path / "from-rec")
+    b = _replay([root], tmp_path / "from-store")
+    a.pop("inputs")
+    b.pop("inputs")
+    assert a == b and a["counts"]["orders_accepted"] > 10
+    for name in ("trades.csv", "orders.csv"):
+        assert (tmp_path / "from-rec" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
