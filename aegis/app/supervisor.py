@@ -67,6 +67,7 @@ class Run:
     hist: np.ndarray | None = None
     running_since: float | None = None
     stopped_at: float = 0.0
+    journal_failed: bool = False
 
 
 def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
@@ -123,13 +124,26 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
 
 def run(cfg: EngineConfig, out=sys.stdout) -> int:
     """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
+    r = Run(cfg)
+    try:
+        engine_lock = _engine_lock(cfg, r.run_id, out)
+    except EngineBusy as e:
+        print(f"aegis: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        return _run(cfg, r, out)
+    finally:
+        if engine_lock is not None:
+            engine_lock.release("stopped")
+
+
+def _run(cfg: EngineConfig, r: Run, out) -> int:
     stale = shm.remove_stale()
     if stale:
         print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
     available = wait.usable_cores()
     cores = cfg.cores or pick_cores(available)
     strategy = wait.resolve(cfg.wait, tuple(cores))
-    r = Run(cfg)
     stop_signal = {"name": None}
 
     def on_signal(signum, frame):
@@ -186,6 +200,11 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         r.stopped_at = time.monotonic()
         elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)
+        if ctl_seg is not None and not r.journal_failed and \
+                _role_slot(ctl, control.ROLE_SENDER, control.R_SENDER_FAILSAFE):
+            r.journal_failed, r.exit_code = True, 1
+            print("aegis: error: THE ORDER JOURNAL COULD NOT BE WRITTEN during the run: trading was halted and open "
+                  "orders cancelled without it -- check the disk and the exchange", file=out, flush=True)
         _cancel_orphaned_orders(r, urls if ring is not None else None, out)
         if ring is not None and ctl_seg is not None:
             print(summary(r, ctl, ring, elapsed), file=out, flush=True)
@@ -204,11 +223,52 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
     return r.exit_code
 
 
+# ------------------------------------------------------------------------ one engine per account and journal
+BRAIN_LOCK_WAIT_S = 15.0    # an earlier engine whose supervisor died stops by itself; give its Brain this long
+
+
+class EngineBusy(RuntimeError):
+    """Another engine trades on this journal (account), or the journal cannot be used: one line, exit 2."""
+
+
+def _engine_lock(cfg: EngineConfig, run_id: str, out):
+    """Hold the journal's supervisor lock for the whole run, after any Brain of an earlier engine on the same
+    journal has let go of it. None when this run cannot trade on a shared journal (synthetic data; an embedded
+    venue with its per-run journal trades a fresh account)."""
+    if cfg.source != "venue" or (cfg.venue == "embedded" and not cfg.section("trade").get("journal")):
+        return None
+    from aegis.core.lockfile import LockBusy, LockFile, holder
+    from aegis.trade.sender import brain_lock_path, journal_path, supervisor_lock_path
+    path = journal_path(cfg, run_id)
+    try:
+        lock = LockFile(supervisor_lock_path(path)).acquire("running")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)   # writable at all?
+        os.close(fd)
+    except LockBusy as e:
+        raise EngineBusy(f"another engine (pid {e.pid}) is running on journal {path}; stop it first, or give this "
+                         "run its own --journal") from None
+    except OSError as e:
+        raise EngineBusy(f"cannot write the journal {path}: {e.strerror or e}") from None
+    pid = holder(brain_lock_path(path))
+    if pid:
+        print(f"aegis: the Brain of an earlier engine (pid {pid}) still holds journal {path}; waiting up to "
+              f"{BRAIN_LOCK_WAIT_S:g}s for it to stop", file=out, flush=True)
+        deadline = time.monotonic() + BRAIN_LOCK_WAIT_S
+        while pid and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pid = holder(brain_lock_path(path))
+        if pid:
+            lock.release()
+            raise EngineBusy(f"the Brain of an earlier engine (pid {pid}) still trades on journal {path}; "
+                             "stop it first")
+    return lock
+
+
 def _cancel_orphaned_orders(r: Run, urls, out) -> None:
     """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
     unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
     brain = r.procs.get("brain")
-    if brain is None or brain.exitcode == 0 or urls is None or r.cfg.source != "venue":
+    if brain is None or (brain.exitcode == 0 and not r.journal_failed) or urls is None or r.cfg.source != "venue":
         return
     from aegis.trade import keys
     from aegis.trade import sender as trade
@@ -216,8 +276,8 @@ def _cancel_orphaned_orders(r: Run, urls, out) -> None:
         api = keys.from_strings(r.venue.api_key, r.venue.api_secret) if r.venue else None
         key_file = r.cfg.section("trade").get("key_file") or None
         done = trade.emergency_cancel_all(r.cfg.venue, r.cfg.live, key_file, urls=urls, api_keys=api)
-        print(f"aegis: the brain did not stop cleanly; cancelled its open orders on the exchange: {done}", file=out,
-              flush=True)
+        why = "the order journal failed" if r.journal_failed else "the brain did not stop cleanly"
+        print(f"aegis: {why}; cancelled its open orders on the exchange: {done}", file=out, flush=True)
     except Exception as e:  # noqa: BLE001 - report whatever failed; the run is already ending with an error
         print(f"aegis: error: could not cancel open orders after the brain died: {e} -- CHECK THE EXCHANGE",
               file=out, flush=True)
@@ -299,6 +359,13 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
             r.stop_reason = f"{role} process {how}"
             r.exit_code = 1
             print(f"aegis: error: the {role} process {how}; stopping the run", file=out, flush=True)
+            return
+        if _role_slot(ctl, control.ROLE_SENDER, control.R_SENDER_FAILSAFE):
+            r.journal_failed = True
+            r.stop_reason = "the order journal cannot be written"
+            r.exit_code = 1
+            print("aegis: error: THE ORDER JOURNAL CANNOT BE WRITTEN: trading halted and open orders cancelled "
+                  "without it; stopping the run -- check the disk and the exchange", file=out, flush=True)
             return
         if kill["flatten"] is not None:
             from aegis.trade.sender import request_kill

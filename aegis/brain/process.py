@@ -557,6 +557,9 @@ def _open_order_path(spec: ProcessSpec, ctx, bcfg: BrainConfig):
     return opener(spec, ctx)
 
 
+ORPHAN_GRACE_S = 5.0    # an orphaned Brain waits this long for the Feed to stop, then stops without it
+
+
 def run(spec: ProcessSpec) -> int:
     ctx = enter(spec)
     from aegis.core.config import ConfigError
@@ -588,6 +591,10 @@ def run(spec: ProcessSpec) -> int:
             if brain.stop_asked:        # CMD_STOP on the bus: ask the supervisor for an orderly stop of the run
                 control.request_stop(ctx.control)
                 brain.stop_asked = False
+            if ctx.orphaned():          # no supervisor: stop in order (orders cancelled below), never trade alone
+                ctx.stopping()
+                if ctx.orphaned_for() > ORPHAN_GRACE_S:
+                    ring.abort(ctx.ring.header)   # the Feed died with the supervisor: nothing will end the ring
             if ret == RET_DONE:
                 break
     finally:

@@ -64,6 +64,7 @@ R_SENDER_ACKS = 17
 R_SENDER_REJECTS = 18
 R_SENDER_TRADING_STATE = 19   # aegis.trade.risk state (0 ACTIVE, 1 REDUCING, 2 HALTED), mirrored by the Brain for status
 R_SENDER_STATE_REASON = 20    # aegis.trade.risk.WHY_* of the last state change
+R_SENDER_FAILSAFE = 21        # 1: the order journal cannot be written; trading halted, orders cancelled without it
 R_SENDER_FLAGS = 24           # 8 slots (own cache line) = aegis.trade.sender.TradeSession.flags: [0] kill switch request
                               # (1 halt + cancel all, 2 also flatten; the supervisor may write it), [1] seen by Brain
 
