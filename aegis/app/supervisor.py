@@ -14,7 +14,9 @@ import numpy as np
 
 from aegis.core import control
 from aegis.core import latency
+from aegis.app import preflight
 from aegis.app import report
+from aegis.app.preflight import SetupError
 from aegis.core import shm
 from aegis.core import wait
 from aegis.core.config import EngineConfig
@@ -125,9 +127,10 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
 def run(cfg: EngineConfig, out=sys.stdout) -> int:
     """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
     r = Run(cfg)
-    try:
-        engine_lock = _engine_lock(cfg, r.run_id, out)
-    except EngineBusy as e:
+    try:     # usage and environment mistakes: one line and exit 2, before anything is started or created
+        preflight.check(cfg)
+        engine_lock = preflight.engine_lock(cfg, r.run_id, out)
+    except SetupError as e:
         print(f"aegis: error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
@@ -167,14 +170,15 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
                   flush=True)
         urls = venue.urls if venue else _exchange_urls(cfg)
         table = _symbol_table(cfg, urls, out)
-        ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
-        r.segments.append(ring.segment)
-        ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
-        r.segments.append(ctl_seg)
+        with preflight.shared_memory():
+            ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
+            r.segments.append(ring.segment)
+            ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
+            r.segments.append(ctl_seg)
+            lat_seg = Segment.create(shm.segment_name(r.run_id, "latency"), latency.HIST_SET_NBYTES)
+            r.segments.append(lat_seg)
         ctl = ctl_seg.view(np.int64, 0, control.SLOTS)
         control.init(ctl, time.monotonic_ns())
-        lat_seg = Segment.create(shm.segment_name(r.run_id, "latency"), latency.HIST_SET_NBYTES)
-        r.segments.append(lat_seg)
         r.hist = latency.as_set(lat_seg.view(np.int64))  # zero bytes are empty histograms: no init needed
         print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
               f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
@@ -192,6 +196,10 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
             p.start()
             r.procs[role] = p
         _watch(r, ctl, ring, out, stop_signal, t_start, kill)
+    except SetupError as e:    # found once the venue answers (unknown symbol, unreachable venue), or no shm
+        r.stop_reason = str(e)
+        r.exit_code = 2
+        print(f"aegis: error: {e}", file=sys.stderr, flush=True)
     except RuntimeError as e:  # e.g. the embedded venue could not start
         r.stop_reason = str(e)
         r.exit_code = 1
@@ -206,9 +214,10 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
             print("aegis: error: THE ORDER JOURNAL COULD NOT BE WRITTEN during the run: trading was halted and open "
                   "orders cancelled without it -- check the disk and the exchange", file=out, flush=True)
         _cancel_orphaned_orders(r, urls if ring is not None else None, out)
-        if ring is not None and ctl_seg is not None:
+        never_ran = r.exit_code == 2 and r.running_since is None   # a setup error: its one line says it all
+        if ring is not None and ctl_seg is not None and not never_ran:
             print(summary(r, ctl, ring, elapsed), file=out, flush=True)
-        if r.hist is not None:
+        if r.hist is not None and not never_ran:
             _final_latency_report(r, out)
         ctl = None
         if ring is not None:
@@ -223,53 +232,14 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
     return r.exit_code
 
 
-# ------------------------------------------------------------------------ one engine per account and journal
-BRAIN_LOCK_WAIT_S = 15.0    # an earlier engine whose supervisor died stops by itself; give its Brain this long
-
-
-class EngineBusy(RuntimeError):
-    """Another engine trades on this journal (account), or the journal cannot be used: one line, exit 2."""
-
-
-def _engine_lock(cfg: EngineConfig, run_id: str, out):
-    """Hold the journal's supervisor lock for the whole run, after any Brain of an earlier engine on the same
-    journal has let go of it. None when this run cannot trade on a shared journal (synthetic data; an embedded
-    venue with its per-run journal trades a fresh account)."""
-    if cfg.source != "venue" or (cfg.venue == "embedded" and not cfg.section("trade").get("journal")):
-        return None
-    from aegis.core.lockfile import LockBusy, LockFile, holder
-    from aegis.trade.sender import brain_lock_path, journal_path, supervisor_lock_path
-    path = journal_path(cfg, run_id)
-    try:
-        lock = LockFile(supervisor_lock_path(path)).acquire("running")
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)   # writable at all?
-        os.close(fd)
-    except LockBusy as e:
-        raise EngineBusy(f"another engine (pid {e.pid}) is running on journal {path}; stop it first, or give this "
-                         "run its own --journal") from None
-    except OSError as e:
-        raise EngineBusy(f"cannot write the journal {path}: {e.strerror or e}") from None
-    pid = holder(brain_lock_path(path))
-    if pid:
-        print(f"aegis: the Brain of an earlier engine (pid {pid}) still holds journal {path}; waiting up to "
-              f"{BRAIN_LOCK_WAIT_S:g}s for it to stop", file=out, flush=True)
-        deadline = time.monotonic() + BRAIN_LOCK_WAIT_S
-        while pid and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pid = holder(brain_lock_path(path))
-        if pid:
-            lock.release()
-            raise EngineBusy(f"the Brain of an earlier engine (pid {pid}) still trades on journal {path}; "
-                             "stop it first")
-    return lock
-
-
 def _cancel_orphaned_orders(r: Run, urls, out) -> None:
     """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
     unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
     brain = r.procs.get("brain")
     if brain is None or (brain.exitcode == 0 and not r.journal_failed) or urls is None or r.cfg.source != "venue":
         return
+    if brain.exitcode == 2 and r.running_since is None:
+        return      # it refused to start (a setup error) before it could place anything
     from aegis.trade import keys
     from aegis.trade import sender as trade
     try:
@@ -300,10 +270,13 @@ def _symbol_table(cfg: EngineConfig, urls, out):
     from aegis.binance import symbols
     fcfg = feed.FeedConfig.from_section(cfg.section("feed"))
     rest = fcfg.rest_url or urls[0]
-    if isinstance(cfg.symbols, int):
-        table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout)
-    else:
-        table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout)
+    try:    # strict: the engine trades on this venue, so it must answer and list every symbol asked for
+        if isinstance(cfg.symbols, int):
+            table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout, strict=True)
+        else:
+            table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout, strict=True)
+    except symbols.DiscoveryError as e:
+        raise SetupError(str(e)) from None
     shown = ", ".join(table.names[:5]) + (" ..." if len(table) > 5 else "")
     print(f"aegis: {len(table)} symbols ({table.source}): {shown}", file=out, flush=True)
     return table
@@ -354,6 +327,12 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
             if p.exitcode == 0 and control.stop_requested(ctl):
                 # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order
                 r.stop_reason = f"stop requested through the {role} process"
+                return
+            if p.exitcode == 2 and r.running_since is None:
+                # a usage or setup error of that process (unreachable market data, keys the venue refuses): it
+                # said so in one line; the run ends the same way as any other usage error
+                r.stop_reason = f"the {role} process could not start"
+                r.exit_code = 2
                 return
             how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited with code {p.exitcode}"
             r.stop_reason = f"{role} process {how}"

@@ -249,10 +249,12 @@ def _get_json(session, url: str, timeout: float):
 
 
 def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tuple[str, ...] | None = None,
-             timeout: float = 5.0, logger: logging.Logger | None = None) -> SymbolTable:
+             timeout: float = 5.0, logger: logging.Logger | None = None, strict: bool = False) -> SymbolTable:
     """The engine's universe: `symbols` if given (validated against exchangeInfo when it is reachable), else the
     top `top_n` TRADING USDT perpetuals by 24 h quote volume. Never raises for venue trouble: falls back to the
-    built-in list and logs the reason once. Raises ValueError for a bad argument (top_n < 1, empty list)."""
+    built-in list and logs the reason once. Raises ValueError for a bad argument (top_n < 1, empty list).
+    strict (a run that will trade there): raises DiscoveryError instead of falling back, when the venue cannot be
+    reached or does not list a requested symbol as a TRADING USDT perpetual."""
     import requests
 
     lg = logger or log
@@ -270,8 +272,10 @@ def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tup
             if symbols is not None:
                 unknown = [w for w in wanted if w not in eligible]
                 if unknown:
-                    lg.warning("symbols: not TRADING USDT perpetuals on %s, skipped: %s", base,
-                               ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
+                    names = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+                    if strict:
+                        raise DiscoveryError(f"not TRADING USDT perpetuals on {base}: {names}")
+                    lg.warning("symbols: not TRADING USDT perpetuals on %s, skipped: %s", base, names)
                 rows = [(w, *eligible[w]) for w in wanted if w in eligible]
                 if not rows:
                     raise DiscoveryError("none of the requested symbols is a TRADING USDT perpetual")
@@ -281,6 +285,10 @@ def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tup
             return SymbolTable.build([(n, *eligible[n]) for n in chosen], "discovered")
     except (DiscoveryError, requests.RequestException, ValueError, OSError) as e:
         reason = str(e) or type(e).__name__
+        if strict and isinstance(e, DiscoveryError):
+            raise
+        if strict:
+            raise DiscoveryError(f"cannot reach the venue at {base}: {_short(e)}") from None
     if symbols is not None:
         known = {n: (t, st) for n, t, st in BUILTIN_SYMBOLS}
         lg.warning("symbols: discovery failed (%s); using the requested list with built-in/unknown filters",
@@ -293,6 +301,21 @@ def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tup
         keep = [s for s, _, _ in BUILTIN_SYMBOLS[:top_n]]
         table = SymbolTable.build([r for r in BUILTIN_SYMBOLS if r[0] in keep], "builtin")
     return table
+
+
+def _short(e: Exception) -> str:
+    """One line for a network error (requests nests the OS error several levels deep)."""
+    import requests
+    if isinstance(e, requests.ConnectionError):
+        text = str(e)
+        for known in ("Connection refused", "Name or service not known", "Temporary failure in name resolution",
+                      "Network is unreachable", "timed out", "No route to host"):
+            if known in text:
+                return known
+        return "connection failed"
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    return (str(e) or type(e).__name__).splitlines()[0][:200]
 
 
 def parse_symbols_option(value: str) -> tuple[int | None, tuple[str, ...] | None]:

@@ -561,6 +561,7 @@ class FeedEngine:
             self.recorder = Recorder(record_dir, cfg.record_max_bytes)
         self.rlog = RateLimitedLog(log, cfg.log_interval)
         self.reconnects = 0
+        self.last_error = ""
         self.bytes_in = 0
         self.checksum = 0
         self._chk_seq = 0
@@ -630,6 +631,7 @@ class FeedEngine:
         except Exception as e:  # noqa: BLE001 - handshake failures of any kind mean "retry later"
             c.reader = None
             self._schedule_retry(c, f"connect {url[:120]} failed: {type(e).__name__}: {e}")
+            self.last_error = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
             return False
         finally:
             self._beat()   # a handshake blocks (up to connect_timeout): the supervisor must not see a hang
@@ -641,7 +643,17 @@ class FeedEngine:
         log.info("feed: connection %d open: %s route, %d streams", c.id, c.route, len(c.streams))
         return True
 
+    def wait_connected(self, timeout: float, stop=None) -> bool:
+        """Until one market-data connection is open (retrying as usual); False after `timeout` s without one."""
+        deadline = time.monotonic() + timeout
+        while not any(c.reader is not None for c in self.conns):
+            if time.monotonic() >= deadline or (stop is not None and stop()):
+                return False
+            self.run_for(0.05)
+        return True
+
     def _schedule_retry(self, c: Connection, reason: str) -> None:
+        self.last_error = reason
         c.failures += 1
         c.backoff = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(c.failures - 1, 20)))
         delay = random.uniform(0.5 * c.backoff, c.backoff)   # jitter: reconnecting clients do not synchronise
@@ -1152,6 +1164,9 @@ def resolve_symbols(spec: ProcessSpec, fcfg: FeedConfig, rest_url: str) -> Symbo
     return discover(rest_url, symbols=list(sym), timeout=fcfg.discovery_timeout)
 
 
+FIRST_CONNECT_S = 10.0   # the first market-data connection must open within this (several tries, with back-off)
+
+
 def run(spec: ProcessSpec) -> int:
     """Feed process entry point (started by the supervisor)."""
     ctx = enter(spec)
@@ -1179,6 +1194,14 @@ def run(spec: ProcessSpec) -> int:
                          cfg.record_dir, ctx.control, lat)
         ctx.set_state(control.ST_READY)
         eng.start()
+        if not eng.wait_connected(FIRST_CONNECT_S, ctx.stopping):
+            # market data that never arrives is an error of the run, not a quiet run with 0 records
+            if not ctx.stopping():
+                print(f"aegis: error: cannot reach market data at {ws_url}: {eng.last_error}", file=sys.stderr,
+                      flush=True)
+            eng.close()
+            ctx.set_state(control.ST_FAILED)
+            return 2 if not ctx.stopping() else 0
         freeze_gc()
         ctx.set_state(control.ST_RUNNING)
         try:

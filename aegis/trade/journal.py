@@ -307,6 +307,7 @@ class JournalState:
     fees: float = 0.0
     trading_state: str = "ACTIVE"
     state_reason: str = ""
+    unusable: int = 0        # records skipped by rebuild(): valid checksum, unusable fields
 
     def open_orders(self) -> list[OrderState]:
         return [o for o in self.orders.values() if o.open]
@@ -366,9 +367,20 @@ class JournalState:
 
 
 def rebuild(records: list[dict]) -> JournalState:
+    """The state the records describe. A record whose checksum is right but whose fields are not (missing,
+    wrong type: written by another version, or edited by hand) is skipped and reported, like a corrupt line."""
     st = JournalState()
-    for r in records:
-        st.apply(r)
+    bad = []
+    for i, r in enumerate(records):
+        try:
+            st.apply(r)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            bad.append((i, r.get("k") if isinstance(r, dict) else None, e))
+    if bad:
+        i, kind, e = bad[0]
+        log.warning("journal: %d record(s) with a valid checksum but unusable fields skipped (first: record %d, "
+                    "kind %r, %s: %s)", len(bad), i, kind, type(e).__name__, e)
+    st.unusable = len(bad)
     return st
 
 

@@ -1136,7 +1136,7 @@ class TradeSession:
         remaining = {p["symbol"]: float(p.get("positionAmt", 0) or 0) for p in pr["positions"]
                      if p.get("symbol") in ours and float(p.get("positionAmt", 0) or 0) != 0.0}
         if not remaining:
-            log.warning("positions at the end: none open on the exchange")
+            log.info("positions at the end: none open on the exchange")
             return remaining
         flatten = int(self.book.g[G_FLATTEN_ON_HALT]) != 0 and STATE_NAMES[int(self.book.g[G_STATE])] == "HALTED"
         refused = {}
