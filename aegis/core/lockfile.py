@@ -54,6 +54,7 @@ class LockFile:
         line = f"{os.getpid()} {state}\n".encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, line, 0)
+        os.fdatasync(self.fd)      # the next start must read it even after a power loss
 
     def release(self, state: str | None = None) -> None:
         if self.fd < 0:

@@ -303,6 +303,7 @@ class JournalState:
     # a restart repeats recent fills only, and an ever-growing set would grow the process by every fill
     fills_seen: dict[tuple[str, int, int], None] = field(default_factory=dict)
     positions: dict[str, float] = field(default_factory=dict)
+    entries: dict[str, float] = field(default_factory=dict)      # entry price of the last position record
     realized_pnl: float = 0.0
     fees: float = 0.0
     trading_state: str = "ACTIVE"
@@ -351,7 +352,8 @@ class JournalState:
                 del self.fills_seen[next(iter(self.fills_seen))]
             qty = float(r["qty"])
             sign = 1.0 if r["side"] == "BUY" else -1.0
-            self.positions[r["sym"]] = self.positions.get(r["sym"], 0.0) + sign * qty
+            if not r.get("inc"):        # "inc": already in the position snapshot recorded before it
+                self.positions[r["sym"]] = self.positions.get(r["sym"], 0.0) + sign * qty
             self.realized_pnl += float(r.get("rpnl", 0) or 0)
             self.fees += float(r.get("fee", 0) or 0)
             o = self.orders.get(int(r.get("id", -1)))
@@ -361,6 +363,9 @@ class JournalState:
                 if o.open:
                     o.status = r.get("status", o.status)
                     self._settle(o)
+        elif k == "position":   # the exchange's word at a reconciliation: later fills add to it
+            self.positions[r["sym"]] = float(r["qty"])
+            self.entries[r["sym"]] = float(r.get("entry", 0) or 0)
         elif k == "state":
             self.trading_state = r.get("state", self.trading_state)
             self.state_reason = r.get("reason", "")

@@ -947,12 +947,18 @@ class TradeSession:
         if self.lock is not None and self.lock.previous[1] == LOCK_TRADING:
             # the last Brain on this account died while trading, with nobody to cancel for it (its supervisor
             # was killed too): its orders may still rest on the exchange. Cancel them before anything else.
+            from aegis.trade.userstream import client_id_of
+            listing = self.client.open_orders()
+            ids = [client_id_of(o.get("clientOrderId", ""), self.jstate.prefix)
+                   for o in (listing.get("orders") or ())] if listing.get("ok") else []
             done = cancel_all_open_orders(self.client)
             self.orphans_cancelled = {s: bool(r.get("ok")) for s, r in done.items()}
             log.error("the previous engine on this journal (pid %d) died while trading; cancelled its open orders "
                       "on %d symbol(s)%s", self.lock.previous[0], len(done),
                       f": {', '.join(sorted(done))}" if done else " (none were open)")
-            self.journal.append("orphans_cancelled", pid=self.lock.previous[0], symbols=sorted(done))
+            # "id": client ids continue above every id the exchange listed, even one the journal never recorded
+            self.journal.append("orphans_cancelled", pid=self.lock.previous[0], symbols=sorted(done),
+                                **({"id": max(ids)} if ids and max(ids) > 0 else {}))
         info = self.client.exchange_info()
         if not info.get("ok"):
             raise ConnectionError(f"exchangeInfo failed: {info.get('code')} {info.get('msg')}")
@@ -962,6 +968,7 @@ class TradeSession:
             raise ValueError(f"symbols not listed by the venue: {', '.join(missing[:5])}")
         rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
         self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
+        restored = self._restore_from_journal()
         if self.jstate.trading_state == "HALTED" and self.resume:
             self.journal.append("state", state="ACTIVE", reason="resume")
         elif self.jstate.trading_state == "HALTED":
@@ -1002,9 +1009,33 @@ class TradeSession:
         move_off_brain_core(getattr(self.journal, "_flusher", None))
         if not self.userstream.connected.wait(wait_stream_s):
             log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
+        elif any(restored):
+            rec = self.userstream.last_reconcile or {}
+            log.warning("resumed from the journal: %d position(s), %d open order(s); the exchange closed %d of those "
+                        "orders meanwhile and listed %d unknown to the journal (adopted); positions that differed "
+                        "are listed above as 'reconcile'", restored[0], restored[1], rec.get("closed", 0),
+                        rec.get("adopted", 0))
         # reconciliation may have adopted orders the journal had lost: never hand out their ids again
         self.book.g[_G_NEXT_CID] = max(int(self.book.g[_G_NEXT_CID]), self.jstate.next_client_id)
         return self
+
+    def _restore_from_journal(self) -> tuple[int, int]:
+        """Positions and open orders as the journal left them, into the risk book, before the exchange is asked:
+        the reconciliation that follows then reports (and fixes) only what really differs."""
+        from aegis.core.records import SIDE_BUY, SIDE_SELL
+        ours = set(self.symbols)
+        n_pos = n_ord = 0
+        for sym, qty in self.jstate.positions.items():
+            if sym in ours and qty != 0.0:
+                self.book.restore_position(sym, qty, self.jstate.entries.get(sym, 0.0))
+                n_pos += 1
+        for o in self.jstate.open_orders():
+            if o.symbol in ours:
+                left = max(0.0, float(o.qty or 0) - o.cum_qty)
+                self.book.restore_open_order(o.client_id, o.symbol, SIDE_BUY if o.side == "BUY" else SIDE_SELL, left,
+                                             float(o.price or 0), o.reduce_only)
+                n_ord += 1
+        return n_pos, n_ord
 
     def _housekeeping(self) -> None:
         """Runs in the sender thread when idle: kill-switch file, trading-state changes (say why, journal them),
