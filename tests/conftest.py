@@ -17,6 +17,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "time_limit(seconds): fail the test if it runs longer than this")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Soak tests run only when asked for (`-m soak`): they take half an hour by default."""
+    if "soak" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: opt in with `-m soak` (AEGIS_SOAK_S sets its length)")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _time_limit(request):
     marker = request.node.get_closest_marker("time_limit")

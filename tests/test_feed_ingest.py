@@ -452,13 +452,24 @@ def test_close_frame_publishes_the_frames_of_its_read_then_reports_the_connectio
     assert twins.fused.eng.parser.stats[ST_FRAMES] == 11 and len(recs) > 0
 
 
-def test_masked_and_binary_frames_are_parsed_once_by_either_path(twins):
+def test_binary_frames_are_parsed_once_by_either_path(twins):
     msgs = [quote("BTCUSDT", 70_000 + k) for k in range(5)]
-    data = b"".join(encode_frame(OP_TEXT, m, mask=True) for m in msgs[:3]) + \
-        encode_frame(OP_BINARY, msgs[3], mask=False) + encode_frame(OP_TEXT, msgs[4], mask=True) + ping(b"m")
+    data = b"".join(encode_frame(OP_TEXT, m, mask=False) for m in msgs[:3]) + \
+        encode_frame(OP_BINARY, msgs[3], mask=False) + encode_frame(OP_TEXT, msgs[4], mask=False) + ping(b"m")
     twins.feed(data, read_sizes=[50, 100, 400])
     recs = twins.assert_identical()
     assert recs["last_id"].tolist() == [70_000 + k for k in range(5)]
+
+
+def test_a_masked_server_frame_fails_the_connection_in_either_path(twins):
+    # RFC 6455 5.1: a client must close the connection on a masked frame from the server
+    good = b"".join(market_stream(10, seed=15))
+    twins.feed(good)
+    twins.feed(encode_frame(OP_TEXT, quote("BTCUSDT", 80_000), mask=True))
+    recs = twins.assert_identical()
+    assert 80_000 not in recs["last_id"].tolist()
+    assert twins.fused.closed_with and "protocol error" in twins.fused.closed_with
+    assert twins.pongs == [bytes([OP_CLOSE]) + struct.pack(">H", 1002)]
 
 
 def test_a_frame_larger_than_the_reader_buffer_grows_it_and_keeps_the_fused_path():

@@ -28,6 +28,10 @@ def engine(tmp_path):
     yield _start
     for run in runs:
         run.kill()
+        try:        # whatever of the run outlived its supervisor (the point of the first test)
+            os.killpg(run.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _gone(pid: int) -> bool:

@@ -58,9 +58,11 @@ def test_splitter_leaves_a_partial_frame_for_the_next_read():
     assert status == SPLIT_OK and len(frames) == 1 and pos == 9  # 2 header bytes + 7 payload bytes
 
 
-def test_splitter_unmasks_a_masked_server_frame():
-    frames, _, _, status = _split_all(encode_frame(OP_TEXT, b"hello masked", mask=True))
-    assert status == SPLIT_OK and frames[0][1] == b"hello masked"
+def test_a_masked_server_frame_is_a_protocol_error_that_fails_the_connection():
+    # RFC 6455 5.1: a client must close the connection when a server frame is masked
+    good = encode_frame(OP_TEXT, b"fine", mask=False)
+    frames, _, _, status = _split_all(good + encode_frame(OP_TEXT, b"hello masked", mask=True))
+    assert status == SPLIT_PROTOCOL_ERROR and [f[1] for f in frames] == [b"fine"]
 
 
 def test_splitter_flags_control_and_fragmented_frames_as_special():

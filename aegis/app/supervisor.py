@@ -90,7 +90,22 @@ def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: flo
         snap = latency.snapshot(hist)
         line += " | " + report.status_text(hist, prev.get("hist"))
         prev["hist"] = snap
-    return line + trading_fields(ctl)
+    return line + feed_fields(ctl) + trading_fields(ctl)
+
+
+def feed_health(ctl: np.ndarray) -> dict:
+    """The Feed's connection health counters (aegis.feed.process publishes them)."""
+    b = control.base(control.ROLE_FEED)
+    return {"reconnects": int(ctl[b + control.R_FEED_RECONNECTS]), "stalls": int(ctl[b + control.R_FEED_STALLS]),
+            "resyncs": int(ctl[b + control.R_FEED_RESYNCS]), "malformed": int(ctl[b + control.R_FEED_BAD])}
+
+
+def feed_fields(ctl: np.ndarray) -> str:
+    """Status-line part of the Feed's health, only once something happened (a healthy feed adds nothing)."""
+    h = feed_health(ctl)
+    if not any(h.values()):
+        return ""
+    return " | feed " + " ".join(f"{k} {v}" for k, v in h.items())
 
 
 def trading_fields(ctl: np.ndarray) -> str:
@@ -101,7 +116,7 @@ def trading_fields(ctl: np.ndarray) -> str:
         return ""
     ctl_f = ctl.view(np.float64)
     return (f" | signals {signals} orders {orders} fills {int(ctl[b + control.R_BRAIN_FILLS])} "
-            f"rejects {int(ctl[b + control.R_BRAIN_REJECTS])} | positions {int(ctl[b + control.R_BRAIN_POSITIONS])} "
+            f"refused {int(ctl[b + control.R_BRAIN_REJECTS])} | positions {int(ctl[b + control.R_BRAIN_POSITIONS])} "
             f"gross {ctl_f[b + control.F_BRAIN_GROSS]:.0f} PnL {ctl_f[b + control.F_BRAIN_PNL]:+.2f} "
             f"fees {ctl_f[b + control.F_BRAIN_FEES]:.2f}")
 
@@ -120,6 +135,7 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
         f"full-ring waits {st['full_waits']}",
         f"  checksum feed/brain: {same}; mean rate {used / ran / 1e3 if ran > 0 else 0:.1f}k rec/s over {ran:.1f}s "
         f"of running",
+        "  feed health: " + ", ".join(f"{v} {k}" for k, v in feed_health(ctl).items()),
     ]
     return "\n".join(lines)
 
@@ -270,11 +286,15 @@ def _symbol_table(cfg: EngineConfig, urls, out):
     from aegis.binance import symbols
     fcfg = feed.FeedConfig.from_section(cfg.section("feed"))
     rest = fcfg.rest_url or urls[0]
+    from aegis.binance.weight import ledger_for
+    ledger = ledger_for(rest, self_started_venue=cfg.venue == "embedded" and not fcfg.rest_url)
     try:    # strict: the engine trades on this venue, so it must answer and list every symbol asked for
         if isinstance(cfg.symbols, int):
-            table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout, strict=True)
+            table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout, strict=True,
+                                     ledger=ledger, out=out)
         else:
-            table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout, strict=True)
+            table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout, strict=True,
+                                     ledger=ledger, out=out)
     except symbols.DiscoveryError as e:
         raise SetupError(str(e)) from None
     shown = ", ".join(table.names[:5]) + (" ..." if len(table) > 5 else "")
@@ -325,8 +345,11 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
             p = r.procs[role] if role in r.procs else r.venue.process
             p.join(0.1)
             if p.exitcode == 0 and control.stop_requested(ctl):
-                # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order
-                r.stop_reason = f"stop requested through the {role} process"
+                # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order; the first
+                # process to exit is not necessarily the one that got the signal
+                by = int(ctl[control.G_STOP_BY])
+                r.stop_reason = (f"SIGTERM to the {control.ROLES[by - 1]} process" if 0 < by <= len(control.ROLES)
+                                 else f"stop requested through the {role} process")
                 return
             if p.exitcode == 2 and r.running_since is None:
                 # a usage or setup error of that process (unreachable market data, keys the venue refuses): it
@@ -391,6 +414,10 @@ def _stop_children(r: Run, ctl, ring) -> None:
         control.request_stop(ctl)
     if ring is not None and any(not p.is_alive() for p in r.procs.values()):
         ring.abort()  # a side is gone: release the other from any wait on the ring now, not after the timeout
+    if ctl is not None:
+        for role, p in r.procs.items():   # still starting: SIGTERM now (it leaves at once), not after the timeout
+            if p.is_alive() and _role_slot(ctl, control.ROLES.index(role), control.R_STATE) < control.ST_RUNNING:
+                p.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for p in r.procs.values():
         p.join(max(0.0, deadline - time.monotonic()))

@@ -577,6 +577,8 @@ def run(spec: ProcessSpec) -> int:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
         brain = Brain(bcfg, strat, symbol_count(spec.config, ctx.control), order_path, lat, spec.wait)
         mode = "trading" if brain.trading else "signals only (no order path)"
+        if brain.trading and brain.riskbook.state != "ACTIVE":   # e.g. a halt kept from an earlier run
+            mode = f"trading {brain.riskbook.state} ({brain.riskbook.state_reason}; --resume lifts a kept halt)"
         # warm-up before RUNNING: compiles (or loads from numba's cache) the whole jitted loop now, while the
         # supervisor's start timeout applies, instead of inside the first round where the heartbeat is watched
         brain.step(ctx.ring.header, ctx.ring.records, ctx.control, 0)

@@ -22,6 +22,7 @@ SLOTS = ROLE_SLOTS * (1 + len(ROLES))
 # global region (first 64 slots)
 G_MAGIC = 0
 G_STOP = 8          # own line: written by the supervisor, polled by everyone
+G_STOP_BY = 9       # 1 + the role of an engine process that got SIGTERM and asked for the stop (0: supervisor)
 G_START_NS = 16
 G_SYMBOLS = 17      # number of symbols the Feed resolved (the Brain sizes its state from it)
 G_SYMBOLS_READY = 18
@@ -48,6 +49,7 @@ R_FEED_BAD = 18          # malformed / unknown / out-of-range messages skipped
 R_FEED_RECONNECTS = 19
 R_FEED_RESYNCS = 20
 R_FEED_GAPS = 21
+R_FEED_STALLS = 22       # connections closed for silence (also counted in R_FEED_RECONNECTS)
 # --- brain section (owner: brain) -----------------------------------------------------------------------
 R_BRAIN_SIGNALS = 16
 R_BRAIN_ORDERS = 17

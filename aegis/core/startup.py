@@ -127,7 +127,13 @@ def enter(spec: ProcessSpec) -> ProcessContext:
     ctx = ProcessContext(spec)
 
     def on_term(signum, frame):
+        if not ctx.control[control.G_STOP_BY]:
+            ctx.control[control.G_STOP_BY] = ctx.role + 1     # the supervisor names who got the signal
         control.request_stop(ctx.control)
+        if ctx.slot(control.R_STATE) < control.ST_RUNNING:
+            # still starting (compiling, connecting): nothing to finish in order, and the start-up code does not
+            # look at the stop flag, so leave now instead of after the supervisor's stop timeout
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     die_with_parent()

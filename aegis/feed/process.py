@@ -52,7 +52,7 @@ from aegis.feed.book import BookState
 from aegis.binance.client import VENUE_URLS
 from aegis.core.clock import now_ns, py_now_ns
 from aegis.feed.conflation import ConflationBuffer
-from aegis.core.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAPS, R_FEED_MSGS,
+from aegis.core.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAPS, R_FEED_MSGS, R_FEED_STALLS,
                            R_FEED_RECONNECTS, R_FEED_RESYNCS, R_IDLE, R_RECORDS, R_STATE, ROLE_FEED, ROLE_SLOTS,
                            ST_RUNNING)
 from aegis.feed.parse import (LEVELS_CAP, LI_MARK, LI_QUOTE, LI_TRADE, PROBLEMS, ST_BAD_VALUE, ST_CONTROL,
@@ -461,8 +461,13 @@ class SnapshotFetcher:
     and bans IPs that keep exceeding it; 300 books x weight 20 would be 6000 at once), and a 429/418 answer
     pauses the thread for its Retry-After (or 10 s)."""
 
-    def __init__(self, rest_url: str, limit: int, timeout: float, weight_per_minute: float = 1200.0):
+    def __init__(self, rest_url: str, limit: int, timeout: float, weight_per_minute: float = 1200.0,
+                 ledger=None):
         self.rest_url = rest_url.rstrip("/")
+        # aegis.binance.weight.WeightLedger of a venue shared across runs: the snapshots of this run and of the runs
+        # just before it share one minute's budget (a crash loop waits instead of getting the IP banned)
+        self.ledger = ledger
+        self.weight_per_minute = weight_per_minute
         self.limit = limit
         self.timeout = timeout
         self.weight = DEPTH_WEIGHT.get(limit, 20)
@@ -490,9 +495,18 @@ class SnapshotFetcher:
                 except queue.Empty:
                     continue
                 self._pace()
+                if self.ledger is not None:
+                    from aegis.binance.weight import LIMIT
+                    # the snapshots' budget is a share of Binance's limit; a venue with a lower limit scales it
+                    self.ledger.wait_for(self.weight, share=min(1.0, self.weight_per_minute / LIMIT),
+                                         stop=self._stop.is_set)
+                    if self._stop.is_set():
+                        break
                 try:
                     r = s.get(self.rest_url + "/fapi/v1/depth", params={"symbol": name, "limit": self.limit},
                               timeout=self.timeout)
+                    if self.ledger is not None:
+                        self.ledger.note_response(r)
                     if r.status_code in (418, 429):
                         try:
                             pause = float(r.headers.get("Retry-After", 10))
@@ -533,7 +547,7 @@ class FeedEngine:
     """The websocket Feed, usable inside the Feed process (run) or directly in tests and benches."""
 
     def __init__(self, table: SymbolTable, cfg: FeedConfig, header, records, rest_url: str, ws_url: str,
-                 wait: int = 2, record_dir: str | None = None, ctl=None, latency_set=None):
+                 wait: int = 2, record_dir: str | None = None, ctl=None, latency_set=None, weight_ledger=None):
         self.table = table
         self.cfg = cfg
         self.header = header
@@ -553,7 +567,7 @@ class FeedEngine:
                                         for route, streams in plan_connections(table, cfg)]
         self.depth_enabled = "depth" in cfg.streams
         self.fetcher = SnapshotFetcher(rest_url, cfg.snapshot_limit, cfg.snapshot_timeout,
-                                       cfg.snapshot_weight_per_minute) if self.depth_enabled else None
+                                       cfg.snapshot_weight_per_minute, weight_ledger) if self.depth_enabled else None
         self.next_snapshot_at = np.zeros(len(table))
         self.recorder = None
         if record_dir:
@@ -561,6 +575,7 @@ class FeedEngine:
             self.recorder = Recorder(record_dir, cfg.record_max_bytes)
         self.rlog = RateLimitedLog(log, cfg.log_interval)
         self.reconnects = 0
+        self.stalls = 0
         self.last_error = ""
         self.bytes_in = 0
         self.checksum = 0
@@ -571,7 +586,8 @@ class FeedEngine:
         self.idle_polls = 0
         base = ROLE_SLOTS * (1 + ROLE_FEED)
         self._stat_slots = np.array([base + x for x in (R_RECORDS, R_CHECKSUM, R_FEED_MSGS, R_FEED_BYTES, R_FEED_BAD,
-                                                        R_FEED_RECONNECTS, R_FEED_RESYNCS, R_FEED_GAPS, R_IDLE)],
+                                                        R_FEED_RECONNECTS, R_FEED_RESYNCS, R_FEED_GAPS, R_IDLE,
+                                                        R_FEED_STALLS)],
                                     np.int64)
         self._stat_values = np.zeros(len(self._stat_slots), np.int64)
         io = self.io
@@ -721,6 +737,7 @@ class FeedEngine:
                 c.successor.reader.close()
                 c.successor.reader = None
             if now - c.last_data > cfg.stall_timeout:
+                self.stalls += 1
                 self._lost(c, f"no data for {now - c.last_data:.1f} s (stall)")
                 continue
             if c.first_data and now - c.first_data > 30.0:
@@ -1033,7 +1050,7 @@ class FeedEngine:
         bytes_in = self.bytes_in + sum(c.reader.bytes_in for c in self._all_readers())
         vals = self._stat_values
         for k, v in enumerate((seq, self.checksum, int(st[ST_FRAMES]), bytes_in, self.bad_count(), self.reconnects,
-                               int(st[ST_RESYNCS]), int(st[ST_POOL_FULL]), self.idle_polls)):
+                               int(st[ST_RESYNCS]), int(st[ST_POOL_FULL]), self.idle_polls, self.stalls)):
             vals[k] = v
         store_slots(ctl, self._stat_slots, vals)
 
@@ -1164,6 +1181,8 @@ def resolve_symbols(spec: ProcessSpec, fcfg: FeedConfig, rest_url: str) -> Symbo
     return discover(rest_url, symbols=list(sym), timeout=fcfg.discovery_timeout)
 
 
+from aegis.binance.weight import ledger_for  # noqa: E402
+
 FIRST_CONNECT_S = 10.0   # the first market-data connection must open within this (several tries, with back-off)
 
 
@@ -1191,7 +1210,8 @@ def run(spec: ProcessSpec) -> int:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
         warm_up()
         eng = FeedEngine(table, fcfg, ctx.ring.header, ctx.ring.records, rest_url, ws_url, spec.wait,
-                         cfg.record_dir, ctx.control, lat)
+                         cfg.record_dir, ctx.control, lat,
+                         weight_ledger=ledger_for(rest_url, cfg.venue == "embedded" and not fcfg.rest_url))
         ctx.set_state(control.ST_READY)
         eng.start()
         if not eng.wait_connected(FIRST_CONNECT_S, ctx.stopping):

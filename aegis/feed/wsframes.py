@@ -6,7 +6,7 @@ calls `recv_into` on one large preallocated buffer; a jitted splitter walks the 
 buffer and returns (offset, length, opcode) triples without copying a payload. A frame cut by a read boundary
 stays in the buffer and is completed by the next read.
 
-Server frames are unmasked (RFC 6455 5.1); a masked one is unmasked in place rather than rejected. Control
+Server frames are unmasked (RFC 6455 5.1); a masked one fails the connection (CLOSE 1002), as the RFC requires. Control
 frames (PING, PONG, CLOSE) and fragmented messages are rare and handled in Python: a PING is answered at once
 with a PONG carrying the same payload (Binance disconnects clients that do not echo it), masked as every client
 frame must be; a CLOSE is echoed and the connection reported closed.
@@ -33,7 +33,7 @@ OP_PONG = 0xA
 
 # split_frames status
 SPLIT_OK = 0
-SPLIT_PROTOCOL_ERROR = 1   # reserved bits, a bad length, or a bad control frame: drop the connection
+SPLIT_PROTOCOL_ERROR = 1   # reserved bits, a bad length, a bad control frame, a masked frame: drop the connection
 
 # per-frame flag bits returned by the splitter
 FR_FIN = 1
@@ -110,17 +110,11 @@ def split_frames(buf, start, end, offs, lens, ops, flags, max_frames):
             return n, pos, special, SPLIT_PROTOCOL_ERROR
         if (op > 2 and op < 8) or op > 10:
             return n, pos, special, SPLIT_PROTOCOL_ERROR
-        mk = h
         if masked:
-            if end - h < 4:
-                break
-            h += 4
+            # RFC 6455 5.1: "A client MUST close a connection if it detects a masked frame" from the server
+            return n, pos, special, SPLIT_PROTOCOL_ERROR
         if end - h < ln:
             break
-        if masked:
-            # unmasked exactly once: the returned position moves past this frame, so it is never split again
-            for k in range(ln):
-                buf[h + k] ^= buf[mk + (k & 3)]
         offs[n] = h
         lens[n] = ln
         ops[n] = op

@@ -909,6 +909,7 @@ class TradeSession:
         self._last_sync = 0.0
         self._last_state = (-1, -1)
         self.use_lock = lock        # False: a journal of this run alone (embedded venue), nobody to exclude
+        self.ledger = None          # aegis.binance.weight.WeightLedger of a venue shared across runs
         self.lock = None
         self.orphans_cancelled: dict | None = None   # symbol -> ok, when a dead predecessor's orders were cancelled
         self.failsafe: str | None = None             # why the journal failed (then trading is halted for good)
@@ -941,6 +942,12 @@ class TradeSession:
                                       "stop it first") from None
         self.journal, self.jstate = open_journal(self.journal_path, self.tcfg.fsync, self.tcfg.fsync_interval_ms)
         self.journal.on_failure = self._journal_failed
+        from aegis.binance.weight import cached_exchange_info, ledger_for
+        # the REST weight of the minute is shared with the runs just before this one (a crash loop must not get
+        # the IP banned): wait for room for the start-up requests first
+        self.ledger = ledger_for(self.ep.rest_url, self.ep.venue == "embedded")
+        if self.ledger is not None:
+            self.ledger.wait_for(START_WEIGHT, share=0.9)
         self.client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
         self.client.sync_time()
         self._last_sync = time.monotonic()
@@ -959,7 +966,14 @@ class TradeSession:
             # "id": client ids continue above every id the exchange listed, even one the journal never recorded
             self.journal.append("orphans_cancelled", pid=self.lock.previous[0], symbols=sorted(done),
                                 **({"id": max(ids)} if ids and max(ids) > 0 else {}))
-        info = self.client.exchange_info()
+        if self.ledger is not None:
+            def fetch():
+                r = self.client.exchange_info()
+                return r["data"] if r.get("ok") else None
+            data = cached_exchange_info(self.ep.rest_url, fetch)
+            info = {"ok": True, "data": data} if data is not None else self.client.exchange_info()
+        else:
+            info = self.client.exchange_info()
         if not info.get("ok"):
             raise ConnectionError(f"exchangeInfo failed: {info.get('code')} {info.get('msg')}")
         rows = {r["symbol"]: r for r in info["data"].get("symbols", ())}
@@ -1015,9 +1029,14 @@ class TradeSession:
                         "orders meanwhile and listed %d unknown to the journal (adopted); positions that differed "
                         "are listed above as 'reconcile'", restored[0], restored[1], rec.get("closed", 0),
                         rec.get("adopted", 0))
+        self._note_weight()
         # reconciliation may have adopted orders the journal had lost: never hand out their ids again
         self.book.g[_G_NEXT_CID] = max(int(self.book.g[_G_NEXT_CID]), self.jstate.next_client_id)
         return self
+
+    def _note_weight(self) -> None:
+        if self.ledger is not None and self.client is not None and self.client.used_weight_1m:
+            self.ledger.note(self.client.used_weight_1m)
 
     def _restore_from_journal(self) -> tuple[int, int]:
         """Positions and open orders as the journal left them, into the risk book, before the exchange is asked:
@@ -1146,6 +1165,7 @@ class TradeSession:
                     pass
             self.journal.close()
         if self.client is not None:
+            self._note_weight()
             self.client.close()
         if self.lock is not None:
             # "stopped" only when nothing of ours can be left resting: the next start cancels otherwise
@@ -1188,6 +1208,7 @@ class TradeSession:
 
 
 LOCK_TRADING, LOCK_STOPPED = "trading", "stopped"   # Brain lock states (aegis.core.lockfile)
+START_WEIGHT = 60    # REST weight of a start: time, exchangeInfo, listenKey, openOrders (40), positionRisk (5)
 
 
 def journal_path(cfg, run_id: str) -> str:
