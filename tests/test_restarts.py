@@ -17,12 +17,13 @@ from aegis.venue.ratelimit import RateLimitConfig
 pytestmark = [pytest.mark.time_limit(600), pytest.mark.usefixtures("compiled_order_path")]
 
 RESTARTS = int(os.environ.get("AEGIS_RESTARTS", "10"))
+SYMBOLS = "BTCUSDT,ETHUSDT,BNBUSDT,SOLUSDT,XRPUSDT"
 
 
 def test_ten_restarts_in_a_minute_never_get_the_ip_banned(tmp_path):
     # a venue on a fixed address that outlives the runs, with a weight limit low enough that the restarts of one
-    # minute would spend it several times over (each start: a depth snapshot of weight 20, exchangeInfo)
-    limits = RateLimitConfig(weight_per_minute=100, requests_over_limit_before_ban=2, ban_s=120)
+    # minute would spend it several times over: each start takes 5 depth snapshots of weight 20 (100 > 120 / 2)
+    limits = RateLimitConfig(weight_per_minute=120, requests_over_limit_before_ban=2, ban_s=120)
     with start_venue(VenueConfig(rate=200, rate_limits=limits)) as venue:
         cfg = tmp_path / "c.toml"
         cfg.write_text(f'[feed]\nrest_url = "{venue.rest_url}"\nws_url = "{venue.ws_market_url}"\n')
@@ -30,7 +31,7 @@ def test_ten_restarts_in_a_minute_never_get_the_ip_banned(tmp_path):
         t0 = time.monotonic()
         outputs = []
         for i in range(RESTARTS):
-            p = subprocess.run([sys.executable, "-m", "aegis", "--duration", "2", "--symbols", "BTCUSDT",
+            p = subprocess.run([sys.executable, "-m", "aegis", "--duration", "2", "--symbols", SYMBOLS,
                                 "--config", str(cfg), "--out", str(tmp_path / "out"), "--status-interval", "5"],
                                capture_output=True, text=True, env=env, timeout=120)
             outputs.append(p.stdout + p.stderr)
