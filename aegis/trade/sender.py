@@ -347,7 +347,7 @@ def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
 
 # --------------------------------------------------------------------------------------------- diagnostics
 SAMPLES = 16384          # per-order timing samples kept (the latest); the histograms keep every order
-RESULTS_KEPT = 1024      # exchange answers kept by the sender for tests and tools
+RESULTS_KEPT = 256        # exchange answers kept by the sender for tests and tools (~2 KB each)
 
 
 class Samples:
