@@ -99,3 +99,11 @@ def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, 
     assert "aegis: error: THE ORDER JOURNAL CANNOT BE WRITTEN: trading halted" in out
     assert "fail-safe cancel done" in out
     assert "cancelled its open orders on the exchange" in out
+
+
+def test_a_sigterm_to_the_brain_is_reported_as_such(engine):
+    run = engine()
+    run.wait_running()
+    os.kill(run.pid(control.ROLE_BRAIN), signal.SIGTERM)
+    assert run.finish(60) == 0, run.output
+    assert "stopped (SIGTERM to the brain process)" in run.output, run.output
