@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from aegis.core import lockfile
@@ -200,3 +201,26 @@ def test_a_journal_that_cannot_be_written_halts_and_cancels_without_it(venue, po
     assert wait_for(lambda: (r.pump(), r.book.state == "HALTED")[1])
     assert "ORDER JOURNAL CANNOT BE WRITTEN" in caplog.text
     assert len(r.ts.client.open_orders()["orders"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ small pieces
+def test_feed_health_shows_on_the_status_line_only_once_something_happened():
+    from aegis.app.supervisor import feed_fields
+    from aegis.core import control
+    ctl = control.new_block()
+    assert feed_fields(ctl) == ""
+    b = control.base(control.ROLE_FEED)
+    ctl[b + control.R_FEED_RECONNECTS], ctl[b + control.R_FEED_STALLS] = 3, 1
+    ctl[b + control.R_FEED_RESYNCS], ctl[b + control.R_FEED_BAD] = 2, 7
+    assert feed_fields(ctl) == " | feed reconnects 3 stalls 1 resyncs 2 malformed 7"
+
+
+def test_per_order_samples_keep_the_latest_rows_in_fixed_memory():
+    s = trade.Samples(4, 2)
+    for i in range(10):
+        s.append((i, -i))
+    assert len(s) == 4 and s.rows().tolist() == [[6, -6], [7, -7], [8, -8], [9, -9]]
+    one = trade.Samples(3)
+    for i in range(5):
+        one.append(i)
+    assert one[0] == 2 and [int(x) for x in np.asarray(one)] == [2, 3, 4]
