@@ -20,10 +20,18 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """A test's `time_limit` becomes its pytest-timeout; soak tests run only when asked for (`-m soak`): they take
+    half an hour by default."""
     for item in items:
         marker = item.get_closest_marker("time_limit")
         if marker is not None:
             item.add_marker(pytest.mark.timeout(marker.args[0]))
+    if "soak" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: opt in with `-m soak` (AEGIS_SOAK_S sets its length)")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(skip)
 
 
 # Jitted code a test needs compiled before its clock starts: 15-60 s each on a cold Numba cache, which no single

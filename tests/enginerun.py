@@ -18,12 +18,18 @@ RUN_LINE = re.compile(r"aegis: run (\S+):")
 
 
 class EngineRun:
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, fsize_limit: int | None = None):
         self.lines: list[str] = []
         self._q: queue.Queue = queue.Queue()
+
+        def limits():   # RLIMIT_FSIZE: no file of the run may grow past this (a disk that fills up)
+            import resource
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "aegis", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})},
+                                     preexec_fn=limits if fsize_limit is not None else None)
         threading.Thread(target=self._pump, daemon=True).start()
         self.run_id: str | None = None
         self._seg = None

@@ -117,7 +117,7 @@ def test_the_same_fill_journaled_twice_is_counted_once(tmp_path):
         for _ in range(2):
             j.append("fill", id=1, coid="a1", sym="S", oid=9, tid=3, side="BUY", px="2", qty="1.5", cum="1.5")
     st = journal.rebuild(journal.read_records(p)[0])
-    assert st.positions == {"S": 1.5} and st.fills_seen == {("S", 9, 3)}
+    assert st.positions == {"S": 1.5} and set(st.fills_seen) == {("S", 9, 3)}
 
 
 def test_fills_with_equal_order_and_trade_ids_on_two_symbols_are_two_fills(tmp_path):
@@ -157,3 +157,17 @@ def test_every_fsync_policy_writes_durable_lines(tmp_path, policy):
 def test_unknown_fsync_policy_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fsync"):
         journal.Journal(str(tmp_path / "j.jsonl"), fsync="sometimes")
+
+
+def test_a_record_with_a_valid_checksum_but_a_missing_field_is_skipped_and_reported(tmp_path, caplog):
+    p = str(tmp_path / "j.jsonl")
+    with journal.Journal(p) as j:
+        j.append("req", id=1, coid="p1", sym="S", side="BUY", act="new")
+        j.append("fill", id=1, coid="p1", sym="S", oid=7, side="BUY", px="2", qty="1")    # no "tid"
+        j.append("req", id=2, coid="p2", sym="S", side="SELL", act="new")
+    caplog.set_level("WARNING", "aegis.trade.journal")
+    j, st = journal.open_journal(p, "never")     # no KeyError: the Brain starts
+    j.close()
+    assert st.unusable == 1 and sorted(o.client_id for o in st.open_orders()) == [1, 2]
+    assert "1 record(s) with a valid checksum but unusable fields skipped (first: record 1, kind 'fill', KeyError" \
+        in caplog.text

@@ -14,7 +14,9 @@ import numpy as np
 
 from aegis.core import control
 from aegis.core import latency
+from aegis.app import preflight
 from aegis.app import report
+from aegis.app.preflight import SetupError
 from aegis.core import shm
 from aegis.core import wait
 from aegis.core.config import EngineConfig
@@ -67,6 +69,7 @@ class Run:
     hist: np.ndarray | None = None
     running_since: float | None = None
     stopped_at: float = 0.0
+    journal_failed: bool = False
 
 
 def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
@@ -87,7 +90,7 @@ def status_line(elapsed: float, ctl: np.ndarray, ring: Ring, prev: dict, dt: flo
         snap = latency.snapshot(hist)
         line += " | " + report.status_text(hist, prev.get("hist"))
         prev["hist"] = snap
-    return line + trading_fields(ctl) + model_fields(ctl)
+    return line + feed_fields(ctl) + trading_fields(ctl) + model_fields(ctl)
 
 
 def model_fields(ctl: np.ndarray) -> str:
@@ -102,6 +105,21 @@ def model_fields(ctl: np.ndarray) -> str:
                                      ctl_f[b + control.F_BRAIN_MODEL_BLL])
 
 
+def feed_health(ctl: np.ndarray) -> dict:
+    """The Feed's connection health counters (aegis.feed.process publishes them)."""
+    b = control.base(control.ROLE_FEED)
+    return {"reconnects": int(ctl[b + control.R_FEED_RECONNECTS]), "stalls": int(ctl[b + control.R_FEED_STALLS]),
+            "resyncs": int(ctl[b + control.R_FEED_RESYNCS]), "malformed": int(ctl[b + control.R_FEED_BAD])}
+
+
+def feed_fields(ctl: np.ndarray) -> str:
+    """Status-line part of the Feed's health, only once something happened (a healthy feed adds nothing)."""
+    h = feed_health(ctl)
+    if not any(h.values()):
+        return ""
+    return " | feed " + " ".join(f"{k} {v}" for k, v in h.items())
+
+
 def trading_fields(ctl: np.ndarray) -> str:
     b = control.base(control.ROLE_BRAIN)
     signals = int(ctl[b + control.R_BRAIN_SIGNALS])
@@ -110,7 +128,7 @@ def trading_fields(ctl: np.ndarray) -> str:
         return ""
     ctl_f = ctl.view(np.float64)
     return (f" | signals {signals} orders {orders} fills {int(ctl[b + control.R_BRAIN_FILLS])} "
-            f"rejects {int(ctl[b + control.R_BRAIN_REJECTS])} | positions {int(ctl[b + control.R_BRAIN_POSITIONS])} "
+            f"refused {int(ctl[b + control.R_BRAIN_REJECTS])} | positions {int(ctl[b + control.R_BRAIN_POSITIONS])} "
             f"gross {ctl_f[b + control.F_BRAIN_GROSS]:.0f} PnL {ctl_f[b + control.F_BRAIN_PNL]:+.2f} "
             f"fees {ctl_f[b + control.F_BRAIN_FEES]:.2f}")
 
@@ -129,19 +147,34 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
         f"full-ring waits {st['full_waits']}",
         f"  checksum feed/brain: {same}; mean rate {used / ran / 1e3 if ran > 0 else 0:.1f}k rec/s over {ran:.1f}s "
         f"of running",
+        "  feed health: " + ", ".join(f"{v} {k}" for k, v in feed_health(ctl).items()),
     ]
     return "\n".join(lines)
 
 
 def run(cfg: EngineConfig, out=sys.stdout) -> int:
     """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
+    r = Run(cfg)
+    try:     # usage and environment mistakes: one line and exit 2, before anything is started or created
+        preflight.check(cfg)
+        engine_lock = preflight.engine_lock(cfg, r.run_id, out)
+    except SetupError as e:
+        print(f"aegis: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        return _run(cfg, r, out)
+    finally:
+        if engine_lock is not None:
+            engine_lock.release("stopped")
+
+
+def _run(cfg: EngineConfig, r: Run, out) -> int:
     stale = shm.remove_stale()
     if stale:
         print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
     available = wait.usable_cores()
     cores = cfg.cores or pick_cores(available)
     strategy = wait.resolve(cfg.wait, tuple(cores))
-    r = Run(cfg)
     stop_signal = {"name": None}
 
     def on_signal(signum, frame):
@@ -165,14 +198,15 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
                   flush=True)
         urls = venue.urls if venue else _exchange_urls(cfg)
         table = _symbol_table(cfg, urls, out)
-        ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
-        r.segments.append(ring.segment)
-        ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
-        r.segments.append(ctl_seg)
+        with preflight.shared_memory():
+            ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
+            r.segments.append(ring.segment)
+            ctl_seg = Segment.create(shm.segment_name(r.run_id, "control"), control.SLOTS * 8)
+            r.segments.append(ctl_seg)
+            lat_seg = Segment.create(shm.segment_name(r.run_id, "latency"), latency.HIST_SET_NBYTES)
+            r.segments.append(lat_seg)
         ctl = ctl_seg.view(np.int64, 0, control.SLOTS)
         control.init(ctl, time.monotonic_ns())
-        lat_seg = Segment.create(shm.segment_name(r.run_id, "latency"), latency.HIST_SET_NBYTES)
-        r.segments.append(lat_seg)
         r.hist = latency.as_set(lat_seg.view(np.int64))  # zero bytes are empty histograms: no init needed
         print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
               f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
@@ -190,6 +224,10 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
             p.start()
             r.procs[role] = p
         _watch(r, ctl, ring, out, stop_signal, t_start, kill)
+    except SetupError as e:    # found once the venue answers (unknown symbol, unreachable venue), or no shm
+        r.stop_reason = str(e)
+        r.exit_code = 2
+        print(f"aegis: error: {e}", file=sys.stderr, flush=True)
     except RuntimeError as e:  # e.g. the embedded venue could not start
         r.stop_reason = str(e)
         r.exit_code = 1
@@ -198,10 +236,16 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         r.stopped_at = time.monotonic()
         elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)
+        if ctl_seg is not None and not r.journal_failed and \
+                _role_slot(ctl, control.ROLE_SENDER, control.R_SENDER_FAILSAFE):
+            r.journal_failed, r.exit_code = True, 1
+            print("aegis: error: THE ORDER JOURNAL COULD NOT BE WRITTEN during the run: trading was halted and open "
+                  "orders cancelled without it -- check the disk and the exchange", file=out, flush=True)
         _cancel_orphaned_orders(r, urls if ring is not None else None, out)
-        if ring is not None and ctl_seg is not None:
+        never_ran = r.exit_code == 2 and r.running_since is None   # a setup error: its one line says it all
+        if ring is not None and ctl_seg is not None and not never_ran:
             print(summary(r, ctl, ring, elapsed), file=out, flush=True)
-        if r.hist is not None:
+        if r.hist is not None and not never_ran:
             _final_latency_report(r, out)
         ctl = None
         if ring is not None:
@@ -220,16 +264,18 @@ def _cancel_orphaned_orders(r: Run, urls, out) -> None:
     """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
     unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
     brain = r.procs.get("brain")
-    if brain is None or brain.exitcode == 0 or urls is None or r.cfg.source != "venue":
+    if brain is None or (brain.exitcode == 0 and not r.journal_failed) or urls is None or r.cfg.source != "venue":
         return
+    if brain.exitcode == 2 and r.running_since is None:
+        return      # it refused to start (a setup error) before it could place anything
     from aegis.binance import keys
     from aegis.trade import sender as trade
     try:
         api = keys.from_strings(r.venue.api_key, r.venue.api_secret) if r.venue else None
         key_file = r.cfg.section("trade").get("key_file") or None
         done = trade.emergency_cancel_all(r.cfg.venue, r.cfg.live, key_file, urls=urls, api_keys=api)
-        print(f"aegis: the brain did not stop cleanly; cancelled its open orders on the exchange: {done}", file=out,
-              flush=True)
+        why = "the order journal failed" if r.journal_failed else "the brain did not stop cleanly"
+        print(f"aegis: {why}; cancelled its open orders on the exchange: {done}", file=out, flush=True)
     except Exception as e:  # noqa: BLE001 - report whatever failed; the run is already ending with an error
         print(f"aegis: error: could not cancel open orders after the brain died: {e} -- CHECK THE EXCHANGE",
               file=out, flush=True)
@@ -252,10 +298,17 @@ def _symbol_table(cfg: EngineConfig, urls, out):
     from aegis.binance import symbols
     fcfg = feed.FeedConfig.from_section(cfg.section("feed"))
     rest = fcfg.rest_url or urls[0]
-    if isinstance(cfg.symbols, int):
-        table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout)
-    else:
-        table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout)
+    from aegis.binance.weight import ledger_for
+    ledger = ledger_for(rest, self_started_venue=cfg.venue == "embedded" and not fcfg.rest_url)
+    try:    # strict: the engine trades on this venue, so it must answer and list every symbol asked for
+        if isinstance(cfg.symbols, int):
+            table = symbols.discover(rest, top_n=cfg.symbols, timeout=fcfg.discovery_timeout, strict=True,
+                                     ledger=ledger, out=out)
+        else:
+            table = symbols.discover(rest, symbols=list(cfg.symbols), timeout=fcfg.discovery_timeout, strict=True,
+                                     ledger=ledger, out=out)
+    except symbols.DiscoveryError as e:
+        raise SetupError(str(e)) from None
     shown = ", ".join(table.names[:5]) + (" ..." if len(table) > 5 else "")
     print(f"aegis: {len(table)} symbols ({table.source}): {shown}", file=out, flush=True)
     return table
@@ -304,13 +357,29 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
             p = r.procs[role] if role in r.procs else r.venue.process
             p.join(0.1)
             if p.exitcode == 0 and control.stop_requested(ctl):
-                # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order
-                r.stop_reason = f"stop requested through the {role} process"
+                # a child that was asked to stop (SIGTERM sent to it directly) stops the run in order; the first
+                # process to exit is not necessarily the one that got the signal
+                by = int(ctl[control.G_STOP_BY])
+                r.stop_reason = (f"SIGTERM to the {control.ROLES[by - 1]} process" if 0 < by <= len(control.ROLES)
+                                 else f"stop requested through the {role} process")
+                return
+            if p.exitcode == 2 and r.running_since is None:
+                # a usage or setup error of that process (unreachable market data, keys the venue refuses): it
+                # said so in one line; the run ends the same way as any other usage error
+                r.stop_reason = f"the {role} process could not start"
+                r.exit_code = 2
                 return
             how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited with code {p.exitcode}"
             r.stop_reason = f"{role} process {how}"
             r.exit_code = 1
             print(f"aegis: error: the {role} process {how}; stopping the run", file=out, flush=True)
+            return
+        if _role_slot(ctl, control.ROLE_SENDER, control.R_SENDER_FAILSAFE):
+            r.journal_failed = True
+            r.stop_reason = "the order journal cannot be written"
+            r.exit_code = 1
+            print("aegis: error: THE ORDER JOURNAL CANNOT BE WRITTEN: trading halted and open orders cancelled "
+                  "without it; stopping the run -- check the disk and the exchange", file=out, flush=True)
             return
         if kill["flatten"] is not None:
             from aegis.trade.sender import request_kill
@@ -357,6 +426,10 @@ def _stop_children(r: Run, ctl, ring) -> None:
         control.request_stop(ctl)
     if ring is not None and any(not p.is_alive() for p in r.procs.values()):
         ring.abort()  # a side is gone: release the other from any wait on the ring now, not after the timeout
+    if ctl is not None:
+        for role, p in r.procs.items():   # still starting: SIGTERM now (it leaves at once), not after the timeout
+            if p.is_alive() and _role_slot(ctl, control.ROLES.index(role), control.R_STATE) < control.ST_RUNNING:
+                p.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for p in r.procs.values():
         p.join(max(0.0, deadline - time.monotonic()))

@@ -231,9 +231,11 @@ def rank(eligible: dict[str, tuple[str, str]], volumes: dict[str, float], top_n:
     return sorted(eligible, key=lambda s: (-volumes.get(s, 0.0), s))[:top_n]
 
 
-def _get_json(session, url: str, timeout: float):
+def _get_json(session, url: str, timeout: float, ledger=None):
     import orjson
     r = session.get(url, timeout=timeout)
+    if ledger is not None:
+        ledger.note_response(r)
     if r.status_code != 200:
         raise DiscoveryError(f"GET {url} -> HTTP {r.status_code}")
     try:
@@ -243,10 +245,15 @@ def _get_json(session, url: str, timeout: float):
 
 
 def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tuple[str, ...] | None = None,
-             timeout: float = 5.0, logger: logging.Logger | None = None) -> SymbolTable:
+             timeout: float = 5.0, logger: logging.Logger | None = None, strict: bool = False,
+             ledger=None, out=None) -> SymbolTable:
     """The engine's universe: `symbols` if given (validated against exchangeInfo when it is reachable), else the
     top `top_n` TRADING USDT perpetuals by 24 h quote volume. Never raises for venue trouble: falls back to the
-    built-in list and logs the reason once. Raises ValueError for a bad argument (top_n < 1, empty list)."""
+    built-in list and logs the reason once. Raises ValueError for a bad argument (top_n < 1, empty list).
+    strict (a run that will trade there): raises DiscoveryError instead of falling back, when the venue cannot be
+    reached or does not list a requested symbol as a TRADING USDT perpetual.
+    ledger (aegis.binance.weight.WeightLedger of a venue shared across runs): wait for room in the minute's REST
+    weight first, take exchangeInfo from the disk cache when it is fresh, record the weight the answers report."""
     import requests
 
     lg = logger or log
@@ -260,21 +267,35 @@ def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tup
     try:
         with requests.Session() as s:
             s.trust_env = False if base.startswith(("http://127.", "http://localhost")) else True
-            eligible = eligible_rows(_get_json(s, base + "/fapi/v1/exchangeInfo", timeout))
+            if ledger is not None:
+                from aegis.binance.weight import cached_exchange_info
+                ledger.wait_for(1 if symbols is not None else 41, share=0.9, out=out)
+                info = cached_exchange_info(base, lambda: _get_json(s, base + "/fapi/v1/exchangeInfo", timeout,
+                                                                    ledger))
+                ledger.set_limit(info)
+            else:
+                info = _get_json(s, base + "/fapi/v1/exchangeInfo", timeout)
+            eligible = eligible_rows(info)
             if symbols is not None:
                 unknown = [w for w in wanted if w not in eligible]
                 if unknown:
-                    lg.warning("symbols: not TRADING USDT perpetuals on %s, skipped: %s", base,
-                               ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
+                    names = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+                    if strict:
+                        raise DiscoveryError(f"not TRADING USDT perpetuals on {base}: {names}")
+                    lg.warning("symbols: not TRADING USDT perpetuals on %s, skipped: %s", base, names)
                 rows = [(w, *eligible[w]) for w in wanted if w in eligible]
                 if not rows:
                     raise DiscoveryError("none of the requested symbols is a TRADING USDT perpetual")
                 return SymbolTable.build(rows, "explicit")
-            volumes = quote_volumes(_get_json(s, base + "/fapi/v1/ticker/24hr", timeout))
+            volumes = quote_volumes(_get_json(s, base + "/fapi/v1/ticker/24hr", timeout, ledger))
             chosen = rank(eligible, volumes, top_n)
             return SymbolTable.build([(n, *eligible[n]) for n in chosen], "discovered")
     except (DiscoveryError, requests.RequestException, ValueError, OSError) as e:
         reason = str(e) or type(e).__name__
+        if strict and isinstance(e, DiscoveryError):
+            raise
+        if strict:
+            raise DiscoveryError(f"cannot reach the venue at {base}: {_short(e)}") from None
     if symbols is not None:
         known = {n: (t, st) for n, t, st in BUILTIN_SYMBOLS}
         lg.warning("symbols: discovery failed (%s); using the requested list with built-in/unknown filters",
@@ -287,6 +308,21 @@ def discover(rest_url: str, top_n: int = DEFAULT_TOP_N, symbols: list[str] | tup
         keep = [s for s, _, _ in BUILTIN_SYMBOLS[:top_n]]
         table = SymbolTable.build([r for r in BUILTIN_SYMBOLS if r[0] in keep], "builtin")
     return table
+
+
+def _short(e: Exception) -> str:
+    """One line for a network error (requests nests the OS error several levels deep)."""
+    import requests
+    if isinstance(e, requests.ConnectionError):
+        text = str(e)
+        for known in ("Connection refused", "Name or service not known", "Temporary failure in name resolution",
+                      "Network is unreachable", "timed out", "No route to host"):
+            if known in text:
+                return known
+        return "connection failed"
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    return (str(e) or type(e).__name__).splitlines()[0][:200]
 
 
 def parse_symbols_option(value: str) -> tuple[int | None, tuple[str, ...] | None]:

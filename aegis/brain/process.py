@@ -319,6 +319,9 @@ def _open_order_path(spec: ProcessSpec, ctx, bcfg: BrainConfig):
     return opener(spec, ctx)
 
 
+ORPHAN_GRACE_S = 5.0    # an orphaned Brain waits this long for the Feed to stop, then stops without it
+
+
 def run(spec: ProcessSpec) -> int:
     ctx = enter(spec)
     from aegis.core.config import ConfigError
@@ -345,6 +348,8 @@ def run(spec: ProcessSpec) -> int:
                         lambda m: print(f"aegis: brain: {m}", flush=True))
         model_ready = True
         mode = "trading" if brain.trading else "signals only (no order path)"
+        if brain.trading and brain.riskbook.state != "ACTIVE":   # e.g. a halt kept from an earlier run
+            mode = f"trading {brain.riskbook.state} ({brain.riskbook.state_reason}; --resume lifts a kept halt)"
         # warm-up before RUNNING: compiles (or loads from numba's cache) the whole jitted loop now, while the
         # supervisor's start timeout applies, instead of inside the first round where the heartbeat is watched
         brain.step(ctx.ring.header, ctx.ring.records, ctx.control, 0)
@@ -359,6 +364,10 @@ def run(spec: ProcessSpec) -> int:
             if brain.stop_asked:        # CMD_STOP on the bus: ask the supervisor for an orderly stop of the run
                 control.request_stop(ctx.control)
                 brain.stop_asked = False
+            if ctx.orphaned():          # no supervisor: stop in order (orders cancelled below), never trade alone
+                ctx.stopping()
+                if ctx.orphaned_for() > ORPHAN_GRACE_S:
+                    ring.abort(ctx.ring.header)   # the Feed died with the supervisor: nothing will end the ring
             if ret == RET_DONE:
                 break
     finally:

@@ -22,6 +22,7 @@ SLOTS = ROLE_SLOTS * (1 + len(ROLES))
 # global region (first 64 slots)
 G_MAGIC = 0
 G_STOP = 8          # own line: written by the supervisor, polled by everyone
+G_STOP_BY = 9       # 1 + the role of an engine process that got SIGTERM and asked for the stop (0: supervisor)
 G_START_NS = 16
 G_SYMBOLS = 17      # number of symbols the Feed resolved (the Brain sizes its state from it)
 G_SYMBOLS_READY = 18
@@ -48,6 +49,7 @@ R_FEED_BAD = 18          # malformed / unknown / out-of-range messages skipped
 R_FEED_RECONNECTS = 19
 R_FEED_RESYNCS = 20
 R_FEED_GAPS = 21
+R_FEED_STALLS = 22       # connections closed for silence (also counted in R_FEED_RECONNECTS)
 # --- brain section (owner: brain) -----------------------------------------------------------------------
 R_BRAIN_SIGNALS = 16
 R_BRAIN_ORDERS = 17
@@ -68,6 +70,7 @@ R_SENDER_ACKS = 17
 R_SENDER_REJECTS = 18
 R_SENDER_TRADING_STATE = 19   # aegis.trade.risk state (0 ACTIVE, 1 REDUCING, 2 HALTED), mirrored by the Brain for status
 R_SENDER_STATE_REASON = 20    # aegis.trade.risk.WHY_* of the last state change
+R_SENDER_FAILSAFE = 21        # 1: the order journal cannot be written; trading halted, orders cancelled without it
 R_SENDER_FLAGS = 24           # 8 slots (own cache line) = aegis.trade.sender.TradeSession.flags: [0] kill switch request
                               # (1 halt + cancel all, 2 also flatten; the supervisor may write it), [1] seen by Brain
 

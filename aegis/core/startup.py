@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import multiprocessing as mp
 import os
 import signal
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +17,7 @@ from aegis.core.config import EngineConfig
 from aegis.core.ring import Ring
 from aegis.core.shm import Segment
 
+PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 
 
@@ -47,9 +51,29 @@ class ProcessContext:
         self.control_f = self._ctl_seg.view(np.float64, 0, control.SLOTS)
         self._lat_seg = Segment.attach(spec.latency_name) if spec.latency_name else None
         self.latency = self._lat_seg.view(np.int64) if self._lat_seg else None
+        parent = mp.parent_process()
+        self.parent_pid = parent.pid if parent is not None else os.getppid()
+        self.orphan_since: float | None = None    # time.monotonic() when the supervisor was found gone
+
+    def orphaned(self) -> bool:
+        """The supervisor is gone (we were re-parented): nobody watches this process any more."""
+        return os.getppid() != self.parent_pid
 
     def stopping(self) -> bool:
+        """The run is stopping: asked by the supervisor, or the supervisor died. Engine loops call this on their slow
+        path, so an orphan stops in order (and cancels its orders) even if the death signal was missed."""
+        if self.orphaned():
+            if self.orphan_since is None:
+                self.orphan_since = time.monotonic()
+                print(f"aegis: {self.spec.role}: the supervisor (pid {self.parent_pid}) is gone; stopping",
+                      file=sys.stderr, flush=True)
+            control.request_stop(self.control)
+            return True
         return bool(control.stop_requested(self.control))
+
+    def orphaned_for(self) -> float:
+        """Seconds since stopping() found the supervisor gone (0 while it lives)."""
+        return 0.0 if self.orphan_since is None else time.monotonic() - self.orphan_since
 
     def heartbeat(self) -> None:
         control.beat(self.control, self.role)
@@ -76,6 +100,16 @@ def pin(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send `sig` to this process when the thread that created it exits (PR_SET_PDEATHSIG), so a
+    supervisor killed with SIGKILL never leaves an engine process trading unsupervised. SIGTERM, not SIGKILL: the
+    process then stops in order and the Brain cancels its open orders. False when the call is not available."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def set_timer_slack(ns: int = 1) -> None:
     """Let nanosleep wake when asked: the default 50 us slack would dominate the sleep wait strategy."""
     try:
@@ -93,9 +127,18 @@ def enter(spec: ProcessSpec) -> ProcessContext:
     ctx = ProcessContext(spec)
 
     def on_term(signum, frame):
+        if not ctx.control[control.G_STOP_BY]:
+            ctx.control[control.G_STOP_BY] = ctx.role + 1     # the supervisor names who got the signal
         control.request_stop(ctx.control)
+        if ctx.slot(control.R_STATE) < control.ST_RUNNING:
+            # still starting (compiling, connecting): nothing to finish in order, and the start-up code does not
+            # look at the stop flag, so leave now instead of after the supervisor's stop timeout
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    die_with_parent()
+    if ctx.orphaned():    # the supervisor died before the death signal was armed
+        ctx.stopping()
     ctx.set(control.R_PID, os.getpid())
     ctx.set(control.R_CORE, -1 if spec.core is None else spec.core)
     ctx.set(control.R_WAIT, spec.wait)

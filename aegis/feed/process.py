@@ -51,7 +51,7 @@ from aegis.feed.book import BookState
 from aegis.binance.client import VENUE_URLS
 from aegis.core.clock import now_ns, py_now_ns
 from aegis.feed.conflation import ConflationBuffer
-from aegis.core.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAPS, R_FEED_MSGS,
+from aegis.core.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAPS, R_FEED_MSGS, R_FEED_STALLS,
                            R_FEED_RECONNECTS, R_FEED_RESYNCS, R_IDLE, R_RECORDS, R_STATE, ROLE_FEED, ROLE_SLOTS,
                            ST_RUNNING)
 from aegis.feed.parse import (LEVELS_CAP, LI_MARK, LI_QUOTE, LI_TRADE, PROBLEMS, ST_BAD_VALUE, ST_CONTROL,
@@ -405,8 +405,13 @@ class SnapshotFetcher:
     and bans IPs that keep exceeding it; 300 books x weight 20 would be 6000 at once), and a 429/418 answer
     pauses the thread for its Retry-After (or 10 s)."""
 
-    def __init__(self, rest_url: str, limit: int, timeout: float, weight_per_minute: float = 1200.0):
+    def __init__(self, rest_url: str, limit: int, timeout: float, weight_per_minute: float = 1200.0,
+                 ledger=None):
         self.rest_url = rest_url.rstrip("/")
+        # aegis.binance.weight.WeightLedger of a venue shared across runs: the snapshots of this run and of the runs
+        # just before it share one minute's budget (a crash loop waits instead of getting the IP banned)
+        self.ledger = ledger
+        self.weight_per_minute = weight_per_minute
         self.limit = limit
         self.timeout = timeout
         self.weight = DEPTH_WEIGHT.get(limit, 20)
@@ -434,9 +439,18 @@ class SnapshotFetcher:
                 except queue.Empty:
                     continue
                 self._pace()
+                if self.ledger is not None:
+                    from aegis.binance.weight import LIMIT
+                    # the snapshots' budget is a share of Binance's limit; a venue with a lower limit scales it
+                    self.ledger.wait_for(self.weight, share=min(1.0, self.weight_per_minute / LIMIT),
+                                         stop=self._stop.is_set)
+                    if self._stop.is_set():
+                        break
                 try:
                     r = s.get(self.rest_url + "/fapi/v1/depth", params={"symbol": name, "limit": self.limit},
                               timeout=self.timeout)
+                    if self.ledger is not None:
+                        self.ledger.note_response(r)
                     if r.status_code in (418, 429):
                         try:
                             pause = float(r.headers.get("Retry-After", 10))
@@ -477,7 +491,7 @@ class FeedEngine:
     """The websocket Feed, usable inside the Feed process (run) or directly in tests and benches."""
 
     def __init__(self, table: SymbolTable, cfg: FeedConfig, header, records, rest_url: str, ws_url: str,
-                 wait: int = 2, record_dir: str | None = None, ctl=None, latency_set=None):
+                 wait: int = 2, record_dir: str | None = None, ctl=None, latency_set=None, weight_ledger=None):
         self.table = table
         self.cfg = cfg
         self.header = header
@@ -496,7 +510,7 @@ class FeedEngine:
                                         for route, streams in plan_connections(table, cfg)]
         self.depth_enabled = "depth" in cfg.streams
         self.fetcher = SnapshotFetcher(rest_url, cfg.snapshot_limit, cfg.snapshot_timeout,
-                                       cfg.snapshot_weight_per_minute) if self.depth_enabled else None
+                                       cfg.snapshot_weight_per_minute, weight_ledger) if self.depth_enabled else None
         self.next_snapshot_at = np.zeros(len(table))
         self.recorder = None
         if record_dir:
@@ -505,6 +519,8 @@ class FeedEngine:
             self._record_exchange_info()
         self.rlog = RateLimitedLog(log, cfg.log_interval)
         self.reconnects = 0
+        self.stalls = 0
+        self.last_error = ""
         self.bytes_in = 0
         self.checksum = 0
         self._chk_seq = 0
@@ -514,7 +530,8 @@ class FeedEngine:
         self.idle_polls = 0
         base = ROLE_SLOTS * (1 + ROLE_FEED)
         self._stat_slots = np.array([base + x for x in (R_RECORDS, R_CHECKSUM, R_FEED_MSGS, R_FEED_BYTES, R_FEED_BAD,
-                                                        R_FEED_RECONNECTS, R_FEED_RESYNCS, R_FEED_GAPS, R_IDLE)],
+                                                        R_FEED_RECONNECTS, R_FEED_RESYNCS, R_FEED_GAPS, R_IDLE,
+                                                        R_FEED_STALLS)],
                                     np.int64)
         self._stat_values = np.zeros(len(self._stat_slots), np.int64)
         io = self.io
@@ -574,6 +591,7 @@ class FeedEngine:
         except Exception as e:  # noqa: BLE001 - handshake failures of any kind mean "retry later"
             c.reader = None
             self._schedule_retry(c, f"connect {url[:120]} failed: {type(e).__name__}: {e}")
+            self.last_error = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
             return False
         finally:
             self._beat()   # a handshake blocks (up to connect_timeout): the supervisor must not see a hang
@@ -585,7 +603,17 @@ class FeedEngine:
         log.info("feed: connection %d open: %s route, %d streams", c.id, c.route, len(c.streams))
         return True
 
+    def wait_connected(self, timeout: float, stop=None) -> bool:
+        """Until one market-data connection is open (retrying as usual); False after `timeout` s without one."""
+        deadline = time.monotonic() + timeout
+        while not any(c.reader is not None for c in self.conns):
+            if time.monotonic() >= deadline or (stop is not None and stop()):
+                return False
+            self.run_for(0.05)
+        return True
+
     def _schedule_retry(self, c: Connection, reason: str) -> None:
+        self.last_error = reason
         c.failures += 1
         c.backoff = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(c.failures - 1, 20)))
         delay = random.uniform(0.5 * c.backoff, c.backoff)   # jitter: reconnecting clients do not synchronise
@@ -653,6 +681,7 @@ class FeedEngine:
                 c.successor.reader.close()
                 c.successor.reader = None
             if now - c.last_data > cfg.stall_timeout:
+                self.stalls += 1
                 self._lost(c, f"no data for {now - c.last_data:.1f} s (stall)")
                 continue
             if c.first_data and now - c.first_data > 30.0:
@@ -986,7 +1015,7 @@ class FeedEngine:
         bytes_in = self.bytes_in + sum(c.reader.bytes_in for c in self._all_readers())
         vals = self._stat_values
         for k, v in enumerate((seq, self.checksum, int(st[ST_FRAMES]), bytes_in, self.bad_count(), self.reconnects,
-                               int(st[ST_RESYNCS]), int(st[ST_POOL_FULL]), self.idle_polls)):
+                               int(st[ST_RESYNCS]), int(st[ST_POOL_FULL]), self.idle_polls, self.stalls)):
             vals[k] = v
         store_slots(ctl, self._stat_slots, vals)
 
@@ -1117,6 +1146,11 @@ def resolve_symbols(spec: ProcessSpec, fcfg: FeedConfig, rest_url: str) -> Symbo
     return discover(rest_url, symbols=list(sym), timeout=fcfg.discovery_timeout)
 
 
+from aegis.binance.weight import ledger_for  # noqa: E402
+
+FIRST_CONNECT_S = 10.0   # the first market-data connection must open within this (several tries, with back-off)
+
+
 def run(spec: ProcessSpec) -> int:
     """Feed process entry point (started by the supervisor)."""
     ctx = enter(spec)
@@ -1141,9 +1175,18 @@ def run(spec: ProcessSpec) -> int:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
         warm_up()
         eng = FeedEngine(table, fcfg, ctx.ring.header, ctx.ring.records, rest_url, ws_url, spec.wait,
-                         cfg.record_dir, ctx.control, lat)
+                         cfg.record_dir, ctx.control, lat,
+                         weight_ledger=ledger_for(rest_url, cfg.venue == "embedded" and not fcfg.rest_url))
         ctx.set_state(control.ST_READY)
         eng.start()
+        if not eng.wait_connected(FIRST_CONNECT_S, ctx.stopping):
+            # market data that never arrives is an error of the run, not a quiet run with 0 records
+            if not ctx.stopping():
+                print(f"aegis: error: cannot reach market data at {ws_url}: {eng.last_error}", file=sys.stderr,
+                      flush=True)
+            eng.close()
+            ctx.set_state(control.ST_FAILED)
+            return 2 if not ctx.stopping() else 0
         freeze_gc()
         ctx.set_state(control.ST_RUNNING)
         try:

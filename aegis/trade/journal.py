@@ -45,6 +45,7 @@ log = logging.getLogger("aegis.trade.journal")
 
 FSYNC_POLICIES = ("always", "interval", "never")
 FINAL_STATUSES = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
+FILLS_REMEMBERED = 8192       # fill ids kept for de-duplication (JournalState.fills_seen)
 
 
 def _line(rec: dict) -> bytes:
@@ -118,6 +119,10 @@ def read_records(path: str) -> tuple[list[dict], int]:
     return s.records, s.good_end
 
 
+class JournalFailed(OSError):
+    """The journal could not be written (disk full, I/O error); nothing may be sent that it does not hold."""
+
+
 class Journal:
     """Thread-safe appender (the sender and the user-stream threads both write)."""
 
@@ -147,6 +152,11 @@ class Journal:
         os.lseek(self._fd, 0, os.SEEK_END)
         self.records_written = 0
         self.state: JournalState | None = None   # when set, every appended record is applied to it too
+        # a journal that cannot be written cannot be trusted: the first failure is reported once to on_failure
+        # (the trade session halts and cancels through a path that needs no journal) and every later append
+        # refuses at once, so nothing is sent that the journal does not hold
+        self.failed: str | None = None
+        self.on_failure = None
         self._dirty = False
         self._closed = threading.Event()
         self._flusher = None
@@ -162,28 +172,68 @@ class Journal:
             if dirty and fd >= 0:
                 try:
                     os.fdatasync(fd)
-                except OSError:
-                    pass
+                except OSError as e:
+                    if fd == self._fd:      # not closed meanwhile: the data may not be on disk
+                        self.report_failure(f"fdatasync: {e.strerror or e}")
 
     def append(self, kind: str, **fields) -> None:
         rec = {"k": kind, "t": time.time_ns() // 1_000_000, **fields}
         _check_no_secret(rec)
         line = _line(rec)
         with self._lock:
+            if self.failed is not None:
+                raise JournalFailed(self.failed)
             done = 0
-            while done < len(line):     # a regular file may take part of a write (a signal, a nearly full disk)
-                w = os.write(self._fd, line[done:])
-                if w <= 0:
-                    raise OSError(f"journal write took 0 of {len(line) - done} bytes")
-                done += w
-            self.records_written += 1
-            self._dirty = True
-            if self.state is not None:
-                self.state.apply(rec)     # the in-memory view never runs ahead of (or behind) the file
+            try:
+                while done < len(line):     # a regular file may take part of a write (a signal, a full disk)
+                    w = os.write(self._fd, line[done:])
+                    if w <= 0:
+                        raise OSError(f"journal write took 0 of {len(line) - done} bytes")
+                    done += w
+            except OSError as e:
+                failure = self._failed(e)
+            else:
+                failure = None
+            if failure is None:
+                self.records_written += 1
+                self._dirty = True
+                if self.state is not None:
+                    self.state.apply(rec)     # the in-memory view never runs ahead of (or behind) the file
             fd = self._fd
+        if failure is not None:
+            self._notify(failure)
+            raise JournalFailed(failure)
         # the sync runs outside the lock: the sender's next append must not queue behind a fill's fdatasync
         if self.fsync == "always" or (self.fsync == "interval" and kind == "fill"):
-            os.fdatasync(fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                self.report_failure(f"fdatasync: {e}")
+                raise JournalFailed(self.failed) from None
+
+    def _failed(self, e: OSError) -> str:
+        """Under the lock: remember the first failure; the caller notifies outside the lock."""
+        msg = f"{self.path}: {e.strerror or e}" if isinstance(e, OSError) else f"{self.path}: {e}"
+        if self.failed is None:
+            self.failed = msg
+        return msg
+
+    def report_failure(self, what: str) -> None:
+        """A write of this journal failed outside append() (the sender's fast path writes the fd itself)."""
+        with self._lock:
+            first = self.failed is None
+            if first:
+                self.failed = f"{self.path}: {what}"
+        if first:
+            self._notify(self.failed)
+
+    def _notify(self, msg: str) -> None:
+        cb, self.on_failure = self.on_failure, None     # once
+        if cb is not None:
+            try:
+                cb(msg)
+            except Exception:
+                log.exception("journal failure handler failed")
 
     def adopt(self, line: bytes) -> dict:
         """A record line the sender's fast path (aegis.binance.wire) already wrote to this file with its own write(2):
@@ -210,7 +260,10 @@ class Journal:
             self._flusher.join(1.0)
         with self._lock:
             if self._fd >= 0:
-                os.fsync(self._fd)
+                try:
+                    os.fsync(self._fd)
+                except OSError as e:
+                    log.error("journal %s: final sync failed: %s", self.path, e)
                 os.close(self._fd)
                 self._fd = -1
 
@@ -246,15 +299,26 @@ class JournalState:
     next_client_id: int = 1
     orders: dict[int, OrderState] = field(default_factory=dict)
     by_coid: dict[str, int] = field(default_factory=dict)
-    fills_seen: set[tuple[str, int, int]] = field(default_factory=set)  # (symbol, orderId, tradeId)
+    # (symbol, orderId, tradeId) of the latest FILLS_REMEMBERED fills, oldest first: a replay after a reconnect or
+    # a restart repeats recent fills only, and an ever-growing set would grow the process by every fill
+    fills_seen: dict[tuple[str, int, int], None] = field(default_factory=dict)
     positions: dict[str, float] = field(default_factory=dict)
+    entries: dict[str, float] = field(default_factory=dict)      # entry price of the last position record
     realized_pnl: float = 0.0
     fees: float = 0.0
     trading_state: str = "ACTIVE"
     state_reason: str = ""
+    unusable: int = 0        # records skipped by rebuild(): valid checksum, unusable fields
 
     def open_orders(self) -> list[OrderState]:
         return [o for o in self.orders.values() if o.open]
+
+    def _settle(self, o: OrderState) -> None:
+        """A final order leaves the table: memory follows the open orders, not every order ever sent. Later
+        events of it (a late ack, a repeated final) find nothing and change nothing, as before."""
+        if not o.open:
+            self.orders.pop(o.client_id, None)
+            self.by_coid.pop(o.coid, None)
 
     def apply(self, r: dict) -> None:
         k = r.get("k")
@@ -278,14 +342,18 @@ class JournalState:
                 status = "REJECTED" if k == "rej" else r.get("status", o.status)
                 if o.open:   # a final state is never reopened by a late ack
                     o.status = status
+                    self._settle(o)
         elif k == "fill":
             key = (r["sym"], int(r["oid"]), int(r["tid"]))  # ids are per symbol on Binance
             if key in self.fills_seen:
                 return
-            self.fills_seen.add(key)
+            self.fills_seen[key] = None
+            if len(self.fills_seen) > FILLS_REMEMBERED:
+                del self.fills_seen[next(iter(self.fills_seen))]
             qty = float(r["qty"])
             sign = 1.0 if r["side"] == "BUY" else -1.0
-            self.positions[r["sym"]] = self.positions.get(r["sym"], 0.0) + sign * qty
+            if not r.get("inc"):        # "inc": already in the position snapshot recorded before it
+                self.positions[r["sym"]] = self.positions.get(r["sym"], 0.0) + sign * qty
             self.realized_pnl += float(r.get("rpnl", 0) or 0)
             self.fees += float(r.get("fee", 0) or 0)
             o = self.orders.get(int(r.get("id", -1)))
@@ -294,15 +362,30 @@ class JournalState:
                 o.cum_qty = max(o.cum_qty, float(r.get("cum", 0) or 0))
                 if o.open:
                     o.status = r.get("status", o.status)
+                    self._settle(o)
+        elif k == "position":   # the exchange's word at a reconciliation: later fills add to it
+            self.positions[r["sym"]] = float(r["qty"])
+            self.entries[r["sym"]] = float(r.get("entry", 0) or 0)
         elif k == "state":
             self.trading_state = r.get("state", self.trading_state)
             self.state_reason = r.get("reason", "")
 
 
 def rebuild(records: list[dict]) -> JournalState:
+    """The state the records describe. A record whose checksum is right but whose fields are not (missing,
+    wrong type: written by another version, or edited by hand) is skipped and reported, like a corrupt line."""
     st = JournalState()
-    for r in records:
-        st.apply(r)
+    bad = []
+    for i, r in enumerate(records):
+        try:
+            st.apply(r)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            bad.append((i, r.get("k") if isinstance(r, dict) else None, e))
+    if bad:
+        i, kind, e = bad[0]
+        log.warning("journal: %d record(s) with a valid checksum but unusable fields skipped (first: record %d, "
+                    "kind %r, %s: %s)", len(bad), i, kind, type(e).__name__, e)
+    st.unusable = len(bad)
     return st
 
 

@@ -434,7 +434,13 @@ def check_new(rk, req, now):
     # --- rounding to integer units
     step = sym[s, S_MKT_STEP] if is_mkt else sym[s, S_STEP]
     qty = req.qty
-    if ro:   # reduce-only: never more than the position not already covered by open reduce-only orders
+    if flatten:   # the whole position: the halt cancels the resting reduce-only exits just before (halt_requests)
+        room = -pos if buy else pos
+        if room <= 0.0:
+            return _reject(sym, g, rejlog, s, R_REDUCE_ONLY, 0, now)
+        if qty > room:
+            qty = room
+    elif ro:   # reduce-only: never more than the position not already covered by open reduce-only orders
         room = (-pos - sym[s, S_OPEN_RO_BUY]) if buy else (pos - sym[s, S_OPEN_RO_SELL])
         if room <= 0.0:
             return _reject(sym, g, rejlog, s, R_REDUCE_ONLY, 0, now)
@@ -502,7 +508,7 @@ def check_new(rk, req, now):
                     gross += _worst(sym, j) * _ref_px(sym, j)
             if gross > gf[GF_MAX_GROSS] * (1.0 + 1e-12):
                 return _reject(sym, g, rejlog, s, R_GROSS_NOTIONAL, 0, now)
-    if sym[s, S_OPEN_COUNT] >= sym[s, S_MAX_NUM_ORDERS]:
+    if sym[s, S_OPEN_COUNT] >= sym[s, S_MAX_NUM_ORDERS] and not flatten:   # flatten: the exits are being cancelled
         return _reject(sym, g, rejlog, s, R_MAX_OPEN_ORDERS, 0, now)
     # --- order-rate windows, last: a refused order must not use up the budget
     if not flatten and not _rate_ok(rates, g, g[G_RATE_OURS], ONE_S, now):

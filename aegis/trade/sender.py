@@ -267,6 +267,48 @@ def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
     return waiting.NAMES[name]
 
 
+# --------------------------------------------------------------------------------------------- diagnostics
+SAMPLES = 16384          # per-order timing samples kept (the latest); the histograms keep every order
+RESULTS_KEPT = 256        # exchange answers kept by the sender for tests and tools (~2 KB each)
+
+
+class Samples:
+    """The latest `cap` rows of int64 samples in preallocated memory: per-order diagnostics that do not grow with
+    the number of orders (a list of tuples grew by ~200 B per order for the life of the process)."""
+
+    def __init__(self, cap: int, width: int = 1):
+        self.cap = cap
+        self.width = width
+        self._a = np.zeros((cap, width), np.int64)
+        self.n = 0
+
+    def append(self, row) -> None:
+        self._a[self.n % self.cap] = row
+        self.n += 1
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def __len__(self) -> int:
+        return min(self.n, self.cap)
+
+    def rows(self) -> np.ndarray:
+        """Oldest first, a copy; shape (len, width)."""
+        if self.n <= self.cap:
+            return self._a[:self.n].copy()
+        k = self.n % self.cap
+        return np.concatenate((self._a[k:], self._a[:k]))
+
+    def __getitem__(self, i):
+        r = self.rows()[i]
+        return r[0] if self.width == 1 and np.ndim(r) == 1 else r
+
+    def __array__(self, dtype=None, copy=None):
+        r = self.rows()
+        r = r[:, 0] if self.width == 1 else r
+        return r if dtype is None else r.astype(dtype)
+
+
 # --------------------------------------------------------------------------------------------- fills back
 class FillQueue:
     """Events back into the Brain (fills, order state changes, exchange rejects): an in-process ring of FILL
@@ -398,12 +440,12 @@ class Sender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = self.acks = self.rejects = self.errors = 0
-        self.handoff_ns: list[int] = []   # last hand-off latencies (bounded), for the status line and tests
+        self.handoff_ns = Samples(SAMPLES)   # last hand-off latencies, for the status line and tests
         self.cores_used: tuple = ()
         # per order: (handoff, seen by the sender, request built, handed to the socket, send returned)
-        self.wire_ns: list[tuple] = []
+        self.wire_ns = Samples(SAMPLES, 5)
         self._seen_ns = 0
-        self.results: dict[int, dict] = {}   # client_id -> last exchange answer (bounded use: tests/tools)
+        self.results: dict[int, dict] = {}   # client_id -> last exchange answer, the last RESULTS_KEPT (tests/tools)
         self.fast = None                  # aegis.binance.wire tables when the fast path is on (enable_fast_path)
         self.housekeeping = None          # optional callable run when idle (kill-switch file, clock resync)
         self.on_unknown = None            # optional callable after an order ended in an unknown state (reconcile)
@@ -486,8 +528,7 @@ class Sender:
             self._seen_ns = seen
             for i in range(n):
                 req = dst[i]
-                if len(self.handoff_ns) < 100_000:
-                    self.handoff_ns.append(seen - int(req["handoff_ts"]))
+                self.handoff_ns.append(seen - int(req["handoff_ts"]))
                 try:
                     if self.fast is not None and self._lens[i] != 0:
                         self._process_prepared(req, i)
@@ -502,6 +543,15 @@ class Sender:
             from aegis.core import control
             slot = getattr(control, slot_name)
             self.ctl[control.base(control.ROLE_SENDER) + slot] += 1
+
+    def _note(self, kind: str, **fields) -> None:
+        """Journal a cancel: it is sent even when the journal fails (a cancel can only reduce what is at risk; the
+        failure itself has been reported and has halted trading)."""
+        from aegis.trade.journal import JournalFailed
+        try:
+            self.journal.append(kind, **fields)
+        except JournalFailed:
+            pass
 
     def process(self, req) -> dict | None:
         """Journal, send, journal the answer, report rejects back to the Brain. Public for tests/tools."""
@@ -523,8 +573,7 @@ class Sender:
             t0 = time.monotonic_ns()
             res = self.client.place_order(params)
             wire = getattr(self.client, "first_send_ns", 0) or t0
-            if len(self.wire_ns) < 100_000:
-                self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, t0, wire, wire))
+            self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, t0, wire, wire))
             self.sent += 1
             self._count("R_SENDER_SENT")
             if self.latency is not None:
@@ -535,7 +584,7 @@ class Sender:
         if action == ACTION_CANCEL:
             target = int(req["target_id"])
             coid = self.coid(target)
-            self.journal.append("req", id=cid, coid=coid, sym=sym, act="cancel", target=target)
+            self._note("req", id=cid, coid=coid, sym=sym, act="cancel", target=target)
             res = self.client.cancel_order(sym, coid)
             self.sent += 1
             self._count("R_SENDER_SENT")
@@ -543,21 +592,20 @@ class Sender:
                 o = res["order"]
                 st = o.get("status", "")
                 final = st in ("CANCELED", "FILLED", "EXPIRED")
-                self.journal.append("final" if final else "ack", id=target, coid=coid, sym=sym,
-                                    oid=int(o.get("orderId", 0)), status=st)
+                self._note("final" if final else "ack", id=target, coid=coid, sym=sym,
+                           oid=int(o.get("orderId", 0)), status=st)
                 if final and st != "FILLED":
                     # tell the Brain now (the user stream repeats it; a second final event is a no-op in risk)
                     self._event(target, req, _STATUS.get(st, STATUS_CANCELED), int(o.get("orderId", 0)))
             else:
-                self.journal.append("cancel_rej", id=target, coid=coid, sym=sym, code=res.get("code"),
-                                    msg=res.get("msg", ""))
+                self._note("cancel_rej", id=target, coid=coid, sym=sym, code=res.get("code"), msg=res.get("msg", ""))
             return res
         if action == ACTION_CANCEL_ALL:
-            self.journal.append("req", id=cid, coid="", sym=sym, act="cancel_all")
+            self._note("req", id=cid, coid="", sym=sym, act="cancel_all")
             res = self.client.cancel_all(sym)
             self.sent += 1
             self._count("R_SENDER_SENT")
-            self.journal.append("cancel_all", sym=sym, ok=bool(res.get("ok")), code=res.get("code"))
+            self._note("cancel_all", sym=sym, ok=bool(res.get("ok")), code=res.get("code"))
             return res
         log.error("sender: unknown action %d", action)
         return None
@@ -566,12 +614,15 @@ class Sender:
         """A new order whose bytes and journal line the jitted fast path made (wait_and_prepare)."""
         cid = int(req["client_id"])
         coid = f"{self.prefix}{cid}"
-        if self._lens[i] < 0:
+        if self._lens[i] < 0 or self.journal.failed is not None:
             # not journaled = not sent: release it in the Brain's risk state
-            log.error("sender: journal write failed (%d); order %s not sent", int(self._wstate[wire.ST_WRITE_ERRNO]),
-                      coid)
+            log.error("sender: journal write failed; order %s not sent", coid)
             self.errors += 1
             self._event(cid, req, STATUS_REJECTED, 0)
+            if self._lens[i] < 0:
+                err = int(self._wstate[wire.ST_WRITE_ERRNO])
+                self.journal.report_failure("write refused (disk full or I/O error)" if err < 0 else
+                                            f"short write ({err} bytes)")
             return None
         off = int(self._offs[i])
         adopted = []
@@ -589,9 +640,8 @@ class Sender:
         if not adopted:
             on_sent()
         wire_ns = self.client.first_send_ns or time.monotonic_ns()
-        if len(self.wire_ns) < 100_000:
-            self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, int(self._stamps[1]), wire_ns,
-                                 getattr(self.client, "send_return_ns", 0) or wire_ns))
+        self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, int(self._stamps[1]), wire_ns,
+                             getattr(self.client, "send_return_ns", 0) or wire_ns))
         self.sent += 1
         self._count("R_SENDER_SENT")
         if self.latency is not None:
@@ -602,6 +652,8 @@ class Sender:
 
     def _answer(self, req, cid, coid, sym, res) -> None:
         self.results[cid] = res
+        if len(self.results) > RESULTS_KEPT:     # oldest first (dicts keep insertion order): memory stays flat
+            del self.results[next(iter(self.results))]
         if res.get("ok"):
             o = res["order"]
             self.acks += 1
@@ -677,11 +729,14 @@ def poll_kill(flags, g, now):
     """Kill switch (file, supervisor, TradeSession.kill) -> risk HALTED (+ flatten); True the first time it fires.
     The Brain's order loop calls this once per iteration (aegis.brain.pipeline.service): one acquire load when nothing happens."""
     k = load_acquire(flags, F_KILL)
-    if k != 0 and flags[F_KILL_SEEN] == 0:
-        flags[F_KILL_SEEN] = 1
+    if k > flags[F_KILL_SEEN]:
+        # fires again when the request escalates (USR1, then USR2 = also flatten), and also when trading is
+        # already HALTED (a halt kept from an earlier run): cancel everything again, and flatten if asked
+        flags[F_KILL_SEEN] = k
         if k == 2:
             g[riskmod.G_FLATTEN_ON_HALT] = 1
         riskmod.kill(g, now)
+        g[riskmod.G_HALT_PENDING] = 1
         return True
     return False
 
@@ -698,7 +753,7 @@ class TradeSession:
     `symbols` is the Brain's symbol list in its integer-id order (the Feed's aegis.binance.symbols table)."""
 
     def __init__(self, tcfg: TradeConfig, rcfg, ep, keys, symbols, ctl=None, latency=None, journal_path=None,
-                 resume: bool = False, own_core: bool = False, brain_polls: bool = False):
+                 resume: bool = False, own_core: bool = False, brain_polls: bool = False, lock: bool = True):
         self.tcfg = tcfg
         self.rcfg = rcfg
         self.ep = ep
@@ -722,6 +777,14 @@ class TradeSession:
         self.protector = None
         self._last_sync = 0.0
         self._last_state = (-1, -1)
+        self.use_lock = lock        # False: a journal of this run alone (embedded venue), nobody to exclude
+        self.ledger = None          # aegis.binance.weight.WeightLedger of a venue shared across runs
+        self.lock = None
+        self.orphans_cancelled: dict | None = None   # symbol -> ok, when a dead predecessor's orders were cancelled
+        self.failsafe: str | None = None             # why the journal failed (then trading is halted for good)
+        self.failsafe_cancelled: dict | None = None
+        self._failsafe_thread = None
+        self.remaining: dict | None = None           # symbol -> position the exchange still shows at stop()
 
     def start(self, wait_stream_s: float = 10.0) -> "TradeSession":
         try:
@@ -735,11 +798,51 @@ class TradeSession:
         from aegis.trade.journal import open_journal
         from aegis.trade.risk import STATE_NAMES, WHY_NAMES, RiskBook, SymbolRules, set_state
         from aegis.trade.userstream import UserStream
+        from aegis.core.lockfile import LockBusy, LockFile
+        # one Brain per journal (= per account): a second one would trade beside the first and both would
+        # mistake the other's orders for their own
+        if self.use_lock:
+            self.lock = LockFile(brain_lock_path(self.journal_path))
+            try:
+                self.lock.acquire(LOCK_TRADING)
+            except LockBusy as e:
+                self.lock = None
+                raise TradeSetupError(f"another engine (pid {e.pid}) is trading on journal {self.journal_path}; "
+                                      "stop it first") from None
         self.journal, self.jstate = open_journal(self.journal_path, self.tcfg.fsync, self.tcfg.fsync_interval_ms)
+        self.journal.on_failure = self._journal_failed
+        from aegis.binance.weight import cached_exchange_info, ledger_for
+        # the REST weight of the minute is shared with the runs just before this one (a crash loop must not get
+        # the IP banned): wait for room for the start-up requests first
+        self.ledger = ledger_for(self.ep.rest_url, self.ep.venue == "embedded")
+        if self.ledger is not None:
+            self.ledger.wait_for(START_WEIGHT, share=0.9)
         self.client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
         self.client.sync_time()
         self._last_sync = time.monotonic()
-        info = self.client.exchange_info()
+        if self.lock is not None and self.lock.previous[1] == LOCK_TRADING:
+            # the last Brain on this account died while trading, with nobody to cancel for it (its supervisor
+            # was killed too): its orders may still rest on the exchange. Cancel them before anything else.
+            from aegis.trade.userstream import client_id_of
+            listing = self.client.open_orders()
+            ids = [client_id_of(o.get("clientOrderId", ""), self.jstate.prefix)
+                   for o in (listing.get("orders") or ())] if listing.get("ok") else []
+            done = cancel_all_open_orders(self.client)
+            self.orphans_cancelled = {s: bool(r.get("ok")) for s, r in done.items()}
+            log.error("the previous engine on this journal (pid %d) died while trading; cancelled its open orders "
+                      "on %d symbol(s)%s", self.lock.previous[0], len(done),
+                      f": {', '.join(sorted(done))}" if done else " (none were open)")
+            # "id": client ids continue above every id the exchange listed, even one the journal never recorded
+            self.journal.append("orphans_cancelled", pid=self.lock.previous[0], symbols=sorted(done),
+                                **({"id": max(ids)} if ids and max(ids) > 0 else {}))
+        if self.ledger is not None:
+            def fetch():
+                r = self.client.exchange_info()
+                return r["data"] if r.get("ok") else None
+            data = cached_exchange_info(self.ep.rest_url, fetch)
+            info = {"ok": True, "data": data} if data is not None else self.client.exchange_info()
+        else:
+            info = self.client.exchange_info()
         if not info.get("ok"):
             raise ConnectionError(f"exchangeInfo failed: {info.get('code')} {info.get('msg')}")
         rows = {r["symbol"]: r for r in info["data"].get("symbols", ())}
@@ -749,6 +852,7 @@ class TradeSession:
         rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
         self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
         self._apply_leverage_brackets()
+        restored = self._restore_from_journal()
         if self.jstate.trading_state == "HALTED" and self.resume:
             self.journal.append("state", state="ACTIVE", reason="resume")
         elif self.jstate.trading_state == "HALTED":
@@ -790,6 +894,13 @@ class TradeSession:
         move_off_brain_core(getattr(self.journal, "_flusher", None))
         if not self.userstream.connected.wait(wait_stream_s):
             log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
+        elif any(restored):
+            rec = self.userstream.last_reconcile or {}
+            log.warning("resumed from the journal: %d position(s), %d open order(s); the exchange closed %d of those "
+                        "orders meanwhile and listed %d unknown to the journal (adopted); positions that differed "
+                        "are listed above as 'reconcile'", restored[0], restored[1], rec.get("closed", 0),
+                        rec.get("adopted", 0))
+        self._note_weight()
         # reconciliation may have adopted orders the journal had lost: never hand out their ids again
         self.book.g[riskmod.G_NEXT_CID] = max(int(self.book.g[riskmod.G_NEXT_CID]), self.jstate.next_client_id)
         self._start_protector(rules)
@@ -853,6 +964,28 @@ class TradeSession:
         return out
     # ---- end of exchange-side protection ----------------------------------------------------------------------
 
+    def _note_weight(self) -> None:
+        if self.ledger is not None and self.client is not None and self.client.used_weight_1m:
+            self.ledger.note(self.client.used_weight_1m)
+
+    def _restore_from_journal(self) -> tuple[int, int]:
+        """Positions and open orders as the journal left them, into the risk book, before the exchange is asked:
+        the reconciliation that follows then reports (and fixes) only what really differs."""
+        from aegis.core.records import SIDE_BUY, SIDE_SELL
+        ours = set(self.symbols)
+        n_pos = n_ord = 0
+        for sym, qty in self.jstate.positions.items():
+            if sym in ours and qty != 0.0:
+                self.book.restore_position(sym, qty, self.jstate.entries.get(sym, 0.0))
+                n_pos += 1
+        for o in self.jstate.open_orders():
+            if o.symbol in ours:
+                left = max(0.0, float(o.qty or 0) - o.cum_qty)
+                self.book.restore_open_order(o.client_id, o.symbol, SIDE_BUY if o.side == "BUY" else SIDE_SELL, left,
+                                             float(o.price or 0), o.reduce_only)
+                n_ord += 1
+        return n_pos, n_ord
+
     def _housekeeping(self) -> None:
         """Runs in the sender thread when idle: kill-switch file, trading-state changes (say why, journal them),
         periodic clock resync, ws-fapi connection upkeep."""
@@ -877,15 +1010,46 @@ class TradeSession:
         if idle is not None:
             idle()
 
+    def _journal_failed(self, why: str) -> None:
+        """The journal cannot be written (any thread, once): halt, cancel every open order through a client of its
+        own that needs no journal, tell the supervisor (the run ends with exit code 1), say so loudly."""
+        self.failsafe = why
+        log.critical("ORDER JOURNAL CANNOT BE WRITTEN (%s): trading HALTED, cancelling every open order without "
+                     "journaling; the run stops with an error", why)
+        set_flag(self.flags, F_KILL, max(1, int(self.flags[F_KILL])))
+        if self.ctl is not None:
+            from aegis.core import control
+            self.ctl[control.base(control.ROLE_SENDER) + control.R_SENDER_FAILSAFE] = 1
+        t = threading.Thread(target=self._failsafe_cancel, name="aegis-failsafe-cancel", daemon=True)
+        self._failsafe_thread = t
+        t.start()
+
+    def _failsafe_cancel(self) -> None:
+        from aegis.binance.client import BinanceClient
+        client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
+        try:
+            client.sync_time()
+            done = cancel_all_open_orders(client)
+            bad = sorted(s for s, r in done.items() if not r.get("ok"))
+            self.failsafe_cancelled = done
+            if bad:
+                log.critical("fail-safe cancel FAILED on %s -- CHECK THE EXCHANGE", ", ".join(bad))
+            else:
+                log.critical("fail-safe cancel done: open orders cancelled on %d symbol(s)", len(done))
+        except Exception as e:   # noqa: BLE001 - say it; the supervisor cancels again when the Brain ends
+            log.critical("fail-safe cancel failed: %s: %s -- CHECK THE EXCHANGE", type(e).__name__, e)
+        finally:
+            client.close()
+
     def kill(self, flatten: bool = False) -> None:
         """Manual kill switch (any thread): the Brain's poll_kill/service kernel halts, cancels all, maybe flattens;
         the sender's housekeeping then logs and journals the new state."""
-        set_flag(self.flags, F_KILL, 2 if flatten else 1)
+        set_flag(self.flags, F_KILL, max(int(self.flags[F_KILL]), 2 if flatten else 1))
 
     def latency_summary(self) -> str:
         """One line: median / p99 of hand-off (Brain -> sender holds it), request prepared (journal, params,
         signature), then handed to the socket, the send call itself, and handoff -> wire, over this run's orders."""
-        rows = np.array(self.sender.wire_ns if self.sender else [], dtype=np.int64).reshape(-1, 5)
+        rows = self.sender.wire_ns.rows() if self.sender else np.zeros((0, 5), np.int64)
         if not len(rows):
             return "sender: no orders"
         parts = []
@@ -896,17 +1060,23 @@ class TradeSession:
         return f"sender: {len(rows)} orders; " + "; ".join(parts)
 
     def stop(self, cancel_open_orders: bool | None = None) -> dict:
-        """Orderly shutdown; returns the cancel-all results ({symbol: result})."""
+        """Orderly shutdown; returns the cancel-all results ({symbol: result}). Ends with what the exchange says is
+        still open (self.remaining), logged with the reason each position remains."""
+        from aegis.trade.journal import JournalFailed
         if self.sender is not None and self.sender.wire_ns:
             log.info("%s", self.latency_summary())
         cancel = self.tcfg.cancel_on_shutdown if cancel_open_orders is None else cancel_open_orders
         out = {}
         if self.sender is not None:
             self.sender.stop()
+        if self._failsafe_thread is not None:
+            self._failsafe_thread.join(3 * self.tcfg.timeout_s)
+        cancelled = False
         if cancel and self.client is not None:
             known = {o.symbol for o in self.jstate.open_orders()} if self.jstate else set()
             out = cancel_all_open_orders(self.client, known)
-            if self.userstream is not None and self.userstream.connected.is_set():
+            cancelled = all(r.get("ok") for r in out.values())
+            if self.userstream is not None and self.userstream.connected.is_set() and self.failsafe is None:
                 try:   # settle every order the journal still thinks is open, so the next start begins clean
                     self.userstream.reconcile()
                 except Exception as e:
@@ -918,20 +1088,88 @@ class TradeSession:
             self.userstream.stop()
         if self.order_client is not None and self.order_client is not self.client:
             self.order_client.close()
+        if self.client is not None and self.book is not None:
+            self.remaining = self._report_positions()
         if self.journal is not None:
             if self.book is not None and self.book.state != self.jstate.trading_state:
-                self.journal.append("state", state=self.book.state, reason=self.book.state_reason)
+                try:
+                    self.journal.append("state", state=self.book.state, reason=self.book.state_reason)
+                except JournalFailed:
+                    pass
             self.journal.close()
         if self.client is not None:
+            self._note_weight()
             self.client.close()
+        if self.lock is not None:
+            # "stopped" only when nothing of ours can be left resting: the next start cancels otherwise
+            orphans_left = self.lock.previous[1] == LOCK_TRADING and self.orphans_cancelled is None
+            self.lock.release(LOCK_TRADING if orphans_left or (cancel and self.sender is not None and not cancelled)
+                              else LOCK_STOPPED)
         return out
+
+    def _report_positions(self) -> dict | None:
+        """The exchange's open positions in our symbols at the end, each with why it remains. None if the
+        exchange could not be asked."""
+        from aegis.trade.risk import G_FLATTEN_ON_HALT, G_STATE, G_STATE_TS, STATE_NAMES
+        pr = self.client.position_risk()
+        if not pr.get("ok"):
+            log.error("positions at the end: the exchange could not be asked (%s %s) -- CHECK THE EXCHANGE",
+                      pr.get("code"), pr.get("msg"))
+            return None
+        ours = set(self.symbols)
+        remaining = {p["symbol"]: float(p.get("positionAmt", 0) or 0) for p in pr["positions"]
+                     if p.get("symbol") in ours and float(p.get("positionAmt", 0) or 0) != 0.0}
+        if not remaining:
+            log.info("positions at the end: none open on the exchange")
+            return remaining
+        flatten = int(self.book.g[G_FLATTEN_ON_HALT]) != 0 and STATE_NAMES[int(self.book.g[G_STATE])] == "HALTED"
+        refused = {}
+        halted_at = int(self.book.g[G_STATE_TS])
+        for ts, sym, reason, _ in self.book.recent_rejections():
+            if ts >= halted_at and reason not in ("HALTED", "REDUCING"):   # the strategy's own orders after the halt
+                refused[sym] = reason
+        parts = []
+        for sym, qty in sorted(remaining.items()):
+            if flatten:
+                why = (f"flatten refused by risk: {refused[sym]}" if sym in refused else
+                       "flatten was sent but did not close it (see the journal)")
+            else:
+                why = "kept: stopping cancels orders, it does not close positions (kill -USR2 or --flatten-on-halt)"
+            parts.append(f"{sym} {qty:+g} ({why})")
+        log.warning("positions at the end, as the exchange shows them: %d open: %s", len(remaining), "; ".join(parts))
+        return remaining
+
+
+LOCK_TRADING, LOCK_STOPPED = "trading", "stopped"   # Brain lock states (aegis.core.lockfile)
+START_WEIGHT = 60    # REST weight of a start: time, exchangeInfo, listenKey, openOrders (40), positionRisk (5)
+
+
+def journal_path(cfg, run_id: str) -> str:
+    """Where the Brain journals its orders: [trade] journal, else one file per real account that outlives runs
+    (crash recovery, --resume); each embedded run trades a fresh account under a fresh key, so it gets its own."""
+    journal = cfg.section("trade").get("journal") or ""
+    if journal:
+        return journal
+    default = f"journal-{cfg.venue}.jsonl" if cfg.venue != "embedded" else f"journal-embedded-{run_id}.jsonl"
+    return os.path.join(cfg.out_dir, default)
+
+
+def brain_lock_path(journal: str) -> str:
+    """Held by the Brain that writes `journal`; it also records whether that Brain stopped in order."""
+    return journal + ".brain.lock"
+
+
+def supervisor_lock_path(journal: str) -> str:
+    """Held by the supervisor of the engine that trades on `journal`, for its whole life."""
+    return journal + ".lock"
 
 
 def request_kill(ctl, flatten: bool = False) -> None:
     """Supervisor side (any process with the control block): pull the kill switch of the running Brain."""
     from aegis.core import control
     b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
-    set_flag(ctl[b:b + FLAGS_LEN], F_KILL, 2 if flatten else 1)
+    flags = ctl[b:b + FLAGS_LEN]
+    set_flag(flags, F_KILL, max(int(flags[F_KILL]), 2 if flatten else 1))   # never de-escalates
 
 
 def emergency_cancel_all(venue: str = "embedded", live: bool = False, key_file: str | None = None,
@@ -1021,10 +1259,7 @@ def _open_order_path(spec, ctx) -> OrderPath | None:
         k = _keys.from_strings(spec.api_key, spec.api_secret)
     else:
         k = _keys.load(cfg.venue, tcfg.key_file or None)
-    # A real venue's account outlives runs, so its journal does too (crash recovery, --resume). Each embedded run
-    # trades a fresh account under a fresh key: yesterday's positions or halt do not belong to it.
-    default = f"journal-{cfg.venue}.jsonl" if cfg.venue != "embedded" else f"journal-embedded-{spec.run_id}.jsonl"
-    path = tcfg.journal or os.path.join(cfg.out_dir, default)
+    path = journal_path(cfg, spec.run_id)
     lat = None
     from aegis.core import latency as _lat
     if ctx is not None and ctx.latency is not None and ctx.latency.size >= _lat.N_STAGES * _lat.HIST_LEN:
@@ -1034,7 +1269,8 @@ def _open_order_path(spec, ctx) -> OrderPath | None:
     from aegis.core.wait import SLEEP
     session = TradeSession(tcfg, rcfg, ep, k, names, ctl=ctx.control if ctx is not None else None, latency=lat,
                            journal_path=path, resume=tcfg.resume, own_core=own_core,
-                           brain_polls=getattr(spec, "wait", SLEEP) != SLEEP)
+                           brain_polls=getattr(spec, "wait", SLEEP) != SLEEP,
+                           lock=not (cfg.venue == "embedded" and not tcfg.journal))
     session.start()
     log.info("trading on %s: %d symbols, journal %s, sender wait %s, transport %s, state %s", ep.venue, len(names),
              path, tcfg.wait, tcfg.transport, session.book.state)

@@ -97,7 +97,16 @@ class UserStream:
         self._lock = threading.Lock()     # event handling vs reconciliation
         self.connected = threading.Event()
         self.stats = {"events": 0, "fills": 0, "dup_fills": 0, "reconnects": 0, "expired": 0, "keepalives": 0,
-                      "reconciles": 0, "gap_fills": 0, "bad": 0}
+                      "reconciles": 0, "gap_fills": 0, "bad": 0, "in_snapshot": 0}
+        # Exchange time (ms) per symbol: of the newest position event applied, and of the newest positionRisk
+        # snapshot adopted. A snapshot already contains every trade up to its time, including trades whose events
+        # are still on their way through the socket; those must not move the position a second time.
+        self.last_reconcile: dict | None = None
+        self.connected_ms = 0
+        self.event_ms: dict[str, int] = {}
+        self.snapshot_ms: dict[str, int] = {}
+        for sym, qty in getattr(state, "positions", {}).items():   # what the journal knew: compared, not trusted
+            self.ledger.pos(sym).qty = qty
         self._next_keepalive = 0.0
         self.fee_rates: dict[str, tuple[float, float]] = {}   # symbol -> (maker, taker) from commissionRate
         self._fee_warned: set[str] = set()
@@ -148,6 +157,7 @@ class UserStream:
             raise ConnectionError(f"listenKey create failed: {r.get('code')} {r.get('msg')}")
         self.listen_key = r["data"]["listenKey"]
         url = f"{self.client.ep.ws_market_url}/private/ws/{self.listen_key}"
+        self.connected_ms = self._exchange_ms()   # changes before this were missed, not on their way
         # a generous handshake timeout (a loaded box or a far exchange), then short reads so keep-alives and
         # stop requests are never more than recv_timeout_s away
         self._ws = websocket.create_connection(url, timeout=max(5.0, self.recv_timeout_s))
@@ -219,10 +229,11 @@ class UserStream:
         cid = client_id_of(coid, self.state.prefix)
         if x == "TRADE":
             tid = int(o.get("t", 0))
+            t_ms = int(o.get("T", msg.get("E", 0)))
             self._book_fill(sym, cid, coid, oid, tid, o.get("S", "BUY"), o.get("L", "0"), o.get("l", "0"),
                             o.get("z", "0"), o.get("n", "0") or "0", o.get("N", ""), o.get("rp", "0") or "0",
-                            status, bool(o.get("m")), int(o.get("T", msg.get("E", 0))), recv_ns, o.get("q", "0"),
-                            bool(o.get("R")))
+                            status, bool(o.get("m")), t_ms, recv_ns, o.get("q", "0"),
+                            bool(o.get("R")), in_snapshot=0 < t_ms <= self.snapshot_ms.get(sym, 0))
             return
         if x in ("CANCELED", "EXPIRED", "EXPIRED_IN_MATCH") or status in FINAL:
             self.journal.append("final", id=cid, coid=coid, sym=sym, oid=oid, status=status)
@@ -235,7 +246,10 @@ class UserStream:
                    float(o.get("q", 0) or 0), bool(o.get("R")))
 
     def _book_fill(self, sym, cid, coid, oid, tid, side, px, qty, cum, fee, fee_asset, rpnl, status, maker, ts_ms,
-                   recv_ns, orig_qty, reduce_only, gap=False) -> bool:
+                   recv_ns, orig_qty, reduce_only, gap=False, in_snapshot=False) -> bool:
+        """in_snapshot: the trade happened before the positionRisk snapshot last adopted for the symbol, so that
+        position already contains it: journaled (inc) and reported to the Brain for the order's sake, with no
+        quantity, so it does not move the position twice."""
         key = (sym, oid, tid)  # Binance numbers orders and trades per symbol: ids alone collide across symbols
         if key in self.state.fills_seen:
             self.stats["dup_fills"] += 1
@@ -245,6 +259,11 @@ class UserStream:
                "maker": maker, "ts": ts_ms}
         if gap:
             rec["gap"] = True
+        if in_snapshot:
+            rec["inc"] = True
+            self.stats["in_snapshot"] += 1
+        elif ts_ms > self.event_ms.get(sym, 0):
+            self.event_ms[sym] = ts_ms
         self.journal.append("fill", **{k: v for k, v in rec.items() if k != "k"})   # also adds key to fills_seen
         self.stats["fills"] += 1
         if gap:
@@ -257,9 +276,9 @@ class UserStream:
         if not gap:
             self._check_fee(sym, px, qty, fee, maker)
         self.ledger.fills += 1
-        self._push(sym, cid, oid, tid, side, float(px), float(qty), float(cum), float(fee), float(rpnl),
-                   STATUS_CODES.get(status, STATUS_PARTIALLY_FILLED), maker, ts_ms, recv_ns, float(orig_qty or 0),
-                   reduce_only)
+        self._push(sym, cid, oid, tid, side, float(px), 0.0 if in_snapshot else float(qty), float(cum), float(fee),
+                   float(rpnl), STATUS_CODES.get(status, STATUS_PARTIALLY_FILLED), maker, ts_ms, recv_ns,
+                   float(orig_qty or 0), reduce_only)
         return True
 
     def _check_fee(self, sym, px, qty, fee, maker) -> None:
@@ -300,13 +319,19 @@ class UserStream:
                 self.ledger.balances[b["a"]] = float(b.get("wb", 0))
             except (KeyError, ValueError):
                 self.stats["bad"] += 1
+        t_ms = int(msg.get("T", msg.get("E", 0)) or 0)
         for p in a.get("P", ()):
             try:
-                pos = self.ledger.pos(p["s"])
+                sym = p["s"]
+                if 0 < t_ms <= self.snapshot_ms.get(sym, 0):
+                    continue        # older than the snapshot adopted since: it would turn the position back
+                pos = self.ledger.pos(sym)
                 pos.entry = float(p.get("ep", 0) or 0)
                 pos.unrealized = float(p.get("up", 0) or 0)
                 # "pa" is authoritative for the quantity; our fill-by-fill sum must agree once the TRADE arrives
                 pos.qty = float(p.get("pa", pos.qty) or 0)
+                if t_ms > self.event_ms.get(sym, 0):
+                    self.event_ms[sym] = t_ms
             except (KeyError, ValueError):
                 self.stats["bad"] += 1
 
@@ -357,6 +382,7 @@ class UserStream:
                                STATUS_CODES[st], False, int(d.get("updateTime", 0)), time.monotonic_ns(),
                                float(d.get("origQty", 0) or 0), o.reduce_only)
                     out["closed"] += 1
+            asked_ms = self._exchange_ms()
             pr = self.client.position_risk()
             if pr.get("ok"):
                 seen = set()
@@ -364,12 +390,14 @@ class UserStream:
                     sym = p["symbol"]
                     seen.add(sym)
                     self._snapshot(sym, float(p.get("positionAmt", 0) or 0), float(p.get("entryPrice", 0) or 0),
-                                   float(p.get("unRealizedProfit", 0) or 0))
+                                   float(p.get("unRealizedProfit", 0) or 0), int(p.get("updateTime", 0) or 0))
                     out["positions"] += 1
                 for sym, pos in list(self.ledger.positions.items()):
                     if sym not in seen and pos.qty != 0.0:   # v3 lists only symbols with a position
-                        self._snapshot(sym, 0.0, 0.0, 0.0)
+                        # closed at some time before we asked: everything up to then is in this "no position"
+                        self._snapshot(sym, 0.0, 0.0, 0.0, asked_ms)
             self.stats["reconciles"] += 1
+            self.last_reconcile = out
         return out
 
     def _gap_fill(self, o, d, executed: float) -> None:
@@ -383,11 +411,24 @@ class UserStream:
                         str(executed), "0", "", "0", d.get("status", "FILLED"), False, int(d.get("updateTime", 0)),
                         time.monotonic_ns(), d.get("origQty", "0"), o.reduce_only, gap=True)
 
-    def _snapshot(self, sym: str, qty: float, entry: float, upnl: float) -> None:
+    def _exchange_ms(self) -> int:
+        """Exchange time now, as far as we know it (our clock plus the offset measured by the client)."""
+        now_ms = getattr(self.client, "now_ms", None)
+        return int(now_ms()) if callable(now_ms) else time.time_ns() // 1_000_000
+
+    def _snapshot(self, sym: str, qty: float, entry: float, upnl: float, update_ms: int = 0) -> None:
+        """Adopt the exchange's position. A difference is reported when nothing explains it: the exchange's last
+        change to the position is one whose event we have already applied (else that event is on its way)."""
         pos = self.ledger.pos(sym)
         if abs(pos.qty - qty) > 1e-12:
-            log.warning("reconcile %s: position %g -> exchange says %g", sym, pos.qty, qty)
+            if update_ms and update_ms > max(self.event_ms.get(sym, 0), self.connected_ms):
+                log.info("reconcile %s: position %g -> exchange says %g (trades of the last moments are still on "
+                         "their way through the user stream)", sym, pos.qty, qty)
+            else:
+                log.warning("reconcile %s: position %g -> exchange says %g", sym, pos.qty, qty)
+        if update_ms > self.snapshot_ms.get(sym, 0):
+            self.snapshot_ms[sym] = update_ms
         pos.qty, pos.entry, pos.unrealized = qty, entry, upnl
-        self.journal.append("position", sym=sym, qty=qty, entry=entry)
+        self.journal.append("position", sym=sym, qty=qty, entry=entry, ms=update_ms)
         self._push(sym, -1, 0, 0, "BUY", entry, qty, 0.0, 0.0, 0.0, STATUS_SNAPSHOT, False, 0,
                    time.monotonic_ns(), 0.0, False)
