@@ -1,4 +1,4 @@
-"""`python -m aegis [venue|report|replay] ...`: the engine run by default, tools as subcommands."""
+"""`python -m aegis [venue|report|replay|warmup] ...`: the engine run by default, tools as subcommands."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +8,7 @@ SUBCOMMANDS = {
     "venue": "aegis.venue.__main__",
     "report": "aegis.app.report",
     "replay": "aegis.replay.run",
+    "warmup": "aegis.app.warmup",
 }
 
 

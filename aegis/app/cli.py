@@ -29,6 +29,8 @@ examples:
   python -m aegis venue --help                  run the embedded venue alone
   python -m aegis report --help                 latency report of the last run
   python -m aegis replay --help                 backtest recorded or Binance public data
+  python -m aegis warmup                        compile everything ahead (a first run compiles for a minute
+                                                or more; then a run starts in about a second)
 
 wait strategies (what a process does when it has nothing to do):
   busy-spin   spin on the ring cursor; lowest latency, burns the whole core

@@ -561,6 +561,7 @@ def run(spec: ProcessSpec) -> int:
     ctx = enter(spec)
     from aegis.core.config import ConfigError
     try:
+        ctx.step(1, 3, "order path")
         bcfg, strat = validate(spec.config)
         order_path = _open_order_path(spec, ctx, bcfg)
     except ConfigError as e:
@@ -572,10 +573,12 @@ def run(spec: ProcessSpec) -> int:
         lat = None
         if ctx.latency is not None and ctx.latency.size >= latency.N_STAGES * latency.HIST_LEN:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
+        ctx.step(2, 3, "strategy state")
         brain = Brain(bcfg, strat, symbol_count(spec.config, ctx.control), order_path, lat, spec.wait)
         mode = "trading" if brain.trading else "signals only (no order path)"
         # warm-up before RUNNING: compiles (or loads from numba's cache) the whole jitted loop now, while the
         # supervisor's start timeout applies, instead of inside the first round where the heartbeat is watched
+        ctx.step(3, 3, "brain loop")
         brain.step(ctx.ring.header, ctx.ring.records, ctx.control, 0)
         brain.housekeeping(py_now_ns(), ctx.control, ctx.control_f)
         print(f"aegis: brain: strategy {strat.describe()}, {brain.n_symbols} symbols, {mode}", flush=True)

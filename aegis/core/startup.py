@@ -5,9 +5,12 @@ import ctypes
 import gc
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba.core import event as numba_event
+from numba.core.event import Listener
 
 from aegis.core import control
 from aegis.core.config import EngineConfig
@@ -47,6 +50,7 @@ class ProcessContext:
         self.control_f = self._ctl_seg.view(np.float64, 0, control.SLOTS)
         self._lat_seg = Segment.attach(spec.latency_name) if spec.latency_name else None
         self.latency = self._lat_seg.view(np.int64) if self._lat_seg else None
+        self.progress = StartupProgress(self.control, self.role)
 
     def stopping(self) -> bool:
         return bool(control.stop_requested(self.control))
@@ -55,6 +59,8 @@ class ProcessContext:
         control.beat(self.control, self.role)
 
     def set_state(self, state: int) -> None:
+        if state >= control.ST_RUNNING:
+            self.progress.stop()
         control.set_slot(self.control, self.role, control.R_STATE, state)
 
     def slot(self, slot: int) -> int:
@@ -63,12 +69,122 @@ class ProcessContext:
     def set(self, slot: int, value: int) -> None:
         control.set_slot(self.control, self.role, slot, value)
 
+    def step(self, k: int, n: int, what: str, phase: int = control.PH_PREPARING) -> None:
+        """Start-up step k of n begins (shown by the supervisor's status line; each step is progress)."""
+        self.progress.step(k, n, what, phase)
+
     def close(self) -> None:
+        self.progress.stop()
         self.ring.close()
         self.control = self.control_f = self.latency = None
         self._ctl_seg.close()
         if self._lat_seg:
             self._lat_seg.close()
+
+
+class CompileWatch:
+    """Numba's compile events as start-up progress: `report(text, compiled)` is called when a function starts
+    compiling (text "compiling module.function") and when it is done; `beat()` on every compiler pass in between,
+    so a long compile still shows life several times a second, and a compile that is stuck (no pass finishes)
+    falls silent. Loads from Numba's on-disk cache raise no events: they are quick.
+
+    The callbacks run inside the compiler (any thread): they must not call jitted code (which might compile)."""
+
+    def __init__(self, report, beat):
+        self._report = report
+        self._beat = beat
+        self.compiled = 0
+        self.current = ""
+        self._stack: list[str] = []
+        self._listener = _Listener(self)
+        self._installed = False
+
+    def start(self) -> None:
+        if not self._installed:
+            numba_event.register("numba:compile", self._listener)
+            numba_event.register("numba:run_pass", self._listener)
+            self._installed = True
+
+    def stop(self) -> None:
+        if self._installed:
+            numba_event.unregister("numba:compile", self._listener)
+            numba_event.unregister("numba:run_pass", self._listener)
+            self._installed = False
+
+    def _on(self, ev, start: bool) -> None:
+        if ev.kind == "numba:compile":
+            # compiles nest (a function compiles what it calls first): the outermost one is what was asked for
+            if start:
+                py = ev.data["dispatcher"].py_func
+                self._stack.append(f"{py.__module__}.{py.__qualname__}")
+            else:
+                self.compiled += 1
+                if self._stack:
+                    self._stack.pop()
+            self.current = self.describe(self._stack)
+            self._report(self.current, self.compiled)
+        else:
+            self._beat()
+
+    @staticmethod
+    def describe(stack: list) -> str:
+        """'compiling outer' or 'compiling outer (now inner)' for a stack of nested compiles, outermost first."""
+        if not stack:
+            return "compiling"
+        inner = f" (now {stack[-1].rsplit('.', 1)[-1]})" if len(stack) > 1 else ""
+        return f"compiling {stack[0]}{inner}"
+
+
+class _Listener(Listener):
+    def __init__(self, watch: CompileWatch):
+        self.watch = watch
+
+    def on_start(self, event):
+        self.watch._on(event, True)
+
+    def on_end(self, event):
+        self.watch._on(event, False)
+
+
+class StartupProgress:
+    """A starting process's progress in its control slots (control.R_START_*): the step, what is being done, how
+    many functions are compiled, and a heartbeat on every bit of progress. The supervisor's start-up watch reads
+    them: a process that keeps reporting is alive however long it compiles."""
+
+    def __init__(self, ctl: np.ndarray, role: int):
+        self.ctl = ctl
+        self.base = control.base(role)
+        self.role = role
+        self._last_ns = time.monotonic_ns()
+        self.watch = CompileWatch(self._report, self.beat)
+        self._what = ""
+
+    def beat(self) -> None:
+        # a plain store, not control.beat: this runs inside the compiler, where calling jitted code could compile
+        now = time.monotonic_ns()
+        b = self.base
+        if now - self._last_ns > self.ctl[b + control.R_START_SILENCE_NS]:
+            self.ctl[b + control.R_START_SILENCE_NS] = now - self._last_ns
+        self._last_ns = now
+        self.ctl[b + control.R_HEARTBEAT] = now
+
+    def _report(self, text: str, compiled: int) -> None:
+        self.ctl[self.base + control.R_START_COMPILED] = compiled
+        control.write_text(self.ctl, self.role, f"{self._what}: {text}" if self._what else text)
+        self.beat()
+
+    def step(self, k: int, n: int, what: str, phase: int = control.PH_PREPARING) -> None:
+        self.watch.start()
+        self._what = what
+        b = self.base
+        self.ctl[b + control.R_START_STEP] = k
+        self.ctl[b + control.R_START_STEPS] = n
+        self.ctl[b + control.R_START_PHASE] = phase
+        control.write_text(self.ctl, self.role, what)
+        self.beat()
+
+    def stop(self) -> None:
+        self.watch.stop()
 
 
 def pin(core: int | None) -> None:
@@ -100,6 +216,7 @@ def enter(spec: ProcessSpec) -> ProcessContext:
     ctx.set(control.R_CORE, -1 if spec.core is None else spec.core)
     ctx.set(control.R_WAIT, spec.wait)
     ctx.set_state(control.ST_STARTING)
+    ctx.progress.watch.start()
     ctx.heartbeat()
     return ctx
 
