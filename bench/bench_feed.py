@@ -33,7 +33,7 @@ from aegis.feed.process import FeedConfig, FeedEngine, warm_up
 from aegis.binance.symbols import BUILTIN_SYMBOLS, SymbolTable
 from aegis.core.wait import SLEEP
 from aegis.feed.wsframes import OP_TEXT, ConnectionClosed, connect, encode_frame
-from benchmode import record_mode, size
+from benchmode import size
 
 N_FAST = size(2_000_000, 20_000)
 N_BASELINE = size(100_000, 2_000)
@@ -184,7 +184,6 @@ def report(m: dict) -> str:
 def test_feed_fast_path_against_websocket_client(benchmark):
     m = benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info.update(m)
-    record_mode(benchmark)
     print("\n" + report(m))
     assert m["fast_quotes"] == N_FAST
 

@@ -19,8 +19,9 @@ from aegis.replay import simexec
 from aegis.brain import strategy
 from aegis.core.records import KIND_QUOTE, MARKET_DTYPE
 from aegis.binance.symbols import SymbolTable
+from benchmode import size
 
-N_QUOTES = 1_000_000
+N_QUOTES = size(1_000_000, 20_000)
 N_SYMBOLS = 10
 T0 = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 

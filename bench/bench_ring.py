@@ -24,7 +24,7 @@ from aegis.core import shm
 from aegis.core.clock import now_ns
 from aegis.core.records import MARKET_DTYPE
 from aegis.core.wait import BUSY_SPIN
-from benchmode import record_mode, size
+from benchmode import size
 
 CORES = sorted(os.sched_getaffinity(0))
 WRITER_CORE, READER_CORE = (CORES[0], CORES[1]) if len(CORES) > 1 else (CORES[0], CORES[0])
@@ -75,7 +75,6 @@ def test_ring_one_way_latency(benchmark, new_ring):
     ringload.ping_reader(new_ring.header, new_ring.records, 0, BUSY_SPIN, 0, np.zeros(1, np.int64))
     RESULTS["ring_latency"] = benchmark.pedantic(_ring_latency, args=(new_ring,), rounds=1, iterations=1)
     benchmark.extra_info.update(RESULTS["ring_latency"])
-    record_mode(benchmark)
 
 
 @pytest.fixture
@@ -105,7 +104,6 @@ def test_ring_round_trip(benchmark, echo_rings):
                        rounds=ROUND_TRIPS, iterations=1)
     w.join(30)
     benchmark.extra_info["event"] = "one record out and back through two rings (2 one-way hops)"
-    record_mode(benchmark)
 
 
 def _queue_writer(q, count, gap_ns, core):
@@ -151,7 +149,6 @@ def _mp_latency(kind: str) -> dict:
 def test_multiprocessing_one_way_latency(benchmark, kind):
     RESULTS[f"{kind}_latency"] = benchmark.pedantic(_mp_latency, args=(kind,), rounds=1, iterations=1)
     benchmark.extra_info.update(RESULTS[f"{kind}_latency"])
-    record_mode(benchmark)
 
 
 def _ring_throughput(r: ring.Ring) -> float:
@@ -173,7 +170,6 @@ def _ring_throughput(r: ring.Ring) -> float:
 def test_ring_batch_throughput(benchmark, new_ring):
     RESULTS["ring_rate"] = benchmark.pedantic(_ring_throughput, args=(new_ring,), rounds=1, iterations=1)
     benchmark.extra_info["records_per_s"] = RESULTS["ring_rate"]
-    record_mode(benchmark)
 
 
 def _bulk_writer(kind, obj, count, core):
@@ -213,7 +209,6 @@ def _mp_throughput(kind: str) -> float:
 def test_multiprocessing_throughput(benchmark, kind):
     RESULTS[f"{kind}_rate"] = benchmark.pedantic(_mp_throughput, args=(kind,), rounds=1, iterations=1)
     benchmark.extra_info["items_per_s"] = RESULTS[f"{kind}_rate"]
-    record_mode(benchmark)
 
 
 def _print_summary() -> None:

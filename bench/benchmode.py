@@ -1,7 +1,8 @@
 """Full or smoke mode for every bench.
 
 AEGIS_BENCH_SMOKE=1 runs each bench once on small inputs (tests/test_bench_smoke.py does, so a bench that no longer
-runs fails CI). Figures from a smoke run mean nothing: scripts/bench_results.py refuses to publish them.
+runs fails CI). Figures from a smoke run mean nothing: bench/conftest.py marks them in the JSON and
+scripts/bench_results.py refuses to publish them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,3 @@ def size(full, smoke):
     """`full` normally, `smoke` in smoke mode."""
     return smoke if SMOKE else full
 
-
-def record_mode(benchmark) -> None:
-    """Mark a result as a smoke run in its JSON (extra_info), so it cannot be published by mistake."""
-    benchmark.extra_info["smoke"] = SMOKE

@@ -31,9 +31,19 @@ def test_a_duplicate_core_is_refused():
     assert_one_line_error(aegis("--cores", "0,0"), "twice", f"available cores: {AVAILABLE}")
 
 
-@pytest.mark.parametrize("cores", ["abc", "1", "1,2,3", "1;2", "", "-1,0"])
+@pytest.mark.parametrize("cores", ["abc", "1", "1,2,3,4", "1;2", "", "-1,0"])
 def test_a_malformed_core_list_is_refused(cores):
     assert_one_line_error(aegis(f"--cores={cores}"), f"available cores: {AVAILABLE}")
+
+
+def test_a_third_core_is_the_senders_own():
+    from aegis.app.supervisor import CoreError, parse_cores
+    assert parse_cores("2,3,1", [0, 1, 2, 3]) == (2, 3, 1)
+    assert parse_cores("0,1", [0, 1]) == (0, 1)
+    with pytest.raises(CoreError, match="twice"):
+        parse_cores("2,3,3", [0, 1, 2, 3])
+    with pytest.raises(CoreError, match="core 4 does not exist"):
+        parse_cores("2,3,4", [0, 1, 2, 3])
 
 
 def test_cores_from_the_config_file_are_validated_too(tmp_path):

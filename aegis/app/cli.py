@@ -62,8 +62,9 @@ class OneLineParser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m aegis", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cores", metavar="A,B",
-                   help="pin Feed to core A and Brain to core B (default: the two highest cores available)")
+    p.add_argument("--cores", metavar="A,B[,S]",
+                   help="pin Feed to core A and Brain to core B (default: the two highest cores available); with S, "
+                   "the order sender gets core S to itself and spins there (a box with a spare core)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: run "
                    "until Ctrl-C or SIGTERM)")
     p.add_argument("--wait", choices=wait.CHOICES, help="wait strategy of the spin loops (default: auto)")
@@ -151,7 +152,10 @@ def main(argv: list[str]) -> int:
             **strategy.param_overrides(args.param),
         }
         if args.cores is not None:
-            overrides["cores"] = supervisor.parse_cores(args.cores, wait.usable_cores())
+            cores = supervisor.parse_cores(args.cores, wait.usable_cores())
+            overrides["cores"] = cores[:2]
+            if len(cores) == 3:        # the sender's own core: [trade] cores, where it spins (trade.resolve_wait)
+                overrides["trade.cores"] = [cores[2]]
         cfg = load(args.config, overrides)
         if cfg.cores is not None and args.cores is None:  # cores from the config file: same validation
             supervisor.parse_cores(",".join(map(str, cfg.cores)), wait.usable_cores())

@@ -37,20 +37,22 @@ class CoreError(ValueError):
     pass
 
 
-def parse_cores(text: str, available: list[int]) -> tuple[int, int]:
-    """'A,B' -> (A, B), validated against the cores this process may run on; CoreError says what is wrong."""
+def parse_cores(text: str, available: list[int]) -> tuple[int, ...]:
+    """'A,B' -> (A, B) or 'A,B,S' -> (A, B, S) (S: a core of its own for the sender thread, which then spins),
+    validated against the cores this process may run on; CoreError says what is wrong."""
     avail = ",".join(map(str, available))
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
-        raise CoreError(f"--cores takes two core numbers A,B (Feed on A, Brain on B), got {text!r}; "
-                        f"available cores: {avail}")
-    a, b = (int(p) for p in parts)
-    for c in (a, b):
+    if len(parts) not in (2, 3) or not all(p.lstrip("-").isdigit() for p in parts):
+        raise CoreError(f"--cores takes two core numbers A,B (Feed on A, Brain on B), or three A,B,S (and the order "
+                        f"sender spinning on S), got {text!r}; available cores: {avail}")
+    cores = tuple(int(p) for p in parts)
+    for c in cores:
         if c not in available:
             raise CoreError(f"core {c} does not exist or is not available to this process; available cores: {avail}")
-    if a == b:
-        raise CoreError(f"--cores names core {a} twice: Feed and Brain need a core each; available cores: {avail}")
-    return a, b
+    if len(set(cores)) < len(cores):
+        raise CoreError(f"--cores names a core twice ({text}): Feed, Brain (and sender) need a core each; "
+                        f"available cores: {avail}")
+    return cores
 
 
 def pick_cores(available: list[int]) -> tuple[int, int]:
