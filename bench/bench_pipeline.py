@@ -401,7 +401,7 @@ class InProcessPipeline:
         self.queue, self.fills = trade.RequestQueue(4096), trade.FillQueue(4096)
         path = SimpleNamespace(risk=self.book, queue=self.queue, fills=self.fills,
                                flags=np.zeros(trade.FLAGS_LEN, np.int64))
-        self.brain = B.Brain(B.BrainConfig(), strategy.resolve("ema_cross", {"fast": fast, "slow": slow}),
+        self.brain = brain.Brain(brain.BrainConfig(), strategy.resolve("ema_cross", {"fast": fast, "slow": slow}),
                              len(SYMBOLS), path, self.lat, WAIT_NAMES[wait])
         self.ctl = control.new_block()
         self.brain_records_slot = control.base(control.ROLE_BRAIN) + control.R_RECORDS
@@ -472,7 +472,7 @@ class InProcessPipeline:
             while True:
                 ret = self.brain.step(self.header, self.records, self.ctl, py_now_ns() + self.brain.round_ns)
                 self.brain.housekeeping(py_now_ns(), self.ctl)
-                if ret == B.RET_DONE:
+                if ret == brain.RET_DONE:
                     return
         except BaseException as e:   # surfaced by the driver
             self._brain_error = e

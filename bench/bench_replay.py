@@ -87,7 +87,7 @@ def test_bench_replay_core_1m_quotes_10_symbols_ema_cross(benchmark, quotes):
     gc.unfreeze()
     core = cores[-1]
     assert core.stats[replay.ST_RECORDS] == N_QUOTES
-    assert core.stats[replay.ST_ACCEPTED] > 1000   # the strategy really trades
+    assert core.stats[replay.ST_ACCEPTED] > size(1000, 100)   # the strategy really trades
     rate = N_QUOTES / benchmark.stats.stats.min
     benchmark.extra_info["ticks_per_s"] = rate
     print(f"\nreplay core: {rate / 1e6:.1f} M ticks/s (best of {len(benchmark.stats.stats.data)}), "

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import secrets
 import signal
 from dataclasses import dataclass
 
 from aegis.core.config import ConfigError
 
+VENUE_NICE = 10          # scheduling priority below the engine's (see _venue_main)
 START_SILENCE_S = 90.0   # no start-up progress (compiler passes, reported over the pipe) for this long: failed
 DEFAULT_RATE = 2_000.0  # book events/s over all symbols: lively, and light enough for a 2-core box
 
@@ -56,6 +58,12 @@ def venue_settings(section: dict) -> dict:
 
 def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the venue stops
+    # the venue stands in for a remote exchange: on a small box it must not take the engine's cores from it
+    # (on Linux a nice-10 process gets about a tenth of the CPU share of a nice-0 one when both want to run)
+    try:
+        os.nice(VENUE_NICE)
+    except OSError:
+        pass
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
     from aegis.venue import VenueConfig, start_venue
