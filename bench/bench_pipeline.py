@@ -542,7 +542,7 @@ class InProcessPipeline:
         self.fills.put(f)
         if not _wait_until_at_least(self.fills.header, ring.H_READ, put, py_now_ns() + WAIT_TIMEOUT_NS,
                                     self.feed_nap_ns):
-            raise RuntimeError("the Brain did not drain a fill within 2 s")
+            raise RuntimeError(f"the Brain did not drain a fill within 2 s ({self._brain_error!r})")
         # Market ticks are not synchronised with our own fills: without a pause the next tick would always land
         # while the Brain is in its Python round for the fill's bus event (~70 us), which real ticks only hit by
         # chance (that round is the engine's tail, see the housekeeping share of publish->consume p99.9).

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.time_limit(120), pytest.mark.usefixtures("compiled_ord
 
 def _probe(role: str, spec: ProcessSpec, q) -> None:
     import importlib
-    module = importlib.import_module(f"aegis.{role}")
+    module = importlib.import_module(f"aegis.{role}.process")
     module.run(spec)
     q.put(sorted(m for m in sys.modules if m.split(".")[0] in ("asyncio", "uvloop", "trio", "anyio")))
 
