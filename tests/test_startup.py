@@ -56,6 +56,35 @@ def test_compile_watch_reports_each_compile_and_beats_on_compiler_passes():
     assert len(reports) == n                                          # stopped: no more reports
 
 
+def test_a_long_compile_step_beats_while_it_uses_cpu_and_falls_silent_when_it_does_not():
+    # one compiler pass can run LLVM for minutes on a loaded box: the watchdog beats while the process computes
+    from numba.core import event
+
+    @njit(cache=False)
+    def big(x):
+        return x
+
+    beats = []
+    watch = CompileWatch(lambda text, n: None, lambda: beats.append(time.monotonic()))
+    watch.start()
+    data = {"dispatcher": big, "args": (), "return_type": None}
+    try:
+        event.start_event("numba:compile", data=data)        # a compile begins ...
+        end = time.monotonic() + 1.6
+        x = 0
+        while time.monotonic() < end:                         # ... and computes, raising no event for 1.6 s
+            x += 1
+        busy = len(beats)
+        time.sleep(CompileWatch.POLL_S * 1.2)                 # (the next look still sees the end of the busy time)
+        quiet_from = len(beats)
+        time.sleep(1.6)                                       # ... then waits on something: no CPU
+        idle = len(beats) - quiet_from
+        event.end_event("numba:compile", data=data)
+    finally:
+        watch.stop()
+    assert busy >= 2 and idle == 0
+
+
 @pytest.fixture
 def progress():
     """StartupProgress objects, their compile listeners removed after the test (they are process-wide)."""

@@ -5,6 +5,7 @@ import ctypes
 import gc
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -84,11 +85,19 @@ class ProcessContext:
 
 class CompileWatch:
     """Numba's compile events as start-up progress: `report(text, compiled)` is called when a function starts
-    compiling (text "compiling module.function") and when it is done; `beat()` on every compiler pass in between,
-    so a long compile still shows life several times a second, and a compile that is stuck (no pass finishes)
-    falls silent. Loads from Numba's on-disk cache raise no events: they are quick.
+    compiling (text "compiling module.function") and when it is done; `beat()` on every compiler pass in between.
+
+    One pass can be long: the last one of an outer function hands the whole module to LLVM, which took over 90 s
+    of wall time for the sender's fast path on this 2-core box at load average 20. While a compile is under way a
+    watchdog thread therefore also beats whenever the process has used CPU since its last look (every
+    POLL_S): a compiler that works is alive, one that waits on something that never comes (no CPU) falls silent,
+    and so does one that has spent more than COMPILE_CPU_LIMIT_S of CPU on one outer function (a compile that
+    never ends). Loads from Numba's on-disk cache raise no events: they are quick.
 
     The callbacks run inside the compiler (any thread): they must not call jitted code (which might compile)."""
+
+    POLL_S = 0.5
+    COMPILE_CPU_LIMIT_S = 900.0
 
     def __init__(self, report, beat):
         self._report = report
@@ -98,24 +107,44 @@ class CompileWatch:
         self._stack: list[str] = []
         self._listener = _Listener(self)
         self._installed = False
+        self._outer_cpu0 = 0.0          # process CPU time when the outermost compile under way began
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if not self._installed:
             numba_event.register("numba:compile", self._listener)
             numba_event.register("numba:run_pass", self._listener)
             self._installed = True
+            self._stopped.clear()
+            self._thread = threading.Thread(target=self._watchdog, name="aegis-compile-watch", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         if self._installed:
             numba_event.unregister("numba:compile", self._listener)
             numba_event.unregister("numba:run_pass", self._listener)
             self._installed = False
+            self._stopped.set()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(2 * self.POLL_S)
+            self._thread = None
+
+    def _watchdog(self) -> None:
+        last = time.process_time()
+        while not self._stopped.wait(self.POLL_S):
+            now = time.process_time()
+            if self._stack and now - last > 0.01 and now - self._outer_cpu0 < self.COMPILE_CPU_LIMIT_S:
+                self._beat()
+            last = now
 
     def _on(self, ev, start: bool) -> None:
         if ev.kind == "numba:compile":
             # compiles nest (a function compiles what it calls first): the outermost one is what was asked for
             if start:
                 py = ev.data["dispatcher"].py_func
+                if not self._stack:
+                    self._outer_cpu0 = time.process_time()
                 self._stack.append(f"{py.__module__}.{py.__qualname__}")
             else:
                 self.compiled += 1
