@@ -3,6 +3,7 @@
     python -m pytest bench/bench_ring.py -s --benchmark-json=bench/results/ring.json   # one file per bench
     python scripts/bench_results.py                     # bench/results/*.json -> bench/RESULTS.md
     python scripts/bench_results.py --check             # exit 1 if RESULTS.md differs from what the JSON gives
+    python scripts/bench_results.py --compact FILE ...  # replace per-round data by its percentiles (smaller files)
 
 Each section names the command, the commit (and whether the tree had uncommitted changes), the date, the machine
 and the load average before and after the run (bench/conftest.py adds those to the JSON). Per-round statistics
@@ -40,6 +41,21 @@ def _percentile(sorted_data: list, q: float) -> float:
     return sorted_data[k]
 
 
+def percentiles(data: list) -> dict:
+    ordered = sorted(data)
+    return {q: _percentile(ordered, float(q)) for q in ("50", "99", "99.9")}
+
+
+def compact(path: Path) -> None:
+    """Replace each benchmark's per-round data by its percentiles (what the results need), in place."""
+    data = json.loads(path.read_text())
+    for b in data["benchmarks"]:
+        st = b["stats"]
+        if st.get("data"):
+            st["percentiles"] = percentiles(st.pop("data"))
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def _value(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -75,7 +91,8 @@ def section(data: dict, name: str) -> str:
     extras = []
     for b in data["benchmarks"]:
         st = b["stats"]
-        p99 = duration(_percentile(sorted(st["data"]), 99.0)) if st.get("data") else "-"
+        pct = st.get("percentiles") or (percentiles(st["data"]) if st.get("data") else None)
+        p99 = duration(pct["99"]) if pct else "-"
         out.append(f"| {b['name']} | {st['rounds']} | {duration(st['min'])} | {duration(st['median'])} | "
                    f"{duration(st['mean'])} | {p99} | {duration(st['max'])} |")
         info = {k: v for k, v in b.get("extra_info", {}).items() if k != "smoke"}
@@ -102,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("json", nargs="*", type=Path, help=f"JSON files (default: {RESULTS_DIR.relative_to(ROOT)}/*.json)")
     ap.add_argument("--out", type=Path, default=RESULTS_MD)
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if --out differs")
+    ap.add_argument("--compact", action="store_true", help="only replace the files' per-round data by percentiles")
     args = ap.parse_args(argv)
     paths = args.json or sorted(RESULTS_DIR.glob("*.json"))
+    if args.compact:
+        for p in paths:
+            compact(p)
+        return 0
     if not paths:
         print(f"bench_results: error: no JSON files in {RESULTS_DIR}", file=sys.stderr)
         return 2

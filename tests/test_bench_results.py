@@ -57,6 +57,16 @@ def test_smoke_runs_and_foreign_json_are_refused(breakage, tmp_path):
     assert bench_results.main([str(p), "--out", str(tmp_path / "R.md")]) == 2
 
 
+def test_compacted_files_give_the_same_results(tmp_path):
+    p = tmp_path / "ring.json"
+    p.write_text(json.dumps(RUN))
+    before = bench_results.render([p])
+    assert bench_results.main([str(p), "--compact"]) == 0
+    stats = json.loads(p.read_text())["benchmarks"][0]["stats"]
+    assert "data" not in stats and stats["percentiles"]["99"] == 1.0
+    assert bench_results.render([p]) == before
+
+
 def test_check_mode_tells_a_hand_edited_file(tmp_path):
     p = tmp_path / "ring.json"
     p.write_text(json.dumps(RUN))
