@@ -136,3 +136,18 @@ def test_record_option_makes_the_feed_write_a_recording_replay_can_read(tmp_path
     from aegis.feed.recording import read_recording
     rows = list(read_recording(str(rec)))
     assert rows and all(stream.startswith("btcusdt@") for _, stream, _ in rows)
+
+
+def test_warmup_is_a_subcommand_that_teaches():
+    res = aegis("warmup", "--help")
+    assert res.returncode == 0 and "compile ahead" in res.stdout and "Numba's cache" in res.stdout
+    assert_one_line_error(aegis("warmup", "--source", "nowhere"), "invalid choice")
+
+
+@pytest.mark.time_limit(600)
+def test_warmup_runs_the_engine_briefly_and_leaves_the_users_output_alone(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "aegis", "warmup", "--source", "synthetic"], capture_output=True,
+                         text=True, timeout=570, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "engine running" in res.stdout and "aegis: warmup done in" in res.stdout
+    assert not (tmp_path / "aegis-out").exists()      # its output went to a temporary directory
