@@ -117,6 +117,29 @@ def test_progress_lands_in_the_control_block_and_moves_the_heartbeat(progress):
     assert ctl[b + control.R_START_TEXT + control.START_TEXT_BYTES // 8] == 0
 
 
+def test_a_compile_after_start_up_is_named_on_stderr_as_a_stall(progress, capsys):
+    ctl = _block()
+    prog = progress(ctl, control.ROLE_BRAIN)
+    prog.step(3, 3, "brain loop")
+
+    @njit(cache=False)
+    def during_start(x):
+        return x + 1
+
+    during_start(1)
+    assert "while running" not in capsys.readouterr().err
+    prog.running()
+
+    @njit(cache=False)
+    def missed_by_warm_up(x):
+        return x + 2
+
+    missed_by_warm_up(1)
+    err = capsys.readouterr().err
+    assert "aegis: brain: compiled" in err and "missed_by_warm_up while running" in err
+    assert ctl[control.base(control.ROLE_BRAIN) + control.R_START_COMPILED] >= 2
+
+
 def test_the_start_up_line_says_what_each_process_does_and_how_far_along_it_is(progress):
     ctl = _block()
     control.set_slot(ctl, control.ROLE_FEED, control.R_STATE, control.ST_READY)

@@ -5,6 +5,7 @@ import ctypes
 import gc
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ class ProcessContext:
         control.beat(self.control, self.role)
 
     def set_state(self, state: int) -> None:
-        if state >= control.ST_RUNNING:
+        if state == control.ST_RUNNING:
+            self.progress.running()
+        elif state > control.ST_RUNNING:
             self.progress.stop()
         control.set_slot(self.control, self.role, control.R_STATE, state)
 
@@ -104,6 +107,7 @@ class CompileWatch:
         self._beat = beat
         self.compiled = 0
         self.current = ""
+        self.last_done = ""             # the function whose compile ended last
         self._stack: list[str] = []
         self._listener = _Listener(self)
         self._installed = False
@@ -125,10 +129,14 @@ class CompileWatch:
             numba_event.unregister("numba:compile", self._listener)
             numba_event.unregister("numba:run_pass", self._listener)
             self._installed = False
-            self._stopped.set()
-            if self._thread is not None and self._thread is not threading.current_thread():
-                self._thread.join(2 * self.POLL_S)
-            self._thread = None
+        self.stop_watchdog()
+
+    def stop_watchdog(self) -> None:
+        """Compile events are still reported; the CPU watchdog thread ends."""
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2 * self.POLL_S)
+        self._thread = None
 
     def _watchdog(self) -> None:
         last = time.process_time()
@@ -149,7 +157,7 @@ class CompileWatch:
             else:
                 self.compiled += 1
                 if self._stack:
-                    self._stack.pop()
+                    self.last_done = self._stack.pop()
             self.current = self.describe(self._stack)
             self._report(self.current, self.compiled)
         else:
@@ -186,6 +194,7 @@ class StartupProgress:
         self.role = role
         self._last_ns = time.monotonic_ns()
         self.watch = CompileWatch(self._report, self.beat)
+        self._running = False
         self._what = ""
 
     def beat(self) -> None:
@@ -197,7 +206,19 @@ class StartupProgress:
         self._last_ns = now
         self.ctl[b + control.R_HEARTBEAT] = now
 
+    def running(self) -> None:
+        """Start-up is over. A compile from now on is one the warm-up missed: it stalls the hot loop (seconds on a
+        cold cache), so each is named on stderr, once, and counted in R_START_COMPILED."""
+        self.watch.stop_watchdog()
+        self._running = True
+
     def _report(self, text: str, compiled: int) -> None:
+        if self._running:
+            if compiled > self.ctl[self.base + control.R_START_COMPILED]:
+                self.ctl[self.base + control.R_START_COMPILED] = compiled
+                print(f"aegis: {control.ROLES[self.role]}: compiled {self.watch.last_done} while running (its "
+                      "warm-up missed it; the run stalled meanwhile)", file=sys.stderr, flush=True)
+            return
         self.ctl[self.base + control.R_START_COMPILED] = compiled
         control.write_text(self.ctl, self.role, f"{self._what}: {text}" if self._what else text)
         self.beat()

@@ -1135,6 +1135,7 @@ def _run_synthetic(ctx, spec: ProcessSpec, fcfg: FeedConfig, n_symbols: int) -> 
     ctx.set_state(control.ST_READY)
     if not wait_for_brain(ctx, 2, 2):
         return 0
+    ctx.progress.running()       # the loop announces RUNNING itself, from compiled code
     freeze_gc()
     loop(*args)
     return 0
