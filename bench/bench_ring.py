@@ -226,8 +226,8 @@ def _print_summary() -> None:
         if d:
             lines.append(f"ring faster than {k}: p50 x{d['p50'] / rl['p50']:.0f}, p99 x{d['p99'] / rl['p99']:.0f}")
     if "ring_rate" in RESULTS:
-        lines.append(f"throughput: ring {RESULTS['ring_rate'] / 1e6:.1f} M records/s (whole {MARKET_DTYPE.itemsize}-byte "
-                     "records copied in and out)")
+        lines.append(f"throughput: ring {RESULTS['ring_rate'] / 1e6:.1f} M records/s "
+                     f"(whole {MARKET_DTYPE.itemsize}-byte records copied in and out)")
         for k in ("queue", "pipe"):
             if f"{k}_rate" in RESULTS:
                 lines.append(f"  {k} {RESULTS[f'{k}_rate'] / 1e6:.3f} M items/s -> ring x"

@@ -377,7 +377,8 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
         if t_running is None and all(st_ == control.ST_RUNNING for st_ in states):
             t_running = now
             r.running_since = now
-            compiled = [_role_slot(ctl, rid, control.R_START_COMPILED) for rid in (control.ROLE_FEED, control.ROLE_BRAIN)]
+            compiled = [_role_slot(ctl, rid, control.R_START_COMPILED)
+                        for rid in (control.ROLE_FEED, control.ROLE_BRAIN)]
             how = (f": compiled {compiled[0]} + {compiled[1]} functions, cached for the next run" if any(compiled)
                    else "")
             print(f"{CLEAR_LINE if in_place else ''}aegis: engine running (start-up took {now - t_start:.1f}s{how})",

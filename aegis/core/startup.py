@@ -165,9 +165,10 @@ class CompileWatch:
 
     @staticmethod
     def describe(stack: list) -> str:
-        """'compiling outer' or 'compiling outer (now inner)' for a stack of nested compiles, outermost first."""
+        """'compiling outer' or 'compiling outer (now inner)' for a stack of nested compiles, outermost first ('' when
+        nothing is compiling)."""
         if not stack:
-            return "compiling"
+            return ""
         inner = f" (now {stack[-1].rsplit('.', 1)[-1]})" if len(stack) > 1 else ""
         return f"compiling {stack[0]}{inner}"
 
@@ -220,7 +221,8 @@ class StartupProgress:
                       "warm-up missed it; the run stalled meanwhile)", file=sys.stderr, flush=True)
             return
         self.ctl[self.base + control.R_START_COMPILED] = compiled
-        control.write_text(self.ctl, self.role, f"{self._what}: {text}" if self._what else text)
+        shown = f"{self._what}: {text}" if self._what and text else self._what or text
+        control.write_text(self.ctl, self.role, shown)
         self.beat()
 
     def step(self, k: int, n: int, what: str, phase: int = control.PH_PREPARING) -> None:
