@@ -581,6 +581,10 @@ def run(spec: ProcessSpec) -> int:
         ctx.step(3, 3, "brain loop")
         brain.step(ctx.ring.header, ctx.ring.records, ctx.control, 0)
         brain.housekeeping(py_now_ns(), ctx.control, ctx.control_f)
+        # what the first bar close and the stats call later: compiled lazily they stalled a cold run's Brain for
+        # seconds right after it started (time 0 closes nothing, pending only reads)
+        brain.candles.close_due(0)
+        brain.bus.pending()
         print(f"aegis: brain: strategy {strat.describe()}, {brain.n_symbols} symbols, {mode}", flush=True)
         ctx.set_state(control.ST_READY)
         freeze_gc()
