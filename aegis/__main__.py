@@ -1,4 +1,4 @@
-"""`python -m aegis [venue|report|replay|data|sweep] ...`: the engine run by default, tools as subcommands."""
+"""`python -m aegis [venue|report|replay|data|sweep|warmup] ...`: the engine run by default, tools as subcommands."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "replay": "aegis.replay.run",
     "data": "aegis.replay.store",
     "sweep": "aegis.research.sweep",
+    "warmup": "aegis.app.warmup",
 }
 
 

@@ -26,8 +26,9 @@ from aegis.brain import strategy
 from aegis.trade import risk as riskmod
 from aegis.trade.sender import FLAGS_LEN, FillQueue, RequestQueue
 from aegis.core.records import FILL_DTYPE, KIND_QUOTE, MARKET_DTYPE, ORDER_REQUEST_DTYPE, STATUS_FILLED
+from benchmode import size
 
-N_QUOTES = 1_000_000
+N_QUOTES = size(1_000_000, 20_000)
 N_SYMBOLS = 10
 BATCH = 4096
 TARGET_TICKS_PER_S = 10_000_000

@@ -4,8 +4,9 @@ A local websocket server process (real RFC 6455 handshake, then pre-encoded unma
 combined-stream bookTicker messages ({"stream": ..., "data": {...}}, 20 symbols, increasing u). Two clients
 read the same kind of stream:
   baseline   websocket-client's plain `ws.recv()` loop (one Python str per message, nothing else done with it)
-  fast path  aegis: websocket-client handshake, then FrameReader.recv_into + jitted split + jitted parse into
-             MARKET_DTYPE records + conflation buffer + ring publish (the ring is consumed as it fills)
+  fast path  the Feed's own read path: websocket-client handshake, then per read FrameReader.read (recv_into),
+             a receive stamp and FeedEngine.ingest, the one jitted call that splits, parses, conflates and
+             publishes into the ring and records recv->publish latency (the ring is consumed as it fills)
 and the messages/s of both and their ratio are printed. Target: fast path >= 1 M bookTicker msgs/s on one core.
 
     python bench/bench_feed.py                                  # figures, < 60 s including compilation
@@ -24,17 +25,19 @@ import uuid
 import numpy as np
 from numba import njit
 
+from aegis.core import latency
 from aegis.core import ring as R
-from aegis.feed.book import BookState
-from aegis.feed.conflation import ConflationBuffer
-from aegis.feed.parse import ST_QUOTES, Parser
+from aegis.core.clock import py_now_ns
+from aegis.feed.parse import ST_QUOTES
+from aegis.feed.process import FeedConfig, FeedEngine, warm_up
 from aegis.binance.symbols import BUILTIN_SYMBOLS, SymbolTable
 from aegis.core.wait import SLEEP
 from aegis.core.websocket import OP_TEXT, encode_frame
-from aegis.feed.wsframes import connect
+from aegis.feed.wsframes import ConnectionClosed, connect
+from benchmode import size
 
-N_FAST = 2_000_000
-N_BASELINE = 100_000
+N_FAST = size(2_000_000, 20_000)
+N_BASELINE = size(100_000, 2_000)
 TARGET = 1_000_000
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -131,76 +134,42 @@ def _consume_all(header):
 
 def run_fast(n: int = N_FAST) -> tuple[float, int]:
     table = SymbolTable.build(BUILTIN_SYMBOLS)
-    books = BookState(len(table), 16, 16, 16)
+    rg = R.Ring.create("aegis-bench-feed-" + uuid.uuid4().hex[:8], 1 << 16)
     # the server repeats one block of 20 000 frames, so update ids repeat: dedupe would drop the repeats after
     # parsing them (same work, different counter); it is off so every message also goes through the ring
-    parser = Parser(table, books, out_cap=1 << 15, dedupe=False)
-    rg = R.Ring.create("aegis-bench-feed-" + uuid.uuid4().hex[:8], 1 << 16)
-    cb = ConflationBuffer(len(table), 1 << 16)
+    eng = FeedEngine(table, FeedConfig(streams=("bookTicker",), dedupe=False), rg.header, rg.records, "", "",
+                     wait=SLEEP, latency_set=latency.new_set())
     p, port = _server(n)
     reader = connect(f"ws://127.0.0.1:{port}/public/stream", buffer_size=8 << 20)
-    header, records = rg.header, rg.records
-    consumed = 0
+    header = rg.header
+    quotes = eng.parser.stats
     t0 = time.perf_counter()
     try:
-        while parser.stats[ST_QUOTES] < n:
+        while quotes[ST_QUOTES] < n:
             if not reader.read():
                 if reader.closed:
                     break
                 continue
-            recv = time.monotonic_ns()
-            while True:
-                nf = reader.frames()
-                if nf == 0:
-                    break
-                if reader.special:
-                    try:
-                        reader.handle_special(lambda m: None)
-                    except Exception:
-                        pass
-                i = 0
-                while i < nf:
-                    i, j, _ = parser.parse(reader.buf, reader.offs, reader.lens, reader.flags, i, nf, recv, 0)
-                    cb.push(header, records, parser.out, j, SLEEP)
-                    consumed += _consume_all(header)
-                if nf < len(reader.offs):
-                    break
-            if reader.closed:
+            try:
+                eng.ingest(reader, py_now_ns())      # as FeedEngine._read: stamp, then one ingest per read
+            except ConnectionClosed:
                 break
+            _consume_all(header)
     finally:
         dt = time.perf_counter() - t0
+        eng.close()
         reader.close()
         p.join(5)
-        consumed += _consume_all(header)
+        _consume_all(header)
+        got = int(quotes[ST_QUOTES])
+        del eng, quotes, header
         rg.close()
         rg.unlink()
-    quotes = int(parser.stats[ST_QUOTES])
-    return quotes / dt, quotes
-
-
-def _warm_up():
-    """Compile/load every kernel outside the timed region."""
-    table = SymbolTable.build(BUILTIN_SYMBOLS)
-    parser = Parser(table, BookState(len(table), 16, 16, 16))
-    blob, _ = prebuilt_frames(4)
-    msgs = []
-    pos = 0
-    while pos < len(blob):
-        ln = blob[pos + 1] & 0x7F
-        msgs.append(blob[pos + 2:pos + 2 + ln])
-        pos += 2 + ln
-    parser.parse_bytes(msgs, 1)
-    rg = R.Ring.create("aegis-bench-warm-" + uuid.uuid4().hex[:8], 1 << 12)
-    try:
-        ConflationBuffer(len(table), 1024).push(rg.header, rg.records, parser.out, 1, SLEEP)
-        _consume_all(rg.header)
-    finally:
-        rg.close()
-        rg.unlink()
+    return got / dt, got
 
 
 def measure() -> dict:
-    _warm_up()
+    warm_up()     # the Feed's own warm-up: compiles (or loads) every kernel of the read path
     base = run_baseline()
     fast, quotes = run_fast()
     return {"baseline_msgs_per_s": base, "fast_msgs_per_s": fast, "ratio": fast / base, "fast_quotes": quotes,

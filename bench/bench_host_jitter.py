@@ -14,9 +14,10 @@ import pytest
 from numba import njit
 
 from aegis.core.clock import now_ns
+from benchmode import size
 
 THRESHOLDS_NS = np.array([500, 1_000, 5_000, 20_000, 100_000], dtype=np.int64)
-READS = 20_000_000
+READS = size(20_000_000, 200_000)
 
 
 @njit(cache=True)

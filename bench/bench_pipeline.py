@@ -21,8 +21,9 @@ from aegis.core import latency as L
 from aegis.app import report as R
 from aegis.core.clock import now_ns
 from aegis.core.records import ORDER_REQUEST_DTYPE
+from benchmode import size
 
-N = 1_000_000
+N = size(1_000_000, 10_000)
 
 
 @njit(cache=True, nogil=True)
@@ -120,7 +121,8 @@ def test_status_line_query_cost(benchmark):
 #
 # Knobs (environment): AEGIS_BENCH_ORDERS (in-process orders measured, default 2000), AEGIS_BENCH_E2E_SECONDS
 # (default 20), AEGIS_BENCH_WAIT (Brain wait strategy: busy-spin | spin-yield | sleep; in-process default
-# spin-yield, e2e default the engine's auto), AEGIS_BENCH_NO_PIN=1 (do not pin threads).
+# spin-yield, e2e default the engine's auto), AEGIS_BENCH_NO_PIN=1 (do not pin threads), AEGIS_BENCH_CORES=F,B[,S]
+# (the core layout, as --cores takes it: S gives the sender a spinning core of its own; RESULTS shows the layout).
 # =====================================================================================================================
 import json  # noqa: E402
 import os  # noqa: E402
@@ -412,14 +414,16 @@ class InProcessPipeline:
             self.order_client.connect()
         self.prefix = jstate.prefix
         cores = sorted(os.sched_getaffinity(0))
-        self.pin = pin and len(cores) >= 2
-        self.feed_core, self.brain_core = (cores[0], cores[-1]) if self.pin else (None, None)
-        # the sender as TradeSession makes it ([trade] wait = auto): with a polling Brain (busy-spin/spin-yield)
-        # on a 2-core box it shares the Brain's core (parked; the Brain hands it the core after each hand-off); with
-        # a sleeping Brain it parks on a futex on the other core. AEGIS_BENCH_SENDER=futex|share|spin overrides.
+        layout = layout_from_env(cores) if pin else None
+        self.pin = layout is not None
+        self.feed_core, self.brain_core = layout[:2] if self.pin else (None, None)
+        own = layout[2] if self.pin and len(layout) == 3 else None
+        # the sender as TradeSession makes it ([trade] wait = auto): on a core of its own it spins there; else, with
+        # a polling Brain (busy-spin/spin-yield) it shares the Brain's core (the Brain hands it the core after each
+        # hand-off); with a sleeping Brain it blocks on the other core. AEGIS_BENCH_SENDER=<wait name> overrides.
         smode = WAIT_NAMES.get(os.environ.get("AEGIS_BENCH_SENDER", ""),
-                               trade.resolve_wait("auto", False, wait != "sleep"))
-        score = self.brain_core if smode == WAIT_NAMES["spin-yield"] else self.feed_core
+                               trade.resolve_wait("auto", own is not None, wait != "sleep"))
+        score = own if own is not None else self.brain_core if smode == WAIT_NAMES["spin-yield"] else self.feed_core
         self.sender = trade.Sender(self.queue, self.order_client, self.journal, self.prefix, rules, self.fills,
                                    smode, (score,) if self.pin else (), "ACK", None, self.lat)
         if fast_path:                    # what TradeSession does with [trade] fast_path = true (the default)
@@ -536,7 +540,7 @@ class InProcessPipeline:
         self.fills.put(f)
         if not _wait_until_at_least(self.fills.header, ring.H_READ, put, py_now_ns() + WAIT_TIMEOUT_NS,
                                     self.feed_nap_ns):
-            raise RuntimeError("the Brain did not drain a fill within 2 s")
+            raise RuntimeError(f"the Brain did not drain a fill within 2 s ({self._brain_error!r})")
         # Market ticks are not synchronised with our own fills: without a pause the next tick would always land
         # while the Brain is in its Python round for the fill's bus event (~70 us), which real ticks only hit by
         # chance (that round is the engine's tail, see the housekeeping share of publish->consume p99.9).
@@ -595,6 +599,24 @@ def _dominant_stage(hset) -> str:
     return f"dominant stage at p50: {name} {p50 / 1e3:.1f} us of {total / 1e3:.1f} us tick-to-trade"
 
 
+def layout_from_env(cores: list) -> tuple | None:
+    """The core layout, as `python -m aegis --cores` takes it: AEGIS_BENCH_CORES=F,B (Feed, Brain) or F,B,S (and
+    the sender spinning on S, a box with a spare core); default the lowest and highest usable cores, None (no
+    pinning) on a single core."""
+    from aegis.app.supervisor import parse_cores
+    text = os.environ.get("AEGIS_BENCH_CORES")
+    if text:
+        return parse_cores(text, cores)
+    return (cores[0], cores[-1]) if len(cores) >= 2 else None
+
+
+def layout_name(pipe) -> str:
+    if not pipe.pin:
+        return "unpinned"
+    return (f"feed {pipe.feed_core}, brain {pipe.brain_core}, sender {trade.WAIT_NAMES[pipe.sender.wait]} on "
+            f"{','.join(map(str, pipe.sender.cores_used))}")
+
+
 def _load_line() -> str:
     la = os.getloadavg()
     return (f"machine: {os.cpu_count()} cpus, load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} "
@@ -603,7 +625,7 @@ def _load_line() -> str:
 
 @pytest.mark.parametrize("transport", ["rest", "ws"])
 def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
-    n_orders = max(100, _env_int("AEGIS_BENCH_ORDERS", 2000))
+    n_orders = size(max(100, _env_int("AEGIS_BENCH_ORDERS", 2000)), 20)
     frames = tick_frames(12 * n_orders + 2000)
     sink = HttpSink()
     pipe = None
@@ -647,7 +669,8 @@ def test_in_process_tick_to_trade(benchmark, tmp_path, transport):
     print(_target_line(f"tick->sink (request read by the loopback sink, {L.count(sink_hist)} matched)", ps))
     print(_dominant_stage(hset))
     info = benchmark.extra_info
-    info.update({"transport": transport, "orders": n_orders, "ticks": pipe.ticks, "loadavg_1m": os.getloadavg()[0]})
+    info.update({"transport": transport, "layout": layout_name(pipe), "orders": n_orders, "ticks": pipe.ticks,
+                 "loadavg_1m": os.getloadavg()[0]})
     for q in T2T_QS:
         info[f"tick_to_trade_p{q:g}_us"] = p[q]
         info[f"tick_to_sink_p{q:g}_us"] = ps[q]
@@ -676,7 +699,7 @@ daily_loss_limit = 0.0   # a stop-and-reverse strategy pays the spread on every 
 
 
 def test_end_to_end_against_the_embedded_venue(benchmark, tmp_path):
-    secs = max(5, _env_int("AEGIS_BENCH_E2E_SECONDS", 20))
+    secs = size(max(5, _env_int("AEGIS_BENCH_E2E_SECONDS", 20)), 2)
     cfg = tmp_path / "e2e.toml"
     cfg.write_text(E2E_CONFIG)
     out = tmp_path / "out"
@@ -685,6 +708,8 @@ def test_end_to_end_against_the_embedded_venue(benchmark, tmp_path):
            "--out", str(out), "--journal", str(out / "journal.jsonl"), "--status-interval", "5"]
     if os.environ.get("AEGIS_BENCH_WAIT"):
         cmd += ["--wait", os.environ["AEGIS_BENCH_WAIT"]]
+    if os.environ.get("AEGIS_BENCH_CORES"):
+        cmd += ["--cores", os.environ["AEGIS_BENCH_CORES"]]
     res = {}
 
     def run_engine():
@@ -719,8 +744,9 @@ def test_end_to_end_against_the_embedded_venue(benchmark, tmp_path):
     if L.count(t2t):
         print(_dominant_stage(hset))
     info = benchmark.extra_info
-    info.update({"seconds": elapsed, "ticks": consumed, "ticks_per_s": ticks_per_s, "orders": int(L.count(t2t)),
-                 "loadavg_1m": os.getloadavg()[0]})
+    info.update({"layout": os.environ.get("AEGIS_BENCH_CORES") or "default (--cores not given)",
+                 "wait": os.environ.get("AEGIS_BENCH_WAIT") or "default", "seconds": elapsed, "ticks": consumed,
+                 "ticks_per_s": ticks_per_s, "orders": int(L.count(t2t)), "loadavg_1m": os.getloadavg()[0]})
     for q in T2T_QS:
         info[f"tick_to_trade_p{q:g}_us"] = p[q]
     for s in range(L.N_STAGES):

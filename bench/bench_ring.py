@@ -1,8 +1,13 @@
 """Ring vs multiprocessing.Queue vs multiprocessing.Pipe, cross-process, side by side in one run.
 
-Run:  python -m pytest bench/bench_ring.py -s --benchmark-columns=min,mean,max --benchmark-json=ring.json
-Pinned busy-spin: the writer on one core, the reader (this process) on another. Figures are printed as a
-table with ratios; pytest-benchmark's own table times one whole measurement round.
+Run:  python -m pytest bench/bench_ring.py -s --benchmark-json=ring.json [--benchmark-histogram]
+Pinned busy-spin: the writer on one core, the reader (this process) on another. Every ring transfer moves whole
+records with the engine's own calls: ring.stamp_and_write as the Feed publishes, ring.wait_batch as the Brain reads.
+
+test_ring_round_trip times one event per round (a record out through one ring and back through another, echoed by
+a process on the other core), so pytest-benchmark's statistics and histogram are per-event round-trip latency.
+The one-way figures (stamped in the record) and the throughputs are whole-run measurements printed as a table with
+ratios; pytest-benchmark's rows for those tests time the whole run.
 """
 from __future__ import annotations
 
@@ -17,14 +22,18 @@ from aegis.core import ring
 from aegis.core import ringload
 from aegis.core import shm
 from aegis.core.clock import now_ns
+from aegis.core.records import MARKET_DTYPE
 from aegis.core.wait import BUSY_SPIN
+from benchmode import size
 
 CORES = sorted(os.sched_getaffinity(0))
 WRITER_CORE, READER_CORE = (CORES[0], CORES[1]) if len(CORES) > 1 else (CORES[0], CORES[0])
-PINGS = 200_000
-QUEUE_PINGS = 20_000
-THROUGHPUT_RECORDS = 50_000_000
-QUEUE_ITEMS = 300_000
+PINGS = size(200_000, 2_000)
+QUEUE_PINGS = size(20_000, 500)
+THROUGHPUT_RECORDS = size(20_000_000, 100_000)
+QUEUE_ITEMS = size(300_000, 2_000)
+ROUND_TRIPS = size(20_000, 200)
+BATCH = 4096      # the Brain's batch (aegis.brain.process) and a Feed-sized write batch
 RESULTS: dict = {}
 
 
@@ -58,7 +67,7 @@ def _ring_latency(r: ring.Ring) -> dict:
     n = ringload.ping_reader(r.header, r.records, PINGS, BUSY_SPIN, now_ns() + 60_000_000_000, out)
     w.join(30)
     assert n == PINGS
-    return _percentiles(out[1000:])  # the first pings include the writer's page faults
+    return _percentiles(out[min(1000, PINGS // 10):])  # the first pings include the writer's page faults
 
 
 def test_ring_one_way_latency(benchmark, new_ring):
@@ -66,6 +75,35 @@ def test_ring_one_way_latency(benchmark, new_ring):
     ringload.ping_reader(new_ring.header, new_ring.records, 0, BUSY_SPIN, 0, np.zeros(1, np.int64))
     RESULTS["ring_latency"] = benchmark.pedantic(_ring_latency, args=(new_ring,), rounds=1, iterations=1)
     benchmark.extra_info.update(RESULTS["ring_latency"])
+
+
+@pytest.fixture
+def echo_rings():
+    rings = [ring.Ring.create(shm.segment_name(shm.new_run_id(), f"bench{i}"), 1 << 12) for i in range(2)]
+    yield rings
+    for r in rings:
+        r.abort()
+        name = r.segment.name
+        r.close()
+        shm.unlink(name, registered=True)
+
+
+def test_ring_round_trip(benchmark, echo_rings):
+    """One record there and back per round: the histogram is per-event latency (two one-way hops)."""
+    out, back = echo_rings
+    warm = 100
+    w = ringload.start_echo(out.segment.name, back.segment.name, warm + ROUND_TRIPS, BUSY_SPIN, WRITER_CORE)
+    one = np.zeros(1, out.dtype)
+    deadline = now_ns() + 120_000_000_000
+    for i in range(warm):     # compiles, starts the echo process, faults the pages in
+        assert ringload.round_trip(out.header, out.records, back.header, back.records, one, i, BUSY_SPIN,
+                                   deadline) == i
+    seq = iter(range(warm, warm + ROUND_TRIPS))
+    benchmark.pedantic(lambda: ringload.round_trip(out.header, out.records, back.header, back.records, one,
+                                                   next(seq), BUSY_SPIN, deadline),
+                       rounds=ROUND_TRIPS, iterations=1)
+    w.join(30)
+    benchmark.extra_info["event"] = "one record out and back through two rings (2 one-way hops)"
 
 
 def _queue_writer(q, count, gap_ns, core):
@@ -114,15 +152,18 @@ def test_multiprocessing_one_way_latency(benchmark, kind):
 
 
 def _ring_throughput(r: ring.Ring) -> float:
-    w = ringload.start_in_place_writer(r.segment.name, THROUGHPUT_RECORDS, 4096, BUSY_SPIN, WRITER_CORE)
+    # whole records both ways: the writer copies batches in (ring.write_batch, as the Feed's conflation buffer
+    # drains), the reader copies them out and reads two fields of each (ring.wait_batch, as the Brain does)
+    w = ringload.start_writer(r.segment.name, THROUGHPUT_RECORDS, BATCH, ring.POLICY_WAIT, BUSY_SPIN, WRITER_CORE)
     # the writer process needs a moment to start; time from its first record
     while ring.available(r.header) == 0:
         pass
     t0 = time.perf_counter()
-    got, _ = ringload.consume_in_place(r.header, r.records, THROUGHPUT_RECORDS, BUSY_SPIN, now_ns() + 120_000_000_000)
+    got, disorder, _, _ = ringload.consume_checked(r.header, r.records, THROUGHPUT_RECORDS, BATCH, BUSY_SPIN,
+                                                   now_ns() + 120_000_000_000)
     dt = time.perf_counter() - t0
     w.join(30)
-    assert got == THROUGHPUT_RECORDS
+    assert got == THROUGHPUT_RECORDS and disorder == 0
     return got / dt
 
 
@@ -185,7 +226,8 @@ def _print_summary() -> None:
         if d:
             lines.append(f"ring faster than {k}: p50 x{d['p50'] / rl['p50']:.0f}, p99 x{d['p99'] / rl['p99']:.0f}")
     if "ring_rate" in RESULTS:
-        lines.append(f"throughput: ring {RESULTS['ring_rate'] / 1e6:.1f} M records/s")
+        lines.append(f"throughput: ring {RESULTS['ring_rate'] / 1e6:.1f} M records/s "
+                     f"(whole {MARKET_DTYPE.itemsize}-byte records copied in and out)")
         for k in ("queue", "pipe"):
             if f"{k}_rate" in RESULTS:
                 lines.append(f"  {k} {RESULTS[f'{k}_rate'] / 1e6:.3f} M items/s -> ring x"

@@ -24,6 +24,9 @@ from aegis.core.clock import cpu_relax, now_ns, sleep_ns, yield_cpu
 from aegis.core.records import ORDER_REQUEST_DTYPE
 from aegis.core.wait import NAMES as WAIT_NAMES, SPIN_YIELD, W_YIELD_TO
 from aegis.trade.sender import RequestQueue, handoff, sender_wait
+from benchmode import size
+
+HANDOFFS = size(1000, 50)     # orders handed over per measurement
 
 
 @njit(cache=True, nogil=True)
@@ -92,33 +95,33 @@ def measure_handoff(mode: str, count: int = 2000, gap_us: int = 200, nap: bool =
 
 
 def test_handoff_futex(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("block", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("block", HANDOFFS), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
-    assert r["n"] == 1000
+    assert r["n"] == HANDOFFS
 
 
 def test_handoff_sleep(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("sleep", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("sleep", HANDOFFS), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
-    assert r["n"] == 1000
+    assert r["n"] == HANDOFFS
 
 
 def test_handoff_spin(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("spin", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("spin", HANDOFFS), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
-    assert r["n"] == 1000
+    assert r["n"] == HANDOFFS
 
 
 def test_handoff_share_the_producers_core(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("spin-yield", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("spin-yield", HANDOFFS), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
-    assert r["n"] == 1000
+    assert r["n"] == HANDOFFS
 
 
 def test_handoff_spin_with_a_free_core(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("spin", 1000), kwargs={"nap": True}, rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("spin", HANDOFFS), kwargs={"nap": True}, rounds=1, iterations=1)
     benchmark.extra_info.update(r)
-    assert r["n"] == 1000
+    assert r["n"] == HANDOFFS
 
 
 def test_signed_rest_query_build(benchmark):
@@ -285,9 +288,9 @@ def measure_encode_placement(where: str, transport: str = "rest", count: int = 2
 @pytest.mark.parametrize("where", ["brain", "sender"])
 def test_encode_placement(benchmark, where):
     """extra_info: encode and risk-passed -> request-ready percentiles with the encode in the Brain or the sender."""
-    r = benchmark.pedantic(measure_encode_placement, args=(where, "rest", 1000), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_encode_placement, args=(where, "rest", HANDOFFS), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
-    assert r["n"] == 1000
+    assert r["n"] == HANDOFFS
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000

@@ -31,9 +31,19 @@ def test_a_duplicate_core_is_refused():
     assert_one_line_error(aegis("--cores", "0,0"), "twice", f"available cores: {AVAILABLE}")
 
 
-@pytest.mark.parametrize("cores", ["abc", "1", "1,2,3", "1;2", "", "-1,0"])
+@pytest.mark.parametrize("cores", ["abc", "1", "1,2,3,4", "1;2", "", "-1,0"])
 def test_a_malformed_core_list_is_refused(cores):
     assert_one_line_error(aegis(f"--cores={cores}"), f"available cores: {AVAILABLE}")
+
+
+def test_a_third_core_is_the_senders_own():
+    from aegis.app.supervisor import CoreError, parse_cores
+    assert parse_cores("2,3,1", [0, 1, 2, 3]) == (2, 3, 1)
+    assert parse_cores("0,1", [0, 1]) == (0, 1)
+    with pytest.raises(CoreError, match="twice"):
+        parse_cores("2,3,3", [0, 1, 2, 3])
+    with pytest.raises(CoreError, match="core 4 does not exist"):
+        parse_cores("2,3,4", [0, 1, 2, 3])
 
 
 def test_cores_from_the_config_file_are_validated_too(tmp_path):
@@ -127,3 +137,19 @@ def test_record_option_makes_the_feed_write_a_recording_replay_can_read(tmp_path
     rows = list(read_recording(str(rec)))
     assert rows[0][1] == "!exchangeInfo" and [r["symbol"] for r in rows[0][2]["symbols"]] == ["BTCUSDT"]
     assert len(rows) > 1 and all(stream.startswith("btcusdt@") for _, stream, _ in rows[1:])
+
+
+
+def test_warmup_is_a_subcommand_that_teaches():
+    res = aegis("warmup", "--help")
+    assert res.returncode == 0 and "compile ahead" in res.stdout and "Numba's cache" in res.stdout
+    assert_one_line_error(aegis("warmup", "--source", "nowhere"), "invalid choice")
+
+
+@pytest.mark.time_limit(600)
+def test_warmup_runs_the_engine_briefly_and_leaves_the_users_output_alone(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "aegis", "warmup", "--source", "synthetic"], capture_output=True,
+                         text=True, timeout=570, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "engine running" in res.stdout and "aegis: warmup done in" in res.stdout
+    assert not (tmp_path / "aegis-out").exists()      # its output went to a temporary directory

@@ -1,3 +1,4 @@
+import re
 import shutil
 import struct
 import subprocess
@@ -90,14 +91,35 @@ def test_loading_garbage_is_a_histogram_file_error(tmp_path):
 
 
 # --- table and status line ----------------------------------------------------------------------------------------
-def test_table_has_one_line_per_stage_with_percentiles_in_microseconds():
+def test_table_has_one_line_per_stage_with_percentiles_and_their_units():
     s = _set_with({L.STAGE_TICK_TO_TRADE: range(1, 201), L.STAGE_FEED: [150] * 10})
     lines = R.format_table(s).splitlines()
     assert len(lines) == 1 + L.N_STAGES
     assert lines[0].split()[:8] == ["stage", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"]
     ttt = lines[1 + L.STAGE_TICK_TO_TRADE].split()
-    assert ttt == ["tick-to-trade", "200", "0.100", "0.180", "0.198", "0.200", "0.200", "0.200"]
-    assert lines[1 + L.STAGE_FEED].split()[1:4] == ["10", "0.150", "0.150"]
+    assert ttt == ["tick-to-trade", "200", "100ns", "180ns", "198ns", "200ns", "200ns", "200ns"]
+    assert lines[1 + L.STAGE_FEED].split()[1:4] == ["10", "150ns", "150ns"]
+
+
+@pytest.mark.parametrize("ns,text", [(0, "0ns"), (999, "999ns"), (999.6, "1.000us"), (12_345, "12.345us"),
+                                     (999_999, "999.999us"), (999_999.6, "1.000ms"), (123_456_789, "123.457ms"),
+                                     (1_000_000_000, "1.000s"), (3_600 * 10**9, "3600.000s"),
+                                     (5 * 3_600 * 10**9, "18000s"), (10**17, "100000000s")])
+def test_table_cells_scale_their_unit_and_fit_a_column(ns, text):
+    assert R.table_duration(ns) == text
+    assert len(text) < R.CELL_WIDTH
+
+
+def test_table_keeps_its_columns_from_nanoseconds_to_the_largest_trackable_value():
+    # one stage per order of magnitude, up to the histograms' ceiling (137 s) and past it (saturated: counted
+    # at the ceiling): the end of every cell falls at the same offset on every line
+    values = [1, 999, 12_345, 856_063, 9_391_348, 137_339_000, 9_660_927_000, L.HIGHEST_TRACKABLE_NS,
+              L.HIGHEST_TRACKABLE_NS * 100]
+    s = _set_with({st: values[st:st + 3] for st in range(L.N_STAGES)})
+    lines = [line.split("   !")[0] for line in R.format_table(s).splitlines()]   # less the saturation note
+    ends = {tuple(m.end() for m in re.finditer(r"\S+", line[17:])) for line in lines}
+    assert len(ends) == 1, "\n".join(lines)
+    assert all(len(line[17:].split()) == 7 for line in lines)
 
 
 def test_table_shows_empty_stages_as_dashes():

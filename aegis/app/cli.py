@@ -33,6 +33,8 @@ examples:
   python -m aegis replay --help                 backtest recorded or Binance public data
   python -m aegis data --help                   market-data store for replay and sweeps (import, verify)
   python -m aegis sweep --help                  parameter sweeps / walk-forward on Ray Tune ([research] extra)
+  python -m aegis warmup                        compile everything ahead (a first run compiles for a minute
+                                                or more; then a run starts in about a second)
 
 wait strategies (what a process does when it has nothing to do):
   busy-spin   spin on the ring cursor; lowest latency, burns the whole core
@@ -56,8 +58,9 @@ Exit codes: 0 orderly stop (duration, Ctrl-C, SIGTERM), 1 an engine process fail
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cores", metavar="A,B",
-                   help="pin Feed to core A and Brain to core B (default: the two highest cores available)")
+    p.add_argument("--cores", metavar="A,B[,S]",
+                   help="pin Feed to core A and Brain to core B (default: the two highest cores available); with S, "
+                   "the order sender gets core S to itself and spins there (a box with a spare core)")
     p.add_argument("--duration", metavar="DURATION", help="stop after this long: seconds, or with a unit "
                    "(90s, 15m, 2h; default: run until Ctrl-C or SIGTERM)")
     p.add_argument("--wait", choices=wait.CHOICES, help="wait strategy of the spin loops (default: auto)")
@@ -150,7 +153,10 @@ def main(argv: list[str]) -> int:
             **strategy.param_overrides(args.param),
         }
         if args.cores is not None:
-            overrides["cores"] = supervisor.parse_cores(args.cores, wait.usable_cores())
+            cores = supervisor.parse_cores(args.cores, wait.usable_cores())
+            overrides["cores"] = cores[:2]
+            if len(cores) == 3:        # the sender's own core: [trade] cores, where it spins (trade.resolve_wait)
+                overrides["trade.cores"] = [cores[2]]
         cfg = load(args.config, overrides)
         if cfg.cores is not None and args.cores is None:  # cores from the config file: same validation
             supervisor.parse_cores(",".join(map(str, cfg.cores)), wait.usable_cores())

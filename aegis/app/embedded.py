@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import secrets
 import signal
 from dataclasses import dataclass
 
 from aegis.core.config import NON_NEGATIVE, POSITIVE, ConfigError, at_least, between, section_values
 
-START_TIMEOUT_S = 60.0
+VENUE_NICE = 10          # scheduling priority below the engine's (see _venue_main)
+START_SILENCE_S = 90.0   # no start-up progress (compiler passes, reported over the pipe) for this long: failed
 DEFAULT_RATE = 2_000.0  # book events/s over all symbols: lively, and light enough for a 2-core box
 
 
@@ -64,10 +66,21 @@ def venue_settings(section: dict) -> dict:
 
 def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the venue stops
+    # the venue stands in for a remote exchange: on a small box it must not take the engine's cores from it
+    # (on Linux a nice-10 process gets about a tenth of the CPU share of a nice-0 one when both want to run)
+    try:
+        os.nice(VENUE_NICE)
+    except OSError:
+        pass
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
     from aegis.venue import VenueConfig, start_venue
-    venue = start_venue(VenueConfig(**settings, api_keys={api_key: api_secret}))
+    watch = _progress_over(conn)
+    watch.start()
+    try:
+        venue = start_venue(VenueConfig(**settings, api_keys={api_key: api_secret}))
+    finally:
+        watch.stop()   # before the URLs: nothing reads the pipe once start() has them
     try:
         conn.send((venue.rest_url, venue.ws_market_url, venue.ws_api_url))
         while not stop["now"]:
@@ -82,10 +95,31 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
         venue.stop()
 
 
-def start(section: dict) -> VenueHandle:
-    """Start the embedded venue with a fresh random API key for this run; returns once it listens. With
-    [venue] url, use that running venue instead, with the keys of aegis.binance.keys.load (environment, else the
-    venue's built-in test key)."""
+def _progress_over(conn):
+    """The venue's compile progress as ("progress", text, compiled) messages on the start-up pipe: one for every
+    function compiled, and a beat (text None) at most ten times a second between."""
+    import threading
+    import time
+
+    from aegis.core.startup import CompileWatch
+    lock = threading.Lock()
+    last = [0.0]
+
+    def send(text=None, compiled=0):
+        now = time.monotonic()
+        with lock:
+            if text is not None or now - last[0] >= 0.1:   # every compile, and a beat now and then
+                last[0] = now
+                conn.send(("progress", text, compiled))
+
+    return CompileWatch(send, send)
+
+
+def start(section: dict, on_progress=None) -> VenueHandle:
+    """Start the embedded venue with a fresh random API key for this run; returns once it listens.
+    on_progress(text, compiled) is called with what the venue is compiling while it starts. With [venue] url,
+    use that running venue instead, with the keys of aegis.binance.keys.load (environment, else the venue's
+    built-in test key)."""
     settings = venue_settings(section)
     if "url" in settings:
         from aegis.binance import keys
@@ -98,14 +132,20 @@ def start(section: dict) -> VenueHandle:
     p = ctx.Process(target=_venue_main, args=(child, settings, api_key, api_secret), name="aegis-venue", daemon=True)
     p.start()
     child.close()
-    if not parent.poll(START_TIMEOUT_S):
-        p.kill()
-        raise RuntimeError(f"the embedded venue did not start within {START_TIMEOUT_S:g}s")
-    try:
-        rest, ws_market, ws_api = parent.recv()
-    except EOFError:
-        p.join(1)
-        raise RuntimeError(f"the embedded venue exited during start (exit code {p.exitcode})") from None
+    while True:
+        if not parent.poll(START_SILENCE_S):
+            p.kill()
+            raise RuntimeError(f"the embedded venue made no start-up progress for {START_SILENCE_S:g}s")
+        try:
+            msg = parent.recv()
+        except EOFError:
+            p.join(1)
+            raise RuntimeError(f"the embedded venue exited during start (exit code {p.exitcode})") from None
+        if msg[0] != "progress":
+            break
+        if on_progress is not None and msg[1]:
+            on_progress(msg[1], msg[2])
+    rest, ws_market, ws_api = msg
     handle = VenueHandle(p, rest, ws_market, ws_api, api_key, api_secret)
     object.__setattr__(handle, "_conn", parent)  # keeps the pipe open for the venue's lifetime
     return handle

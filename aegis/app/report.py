@@ -94,22 +94,39 @@ def stage_summary(hist: np.ndarray) -> dict:
     return out
 
 
-def _us(ns: float) -> str:
-    return f"{ns / NS_PER_US:.3f}"
+_UNITS = ((1, "ns"), (1_000, "us"), (1_000_000, "ms"), (1_000_000_000, "s"))
+CELL_WIDTH = 11   # a 10-character cell (the widest table_duration writes below 31 years) and one space
+
+
+def table_duration(ns: float) -> str:
+    """A latency table cell: ns exact below 1 us, then us, ms, s with three decimals (ns resolution up to 1 ms),
+    whole seconds from 10000 s: at most 10 characters for anything below 31 years. The unit is chosen after
+    rounding, so 999_999.6 ns reads "1.000ms", never "1000.000us"."""
+    ns = float(ns)
+    if abs(ns) < 999.5:
+        return f"{ns:.0f}ns"
+    for scale, unit in _UNITS[1:-1]:
+        text = f"{ns / scale:.3f}"
+        if abs(float(text)) < 1000:
+            return text + unit
+    text = f"{ns / 1e9:.3f}"
+    return (text if abs(float(text)) < 10_000 else f"{ns / 1e9:.0f}") + "s"
 
 
 def format_table(hist_set: np.ndarray) -> str:
-    """Percentile table (microseconds) of every stage, one line per stage, empty stages shown as '-'."""
+    """Percentile table of every stage, one line per stage, each value with its unit (ns, us, ms, s), empty stages
+    shown as '-'. Columns are right-aligned in CELL_WIDTH characters for any value the histograms hold."""
     hist_set = L.snapshot(hist_set)
     head = ["stage", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"]
-    lines = [f"{head[0]:<17}{head[1]:>11}" + "".join(f"{h:>11}" for h in head[2:]) + "   (us)"]
+    w = CELL_WIDTH
+    lines = [f"{head[0]:<17}{head[1]:>{w}}" + "".join(f"{h:>{w}}" for h in head[2:])]
     for st in range(L.N_STAGES):
         s = stage_summary(hist_set[st])
         if s["count"] == 0:
             cells = ["-"] * 6
         else:
-            cells = [_us(s[q]) for q in REPORT_PERCENTILES] + [_us(s["max"])]
-        lines.append(f"{L.STAGE_NAMES[st]:<17}{s['count']:>11}" + "".join(f"{c:>11}" for c in cells))
+            cells = [table_duration(s[q]) for q in REPORT_PERCENTILES] + [table_duration(s["max"])]
+        lines.append(f"{L.STAGE_NAMES[st]:<17}{s['count']:>{w}}" + "".join(f" {c:>{w - 1}}" for c in cells))
         extra = []
         if hist_set[st, L.H_SATURATED]:
             extra.append(f"{hist_set[st, L.H_SATURATED]} above {L.HIGHEST_TRACKABLE_NS / 1e9:.0f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import time
@@ -25,7 +26,12 @@ from aegis.core.ring import Ring
 from aegis.core.shm import Segment
 
 HEARTBEAT_TIMEOUT_S = 5.0   # a running process that has not beaten for this long is hung
-START_TIMEOUT_S = 120.0     # first start compiles the jitted loops (cached afterwards)
+# A starting process is judged by its progress (control.R_START_*), never by how long it takes: a first run compiles
+# for a minute or more, several on a loaded box. It reports progress on every compiler pass (well under a second
+# apart when it is working); one that reports nothing for this long (a compile or a connection that hangs, or an
+# interpreter that never got as far as importing the engine) has failed.
+START_SILENCE_S = 90.0
+CLEAR_LINE = "\r\033[K"
 STOP_TIMEOUT_S = 5.0        # orderly stop before SIGTERM, then SIGKILL
 
 
@@ -33,20 +39,22 @@ class CoreError(ValueError):
     pass
 
 
-def parse_cores(text: str, available: list[int]) -> tuple[int, int]:
-    """'A,B' -> (A, B), validated against the cores this process may run on; CoreError says what is wrong."""
+def parse_cores(text: str, available: list[int]) -> tuple[int, ...]:
+    """'A,B' -> (A, B) or 'A,B,S' -> (A, B, S) (S: a core of its own for the sender thread, which then spins),
+    validated against the cores this process may run on; CoreError says what is wrong."""
     avail = ",".join(map(str, available))
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
-        raise CoreError(f"--cores takes two core numbers A,B (Feed on A, Brain on B), got {text!r}; "
-                        f"available cores: {avail}")
-    a, b = (int(p) for p in parts)
-    for c in (a, b):
+    if len(parts) not in (2, 3) or not all(p.lstrip("-").isdigit() for p in parts):
+        raise CoreError(f"--cores takes two core numbers A,B (Feed on A, Brain on B), or three A,B,S (and the order "
+                        f"sender spinning on S), got {text!r}; available cores: {avail}")
+    cores = tuple(int(p) for p in parts)
+    for c in cores:
         if c not in available:
             raise CoreError(f"core {c} does not exist or is not available to this process; available cores: {avail}")
-    if a == b:
-        raise CoreError(f"--cores names core {a} twice: Feed and Brain need a core each; available cores: {avail}")
-    return a, b
+    if len(set(cores)) < len(cores):
+        raise CoreError(f"--cores names a core twice ({text}): Feed, Brain (and sender) need a core each; "
+                        f"available cores: {avail}")
+    return cores
 
 
 def pick_cores(available: list[int]) -> tuple[int, int]:
@@ -133,6 +141,63 @@ def trading_fields(ctl: np.ndarray) -> str:
             f"fees {ctl_f[b + control.F_BRAIN_FEES]:.2f}")
 
 
+def startup_line(elapsed: float, ctl: np.ndarray) -> str:
+    """One line on what each starting process is doing and how far along it is, e.g.
+    `[  23.1s] starting: feed 2/3 ready; waiting for the brain ... | brain 3/3 brain loop: compiling
+    aegis.brain.process.brain_loop (57 compiled)`."""
+    parts = []
+    for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)):
+        state = _role_slot(ctl, rid, control.R_STATE)
+        if state == control.ST_NONE:
+            parts.append(f"{role} loading Python and Numba")
+            continue
+        if state >= control.ST_RUNNING:
+            parts.append(f"{role} {control.STATE_NAMES[state]}")
+            continue
+        k, n = _role_slot(ctl, rid, control.R_START_STEP), _role_slot(ctl, rid, control.R_START_STEPS)
+        text = control.read_text(ctl, rid) or control.STATE_NAMES[state]
+        compiled = _role_slot(ctl, rid, control.R_START_COMPILED)
+        parts.append(f"{role} {f'{k}/{n} ' if n else ''}{text}{f' ({compiled} compiled)' if compiled else ''}")
+    return f"[{elapsed:7.1f}s] starting: " + " | ".join(parts)
+
+
+def startup_stalled(ctl: np.ndarray, now_ns: int, spawned_ns: int, limit_s: float = START_SILENCE_S) -> str | None:
+    """The reason the run must stop if a starting process has reported no progress for limit_s (None if all are
+    making progress)."""
+    for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)):
+        if _role_slot(ctl, rid, control.R_STATE) >= control.ST_RUNNING:
+            continue
+        last = max(_role_slot(ctl, rid, control.R_HEARTBEAT), spawned_ns)
+        if now_ns - last > limit_s * 1e9:
+            doing = control.read_text(ctl, rid) or "starting the interpreter"
+            return f"{role} process made no start-up progress for {limit_s:g}s (last: {doing})"
+    return None
+
+
+def _tty(out) -> bool:
+    return getattr(out, "isatty", lambda: False)()
+
+
+def _venue_progress(out, t_start: float, interval: float):
+    """Prints what the embedded venue compiles while it starts: in place on a terminal, else every few seconds."""
+    in_place = _tty(out)
+    due = [time.monotonic() + (0.5 if in_place else max(interval, 5.0))]
+
+    def show(text: str, compiled: int) -> None:
+        now = time.monotonic()
+        if now < due[0]:
+            return
+        line = f"[{now - t_start:7.1f}s] starting: embedded venue: {text} ({compiled} compiled)"
+        if in_place:
+            print(CLEAR_LINE + line[:shutil.get_terminal_size().columns - 1], end="", file=out, flush=True)
+            due[0] = now + 0.5
+        else:
+            print(line, file=out, flush=True)
+            due[0] = now + max(interval, 5.0)
+
+    return show
+
+
 def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
     st = ring.stats()
     fed = _role_slot(ctl, control.ROLE_FEED, control.R_RECORDS)
@@ -192,10 +257,10 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
     try:
         if cfg.source == "venue" and cfg.venue == "embedded":
             from aegis.app import embedded
-            venue = embedded.start(cfg.section("venue"))
+            venue = embedded.start(cfg.section("venue"), _venue_progress(out, t_start, cfg.status_interval))
             r.venue = venue
-            print(f"aegis: embedded venue at {venue.rest_url} (market data {venue.ws_market_url})", file=out,
-                  flush=True)
+            print(f"{CLEAR_LINE if _tty(out) else ''}aegis: embedded venue at {venue.rest_url} "
+                  f"(market data {venue.ws_market_url})", file=out, flush=True)
         urls = venue.urls if venue else _exchange_urls(cfg)
         table = _symbol_table(cfg, urls, out)
         with preflight.shared_memory():
@@ -343,6 +408,8 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
     prev: dict = {}
     last_status = t_start
     t_running = None
+    spawned_ns = time.monotonic_ns()
+    in_place = _tty(out)   # a terminal gets one start-up line, rewritten in place
     sentinels = {p.sentinel: role for role, p in r.procs.items()}
     if r.venue is not None and r.venue.process is not None:   # None: a venue running elsewhere ([venue] url)
         sentinels[r.venue.process.sentinel] = "venue"
@@ -391,7 +458,12 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
         if t_running is None and all(st_ == control.ST_RUNNING for st_ in states):
             t_running = now
             r.running_since = now
-            print(f"aegis: engine running (start-up took {now - t_start:.1f}s)", file=out, flush=True)
+            compiled = [_role_slot(ctl, rid, control.R_START_COMPILED)
+                        for rid in (control.ROLE_FEED, control.ROLE_BRAIN)]
+            how = (f": compiled {compiled[0]} + {compiled[1]} functions, cached for the next run" if any(compiled)
+                   else "")
+            print(f"{CLEAR_LINE if in_place else ''}aegis: engine running (start-up took {now - t_start:.1f}s{how})",
+                  file=out, flush=True)
             next_status, last_status = now + cfg.status_interval, now
         # --duration counts running time: a first run spends tens of seconds compiling before it trades
         if cfg.duration is not None and t_running is not None and now - t_running >= cfg.duration:
@@ -405,16 +477,21 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
                 r.exit_code = 1
                 print(f"aegis: error: {r.stop_reason}; stopping the run", file=out, flush=True)
                 return
-            if state < control.ST_RUNNING and now - t_start > START_TIMEOUT_S:
-                r.stop_reason = f"{role} process did not start within {START_TIMEOUT_S:g}s"
-                r.exit_code = 1
-                print(f"aegis: error: {r.stop_reason}", file=out, flush=True)
-                return
+        stalled = startup_stalled(ctl, time.monotonic_ns(), spawned_ns) if t_running is None else None
+        if stalled:
+            r.stop_reason = stalled
+            r.exit_code = 1
+            print(f"{CLEAR_LINE if in_place else ''}aegis: error: {stalled}", file=out, flush=True)
+            return
         if now >= next_status and t_running is None:
-            names = ", ".join(f"{role} {control.STATE_NAMES[st_]}" for role, st_ in zip(("feed", "brain"), states))
-            print(f"[{now - t_start:7.1f}s] starting: {names} (the first run compiles the jitted code; later runs "
-                  "load it from Numba's cache)", file=out, flush=True)
-            next_status = now + max(cfg.status_interval, 5.0)
+            line = startup_line(now - t_start, ctl)
+            if in_place:
+                width = shutil.get_terminal_size().columns - 1
+                print(CLEAR_LINE + line[:width], end="", file=out, flush=True)
+                next_status = now + 0.5
+            else:
+                print(line, file=out, flush=True)
+                next_status = now + max(cfg.status_interval, 5.0)
         elif now >= next_status:
             print(status_line(now - t_start, ctl, ring, prev, now - last_status, r.hist), file=out, flush=True)
             last_status = now

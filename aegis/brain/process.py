@@ -326,6 +326,7 @@ def run(spec: ProcessSpec) -> int:
     ctx = enter(spec)
     from aegis.core.config import ConfigError
     try:
+        ctx.step(1, 3, "order path")
         bcfg, strat = validate(spec.config)
         order_path = _open_order_path(spec, ctx, bcfg)
     except ConfigError as e:
@@ -338,6 +339,7 @@ def run(spec: ProcessSpec) -> int:
         lat = None
         if ctx.latency is not None and ctx.latency.size >= latency.N_STAGES * latency.HIST_LEN:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
+        ctx.step(2, 3, "strategy state")
         brain = Brain(bcfg, strat, symbol_count(spec.config, ctx.control), order_path, lat, spec.wait)
         if order_path is not None:      # bars start from the exchange's recent klines (issue 17)
             sess = order_path.session
@@ -352,8 +354,13 @@ def run(spec: ProcessSpec) -> int:
             mode = f"trading {brain.riskbook.state} ({brain.riskbook.state_reason}; --resume lifts a kept halt)"
         # warm-up before RUNNING: compiles (or loads from numba's cache) the whole jitted loop now, while the
         # supervisor's start timeout applies, instead of inside the first round where the heartbeat is watched
+        ctx.step(3, 3, "brain loop")
         brain.step(ctx.ring.header, ctx.ring.records, ctx.control, 0)
         brain.housekeeping(py_now_ns(), ctx.control, ctx.control_f)
+        # what the first bar close and the stats call later: compiled lazily they stalled a cold run's Brain for
+        # seconds right after it started (time 0 closes nothing, pending only reads)
+        brain.candles.close_due(0)
+        brain.bus.pending()
         print(f"aegis: brain: strategy {strat.describe()}, {brain.n_symbols} symbols, {mode}", flush=True)
         ctx.set_state(control.ST_READY)
         freeze_gc()

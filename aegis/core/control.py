@@ -73,6 +73,17 @@ R_SENDER_STATE_REASON = 20    # aegis.trade.risk.WHY_* of the last state change
 R_SENDER_FAILSAFE = 21        # 1: the order journal cannot be written; trading halted, orders cancelled without it
 R_SENDER_FLAGS = 24           # 8 slots (own cache line) = aegis.trade.sender.TradeSession.flags: [0] kill switch request
                               # (1 halt + cancel all, 2 also flatten; the supervisor may write it), [1] seen by Brain
+# --- start-up section (every role; written by that role's process until it runs) ------------------------------
+# Start-up is progress, not a deadline: a first run compiles for a minute or more (longer on a loaded box), so the
+# supervisor judges a starting process by how recently it reported progress here, not by how long it has taken.
+R_START_PHASE = 40       # PH_* below
+R_START_COMPILED = 41    # functions Numba compiled so far in this process (loads from its cache are not counted)
+R_START_STEP = 42        # start-up step being done (1-based), of R_START_STEPS
+R_START_STEPS = 43
+R_START_SILENCE_NS = 44  # longest time so far between two progress reports of this process
+R_START_TEXT = 48        # 16 slots (2 cache lines) = 128 bytes of UTF-8, NUL-padded: what is being done now
+START_TEXT_BYTES = 128
+PH_PREPARING, PH_COMPILING, PH_WAITING_FOR_BRAIN, PH_CONNECTING = 0, 1, 2, 3
 
 
 def base(role: int) -> int:
@@ -112,3 +123,19 @@ def set_slot(ctl, role, slot, value):
 @njit(cache=True, nogil=True)
 def get_slot(ctl, role, slot):
     return load_acquire(ctl, ROLE_SLOTS * (1 + role) + slot)
+
+
+def write_text(ctl: np.ndarray, role: int, text: str) -> None:
+    """Put `text` (truncated to START_TEXT_BYTES of UTF-8) in the role's start-up text slots. A reader racing this
+    store may see a mix of two texts for one status line; nothing else reads them."""
+    raw = text.encode("utf-8", "replace")[:START_TEXT_BYTES]
+    start = base(role) + R_START_TEXT
+    view = ctl[start:start + START_TEXT_BYTES // 8].view(np.uint8)
+    view[:len(raw)] = np.frombuffer(raw, np.uint8)
+    view[len(raw):] = 0
+
+
+def read_text(ctl: np.ndarray, role: int) -> str:
+    start = base(role) + R_START_TEXT
+    raw = ctl[start:start + START_TEXT_BYTES // 8].view(np.uint8).tobytes()
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -89,24 +89,18 @@ def start_writer(ring_name: str, total: int, batch_size: int = 256, policy: int 
 
 
 # ------------------------------------------------------------------------------------- one-way latency probe
+# Both ends move whole records with the engine's own calls: the writer stamps and copies a record in as the Feed
+# publishes (ring.stamp_and_write), the reader copies it out as the Brain consumes (ring.wait_batch).
 @njit(cache=True, nogil=True)
 def ping_writer(header, records, count, gap_ns, wait):
-    """Publish `count` single records, each stamped with pub_ts just before publication, `gap_ns` apart."""
-    mask = header[ring.H_CAPACITY] - 1
+    """Publish `count` single records, stamped (pub_ts) as they are written, `gap_ns` apart; returns how many."""
+    one = np.zeros(1, MARKET_DTYPE)
     for i in range(count):
         t_next = now_ns() + gap_ns
-        spins = 0
-        while True:
-            seq, n = ring.claim(header, 1)
-            if n == 1 or ring.aborted(header):
-                break
-            spins = idle(wait, spins)
-        if n == 0:
-            return i
-        r = records[seq & mask]
-        r.seq = i
-        r.pub_ts = now_ns()
-        ring.publish(header, 1)
+        one[0].seq = i
+        one[0].bid_px = i * 0.25
+        if ring.stamp_and_write(header, records, one, 1, ring.POLICY_WAIT, wait) == 0:
+            return i   # aborted
         while now_ns() < t_next:
             pass
     return count
@@ -115,21 +109,13 @@ def ping_writer(header, records, count, gap_ns, wait):
 @njit(cache=True, nogil=True)
 def ping_reader(header, records, count, wait, deadline_ns, out_ns):
     """Read `count` records one by one, storing now - pub_ts (one-way latency, ns) for each."""
-    mask = header[ring.H_CAPACITY] - 1
+    one = np.zeros(1, MARKET_DTYPE)
     got = 0
-    spins = 0
     while got < count:
-        if ring.available(header) == 0:
-            spins = idle(wait, spins)
-            if (spins & 1023) == 0 and now_ns() > deadline_ns:
-                break
-            continue
-        t = now_ns()
-        r = records[header[ring.H_READ] & mask]
-        out_ns[got] = t - r.pub_ts
-        ring.consume(header, 1)
+        if ring.wait_batch(header, records, one, 1, wait, deadline_ns) == 0:
+            break
+        out_ns[got] = now_ns() - one[0].pub_ts
         got += 1
-        spins = 0
     return got
 
 
@@ -146,63 +132,40 @@ def start_ping_writer(ring_name: str, count: int, gap_ns: int, wait: int, core: 
     return p
 
 
-# ------------------------------------------------------------------------------ zero-copy batch throughput
+# ------------------------------------------------------------------------------- per-event round trip (echo)
 @njit(cache=True, nogil=True)
-def produce_in_place(header, records, total, batch_size, wait):
-    """Writer that fills claimed slots directly (no staging copy), as the Feed's parser does."""
-    mask = header[ring.H_CAPACITY] - 1
-    s = 0
-    spins = 0
-    while s < total:
-        seq, n = ring.claim(header, min(batch_size, total - s))
-        if n == 0:
-            if ring.aborted(header):
-                break
-            spins = idle(wait, spins)
-            continue
-        spins = 0
-        for i in range(n):
-            r = records[(seq + i) & mask]
-            r.seq = s + i
-            r.bid_px = (s + i) * 0.25
-            r.symbol = (s + i) % 997
-        ring.publish(header, n)
-        s += n
-    return s
+def echo(inbound_h, inbound_r, outbound_h, outbound_r, count, wait, deadline_ns):
+    """Copy each record of one ring into the other, one at a time (whole records, as the Feed and Brain move them);
+    returns how many were echoed."""
+    one = np.zeros(1, MARKET_DTYPE)
+    for i in range(count):
+        if ring.wait_batch(inbound_h, inbound_r, one, 1, wait, deadline_ns) == 0:
+            return i
+        if ring.stamp_and_write(outbound_h, outbound_r, one, 1, ring.POLICY_WAIT, wait) == 0:
+            return i
+    return count
 
 
 @njit(cache=True, nogil=True)
-def consume_in_place(header, records, total, wait, deadline_ns):
-    """Reader that processes records where they lie and hands the slots back per batch; returns (count, checksum)."""
-    mask = header[ring.H_CAPACITY] - 1
-    got = 0
-    chk = np.int64(0)
-    spins = 0
-    while got < total:
-        n = ring.available(header)
-        if n == 0:
-            spins = idle(wait, spins)
-            if (spins & 1023) == 0 and now_ns() > deadline_ns:
-                break
-            continue
-        spins = 0
-        r0 = header[ring.H_READ]
-        for i in range(n):
-            chk = chk * 31 + records[(r0 + i) & mask].seq + 1
-        ring.consume(header, n)
-        got += n
-    return got, chk
+def round_trip(out_h, out_r, back_h, back_r, one, seq, wait, deadline_ns):
+    """One record out through one ring and back through the other (echoed by another process); returns the seq
+    that came back (-1 on a deadline or an abort). One event: what a per-round benchmark times."""
+    one[0].seq = seq
+    if ring.stamp_and_write(out_h, out_r, one, 1, ring.POLICY_WAIT, wait) == 0:
+        return -1
+    if ring.wait_batch(back_h, back_r, one, 1, wait, deadline_ns) == 0:
+        return -1
+    return one[0].seq
 
 
-def _in_place_main(ring_name: str, total: int, batch_size: int, wait: int, core) -> None:
+def _echo_main(inbound: str, outbound: str, count: int, wait: int, core) -> None:
     if core is not None:
         os.sched_setaffinity(0, {core})
-    r = ring.Ring.attach(ring_name)
-    produce_in_place(r.header, r.records, total, batch_size, wait)
+    a, b = ring.Ring.attach(inbound), ring.Ring.attach(outbound)
+    echo(a.header, a.records, b.header, b.records, count, wait, now_ns() + 600_000_000_000)
 
 
-def start_in_place_writer(ring_name: str, total: int, batch_size: int, wait: int, core: int | None) -> mp.Process:
-    p = mp.get_context("spawn").Process(target=_in_place_main, args=(ring_name, total, batch_size, wait, core),
-                                        daemon=True)
+def start_echo(inbound: str, outbound: str, count: int, wait: int, core: int | None) -> mp.Process:
+    p = mp.get_context("spawn").Process(target=_echo_main, args=(inbound, outbound, count, wait, core), daemon=True)
     p.start()
     return p

@@ -7,10 +7,13 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba.core import event as numba_event
+from numba.core.event import Listener
 
 from aegis.core import control
 from aegis.core.config import EngineConfig
@@ -58,6 +61,7 @@ class ProcessContext:
     def orphaned(self) -> bool:
         """The supervisor is gone (we were re-parented): nobody watches this process any more."""
         return os.getppid() != self.parent_pid
+        self.progress = StartupProgress(self.control, self.role)
 
     def stopping(self) -> bool:
         """The run is stopping: asked by the supervisor, or the supervisor died. Engine loops call this on their slow
@@ -79,6 +83,10 @@ class ProcessContext:
         control.beat(self.control, self.role)
 
     def set_state(self, state: int) -> None:
+        if state == control.ST_RUNNING:
+            self.progress.running()
+        elif state > control.ST_RUNNING:
+            self.progress.stop()
         control.set_slot(self.control, self.role, control.R_STATE, state)
 
     def slot(self, slot: int) -> int:
@@ -87,12 +95,170 @@ class ProcessContext:
     def set(self, slot: int, value: int) -> None:
         control.set_slot(self.control, self.role, slot, value)
 
+    def step(self, k: int, n: int, what: str, phase: int = control.PH_PREPARING) -> None:
+        """Start-up step k of n begins (shown by the supervisor's status line; each step is progress)."""
+        self.progress.step(k, n, what, phase)
+
     def close(self) -> None:
+        self.progress.stop()
         self.ring.close()
         self.control = self.control_f = self.latency = None
         self._ctl_seg.close()
         if self._lat_seg:
             self._lat_seg.close()
+
+
+class CompileWatch:
+    """Numba's compile events as start-up progress: `report(text, compiled)` is called when a function starts
+    compiling (text "compiling module.function") and when it is done; `beat()` on every compiler pass in between.
+
+    One pass can be long: the last one of an outer function hands the whole module to LLVM, which took over 90 s
+    of wall time for the sender's fast path on this 2-core box at load average 20. While a compile is under way a
+    watchdog thread therefore also beats whenever the process has used CPU since its last look (every
+    POLL_S): a compiler that works is alive, one that waits on something that never comes (no CPU) falls silent,
+    and so does one that has spent more than COMPILE_CPU_LIMIT_S of CPU on one outer function (a compile that
+    never ends). Loads from Numba's on-disk cache raise no events: they are quick.
+
+    The callbacks run inside the compiler (any thread): they must not call jitted code (which might compile)."""
+
+    POLL_S = 0.5
+    COMPILE_CPU_LIMIT_S = 900.0
+
+    def __init__(self, report, beat):
+        self._report = report
+        self._beat = beat
+        self.compiled = 0
+        self.current = ""
+        self.last_done = ""             # the function whose compile ended last
+        self._stack: list[str] = []
+        self._listener = _Listener(self)
+        self._installed = False
+        self._outer_cpu0 = 0.0          # process CPU time when the outermost compile under way began
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self._installed:
+            numba_event.register("numba:compile", self._listener)
+            numba_event.register("numba:run_pass", self._listener)
+            self._installed = True
+            self._stopped.clear()
+            self._thread = threading.Thread(target=self._watchdog, name="aegis-compile-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._installed:
+            numba_event.unregister("numba:compile", self._listener)
+            numba_event.unregister("numba:run_pass", self._listener)
+            self._installed = False
+        self.stop_watchdog()
+
+    def stop_watchdog(self) -> None:
+        """Compile events are still reported; the CPU watchdog thread ends."""
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2 * self.POLL_S)
+        self._thread = None
+
+    def _watchdog(self) -> None:
+        last = time.process_time()
+        while not self._stopped.wait(self.POLL_S):
+            now = time.process_time()
+            if self._stack and now - last > 0.01 and now - self._outer_cpu0 < self.COMPILE_CPU_LIMIT_S:
+                self._beat()
+            last = now
+
+    def _on(self, ev, start: bool) -> None:
+        if ev.kind == "numba:compile":
+            # compiles nest (a function compiles what it calls first): the outermost one is what was asked for
+            if start:
+                py = ev.data["dispatcher"].py_func
+                if not self._stack:
+                    self._outer_cpu0 = time.process_time()
+                self._stack.append(f"{py.__module__}.{py.__qualname__}")
+            else:
+                self.compiled += 1
+                if self._stack:
+                    self.last_done = self._stack.pop()
+            self.current = self.describe(self._stack)
+            self._report(self.current, self.compiled)
+        else:
+            self._beat()
+
+    @staticmethod
+    def describe(stack: list) -> str:
+        """'compiling outer' or 'compiling outer (now inner)' for a stack of nested compiles, outermost first ('' when
+        nothing is compiling)."""
+        if not stack:
+            return ""
+        inner = f" (now {stack[-1].rsplit('.', 1)[-1]})" if len(stack) > 1 else ""
+        return f"compiling {stack[0]}{inner}"
+
+
+class _Listener(Listener):
+    def __init__(self, watch: CompileWatch):
+        self.watch = watch
+
+    def on_start(self, event):
+        self.watch._on(event, True)
+
+    def on_end(self, event):
+        self.watch._on(event, False)
+
+
+class StartupProgress:
+    """A starting process's progress in its control slots (control.R_START_*): the step, what is being done, how
+    many functions are compiled, and a heartbeat on every bit of progress. The supervisor's start-up watch reads
+    them: a process that keeps reporting is alive however long it compiles."""
+
+    def __init__(self, ctl: np.ndarray, role: int):
+        self.ctl = ctl
+        self.base = control.base(role)
+        self.role = role
+        self._last_ns = time.monotonic_ns()
+        self.watch = CompileWatch(self._report, self.beat)
+        self._running = False
+        self._what = ""
+
+    def beat(self) -> None:
+        # a plain store, not control.beat: this runs inside the compiler, where calling jitted code could compile
+        now = time.monotonic_ns()
+        b = self.base
+        if now - self._last_ns > self.ctl[b + control.R_START_SILENCE_NS]:
+            self.ctl[b + control.R_START_SILENCE_NS] = now - self._last_ns
+        self._last_ns = now
+        self.ctl[b + control.R_HEARTBEAT] = now
+
+    def running(self) -> None:
+        """Start-up is over. A compile from now on is one the warm-up missed: it stalls the hot loop (seconds on a
+        cold cache), so each is named on stderr, once, and counted in R_START_COMPILED."""
+        self.watch.stop_watchdog()
+        self._running = True
+
+    def _report(self, text: str, compiled: int) -> None:
+        if self._running:
+            if compiled > self.ctl[self.base + control.R_START_COMPILED]:
+                self.ctl[self.base + control.R_START_COMPILED] = compiled
+                print(f"aegis: {control.ROLES[self.role]}: compiled {self.watch.last_done} while running (its "
+                      "warm-up missed it; the run stalled meanwhile)", file=sys.stderr, flush=True)
+            return
+        self.ctl[self.base + control.R_START_COMPILED] = compiled
+        shown = f"{self._what}: {text}" if self._what and text else self._what or text
+        control.write_text(self.ctl, self.role, shown)
+        self.beat()
+
+    def step(self, k: int, n: int, what: str, phase: int = control.PH_PREPARING) -> None:
+        self.watch.start()
+        self._what = what
+        b = self.base
+        self.ctl[b + control.R_START_STEP] = k
+        self.ctl[b + control.R_START_STEPS] = n
+        self.ctl[b + control.R_START_PHASE] = phase
+        control.write_text(self.ctl, self.role, what)
+        self.beat()
+
+    def stop(self) -> None:
+        self.watch.stop()
 
 
 def pin(core: int | None) -> None:
@@ -143,6 +309,7 @@ def enter(spec: ProcessSpec) -> ProcessContext:
     ctx.set(control.R_CORE, -1 if spec.core is None else spec.core)
     ctx.set(control.R_WAIT, spec.wait)
     ctx.set_state(control.ST_STARTING)
+    ctx.progress.watch.start()
     ctx.heartbeat()
     return ctx
 

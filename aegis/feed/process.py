@@ -1119,14 +1119,36 @@ def synthetic_loop(header, records, ctl, state, batch, rate, policy, wait):
 
 def _run_synthetic(ctx, spec: ProcessSpec, fcfg: FeedConfig, n_symbols: int) -> int:
     cfg = spec.config
+    ctx.step(1, 2, "synthetic source")
     state = synthetic.make_state(n_symbols, seed=fcfg.seed)
     synthetic.seed(fcfg.seed)
     batch = synthetic.new_batch(BATCH)
+    args = (ctx.ring.header, ctx.ring.records, ctx.control, state, batch, fcfg.synthetic_rate,
+            POLICIES[cfg.ring_policy], spec.wait)
+    loop = entry_for(synthetic_loop, *args)
     ctx.set_state(control.ST_READY)
+    if not wait_for_brain(ctx, 2, 2):
+        return 0
+    ctx.progress.running()       # the loop announces RUNNING itself, from compiled code
     freeze_gc()
-    synthetic_loop(ctx.ring.header, ctx.ring.records, ctx.control, state, batch, fcfg.synthetic_rate,
-                   POLICIES[cfg.ring_policy], spec.wait)
+    loop(*args)
     return 0
+
+
+def wait_for_brain(ctx, k: int, n: int) -> bool:
+    """Publish nothing until the Brain is ready to consume: what the Feed published while the Brain was still
+    compiling would reach it seconds old, and it would trade on that backlog. False if the run ends first."""
+    ctx.step(k, n, "ready; waiting for the brain (nothing is published until it can trade)",
+             control.PH_WAITING_FOR_BRAIN)
+    while not ctx.stopping() and not ring.aborted(ctx.ring.header):
+        brain = int(control.get_slot(ctx.control, control.ROLE_BRAIN, R_STATE))
+        if brain in (control.ST_READY, control.ST_RUNNING):
+            return True
+        if brain in (control.ST_STOPPED, control.ST_FAILED):
+            return False
+        ctx.progress.beat()
+        time.sleep(0.02)
+    return False
 
 
 def venue_urls(spec: ProcessSpec, fcfg: FeedConfig) -> tuple[str, str]:
@@ -1173,11 +1195,16 @@ def run(spec: ProcessSpec) -> int:
         lat = None
         if ctx.latency is not None and ctx.latency.size >= latency.N_STAGES * latency.HIST_LEN:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
+        ctx.step(1, 3, "feed kernels")
         warm_up()
         eng = FeedEngine(table, fcfg, ctx.ring.header, ctx.ring.records, rest_url, ws_url, spec.wait,
                          cfg.record_dir, ctx.control, lat,
                          weight_ledger=ledger_for(rest_url, cfg.venue == "embedded" and not fcfg.rest_url))
         ctx.set_state(control.ST_READY)
+        if not wait_for_brain(ctx, 2, 3):
+            eng.close()
+            return 0
+        ctx.step(3, 3, "connecting to the market streams", control.PH_CONNECTING)
         eng.start()
         if not eng.wait_connected(FIRST_CONNECT_S, ctx.stopping):
             # market data that never arrives is an error of the run, not a quiet run with 0 records
