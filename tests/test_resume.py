@@ -67,7 +67,7 @@ def test_a_reconciliation_during_a_reversal_in_flight_neither_flips_nor_double_c
     def brain_drains():
         from aegis.core import ring
         n = ring.read_batch(fills.header, fills.records, scratch, scratch.shape[0])
-        risk.on_fill_batch(*book.arrays, scratch, n, 0)
+        risk.on_fill_batch(book.rk, scratch, n, 0)
 
     try:
         _market(client, "BUY", "0.002")

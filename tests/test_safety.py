@@ -65,19 +65,24 @@ CHILD = textwrap.dedent("""
     import numpy as np
     from aegis.binance.client import Endpoints
     from aegis.core.records import ACTION_NEW, ORDER_LIMIT, ORDER_REQUEST_DTYPE, SIDE_BUY, TIF_GTC
-    from aegis.trade import keys, risk, sender as trade
+    from aegis.binance import keys
+    from aegis.brain import pipeline
+    from aegis.trade import risk, sender as trade
+    from tests.trade_rig import brain_for
     rest, wsm, wsa, key, secret, journal, bid, ask = sys.argv[1:]
     ts = trade.TradeSession(trade.TradeConfig.from_section({"fsync": "never", "journal": journal}),
                             risk.RiskConfig(max_md_age_ms=0, price_band_bps=0.0, max_order_notional=1e6,
                                             max_position_notional=1e6, max_gross_notional=1e6),
                             Endpoints("embedded", rest, wsm, wsa), keys.from_strings(key, secret), ["BTCUSDT"],
                             journal_path=journal).start()
-    risk.on_quote(*ts.book.arrays, 0, float(bid), float(ask), time.monotonic_ns())
+    risk.on_quote(ts.book.rk, 0, float(bid), float(ask), time.monotonic_ns())
+    brain = brain_for(trade.OrderPath(ts), 1)
     r = np.zeros(2, ORDER_REQUEST_DTYPE)
     for i in range(2):
         r[i]["symbol"], r[i]["side"], r[i]["qty"], r[i]["price"] = 0, SIDE_BUY, 0.002, float(bid) * (0.97 - 0.01 * i)
         r[i]["order_type"], r[i]["tif"], r[i]["action"] = ORDER_LIMIT, TIF_GTC, ACTION_NEW
-    trade.submit(*ts.book.arrays, ts.queue.header, ts.queue.records, r, 2, time.monotonic_ns())
+    for i in range(2):
+        pipeline.send(brain.bs, brain.sink, r[i], time.monotonic_ns())
     print("placed", flush=True)
     time.sleep(60)
 """)
