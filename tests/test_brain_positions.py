@@ -6,6 +6,7 @@ import numpy as np
 
 from aegis.brain import process as brain
 from aegis.brain import bus
+from aegis.brain import pipeline
 from aegis.core import latency
 from aegis.brain import strategy
 from aegis.trade import risk as riskmod
@@ -62,7 +63,8 @@ def run(values, fill_entries, chunk=50):
                 f = fill(req, STATUS_FILLED, req["qty"], req["price"])
             else:
                 continue                                           # the entry rests on the book
-            riskmod.on_fill(path.risk.rk, f, time.monotonic_ns())
+            assert path.fills.put(f)                   # as the sender / user stream report it
+        pipeline.service(b.bs, b.sink, path.flags, time.monotonic_ns())   # the next loop iteration takes it in
     return b, path, signals, sent
 
 
@@ -117,7 +119,8 @@ def test_a_rejected_entry_leaves_the_strategy_flat_and_free_to_enter_again():
         b.process(part, consume_ts=now)
         for req in drain_queue(path.queue):       # the exchange rejects every order (e.g. post-only would cross)
             sent.append(req.copy())
-            riskmod.on_fill(path.risk.rk, fill(req, STATUS_REJECTED), time.monotonic_ns())
+            assert path.fills.put(fill(req, STATUS_REJECTED))
+        pipeline.service(b.bs, b.sink, path.flags, time.monotonic_ns())
     assert len(sent) >= 2 and all(r["reduce_only"] == 0 and r["side"] == SIDE_BUY for r in sent)
     assert path.risk.sym[0, riskmod.S_OPEN_COUNT] == 0
 

@@ -231,6 +231,11 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
         def __init__(self, path):
             open(path, "wb").close()
             self.fd = os.open(path, os.O_RDONLY)
+            self.failed = None
+            self.reported = []
+
+        def report_failure(self, what):     # the sender tells the journal, which halts trading (fail safe)
+            self.reported.append(what)
 
     class MustNotSend:
         def plain_fd(self):
@@ -258,7 +263,7 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
         s.stop()
         os.close(j.fd)
     ev = fills.drain()
-    assert s.errors == 1 and s.sent == 0
+    assert s.errors == 1 and s.sent == 0 and len(j.reported) == 1
     assert len(ev) == 1 and ev[0]["client_id"] == 9 and ev[0]["status"] == 6
 
 

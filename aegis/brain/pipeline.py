@@ -17,6 +17,8 @@ compile time, three small functions (numba overloads, so the choice costs nothin
                                                       moves its book and fills resting orders; live: nothing)
     signal_clock(sink, sig) -> ns                     the time a signal is decided at: the wall clock live,
                                                       the record's replay time in a backtest (deterministic)
+    venue_quiet(sink) -> bool                         no fill can land before the next signal (live: fills
+                                                      only come between batches; replay: no order held)
 
 HandoffSink (below) is the live sink: the sender thread's request queue and the fill queue back. Replay's
 SimSink (aegis.replay.sink) registers its own three. What must differ stays visible here and nowhere else:
@@ -51,6 +53,7 @@ S_FILL_LOG_N = 13
 S_HALT_REQUESTS = 14
 S_HELD = 15            # signals dropped (and reverted) during a symbol's hold-off after a refusal
 S_REFUSED = 16         # orders refused before they left (risk, full sender queue); S_REJECTS adds exchange rejects
+S_SYNCED = 17          # risk's G_RESTORED + 1 as of the last sync_all (0: never synced)
 STATS_SLOTS = 24
 
 
@@ -104,6 +107,13 @@ def signal_clock(sink, sig):
     raise NotImplementedError("a sink's overload is chosen at compile time")
 
 
+def venue_quiet(sink):
+    """True when no fill can reach risk before the next signal, so a strategy that reads its position may run over
+    many records in one call: live fills arrive only between batches; the simulated exchange can fill at any record
+    while it holds an order."""
+    raise NotImplementedError("a sink's overload is chosen at compile time")
+
+
 def sink_is(sink_type, cls) -> bool:
     """Typing-time test a sink's overloads use to claim their own NamedTuple class."""
     return isinstance(sink_type, (types.NamedTuple, types.NamedUniTuple)) and sink_type.instance_class is cls
@@ -152,6 +162,16 @@ def _signal_clock_handoff(sink, sig):
 
     def impl(sink, sig):
         return now_ns()
+    return impl
+
+
+@overload(venue_quiet, jit_options={"nogil": True}, inline="always")
+def _venue_quiet_handoff(sink):
+    if not sink_is(sink, HandoffSink):
+        return None
+
+    def impl(sink):
+        return True
     return impl
 
 
@@ -236,6 +256,8 @@ def apply_fills(bs, fills, f0, f1, now):
     for i in range(f0, f1):
         f = fills[i]
         riskmod.on_fill(bs.rk, f, now)
+        if bs.trading:   # the strategy reads what really happened (a no-op for strategies that do not track it)
+            strategy.sync_symbol(bs.strat, bs.rk.sym, bs.unit_qty, f.symbol)
         if f.qty > 0.0:
             st[S_FILLS] += 1
         if f.status == STATUS_REJECTED:
@@ -278,7 +300,21 @@ def halt_followup(bs, sink, now):
     for i in range(m):
         send(bs, sink, bs.req_buf[i], now)
     bs.st[S_HALT_REQUESTS] += m
+    if m > 0:
+        sync_all(bs)     # risk's own flatten orders are open orders the strategy did not emit
     return m
+
+
+@njit(cache=True, nogil=True)
+def sync_all(bs):
+    """Every symbol's actual position and open orders into the strategy state: at the start, whenever Python seeded
+    positions or orders (resume, reconciliation: risk.G_RESTORED), after a halt's flatten orders. Fills keep one
+    symbol in step (apply_fills)."""
+    if not bs.trading:
+        return
+    for s in range(bs.unit_qty.shape[0]):
+        strategy.sync_symbol(bs.strat, bs.rk.sym, bs.unit_qty, s)
+    bs.st[S_SYNCED] = bs.rk.g[riskmod.G_RESTORED] + 1
 
 
 @njit(cache=True, nogil=True)
@@ -314,17 +350,19 @@ def process_batch(bs, sink, batch, n, consume_ts):
     if trading:
         riskmod.on_market_batch(bs.rk, batch, n, consume_ts)
     # A strategy that reads its actual position sees each record with its symbol's position and open orders as
-    # risk knows them (fills included); one that does not runs up to its next signal in one call.
+    # risk knows them: its state is synced with every symbol at the start (and after Python seeded risk), and with a
+    # symbol at each of its fills (apply_fills), so it runs up to its next signal in one call while no fill can
+    # land, and one record at a time while one can (replay holding an order: a fill at one record is seen at the
+    # next, as live fills are seen in the next batch). A strategy that does not read them always runs on.
     tracked = trading and strategy.tracks_positions(ss.id)
+    if tracked and st[S_SYNCED] != bs.rk.g[riskmod.G_RESTORED] + 1:
+        sync_all(bs)
     signals = bs.signals
     total = 0
     i = 0
     while i < n:
-        if tracked:
-            strategy.sync_symbol(ss, bs.rk.sym, bs.unit_qty, batch[i].symbol)
-            k, i2 = strategy.run_range(ss, batch, i, i + 1, signals, 1)
-        else:
-            k, i2 = strategy.run_range(ss, batch, i, n, signals, 1)
+        end = n if (not tracked or venue_quiet(sink)) else i + 1
+        k, i2 = strategy.run_range(ss, batch, i, end, signals, 1)
         market_seen(sink, bs, batch, i, i2)
         i = i2
         if k == 0:

@@ -57,11 +57,11 @@ class ProcessContext:
         parent = mp.parent_process()
         self.parent_pid = parent.pid if parent is not None else os.getppid()
         self.orphan_since: float | None = None    # time.monotonic() when the supervisor was found gone
+        self.progress = StartupProgress(self.control, self.role)
 
     def orphaned(self) -> bool:
         """The supervisor is gone (we were re-parented): nobody watches this process any more."""
         return os.getppid() != self.parent_pid
-        self.progress = StartupProgress(self.control, self.role)
 
     def stopping(self) -> bool:
         """The run is stopping: asked by the supervisor, or the supervisor died. Engine loops call this on their slow

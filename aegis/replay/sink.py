@@ -12,7 +12,7 @@ from numba.extending import overload
 
 from aegis.brain import pipeline
 from aegis.replay import simexec
-from aegis.replay.simexec import C_FILLS, SimState
+from aegis.replay.simexec import C_ACTIVE, C_FILLS, SimState
 
 
 class SimSink(NamedTuple):
@@ -44,13 +44,14 @@ def _market_seen_sim(sink, bs, batch, i0, i1):
 
     def impl(sink, bs, batch, i0, i1):
         sx = sink.sx
+        book, ctr = sx.book, sx.ctr      # taken out of the bundle once, not at every record
         for q in range(i0, i1):
             r = batch[q]
-            if not simexec.quick_market(r, sx.book, sx.ctr):
-                f0 = sx.ctr[C_FILLS]
+            if not simexec.quick_market(r, book, ctr):
+                f0 = ctr[C_FILLS]
                 simexec.on_market(r, sx)
-                if sx.ctr[C_FILLS] > f0:
-                    pipeline.apply_fills(bs, sx.fills, f0, sx.ctr[C_FILLS], r.recv_ts)
+                if ctr[C_FILLS] > f0:
+                    pipeline.apply_fills(bs, sx.fills, f0, ctr[C_FILLS], r.recv_ts)
     return impl
 
 
@@ -61,4 +62,14 @@ def _signal_clock_sim(sink, sig):
 
     def impl(sink, sig):
         return sig.recv_ts
+    return impl
+
+
+@overload(pipeline.venue_quiet, jit_options={"nogil": True}, inline="always")
+def _venue_quiet_sim(sink):
+    if not pipeline.sink_is(sink, SimSink):
+        return None
+
+    def impl(sink):
+        return sink.sx.ctr[C_ACTIVE] == 0
     return impl

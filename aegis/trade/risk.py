@@ -88,7 +88,8 @@ G_FLATTEN_ON_HALT = 13
 G_FILLS = 14
 G_HALT_PENDING = 15      # set when the state became HALTED and halt_requests has not run yet
 G_REJ_BASE = 16          # per-reason counters: g[G_REJ_BASE + reason]
-G_LEN = G_REJ_BASE + 48
+G_RESTORED = G_REJ_BASE + 48   # bumped whenever Python seeds positions or open orders (strategies re-read them)
+G_LEN = G_RESTORED + 1
 
 # --- global float64 slots ---------------------------------------------------------------------------------------
 GF_MAX_GROSS = 0
@@ -285,6 +286,13 @@ class RiskBook:
         i = self.index[symbol]
         self.sym[i, S_POS] = qty
         self.sym[i, S_AVG_PX] = avg_price
+        self.g[G_RESTORED] += 1
+
+    def restore_open_order(self, client_id: int, symbol: str, side: int, remaining: float, price: float,
+                           reduce_only: bool) -> None:
+        """Seed an open order from the journal (resume) or the exchange (reconciliation)."""
+        add_open_order(self.sym, self.oo, client_id, self.index[symbol], side, int(reduce_only), remaining, price, 0)
+        self.g[G_RESTORED] += 1
 
 
 # ============================================================================================ jitted kernels
