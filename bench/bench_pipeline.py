@@ -613,7 +613,7 @@ def layout_from_env(cores: list) -> tuple | None:
 def layout_name(pipe) -> str:
     if not pipe.pin:
         return "unpinned"
-    return (f"feed {pipe.feed_core}, brain {pipe.brain_core}, sender {trade.WAIT_NAMES[pipe.sender.wait]} on "
+    return (f"feed {pipe.feed_core}, brain {pipe.brain_core}, sender {wait_name_of(pipe.sender.wait)} on "
             f"{','.join(map(str, pipe.sender.cores_used))}")
 
 

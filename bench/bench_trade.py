@@ -107,7 +107,7 @@ def test_handoff_sleep(benchmark):
 
 
 def test_handoff_spin(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("spin", HANDOFFS), rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("busy-spin", HANDOFFS), rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     assert r["n"] == HANDOFFS
 
@@ -119,7 +119,7 @@ def test_handoff_share_the_producers_core(benchmark):
 
 
 def test_handoff_spin_with_a_free_core(benchmark):
-    r = benchmark.pedantic(measure_handoff, args=("spin", HANDOFFS), kwargs={"nap": True}, rounds=1, iterations=1)
+    r = benchmark.pedantic(measure_handoff, args=("busy-spin", HANDOFFS), kwargs={"nap": True}, rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     assert r["n"] == HANDOFFS
 

@@ -69,7 +69,7 @@ def test_a_replay_table_mistake_is_one_line_and_exit_2(tmp_path):
                          capture_output=True, text=True, timeout=120)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert "duration must be" in lines[0] and "'fast'" in lines[0]
+    assert "bad duration" in lines[0] and "'fast'" in lines[0]
 
 
 @pytest.mark.parametrize("text,ns", [

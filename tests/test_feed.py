@@ -358,6 +358,8 @@ def test_feed_process_entry_publishes_beats_and_stops_on_request(venue):
     seg = Segment.create(f"aegis-test-fp-{run_id}-ctl", control.SLOTS * 8)
     ctl = seg.view(np.int64, 0, control.SLOTS)
     control.init(ctl, time.monotonic_ns())
+    # the Feed publishes only once the Brain is ready to consume: this test plays a ready Brain
+    control.set_slot(ctl, control.ROLE_BRAIN, control.R_STATE, control.ST_READY)
     cfg = EngineConfig(symbols=3, sections={"feed": {"streams": ["bookTicker", "aggTrade"]}})
     spec = ProcessSpec(run_id=run_id, role="feed", core=None, wait=SLEEP, ring_name=rg.segment.name,
                        control_name=seg.name, latency_name=None, config=cfg,

@@ -402,3 +402,22 @@ def test_live_cli_checks_model_options_before_starting(tmp_path):
     res = subprocess.run([sys.executable, "-m", "aegis", "--strategy", "list"], capture_output=True, text=True,
                          timeout=120)
     assert "online:" in res.stdout and "forget=0.999" in res.stdout and "fee_bps=5" in res.stdout
+
+
+@pytest.mark.time_limit(400)
+def test_a_live_run_shows_the_model_saves_it_and_the_next_run_starts_from_it(tmp_path):
+    """The engine itself (synthetic market, signals only): the status and summary lines carry the prequential
+    scores, the model is saved at shutdown, and a second run loads it."""
+    model = tmp_path / "live.model"
+    common = [sys.executable, "-m", "aegis", "--source", "synthetic", "--strategy", "online", "--duration", "6",
+              "--status-interval", "1", "--out", str(tmp_path / "out")]
+    first = subprocess.run(common + ["--save-model", str(model)], capture_output=True, text=True, timeout=380)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    status = [ln for ln in first.stdout.splitlines() if "model:" in ln and "predictions" in ln]
+    assert status, first.stdout[-3000:]
+    summary = [ln for ln in first.stdout.splitlines() if ln.startswith("aegis: brain:") and "model:" in ln]
+    assert summary and "accuracy" in summary[-1] and "log-loss" in summary[-1]
+    assert model.exists() and f"model saved to {model}" in first.stdout
+    second = subprocess.run(common + ["--model", str(model)], capture_output=True, text=True, timeout=380)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert f"model {model}: loaded for" in second.stdout

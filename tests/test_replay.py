@@ -192,7 +192,7 @@ def test_out_of_order_rows_are_reported_with_their_line(tmp_path, capsys):
     (["{csv}", "--strategy", "nope"], "unknown strategy 'nope'"),
     (["{csv}", "--param", "fast=abc"], "parameter fast must be an integer"),
     (["{csv}", "--param", "fast"], "--param takes KEY=VALUE"),
-    (["{csv}", "--latency", "soon"], "duration must be"),
+    (["{csv}", "--latency", "soon"], "bad duration"),
     (["{csv}", "--latency-hist", "nohist.npz"], "no histogram file"),
     (["{csv}", "--risk", "max_open_orders=0"], "max_open_orders"),
 ])

@@ -120,8 +120,8 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_sweep(tmp_path, c
     import os
     import signal
     import threading
-    files = [marketdays.write_day(tmp_path, "BTCUSDT", day, 40_000, seed=i) for i, day in enumerate(DAYS)]
-    store = tmp_path / "store"    # trials long enough (~0.5 s) that Ctrl-C lands with most of the grid to do
+    files = [marketdays.write_day(tmp_path, "BTCUSDT", day, 200_000, seed=i) for i, day in enumerate(DAYS)]
+    store = tmp_path / "store"    # trials long enough (~2 s) that Ctrl-C lands with most of the grid to do (Ray writes results every few s)
     assert S.main(["import", *map(str, files), "--to", str(store)]) == 0
     out = tmp_path / "sw"
     argv = ["--data", str(store), "--grid", "fast=2,3,4,5,6,7,8,9,10,11,12,13", "--grid", "slow=50", "--workers", "1",

@@ -516,7 +516,7 @@ def _duration_ns(text) -> int:
     try:
         return parse_duration_ns(text, bare_unit="ns")
     except ValueError as e:
-        raise ConfigError(f"duration must be {e}") from None
+        raise ConfigError(f"bad duration: expected {e}") from None
 
 
 def _typed(v: str):
