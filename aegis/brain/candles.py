@@ -192,7 +192,7 @@ class CandleBook:
         return None if b < 0 else self.pool.records[b].copy()
 
 
-# ---- warm-up from the exchange's klines (issue 17) ------------------------------------------------------------
+# ---- warm-up from the exchange's klines ------------------------------------------------------------
 BINANCE_INTERVALS = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
                      "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800}
 _BY_NS = {sec * 1_000_000_000: name for name, sec in BINANCE_INTERVALS.items()}

@@ -341,7 +341,7 @@ def run(spec: ProcessSpec) -> int:
             lat = ctx.latency[: latency.N_STAGES * latency.HIST_LEN].reshape(latency.HIST_SET_SHAPE)
         ctx.step(2, 3, "strategy state")
         brain = Brain(bcfg, strat, symbol_count(spec.config, ctx.control), order_path, lat, spec.wait)
-        if order_path is not None:      # bars start from the exchange's recent klines (issue 17)
+        if order_path is not None:      # bars start from the exchange's recent klines
             sess = order_path.session
             n = candles.warm_up(brain.candles, sess.client, sess.symbols, sess.client.now_ms())
             print(f"aegis: brain: {n} candles warmed up from the exchange's klines", flush=True)

@@ -906,7 +906,7 @@ class TradeSession:
         self._start_protector(rules)
         return self
 
-    # ---- exchange-side protection (issue 17: aegis.trade.protect) ---------------------------------------------
+    # ---- exchange-side protection (aegis.trade.protect) --------------------------------------------------------
     def _start_protector(self, rules) -> None:
         from decimal import Decimal
         from aegis.binance.client import BinanceClient

@@ -282,7 +282,7 @@ class UserStream:
         return True
 
     def _check_fee(self, sym, px, qty, fee, maker) -> None:
-        """The fee charged against the account's commissionRate for the symbol (issue 17). A mismatch (a changed fee
+        """The fee charged against the account's commissionRate for the symbol. A mismatch (a changed fee
         tier, a BNB discount, fees in another asset) means the engine's fee assumptions are off: said once per
         symbol, counted every time."""
         rates = self.fee_rates.get(sym)
