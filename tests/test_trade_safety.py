@@ -101,7 +101,8 @@ def test_candles_start_warm_from_the_exchanges_klines(venue):
         assert candles.warm_up(book, client, ["BTCUSDT", "ETHUSDT"], now_ms=int(row[6]) + 1) == 0
         # nothing newer than "now" is taken
         fresh = candles.CandleBook(2, [candles.parse_interval("1m")], depth=8)
-        assert candles.warm_up(fresh, client, ["BTCUSDT", "ETHUSDT"], now_ms=int(row[0])) == 0
+        oldest = min(int(k[0]) for s in ("BTCUSDT", "ETHUSDT") for k in client.klines(s, "1m", limit=9)["klines"])
+        assert candles.warm_up(fresh, client, ["BTCUSDT", "ETHUSDT"], now_ms=oldest) == 0
         assert np.all(fresh.hist_n == 0)
     finally:
         client.close()
