@@ -699,7 +699,7 @@ daily_loss_limit = 0.0   # a stop-and-reverse strategy pays the spread on every 
 
 
 def test_end_to_end_against_the_embedded_venue(benchmark, tmp_path):
-    secs = size(max(5, _env_int("AEGIS_BENCH_E2E_SECONDS", 20)), 2)
+    secs = size(max(5, _env_int("AEGIS_BENCH_E2E_SECONDS", 20)), 6)   # smoke: long enough for ticks to flow
     cfg = tmp_path / "e2e.toml"
     cfg.write_text(E2E_CONFIG)
     out = tmp_path / "out"
