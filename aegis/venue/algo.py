@@ -18,7 +18,7 @@ import re
 from decimal import Decimal
 from typing import Mapping
 
-from aegis.venue.exchange import Account, Exchange, VenueError, fixed, mandatory, not_required
+from aegis.venue.exchange import Account, Exchange, VenueError, fixed, mandatory, not_required, side_and_type
 
 TYPES = ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT", "TRAILING_STOP_MARKET")
 _MARKET_TYPES = ("STOP_MARKET", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
@@ -133,14 +133,7 @@ class AlgoEngine:
         if algo_type != "CONDITIONAL":
             raise VenueError(-1130, "Data sent for parameter 'algoType' is not valid.")
         spec = ex.spec(p.get("symbol"))
-        side = p.get("side")
-        if not side:
-            raise mandatory("side")
-        if side not in ("BUY", "SELL"):
-            raise VenueError(-1117, "Invalid side.")
-        otype = p.get("type")
-        if not otype:
-            raise mandatory("type")
+        side, otype = side_and_type(p)
         if otype not in TYPES:
             raise VenueError(-1116, "Invalid orderType.")
         ps = p.get("positionSide") or "BOTH"

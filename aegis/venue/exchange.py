@@ -55,6 +55,19 @@ def mandatory(name: str) -> VenueError:
     return VenueError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
 
 
+def side_and_type(p: Mapping[str, str]) -> tuple[str, str]:
+    """The side and type of an order request (regular or algo), checked as Binance checks them first."""
+    side = p.get("side")
+    if not side:
+        raise mandatory("side")
+    if side not in ("BUY", "SELL"):
+        raise VenueError(-1117, "Invalid side.")
+    otype = p.get("type")
+    if not otype:
+        raise mandatory("type")
+    return side, otype
+
+
 def not_required(name: str) -> VenueError:
     return VenueError(-1106, f"Parameter '{name}' sent when not required.")
 
@@ -583,14 +596,7 @@ class Exchange:
 
     def _validate_new(self, acc: Account, p: Mapping[str, str], now: int) -> Order:
         spec = self.spec(p.get("symbol"))
-        side = p.get("side")
-        if not side:
-            raise mandatory("side")
-        if side not in ("BUY", "SELL"):
-            raise VenueError(-1117, "Invalid side.")
-        otype = p.get("type")
-        if not otype:
-            raise mandatory("type")
+        side, otype = side_and_type(p)
         if otype in _CONDITIONAL:
             raise VenueError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API "
                                     "endpoints instead.")
