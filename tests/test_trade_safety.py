@@ -82,6 +82,9 @@ def test_the_session_keeps_the_dead_man_switch_armed_and_disarms_it_on_stop(venu
 def test_candles_start_warm_from_the_exchanges_klines(venue):
     from aegis.binance import keys
     client = BinanceClient(endpoints("embedded", embedded=venue), keys.from_strings("trade-key-0", "trade-secret-0"))
+    # the venue's own trading would rewrite the open kline between reading it and warming up from it
+    venue.pause_market()
+    time.sleep(0.2)
     try:
         book = candles.CandleBook(2, [candles.parse_interval("1m"), candles.parse_interval("1s")], depth=8)
         row = client.klines("ETHUSDT", "1m", limit=1)["klines"][-1]
@@ -105,4 +108,5 @@ def test_candles_start_warm_from_the_exchanges_klines(venue):
         assert candles.warm_up(fresh, client, ["BTCUSDT", "ETHUSDT"], now_ms=oldest) == 0
         assert np.all(fresh.hist_n == 0)
     finally:
+        venue.resume_market()
         client.close()
