@@ -39,6 +39,7 @@ from aegis.brain import pools
 from aegis.core import ring
 from aegis.brain import strategy
 from aegis.trade import risk as riskmod
+from aegis.core.borrow import borrowed
 from aegis.core.atomics import load_acquire, store_release
 from aegis.core.clock import now_ns, py_now_ns
 from aegis.core.control import (R_BATCHES, R_BRAIN_FILLS, R_BRAIN_ORDERS, R_BRAIN_POSITIONS, R_BRAIN_REJECTS,
@@ -115,6 +116,10 @@ def _publish_stats(ctl, st):
 def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, bs, sink, kill_flags):
     """Run the order loop on the shared ring until a housekeeping round is due (RET_ROUND) or the run is over
     (RET_DONE). Each iteration: fills first, then the kill switch and a halt's follow-up, then market data."""
+    # the Brain object holds every array for the whole call: owner-less views spare the order loop two atomic
+    # reference-count updates per array it takes out of a bundle (aegis.core.borrow)
+    bs, sink, batch, header, ring_recs = borrowed(bs), borrowed(sink), borrowed(batch), borrowed(header), \
+        borrowed(ring_recs)
     feed_state = ROLE_SLOTS * (1 + ROLE_FEED) + R_STATE
     bh = bs.busq[1]
     events = bs.busq[0]
@@ -155,6 +160,12 @@ def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, bs, sink, kill
                     pipeline.drain_fills(bs, sink, now_ns())
                 _publish_stats(ctl, st)
                 return RET_DONE
+
+
+@njit(cache=True, nogil=True)
+def process_records(bs, sink, records, n, consume_ts):
+    """One batch through the order loop as brain_loop runs it (borrowed bundles), without a ring."""
+    return pipeline.process_batch(borrowed(bs), borrowed(sink), borrowed(records), n, consume_ts)
 
 
 # ============================================================================================ Python side
@@ -215,8 +226,8 @@ class Brain:
     def process(self, records: np.ndarray, n: int | None = None, consume_ts: int | None = None) -> int:
         """Run the pipeline over records[:n] (no ring): returns the number of signals. Bench/tests/tools."""
         n = len(records) if n is None else n
-        return int(pipeline.process_batch(self.bs, self.sink, records, n,
-                                          py_now_ns() if consume_ts is None else consume_ts))
+        return int(process_records(self.bs, self.sink, records, n,
+                                   py_now_ns() if consume_ts is None else consume_ts))
 
     def step(self, header, ring_records, ctl, round_end_ns: int) -> int:
         """One brain_loop call: until the round ends or the run is over."""

@@ -40,6 +40,7 @@ from numba import njit
 
 from aegis.replay import metrics
 from aegis.core import ring
+from aegis.core.borrow import borrowed
 from aegis.trade import risk
 from aegis.replay import simexec
 from aegis.replay import store
@@ -70,6 +71,10 @@ DEFAULT_OUT = "replay-out"
 def run_core(src, n, start, rh, rrec, dst, bs, sink):
     """Replay src[start:n] through the in-process ring and the Brain's order loop (aegis.brain.pipeline) with the
     simulated exchange as its sink; returns how far it got (< n when an output buffer must be drained first)."""
+    # the ReplayCore holds every array for the whole call: owner-less views spare the kernels below two atomic
+    # reference-count updates per array they take out of a bundle (per order, and per record while one rests)
+    bs, sink, src, dst, rh, rrec = borrowed(bs), borrowed(sink), borrowed(src), borrowed(dst), borrowed(rh), \
+        borrowed(rrec)
     sx = sink.sx
     ctr = sx.ctr
     i0 = start
