@@ -145,6 +145,9 @@ def test_resting_hedge_close_order_expires_when_its_side_is_closed(ex):
               quantity="0.010", price="95000")
     order(ex, symbol="BTCUSDT", side="SELL", positionSide="SHORT", type="MARKET", quantity="0.010")
     assert ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(r["orderId"])})["status"] == "NEW"
+    amend = {"symbol": "BTCUSDT", "orderId": str(r["orderId"]), "side": "SELL", "price": "95000"}
+    assert err(ex.modify_order, KEY, {**amend, "quantity": "0.011"}).code == -2022    # more than the LONG side
+    assert ex.modify_order(KEY, {**amend, "quantity": "0.005"})["origQty"] == "0.005"
     order(ex, symbol="BTCUSDT", side="SELL", positionSide="LONG", type="MARKET", quantity="0.010")
     assert ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(r["orderId"])})["status"] == "EXPIRED"
 

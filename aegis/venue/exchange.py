@@ -1068,6 +1068,9 @@ class Exchange:
             self.check_filters(spec, side, "LIMIT", qty, price, o.reduces)
             if qty <= o.executed_qty:
                 raise VenueError(-1130, "Data sent for parameter 'quantity' is not valid.")
+            if o.reduces and o.position_side != "BOTH" and \
+                    qty - o.executed_qty > abs(self.position_amt(acc, spec.symbol, o.position_side)):
+                raise VenueError(-2022, "ReduceOnly Order is rejected.")   # would close more than the side holds
             if price == o.price and qty == o.orig_qty:
                 raise VenueError(-5027, "No need to modify the order.")
             crossing = self._levels(spec, side, price, qty - o.executed_qty)
