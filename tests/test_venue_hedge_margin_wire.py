@@ -139,6 +139,9 @@ def test_the_venue_liquidates_a_high_leverage_position_when_its_market_is_driven
         liq = Decimal(pos["liquidationPrice"])
         assert 0 < liq < Decimal(pos["entryPrice"])
         wallet0 = Decimal(c.balance()[0]["balance"])
+        # the public liquidation streams: one subscribed by name, one combined
+        one = websocket.create_connection(f"{v.ws_market_url}/market/ws/dotusdt@forceOrder", timeout=5)
+        arr = websocket.create_connection(f"{v.ws_market_url}/market/stream?streams=!forceOrder@arr", timeout=5)
         v.drive("DOTUSDT", -1)
         try:
             end = time.monotonic() + 30
@@ -157,3 +160,15 @@ def test_the_venue_liquidates_a_high_leverage_position_when_its_market_is_driven
         assert Decimal(fo["avgPrice"]) <= liq * Decimal("1.002")
         lost = wallet0 - Decimal(c.balance()[0]["balance"])
         assert 0 < lost <= Decimal(pos["isolatedWallet"])
+        try:
+            (snap,) = recv_until(one, 1, timeout=5.0)
+            (wrapped,) = recv_until(arr, 1, timeout=5.0)
+        finally:
+            one.close()
+            arr.close()
+        assert wrapped == {"stream": "!forceOrder@arr", "data": snap}
+        assert snap["e"] == "forceOrder" and set(snap["o"]) == {"s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"}
+        assert (snap["o"]["s"], snap["o"]["S"], snap["o"]["o"], snap["o"]["f"], snap["o"]["X"]) == (
+            "DOTUSDT", "SELL", "LIMIT", "IOC", "FILLED")
+        assert (snap["o"]["p"], Decimal(snap["o"]["ap"]), Decimal(snap["o"]["z"])) == (
+            fo["price"], Decimal(fo["avgPrice"]), 20)

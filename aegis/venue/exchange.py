@@ -331,6 +331,7 @@ class Exchange:
         self._bounds: dict[str, tuple[float, float, float]] = {}
         self._listen_keys: dict[str, tuple[str, float]] = {}   # listenKey -> (account key, expires_at_s)
         self._key_listeners: list[Callable[[str, str, dict], None]] = []
+        self.force_order_listeners: list[Callable[[dict], None]] = []   # market-wide liquidation feed (forceOrder)
         if market is not None and hasattr(market, "add_tick_listener"):
             market.add_tick_listener(self.on_tick)
         from aegis.venue.algo import AlgoEngine   # it builds on this module: imported once the module exists
@@ -1746,6 +1747,7 @@ class Exchange:
                 self._fill(acc, o, bankrupt, o.remaining, False, now, events)
             pos.margin_call = False
             closed.append((spec, o, (margin_before + pos.realized - realized_before) if iso else None))
+            self._announce_liquidation(o, now)
         # cross: what is left of the cross wallet once every position is closed pays (or is made good)
         cross_left = acc.cross_wallet(closed[0][0].margin_asset, self.specs) if closed else ZERO
         for spec, o, iso_left in closed:
@@ -1761,6 +1763,18 @@ class Exchange:
                 self._income(acc, spec.symbol, "INSURANCE_CLEAR", clear, asset, now, None)
                 events.append(self._account_update(acc, spec, None, now, "INSURANCE_CLEAR", bc=clear))
         acc.cross_margin_call.clear()
+
+    def _announce_liquidation(self, o: Order, now: int) -> None:
+        """The liquidation as the public forceOrder streams show it (no account, no order id)."""
+        if not self.force_order_listeners:
+            return
+        spec = o.spec
+        ev = {"e": "forceOrder", "E": now, "o": {
+            "s": spec.symbol, "S": o.side, "o": "LIMIT", "f": "IOC", "q": _qty(spec, o.orig_qty),
+            "p": _price(spec, o.price), "ap": _price(spec, o.avg_price), "X": o.status,
+            "l": _qty(spec, o.executed_qty), "z": _qty(spec, o.executed_qty), "T": now}}
+        for fn in tuple(self.force_order_listeners):
+            fn(ev)
 
     # ------------------------------------------------------------------------------------ account views
 
