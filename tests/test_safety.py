@@ -229,3 +229,20 @@ def test_per_order_samples_keep_the_latest_rows_in_fixed_memory():
     for i in range(5):
         one.append(i)
     assert one[0] == 2 and [int(x) for x in np.asarray(one)] == [2, 3, 4]
+
+
+# ------------------------------------------------------------------------------------------ hedge-mode accounts
+def test_an_account_in_hedge_mode_is_refused_at_start_before_any_order(venue, pool, tmp_path, rigs):
+    """The engine trades one-way positions: on a hedge-mode account every order would be refused (-4061). It says
+    so in one line (a ConfigError: exit 2) instead of starting."""
+    k = pool.take()
+    acc_key = k.key.reveal()
+    venue.exchange.set_position_mode(acc_key, {"dualSidePosition": "true"})
+    try:
+        with pytest.raises(trade.TradeSetupError, match=r"hedge mode .* one-way") as e:
+            _rig(rigs, venue, k, tmp_path / "j.jsonl")
+        assert "\n" not in str(e.value)
+        assert venue.exchange.all_orders(acc_key, {"symbol": "BTCUSDT"}) == []
+    finally:
+        venue.exchange.set_position_mode(acc_key, {"dualSidePosition": "false"})
+    _rig(rigs, venue, k, tmp_path / "j2.jsonl")      # the same account in one-way mode starts

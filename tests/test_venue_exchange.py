@@ -181,7 +181,7 @@ def test_thin_book_on_a_tick_gives_a_partial_maker_fill_then_the_rest(ex, book):
     book.set("BTCUSDT", [(90150.0, 1.0)], [(90150.1, 1.0)], mark=90150.0, tick=True)
     q = ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(r["orderId"])})
     assert q["status"] == "FILLED" and q["executedQty"] == "0.010"
-    assert ex.account(KEY).positions["BTCUSDT"].amt == Decimal("-0.010")
+    assert ex.account(KEY).positions["BTCUSDT", "BOTH"].amt == Decimal("-0.010")
 
 
 def test_liquidity_scale_thins_the_book_to_force_partial_fills(ex, book):
@@ -242,7 +242,7 @@ def test_reduce_only_larger_than_the_position_only_closes_it(ex):
     order(ex, symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.002")
     r = order(ex, symbol="BTCUSDT", side="SELL", type="MARKET", quantity="0.005", reduceOnly="true")
     assert r["executedQty"] == "0.002" and r["reduceOnly"] is True
-    assert ex.account(KEY).positions["BTCUSDT"].amt == 0
+    assert ex.account(KEY).positions["BTCUSDT", "BOTH"].amt == 0
 
 
 def test_reduce_only_is_exempt_from_min_notional(ex):
@@ -442,7 +442,7 @@ def test_entry_price_averages_and_realized_pnl_follows_partial_closes_and_flips(
             book.set("ETHUSDT", [(px, 100.0)], [(px + 0.01, 100.0)], mark=px)
         return order(ex, symbol="ETHUSDT", side=side, type="MARKET", quantity=qty)
 
-    pos = lambda: ex.account(KEY).positions["ETHUSDT"]
+    pos = lambda: ex.account(KEY).positions["ETHUSDT", "BOTH"]
     trade("BUY", "1", 2900.0)
     trade("BUY", "3", 3000.0)
     assert (pos().amt, pos().entry) == (4, Decimal("2975"))            # (2900 + 3*3000) / 4
@@ -589,4 +589,4 @@ def test_one_tick_closing_a_position_expires_the_other_reduce_only_orders(ex, bo
     st = {o: ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(o)})["status"]
           for o in (a["orderId"], b["orderId"])}
     assert st == {a["orderId"]: "FILLED", b["orderId"]: "EXPIRED"}
-    assert ex.account(KEY).positions["BTCUSDT"].amt == 0
+    assert ex.account(KEY).positions["BTCUSDT", "BOTH"].amt == 0

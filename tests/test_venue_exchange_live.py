@@ -33,7 +33,7 @@ def test_events_reconstruct_wallet_and_position_while_the_market_moves():
         ex.cancel_all(KEY, {"symbol": "ETHUSDT"})
         with ex.lock:
             acc = ex.account(KEY)
-            wallet, pos = acc.wallet["USDT"], acc.positions["ETHUSDT"].amt
+            wallet, pos = acc.wallet["USDT"], acc.positions["ETHUSDT", "BOTH"].amt
     trades = [e["o"] for e in events if e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["x"] == "TRADE"]
     makers = [t for t in trades if t["m"]]
     assert len(trades) > 10 and makers, "the moving market should have crossed some resting quotes"

@@ -492,6 +492,10 @@ class BinanceClient:
         """GET /fapi/v1/symbolConfig (leverage and margin type per symbol)."""
         return self.request("GET", "/fapi/v1/symbolConfig", {"symbol": symbol} if symbol else {})
 
+    def position_mode(self) -> dict:
+        """GET /fapi/v1/positionSide/dual: {"dualSidePosition": true} when the account is in hedge mode."""
+        return self.request("GET", "/fapi/v1/positionSide/dual", {}, urgent=True)
+
     def commission_rate(self, symbol: str) -> dict:
         """GET /fapi/v1/commissionRate: this account's maker/taker rates for the symbol."""
         return self.request("GET", "/fapi/v1/commissionRate", {"symbol": symbol})

@@ -849,6 +849,7 @@ class TradeSession:
         missing = [s for s in self.symbols if s not in rows]
         if missing:
             raise ValueError(f"symbols not listed by the venue: {', '.join(missing[:5])}")
+        self._require_one_way_mode()
         rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
         self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
         self._apply_leverage_brackets()
@@ -929,6 +930,19 @@ class TradeSession:
         log.info("exchange-side safety: %s; %s", f"protective stops {self.tcfg.protect:.2%} from entry"
                  if self.tcfg.protect > 0 else "no protective stops",
                  f"dead-man switch {self.tcfg.deadman_s:g} s per symbol" if self.tcfg.deadman else "no dead-man switch")
+
+    def _require_one_way_mode(self) -> None:
+        """The engine keeps one position per symbol and sends orders without positionSide: on an account in hedge
+        mode every order would be refused (-4061) and positionRisk would list two sides per symbol. Refuse to
+        start instead, before any order."""
+        r = self.client.position_mode()
+        if not r.get("ok"):
+            raise ConnectionError(f"position mode (GET /fapi/v1/positionSide/dual) failed: {r.get('code')} "
+                                  f"{r.get('msg')}")
+        if r["data"].get("dualSidePosition"):
+            raise TradeSetupError("the account is in hedge mode (dualSidePosition true) and the engine trades one-way "
+                                  "positions only; switch it with POST /fapi/v1/positionSide/dual "
+                                  "dualSidePosition=false (no open orders or positions)")
 
     def _apply_leverage_brackets(self) -> None:
         """At the account's leverage (symbolConfig) Binance refuses a position above that bracket's notionalCap
@@ -1141,7 +1155,8 @@ class TradeSession:
 
 
 LOCK_TRADING, LOCK_STOPPED = "trading", "stopped"   # Brain lock states (aegis.core.lockfile)
-START_WEIGHT = 60    # REST weight of a start: time, exchangeInfo, listenKey, openOrders (40), positionRisk (5)
+# REST weight of a start: time, exchangeInfo, listenKey, openOrders (40), positionRisk (5), positionSide/dual (30)
+START_WEIGHT = 90
 
 
 def journal_path(cfg, run_id: str) -> str:

@@ -157,6 +157,8 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
         ex_cfg = exchange_mod.ExchangeConfig(api_keys=dict(cfg.api_keys),
                                              listen_key_validity_s=cfg.listen_key_validity_s, seed=cfg.seed)
     exchange = exchange_mod.Exchange(market, catalog, ex_cfg, clock_ms=market.now_ms)
+    if not cfg.replay_path:       # replay owns the streams
+        exchange.force_order_listeners.append(hub.force_order)
     api = rest.install(router, exchange, market, cfg)
     # market data shares the IP weight budget (and header) with the rest of the REST API
     _streams.install_market_rest(router, market, api.limiter, hub=hub)

@@ -32,7 +32,7 @@ class AlgoOrder:
     __slots__ = ("algo_id", "client_id", "account", "spec", "side", "type", "tif", "qty", "price", "trigger",
                  "working", "price_match", "close_position", "price_protect", "reduce_only", "activate",
                  "callback", "stp", "gtd", "status", "create_time", "update_time", "trigger_time", "actual_id",
-                 "actual_price", "actual_qty", "extreme", "activated", "reason")
+                 "actual_price", "actual_qty", "extreme", "activated", "reason", "position_side")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -74,7 +74,7 @@ class AlgoEngine:
     def algo_json(self, a: AlgoOrder, query: bool = False) -> dict:
         spec = a.spec
         d = {"algoId": a.algo_id, "clientAlgoId": a.client_id, "algoType": "CONDITIONAL", "orderType": a.type,
-             "symbol": spec.symbol, "side": a.side, "positionSide": "BOTH", "timeInForce": a.tif,
+             "symbol": spec.symbol, "side": a.side, "positionSide": a.position_side, "timeInForce": a.tif,
              "quantity": fixed(a.qty, spec.quantity_precision) if a.qty is not None else "0",
              "algoStatus": a.status, "triggerPrice": self._px(a, a.trigger) or "0",
              "price": self._px(a, a.price) or "0", "icebergQuantity": None, "selfTradePreventionMode": a.stp,
@@ -92,7 +92,7 @@ class AlgoEngine:
         spec = a.spec
         return {"e": "ALGO_UPDATE", "T": now, "E": now, "o": {
             "caid": a.client_id, "aid": a.algo_id, "at": "CONDITIONAL", "o": a.type, "s": spec.symbol, "S": a.side,
-            "ps": "BOTH", "f": a.tif, "q": fixed(a.qty, spec.quantity_precision) if a.qty is not None else "0",
+            "ps": a.position_side, "f": a.tif, "q": fixed(a.qty, spec.quantity_precision) if a.qty is not None else "0",
             "X": a.status, "ai": str(a.actual_id) if a.actual_id else "",
             "ap": self._px(a, a.actual_price) if a.actual_price else "0",
             "aq": fixed(a.actual_qty, spec.quantity_precision) if a.actual_qty else "0",
@@ -136,11 +136,11 @@ class AlgoEngine:
         side, otype = side_and_type(p)
         if otype not in TYPES:
             raise VenueError(-1116, "Invalid orderType.")
-        ps = p.get("positionSide") or "BOTH"
-        if ps not in ("BOTH", "LONG", "SHORT"):
-            raise VenueError(-1130, "Data sent for parameter 'positionSide' is not valid.")
-        if ps != "BOTH":
-            raise VenueError(-4061, "Order's position side does not match user's setting.")
+        ps = ex.position_side(acc, p)
+        if acc.dual_side and p.get("reduceOnly"):
+            raise not_required("reduceOnly")
+        # hedge mode: SELL of LONG / BUY of SHORT close; a closePosition order must be one of those
+        closing_side = ps == "BOTH" or (ps == "LONG") == (side == "SELL")
         working = p.get("workingType") or "CONTRACT_PRICE"
         if working not in ("MARK_PRICE", "CONTRACT_PRICE"):
             raise VenueError(-1130, "Data sent for parameter 'workingType' is not valid.")
@@ -161,6 +161,8 @@ class AlgoEngine:
                 raise not_required("quantity")
             if p.get("reduceOnly"):
                 raise not_required("reduceOnly")
+            if not closing_side:
+                raise VenueError(-2022, "ReduceOnly Order is rejected.")
         elif qty is None:
             raise mandatory("quantity")
         if market_type:
@@ -203,7 +205,7 @@ class AlgoEngine:
             ex.check_filters(spec, side, "MARKET" if market_type else "LIMIT", qty,
                              None if market_type else price, True)
             ref = price if price is not None else trigger if trigger is not None else ex.mark(spec)
-            if not reduce_only and qty * ref < Decimal(spec.min_notional):
+            if not (reduce_only or (ps != "BOTH" and closing_side)) and qty * ref < Decimal(spec.min_notional):
                 raise VenueError(-4164, f"Order's notional must be no smaller than {spec.min_notional} "
                                         "(unless you choose reduce only).")
         if not spec.is_trading:
@@ -226,18 +228,24 @@ class AlgoEngine:
         if sum(1 for x in mine.values() if x.status in _OPEN) >= MAX_OPEN_ALGO:
             raise VenueError(-4045, "Reach max stop order limit.")
         if close_position and any(x.close_position and x.side == side and x.symbol == spec.symbol
-                                  and x.status in _OPEN for x in mine.values()):
+                                  and x.position_side == ps and x.status in _OPEN for x in mine.values()):
             raise VenueError(-4130, "An open stop or take profit order with GTE and closePosition in the direction "
                                     "is existing.")
         now = ex.clock_ms()
         a = AlgoOrder(algo_id=0, client_id=cid, account=acc, spec=spec, side=side, type=otype, tif=tif, qty=qty,
                       price=price, trigger=trigger, working=working, price_match=pm, close_position=close_position,
-                      price_protect=price_protect, reduce_only=reduce_only or close_position, activate=activate,
+                      price_protect=price_protect, reduce_only=reduce_only or (close_position and ps == "BOTH"),
+                      position_side=ps, activate=activate,
                       callback=callback, stp=stp, gtd=gtd, status="NEW", create_time=now, update_time=now,
                       trigger_time=0, actual_id=None, actual_price=None, extreme=None, activated=False, reason="")
         if a.type != "TRAILING_STOP_MARKET" and self._crossed(a, self._price(a)):
             raise VenueError(-2021, "Order would immediately trigger.")
         return a
+
+    def has_open(self, key: str, symbol: str | None = None) -> bool:
+        """Whether the account has an open conditional order (on the symbol, or on any)."""
+        return any(a.status in _OPEN and (symbol is None or a.symbol == symbol)
+                   for a in self._by_account.get(key, {}).values())
 
     def _find(self, key: str, params: Mapping[str, str]) -> AlgoOrder | None:
         mine = self._by_account.get(key, {})
@@ -379,7 +387,7 @@ class AlgoEngine:
         ex.emit(acc, events)
         qty = a.qty
         if a.close_position:
-            amt = ex.position_amt(acc, a.symbol)
+            amt = ex.position_amt(acc, a.symbol, a.position_side)
             closes = amt != 0 and (amt > 0) == (a.side == "SELL")
             if not closes:
                 events = []
@@ -389,6 +397,8 @@ class AlgoEngine:
             qty = abs(amt)
         params = {"symbol": a.symbol, "side": a.side, "quantity": format(qty, "f"),
                   "newOrderRespType": "RESULT", "selfTradePreventionMode": a.stp}
+        if a.position_side != "BOTH":
+            params["positionSide"] = a.position_side
         if a.type in _MARKET_TYPES:
             params["type"] = "MARKET"
         else:

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
 from typing import Callable, Iterable, Mapping
 
 from aegis.binance.keys import EMBEDDED_KEY as DEFAULT_API_KEY, EMBEDDED_SECRET as DEFAULT_API_SECRET
@@ -140,7 +140,7 @@ class OrderPathFaults:
 class Order:
     __slots__ = ("order_id", "symbol", "spec", "client_id", "side", "type", "tif", "price", "orig_qty",
                  "executed_qty", "cum_quote", "reduce_only", "status", "time", "update_time", "position_side",
-                 "price_match", "stp", "gtd", "account", "sent_new")
+                 "price_match", "stp", "gtd", "account", "sent_new", "liquidation")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -162,15 +162,33 @@ class Order:
     def sign(self) -> int:
         return 1 if self.side == "BUY" else -1
 
+    @property
+    def reduces(self) -> bool:
+        """The order can only make its position smaller: reduce-only, or (hedge mode) a SELL of the LONG side or a
+        BUY of the SHORT side."""
+        return self.reduce_only or (self.position_side == "LONG" and self.side == "SELL") or (
+            self.position_side == "SHORT" and self.side == "BUY")
+
 
 class Position:
-    __slots__ = ("amt", "entry", "realized", "update_time")
+    """One position: (symbol, BOTH) in one-way mode, (symbol, LONG) and (symbol, SHORT) in hedge mode. amt is signed
+    (a SHORT position's amount is negative, as Binance prints it).
 
-    def __init__(self) -> None:
+    iso is the isolated wallet when the symbol's margin type is ISOLATED: the initial margin moved out of the cross
+    wallet when the position grew, plus positionMargin additions, less reductions; the position's realized PnL
+    settles into it and a close releases the closed share back to the cross wallet. Fees are paid from the cross
+    wallet. The account's wallet balance is the total; its cross wallet is the total less every isolated wallet."""
+    __slots__ = ("symbol", "side", "amt", "entry", "realized", "update_time", "iso", "margin_call")
+
+    def __init__(self, symbol: str = "", side: str = "BOTH") -> None:
+        self.symbol = symbol
+        self.side = side
         self.amt = ZERO
         self.entry = ZERO
         self.realized = ZERO      # `cr`: pre-fee accumulated realized PnL
         self.update_time = 0
+        self.iso = ZERO
+        self.margin_call = False  # a MARGIN_CALL was pushed and the margin has not recovered since
 
 
 class Account:
@@ -178,7 +196,7 @@ class Account:
         self.key = key
         self.created_ms = created_ms
         self.wallet: dict[str, Decimal] = {a: Decimal(balances.get(a, "0")) for a in assets}
-        self.positions: dict[str, Position] = {}
+        self.positions: dict[tuple[str, str], Position] = {}     # (symbol, BOTH | LONG | SHORT)
         self.open_orders: dict[str, dict[int, Order]] = {}
         self.orders: dict[str, dict[int, Order]] = {}          # every accepted order, for GET /fapi/v1/order
         self.by_cid: dict[str, dict[str, Order]] = {}           # symbol -> clientOrderId -> latest order
@@ -190,15 +208,29 @@ class Account:
         self.trades: collections.deque[dict] = collections.deque()
         self.income: collections.deque[dict] = collections.deque()
         self.margin_type: dict[str, str] = {}           # symbol -> "ISOLATED" (absent: "CROSSED")
-        self.isolated_margin: dict[str, Decimal] = {}   # margin added to an isolated position (positionMargin)
+        self.dual_side = False                          # hedge mode (positionSide/dual)
         self.multi_assets = False
+        self.liquidations: collections.deque[Order] = collections.deque(maxlen=1000)   # GET /fapi/v1/forceOrders
+        self.cross_margin_call: dict[str, bool] = {}    # asset -> a cross MARGIN_CALL was pushed, not yet recovered
         self.config_time = created_ms
 
-    def position(self, symbol: str) -> Position:
-        p = self.positions.get(symbol)
+    def position(self, symbol: str, side: str = "BOTH") -> Position:
+        p = self.positions.get((symbol, side))
         if p is None:
-            p = self.positions[symbol] = Position()
+            p = self.positions[symbol, side] = Position(symbol, side)
         return p
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return ("LONG", "SHORT") if self.dual_side else ("BOTH",)
+
+    def isolated(self, symbol: str) -> bool:
+        return self.margin_type.get(symbol) == "ISOLATED"
+
+    def cross_wallet(self, asset: str, specs: Mapping[str, SymbolSpec]) -> Decimal:
+        """The wallet balance less what isolated positions of this margin asset hold."""
+        return self.wallet.get(asset, ZERO) - sum((p.iso for p in self.positions.values()
+                                                    if p.iso and specs[p.symbol].margin_asset == asset), ZERO)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -293,11 +325,13 @@ class Exchange:
         self.funding_history: dict[str, collections.deque] = {s.symbol: collections.deque(maxlen=1000)
                                                               for s in self.catalog}
         self._next_funding_ms = self._funding_after(self.created_ms)
+        self._next_liq_check_ms = self.created_ms
         # symbol -> resting orders of every account; the tick listener only looks at symbols present here
         self._resting: dict[str, dict[int, Order]] = {}
         self._bounds: dict[str, tuple[float, float, float]] = {}
         self._listen_keys: dict[str, tuple[str, float]] = {}   # listenKey -> (account key, expires_at_s)
         self._key_listeners: list[Callable[[str, str, dict], None]] = []
+        self.force_order_listeners: list[Callable[[dict], None]] = []   # market-wide liquidation feed (forceOrder)
         if market is not None and hasattr(market, "add_tick_listener"):
             market.add_tick_listener(self.on_tick)
         from aegis.venue.algo import AlgoEngine   # it builds on this module: imported once the module exists
@@ -542,30 +576,39 @@ class Exchange:
                 out.append(t)
             return out[:int(raw_limit)] if from_id is not None else out[-int(raw_limit):]
 
-    def _unrealized(self, acc: Account, asset: str) -> Decimal:
-        total = ZERO
-        for sym, p in acc.positions.items():
-            if p.amt and self.specs[sym].margin_asset == asset:
-                total += p.amt * (self.mark(self.specs[sym]) - p.entry)
-        return total
+    def upnl(self, p: Position) -> Decimal:
+        """Unrealized PnL of a position at the mark price."""
+        return p.amt * (self.mark(self.specs[p.symbol]) - p.entry) if p.amt else ZERO
 
-    def _initial_margin(self, acc: Account, asset: str) -> tuple[Decimal, Decimal]:
-        pos_im = ZERO
+    def _held(self, acc: Account, asset: str, cross_only: bool) -> Iterable[Position]:
+        """Open positions margined in `asset` (cross_only: those of CROSSED symbols)."""
+        return (p for p in acc.positions.values() if p.amt and self.specs[p.symbol].margin_asset == asset
+                and not (cross_only and acc.isolated(p.symbol)))
+
+    def _unrealized(self, acc: Account, asset: str, cross_only: bool = False) -> Decimal:
+        return sum((self.upnl(p) for p in self._held(acc, asset, cross_only)), ZERO)
+
+    def _maint(self, p: Position) -> Decimal:
+        return abs(p.amt) * self.mark(self.specs[p.symbol]) * self._mmr
+
+    def _initial_margin(self, acc: Account, asset: str, cross_only: bool = False) -> tuple[Decimal, Decimal]:
+        """(position initial margin, open-order initial margin); open orders always draw on the cross wallet."""
+        pos_im = sum((abs(p.amt) * self.mark(self.specs[p.symbol]) / self._lev(acc, p.symbol)
+                      for p in self._held(acc, asset, cross_only)), ZERO)
         ord_im = ZERO
-        for sym, p in acc.positions.items():
-            if p.amt and self.specs[sym].margin_asset == asset:
-                pos_im += abs(p.amt) * self.mark(self.specs[sym]) / self._lev(acc, sym)
         for sym, orders in acc.open_orders.items():
             if self.specs[sym].margin_asset != asset:
                 continue
             for o in orders.values():
-                if not o.reduce_only:
+                if not o.reduces:
                     ord_im += o.remaining * o.price / self._lev(acc, sym)
         return pos_im, ord_im
 
     def available_balance(self, acc: Account, asset: str) -> Decimal:
-        pos_im, ord_im = self._initial_margin(acc, asset)
-        return acc.wallet.get(asset, ZERO) + self._unrealized(acc, asset) - pos_im - ord_im
+        """Cross wallet + cross unrealized PnL - cross positions' and open orders' initial margin: the margin an
+        isolated position holds is not available, and its PnL does not count."""
+        pos_im, ord_im = self._initial_margin(acc, asset, cross_only=True)
+        return acc.cross_wallet(asset, self.specs) + self._unrealized(acc, asset, True) - pos_im - ord_im
 
     # ------------------------------------------------------------------------------------ orders
 
@@ -602,15 +645,15 @@ class Exchange:
                                     "endpoints instead.")
         if otype not in ("LIMIT", "MARKET"):
             raise VenueError(-1116, "Invalid orderType.")
-        ps = p.get("positionSide") or "BOTH"
-        if ps not in ("BOTH", "LONG", "SHORT"):
-            raise VenueError(-1130, "Data sent for parameter 'positionSide' is not valid.")
-        if ps != "BOTH":
-            raise VenueError(-4061, "Order's position side does not match user's setting.")
+        ps = self.position_side(acc, p)
+        if acc.dual_side and p.get("reduceOnly"):
+            raise not_required("reduceOnly")
         ro_raw = (p.get("reduceOnly") or "false").lower()
         if ro_raw not in ("true", "false"):
             raise VenueError(-1130, "Data sent for parameter 'reduceOnly' is not valid.")
         reduce_only = ro_raw == "true"
+        # a hedge-mode order that closes its side (SELL LONG, BUY SHORT) is reduce-only without saying so
+        reduces = reduce_only or (ps == "LONG" and side == "SELL") or (ps == "SHORT" and side == "BUY")
         if p.get("closePosition") or p.get("stopPrice"):
             raise not_required("closePosition" if p.get("closePosition") else "stopPrice")
         tif = p.get("timeInForce")
@@ -648,7 +691,7 @@ class Exchange:
             tif = "GTC"   # what live MARKET replies show
         if not spec.is_trading:
             raise VenueError(-4140, "Invalid symbol status for opening position.")
-        mark = self.check_filters(spec, side, otype, qty, price, reduce_only)
+        mark = self.check_filters(spec, side, otype, qty, price, reduces)
         cid = p.get("newClientOrderId")
         if cid is not None:
             if not _CID_RE.match(cid):
@@ -661,12 +704,13 @@ class Exchange:
             cid = self.random_client_id()
         if len(acc.open_orders.get(spec.symbol, ())) >= spec.max_num_orders:
             raise VenueError(-2025, "Reach max open order limit.")
-        pos = acc.positions.get(spec.symbol)
-        pos_amt = pos.amt if pos else ZERO
+        pos_amt = self.position_amt(acc, spec.symbol, ps)
         sign = 1 if side == "BUY" else -1
-        if reduce_only and (pos_amt == 0 or (pos_amt > 0) == (sign > 0)):
+        if reduces and (pos_amt == 0 or (pos_amt > 0) == (sign > 0)):
             raise VenueError(-2022, "ReduceOnly Order is rejected.")
-        if not reduce_only:
+        if reduces and ps != "BOTH" and qty > abs(pos_amt):
+            raise VenueError(-2022, "ReduceOnly Order is rejected.")   # closes more than the side holds
+        if not reduces:
             closing = min(qty, abs(pos_amt)) if pos_amt and (pos_amt > 0) != (sign > 0) else ZERO
             ref_px = price if otype == "LIMIT" else mark
             need = (qty - closing) * ref_px / self._lev(acc, spec.symbol)
@@ -677,9 +721,20 @@ class Exchange:
             raise VenueError(-1130, "Data sent for parameter 'selfTradePreventionMode' is not valid.")
         o = Order(order_id=0, symbol=spec.symbol, spec=spec, client_id=cid, side=side, type=otype, tif=tif,
                   price=price if price is not None else ZERO, orig_qty=qty, executed_qty=ZERO, cum_quote=ZERO,
-                  reduce_only=reduce_only, status="NEW", time=now, update_time=now, position_side="BOTH",
+                  reduce_only=reduce_only, status="NEW", time=now, update_time=now, position_side=ps,
                   price_match=price_match, stp=stp, gtd=gtd, account=acc, sent_new=False)
         return o
+
+    @staticmethod
+    def position_side(acc: Account, p: Mapping[str, str]) -> str:
+        """The positionSide of an order request (regular or algo): BOTH in one-way mode, LONG or SHORT (required) in
+        hedge mode; anything else is -4061."""
+        ps = p.get("positionSide") or "BOTH"
+        if ps not in ("BOTH", "LONG", "SHORT"):
+            raise VenueError(-1130, "Data sent for parameter 'positionSide' is not valid.")
+        if (ps != "BOTH") != acc.dual_side:
+            raise VenueError(-4061, "Order's position side does not match user's setting.")
+        return ps
 
     def check_filters(self, spec: SymbolSpec, side: str, otype: str, qty: Decimal, price: Decimal | None,
                        reduce_only: bool) -> Decimal:
@@ -763,8 +818,8 @@ class Exchange:
                 break
             self._fill(acc, o, px, take, False, now, events)
         if o.remaining > 0 and o.status in _OPEN:
-            if o.type == "MARKET" or o.tif in ("IOC", "FOK") or (o.reduce_only and self._ro_dead(acc, o)):
-                er = "9" if o.type == "MARKET" else ("4" if o.reduce_only and o.tif not in ("IOC", "FOK") else "2")
+            if o.type == "MARKET" or o.tif in ("IOC", "FOK") or (o.reduces and self._ro_dead(acc, o)):
+                er = "9" if o.type == "MARKET" else ("4" if o.reduces and o.tif not in ("IOC", "FOK") else "2")
                 if not o.sent_new:
                     events.append(self._otu(o, "NEW", now))
                     o.sent_new = True
@@ -783,15 +838,13 @@ class Exchange:
         self.emit(acc, events)
 
     def _ro_dead(self, acc: Account, o: Order) -> bool:
-        pos = acc.positions.get(o.symbol)
-        amt = pos.amt if pos else ZERO
+        amt = self.position_amt(acc, o.symbol, o.position_side)
         return amt == 0 or (amt > 0) == (o.sign > 0)
 
     def _reduce_only_cap(self, acc: Account, o: Order, take: Decimal) -> Decimal:
-        if not o.reduce_only:
+        if not o.reduces:
             return take
-        pos = acc.positions.get(o.symbol)
-        amt = pos.amt if pos else ZERO
+        amt = self.position_amt(acc, o.symbol, o.position_side)
         if amt == 0 or (amt > 0) == (o.sign > 0):
             return ZERO
         return min(take, abs(amt))
@@ -803,7 +856,7 @@ class Exchange:
         if not orders:
             return
         for o in list(orders.values()):
-            if o is skip or not o.reduce_only or not self._ro_dead(acc, o):
+            if o is skip or not o.reduces or not self._ro_dead(acc, o):
                 continue
             o.status = "EXPIRED"
             o.update_time = now
@@ -826,26 +879,38 @@ class Exchange:
     def _fill(self, acc: Account, o: Order, px: Decimal, q: Decimal, maker: bool, now: int,
               events: list[dict]) -> None:
         spec = o.spec
-        pos = acc.position(spec.symbol)
+        pos = acc.position(spec.symbol, o.position_side)
         signed = q * o.sign
         realized = ZERO
+        iso = acc.isolated(spec.symbol)
+        lev = self._lev(acc, spec.symbol)
         if pos.amt == 0 or (pos.amt > 0) == (signed > 0):
             new_amt = pos.amt + signed
             pos.entry = (abs(pos.amt) * pos.entry + q * px) / abs(new_amt)
             pos.amt = new_amt
+            if iso:      # the initial margin of what was opened moves into the isolated wallet
+                pos.iso += (q * px / lev).quantize(_Q8, rounding=ROUND_HALF_UP)
         else:
             closed = min(q, abs(pos.amt))
             # booked at 8 decimals, as printed in `rp`: the wallet must equal the sum of what the events say
             realized = (closed * (px - pos.entry) * (1 if pos.amt > 0 else -1)).quantize(_Q8, rounding=ROUND_HALF_UP)
             new_amt = pos.amt + signed
+            if iso:      # PnL settles in the isolated wallet; the closed share of it goes back to cross
+                held = pos.iso + realized
+                left = abs(pos.amt) - closed
+                pos.iso = (held * left / abs(pos.amt)).quantize(_Q8, rounding=ROUND_HALF_UP) if left else ZERO
             if new_amt == 0:
                 pos.entry = ZERO
             elif (new_amt > 0) != (pos.amt > 0):
                 pos.entry = px        # flipped: the remainder opened at this fill's price
+                if iso:
+                    pos.iso += (abs(new_amt) * px / lev).quantize(_Q8, rounding=ROUND_HALF_UP)
             pos.amt = new_amt
         pos.realized += realized
         pos.update_time = now
-        fee = (q * px * (self._maker_fee if maker else self._taker_fee)).quantize(_Q8, rounding=ROUND_HALF_UP)
+        # a liquidation pays the clearance fee (INSURANCE_CLEAR) instead of a commission
+        rate = ZERO if o.liquidation else self._maker_fee if maker else self._taker_fee
+        fee = (q * px * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
         asset = spec.margin_asset
         acc.wallet[asset] = acc.wallet.get(asset, ZERO) + realized - fee
         acc.update_time = now
@@ -858,7 +923,7 @@ class Exchange:
         acc.trades.append({"buyer": o.side == "BUY", "commission": q8(fee), "commissionAsset": asset,
                            "id": trade_id, "maker": maker, "orderId": o.order_id, "price": _price(spec, px),
                            "qty": _qty(spec, q), "quoteQty": fixed(q * px, _quote_places(spec)),
-                           "realizedPnl": q8(realized), "side": o.side, "positionSide": "BOTH",
+                           "realizedPnl": q8(realized), "side": o.side, "positionSide": o.position_side,
                            "symbol": spec.symbol, "time": now})
         if len(acc.trades) > self.cfg.max_order_history:
             acc.trades.popleft()
@@ -866,10 +931,11 @@ class Exchange:
             self._income(acc, spec.symbol, "REALIZED_PNL", realized, asset, now, trade_id)
         if fee:
             self._income(acc, spec.symbol, "COMMISSION", -fee, asset, now, trade_id)
-        events.append({"e": "TRADE_LITE", "E": now, "T": now, "s": spec.symbol, "q": _qty(spec, o.orig_qty),
-                       "p": _price(spec, o.price) if o.type == "LIMIT" else fixed(ZERO, spec.price_precision),
-                       "m": maker, "c": o.client_id, "S": o.side, "L": _price(spec, px), "l": _qty(spec, q),
-                       "t": trade_id, "i": o.order_id})
+        if not o.liquidation:    # TRADE_LITE carries TRADE executions only
+            events.append({"e": "TRADE_LITE", "E": now, "T": now, "s": spec.symbol, "q": _qty(spec, o.orig_qty),
+                           "p": _price(spec, o.price) if o.type == "LIMIT" else fixed(ZERO, spec.price_precision),
+                           "m": maker, "c": o.client_id, "S": o.side, "L": _price(spec, px), "l": _qty(spec, q),
+                           "t": trade_id, "i": o.order_id})
         if not o.sent_new:
             nstatus, o.status = o.status, "NEW"
             events.append(self._otu(o, "NEW", now, before_fill=q))
@@ -881,16 +947,22 @@ class Exchange:
         if o.status == "FILLED":
             self._unrest(acc, o)
 
-    def _account_update(self, acc: Account, spec: SymbolSpec, pos: Position, now: int) -> dict:
+    def _account_update(self, acc: Account, spec: SymbolSpec, pos: Position | None, now: int, reason: str = "ORDER",
+                        bc: Decimal = ZERO) -> dict:
         asset = spec.margin_asset
         wb = acc.wallet[asset]
-        up = pos.amt * (self.mark(spec) - pos.entry) if pos.amt else ZERO
+        rows = [] if pos is None else [self._position_event_row(acc, pos)]
         return {"e": "ACCOUNT_UPDATE", "T": now, "E": now, "a": {
-            "B": [{"a": asset, "wb": q8(wb), "cw": q8(wb), "bc": "0"}],
-            "P": [{"s": spec.symbol, "pa": norm(pos.amt), "ep": pnorm(pos.entry), "cr": q8(pos.realized) if
-                   pos.realized else "0", "up": q8(up), "mt": "cross", "iw": "0", "ps": "BOTH", "ma": asset,
-                   "bep": pnorm(self._break_even(pos))}],
-            "m": "ORDER"}}
+            "B": [{"a": asset, "wb": q8(wb), "cw": q8(acc.cross_wallet(asset, self.specs)), "bc": q8(bc) if bc
+                   else "0"}], "P": rows, "m": reason}}
+
+    def _position_event_row(self, acc: Account, pos: Position) -> dict:
+        """A position as ACCOUNT_UPDATE's `P` lists it."""
+        iso = acc.isolated(pos.symbol)
+        return {"s": pos.symbol, "pa": norm(pos.amt), "ep": pnorm(pos.entry),
+                "cr": q8(pos.realized) if pos.realized else "0", "up": q8(self.upnl(pos)),
+                "mt": "isolated" if iso else "cross", "iw": q8(pos.iso) if iso else "0", "ps": pos.side,
+                "ma": self.specs[pos.symbol].margin_asset, "bep": pnorm(self._break_even(pos))}
 
     def _break_even(self, pos: Position) -> Decimal:
         # entry price moved by the taker fee paid to open and to close (as in live frames, docs/binance-notes.md, User
@@ -911,8 +983,12 @@ class Exchange:
         open_notional = o.remaining * o.price if (o.is_open and o.type == "LIMIT") else ZERO
         if before_fill is not None and o.type == "LIMIT":
             open_notional = o.orig_qty * o.price
+        otype = o.type
+        if o.liquidation:     # Binance's liquidation orders: type LIQUIDATION, their fills execution CALCULATED
+            otype = "LIQUIDATION"
+            x = "CALCULATED" if x == "TRADE" else x
         return {"e": "ORDER_TRADE_UPDATE", "T": now, "E": now, "o": {
-            "s": spec.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif,
+            "s": spec.symbol, "c": o.client_id, "S": o.side, "o": otype, "f": o.tif,
             "q": _qty(spec, o.orig_qty), "p": _price(spec, o.price) if o.type == "LIMIT" else "0",
             "ap": fixed(ap, _quote_places(spec)) if ap else "0", "sp": "0", "x": x, "X": o.status,
             "i": o.order_id, "l": _qty(spec, last_qty) if last_qty else "0", "z": _qty(spec, z) if z else "0",
@@ -920,7 +996,7 @@ class Exchange:
             "N": spec.margin_asset, "T": now, "t": trade_id,
             "b": fixed(open_notional, 5) if (open_notional and o.side == "BUY") else "0",
             "a": fixed(open_notional, 5) if (open_notional and o.side == "SELL") else "0",
-            "m": maker, "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": o.type, "ps": o.position_side,
+            "m": maker, "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": otype, "ps": o.position_side,
             "cp": False, "rp": q8(realized) if realized else "0", "pP": False, "si": 0, "ss": 0, "V": o.stp,
             "pm": o.price_match, "gtd": o.gtd, "er": er}}
 
@@ -990,9 +1066,12 @@ class Exchange:
                 price = self._match_price(spec, side, pm)
             if price is None:
                 raise mandatory("price")
-            self.check_filters(spec, side, "LIMIT", qty, price, o.reduce_only)
+            self.check_filters(spec, side, "LIMIT", qty, price, o.reduces)
             if qty <= o.executed_qty:
                 raise VenueError(-1130, "Data sent for parameter 'quantity' is not valid.")
+            if o.reduces and o.position_side != "BOTH" and \
+                    qty - o.executed_qty > abs(self.position_amt(acc, spec.symbol, o.position_side)):
+                raise VenueError(-2022, "ReduceOnly Order is rejected.")   # would close more than the side holds
             if price == o.price and qty == o.orig_qty:
                 raise VenueError(-5027, "No need to modify the order.")
             crossing = self._levels(spec, side, price, qty - o.executed_qty)
@@ -1121,8 +1200,8 @@ class Exchange:
         return "".join(self._rng.choice(_CID_ALPHABET) for _ in range(22))
 
     @staticmethod
-    def position_amt(acc: Account, symbol: str) -> Decimal:
-        pos = acc.positions.get(symbol)
+    def position_amt(acc: Account, symbol: str, side: str = "BOTH") -> Decimal:
+        pos = acc.positions.get((symbol, side))
         return pos.amt if pos else ZERO
 
     @staticmethod
@@ -1163,6 +1242,10 @@ class Exchange:
                     for o in sorted(acc.open_orders.get(symbol, {}).values(), key=lambda x: x.order_id):
                         self._cancel(acc, o, now, events)
                     self.emit(acc, events)
+        if now >= self._next_liq_check_ms:
+            self._next_liq_check_ms = now + self.LIQUIDATION_CHECK_MS
+            if any(p.amt for acc in list(self.accounts.values()) for p in list(acc.positions.values())):
+                self.check_liquidations(now)
         if now >= self._next_funding_ms:
             with self.lock:
                 funding_time = now // self.funding_interval_ms * self.funding_interval_ms
@@ -1184,21 +1267,27 @@ class Exchange:
                                                       "markPrice": q8(mark)})
         for acc in self.accounts.values():
             paid: dict[str, Decimal] = {}
-            for sym, pos in acc.positions.items():
-                if not pos.amt or sym not in rates:
+            isolated: list[Position] = []
+            for pos in acc.positions.values():
+                if not pos.amt or pos.symbol not in rates:
                     continue
-                rate, mark = rates[sym]
+                rate, mark = rates[pos.symbol]
                 amount = (-pos.amt * mark * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
-                asset = self.specs[sym].margin_asset
+                asset = self.specs[pos.symbol].margin_asset
                 acc.wallet[asset] = acc.wallet.get(asset, ZERO) + amount
+                if acc.isolated(pos.symbol):     # an isolated position's funding settles in its own wallet
+                    pos.iso += amount
+                    isolated.append(pos)
                 acc.update_time = funding_time
                 paid[asset] = paid.get(asset, ZERO) + amount
-                self._income(acc, sym, "FUNDING_FEE", amount, asset, funding_time, None)
+                self._income(acc, pos.symbol, "FUNDING_FEE", amount, asset, funding_time, None)
             if paid:
-                # cross positions: only the balances are pushed (Binance's FUNDING_FEE ACCOUNT_UPDATE)
+                # cross positions: only the balances are pushed (Binance's FUNDING_FEE ACCOUNT_UPDATE); isolated
+                # ones are listed too
                 self.emit(acc, [{"e": "ACCOUNT_UPDATE", "E": funding_time, "T": funding_time, "a": {
-                    "m": "FUNDING_FEE", "B": [{"a": a, "wb": q8(acc.wallet[a]), "cw": q8(acc.wallet[a]), "bc": "0"}
-                                             for a in paid], "P": []}}])
+                    "m": "FUNDING_FEE", "B": [{"a": a, "wb": q8(acc.wallet[a]),
+                                               "cw": q8(acc.cross_wallet(a, self.specs)), "bc": "0"} for a in paid],
+                    "P": [self._position_event_row(acc, p) for p in isolated]}}])
 
     def funding_rates(self, params: Mapping[str, str]) -> list[dict]:
         """GET /fapi/v1/fundingRate: settled rates, oldest first (symbol optional; default limit 100, max 1000)."""
@@ -1219,15 +1308,29 @@ class Exchange:
         return rows[:int(raw)] if start is not None else rows[-int(raw):]
 
     def open_interest(self, params: Mapping[str, str]) -> dict:
-        """GET /fapi/v1/openInterest: the long positions of the venue's accounts, plus half of what the generated
-        market traded since the venue started (its synthetic traders' positions)."""
+        """GET /fapi/v1/openInterest: contracts held long (= held short) by everyone on the venue.
+
+        Two parts. Exact: the venue's accounts trade only with the generated market, so the generated traders as a
+        whole hold the opposite of the accounts' net position; the longs of accounts plus generator are then
+        max(sum of account longs, sum of account shorts). Modelled: the generated traders' positions among
+        themselves, which the generator does not track, held fixed at `base_open_interest` (half a day of the
+        symbol's volume at its starting price). So the figure moves exactly with the accounts' opening and closing
+        and never with the generator's own trading."""
         spec = self.spec(params.get("symbol"))
         with self.lock:
-            own = sum((acc.positions[spec.symbol].amt for acc in self.accounts.values()
-                       if spec.symbol in acc.positions and acc.positions[spec.symbol].amt > 0), ZERO)
-        traded = Decimal(self.market.ticker_24hr(spec.symbol)["volume"])
-        oi = (own + traded / 2).quantize(spec.step, rounding=ROUND_DOWN)
+            longs = shorts = ZERO
+            for acc in self.accounts.values():
+                for side in ("BOTH", "LONG", "SHORT"):
+                    amt = self.position_amt(acc, spec.symbol, side)
+                    longs, shorts = (longs + amt, shorts) if amt > 0 else (longs, shorts - amt)
+        oi = self.base_open_interest(spec) + max(longs, shorts)
         return {"openInterest": _qty(spec, oi), "symbol": spec.symbol, "time": self.clock_ms()}
+
+    @staticmethod
+    def base_open_interest(spec: SymbolSpec) -> Decimal:
+        """The modelled open interest among the generated market's own traders (see open_interest)."""
+        units = Decimal(repr(spec.daily_volume_quote / spec.base_price / 2))
+        return (units / spec.step).to_integral_value(rounding=ROUND_DOWN) * spec.step
 
     @staticmethod
     def _time_param(params: Mapping[str, str], name: str) -> int | None:
@@ -1296,9 +1399,10 @@ class Exchange:
         return [{"symbol": s.symbol, "notionalCoef": 1.0, "brackets": self._brackets()} for s in self.catalog]
 
     def _has_position_or_orders(self, acc: Account, symbol: str | None) -> tuple[bool, bool]:
-        syms = [symbol] if symbol else list(self.specs)
-        pos = any(acc.positions.get(s) is not None and acc.positions[s].amt != 0 for s in syms)
-        orders = any(acc.open_orders.get(s) for s in syms)
+        """(a position is open, an order or a conditional order is open) on the symbol, or on any symbol."""
+        pos = any(p.amt != 0 for p in acc.positions.values() if symbol is None or p.symbol == symbol)
+        orders = any(o for s, o in acc.open_orders.items() if symbol is None or s == symbol) or \
+            self.algo.has_open(acc.key, symbol)
         return pos, orders
 
     def set_margin_type(self, key: str, params: Mapping[str, str]) -> dict:
@@ -1323,7 +1427,6 @@ class Exchange:
                 acc.margin_type.pop(spec.symbol, None)
             else:
                 acc.margin_type[spec.symbol] = mt
-            acc.isolated_margin.pop(spec.symbol, None)
             return {"code": 200, "msg": "success"}
 
     def margin_type_of(self, acc: Account, symbol: str) -> str:
@@ -1331,25 +1434,27 @@ class Exchange:
 
     def position_mode(self, key: str, params: Mapping[str, str]) -> dict:
         """GET /fapi/v1/positionSide/dual."""
-        self.account(key)
-        return {"dualSidePosition": False}
+        return {"dualSidePosition": self.account(key).dual_side}
 
     def set_position_mode(self, key: str, params: Mapping[str, str]) -> dict:
-        """POST /fapi/v1/positionSide/dual. The venue trades one-way (BOTH) positions only; hedge mode is refused
-        with the parameter error rather than accepted and then mishandled."""
+        """POST /fapi/v1/positionSide/dual: hedge mode (true: a LONG and a SHORT position per symbol, every order names
+        its positionSide) or one-way mode (false: one BOTH position). The mode is the account's, for every symbol, and
+        changes only while the account has no open order, conditional order or position."""
         with self.lock:
             acc = self.account(key)
             raw = (params.get("dualSidePosition") or "").lower()
             if raw not in ("true", "false"):
                 raise mandatory("dualSidePosition")
-            if raw == "false":
+            if (raw == "true") == acc.dual_side:
                 raise VenueError(-4059, "No need to change position side.")
             pos, orders = self._has_position_or_orders(acc, None)
             if orders:
                 raise VenueError(-4067, "Position side cannot be changed if there exists open orders.")
             if pos:
                 raise VenueError(-4068, "Position side cannot be changed if there exists position.")
-            raise VenueError(-1130, "Data sent for parameter 'dualSidePosition' is not valid.")
+            acc.dual_side = raw == "true"
+            acc.config_time = self.clock_ms()
+            return {"code": 200, "msg": "success"}
 
     def position_margin(self, key: str, params: Mapping[str, str]) -> dict:
         """POST /fapi/v1/positionMargin: add (type 1) or reduce (type 2) an isolated position's margin."""
@@ -1364,21 +1469,26 @@ class Exchange:
                 raise mandatory("type")
             if amount <= 0:
                 raise VenueError(-1130, "Data sent for parameter 'amount' is not valid.")
-            if self.margin_type_of(acc, spec.symbol) != "ISOLATED":
+            ps = self.position_side(acc, params)
+            if not acc.isolated(spec.symbol):
                 raise VenueError(-4049, "Add margin only support for isolated position.")
-            pos = acc.positions.get(spec.symbol)
+            pos = acc.positions.get((spec.symbol, ps))
             if pos is None or pos.amt == 0:
                 raise VenueError(-4050 if kind == "1" else -4051, "Cross balance insufficient." if kind == "1"
                                  else "Isolated balance insufficient.")
-            cur = acc.isolated_margin.get(spec.symbol, ZERO)
             if kind == "1":
                 if amount > self.available_balance(acc, spec.margin_asset):
                     raise VenueError(-4050, "Cross balance insufficient.")
-                acc.isolated_margin[spec.symbol] = cur + amount
+                pos.iso += amount
             else:
-                if amount > cur:
+                # what may leave: the isolated margin (wallet + unrealized PnL) above the position's initial margin
+                im = abs(pos.amt) * self.mark(spec) / self._lev(acc, spec.symbol)
+                if amount > pos.iso + self.upnl(pos) - im or amount > pos.iso:
                     raise VenueError(-4051, "Isolated balance insufficient.")
-                acc.isolated_margin[spec.symbol] = cur - amount
+                pos.iso -= amount
+            now = self.clock_ms()
+            pos.update_time = now
+            self.emit(acc, [self._account_update(acc, spec, pos, now, "MARGIN_TRANSFER")])
             return {"amount": float(amount), "code": 200, "msg": "Successfully modify position margin.",
                     "type": int(kind)}
 
@@ -1402,7 +1512,8 @@ class Exchange:
     def account_config(self, key: str, params: Mapping[str, str]) -> dict:
         """GET /fapi/v1/accountConfig."""
         acc = self.account(key)
-        return {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True, "dualSidePosition": False,
+        return {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
+                "dualSidePosition": acc.dual_side,
                 "updateTime": acc.config_time, "multiAssetsMargin": acc.multi_assets, "tradeGroupId": -1}
 
     def symbol_config(self, key: str, params: Mapping[str, str]) -> list[dict]:
@@ -1456,80 +1567,259 @@ class Exchange:
             return rows[(page - 1) * n: page * n]
 
     def force_orders(self, key: str, params: Mapping[str, str]) -> list[dict]:
-        """GET /fapi/v1/forceOrders: the account's liquidation orders. The venue does not liquidate accounts, so
-        there are none."""
-        self.account(key)
-        if params.get("symbol"):
-            self.spec(params.get("symbol"))
-        return []
-
-    def adl_quantile(self, key: str, params: Mapping[str, str]) -> list[dict]:
-        """GET /fapi/v1/adlQuantile: 1..4 by unrealized-profit ratio for each position (0 = no position)."""
-        with self.lock:
-            acc = self.account(key)
-            sym = params.get("symbol")
-            syms = [self.spec(sym).symbol] if sym else sorted(s for s, p in acc.positions.items() if p.amt)
-            out = []
-            for s in syms:
-                pos = acc.positions.get(s)
-                q = 0
-                if pos is not None and pos.amt:
-                    ratio = pos.amt * (self.mark(self.specs[s]) - pos.entry) / (abs(pos.amt) * pos.entry)
-                    q = 1 if ratio <= 0 else 2 if ratio < Decimal("0.01") else 3 if ratio < Decimal("0.05") else 4
-                out.append({"symbol": s, "adlQuantile": {"LONG": q if pos is not None and pos.amt > 0 else 0,
-                                                         "SHORT": q if pos is not None and pos.amt < 0 else 0,
-                                                         "BOTH": q}})
-            return out
-
-    # ------------------------------------------------------------------------------------ account views
-
-    def _liq_price(self, acc: Account, spec: SymbolSpec, pos: Position) -> Decimal:
-        # single-position cross approximation: wallet + amt*(p - entry) = |amt|*p*mmr
-        denom = pos.amt - abs(pos.amt) * self._mmr
-        if pos.amt == 0 or denom == 0:
-            return ZERO
-        p = (pos.amt * pos.entry - acc.wallet.get(spec.margin_asset, ZERO)) / denom
-        return p if p > 0 else ZERO
-
-    def _position_row(self, acc: Account, sym: str, version: int) -> dict:
-        spec = self.specs[sym]
-        pos = acc.positions.get(sym) or Position()
-        mark = self.mark(spec)
-        up = pos.amt * (mark - pos.entry) if pos.amt else ZERO
-        notional = pos.amt * mark
-        im = abs(notional) / self._lev(acc, sym)
-        mm = abs(notional) * self._mmr
-        orders = acc.open_orders.get(sym, {}).values()
-        bid_n = sum((o.remaining * o.price for o in orders if o.side == "BUY"), ZERO)
-        ask_n = sum((o.remaining * o.price for o in orders if o.side == "SELL"), ZERO)
-        ord_im = sum((o.remaining * o.price for o in orders if not o.reduce_only), ZERO) / self._lev(acc, sym)
-        common = {"symbol": sym, "positionAmt": norm(pos.amt), "entryPrice": pnorm(pos.entry),
-                  "breakEvenPrice": pnorm(self._break_even(pos)), "markPrice": q8(mark),
-                  "unRealizedProfit": q8(up), "liquidationPrice": pnorm(self._liq_price(acc, spec, pos))}
-        if version == 2:
-            return {**common, "leverage": str(int(self._lev(acc, sym))), "maxNotionalValue": "1000000",
-                    "marginType": self.margin_type_of(acc, sym).lower().replace("crossed", "cross"),
-                    "isolatedMargin": q8(acc.isolated_margin.get(sym, ZERO)), "isAutoAddMargin": "false",
-                    "positionSide": "BOTH", "notional": q8(notional), "isolatedWallet": "0",
-                    "updateTime": pos.update_time}
-        return {"symbol": sym, "positionSide": "BOTH", **{k: v for k, v in common.items() if k != "symbol"},
-                "isolatedMargin": "0", "notional": q8(notional), "marginAsset": spec.margin_asset,
-                "isolatedWallet": "0", "initialMargin": q8(im + ord_im), "maintMargin": q8(mm),
-                "positionInitialMargin": q8(im), "openOrderInitialMargin": q8(ord_im), "adl": 0,
-                "bidNotional": q8(bid_n), "askNotional": q8(ask_n), "updateTime": pos.update_time}
-
-    def position_risk(self, key: str, params: Mapping[str, str], version: int = 3) -> list[dict]:
+        """GET /fapi/v1/forceOrders: the account's liquidation orders, oldest first (symbol, autoCloseType
+        LIQUIDATION | ADL, startTime, endTime optional; without startTime the 7 days before endTime or now; default
+        limit 50, max 100). The venue never auto-deleverages, so ADL lists nothing."""
         with self.lock:
             acc = self.account(key)
             sym = params.get("symbol")
             if sym:
-                syms = [self.spec(sym).symbol]
-            elif version == 3:     # v3: "only symbol that has position or open orders will be returned"
-                syms = sorted(s for s in self.specs if (acc.positions.get(s) and acc.positions[s].amt)
-                              or acc.open_orders.get(s))
-            else:
-                syms = [s.symbol for s in self.catalog if s.is_trading]
-            return [self._position_row(acc, s, version) for s in syms]
+                sym = self.spec(sym).symbol
+            kind = params.get("autoCloseType")
+            if kind is not None and kind not in ("LIQUIDATION", "ADL"):
+                raise VenueError(-1130, "Data sent for parameter 'autoCloseType' is not valid.")
+            raw = params.get("limit") or "50"
+            if not raw.isdigit() or not 1 <= int(raw) <= 100:
+                raise VenueError(-1130, "Data sent for parameter 'limit' is not valid.")
+            start, end = self._time_param(params, "startTime"), self._time_param(params, "endTime")
+            if start is None:
+                start = (end if end is not None else self.clock_ms()) - 7 * 86_400_000
+            rows = [o for o in acc.liquidations if kind != "ADL" and (not sym or o.symbol == sym)
+                    and o.time >= start and (end is None or o.time <= end)]
+            keys = ("orderId", "symbol", "status", "clientOrderId", "price", "avgPrice", "origQty", "executedQty",
+                    "cumQuote", "timeInForce", "type", "reduceOnly", "closePosition", "side", "positionSide",
+                    "stopPrice", "workingType", "origType", "time", "updateTime")
+            out = []
+            for o in rows[:int(raw)]:
+                full = order_json(o, "query")
+                out.append({k: full[k] for k in keys})
+            return out
+
+    def adl_quantile(self, key: str, params: Mapping[str, str]) -> list[dict]:
+        """GET /fapi/v1/adlQuantile: 1..4 by unrealized-profit ratio for each position (0 = no position); hedge mode
+        rates the LONG and the SHORT position apart."""
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            syms = [self.spec(sym).symbol] if sym else sorted({p.symbol for p in acc.positions.values() if p.amt})
+            out = []
+            for s in syms:
+                q = {side: self._adl_rank(acc.positions.get((s, side))) for side in ("BOTH", "LONG", "SHORT")}
+                if acc.dual_side:
+                    out.append({"symbol": s, "adlQuantile": {"LONG": q["LONG"], "SHORT": q["SHORT"], "HEDGE": 0}})
+                else:
+                    amt = self.position_amt(acc, s)
+                    out.append({"symbol": s, "adlQuantile": {"LONG": q["BOTH"] if amt > 0 else 0,
+                                                             "SHORT": q["BOTH"] if amt < 0 else 0,
+                                                             "BOTH": q["BOTH"]}})
+            return out
+
+    def _adl_rank(self, pos: Position | None) -> int:
+        if pos is None or not pos.amt:
+            return 0
+        ratio = self.upnl(pos) / (abs(pos.amt) * pos.entry)
+        return 1 if ratio <= 0 else 2 if ratio < Decimal("0.01") else 3 if ratio < Decimal("0.05") else 4
+
+    # ------------------------------------------------------------------------------------ liquidation
+
+    MARGIN_CALL_RATIO = Decimal("0.8")    # MARGIN_CALL once maintenance margin reaches 80% of the margin balance
+    LIQUIDATION_CHECK_MS = 50
+
+    def _cushion(self, acc: Account, pos: Position) -> Decimal:
+        """What stands behind a position before it is bankrupt, besides its own PnL: its isolated wallet; for a cross
+        position, the cross wallet plus the other cross positions' unrealized PnL."""
+        if acc.isolated(pos.symbol):
+            return pos.iso
+        asset = self.specs[pos.symbol].margin_asset
+        return acc.cross_wallet(asset, self.specs) + sum((self.upnl(p) for p in self._held(acc, asset, True)
+                                                          if p is not pos), ZERO)
+
+    def _liq_price(self, acc: Account, pos: Position) -> Decimal:
+        # mark price at which margin (cushion + own PnL) meets the maintenance margin, the other positions' marks held
+        # (a cross position also needs the others' maintenance margin)
+        if pos.amt == 0:
+            return ZERO
+        cushion = self._cushion(acc, pos)
+        if not acc.isolated(pos.symbol):
+            asset = self.specs[pos.symbol].margin_asset
+            cushion -= sum((self._maint(p) for p in self._held(acc, asset, True) if p is not pos), ZERO)
+        denom = pos.amt - abs(pos.amt) * self._mmr
+        if denom == 0:
+            return ZERO
+        p = (pos.amt * pos.entry - cushion) / denom
+        return p if p > 0 else ZERO
+
+    def _bankruptcy_price(self, acc: Account, pos: Position) -> Decimal:
+        """The price at which the position's loss takes all of its cushion, on the tick grid (rounded so the
+        account is not charged more than that)."""
+        spec = self.specs[pos.symbol]
+        p = pos.entry - self._cushion(acc, pos) / pos.amt
+        steps = (p / spec.tick).to_integral_value(rounding=ROUND_UP if pos.amt > 0 else ROUND_DOWN)
+        return max(steps * spec.tick, spec.tick)
+
+    def check_liquidations(self, now: int | None = None) -> None:
+        """Liquidate what the mark price has put below maintenance margin: an isolated position when its isolated
+        wallet plus unrealized PnL falls below its maintenance margin; every cross position of a margin asset when
+        the cross wallet plus the cross unrealized PnL falls below their maintenance margin. Before that, at 80%,
+        one MARGIN_CALL event. ExchangeTimers calls it every LIQUIDATION_CHECK_MS."""
+        with self.lock:
+            now = self.clock_ms() if now is None else now
+            for acc in self.accounts.values():
+                held = [p for p in acc.positions.values() if p.amt]
+                if not held:
+                    continue
+                events: list[dict] = []
+                calls: list[dict] = []
+                for pos in held:
+                    if acc.isolated(pos.symbol):
+                        margin, mm = pos.iso + self.upnl(pos), self._maint(pos)
+                        if margin < mm:
+                            self._liquidate(acc, [pos], now, events)
+                        elif self._margin_call_due(pos, margin, mm):
+                            calls.append({"p": [self._margin_call_row(acc, pos)]})
+                for asset in sorted({self.specs[p.symbol].margin_asset for p in held if not acc.isolated(p.symbol)}):
+                    cross = list(self._held(acc, asset, True))
+                    cw = acc.cross_wallet(asset, self.specs)
+                    margin = cw + sum((self.upnl(p) for p in cross), ZERO)
+                    mm = sum((self._maint(p) for p in cross), ZERO)
+                    if margin < mm:
+                        self._liquidate(acc, cross, now, events)
+                    else:
+                        due = margin <= 0 or mm / margin >= self.MARGIN_CALL_RATIO
+                        if due and not acc.cross_margin_call.get(asset):
+                            calls.append({"cw": q8(cw), "p": [self._margin_call_row(acc, p) for p in cross]})
+                        acc.cross_margin_call[asset] = due
+                for c in calls:
+                    events.insert(0, {"e": "MARGIN_CALL", "E": now, **c})
+                self.emit(acc, events)
+
+    def _margin_call_due(self, pos: Position, margin: Decimal, mm: Decimal) -> bool:
+        """True once when an isolated position's maintenance margin reaches MARGIN_CALL_RATIO of its margin;
+        re-armed when it falls back."""
+        due = margin <= 0 or mm / margin >= self.MARGIN_CALL_RATIO
+        first = due and not pos.margin_call
+        pos.margin_call = due
+        return first
+
+    def _margin_call_row(self, acc: Account, pos: Position) -> dict:
+        iso = acc.isolated(pos.symbol)
+        return {"s": pos.symbol, "ps": pos.side, "pa": norm(pos.amt), "mt": "ISOLATED" if iso else "CROSSED",
+                "iw": q8(pos.iso) if iso else "0", "mp": q8(self.mark(self.specs[pos.symbol])),
+                "up": q8(self.upnl(pos)), "mm": q8(self._maint(pos))}
+
+    def _liquidate(self, acc: Account, positions: list[Position], now: int, events: list[dict]) -> None:
+        """Close the positions with liquidation orders (clientOrderId autoclose-..., LIMIT IOC at the bankruptcy
+        price): open orders of their symbols expire first (er 5); each order takes the book at prices no worse than
+        bankruptcy, and what the book cannot take the insurance fund takes at the bankruptcy price, so the position
+        always closes. No commission; instead what margin is left pays the clearance fee (notional x the symbol's
+        liquidationFee) as INSURANCE_CLEAR income, and a loss beyond the margin is made good by the insurance fund
+        (INSURANCE_CLEAR, positive): liquidation never leaves a negative balance."""
+        for sym in sorted({p.symbol for p in positions}):
+            for o in sorted(acc.open_orders.get(sym, {}).values(), key=lambda x: x.order_id):
+                o.status = "EXPIRED"
+                o.update_time = now
+                self._unrest(acc, o)
+                events.append(self._otu(o, "EXPIRED", now, er="5"))
+        closed: list[tuple[SymbolSpec, Order, Decimal | None]] = []
+        for pos in positions:
+            spec = self.specs[pos.symbol]
+            iso = acc.isolated(pos.symbol)
+            bankrupt = self._bankruptcy_price(acc, pos)
+            side = "SELL" if pos.amt > 0 else "BUY"
+            qty = abs(pos.amt)
+            o = Order(order_id=self._next_order_id[spec.symbol], symbol=spec.symbol, spec=spec,
+                      client_id=f"autoclose-{now}{len(acc.liquidations) % 1_000_000:06d}", side=side, type="LIMIT",
+                      tif="IOC", price=bankrupt, orig_qty=qty, executed_qty=ZERO, cum_quote=ZERO, reduce_only=False,
+                      status="NEW", time=now, update_time=now, position_side=pos.side, price_match="NONE",
+                      stp="NONE", gtd=0, account=acc, sent_new=False, liquidation=True)
+            self._next_order_id[spec.symbol] += 1
+            acc.orders.setdefault(spec.symbol, {})[o.order_id] = o
+            acc.by_cid.setdefault(spec.symbol, {})[o.client_id] = o
+            acc.liquidations.append(o)
+            margin_before = pos.iso if iso else None
+            realized_before = pos.realized
+            for px, q in self._levels(spec, side, bankrupt, qty):
+                take = min(q, o.remaining)
+                if take <= 0:
+                    break
+                self._fill(acc, o, px, take, False, now, events)
+            if o.remaining > 0:     # the insurance fund takes the rest over at the bankruptcy price
+                self._fill(acc, o, bankrupt, o.remaining, False, now, events)
+            pos.margin_call = False
+            closed.append((spec, o, (margin_before + pos.realized - realized_before) if iso else None))
+            self._announce_liquidation(o, now)
+        # cross: what is left of the cross wallet once every position is closed pays (or is made good)
+        cross_left = acc.cross_wallet(closed[0][0].margin_asset, self.specs) if closed else ZERO
+        for spec, o, iso_left in closed:
+            asset = spec.margin_asset
+            left = iso_left if iso_left is not None else cross_left
+            fee = (o.cum_quote * Decimal(spec.liquidation_fee)).quantize(_Q8, rounding=ROUND_HALF_UP)
+            clear = -min(fee, left) if left > 0 else -left
+            if iso_left is None:
+                cross_left += clear
+            if clear:
+                acc.wallet[asset] += clear
+                acc.update_time = now
+                self._income(acc, spec.symbol, "INSURANCE_CLEAR", clear, asset, now, None)
+                events.append(self._account_update(acc, spec, None, now, "INSURANCE_CLEAR", bc=clear))
+        acc.cross_margin_call.clear()
+
+    def _announce_liquidation(self, o: Order, now: int) -> None:
+        """The liquidation as the public forceOrder streams show it (no account, no order id)."""
+        if not self.force_order_listeners:
+            return
+        spec = o.spec
+        ev = {"e": "forceOrder", "E": now, "o": {
+            "s": spec.symbol, "S": o.side, "o": "LIMIT", "f": "IOC", "q": _qty(spec, o.orig_qty),
+            "p": _price(spec, o.price), "ap": _price(spec, o.avg_price), "X": o.status,
+            "l": _qty(spec, o.executed_qty), "z": _qty(spec, o.executed_qty), "T": now}}
+        for fn in tuple(self.force_order_listeners):
+            fn(ev)
+
+    # ------------------------------------------------------------------------------------ account views
+
+    def _position_row(self, acc: Account, sym: str, side: str, version: int) -> dict:
+        spec = self.specs[sym]
+        pos = acc.positions.get((sym, side)) or Position(sym, side)
+        iso = acc.isolated(sym)
+        mark = self.mark(spec)
+        up = self.upnl(pos)
+        notional = pos.amt * mark
+        lev = self._lev(acc, sym)
+        im = abs(notional) / lev
+        mm = abs(notional) * self._mmr
+        orders = [o for o in acc.open_orders.get(sym, {}).values() if o.position_side == side]
+        bid_n = sum((o.remaining * o.price for o in orders if o.side == "BUY"), ZERO)
+        ask_n = sum((o.remaining * o.price for o in orders if o.side == "SELL"), ZERO)
+        ord_im = sum((o.remaining * o.price for o in orders if not o.reduces), ZERO) / lev
+        # isolatedMargin is the isolated wallet plus the position's unrealized PnL (0 for a cross position)
+        iso_wallet, iso_margin = (q8(pos.iso), q8(pos.iso + up)) if iso and pos.amt else ("0", "0")
+        common = {"symbol": sym, "positionAmt": norm(pos.amt), "entryPrice": pnorm(pos.entry),
+                  "breakEvenPrice": pnorm(self._break_even(pos)), "markPrice": q8(mark),
+                  "unRealizedProfit": q8(up), "liquidationPrice": pnorm(self._liq_price(acc, pos))}
+        if version == 2:
+            return {**common, "leverage": str(int(lev)), "maxNotionalValue": "1000000",
+                    "marginType": "isolated" if iso else "cross", "isolatedMargin": iso_margin,
+                    "isAutoAddMargin": "false", "positionSide": side, "notional": q8(notional),
+                    "isolatedWallet": iso_wallet, "updateTime": pos.update_time}
+        return {"symbol": sym, "positionSide": side, **{k: v for k, v in common.items() if k != "symbol"},
+                "isolatedMargin": iso_margin, "notional": q8(notional), "marginAsset": spec.margin_asset,
+                "isolatedWallet": iso_wallet, "initialMargin": q8(im + ord_im), "maintMargin": q8(mm),
+                "positionInitialMargin": q8(im), "openOrderInitialMargin": q8(ord_im), "adl": 0,
+                "bidNotional": q8(bid_n), "askNotional": q8(ask_n), "updateTime": pos.update_time}
+
+    def position_risk(self, key: str, params: Mapping[str, str], version: int = 3) -> list[dict]:
+        """GET /fapi/v2|v3/positionRisk: a row per symbol and position side (BOTH; LONG and SHORT in hedge mode)."""
+        with self.lock:
+            acc = self.account(key)
+            sym = params.get("symbol")
+            rows = [(s.symbol, side) for s in ([self.spec(sym)] if sym else self.catalog)
+                    if sym or s.is_trading for side in acc.sides]
+            if version == 3 and not sym:     # v3: "only symbol that has position or open orders will be returned"
+                rows = [(s, side) for s, side in rows if self.position_amt(acc, s, side) or
+                        any(o.position_side == side for o in acc.open_orders.get(s, {}).values())]
+                rows.sort()
+            return [self._position_row(acc, s, side, version) for s, side in rows]
 
     def balances(self, key: str) -> list[dict]:
         """GET /fapi/v2|v3/balance rows."""
@@ -1537,54 +1827,58 @@ class Exchange:
             acc = self.account(key)
             out = []
             for asset, wb in acc.wallet.items():
-                up = self._unrealized(acc, asset)
                 avail = self.available_balance(acc, asset)
-                out.append({"accountAlias": "SgsR", "asset": asset, "balance": q8(wb), "crossWalletBalance": q8(wb),
-                            "crossUnPnl": q8(up), "availableBalance": q8(avail),
+                out.append({"accountAlias": "SgsR", "asset": asset, "balance": q8(wb),
+                            "crossWalletBalance": q8(acc.cross_wallet(asset, self.specs)),
+                            "crossUnPnl": q8(self._unrealized(acc, asset, True)), "availableBalance": q8(avail),
                             "maxWithdrawAmount": q8(max(ZERO, min(wb, avail))), "marginAvailable": True,
                             "updateTime": acc.update_time})
             return out
 
     def account_info(self, key: str, version: int = 3) -> dict:
+        """GET /fapi/v2|v3/account. walletBalance is the total; crossWalletBalance and crossUnPnl leave out what
+        isolated positions hold and gain; availableBalance is what the cross side can still use."""
         with self.lock:
             acc = self.account(key)
-            now = self.clock_ms()
             assets = []
-            tot = {k: ZERO for k in ("im", "mm", "wb", "up", "pim", "oim", "avail")}
+            tot = {k: ZERO for k in ("im", "mm", "wb", "up", "pim", "oim", "avail", "cw", "cup")}
             for asset, wb in acc.wallet.items():
                 up = self._unrealized(acc, asset)
+                cw, cup = acc.cross_wallet(asset, self.specs), self._unrealized(acc, asset, True)
                 pos_im, ord_im = self._initial_margin(acc, asset)
-                mm = sum((abs(p.amt) * self.mark(self.specs[s]) * self._mmr for s, p in acc.positions.items()
-                          if p.amt and self.specs[s].margin_asset == asset), ZERO)
-                avail = wb + up - pos_im - ord_im
+                mm = sum((self._maint(p) for p in self._held(acc, asset, False)), ZERO)
+                avail = self.available_balance(acc, asset)
                 assets.append({"asset": asset, "walletBalance": q8(wb), "unrealizedProfit": q8(up),
                                "marginBalance": q8(wb + up), "maintMargin": q8(mm),
                                "initialMargin": q8(pos_im + ord_im), "positionInitialMargin": q8(pos_im),
-                               "openOrderInitialMargin": q8(ord_im), "crossWalletBalance": q8(wb),
-                               "crossUnPnl": q8(up), "availableBalance": q8(avail),
+                               "openOrderInitialMargin": q8(ord_im), "crossWalletBalance": q8(cw),
+                               "crossUnPnl": q8(cup), "availableBalance": q8(avail),
                                "maxWithdrawAmount": q8(max(ZERO, min(wb, avail))),
                                "updateTime": acc.update_time})
                 if asset == "USDT":   # Binance totals are in USDT; other margin assets would need a rate
                     for k, v in (("im", pos_im + ord_im), ("mm", mm), ("wb", wb), ("up", up), ("pim", pos_im),
-                                 ("oim", ord_im), ("avail", avail)):
+                                 ("oim", ord_im), ("avail", avail), ("cw", cw), ("cup", cup)):
                         tot[k] += v
             positions = []
-            for sym, p in sorted(acc.positions.items()):
-                if version == 3 and not p.amt:
+            # "only BOTH positions will be returned with One-way mode; only LONG and SHORT positions will be
+            # returned with Hedge mode"
+            for (sym, side), p in sorted(acc.positions.items()):
+                if side not in acc.sides or (version == 3 and not p.amt):
                     continue
                 spec = self.specs[sym]
-                mark = self.mark(spec)
-                notional = p.amt * mark
-                positions.append({"symbol": sym, "positionSide": "BOTH", "positionAmt": norm(p.amt),
-                                  "unrealizedProfit": q8(p.amt * (mark - p.entry) if p.amt else ZERO),
-                                  "isolatedMargin": "0", "notional": q8(notional), "isolatedWallet": "0",
+                iso = acc.isolated(sym) and p.amt
+                notional = p.amt * self.mark(spec)
+                positions.append({"symbol": sym, "positionSide": side, "positionAmt": norm(p.amt),
+                                  "unrealizedProfit": q8(self.upnl(p)),
+                                  "isolatedMargin": q8(p.iso + self.upnl(p)) if iso else "0",
+                                  "notional": q8(notional), "isolatedWallet": q8(p.iso) if iso else "0",
                                   "initialMargin": q8(abs(notional) / self._lev(acc, sym)),
-                                  "maintMargin": q8(abs(notional) * self._mmr), "updateTime": p.update_time})
+                                  "maintMargin": q8(self._maint(p)), "updateTime": p.update_time})
             body = {"totalInitialMargin": q8(tot["im"]), "totalMaintMargin": q8(tot["mm"]),
                     "totalWalletBalance": q8(tot["wb"]), "totalUnrealizedProfit": q8(tot["up"]),
                     "totalMarginBalance": q8(tot["wb"] + tot["up"]),
                     "totalPositionInitialMargin": q8(tot["pim"]), "totalOpenOrderInitialMargin": q8(tot["oim"]),
-                    "totalCrossWalletBalance": q8(tot["wb"]), "totalCrossUnPnl": q8(tot["up"]),
+                    "totalCrossWalletBalance": q8(tot["cw"]), "totalCrossUnPnl": q8(tot["cup"]),
                     "availableBalance": q8(tot["avail"]),
                     "maxWithdrawAmount": q8(max(ZERO, min(tot["wb"], tot["avail"]))),
                     "assets": assets, "positions": positions}

@@ -349,6 +349,9 @@ class StreamHub:
         self._next_ticker = 0.0
         self._next_ticker_arr = 0.0
         self._next_sample = 0.0
+        self._next_force = 0.0
+        self._force_orders: dict[str, dict] = {}     # symbol -> its latest liquidation not yet published
+        self._force_lock = threading.Lock()
         self._replay_thread: threading.Thread | None = None
         self._replay_stop = threading.Event()
         self.replay_books: ReplayBooks | None = None  # REST depth source while replaying
@@ -502,6 +505,25 @@ class StreamHub:
             else:
                 self._reply(sc, {"result": sc.combined, "id": rid})
 
+    def force_order(self, ev: dict) -> None:
+        """A liquidation on the venue (Exchange.force_order_listeners): kept for the next forceOrder snapshot."""
+        with self._force_lock:
+            self._force_orders[ev["o"]["s"]] = ev
+
+    def _publish_force_orders(self) -> None:
+        """<symbol>@forceOrder and !forceOrder@arr: each second, the latest liquidation of each symbol that had one
+        (Binance's "Liquidation Order Snapshot Streams"; nothing when nothing was liquidated). Their names are
+        registered at the first liquidation; a connection that subscribed before then receives it."""
+        with self._force_lock:
+            due, self._force_orders = self._force_orders, {}
+        items = []
+        for sym, ev in sorted(due.items()):
+            body = orjson.dumps(ev)
+            items.append((self.registry.get_or_add(sym.lower() + "@forceOrder"), body))
+            items.append((self.registry.get_or_add("!forceOrder@arr"), body))
+        if items:
+            self.publish(chunk_from_payloads(items))
+
     # ---- periodic streams (run on the generator thread, so windows close between event batches) ----
     def tick(self, now: float) -> None:
         if self._next_flush[0] == 0.0:
@@ -512,6 +534,7 @@ class StreamHub:
             self._next_ticker = now + 0.5
             self._next_ticker_arr = now + 1.0
             self._next_sample = now
+            self._next_force = now + 1.0
         for k, period in enumerate((0.1, 0.25, 0.5)):
             if now >= self._next_flush[k]:
                 self._next_flush[k] = max(self._next_flush[k] + period, now)
@@ -549,6 +572,10 @@ class StreamHub:
                     items.append((g0 + G_ALL_MINITICKER, orjson.dumps(mini)))
                 if items:
                     self.publish(chunk_from_payloads(items))
+        if now >= self._next_force:
+            self._next_force = max(self._next_force + 1.0, now)
+            if self._force_orders:
+                self._publish_force_orders()
         if now >= self._next_all_bt:
             self._next_all_bt = max(self._next_all_bt + 5.0, now)
             if self.global_want[G_ALL_BOOKTICKER]:
