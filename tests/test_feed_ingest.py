@@ -293,22 +293,6 @@ def test_one_read_per_frame_gives_the_same_records_counters_and_histogram_counts
     assert len(set(recs["recv_ts"].tolist())) == len(recs)     # each record carries its own read's stamp
 
 
-def test_a_short_read_goes_out_frame_by_frame_and_a_long_one_in_one_batch(twins):
-    """A live read holds a few frames: each frame's records are published (pub_ts stamped) as soon as it is
-    parsed, so the Brain can act on the first while the rest are parsed. A backlog goes out in one batch."""
-    from aegis.feed.process import EAGER_FRAMES
-    quotes = [text(quote("BTCUSDT", 1000 + i, "100.0", "100.1")) for i in range(2 * EAGER_FRAMES + 6)]
-    e = EAGER_FRAMES
-    for batch, publishes in ((quotes[:5], 5), (quotes[5:5 + e], e), (quotes[5 + e:6 + 2 * e], 1)):
-        twins.fused.out.clear()
-        twins.fused.eng.parser.stats[:] = 0
-        twins.feed(b"".join(batch))
-        twins.fused.consume()
-        recs = np.concatenate(twins.fused.out)
-        assert len(recs) == len(batch)
-        assert len(set(recs["pub_ts"].tolist())) == publishes
-
-
 def test_frames_cut_at_every_read_boundary_are_completed_by_later_reads(twins):
     data = b"".join(market_stream(120, seed=3))
     sizes = list(np.random.default_rng(4).integers(1, 300, 2000))

@@ -316,9 +316,6 @@ def _flush_records(header, records, out, j, pend, cctl, slots, wait, beat_ctl, h
         record_feed_latency(hset, header, records, w0, header[R_H_WRITE])
 
 
-EAGER_FRAMES = 16   # reads of at most this many frames are published frame by frame (ingest_frames)
-
-
 @njit(cache=True, nogil=True)
 def ingest_frames(k, fr, recv):
     """Split, parse and publish the frames received in reader fr (FrameReader.state), recv = receive timestamp.
@@ -360,14 +357,10 @@ def ingest_frames(k, fr, recv):
             return -1
         i = 0
         j = io[IO_J]
-        # a short read (the live case: ~6 frames on average from the venue's bursts) goes out frame by frame, so the
-        # Brain acts on the first while the rest are parsed; a long one (a backlog) in one batch, which costs
-        # ~150 ns less per frame and catches up sooner
-        step = 1 if n <= EAGER_FRAMES else n
         while i < n:
-            i, j, ns = parse.parse_frames(buf, offs, lens, flags, i, min(i + step, n), recv, names, name_off, htab,
-                                          out, j, bk_st, bk_px, bk_qty, pend_hdr, pend_lv, pend_ctl, lv, last_ids, fs,
-                                          stats, params, slow, True)
+            i, j, ns = parse.parse_frames(buf, offs, lens, flags, i, n, recv, names, name_off, htab, out, j, bk_st,
+                                          bk_px, bk_qty, pend_hdr, pend_lv, pend_ctl, lv, last_ids, fs, stats, params,
+                                          slow, True)
             if ns:
                 io[IO_J] = j
                 io[IO_I] = i
