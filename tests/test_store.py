@@ -199,3 +199,77 @@ def test_a_feed_recording_imports_and_replays_like_the_recording(tmp_path):
     assert a == b and a["counts"]["orders_accepted"] > 10
     for name in ("trades.csv", "orders.csv"):
         assert (tmp_path / "from-rec" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
+
+
+BTC_FILTERS = {"symbol": "BTCUSDT", "status": "TRADING", "filters": [
+    {"filterType": "PRICE_FILTER", "tickSize": "0.50", "minPrice": "1", "maxPrice": "1000000"},
+    {"filterType": "LOT_SIZE", "stepSize": "0.01", "minQty": "0.01", "maxQty": "1000"},
+    {"filterType": "MARKET_LOT_SIZE", "stepSize": "0.01", "minQty": "0.01", "maxQty": "100"},
+    {"filterType": "MIN_NOTIONAL", "notional": "100"}]}
+
+
+def _quote_recording(directory: Path, filters: bool) -> list[Path]:
+    """A Feed recording of 600 BTCUSDT quotes; with filters, headed by the !exchangeInfo line the Feed writes."""
+    from aegis.feed.recording import Recorder
+    rec = Recorder(directory)
+    if filters:
+        other = dict(BTC_FILTERS, symbol="ETHUSDT")
+        rec.set_exchange_info({"serverTime": 1, "symbols": [BTC_FILTERS, other]}, ["BTCUSDT"], {})
+    t0 = marketdays.day_ms(DAYS[0])
+    for i in range(600):
+        m = 40_000 + (i * 7) % 11
+        rec.write(5_000_000_000 + i * 500_000_000, "btcusdt@bookTicker",
+                  {"e": "bookTicker", "u": 100 + i, "s": "BTCUSDT", "b": f"{m - 0.05:.2f}", "B": "5",
+                   "a": f"{m + 0.05:.2f}", "A": "5", "T": t0 + i * 500, "E": t0 + i * 500})
+    rec.close()
+    return rec.files
+
+
+def _replay_sized(inputs, out, capsys) -> tuple[dict, list[float], str]:
+    """Replay with one unit = 500 USDT (0.0125 BTC before the step size rounds it); (summary, NEW order sizes,
+    stderr)."""
+    capsys.readouterr()
+    assert replay.main([*map(str, inputs), "--param", "fast=5", "--param", "slow=40", "--brain", "unit_notional=500",
+                        "--risk", "max_order_notional=0", "--risk", "max_position_notional=0", "--out", str(out),
+                        "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    rows = [r.split(",") for r in (out / "orders.csv").read_text().splitlines()]
+    qty = [float(r[rows[0].index("qty")]) for r in rows[1:] if r[rows[0].index("action")] == "NEW"]
+    return json.loads((out / "summary.json").read_text()), qty, err
+
+
+def test_a_recordings_exchange_filters_are_kept_in_the_store_and_used_by_its_replay(tmp_path, capsys):
+    files = _quote_recording(tmp_path / "rec", filters=True)
+    root = tmp_path / "store"
+    assert _import(files, root) == 0
+    (p,) = S.Store(root).select()
+    assert p.filters == BTC_FILTERS    # the partition's own symbol only, checksummed in the manifest
+    entry = json.loads((root / S.MANIFEST).read_text())["partitions"][p.rel]
+    assert entry["filters_crc32"] == f"{S.filters_crc(BTC_FILTERS):08x}"
+    a, qa, err_a = _replay_sized(files, tmp_path / "from-rec", capsys)
+    b, qb, err_b = _replay_sized([root], tmp_path / "from-store", capsys)
+    a.pop("inputs")
+    b.pop("inputs")
+    assert a == b and a["counts"]["orders_accepted"] > 10
+    for name in ("trades.csv", "orders.csv", "equity.csv"):
+        assert (tmp_path / "from-rec" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
+    # sizes quantised by the recorded step (0.01), not the built-in one (0.001) a filterless recording gets
+    def steps(q):   # multiples of 0.01
+        return abs(q * 100 - round(q * 100)) < 1e-9
+    assert qa == qb and qa and all(steps(q) for q in qa)
+    assert "filters" not in err_a and "filters" not in err_b
+    plain = _quote_recording(tmp_path / "rec-plain", filters=False)
+    assert _import(plain, tmp_path / "store-plain") == 0
+    assert S.Store(tmp_path / "store-plain").select()[0].filters is None
+    _, qc, err_c = _replay_sized([tmp_path / "store-plain"], tmp_path / "plain", capsys)
+    assert qc and not all(steps(q) for q in qc) and "carry no exchange filters" in err_c   # as the recording itself would say
+    # a damaged row is named like a damaged partition, by replay and by `data verify`
+    mf = json.loads((root / S.MANIFEST).read_text())
+    mf["partitions"][p.rel]["filters"]["filters"][1]["stepSize"] = "0.001"
+    (root / S.MANIFEST).write_text(json.dumps(mf))
+    capsys.readouterr()
+    assert replay.main([str(root), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"damaged partition {p.rel}: exchange filters" in err[0]
+    assert S.main(["verify", str(root)]) == 2
+    assert f"damaged partition {p.rel}" in capsys.readouterr().err

@@ -747,13 +747,21 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
 
 
 def _recorded_rules(sources, table, warn) -> list | None:
-    """Exchange filters carried by the recordings among the sources (the last file's wins per symbol)."""
+    """Exchange filters carried by the recordings among the sources (the last file's wins per symbol), and by the
+    store partitions imported from recordings (their manifest keeps the recording's rows)."""
     rows = {}
-    recs = [s for s in sources if isinstance(s, RecordingSource)]
-    for src in recs:
-        info, _ = recording_meta(src.path)
-        if info:
-            rows.update({r.get("symbol"): r for r in info.get("symbols", []) if isinstance(r, dict)})
+    recs = []
+    for src in sources:
+        if isinstance(src, RecordingSource):
+            recs.append(src)
+            info, _ = recording_meta(src.path)
+            if info:
+                rows.update({r.get("symbol"): r for r in info.get("symbols", []) if isinstance(r, dict)})
+        elif isinstance(src, store.StoreSource):
+            got, from_rec = store.recorded_filters([src.part])
+            rows.update(got)
+            if from_rec:
+                recs.append(src)
     if not rows:
         if recs:
             warn("replay: the recordings carry no exchange filters (recorded before they did); orders are sized "

@@ -29,6 +29,11 @@ Integrity:
     manifest lists, so an import killed at any point leaves nothing replay would read (at worst an unlisted file,
     removed by the next import). A re-imported partition gets a new name; the old file is removed after the
     manifest no longer lists it.
+  * exchange filters: a partition imported from a Feed recording keeps, in its manifest entry, its symbol's row of
+    the recording's `!exchangeInfo` line (tick/step sizes, min notional...) and that row's CRC-32, so replay from
+    the store sizes and rounds orders exactly as replay from the recording does (the last partition's row wins per
+    symbol, in replay order, as the last recording's does). A row that does not match its CRC is reported like a
+    damaged partition.
   * checksummed: the manifest holds each partition's rows, bytes and CRC-32 of its records. Every open checks the
     file size and header against the manifest (catches truncation, no cost); the CRC is checked when a replay
     first opens a partition in a process (once per sweep worker, not once per trial) and by `data verify`.
@@ -85,20 +90,56 @@ class Partition:
     first_ns: int
     last_ns: int
     source: str            # the imported file's name
+    filters: dict | None = None   # a recording's partition: its symbol's exchangeInfo row (tick/step/min notional)
+    filters_crc32: str = ""       # the manifest's CRC-32 of that row (hex), checked by check_filters()
 
     @property
     def path(self) -> Path:
         return self.root / self.rel
 
     def to_json(self) -> dict:
-        return {"symbol": self.symbol, "day": self.day, "stream": self.stream, "rows": self.rows,
-                "bytes": self.nbytes, "crc32": f"{self.crc32:08x}", "first_ns": self.first_ns,
-                "last_ns": self.last_ns, "source": self.source}
+        d = {"symbol": self.symbol, "day": self.day, "stream": self.stream, "rows": self.rows,
+             "bytes": self.nbytes, "crc32": f"{self.crc32:08x}", "first_ns": self.first_ns,
+             "last_ns": self.last_ns, "source": self.source}
+        if self.filters is not None:
+            d["filters"] = self.filters
+            d["filters_crc32"] = self.filters_crc32 or f"{filters_crc(self.filters):08x}"
+        return d
+
+    def check_filters(self) -> dict | None:
+        """The exchangeInfo row, after checking it against its CRC (StoreError naming the partition if damaged)."""
+        if self.filters is None:
+            return None
+        crc = filters_crc(self.filters) if isinstance(self.filters, dict) else None
+        if crc is None or f"{crc:08x}" != self.filters_crc32:
+            raise StoreError(f"damaged partition {self.rel}: exchange filters checksum "
+                             f"{'-' if crc is None else f'{crc:08x}'}, manifest says {self.filters_crc32 or '-'}")
+        return self.filters
 
     @classmethod
     def from_json(cls, root: Path, rel: str, d: dict) -> "Partition":
         return cls(root, rel, d["symbol"], d["day"], d["stream"], int(d["rows"]), int(d["bytes"]),
-                   int(d["crc32"], 16), int(d["first_ns"]), int(d["last_ns"]), d.get("source", ""))
+                   int(d["crc32"], 16), int(d["first_ns"]), int(d["last_ns"]), d.get("source", ""),
+                   d.get("filters"), str(d.get("filters_crc32", "")))
+
+
+def filters_crc(row: dict) -> int:
+    """CRC-32 of an exchangeInfo row in one canonical spelling (sorted keys, no spaces): what the manifest stores
+    next to it, so an edited or damaged row is named like a damaged partition."""
+    return zlib.crc32(json.dumps(row, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def recorded_filters(parts: list[Partition]) -> tuple[dict[str, dict], bool]:
+    """(exchangeInfo rows by symbol, whether any partition came from a recording) of partitions in replay order:
+    what aegis.replay.run reads from the recordings themselves (the last one's row wins per symbol)."""
+    rows: dict[str, dict] = {}
+    from_rec = False
+    for p in parts:
+        if p.stream.startswith("rec-"):
+            from_rec = True
+            if p.filters is not None:
+                rows[p.symbol] = p.check_filters()
+    return rows, from_rec
 
 
 def find_root(path: str | os.PathLike) -> Path | None:
@@ -242,6 +283,7 @@ def verify(parts: list[Partition], progress: Callable[[Partition], None] | None 
             ident = _identity(p)
         except OSError as e:
             raise StoreError(f"damaged partition {p.rel}: {e.strerror or e}") from None
+        p.check_filters()
         if ident not in _verified:
             open_partition(p, check_crc=True)
             _verified.add(ident)
@@ -331,8 +373,9 @@ def expand(path: str | os.PathLike) -> list[str] | None:
 class _PartWriter:
     """One partition being written: hidden temp file, running CRC, header patched in at the end."""
 
-    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str):
+    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str, filters: dict | None = None):
         self.root, self.symbol, self.day, self.stream, self.source = root, symbol, day, stream, source
+        self.filters = filters
         self.dir = root / symbol / day
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp = self.dir / f".{stream}{TMP_MARK}{os.getpid()}"
@@ -361,7 +404,8 @@ class _PartWriter:
         os.replace(self.tmp, self.root / rel)
         _fsync_dir(self.dir)
         return Partition(self.root, rel, self.symbol, self.day, self.stream, self.rows,
-                         self.rows * MARKET_DTYPE.itemsize, self.crc, self.first, self.last, self.source)
+                         self.rows * MARKET_DTYPE.itemsize, self.crc, self.first, self.last, self.source,
+                         self.filters, f"{filters_crc(self.filters):08x}" if self.filters is not None else "")
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -387,13 +431,17 @@ def _split(recs: np.ndarray, names: list[str]) -> Iterator[tuple[str, str, np.nd
 
 
 def _source_of(path: str, symbol: str | None, fmt: str | None, extra_symbols: str | None, warn):
-    """(source, symbol names by id, stream name) for one input file, read by replay's own readers."""
+    """(source, symbol names by id, stream name, exchangeInfo rows by symbol) for one input file, read by replay's
+    own readers; the rows are a recording's exchange filters (its first line), which replay from the store uses
+    as replay from the recording does."""
     from aegis.replay import run as replay
     table, srcs = replay.open_sources([path], symbol, fmt, extra_symbols, warn)
     src = srcs[0]
     if isinstance(src, CsvSource):
-        return src, list(table.names), None
-    return src, list(table.names), "rec-" + Path(path).name.split(".")[0]
+        return src, list(table.names), None, {}
+    info, _ = replay.recording_meta(path)
+    rows = {r["symbol"]: r for r in (info or {}).get("symbols", []) if isinstance(r, dict) and "symbol" in r}
+    return src, list(table.names), "rec-" + Path(path).name.split(".")[0], rows
 
 
 def import_files(files: list[str], root: str | os.PathLike, symbol: str | None = None, fmt: str | None = None,
@@ -414,7 +462,7 @@ def import_files(files: list[str], root: str | os.PathLike, symbol: str | None =
         store = Store(root)
         _remove_orphans(store)
         for path in inputs:
-            src, names, stream = _source_of(path, symbol, fmt, extra_symbols, warn)
+            src, names, stream, filters = _source_of(path, symbol, fmt, extra_symbols, warn)
             writers: dict[tuple[str, str], _PartWriter] = {}
             t0 = time.monotonic()
             rows = 0
@@ -427,7 +475,8 @@ def import_files(files: list[str], root: str | os.PathLike, symbol: str | None =
                     for sym, day, recs in _split(chunk, names):
                         w = writers.get((sym, day))
                         if w is None:
-                            w = writers[(sym, day)] = _PartWriter(root, sym, day, kind, Path(path).name)
+                            w = writers[(sym, day)] = _PartWriter(root, sym, day, kind, Path(path).name,
+                                                                  filters.get(sym))
                         recs = recs.copy()
                         recs["symbol"] = 0
                         recs["pub_ts"] = 0
