@@ -426,6 +426,22 @@ class Merger:
         return out
 
 
+def feed_batches(sources: list) -> Iterator[np.ndarray]:
+    """The inputs' records in replay order, as arrays for the core (each valid until the next is asked for).
+    Store partitions only: aegis.replay.store.replay_batches (no copy for a partition that overlaps no other, a
+    one-pass merge otherwise); any CSV or recording among the inputs: Merger."""
+    if sources and all(isinstance(s, store.StoreSource) for s in sources):
+        return store.replay_batches(sources, 0, _merge_from)
+    return Merger(sources).batches()
+
+
+def _merge_from(sources: list, seq0: int):
+    m = Merger(sources)
+    m.seq = seq0
+    yield from m.batches()
+    return m.seq
+
+
 # =============================================================================================== engine
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -829,15 +845,15 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     learn.start_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_in, warn)   # online strategy: --model
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     prog = Progress(sources, show)
-    merger = Merger(sources)
+    batches = feed_batches(sources)
     wall0 = time.monotonic()
     sim0 = None
     # as the engine processes do for their hot loops: everything allocated so far (numba's and numpy's large object
-    # graphs) is frozen out of the cyclic GC, whose full traversals would otherwise cost more than the replay core
-    gc.collect()
+    # graphs) is frozen out of the cyclic GC, whose full traversals would otherwise cost more than the replay core.
+    # No gc.collect() first: it took 0.2 s a replay, and what it would free is unfrozen (and collected) at the end
     gc.freeze()
     try:
-        for batch in merger.batches():
+        for batch in batches:
             if cfg.realtime:
                 sim0 = _pace(core, batch, sim0, wall0, prog)
             else:

@@ -22,6 +22,8 @@ The engine path stays free of pyarrow.
 
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
 stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
+pub_ts is recv_ts and seq the row's index in the partition, as replay's merge would stamp them, so a partition
+whose time span overlaps no other input's goes to the replay core straight from the mapping (aegis.replay.run).
 
 Integrity:
   * atomic: a partition is written to a hidden temp file, fsynced and renamed to a name that carries its checksum;
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from numba import njit
 
 from aegis.core.records import MARKET_DTYPE
 from aegis.replay.csvimport import CsvSource, InputError
@@ -69,6 +72,7 @@ HEADER_BYTES = 1024          # reserved .npy header: written before the row coun
 DAY_NS = 86_400 * 1_000_000_000
 CHUNK_ROWS = 1 << 13         # rows per chunk a reader yields (1 MB): the merge keeps one chunk per source
 CRC_BLOCK = 64 << 20         # bytes per crc32 call (bounded peak of touched-but-not-dropped pages)
+DROP_ROWS = 1 << 15          # replayed rows (4 MB) given back to the OS at a time
 _DESCR = np.lib.format.dtype_to_descr(MARKET_DTYPE)
 
 
@@ -221,7 +225,10 @@ def _npy_header(rows: int) -> bytes:
 
 
 def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
-    """The partition's records as a read-only array over a private mmap; StoreError naming it if damaged."""
+    """The partition's records as an array over a private (copy-on-write) mmap of the file; StoreError naming it if
+    damaged. The array is writable only so that it has the type of any in-memory record array (the replay core's
+    jitted code is compiled for writable arrays; a read-only one would be another compilation): replay only reads
+    it, and a write would change this process's copy of the page, never the file."""
     path = part.path
     name = part.rel
     try:
@@ -243,7 +250,7 @@ def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
             raise StoreError(f"damaged partition {name}: header says {shape} of another layout")
         if part.rows == 0:
             return np.zeros(0, MARKET_DTYPE)
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     mm.madvise(mmap.MADV_SEQUENTIAL)
     if check_crc:
         crc = 0
@@ -302,8 +309,9 @@ def trust(idents) -> None:
 
 
 class StoreSource:
-    """One partition as a replay source: chunks are slices of the mapped file (no parsing, no copy unless the
-    replay's symbol id is not 0); pages already replayed are given back to the OS."""
+    """One partition as a replay source: the mapped file's records (open()) or chunks of them (chunks(): slices,
+    no parsing, no copy unless the replay's symbol id is not 0); pages already replayed are given back to the OS
+    (drop_before())."""
 
     def __init__(self, part: Partition, symbol_id: int, chunk_rows: int = CHUNK_ROWS):
         self.part = part
@@ -314,32 +322,162 @@ class StoreSource:
         self.bad_lines = 0
         self.parse_problems: dict[str, int] = {}
         self._done = False
+        self._recs: np.ndarray | None = None
+        self._mm: mmap.mmap | None = None
+        self._dropped = 0   # rows whose pages were given back
 
     def progress(self) -> tuple[int, int]:
         total = max(self.part.nbytes, 1)
         return (total if self._done else min(self.rows * MARKET_DTYPE.itemsize, total)), total
 
+    def open(self) -> np.ndarray:
+        """All the partition's records (a mapping of the file: nothing is read until touched); the CRC is checked
+        on the first open of this file in this process."""
+        if self._recs is None:
+            try:
+                ident = _identity(self.part)
+            except OSError as e:
+                raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
+            self._recs = open_partition(self.part, check_crc=ident not in _verified)
+            _verified.add(ident)
+            self._mm = self._recs.base if isinstance(self._recs.base, mmap.mmap) else None
+        return self._recs
+
+    def drop_before(self, row: int) -> None:
+        """Give back the pages of rows [.., row): replay is done with them. Called every few MB, so that a month's
+        replay keeps only the rows in flight resident."""
+        if self._mm is not None and row - self._dropped >= DROP_ROWS:
+            size = MARKET_DTYPE.itemsize
+            _drop(self._mm, HEADER_BYTES + self._dropped * size, HEADER_BYTES + row * size)
+            self._dropped = row
+
+    def done(self) -> None:
+        self.rows = len(self._recs) if self._recs is not None else self.rows
+        self._done = True
+
     def chunks(self) -> Iterator[np.ndarray]:
-        try:
-            ident = _identity(self.part)
-        except OSError as e:
-            raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
-        recs = open_partition(self.part, check_crc=ident not in _verified)
-        _verified.add(ident)
-        mm = recs.base if isinstance(recs.base, mmap.mmap) else None
+        recs = self.open()
         n = len(recs)
         step = self.chunk_rows
-        size = MARKET_DTYPE.itemsize
         for i in range(0, n, step):
             c = recs[i:i + step]
             if self.symbol_id != 0:
                 c = c.copy()
                 c["symbol"] = self.symbol_id
+            else:
+                c = c.view()
+                c.flags.writeable = False   # a reader must not change its process's copy of the store
             self.rows += len(c)
             yield c
-            if mm is not None and i >= step:   # the merge may still hold the chunk just yielded, not older ones
-                _drop(mm, HEADER_BYTES + (i - step) * size, HEADER_BYTES + i * size)
+            if i >= step:   # the merge may still hold the chunk just yielded, not older ones
+                self.drop_before(i - step)
         self._done = True
+
+
+# ============================================================================================== replay batches
+DIRECT_ROWS = 1 << 16        # rows per slice a lone partition hands the core straight from its mapping (8 MB)
+MERGE_ROWS = 1 << 14         # rows per merged batch (2 MB, reused)
+MERGE_MAX = 16               # partitions one merge kernel call takes (a tuple: one compilation per count, cached)
+
+
+@njit(cache=True, nogil=True)
+def merge_into(srcs, pos, end, sym, out, seq0):
+    """Merge the records srcs[i][pos[i]:end[i]] (each non-decreasing in recv_ts) into out, in the order of (recv_ts,
+    i, position), stamping each record's symbol (sym[i]), pub_ts (= recv_ts) and seq (seq0, seq0 + 1, ...) as it
+    is copied; advances pos; returns how many records were written (< len(out) only when every source is done).
+    The source at the head copies a run of records at a time: as long as they precede the next source's head."""
+    k = len(srcs)
+    cap = out.shape[0]
+    j = 0
+    while j < cap:
+        b = -1
+        bt = 0
+        s2 = -1
+        t2 = 0
+        for i in range(k):
+            if pos[i] < end[i]:
+                t = srcs[i][pos[i]].recv_ts
+                if b < 0 or t < bt:
+                    s2 = b
+                    t2 = bt
+                    b = i
+                    bt = t
+                elif s2 < 0 or t < t2:
+                    s2 = i
+                    t2 = t
+        if b < 0:
+            break
+        a = srcs[b]
+        p = pos[b]
+        e = end[b]
+        sid = sym[b]
+        while p < e and j < cap:
+            t = a[p].recv_ts
+            if s2 >= 0 and (t > t2 or (t == t2 and b > s2)):
+                break
+            out[j] = a[p]
+            r = out[j]
+            r.symbol = sid
+            r.pub_ts = t
+            r.seq = seq0 + j
+            j += 1
+            p += 1
+        pos[b] = p
+    return j
+
+
+def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.ndarray]:
+    """The records of store sources in replay order (recv_ts, then source order, then position: what replay's
+    k-way merge gives), as arrays for the replay core, valid until the next one is asked for.
+
+    No record is copied where none needs to be: the partitions are grouped by overlapping time spans; a group of
+    one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as slices of
+    its mapping, pub_ts and seq as stored (import stores them as the merge sets them: pub_ts = recv_ts, seq =
+    the row's index in the partition; the core's outputs read neither). A group of several is merged by merge_into into one reused buffer, streamed: memory is the
+    buffer plus the pages in flight, whatever the span. fallback(sources, seq0) merges a group of more than
+    MERGE_MAX partitions (replay's general merge)."""
+    recs = [s.open() for s in sources]
+    spans = sorted((int(r["recv_ts"][0]), int(r["recv_ts"][-1]), i) for i, r in enumerate(recs) if len(r))
+    groups: list[list[int]] = []
+    last = None
+    for first, end, i in spans:
+        if groups and first <= last:
+            groups[-1].append(i)
+            last = max(last, end)
+        else:
+            groups.append([i])
+            last = end
+    seq = seq0
+    for g in groups:
+        g.sort()   # ties in time: source order
+        if len(g) == 1 and sources[g[0]].symbol_id == 0 and recs[g[0]]["pub_ts"][0] == recs[g[0]]["recv_ts"][0]:
+            # (a partition imported before pub_ts was stored is stamped on a copy by the merge below)
+            src, a = sources[g[0]], recs[g[0]]
+            for i in range(0, len(a), DIRECT_ROWS):
+                b = a[i:i + DIRECT_ROWS]
+                src.rows = i + len(b)
+                yield b
+                src.drop_before(i)
+            seq += len(a)
+        elif len(g) <= MERGE_MAX or fallback is None:
+            tup = tuple(recs[i] for i in g)
+            pos = np.zeros(len(g), np.int64)
+            end = np.array([len(recs[i]) for i in g], np.int64)
+            sym = np.array([sources[i].symbol_id for i in g], np.int32)
+            out = np.empty(MERGE_ROWS, MARKET_DTYPE)
+            while True:
+                m = merge_into(tup, pos, end, sym, out, seq)
+                if m == 0:
+                    break
+                seq += m
+                yield out[:m]
+                for i, p in zip(g, pos.tolist()):
+                    sources[i].rows = p
+                    sources[i].drop_before(p)
+        else:
+            seq = yield from fallback([sources[i] for i in g], seq)
+    for s in sources:
+        s.done()
 
 
 def partition_of(path: str | os.PathLike) -> Partition | None:
@@ -479,8 +617,8 @@ def import_files(files: list[str], root: str | os.PathLike, symbol: str | None =
                                                                   filters.get(sym))
                         recs = recs.copy()
                         recs["symbol"] = 0
-                        recs["pub_ts"] = 0
-                        recs["seq"] = 0
+                        recs["pub_ts"] = recs["recv_ts"]   # as replay's merge stamps them: a single partition
+                        recs["seq"] = np.arange(w.rows, w.rows + len(recs))   # goes to the core as stored
                         w.append(recs)
                 new = [w.commit() for w in writers.values()]
             except BaseException:
