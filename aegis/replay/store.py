@@ -267,6 +267,14 @@ def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
     return np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
 
 
+def _mapping_of(recs: np.ndarray) -> mmap.mmap | None:
+    """The mmap under an array open_partition returned (numpy keeps it behind a memoryview)."""
+    base = recs.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
 def _drop(mm: mmap.mmap, start: int, end: int) -> None:
     """Give pages [start, end) of a read-only file mapping back (they are re-read from the file if touched again):
     what bounds a month-long replay's resident memory to the chunks in flight."""
@@ -340,7 +348,7 @@ class StoreSource:
                 raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
             self._recs = open_partition(self.part, check_crc=ident not in _verified)
             _verified.add(ident)
-            self._mm = self._recs.base if isinstance(self._recs.base, mmap.mmap) else None
+            self._mm = _mapping_of(self._recs)
         return self._recs
 
     def drop_before(self, row: int) -> None:
