@@ -223,7 +223,7 @@ def side(old: str, new: str, root: str, *rest) -> None:
     here = Path(__file__).resolve()
     print(f"load before: {os.getloadavg()}")
     for what in ("parts", "cmd"):
-        for label, tree in (("old", old), ("new", new), ("old", old), ("new", new)):
+        for label, tree in (("old", old), ("new", new)) * int(os.environ.get("SIDE_ROUNDS", "2")):
             env = dict(os.environ, PYTHONPATH=tree)
             r = subprocess.run([sys.executable, str(here), what, root, *rest], capture_output=True, text=True,
                                env=env, timeout=1800, cwd=tree)
