@@ -553,7 +553,25 @@ def partition_of(path: str | os.PathLike) -> Partition | None:
     if root is None:
         return None
     rel = p.resolve().relative_to(root.resolve()).as_posix()
-    return Store(root).parts.get(rel)
+    return _cached_store(root).parts.get(rel)
+
+
+_stores: dict[Path, tuple[tuple, Store]] = {}
+
+
+def _cached_store(root: Path) -> Store:
+    """Store(root), parsed once per manifest version: replay asks for each of its partitions (a month of a few
+    symbols is hundreds), and a sweep for every trial."""
+    root = root.resolve()
+    try:
+        st = os.stat(root / MANIFEST)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return Store(root)
+    got = _stores.get(root)
+    if got is None or got[0] != stamp:
+        got = _stores[root] = (stamp, Store(root))
+    return got[1]
 
 
 def expand(path: str | os.PathLike) -> list[str] | None:
@@ -565,7 +583,7 @@ def expand(path: str | os.PathLike) -> list[str] | None:
     if root is None:
         return None
     rel = p.resolve().relative_to(root.resolve()).as_posix()
-    parts = Store(root).select(under="" if rel == "." else rel + "/")
+    parts = _cached_store(root).select(under="" if rel == "." else rel + "/")
     if not parts:
         raise StoreError(f"{path}: store directory lists no partitions")
     return [str(x.path) for x in parts]
