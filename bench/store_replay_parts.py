@@ -1,13 +1,15 @@
 """Store -> replay: where the time goes between the memory-mapped partitions and the replay core, measured in parts.
+A script, not a pytest-benchmark file (its figures compare two source trees, each in its own processes); the
+store formats and the month/sweep figures are bench_store.py's.
 
-  python bench/bench_store_replay.py gen DIR DAYS ROWS_PER_DAY [SYMBOLS]   synthetic quote store (no CSV step)
-  python bench/bench_store_replay.py parts DIR [STRATEGY] [SYMBOL]         in one process: input path alone, core
+  python bench/store_replay_parts.py gen DIR DAYS ROWS_PER_DAY [SYMBOLS]   synthetic quote store (no CSV step)
+  python bench/store_replay_parts.py parts DIR [STRATEGY] [SYMBOL]         in one process: input path alone, core
                                                                              alone, replay.run (CRC trusted, first
                                                                              open), peak RSS
-  python bench/bench_store_replay.py cmd DIR [STRATEGY] [SYMBOL]           the whole `python -m aegis replay` command
+  python bench/store_replay_parts.py cmd DIR [STRATEGY] [SYMBOL]           the whole `python -m aegis replay` command
 
 Run it with PYTHONPATH=/work/main (old) and PYTHONPATH=<worktree> (new) side by side; `side` does that:
-  python bench/bench_store_replay.py side OLD_ROOT NEW_ROOT DIR [STRATEGY] [SYMBOL]
+  python bench/store_replay_parts.py side OLD_ROOT NEW_ROOT DIR [STRATEGY] [SYMBOL]
 
 STRATEGY: "idle" (mean_reversion sampling once a day: no signal; what a quote costs the core by itself),
 "obi_quiet" (an EMA per quote, no signal) or "ema_cross" (fast 20, slow 100: trades, as bench_replay).
