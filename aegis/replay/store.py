@@ -415,6 +415,13 @@ class StoreSource:
             _drop(self._mm, HEADER_BYTES + self._dropped * size, HEADER_BYTES + row * size)
             self._dropped = row
 
+    def release(self) -> None:
+        """Replay is done with this partition: give back every page still mapped."""
+        if self._mm is not None and self._recs is not None:
+            _drop(self._mm, HEADER_BYTES + self._dropped * MARKET_DTYPE.itemsize,
+                  HEADER_BYTES + len(self._recs) * MARKET_DTYPE.itemsize)
+            self._dropped = len(self._recs)
+
     def done(self) -> None:
         self.rows = len(self._recs) if self._recs is not None else self.rows
         self._done = True
@@ -497,11 +504,13 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.n
     No record is copied where none needs to be: the partitions are grouped by overlapping time spans; a group of
     one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as slices of
     its mapping, pub_ts and seq as stored (import stores them as the merge sets them: pub_ts = recv_ts, seq =
-    the row's index in the partition; the core's outputs read neither). A group of several is merged by merge_into into one reused buffer, streamed: memory is the
-    buffer plus the pages in flight, whatever the span. fallback(sources, seq0) merges a group of more than
-    MERGE_MAX partitions (replay's general merge)."""
-    recs = [s.open() for s in sources]
-    spans = sorted((int(r["recv_ts"][0]), int(r["recv_ts"][-1]), i) for i, r in enumerate(recs) if len(r))
+    the row's index in the partition; the core's outputs read neither). A group of several is merged by
+    merge_into into one reused buffer, streamed: memory is the buffer plus the pages in flight, whatever the
+    span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions (replay's general merge)."""
+    # spans from the manifest; each partition is opened (and checked, on its first open) when its group comes up,
+    # so the check's read and the replay's read of a partition are close together (a month is larger than the
+    # page cache of a small node: checked all at once, the first days would be read from disk twice)
+    spans = sorted((s.part.first_ns, s.part.last_ns, i) for i, s in enumerate(sources) if s.part.rows)
     groups: list[list[int]] = []
     last = None
     for first, end, i in spans:
@@ -512,8 +521,10 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.n
             groups.append([i])
             last = end
     seq = seq0
+    recs: dict[int, np.ndarray] = {}
     for g in groups:
         g.sort()   # ties in time: source order
+        recs = {i: sources[i].open() for i in g}
         if len(g) == 1 and sources[g[0]].symbol_id == 0 and recs[g[0]]["pub_ts"][0] == recs[g[0]]["recv_ts"][0]:
             # (a partition imported before pub_ts was stored is stamped on a copy by the merge below)
             src, a = sources[g[0]], recs[g[0]]
@@ -540,6 +551,8 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.n
                     sources[i].drop_before(p)
         else:
             seq = yield from fallback([sources[i] for i in g], seq)
+        for i in g:
+            sources[i].release()
     for s in sources:
         s.done()
 
