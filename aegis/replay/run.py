@@ -782,8 +782,9 @@ def _recorded_rules(sources, table, warn) -> list | None:
                 recs.append(src)
     if not rows:
         if recs:
-            warn("replay: the recordings carry no exchange filters (recorded before they did); orders are sized "
-                 "with lenient built-in filters, give --exchange-info FILE for the real ones")
+            warn("replay: the recordings carry no exchange filters (recorded, or imported into the store, before "
+                 "they did); orders are sized with lenient built-in filters, give --exchange-info FILE for the real "
+                 "ones")
         return None
     return rules_from_exchange_info({"symbols": list(rows.values())}, table, "recording")
 
