@@ -167,7 +167,7 @@ def parts(root: str, strategy_name: str = "idle", symbol: str | None = None) -> 
     res["core_rows_per_s"] = rows / el
     res["core_rows_per_cpu_s"] = rows / min(r[1] for r in runs)
     res["orders"] = orders
-    del recs
+    recs = None   # (free the in-memory copy before the store runs)
     gc.collect()
     # 3. replay.run from the store (CRC trusted: a sweep trial), then first open (CRC pass)
     t, summ = best(lambda: replay.run([target], cfg, warn=lambda m: None), label="run")

@@ -262,7 +262,8 @@ def test_a_recordings_exchange_filters_are_kept_in_the_store_and_used_by_its_rep
     assert _import(plain, tmp_path / "store-plain") == 0
     assert S.Store(tmp_path / "store-plain").select()[0].filters is None
     _, qc, err_c = _replay_sized([tmp_path / "store-plain"], tmp_path / "plain", capsys)
-    assert qc and not all(steps(q) for q in qc) and "carry no exchange filters" in err_c   # as the recording itself would say
+    # as the recording itself would say
+    assert qc and not all(steps(q) for q in qc) and "carry no exchange filters" in err_c
     # a damaged row is named like a damaged partition, by replay and by `data verify`
     mf = json.loads((root / S.MANIFEST).read_text())
     mf["partitions"][p.rel]["filters"]["filters"][1]["stepSize"] = "0.001"
