@@ -199,3 +199,159 @@ def test_a_feed_recording_imports_and_replays_like_the_recording(tmp_path):
     assert a == b and a["counts"]["orders_accepted"] > 10
     for name in ("trades.csv", "orders.csv"):
         assert (tmp_path / "from-rec" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
+
+
+BTC_FILTERS = {"symbol": "BTCUSDT", "status": "TRADING", "filters": [
+    {"filterType": "PRICE_FILTER", "tickSize": "0.50", "minPrice": "1", "maxPrice": "1000000"},
+    {"filterType": "LOT_SIZE", "stepSize": "0.01", "minQty": "0.01", "maxQty": "1000"},
+    {"filterType": "MARKET_LOT_SIZE", "stepSize": "0.01", "minQty": "0.01", "maxQty": "100"},
+    {"filterType": "MIN_NOTIONAL", "notional": "100"}]}
+
+
+def _quote_recording(directory: Path, filters: bool) -> list[Path]:
+    """A Feed recording of 600 BTCUSDT quotes; with filters, headed by the !exchangeInfo line the Feed writes."""
+    from aegis.feed.recording import Recorder
+    rec = Recorder(directory)
+    if filters:
+        other = dict(BTC_FILTERS, symbol="ETHUSDT")
+        rec.set_exchange_info({"serverTime": 1, "symbols": [BTC_FILTERS, other]}, ["BTCUSDT"], {})
+    t0 = marketdays.day_ms(DAYS[0])
+    for i in range(600):
+        m = 40_000 + (i * 7) % 11
+        rec.write(5_000_000_000 + i * 500_000_000, "btcusdt@bookTicker",
+                  {"e": "bookTicker", "u": 100 + i, "s": "BTCUSDT", "b": f"{m - 0.05:.2f}", "B": "5",
+                   "a": f"{m + 0.05:.2f}", "A": "5", "T": t0 + i * 500, "E": t0 + i * 500})
+    rec.close()
+    return rec.files
+
+
+def _replay_sized(inputs, out, capsys) -> tuple[dict, list[float], str]:
+    """Replay with one unit = 500 USDT (0.0125 BTC before the step size rounds it); (summary, NEW order sizes,
+    stderr)."""
+    capsys.readouterr()
+    assert replay.main([*map(str, inputs), "--param", "fast=5", "--param", "slow=40", "--brain", "unit_notional=500",
+                        "--risk", "max_order_notional=0", "--risk", "max_position_notional=0", "--out", str(out),
+                        "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    rows = [r.split(",") for r in (out / "orders.csv").read_text().splitlines()]
+    qty = [float(r[rows[0].index("qty")]) for r in rows[1:] if r[rows[0].index("action")] == "NEW"]
+    return json.loads((out / "summary.json").read_text()), qty, err
+
+
+def test_a_recordings_exchange_filters_are_kept_in_the_store_and_used_by_its_replay(tmp_path, capsys):
+    files = _quote_recording(tmp_path / "rec", filters=True)
+    root = tmp_path / "store"
+    assert _import(files, root) == 0
+    (p,) = S.Store(root).select()
+    assert p.filters == BTC_FILTERS    # the partition's own symbol only, checksummed in the manifest
+    entry = json.loads((root / S.MANIFEST).read_text())["partitions"][p.rel]
+    assert entry["filters_crc32"] == f"{S.filters_crc(BTC_FILTERS):08x}"
+    a, qa, err_a = _replay_sized(files, tmp_path / "from-rec", capsys)
+    b, qb, err_b = _replay_sized([root], tmp_path / "from-store", capsys)
+    a.pop("inputs")
+    b.pop("inputs")
+    assert a == b and a["counts"]["orders_accepted"] > 10
+    for name in ("trades.csv", "orders.csv", "equity.csv"):
+        assert (tmp_path / "from-rec" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes()
+    # sizes quantised by the recorded step (0.01), not the built-in one (0.001) a filterless recording gets
+    def steps(q):   # multiples of 0.01
+        return abs(q * 100 - round(q * 100)) < 1e-9
+    assert qa == qb and qa and all(steps(q) for q in qa)
+    assert "filters" not in err_a and "filters" not in err_b
+    plain = _quote_recording(tmp_path / "rec-plain", filters=False)
+    assert _import(plain, tmp_path / "store-plain") == 0
+    assert S.Store(tmp_path / "store-plain").select()[0].filters is None
+    _, qc, err_c = _replay_sized([tmp_path / "store-plain"], tmp_path / "plain", capsys)
+    # as the recording itself would say
+    assert qc and not all(steps(q) for q in qc) and "carry no exchange filters" in err_c
+    # a damaged row is named like a damaged partition, by replay and by `data verify`
+    mf = json.loads((root / S.MANIFEST).read_text())
+    mf["partitions"][p.rel]["filters"]["filters"][1]["stepSize"] = "0.001"
+    (root / S.MANIFEST).write_text(json.dumps(mf))
+    capsys.readouterr()
+    assert replay.main([str(root), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"damaged partition {p.rel}: exchange filters" in err[0]
+    assert S.main(["verify", str(root)]) == 2
+    assert f"damaged partition {p.rel}" in capsys.readouterr().err
+
+
+def _part(root: Path, symbol: str, day: str, stream: str, t: np.ndarray, stamped: bool = True) -> S.Partition:
+    """A partition written as import writes one (stamped: pub_ts and seq as replay's merge sets them), or as the
+    first version of import did (pub_ts and seq 0)."""
+    recs = np.zeros(len(t), MARKET_DTYPE)
+    recs["recv_ts"] = recs["exch_ts"] = t
+    if stamped:
+        recs["pub_ts"] = t
+        recs["seq"] = np.arange(len(t))
+    recs["bid_px"] = np.arange(len(t)) + 1.0
+    recs["ask_px"] = recs["bid_px"] + 1.0
+    recs["last_id"] = np.arange(len(t))
+    recs["kind"] = 1
+    w = S._PartWriter(root, symbol, day, stream, stream)
+    w.append(recs)
+    return w.commit()
+
+
+@pytest.mark.parametrize("merge_max", [16, 2])
+def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone_one(tmp_path, monkeypatch,
+                                                                                      merge_max):
+    """replay_batches gives the records in the order replay's general merge does (time, then input order, then
+    position; ties across partitions included), and hands a partition that overlaps no other over uncopied."""
+    monkeypatch.setattr(S, "MERGE_MAX", merge_max)   # 2: a group of 3 goes through the general merge
+    monkeypatch.setattr(S, "DIRECT_ROWS", 1000)
+    monkeypatch.setattr(S, "MERGE_ROWS", 777)
+    root = tmp_path / "store"
+    d0 = marketdays.day_ms(DAYS[0]) * 1_000_000
+    d1 = marketdays.day_ms(DAYS[1]) * 1_000_000
+    rng = np.random.default_rng(3)
+    st = S.Store(root)
+    for p in (_part(root, "BTCUSDT", DAYS[0], "bookTicker", d0 + np.sort(rng.integers(0, 500, 3000)) * 1000),
+              _part(root, "BTCUSDT", DAYS[0], "aggTrades", d0 + np.sort(rng.integers(0, 500, 2000)) * 1000),
+              _part(root, "ETHUSDT", DAYS[0], "bookTicker", d0 + np.sort(rng.integers(100, 400, 1500)) * 1000),
+              _part(root, "BTCUSDT", DAYS[1], "bookTicker", d1 + np.arange(2500) * 7)):   # overlaps nothing
+        st.parts[p.rel] = p
+    st.save()
+    files = replay.expand_inputs([str(root)])
+
+    def run(fn):
+        _, srcs = replay.open_sources(files, None, None, None, None)
+        out = []
+        direct = []
+        for b in fn(srcs):
+            direct.append(not b.flags.owndata and isinstance(b.base, np.ndarray) and b.base.base is not None
+                          and len(b) <= 1000 and b.dtype == MARKET_DTYPE)
+            out.append(b.copy())
+        whole = np.empty(sum(len(b) for b in out), MARKET_DTYPE)   # (np.concatenate packs away the padding)
+        i = 0
+        for b in out:
+            whole[i:i + len(b)] = b
+            i += len(b)
+        return whole, direct, srcs
+
+    old, _, _ = run(lambda srcs: replay.Merger(srcs).batches())
+    new, _, srcs = run(replay.feed_batches)
+    assert len(new) == len(old) == 9000
+    for f in MARKET_DTYPE.names:
+        if f != "seq":   # a lone partition keeps its stored seq (its row index); not read by the replay core
+            assert np.array_equal(new[f], old[f]), f
+    assert np.array_equal(new["seq"][:6500], old["seq"][:6500])
+    assert [s.rows for s in srcs] == [s.part.rows for s in srcs] and all(s.progress()[0] == s.progress()[1]
+                                                                          for s in srcs)
+    # the lone day: slices of the partition's own mapping, no copy
+    _, srcs = replay.open_sources(files, None, None, None, None)
+    lone = next(s for s in srcs if s.part.day == DAYS[1])
+    mapped = lone.open()
+    seen = [b for b in replay.feed_batches(srcs) if len(b) and b["recv_ts"][0] >= d1]
+    assert [len(b) for b in seen] == [1000, 1000, 500]
+    assert all(np.shares_memory(b, mapped) for b in seen)
+    # a partition imported before pub_ts and seq were stored is stamped on a copy, as the merge would
+    old_root = tmp_path / "old-store"
+    st = S.Store(old_root)
+    p = _part(old_root, "BTCUSDT", DAYS[1], "bookTicker", d1 + np.arange(2500) * 7, stamped=False)
+    st.parts[p.rel] = p
+    st.save()
+    _, srcs = replay.open_sources(replay.expand_inputs([str(old_root)]), None, None, None, None)
+    got = [b.copy() for b in replay.feed_batches(srcs)]
+    assert all((b["pub_ts"] == b["recv_ts"]).all() for b in got) and sum(map(len, got)) == 2500
+    assert np.array_equal(np.concatenate([b["seq"] for b in got]), np.arange(2500))

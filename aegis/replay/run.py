@@ -4,7 +4,9 @@ live path.
 Pipeline (one process, no threads):
 
   sources (one per file, each an iterator of MARKET_DTYPE chunks in non-decreasing replay time)
-    -> k-way merge (heap over the sources keyed by the last time of their buffered chunk)
+    -> k-way merge (heap over the sources keyed by the last time of their buffered chunk); inputs that are all
+       store partitions skip it (aegis.replay.store.replay_batches: a partition overlapping no other is handed
+       to the core as slices of its mapping, overlapping ones are merged by one jitted pass)
     -> replay core, ONE jitted call per merged batch: per ring batch of RING_BATCH records, aegis.core.ring's
        write_batch / read_batch on an in-process ring, then the Brain's own order loop
        (aegis.brain.pipeline.process_batch and halt_followup) with the simulated exchange as its order sink
@@ -431,6 +433,22 @@ class Merger:
         return out
 
 
+def feed_batches(sources: list) -> Iterator[np.ndarray]:
+    """The inputs' records in replay order, as arrays for the core (each valid until the next is asked for).
+    Store partitions only: aegis.replay.store.replay_batches (no copy for a partition that overlaps no other, a
+    one-pass merge otherwise); any CSV or recording among the inputs: Merger."""
+    if sources and all(isinstance(s, store.StoreSource) for s in sources):
+        return store.replay_batches(sources, 0, _merge_from)
+    return Merger(sources).batches()
+
+
+def _merge_from(sources: list, seq0: int):
+    m = Merger(sources)
+    m.seq = seq0
+    yield from m.batches()
+    return m.seq
+
+
 # =============================================================================================== engine
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -752,17 +770,26 @@ def open_sources(files: list[str], symbol: str | None, fmt: str | None, extra_sy
 
 
 def _recorded_rules(sources, table, warn) -> list | None:
-    """Exchange filters carried by the recordings among the sources (the last file's wins per symbol)."""
+    """Exchange filters carried by the recordings among the sources (the last file's wins per symbol), and by the
+    store partitions imported from recordings (their manifest keeps the recording's rows)."""
     rows = {}
-    recs = [s for s in sources if isinstance(s, RecordingSource)]
-    for src in recs:
-        info, _ = recording_meta(src.path)
-        if info:
-            rows.update({r.get("symbol"): r for r in info.get("symbols", []) if isinstance(r, dict)})
+    recs = []
+    for src in sources:
+        if isinstance(src, RecordingSource):
+            recs.append(src)
+            info, _ = recording_meta(src.path)
+            if info:
+                rows.update({r.get("symbol"): r for r in info.get("symbols", []) if isinstance(r, dict)})
+        elif isinstance(src, store.StoreSource):
+            got, from_rec = store.recorded_filters([src.part])
+            rows.update(got)
+            if from_rec:
+                recs.append(src)
     if not rows:
         if recs:
-            warn("replay: the recordings carry no exchange filters (recorded before they did); orders are sized "
-                 "with lenient built-in filters, give --exchange-info FILE for the real ones")
+            warn("replay: the recordings carry no exchange filters (recorded, or imported into the store, before "
+                 "they did); orders are sized with lenient built-in filters, give --exchange-info FILE for the real "
+                 "ones")
         return None
     return rules_from_exchange_info({"symbols": list(rows.values())}, table, "recording")
 
@@ -826,15 +853,15 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     learn.start_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_in, warn)   # online strategy: --model
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     prog = Progress(sources, show)
-    merger = Merger(sources)
+    batches = feed_batches(sources)
     wall0 = time.monotonic()
     sim0 = None
     # as the engine processes do for their hot loops: everything allocated so far (numba's and numpy's large object
-    # graphs) is frozen out of the cyclic GC, whose full traversals would otherwise cost more than the replay core
-    gc.collect()
+    # graphs) is frozen out of the cyclic GC, whose full traversals would otherwise cost more than the replay core.
+    # No gc.collect() first: it took 0.2 s a replay, and what it would free is unfrozen (and collected) at the end
     gc.freeze()
     try:
-        for batch in merger.batches():
+        for batch in batches:
             if cfg.realtime:
                 sim0 = _pace(core, batch, sim0, wall0, prog)
             else:

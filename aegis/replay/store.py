@@ -22,6 +22,8 @@ The engine path stays free of pyarrow.
 
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
 stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
+pub_ts is recv_ts and seq the row's index in the partition, as replay's merge would stamp them, so a partition
+whose time span overlaps no other input's goes to the replay core straight from the mapping (aegis.replay.run).
 
 Integrity:
   * atomic: a partition is written to a hidden temp file, fsynced and renamed to a name that carries its checksum;
@@ -29,11 +31,18 @@ Integrity:
     manifest lists, so an import killed at any point leaves nothing replay would read (at worst an unlisted file,
     removed by the next import). A re-imported partition gets a new name; the old file is removed after the
     manifest no longer lists it.
-  * checksummed: the manifest holds each partition's rows, bytes and CRC-32 of its records. Every open checks the
-    file size and header against the manifest (catches truncation, no cost); the CRC is checked when a replay
-    first opens a partition in a process (once per sweep worker, not once per trial) and by `data verify`.
-    A mismatch is one line naming the partition, exit 2. CRC-32 and not SHA-256: it detects accidental damage,
-    which is the threat here, at 1.3 GB/s against SHA-256's 0.76 GB/s on this box.
+  * exchange filters: a partition imported from a Feed recording keeps, in its manifest entry, its symbol's row of
+    the recording's `!exchangeInfo` line (tick/step sizes, min notional...) and that row's CRC-32, so replay from
+    the store sizes and rounds orders exactly as replay from the recording does (the last partition's row wins per
+    symbol, in replay order, as the last recording's does). A row that does not match its CRC is reported like a
+    damaged partition.
+  * checksummed: the manifest holds each partition's rows, bytes, CRC-32 and sum64 of its records. Every open
+    checks the file size and header against the manifest (catches truncation, no cost); the records are checked
+    when a replay first opens a partition in a process (once per sweep worker, not once per trial), by sum64
+    (4.8 GB/s: the CRC-32 pass, 2.3 GB/s, cost a replay about half as much as the replay core itself), and by
+    both in `data verify`. Partitions imported before sum64 existed are checked by CRC-32. A mismatch is one line
+    naming the partition, exit 2. CRC-32 and not SHA-256: it detects accidental damage, which is the threat
+    here, at 1.3 GB/s against SHA-256's 0.76 GB/s on this box.
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from numba import njit
 
 from aegis.core.records import MARKET_DTYPE
 from aegis.replay.csvimport import CsvSource, InputError
@@ -64,6 +74,7 @@ HEADER_BYTES = 1024          # reserved .npy header: written before the row coun
 DAY_NS = 86_400 * 1_000_000_000
 CHUNK_ROWS = 1 << 13         # rows per chunk a reader yields (1 MB): the merge keeps one chunk per source
 CRC_BLOCK = 64 << 20         # bytes per crc32 call (bounded peak of touched-but-not-dropped pages)
+DROP_ROWS = 1 << 15          # replayed rows (4 MB) given back to the OS at a time
 _DESCR = np.lib.format.dtype_to_descr(MARKET_DTYPE)
 
 
@@ -85,20 +96,60 @@ class Partition:
     first_ns: int
     last_ns: int
     source: str            # the imported file's name
+    filters: dict | None = None   # a recording's partition: its symbol's exchangeInfo row (tick/step/min notional)
+    filters_crc32: str = ""       # the manifest's CRC-32 of that row (hex), checked by check_filters()
+    sum64: int | None = None      # fast checksum of the records (see sum64); None in partitions imported before it
 
     @property
     def path(self) -> Path:
         return self.root / self.rel
 
     def to_json(self) -> dict:
-        return {"symbol": self.symbol, "day": self.day, "stream": self.stream, "rows": self.rows,
-                "bytes": self.nbytes, "crc32": f"{self.crc32:08x}", "first_ns": self.first_ns,
-                "last_ns": self.last_ns, "source": self.source}
+        d = {"symbol": self.symbol, "day": self.day, "stream": self.stream, "rows": self.rows,
+             "bytes": self.nbytes, "crc32": f"{self.crc32:08x}", "first_ns": self.first_ns,
+             "last_ns": self.last_ns, "source": self.source}
+        if self.filters is not None:
+            d["filters"] = self.filters
+            d["filters_crc32"] = self.filters_crc32 or f"{filters_crc(self.filters):08x}"
+        if self.sum64 is not None:
+            d["sum64"] = f"{self.sum64:016x}"
+        return d
+
+    def check_filters(self) -> dict | None:
+        """The exchangeInfo row, after checking it against its CRC (StoreError naming the partition if damaged)."""
+        if self.filters is None:
+            return None
+        crc = filters_crc(self.filters) if isinstance(self.filters, dict) else None
+        if crc is None or f"{crc:08x}" != self.filters_crc32:
+            raise StoreError(f"damaged partition {self.rel}: exchange filters checksum "
+                             f"{'-' if crc is None else f'{crc:08x}'}, manifest says {self.filters_crc32 or '-'}")
+        return self.filters
 
     @classmethod
     def from_json(cls, root: Path, rel: str, d: dict) -> "Partition":
         return cls(root, rel, d["symbol"], d["day"], d["stream"], int(d["rows"]), int(d["bytes"]),
-                   int(d["crc32"], 16), int(d["first_ns"]), int(d["last_ns"]), d.get("source", ""))
+                   int(d["crc32"], 16), int(d["first_ns"]), int(d["last_ns"]), d.get("source", ""),
+                   d.get("filters"), str(d.get("filters_crc32", "")),
+                   int(d["sum64"], 16) if "sum64" in d else None)
+
+
+def filters_crc(row: dict) -> int:
+    """CRC-32 of an exchangeInfo row in one canonical spelling (sorted keys, no spaces): what the manifest stores
+    next to it, so an edited or damaged row is named like a damaged partition."""
+    return zlib.crc32(json.dumps(row, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def recorded_filters(parts: list[Partition]) -> tuple[dict[str, dict], bool]:
+    """(exchangeInfo rows by symbol, whether any partition came from a recording) of partitions in replay order:
+    what aegis.replay.run reads from the recordings themselves (the last one's row wins per symbol)."""
+    rows: dict[str, dict] = {}
+    from_rec = False
+    for p in parts:
+        if p.stream.startswith("rec-"):
+            from_rec = True
+            if p.filters is not None:
+                rows[p.symbol] = p.check_filters()
+    return rows, from_rec
 
 
 def find_root(path: str | os.PathLike) -> Path | None:
@@ -179,8 +230,13 @@ def _npy_header(rows: int) -> bytes:
     return head + body_len.to_bytes(2, "little") + text.ljust(body_len - 1) + b"\n"
 
 
-def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
-    """The partition's records as a read-only array over a private mmap; StoreError naming it if damaged."""
+def open_partition(part: Partition, check_crc: bool, both: bool = False) -> np.ndarray:
+    """The partition's records as an array over a private (copy-on-write) mmap of the file; StoreError naming it if
+    damaged. The array is writable only so that it has the type of any in-memory record array (the replay core's
+    jitted code is compiled for writable arrays; a read-only one would be another compilation): replay only reads
+    it, and a write would change this process's copy of the page, never the file.
+    check_crc: check the records against the manifest -- by sum64 when the manifest has it (6x faster than CRC-32),
+    else by CRC-32; both: by both (`data verify`)."""
     path = part.path
     name = part.rel
     try:
@@ -202,9 +258,20 @@ def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
             raise StoreError(f"damaged partition {name}: header says {shape} of another layout")
         if part.rows == 0:
             return np.zeros(0, MARKET_DTYPE)
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     mm.madvise(mmap.MADV_SEQUENTIAL)
-    if check_crc:
+    recs = np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
+    if check_crc and part.sum64 is not None:
+        words = recs.view(np.uint64)
+        st = np.zeros(SUM64_LANES, np.uint64)
+        step = CRC_BLOCK // 8
+        for o in range(0, len(words), step):
+            _sum64_step(words[o:o + step], st)
+            _drop(mm, HEADER_BYTES + o * 8, HEADER_BYTES + min(o + step, len(words)) * 8)
+        got = _sum64_fold(st)
+        if got != part.sum64:
+            raise StoreError(f"damaged partition {name}: checksum {got:016x}, manifest says {part.sum64:016x}")
+    if check_crc and (both or part.sum64 is None):
         crc = 0
         view = memoryview(mm)
         try:
@@ -216,7 +283,52 @@ def open_partition(part: Partition, check_crc: bool) -> np.ndarray:
             view.release()
         if crc != part.crc32:
             raise StoreError(f"damaged partition {name}: checksum {crc:08x}, manifest says {part.crc32:08x}")
-    return np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
+    return recs
+
+
+# sum64: the check a replay makes on first opening a partition. Four interleaved Fletcher-style lanes over the
+# records' 64-bit words (lane k: s += w, t += s, mod 2^64), folded into 64 bits. Any change of one word changes its
+# lane's s; two changes cancel in s only if they also cancel in t, which needs the same position. It detects the
+# accidental damage CRC-32 is here for (flipped bits, zeroed or torn pages; truncation is caught by the size), at
+# memory speed: the CRC-32 pass cost about as much as replaying the partition. CRC-32 stays, for `data verify`.
+SUM64_LANES = 8   # s0..s3, t0..t3
+
+
+@njit(cache=True, nogil=True)
+def _sum64_step(words, st):
+    s0, s1, s2, s3, t0, t1, t2, t3 = st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+    for i in range(0, words.shape[0] - 3, 4):
+        s0 += words[i]
+        t0 += s0
+        s1 += words[i + 1]
+        t1 += s1
+        s2 += words[i + 2]
+        t2 += s2
+        s3 += words[i + 3]
+        t3 += s3
+    st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7] = s0, s1, s2, s3, t0, t1, t2, t3
+
+
+def _sum64_fold(st: np.ndarray) -> int:
+    h = 0xCBF29CE484222325
+    for v in st.tolist():
+        h = ((h ^ v) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def sum64(recs: np.ndarray) -> int:
+    """The sum64 of records in memory (what import stores)."""
+    st = np.zeros(SUM64_LANES, np.uint64)
+    _sum64_step(np.ascontiguousarray(recs).view(np.uint64), st)
+    return _sum64_fold(st)
+
+
+def _mapping_of(recs: np.ndarray) -> mmap.mmap | None:
+    """The mmap under an array open_partition returned (numpy keeps it behind a memoryview)."""
+    base = recs.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def _drop(mm: mmap.mmap, start: int, end: int) -> None:
@@ -242,8 +354,9 @@ def verify(parts: list[Partition], progress: Callable[[Partition], None] | None 
             ident = _identity(p)
         except OSError as e:
             raise StoreError(f"damaged partition {p.rel}: {e.strerror or e}") from None
+        p.check_filters()
         if ident not in _verified:
-            open_partition(p, check_crc=True)
+            open_partition(p, check_crc=True, both=True)
             _verified.add(ident)
         if progress:
             progress(p)
@@ -260,8 +373,9 @@ def trust(idents) -> None:
 
 
 class StoreSource:
-    """One partition as a replay source: chunks are slices of the mapped file (no parsing, no copy unless the
-    replay's symbol id is not 0); pages already replayed are given back to the OS."""
+    """One partition as a replay source: the mapped file's records (open()) or chunks of them (chunks(): slices,
+    no parsing, no copy unless the replay's symbol id is not 0); pages already replayed are given back to the OS
+    (drop_before())."""
 
     def __init__(self, part: Partition, symbol_id: int, chunk_rows: int = CHUNK_ROWS):
         self.part = part
@@ -272,32 +386,175 @@ class StoreSource:
         self.bad_lines = 0
         self.parse_problems: dict[str, int] = {}
         self._done = False
+        self._recs: np.ndarray | None = None
+        self._mm: mmap.mmap | None = None
+        self._dropped = 0   # rows whose pages were given back
 
     def progress(self) -> tuple[int, int]:
         total = max(self.part.nbytes, 1)
         return (total if self._done else min(self.rows * MARKET_DTYPE.itemsize, total)), total
 
+    def open(self) -> np.ndarray:
+        """All the partition's records (a mapping of the file: nothing is read until touched); the CRC is checked
+        on the first open of this file in this process."""
+        if self._recs is None:
+            try:
+                ident = _identity(self.part)
+            except OSError as e:
+                raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
+            self._recs = open_partition(self.part, check_crc=ident not in _verified)
+            _verified.add(ident)
+            self._mm = _mapping_of(self._recs)
+        return self._recs
+
+    def drop_before(self, row: int) -> None:
+        """Give back the pages of rows [.., row): replay is done with them. Called every few MB, so that a month's
+        replay keeps only the rows in flight resident."""
+        if self._mm is not None and row - self._dropped >= DROP_ROWS:
+            size = MARKET_DTYPE.itemsize
+            _drop(self._mm, HEADER_BYTES + self._dropped * size, HEADER_BYTES + row * size)
+            self._dropped = row
+
+    def release(self) -> None:
+        """Replay is done with this partition: give back every page still mapped."""
+        if self._mm is not None and self._recs is not None:
+            _drop(self._mm, HEADER_BYTES + self._dropped * MARKET_DTYPE.itemsize,
+                  HEADER_BYTES + len(self._recs) * MARKET_DTYPE.itemsize)
+            self._dropped = len(self._recs)
+
+    def done(self) -> None:
+        self.rows = len(self._recs) if self._recs is not None else self.rows
+        self._done = True
+
     def chunks(self) -> Iterator[np.ndarray]:
-        try:
-            ident = _identity(self.part)
-        except OSError as e:
-            raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
-        recs = open_partition(self.part, check_crc=ident not in _verified)
-        _verified.add(ident)
-        mm = recs.base if isinstance(recs.base, mmap.mmap) else None
+        recs = self.open()
         n = len(recs)
         step = self.chunk_rows
-        size = MARKET_DTYPE.itemsize
         for i in range(0, n, step):
             c = recs[i:i + step]
             if self.symbol_id != 0:
                 c = c.copy()
                 c["symbol"] = self.symbol_id
+            else:
+                c = c.view()
+                c.flags.writeable = False   # a reader must not change its process's copy of the store
             self.rows += len(c)
             yield c
-            if mm is not None and i >= step:   # the merge may still hold the chunk just yielded, not older ones
-                _drop(mm, HEADER_BYTES + (i - step) * size, HEADER_BYTES + i * size)
+            if i >= step:   # the merge may still hold the chunk just yielded, not older ones
+                self.drop_before(i - step)
         self._done = True
+
+
+# ============================================================================================== replay batches
+DIRECT_ROWS = 1 << 16        # rows per slice a lone partition hands the core straight from its mapping (8 MB)
+MERGE_ROWS = 1 << 14         # rows per merged batch (2 MB, reused)
+MERGE_MAX = 16               # partitions one merge kernel call takes (a tuple: one compilation per count, cached)
+
+
+@njit(cache=True, nogil=True)
+def merge_into(srcs, pos, end, sym, out, seq0):
+    """Merge the records srcs[i][pos[i]:end[i]] (each non-decreasing in recv_ts) into out, in the order of (recv_ts,
+    i, position), stamping each record's symbol (sym[i]), pub_ts (= recv_ts) and seq (seq0, seq0 + 1, ...) as it
+    is copied; advances pos; returns how many records were written (< len(out) only when every source is done).
+    The source at the head copies a run of records at a time: as long as they precede the next source's head."""
+    k = len(srcs)
+    cap = out.shape[0]
+    j = 0
+    while j < cap:
+        b = -1
+        bt = 0
+        s2 = -1
+        t2 = 0
+        for i in range(k):
+            if pos[i] < end[i]:
+                t = srcs[i][pos[i]].recv_ts
+                if b < 0 or t < bt:
+                    s2 = b
+                    t2 = bt
+                    b = i
+                    bt = t
+                elif s2 < 0 or t < t2:
+                    s2 = i
+                    t2 = t
+        if b < 0:
+            break
+        a = srcs[b]
+        p = pos[b]
+        e = end[b]
+        sid = sym[b]
+        while p < e and j < cap:
+            t = a[p].recv_ts
+            if s2 >= 0 and (t > t2 or (t == t2 and b > s2)):
+                break
+            out[j] = a[p]
+            r = out[j]
+            r.symbol = sid
+            r.pub_ts = t
+            r.seq = seq0 + j
+            j += 1
+            p += 1
+        pos[b] = p
+    return j
+
+
+def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.ndarray]:
+    """The records of store sources in replay order (recv_ts, then source order, then position: what replay's
+    k-way merge gives), as arrays for the replay core, valid until the next one is asked for.
+
+    No record is copied where none needs to be: the partitions are grouped by overlapping time spans; a group of
+    one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as slices of
+    its mapping, pub_ts and seq as stored (import stores them as the merge sets them: pub_ts = recv_ts, seq =
+    the row's index in the partition; the core's outputs read neither). A group of several is merged by
+    merge_into into one reused buffer, streamed: memory is the buffer plus the pages in flight, whatever the
+    span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions (replay's general merge)."""
+    # spans from the manifest; each partition is opened (and checked, on its first open) when its group comes up,
+    # so the check's read and the replay's read of a partition are close together (a month is larger than the
+    # page cache of a small node: checked all at once, the first days would be read from disk twice)
+    spans = sorted((s.part.first_ns, s.part.last_ns, i) for i, s in enumerate(sources) if s.part.rows)
+    groups: list[list[int]] = []
+    last = None
+    for first, end, i in spans:
+        if groups and first <= last:
+            groups[-1].append(i)
+            last = max(last, end)
+        else:
+            groups.append([i])
+            last = end
+    seq = seq0
+    recs: dict[int, np.ndarray] = {}
+    for g in groups:
+        g.sort()   # ties in time: source order
+        recs = {i: sources[i].open() for i in g}
+        if len(g) == 1 and sources[g[0]].symbol_id == 0 and recs[g[0]]["pub_ts"][0] == recs[g[0]]["recv_ts"][0]:
+            # (a partition imported before pub_ts was stored is stamped on a copy by the merge below)
+            src, a = sources[g[0]], recs[g[0]]
+            for i in range(0, len(a), DIRECT_ROWS):
+                b = a[i:i + DIRECT_ROWS]
+                src.rows = i + len(b)
+                yield b
+                src.drop_before(i)
+            seq += len(a)
+        elif len(g) <= MERGE_MAX or fallback is None:
+            tup = tuple(recs[i] for i in g)
+            pos = np.zeros(len(g), np.int64)
+            end = np.array([len(recs[i]) for i in g], np.int64)
+            sym = np.array([sources[i].symbol_id for i in g], np.int32)
+            out = np.empty(MERGE_ROWS, MARKET_DTYPE)
+            while True:
+                m = merge_into(tup, pos, end, sym, out, seq)
+                if m == 0:
+                    break
+                seq += m
+                yield out[:m]
+                for i, p in zip(g, pos.tolist()):
+                    sources[i].rows = p
+                    sources[i].drop_before(p)
+        else:
+            seq = yield from fallback([sources[i] for i in g], seq)
+        for i in g:
+            sources[i].release()
+    for s in sources:
+        s.done()
 
 
 def partition_of(path: str | os.PathLike) -> Partition | None:
@@ -309,7 +566,25 @@ def partition_of(path: str | os.PathLike) -> Partition | None:
     if root is None:
         return None
     rel = p.resolve().relative_to(root.resolve()).as_posix()
-    return Store(root).parts.get(rel)
+    return _cached_store(root).parts.get(rel)
+
+
+_stores: dict[Path, tuple[tuple, Store]] = {}
+
+
+def _cached_store(root: Path) -> Store:
+    """Store(root), parsed once per manifest version: replay asks for each of its partitions (a month of a few
+    symbols is hundreds), and a sweep for every trial."""
+    root = root.resolve()
+    try:
+        st = os.stat(root / MANIFEST)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return Store(root)
+    got = _stores.get(root)
+    if got is None or got[0] != stamp:
+        got = _stores[root] = (stamp, Store(root))
+    return got[1]
 
 
 def expand(path: str | os.PathLike) -> list[str] | None:
@@ -321,7 +596,7 @@ def expand(path: str | os.PathLike) -> list[str] | None:
     if root is None:
         return None
     rel = p.resolve().relative_to(root.resolve()).as_posix()
-    parts = Store(root).select(under="" if rel == "." else rel + "/")
+    parts = _cached_store(root).select(under="" if rel == "." else rel + "/")
     if not parts:
         raise StoreError(f"{path}: store directory lists no partitions")
     return [str(x.path) for x in parts]
@@ -331,8 +606,9 @@ def expand(path: str | os.PathLike) -> list[str] | None:
 class _PartWriter:
     """One partition being written: hidden temp file, running CRC, header patched in at the end."""
 
-    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str):
+    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str, filters: dict | None = None):
         self.root, self.symbol, self.day, self.stream, self.source = root, symbol, day, stream, source
+        self.filters = filters
         self.dir = root / symbol / day
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp = self.dir / f".{stream}{TMP_MARK}{os.getpid()}"
@@ -340,6 +616,7 @@ class _PartWriter:
         self.f.write(b"\0" * HEADER_BYTES)
         self.rows = 0
         self.crc = 0
+        self.sum = np.zeros(SUM64_LANES, np.uint64)
         self.first = self.last = 0
 
     def append(self, recs: np.ndarray) -> None:
@@ -348,6 +625,7 @@ class _PartWriter:
         self.last = int(recs["recv_ts"][-1])
         blob = recs.tobytes()
         self.crc = zlib.crc32(blob, self.crc)
+        _sum64_step(np.frombuffer(blob, np.uint64), self.sum)   # records are 16 words: lanes stay aligned
         self.f.write(blob)
         self.rows += len(recs)
 
@@ -361,7 +639,9 @@ class _PartWriter:
         os.replace(self.tmp, self.root / rel)
         _fsync_dir(self.dir)
         return Partition(self.root, rel, self.symbol, self.day, self.stream, self.rows,
-                         self.rows * MARKET_DTYPE.itemsize, self.crc, self.first, self.last, self.source)
+                         self.rows * MARKET_DTYPE.itemsize, self.crc, self.first, self.last, self.source,
+                         self.filters, f"{filters_crc(self.filters):08x}" if self.filters is not None else "",
+                         _sum64_fold(self.sum))
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -387,13 +667,17 @@ def _split(recs: np.ndarray, names: list[str]) -> Iterator[tuple[str, str, np.nd
 
 
 def _source_of(path: str, symbol: str | None, fmt: str | None, extra_symbols: str | None, warn):
-    """(source, symbol names by id, stream name) for one input file, read by replay's own readers."""
+    """(source, symbol names by id, stream name, exchangeInfo rows by symbol) for one input file, read by replay's
+    own readers; the rows are a recording's exchange filters (its first line), which replay from the store uses
+    as replay from the recording does."""
     from aegis.replay import run as replay
     table, srcs = replay.open_sources([path], symbol, fmt, extra_symbols, warn)
     src = srcs[0]
     if isinstance(src, CsvSource):
-        return src, list(table.names), None
-    return src, list(table.names), "rec-" + Path(path).name.split(".")[0]
+        return src, list(table.names), None, {}
+    info, _ = replay.recording_meta(path)
+    rows = {r["symbol"]: r for r in (info or {}).get("symbols", []) if isinstance(r, dict) and "symbol" in r}
+    return src, list(table.names), "rec-" + Path(path).name.split(".")[0], rows
 
 
 def import_files(files: list[str], root: str | os.PathLike, symbol: str | None = None, fmt: str | None = None,
@@ -414,7 +698,7 @@ def import_files(files: list[str], root: str | os.PathLike, symbol: str | None =
         store = Store(root)
         _remove_orphans(store)
         for path in inputs:
-            src, names, stream = _source_of(path, symbol, fmt, extra_symbols, warn)
+            src, names, stream, filters = _source_of(path, symbol, fmt, extra_symbols, warn)
             writers: dict[tuple[str, str], _PartWriter] = {}
             t0 = time.monotonic()
             rows = 0
@@ -427,11 +711,12 @@ def import_files(files: list[str], root: str | os.PathLike, symbol: str | None =
                     for sym, day, recs in _split(chunk, names):
                         w = writers.get((sym, day))
                         if w is None:
-                            w = writers[(sym, day)] = _PartWriter(root, sym, day, kind, Path(path).name)
+                            w = writers[(sym, day)] = _PartWriter(root, sym, day, kind, Path(path).name,
+                                                                  filters.get(sym))
                         recs = recs.copy()
                         recs["symbol"] = 0
-                        recs["pub_ts"] = 0
-                        recs["seq"] = 0
+                        recs["pub_ts"] = recs["recv_ts"]   # as replay's merge stamps them: a single partition
+                        recs["seq"] = np.arange(w.rows, w.rows + len(recs))   # goes to the core as stored
                         w.append(recs)
                 new = [w.commit() for w in writers.values()]
             except BaseException:
