@@ -410,3 +410,9 @@ def test_helper_threads_of_the_brain_process_can_be_moved_off_its_core():
     go.set()
     t.join(5)
     assert seen["cores"] == {cores[0]}
+
+
+def test_the_order_path_warm_up_compiles_the_queue_abort_a_stop_calls():
+    # the sender's stop aborts its queue: that kernel is compiled (or loaded) at start-up, not while stopping
+    trade.warm_fast_path()
+    assert ring.abort.signatures

@@ -213,6 +213,8 @@ def warm_fast_path() -> None:
     from aegis.core.latency import new_set, record_order_request
     record_order_request(new_set(), np.zeros(1, ORDER_REQUEST_DTYPE)[0], 0)
     FillQueue(ring.MIN_CAPACITY).put(np.zeros(1, FILL_DTYPE)[0])
+    # and what stop() calls: loading it there would hold up the stop (and the cancels after it)
+    q.abort()
 
 
 def default_sender_cores() -> tuple:
