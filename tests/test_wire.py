@@ -171,3 +171,24 @@ def test_any_order_signs_like_the_generic_path(cid, qty, px, ts, side, limit, ro
 def test_a_prefix_that_would_need_escaping_is_refused():
     with pytest.raises(ValueError, match="escaping"):
         wire.build_encoder("rest", RULES, "a b&", KEY, SECRET, RW, "ACK", "http://x")
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_the_rest_query_starts_with_its_templates_constant_params_whose_whole_blocks_are_hashed_once(kw):
+    req = _req(**kw)
+    enc = _enc()
+    qs = _rest_bytes(enc, req, 1_732_000_000_123).split(b" ", 2)[1].split(b"?", 1)[1]
+    r, side = RULES[kw.get("sym", 0)], "BUY" if kw.get("side", SIDE_BUY) == SIDE_BUY else "SELL"
+    limit = kw.get("otype", ORDER_LIMIT) != ORDER_MARKET
+    tif = {TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}.get(kw.get("tif", TIF_GTC), "")
+    start = wire._rest_constant_start(r.symbol, side, wire._TYPE_TIF.index(("LIMIT", tif) if limit else
+                                                                           ("MARKET", "")), kw.get("ro", 0), PREFIX,
+                                      "ACK")
+    assert qs.startswith(start) and qs[len(start):].startswith(b"%d&quantity=" % int(req[0]["client_id"]))
+    t = wire._template(req[0])
+    assert enc.mid_skip[t] == len(start) // 64 * 64 >= 64     # at least one block of every order is hashed once
+
+
+def test_the_ws_payloads_constant_start_is_hashed_once_when_it_spans_a_block():
+    enc = wire.build_encoder("ws", RULES, PREFIX, "k" * 64, SECRET, RW, "ACK", "http://x")   # Binance keys: 64
+    assert enc.mid_skip[-1] == 64

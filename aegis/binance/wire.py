@@ -172,9 +172,34 @@ L_ZERO = _lit("0")
 #   blob: per-symbol texts; sym_*: (offset, length) into blob for the REST (percent-encoded), raw (signature)
 #   and JSON (quoted, escaped) forms; units: per symbol (limit qty m, d, market qty m, d, price m, d) where a
 #   value is m * units / 10**d; consts: prefix, api key, host header, resp type; k: HMAC key state.
+#   mid, mid_pre, mid_skip: HMAC midstates (sha256.hmac_midstate) of the constant start of each signed message, one
+#   per template (_template: symbol, side, type and timeInForce, reduceOnly) and, at index n_templates, the ws-fapi
+#   payload's; the REST query puts its constant params first (aegis.trade.sender.order_params) so that their whole
+#   64-byte blocks are hashed once per run, not per order.
 Encoder = namedtuple("Encoder", "transport blob sym_rest sym_raw sym_json units consts c_off c_len kstate "
-                                "recv_window scratch spans")
+                                "recv_window scratch spans mid mid_pre mid_skip")
 C_PREFIX, C_APIKEY, C_HOST, C_RESP = range(4)
+N_TYPE_TIF = 5            # MARKET, then LIMIT with GTC, IOC, FOK, GTX
+_TYPE_TIF = (("MARKET", ""), ("LIMIT", "GTC"), ("LIMIT", "IOC"), ("LIMIT", "FOK"), ("LIMIT", "GTX"))
+TEMPLATES_PER_SYMBOL = 2 * N_TYPE_TIF * 2
+
+
+def rest_constant_params(symbol: str, side: str, otype: str, tif: str, reduce_only: bool, resp_type: str) -> list:
+    """The params a new order's query starts with, in order: the same for every order of one template.
+    aegis.trade.sender.order_params follows this order, then newClientOrderId, quantity, [price]."""
+    p = [("symbol", symbol), ("side", side), ("type", otype)]
+    if otype != "MARKET":
+        p.append(("timeInForce", tif))
+    p.append(("newOrderRespType", resp_type))
+    if reduce_only:
+        p.append(("reduceOnly", "true"))
+    return p
+
+
+def _rest_constant_start(symbol: str, side: str, tt: int, ro: int, prefix: str, resp_type: str) -> bytes:
+    otype, tif = _TYPE_TIF[tt]
+    return (encode_params(rest_constant_params(symbol, side, otype, tif, bool(ro), resp_type))
+            + "&newClientOrderId=" + prefix).encode()
 
 
 def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str, recv_window_ms: int,
@@ -198,11 +223,30 @@ def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str,
     consts = [prefix.encode(), api_key.encode(), host.encode(), resp_type.encode()]
     c_len = np.array([len(c) for c in consts], np.int64)
     c_off = np.concatenate([[0], np.cumsum(c_len)[:-1]]).astype(np.int64)
+    kstate = sha256.hmac_key_state(secret.encode("utf-8"))
+    nt = len(rules) * TEMPLATES_PER_SYMBOL
+    mid = np.zeros((nt + 1) * 8, np.uint32)
+    mid_pre = np.zeros(nt + 1, np.int64)
+    mid_skip = np.zeros(nt + 1, np.int64)
+    starts = []
+    if transport != "ws":
+        for i, r in enumerate(rules):
+            for side in ("BUY", "SELL"):
+                for tt in range(N_TYPE_TIF):
+                    for ro in (0, 1):
+                        starts.append(_rest_constant_start(r.symbol, side, tt, ro, prefix, resp_type))
+    else:
+        starts = [b""] * nt
+    # ws-fapi signs the params sorted by name: apiKey and the newClientOrderId's prefix always come first
+    starts.append(b"apiKey=" + api_key.encode() + b"&newClientOrderId=" + prefix.encode())
+    for t, start in enumerate(starts):
+        m, mid_pre[t], mid_skip[t] = sha256.hmac_midstate(kstate, start)
+        mid[8 * t:8 * t + 8] = m
     return Encoder(TRANSPORT_WS if transport == "ws" else TRANSPORT_REST,
                    np.frombuffer(bytes(blob) or b"\0", np.uint8).copy(), spans[0].copy(), spans[1].copy(),
                    spans[2].copy(), units, np.frombuffer(b"".join(consts), np.uint8).copy(), c_off, c_len,
-                   sha256.hmac_key_state(secret.encode("utf-8")), int(recv_window_ms), sha256.new_scratch(),
-                   np.zeros((len(WS_KEYS), 2), np.int64))
+                   kstate, int(recv_window_ms), sha256.new_scratch(),
+                   np.zeros((len(WS_KEYS), 2), np.int64), mid, mid_pre, mid_skip)
 
 
 def new_state() -> np.ndarray:
@@ -245,43 +289,58 @@ def _tif(out, pos, tif):
 
 
 @njit(cache=True, nogil=True)
+def _template(req):
+    """Which of a symbol's TEMPLATES_PER_SYMBOL constant query starts this order has (see rest_constant_params)."""
+    tt = 0
+    if req.order_type != ORDER_MARKET:
+        tt = 2 if req.tif == TIF_IOC else 3 if req.tif == TIF_FOK else 4 if req.tif == TIF_GTX else 1
+    side = 0 if req.side == SIDE_BUY else 1
+    return ((np.int64(req.symbol) * 2 + side) * N_TYPE_TIF + tt) * 2 + (1 if req.reduce_only else 0)
+
+
+@njit(cache=True, nogil=True)
 def encode_rest_order(enc, req, ts_ms, out, pos):
     """The complete HTTP request for POST /fapi/v1/order at out[pos:]; returns the end position. Query order as
-    aegis.trade.sender.order_params + signing.signed_query: symbol, side, type, [timeInForce], quantity, [price],
-    [reduceOnly], newClientOrderId, newOrderRespType, recvWindow, timestamp, signature."""
+    aegis.trade.sender.order_params + signing.signed_query: the constant params first (symbol, side, type,
+    [timeInForce], newOrderRespType, [reduceOnly], and newClientOrderId up to its run prefix), then the rest of
+    newClientOrderId, quantity, [price], recvWindow, timestamp, signature. The signature resumes from the
+    template's midstate, past the constant start's whole blocks."""
     pos = put_bytes(out, pos, L_POST)
     q0 = pos
+    limit = req.order_type != ORDER_MARKET
     pos = put_bytes(out, pos, L_SYMBOL)
     pos = put_span(out, pos, enc.blob, enc.sym_rest[req.symbol, 0], enc.sym_rest[req.symbol, 1])
     pos = put_bytes(out, pos, L_SIDE)
     pos = put_bytes(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
     pos = put_bytes(out, pos, L_TYPE)
-    if req.order_type == ORDER_MARKET:
-        pos = put_bytes(out, pos, L_MARKET)
-        pos = put_bytes(out, pos, L_QTY)
-        pos = _qty(out, pos, enc, req)
-    else:
+    if limit:
         pos = put_bytes(out, pos, L_LIMIT)
         pos = put_bytes(out, pos, L_TIF)
         pos = _tif(out, pos, req.tif)
-        pos = put_bytes(out, pos, L_QTY)
-        pos = _qty(out, pos, enc, req)
-        pos = put_bytes(out, pos, L_PRICE)
-        pos = _price(out, pos, enc, req)
+    else:
+        pos = put_bytes(out, pos, L_MARKET)
+    pos = put_bytes(out, pos, L_RESP)
+    pos = _put_const(out, pos, enc, C_RESP)
     if req.reduce_only:
         pos = put_bytes(out, pos, L_RO)
     pos = put_bytes(out, pos, L_COID)
     pos = _put_const(out, pos, enc, C_PREFIX)
     pos = put_int(out, pos, req.client_id)
-    pos = put_bytes(out, pos, L_RESP)
-    pos = _put_const(out, pos, enc, C_RESP)
+    pos = put_bytes(out, pos, L_QTY)
+    pos = _qty(out, pos, enc, req)
+    if limit:
+        pos = put_bytes(out, pos, L_PRICE)
+        pos = _price(out, pos, enc, req)
     pos = put_bytes(out, pos, L_RW)
     pos = put_int(out, pos, enc.recv_window)
     pos = put_bytes(out, pos, L_TS)
     pos = put_int(out, pos, ts_ms)
     q1 = pos
     pos = put_bytes(out, pos, L_SIG)
-    sha256.hmac_sha256_hex(enc.kstate, out, q0, q1 - q0, out, pos, enc.scratch)
+    t = _template(req)
+    skip = enc.mid_skip[t]
+    sha256.hmac_sha256_hex_mid(enc.kstate, enc.mid, 8 * t, enc.mid_pre[t], out, q0 + skip, q1 - q0 - skip, out, pos,
+                               enc.scratch)
     pos += 64
     pos = put_bytes(out, pos, L_HTTP)
     pos = _put_const(out, pos, enc, C_HOST)
@@ -382,7 +441,10 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
             out[j] = 34
             j += 1
     j = put_bytes(out, j, L_WS_SIGNATURE)
-    sha256.hmac_sha256_hex(enc.kstate, tmp, 0, payload_len, out, j, enc.scratch)
+    t = enc.mid_pre.shape[0] - 1     # the payload's constant start: apiKey, the newClientOrderId's prefix
+    skip = enc.mid_skip[t]
+    sha256.hmac_sha256_hex_mid(enc.kstate, enc.mid, 8 * t, enc.mid_pre[t], tmp, skip, payload_len - skip, out, j,
+                               enc.scratch)
     j = put_bytes(out, j + 64, L_WS_END)
     n = j - j0
     if hdr == 4 and n < 126:        # a short frame after all: move it down to the 2-byte header

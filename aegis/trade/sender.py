@@ -399,19 +399,19 @@ def order_params(req, rules, coid: str, resp_type: str = "ACK") -> dict:
     """Binance new-order params for one ORDER_REQUEST record (decimal strings from integer ticks/steps)."""
     r = rules[int(req["symbol"])]
     side = "BUY" if int(req["side"]) == SIDE_BUY else "SELL"
-    p = {"symbol": r.symbol, "side": side}
-    if int(req["order_type"]) == ORDER_MARKET:
-        p["type"] = "MARKET"
+    market = int(req["order_type"]) == ORDER_MARKET
+    # the params that are the same for every order of a symbol/side/type/timeInForce/reduceOnly come first, in
+    # the order the fast path's HMAC midstates were computed over (aegis.binance.wire.rest_constant_params);
+    # Binance checks the signature over the query as sent, in any order
+    p = dict(wire.rest_constant_params(r.symbol, side, "MARKET" if market else "LIMIT",
+                                       "" if market else _TIF[int(req["tif"])], bool(int(req["reduce_only"])),
+                                       resp_type))
+    p["newClientOrderId"] = coid
+    if market:
         p["quantity"] = units_to_str(int(req["qty_steps"]), r.market_step_size)
     else:
-        p["type"] = "LIMIT"
-        p["timeInForce"] = _TIF[int(req["tif"])]
         p["quantity"] = units_to_str(int(req["qty_steps"]), r.step_size)
         p["price"] = units_to_str(int(req["price_ticks"]), r.tick_size)
-    if int(req["reduce_only"]):
-        p["reduceOnly"] = "true"
-    p["newClientOrderId"] = coid
-    p["newOrderRespType"] = resp_type
     return p
 
 
