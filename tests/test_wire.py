@@ -127,11 +127,12 @@ def test_ws_frames_use_a_fresh_mask_key_each_time():
     assert _unmask(bytes(out[:n1]))[1] == _unmask(bytes(out[n1:n2]))[1]
 
 
+@pytest.mark.parametrize("transport", ["rest", "ws"])
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_journal_line_is_the_record_the_generic_path_journals(kw, tmp_path):
+def test_journal_line_is_the_record_the_generic_path_journals(kw, transport, tmp_path):
     req = _req(**kw)
     out = np.zeros(wire.MAX_JOURNAL_LINE, np.uint8)
-    n = wire.encode_journal_req(_enc(), req[0], 1_732_000_000_789, out, 0)
+    n = wire.encode_journal_req(_enc(transport), req[0], 1_732_000_000_789, out, 0)
     line = bytes(out[:n])
     p = order_params(req[0], RULES, _coid(req))
     want = {"k": "req", "t": 1_732_000_000_789, "id": int(req[0]["client_id"]), "coid": _coid(req),
@@ -192,3 +193,20 @@ def test_the_rest_query_starts_with_its_templates_constant_params_whose_whole_bl
 def test_the_ws_payloads_constant_start_is_hashed_once_when_it_spans_a_block():
     enc = wire.build_encoder("ws", RULES, PREFIX, "k" * 64, SECRET, RW, "ACK", "http://x")   # Binance keys: 64
     assert enc.mid_skip[-1] == 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(cid=st.integers(1, 2**62), qty=st.integers(1, 10**9), px=st.integers(1, 10**9), wall=st.integers(0, 2**45),
+       side=st.sampled_from([SIDE_BUY, SIDE_SELL]), limit=st.booleans(), ro=st.integers(0, 1),
+       sym=st.integers(0, len(RULES) - 1), tif=st.sampled_from([TIF_GTC, TIF_IOC, TIF_FOK, TIF_GTX]))
+def test_any_orders_journal_line_from_its_template_is_the_line_built_piece_by_piece(cid, qty, px, wall, side, limit,
+                                                                                     ro, sym, tif):
+    req = _req(sym=sym, side=side, otype=ORDER_LIMIT if limit else ORDER_MARKET, tif=tif if limit else 0,
+               qty_steps=qty, price_ticks=px, ro=ro, cid=cid)
+    a, b = np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(wire.MAX_JOURNAL_LINE, np.uint8)
+    na = wire.encode_journal_req(_ENC_REST, req[0], wall, a, 0)
+    nb = wire.encode_journal_req(_ENC_WS, req[0], wall, b, 0)
+    assert bytes(a[:na]) == bytes(b[:nb])
+
+
+_ENC_REST, _ENC_WS = _enc("rest"), _enc("ws")
