@@ -26,7 +26,9 @@ thread fdatasyncs as before and grows the preallocation ahead of the cursor; dis
 never by a store (a store into an unallocated page of a full disk would be a SIGBUS), so a full disk shows up as a
 failed growth, which halts trading like a failed write. The unused preallocated tail is zero bytes (a record never
 holds a NUL: JSON escapes it); a clean close cuts it, and after a crash (kill -9) readers skip it as they skip a torn
-tail: no newline ends it. "always" writes with write(2) and fdatasyncs every record, as before.
+tail: no newline ends it. "always" writes with write(2) and fdatasyncs every record, as before. One process writes a
+journal (the Brain's lock file sees to it): a second writer opening it would cut the zero tail under the first one's
+mapping.
 fsync policy: "always" (fdatasync every record: survives power loss, but costs ~0.5 ms per record on this box's
 disk, before every send), "interval" (default: every record reaches the page cache at once, which survives a process
 crash; fills are fdatasync'd at once by the user-stream thread, everything else by a background thread at most
