@@ -231,9 +231,9 @@ def test_a_full_disk_when_the_mapped_journal_grows_fails_the_journal_and_tells_t
     told = []
     j.on_failure = told.append
 
-    def enospc(fd, off, n):
+    def enospc(*args):
         raise OSError(28, os.strerror(28))
-    monkeypatch.setattr(journal.os, "posix_fallocate", enospc)
+    monkeypatch.setattr(journal.os, "pwrite", enospc)     # a full disk refuses the preallocation's zeros
     j.map_cursor[journal.JC_CAP] = j.map_cursor[journal.JC_POS]     # the preallocated room is used up
     with pytest.raises(journal.JournalFailed, match="No space left on device"):
         j.append("state", state="ACTIVE", reason="x")

@@ -199,9 +199,9 @@ def test_a_journal_that_cannot_be_written_halts_and_cancels_without_it(venue, po
         # the disk is full: the mapped journal's preallocated room is used up and growing it fails with ENOSPC
         from aegis.trade import journal
 
-        def enospc(fd, off, n):
+        def enospc(*args):
             raise OSError(28, os.strerror(28))
-        monkeypatch.setattr(journal.os, "posix_fallocate", enospc)
+        monkeypatch.setattr(journal.os, "pwrite", enospc)
         r.ts.journal.map_cursor[journal.JC_CAP] = r.ts.journal.map_cursor[journal.JC_POS]
     else:
         # the disk is full: every write(2) of the journal's descriptor now fails with ENOSPC, as on a full filesystem
