@@ -4,8 +4,10 @@ Why this module exists: from the moment the Brain hands an order over to the mom
 the generic path (order_params dict -> journal dict -> orjson -> signed query -> `requests`) spends 0.1-0.7 ms in
 Python. Here the whole request is built from the ORDER_REQUEST record inside nogil @njit code, from tables
 prepared once per run: the exact REST query string or ws-fapi frame (decimal strings from integer ticks/steps,
-HMAC-SHA256 signature from a precomputed key state), and the journal's `req` line, written with one write(2)
-before anything is sent. The sender's Python then only calls `sendall` on a prepared slice and reads the answer.
+HMAC-SHA256 signature resumed from a per-template midstate), copied from a prebuilt template per (symbol, side,
+type/timeInForce, reduceOnly) with only the variable bytes written, and the journal's `req` line, stored into the
+mapped journal (or written with one write(2) under fsync = always) before anything is sent. The sender's Python
+then only calls `sendall` on a prepared slice and reads the answer.
 
 What is sent is byte-for-byte what aegis.binance.signing would produce for the same order (tests check it against
 signed_query / ws_signed_params), so the venue-side rules (signature over the exact query, raw sorted params on
