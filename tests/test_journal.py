@@ -1,6 +1,10 @@
 """Order journal: append-only, CRC per line, torn tail recovery, state rebuild, fill dedupe."""
 import os
+import signal
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +175,96 @@ def test_a_record_with_a_valid_checksum_but_a_missing_field_is_skipped_and_repor
     assert st.unusable == 1 and sorted(o.client_id for o in st.open_orders()) == [1, 2]
     assert "1 record(s) with a valid checksum but unusable fields skipped (first: record 1, kind 'fill', KeyError" \
         in caplog.text
+
+
+# --- the mapped journal (fsync interval/never): stores into a preallocated mapping, no write(2) -----------------------
+CRASH_CHILD = r'''
+import os, sys
+import numpy as np
+from aegis.trade import journal
+from aegis.trade.journal import open_journal, map_store, _line
+j, st = open_journal(sys.argv[1], "interval", 50)
+assert j.mapped
+i = 0
+while True:
+    i += 1
+    if i % 2:
+        j.append("state", state="ACTIVE", reason=f"r{i}")
+    else:       # as the sender's jitted fast path writes a `req` line: a store at the shared cursor, no lock
+        line = np.frombuffer(_line({"k": "req", "t": 1, "id": i, "coid": f"x-{i}", "sym": "BTCUSDT", "side": "BUY",
+                                    "type": "MARKET", "tif": "", "qty": "0.001", "px": "0", "ro": False,
+                                    "act": "new", "x": 1}), np.uint8).copy()
+        while map_store(j.map_buf, j.map_cursor, line, line.size) < 0:
+            j.append("state", state="ACTIVE", reason="grow")    # the generic path grows the file
+    if i == 20000:
+        sys.stdout.write("ready\n"); sys.stdout.flush()
+'''
+
+
+def test_a_mapped_journal_is_preallocated_its_records_read_back_and_a_close_cuts_the_unused_tail(tmp_path):
+    p = tmp_path / "j.jsonl"
+    j, _ = journal.open_journal(str(p), "interval", 50)
+    assert j.mapped and j.map_buf.size >= journal.MAP_CHUNK
+    for i in range(100):
+        j.append("state", state="ACTIVE", reason=str(i))
+    assert os.path.getsize(p) >= journal.MAP_CHUNK          # preallocated, zero bytes after the records
+    recs, good = journal.read_records(str(p))               # a reader while it runs: the zero tail is not a record
+    assert len(recs) == 101 and [r["reason"] for r in recs[1:]] == [str(i) for i in range(100)]
+    j.close()
+    assert os.path.getsize(p) == good                       # closed: plain JSON lines, as a write(2) journal leaves
+
+
+def test_a_mapped_journal_grows_past_its_first_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "MAP_CHUNK", 4096)
+    p = tmp_path / "j.jsonl"
+    j, _ = journal.open_journal(str(p), "never")
+    for i in range(200):                                    # ~60 B a line: three 4 KiB chunks
+        j.append("state", state="ACTIVE", reason=str(i))
+    j.close()
+    recs, good = journal.read_records(str(p))
+    assert len(recs) == 201 and good == os.path.getsize(p)
+
+
+def test_a_full_disk_when_the_mapped_journal_grows_fails_the_journal_and_tells_the_engine(tmp_path, monkeypatch):
+    p = tmp_path / "j.jsonl"
+    j, _ = journal.open_journal(str(p), "never")
+    told = []
+    j.on_failure = told.append
+
+    def enospc(*args):
+        raise OSError(28, os.strerror(28))
+    monkeypatch.setattr(journal.os, "pwrite", enospc)     # a full disk refuses the preallocation's zeros
+    j.map_cursor[journal.JC_CAP] = j.map_cursor[journal.JC_POS]     # the preallocated room is used up
+    with pytest.raises(journal.JournalFailed, match="No space left on device"):
+        j.append("state", state="ACTIVE", reason="x")
+    assert len(told) == 1 and "No space left on device" in told[0]
+    with pytest.raises(journal.JournalFailed):              # and every later append refuses at once
+        j.append("state", state="ACTIVE", reason="y")
+    monkeypatch.undo()
+    j.close()
+    assert [r.get("reason") for r in journal.read_records(str(p))[0]] == [None]     # only the open record
+
+
+def test_a_kill_9_mid_run_leaves_a_mapped_journal_that_resume_reads(tmp_path):
+    p = tmp_path / "j.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1])] + sys.path))
+    child = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, str(p)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline() == b"ready\n"        # 20 000 records in, still appending
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+    size = os.path.getsize(p)
+    found = journal.scan(str(p))
+    assert found.corrupt == [] and len(found.records) > 20000
+    ids = [r["id"] for r in found.records if r["k"] == "req"]
+    assert ids == sorted(ids) and len(ids) >= 10000          # every store before the kill is in the file, in order
+    assert size > found.lines_end                           # the preallocated tail is still there ...
+    j, st = journal.open_journal(str(p), "interval", 50)    # ... and resume reads the journal and cuts it
+    # zero bytes at the end are the unused preallocation; a line the kill cut mid-store would be the torn part
+    assert j.unused_bytes > 0 and j.torn_bytes + j.unused_bytes == size - found.lines_end
+    assert len(j.recovered) == len(found.records) and st.next_client_id == ids[-1] + 1
+    j.append("state", state="ACTIVE", reason="after")
+    j.close()
+    recs, good = journal.read_records(str(p))
+    assert recs[-1].get("reason") == "after" and good == os.path.getsize(p) and journal.scan(str(p)).corrupt == []

@@ -186,18 +186,28 @@ def test_the_end_says_which_positions_remain_and_why_as_the_exchange_shows_them(
 
 # ------------------------------------------------------------------------------------------ journal failure
 @pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("fsync", ["interval", "always"])     # a mapped journal (the default), one that write(2)s
 def test_a_journal_that_cannot_be_written_halts_and_cancels_without_it(venue, pool, tmp_path, rigs, caplog,
-                                                                      fast_path):
-    r = Rig(venue, pool.take(), tmp_path / "j.jsonl", trade_cfg={"fast_path": fast_path}).start()
+                                                                      fast_path, fsync, monkeypatch):
+    r = Rig(venue, pool.take(), tmp_path / "j.jsonl", trade_cfg={"fast_path": fast_path, "fsync": fsync}).start()
     rigs.append(r)
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     r.order("ETHUSDT", SIDE_BUY, 0.01, r.below_bid("ETHUSDT"))
     assert wait_for(lambda: len(r.exchange_open()) == 2)
     caplog.set_level(logging.CRITICAL, "aegis.trade.sender")
-    # the disk is full: every write(2) of the journal's descriptor now fails with ENOSPC, as on a full filesystem
-    full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, r.ts.journal.fd)
-    os.close(full)
+    if r.ts.journal.mapped:
+        # the disk is full: the mapped journal's preallocated room is used up and growing it fails with ENOSPC
+        from aegis.trade import journal
+
+        def enospc(*args):
+            raise OSError(28, os.strerror(28))
+        monkeypatch.setattr(journal.os, "pwrite", enospc)
+        r.ts.journal.map_cursor[journal.JC_CAP] = r.ts.journal.map_cursor[journal.JC_POS]
+    else:
+        # the disk is full: every write(2) of the journal's descriptor now fails with ENOSPC, as on a full filesystem
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, r.ts.journal.fd)
+        os.close(full)
     queued, _ = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     assert queued == 1
     assert wait_for(lambda: r.ts.failsafe is not None, 10)

@@ -323,7 +323,34 @@ def test_public_kernels_are_the_selected_set_and_sha_ni_is_selected_unless_force
     forced = os.environ.get("AEGIS_SHA_PORTABLE", "").strip() not in ("", "0")
     assert sha.SHA_NI_ENABLED == (sha.CPU_HAS_SHA_NI and not forced)
     assert sha.KERNELS is (sha.SHA_NI_KERNELS if sha.SHA_NI_ENABLED else sha.PORTABLE_KERNELS)
-    assert tuple(sha.KERNELS) == (sha256_compress, sha256_digest, hmac_sha256_hex, hmac_sha256_digest)
+    assert tuple(sha.KERNELS) == (sha256_compress, sha256_digest, hmac_sha256_hex, hmac_sha256_digest,
+                                  sha.hmac_sha256_hex_mid)
+
+
+@with_each_kernel_set
+@pytest.mark.parametrize("prefix_len", [0, 10, 63, 64, 65, 100, 128, 200])
+@pytest.mark.parametrize("rest_len", [0, 1, 55, 56, 64, 130])
+def test_hmac_resumed_from_a_prefix_midstate_is_the_hmac_of_prefix_plus_rest(kernels, prefix_len, rest_len):
+    key = b"midstate-key-0123"
+    prefix, rest = pattern(prefix_len, seed=3), pattern(rest_len, seed=4)
+    kstate = sha.hmac_key_state(key)
+    mid, absorbed, skip = sha.hmac_midstate(kstate, prefix)
+    assert skip == prefix_len // 64 * 64 and absorbed == 64 + skip
+    msg = as_array(b"\xee" * 7 + prefix + rest)
+    out = np.zeros(70, dtype=np.uint8)
+    kernels.hmac_sha256_hex_mid(kstate, mid, 0, absorbed, msg, 7 + skip, prefix_len - skip + rest_len, out, 3,
+                                new_scratch())
+    assert out[3:67].tobytes().decode() == hmac.new(key, prefix + rest, hashlib.sha256).hexdigest()
+
+
+@with_each_kernel_set
+def test_hmac_from_a_midstate_refuses_a_prefix_length_that_is_not_whole_blocks(kernels):
+    kstate = sha.hmac_key_state(b"k")
+    out = np.zeros(64, dtype=np.uint8)
+    with pytest.raises(ValueError):
+        kernels.hmac_sha256_hex_mid(kstate, kstate, 0, 70, as_array(b"x"), 0, 1, out, 0, new_scratch())
+    with pytest.raises(ValueError):
+        kernels.hmac_sha256_hex_mid(kstate, kstate, 12, 64, as_array(b"x"), 0, 1, out, 0, new_scratch())
 
 
 _CHILD_CASES = [(KEY, b""), (KEY, pattern(55)), (KEY, pattern(250, seed=2)), (pattern(100, seed=1), pattern(1000))]

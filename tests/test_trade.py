@@ -290,7 +290,8 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
                                    np.zeros(2, np.int64), enc, state, wire.new_mask_pool(),
                                    np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), lens,
                                    np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), jfd,
-                                   np.zeros(2 * wire.MAX_REQUEST, np.uint8))
+                                   np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
+                                   np.zeros(2, np.int64))
         assert n == 1 and lens[0] > 0                # signed and journaled either way
         peer.setblocking(False)
         try:
@@ -410,3 +411,9 @@ def test_helper_threads_of_the_brain_process_can_be_moved_off_its_core():
     go.set()
     t.join(5)
     assert seen["cores"] == {cores[0]}
+
+
+def test_the_order_path_warm_up_compiles_the_queue_abort_a_stop_calls():
+    # the sender's stop aborts its queue: that kernel is compiled (or loaded) at start-up, not while stopping
+    trade.warm_fast_path()
+    assert ring.abort.signatures

@@ -127,11 +127,12 @@ def test_ws_frames_use_a_fresh_mask_key_each_time():
     assert _unmask(bytes(out[:n1]))[1] == _unmask(bytes(out[n1:n2]))[1]
 
 
+@pytest.mark.parametrize("transport", ["rest", "ws"])
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_journal_line_is_the_record_the_generic_path_journals(kw, tmp_path):
+def test_journal_line_is_the_record_the_generic_path_journals(kw, transport, tmp_path):
     req = _req(**kw)
     out = np.zeros(wire.MAX_JOURNAL_LINE, np.uint8)
-    n = wire.encode_journal_req(_enc(), req[0], 1_732_000_000_789, out, 0)
+    n = wire.encode_journal_req(_enc(transport), req[0], 1_732_000_000_789, out, 0)
     line = bytes(out[:n])
     p = order_params(req[0], RULES, _coid(req))
     want = {"k": "req", "t": 1_732_000_000_789, "id": int(req[0]["client_id"]), "coid": _coid(req),
@@ -171,3 +172,41 @@ def test_any_order_signs_like_the_generic_path(cid, qty, px, ts, side, limit, ro
 def test_a_prefix_that_would_need_escaping_is_refused():
     with pytest.raises(ValueError, match="escaping"):
         wire.build_encoder("rest", RULES, "a b&", KEY, SECRET, RW, "ACK", "http://x")
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_the_rest_query_starts_with_its_templates_constant_params_whose_whole_blocks_are_hashed_once(kw):
+    req = _req(**kw)
+    enc = _enc()
+    qs = _rest_bytes(enc, req, 1_732_000_000_123).split(b" ", 2)[1].split(b"?", 1)[1]
+    r, side = RULES[kw.get("sym", 0)], "BUY" if kw.get("side", SIDE_BUY) == SIDE_BUY else "SELL"
+    limit = kw.get("otype", ORDER_LIMIT) != ORDER_MARKET
+    tif = {TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}.get(kw.get("tif", TIF_GTC), "")
+    start = wire._rest_constant_start(r.symbol, side, wire._TYPE_TIF.index(("LIMIT", tif) if limit else
+                                                                           ("MARKET", "")), kw.get("ro", 0), PREFIX,
+                                      "ACK")
+    assert qs.startswith(start) and qs[len(start):].startswith(b"%d&quantity=" % int(req[0]["client_id"]))
+    t = wire._template(req[0])
+    assert enc.mid_skip[t] == len(start) // 64 * 64 >= 64     # at least one block of every order is hashed once
+
+
+def test_the_ws_payloads_constant_start_is_hashed_once_when_it_spans_a_block():
+    enc = wire.build_encoder("ws", RULES, PREFIX, "k" * 64, SECRET, RW, "ACK", "http://x")   # Binance keys: 64
+    assert enc.mid_skip[-1] == 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(cid=st.integers(1, 2**62), qty=st.integers(1, 10**9), px=st.integers(1, 10**9), wall=st.integers(0, 2**45),
+       side=st.sampled_from([SIDE_BUY, SIDE_SELL]), limit=st.booleans(), ro=st.integers(0, 1),
+       sym=st.integers(0, len(RULES) - 1), tif=st.sampled_from([TIF_GTC, TIF_IOC, TIF_FOK, TIF_GTX]))
+def test_any_orders_journal_line_from_its_template_is_the_line_built_piece_by_piece(cid, qty, px, wall, side, limit,
+                                                                                     ro, sym, tif):
+    req = _req(sym=sym, side=side, otype=ORDER_LIMIT if limit else ORDER_MARKET, tif=tif if limit else 0,
+               qty_steps=qty, price_ticks=px, ro=ro, cid=cid)
+    a, b = np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(wire.MAX_JOURNAL_LINE, np.uint8)
+    na = wire.encode_journal_req(_ENC_REST, req[0], wall, a, 0)
+    nb = wire.encode_journal_req(_ENC_WS, req[0], wall, b, 0)
+    assert bytes(a[:na]) == bytes(b[:nb])
+
+
+_ENC_REST, _ENC_WS = _enc("rest"), _enc("ws")

@@ -351,7 +351,7 @@ class _ShaNi:
 
     def absorb_final(self, aryty, ary, off, length, prefix_len, abef, cdgh):
         """Absorb ary[off:off+length] plus FIPS padding; prefix_len bytes were absorbed before (the HMAC key block)
-        and count in the encoded length. off, length: intp, length >= 0."""
+        and count in the encoded length (a Python int or an intp value). off, length: intp, length >= 0."""
         b = self.builder
         intp = length.type
         nfull = b.lshr(length, ir.Constant(intp, 6))
@@ -363,7 +363,8 @@ class _ShaNi:
         b.store(ir.Constant(_I8, 0x80), b.gep(tail, [r]))
         # no room for the 8-byte length after r >= 56 bytes and the marker: it goes into an extra padding block
         ntail = b.select(b.icmp_unsigned(">=", r, ir.Constant(intp, 56)), ir.Constant(intp, 2), ir.Constant(intp, 1))
-        bits = b.mul(b.add(length, ir.Constant(intp, prefix_len)), ir.Constant(intp, 8))
+        pre = prefix_len if isinstance(prefix_len, ir.Value) else ir.Constant(intp, prefix_len)
+        bits = b.mul(b.add(length, pre), ir.Constant(intp, 8))
         len_at = b.sub(b.shl(ntail, ir.Constant(intp, 6)), ir.Constant(intp, 8))
         b.store(b.call(self.bswap64, [b.zext(bits, _I64) if intp.width < 64 else bits]),
                 b.bitcast(b.gep(tail, [len_at]), _I64.as_pointer()), align=1)
@@ -444,6 +445,37 @@ def _sha_ni_hmac(typingctx, kstate, msg, off, length, st, so):
     return types.void(kstate, msg, off, length, st, so), codegen
 
 
+@intrinsic
+def _sha_ni_hmac_mid(typingctx, kstate, mid, mo, prefix_len, msg, off, length, st, so):
+    """As _sha_ni_hmac, the inner hash resumed from the midstate mid[mo:mo+8], which has absorbed prefix_len bytes
+    (the ipad block and whole blocks of a constant message prefix: hmac_midstate). Bounds: the caller's."""
+    if not (_is_1d(kstate, types.uint32) and _is_1d(mid, types.uint32) and _is_1d(msg, types.uint8)
+            and _is_1d(st, types.uint32, writable=True)
+            and all(isinstance(x, types.Integer) for x in (mo, prefix_len, off, length, so))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        kty, mdty, _, _, mty, _, _, sty, _ = signature.args
+        mo_v, pre_v, off_v, len_v, so_v = _intp_args(context, builder, signature, args, (2, 3, 5, 6, 8))
+        sha = _ShaNi(context, builder)
+        kary = context.make_array(kty)(context, builder, args[0])
+        mdary = context.make_array(mdty)(context, builder, args[1])
+        mary = context.make_array(mty)(context, builder, args[4])
+        sary = context.make_array(sty)(context, builder, args[7])
+        intp = off_v.type
+        abef, cdgh = sha.load_state(mdty, mdary, mo_v)
+        abef, cdgh = sha.absorb_final(mty, mary, off_v, len_v, pre_v, abef, cdgh)
+        w0, w1 = sha.fips_order(abef, cdgh)
+        w2 = _v4(0x80000000, 0, 0, 0)
+        w3 = _v4(0, 0, 0, (BLOCK_LEN + DIGEST_LEN) * 8)
+        abef, cdgh = sha.load_state(kty, kary, ir.Constant(intp, 8))
+        abef, cdgh = sha.compress(abef, cdgh, w0, w1, w2, w3)
+        sha.store_state(sty, sary, so_v, abef, cdgh)
+        return context.get_dummy_value()
+
+    return types.void(kstate, mid, mo, prefix_len, msg, off, length, st, so), codegen
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Portable padding and HMAC framing (the SHA-NI intrinsics do the same in registers)
 
@@ -484,9 +516,15 @@ def _check_kstate(kstate):
 def _hmac_into_scratch_portable(kstate, msg, msg_off, msg_len, scratch):
     """Leaves the final HMAC state (the digest as big-endian words) in scratch[_ST:_ST+8]."""
     _check_kstate(kstate)
+    _hmac_mid_into_scratch_portable(kstate, kstate, 0, BLOCK_LEN, msg, msg_off, msg_len, scratch)
+
+
+@njit(cache=True, nogil=True)
+def _hmac_mid_into_scratch_portable(kstate, mid, mo, prefix_len, msg, msg_off, msg_len, scratch):
+    """The inner hash resumed from mid[mo:mo+8] (prefix_len bytes absorbed), then the outer one from kstate."""
     for i in range(8):
-        scratch[_ST + i] = kstate[i]
-    _absorb_final_portable(scratch, _ST, scratch, msg, msg_off, msg_len, BLOCK_LEN)
+        scratch[_ST + i] = mid[mo + i]
+    _absorb_final_portable(scratch, _ST, scratch, msg, msg_off, msg_len, prefix_len)
     # outer message = the 32-byte inner digest, whose big-endian words are exactly the inner state words:
     # build its single padded block directly in W, no byte round trip
     for i in range(8):
@@ -507,6 +545,16 @@ def _check_args(buf, off, length, out, out_off, out_len, scratch):
         raise ValueError("output range outside the buffer")
     if scratch.size < SCRATCH_WORDS:
         raise ValueError("scratch too small: use new_scratch()")
+
+
+@njit(cache=True, nogil=True)
+def _check_mid(kstate, mid, mo, prefix_len):
+    if kstate.size < 16:
+        raise ValueError("kstate must be hmac_key_state(secret)")
+    if mo < 0 or mo + 8 > mid.size:
+        raise ValueError("midstate range outside the array")
+    if prefix_len < BLOCK_LEN or (prefix_len & (BLOCK_LEN - 1)) != 0:
+        raise ValueError("prefix_len must be whole blocks, the ipad block included")
 
 
 @njit(cache=True, nogil=True)
@@ -568,6 +616,22 @@ def _hmac_sha256_digest_portable(kstate, msg, msg_off, msg_len, out, out_off, sc
 
 
 @njit(cache=True, nogil=True)
+def _hmac_sha256_hex_mid_portable(kstate, mid, mo, prefix_len, msg, msg_off, msg_len, out, out_off, scratch):
+    _check_args(msg, msg_off, msg_len, out, out_off, HEX_LEN, scratch)
+    _check_mid(kstate, mid, mo, prefix_len)
+    _hmac_mid_into_scratch_portable(kstate, mid, mo, prefix_len, msg, msg_off, msg_len, scratch)
+    _write_hex_words(scratch, _ST, 8, out, out_off)
+
+
+@njit(cache=True, nogil=True)
+def _hmac_sha256_hex_mid_sha_ni(kstate, mid, mo, prefix_len, msg, msg_off, msg_len, out, out_off, scratch):
+    _check_args(msg, msg_off, msg_len, out, out_off, HEX_LEN, scratch)
+    _check_mid(kstate, mid, mo, prefix_len)
+    _sha_ni_hmac_mid(kstate, mid, mo, prefix_len, msg, msg_off, msg_len, scratch, _ST)
+    _write_hex_words(scratch, _ST, 8, out, out_off)
+
+
+@njit(cache=True, nogil=True)
 def _sha256_compress_sha_ni(state, buf, off, w):
     _check_compress_args(state, buf, off, w)
     _sha_ni_absorb(state, 0, buf, off, 1)
@@ -604,13 +668,14 @@ class Sha256Kernels(NamedTuple):
     sha256_digest: object
     hmac_sha256_hex: object
     hmac_sha256_digest: object
+    hmac_sha256_hex_mid: object
 
 
 PORTABLE_KERNELS = Sha256Kernels(_sha256_compress_portable, _sha256_digest_portable, _hmac_sha256_hex_portable,
-                                 _hmac_sha256_digest_portable)
+                                 _hmac_sha256_digest_portable, _hmac_sha256_hex_mid_portable)
 # None where calling them would abort the process (see the module docstring)
 SHA_NI_KERNELS = (Sha256Kernels(_sha256_compress_sha_ni, _sha256_digest_sha_ni, _hmac_sha256_hex_sha_ni,
-                                _hmac_sha256_digest_sha_ni) if CPU_HAS_SHA_NI else None)
+                                _hmac_sha256_digest_sha_ni, _hmac_sha256_hex_mid_sha_ni) if CPU_HAS_SHA_NI else None)
 KERNELS = SHA_NI_KERNELS if SHA_NI_ENABLED else PORTABLE_KERNELS
 
 # Public kernels (nogil, allocation-free, ValueError on out-of-range arguments):
@@ -626,6 +691,10 @@ sha256_compress = KERNELS.sha256_compress
 sha256_digest = KERNELS.sha256_digest
 hmac_sha256_hex = KERNELS.hmac_sha256_hex
 hmac_sha256_digest = KERNELS.hmac_sha256_digest
+# hmac_sha256_hex_mid(kstate, mid, mo, prefix_len, msg, msg_off, msg_len, out, out_off, scratch): as hmac_sha256_hex
+#     of (P + msg[msg_off:msg_off+msg_len]), where mid[mo:mo+8], prefix_len = hmac_midstate(kstate, P): the whole
+#     64-byte blocks of a constant prefix P are hashed once, not per message.
+hmac_sha256_hex_mid = KERNELS.hmac_sha256_hex_mid
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -654,6 +723,21 @@ def hmac_key_state(secret: bytes | bytearray | memoryview | str) -> np.ndarray:
     padded[:] = 0
     w[:] = 0
     return kstate
+
+
+def hmac_midstate(kstate: np.ndarray, prefix: bytes) -> tuple[np.ndarray, int, int]:
+    """(midstate uint32[8], prefix_len, skip): the inner SHA-256 state after the ipad block and the whole 64-byte
+    blocks of `prefix`, prefix_len = the bytes it has absorbed (64 + skip), skip = the bytes of `prefix` it covers.
+    A message starting with `prefix` then signs as hmac_sha256_hex_mid(kstate, mid, 0, prefix_len, msg, skip, ...).
+    As sensitive as the key (see hmac_key_state)."""
+    skip = len(prefix) // BLOCK_LEN * BLOCK_LEN
+    st = kstate[:8].copy()
+    buf = np.frombuffer(bytes(prefix[:skip]) or b"\0", dtype=np.uint8).copy()
+    w = np.zeros(64, dtype=np.uint32)
+    for off in range(0, skip, BLOCK_LEN):
+        sha256_compress(st, buf, off, w)
+    w[:] = 0
+    return st, BLOCK_LEN + skip, skip
 
 
 def hmac_hex_bytes(kstate: np.ndarray, data: bytes | bytearray | memoryview) -> str:

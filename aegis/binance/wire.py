@@ -4,8 +4,10 @@ Why this module exists: from the moment the Brain hands an order over to the mom
 the generic path (order_params dict -> journal dict -> orjson -> signed query -> `requests`) spends 0.1-0.7 ms in
 Python. Here the whole request is built from the ORDER_REQUEST record inside nogil @njit code, from tables
 prepared once per run: the exact REST query string or ws-fapi frame (decimal strings from integer ticks/steps,
-HMAC-SHA256 signature from a precomputed key state), and the journal's `req` line, written with one write(2)
-before anything is sent. The sender's Python then only calls `sendall` on a prepared slice and reads the answer.
+HMAC-SHA256 signature resumed from a per-template midstate), copied from a prebuilt template per (symbol, side,
+type/timeInForce, reduceOnly) with only the variable bytes written, and the journal's `req` line, stored into the
+mapped journal (or written with one write(2) under fsync = always) before anything is sent. The sender's Python
+then only calls `sendall` on a prepared slice and reads the answer.
 
 What is sent is byte-for-byte what aegis.binance.signing would produce for the same order (tests check it against
 signed_query / ws_signed_params), so the venue-side rules (signature over the exact query, raw sorted params on
@@ -99,6 +101,26 @@ def _send(typingctx, fd, buf, off, n, flags):
     return sig, codegen
 
 
+@intrinsic
+def _memcpy(typingctx, dst, dpos, src, soff, n):
+    """dst[dpos:dpos + n] = src[soff:soff + n] as one llvm.memcpy (uint8, C-contiguous, distinct arrays); returns
+    dpos + n. A byte loop indexing with signed positions carries a negative-index check per byte that keeps LLVM
+    from turning it into a copy. Bounds: the caller's."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.dtype == types.uint8
+            and src.dtype == types.uint8 and dst.layout == "C" and src.layout == "C"):
+        return None
+    sig = types.intp(dst, dpos, src, soff, n)
+
+    def codegen(context, builder, signature, args):
+        da = context.make_array(signature.args[0])(context, builder, args[0])
+        sa = context.make_array(signature.args[2])(context, builder, args[2])
+        dp, so, cnt = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 3, 4))
+        cgutils.raw_memcpy(builder, builder.gep(da.data, [dp]), builder.gep(sa.data, [so]), cnt, 1)
+        return builder.add(dp, cnt)
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def send_now(fd, buf, off, n):
     """One send(2) from jitted code (the order path's own write); the caller finishes a partial send."""
@@ -172,9 +194,42 @@ L_ZERO = _lit("0")
 #   blob: per-symbol texts; sym_*: (offset, length) into blob for the REST (percent-encoded), raw (signature)
 #   and JSON (quoted, escaped) forms; units: per symbol (limit qty m, d, market qty m, d, price m, d) where a
 #   value is m * units / 10**d; consts: prefix, api key, host header, resp type; k: HMAC key state.
+#   mid, mid_pre, mid_skip: HMAC midstates (sha256.hmac_midstate) of the constant start of each signed message, one
+#   per template (_template: symbol, side, type and timeInForce, reduceOnly) and, at index n_templates, the ws-fapi
+#   payload's; the REST query puts its constant params first (aegis.trade.sender.order_params) so that their whole
+#   64-byte blocks are hashed once per run, not per order.
+#   tblob, tpl: the prebuilt byte runs of every template (REST orders): tpl[t] = (offset, length) pairs into
+#   tblob of TP_HEAD ("POST ...?" and the constant params, up to the client id's digits), TP_JMID (the journal
+#   line from the coid's digits to the qty's value), TP_JEND (after the price to the exchange stamp); row n_templates
+#   holds the per-run runs TP_RWTS ("&recvWindow=..&timestamp="), TP_TRAILER (" HTTP/1.1" and the headers) and
+#   TP_JHEAD (the journal line's '","coid":"<prefix>').
 Encoder = namedtuple("Encoder", "transport blob sym_rest sym_raw sym_json units consts c_off c_len kstate "
-                                "recv_window scratch spans")
+                                "recv_window scratch spans mid mid_pre mid_skip tblob tpl")
+TP_HEAD, TP_JMID, TP_JEND = 0, 2, 4            # per template (column of the offset; length is the next column)
+TP_RWTS, TP_TRAILER, TP_JHEAD = 0, 2, 4        # per run (row n_templates)
+TPL_COLS = 6
 C_PREFIX, C_APIKEY, C_HOST, C_RESP = range(4)
+N_TYPE_TIF = 5            # MARKET, then LIMIT with GTC, IOC, FOK, GTX
+_TYPE_TIF = (("MARKET", ""), ("LIMIT", "GTC"), ("LIMIT", "IOC"), ("LIMIT", "FOK"), ("LIMIT", "GTX"))
+TEMPLATES_PER_SYMBOL = 2 * N_TYPE_TIF * 2
+
+
+def rest_constant_params(symbol: str, side: str, otype: str, tif: str, reduce_only: bool, resp_type: str) -> list:
+    """The params a new order's query starts with, in order: the same for every order of one template.
+    aegis.trade.sender.order_params follows this order, then newClientOrderId, quantity, [price]."""
+    p = [("symbol", symbol), ("side", side), ("type", otype)]
+    if otype != "MARKET":
+        p.append(("timeInForce", tif))
+    p.append(("newOrderRespType", resp_type))
+    if reduce_only:
+        p.append(("reduceOnly", "true"))
+    return p
+
+
+def _rest_constant_start(symbol: str, side: str, tt: int, ro: int, prefix: str, resp_type: str) -> bytes:
+    otype, tif = _TYPE_TIF[tt]
+    return (encode_params(rest_constant_params(symbol, side, otype, tif, bool(ro), resp_type))
+            + "&newClientOrderId=" + prefix).encode()
 
 
 def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str, recv_window_ms: int,
@@ -198,11 +253,55 @@ def build_encoder(transport: str, rules, prefix: str, api_key: str, secret: str,
     consts = [prefix.encode(), api_key.encode(), host.encode(), resp_type.encode()]
     c_len = np.array([len(c) for c in consts], np.int64)
     c_off = np.concatenate([[0], np.cumsum(c_len)[:-1]]).astype(np.int64)
+    kstate = sha256.hmac_key_state(secret.encode("utf-8"))
+    nt = len(rules) * TEMPLATES_PER_SYMBOL
+    mid = np.zeros((nt + 1) * 8, np.uint32)
+    mid_pre = np.zeros(nt + 1, np.int64)
+    mid_skip = np.zeros(nt + 1, np.int64)
+    starts = []
+    if transport != "ws":
+        for i, r in enumerate(rules):
+            for side in ("BUY", "SELL"):
+                for tt in range(N_TYPE_TIF):
+                    for ro in (0, 1):
+                        starts.append(_rest_constant_start(r.symbol, side, tt, ro, prefix, resp_type))
+    else:
+        starts = [b""] * nt
+    # ws-fapi signs the params sorted by name: apiKey and the newClientOrderId's prefix always come first
+    starts.append(b"apiKey=" + api_key.encode() + b"&newClientOrderId=" + prefix.encode())
+    for t, start in enumerate(starts):
+        m, mid_pre[t], mid_skip[t] = sha256.hmac_midstate(kstate, start)
+        mid[8 * t:8 * t + 8] = m
+    # the prebuilt byte runs (tblob, tpl)
+    tblob = bytearray()
+    tpl = np.zeros((nt + 1, TPL_COLS), np.int64)
+
+    def run(t, col, text: bytes):
+        tpl[t, col], tpl[t, col + 1] = len(tblob), len(text)
+        tblob.extend(text)
+
+    if transport != "ws":
+        t = 0
+        for i, r in enumerate(rules):
+            for side in ("BUY", "SELL"):
+                for tt in range(N_TYPE_TIF):
+                    for ro in (0, 1):
+                        run(t, TP_HEAD, b"POST /fapi/v1/order?" + starts[t])
+                        otype, tif = _TYPE_TIF[tt]
+                        run(t, TP_JMID, b'","sym":' + orjson.dumps(r.symbol) + b',"side":"' + side.encode()
+                            + b'","type":"' + otype.encode() + b'","tif":"' + tif.encode() + b'","qty":"')
+                        run(t, TP_JEND, b'","ro":' + (b"true" if ro else b"false") + b',"act":"new","x":')
+                        t += 1
+    run(nt, TP_RWTS, b"&recvWindow=%d&timestamp=" % int(recv_window_ms))
+    run(nt, TP_TRAILER, b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nX-MBX-APIKEY: " + api_key.encode()
+        + L_HTTP_END.tobytes())
+    run(nt, TP_JHEAD, b',"coid":"' + prefix.encode())
     return Encoder(TRANSPORT_WS if transport == "ws" else TRANSPORT_REST,
                    np.frombuffer(bytes(blob) or b"\0", np.uint8).copy(), spans[0].copy(), spans[1].copy(),
                    spans[2].copy(), units, np.frombuffer(b"".join(consts), np.uint8).copy(), c_off, c_len,
-                   sha256.hmac_key_state(secret.encode("utf-8")), int(recv_window_ms), sha256.new_scratch(),
-                   np.zeros((len(WS_KEYS), 2), np.int64))
+                   kstate, int(recv_window_ms), sha256.new_scratch(),
+                   np.zeros((len(WS_KEYS), 2), np.int64), mid, mid_pre, mid_skip,
+                   np.frombuffer(bytes(tblob), np.uint8).copy(), tpl)
 
 
 def new_state() -> np.ndarray:
@@ -219,18 +318,20 @@ def _put_const(out, pos, enc, c):
     return put_span(out, pos, enc.consts, enc.c_off[c], enc.c_len[c])
 
 
+# (helpers take the encoder's arrays they use, not the encoder: a namedtuple is passed by value, ~20 array structs
+# copied per call where LLVM does not inline)
 @njit(cache=True, nogil=True)
-def _qty(out, pos, enc, req):
+def _qty(out, pos, units, req):
     s = req.symbol
     if req.order_type == ORDER_MARKET:
-        return put_decimal(out, pos, req.qty_steps * enc.units[s, 2], enc.units[s, 3])
-    return put_decimal(out, pos, req.qty_steps * enc.units[s, 0], enc.units[s, 1])
+        return put_decimal(out, pos, req.qty_steps * units[s, 2], units[s, 3])
+    return put_decimal(out, pos, req.qty_steps * units[s, 0], units[s, 1])
 
 
 @njit(cache=True, nogil=True)
-def _price(out, pos, enc, req):
+def _price(out, pos, units, req):
     s = req.symbol
-    return put_decimal(out, pos, req.price_ticks * enc.units[s, 4], enc.units[s, 5])
+    return put_decimal(out, pos, req.price_ticks * units[s, 4], units[s, 5])
 
 
 @njit(cache=True, nogil=True)
@@ -245,49 +346,47 @@ def _tif(out, pos, tif):
 
 
 @njit(cache=True, nogil=True)
+def _template(req):
+    """Which of a symbol's TEMPLATES_PER_SYMBOL constant query starts this order has (see rest_constant_params)."""
+    tt = 0
+    if req.order_type != ORDER_MARKET:
+        tt = 2 if req.tif == TIF_IOC else 3 if req.tif == TIF_FOK else 4 if req.tif == TIF_GTX else 1
+    side = 0 if req.side == SIDE_BUY else 1
+    return ((np.int64(req.symbol) * 2 + side) * N_TYPE_TIF + tt) * 2 + (1 if req.reduce_only else 0)
+
+
+@njit(cache=True, nogil=True)
+def _run(out, pos, tblob, tpl, t, col):
+    return _memcpy(out, pos, tblob, tpl[t, col], tpl[t, col + 1])
+
+
+@njit(cache=True, nogil=True)
 def encode_rest_order(enc, req, ts_ms, out, pos):
     """The complete HTTP request for POST /fapi/v1/order at out[pos:]; returns the end position. Query order as
-    aegis.trade.sender.order_params + signing.signed_query: symbol, side, type, [timeInForce], quantity, [price],
-    [reduceOnly], newClientOrderId, newOrderRespType, recvWindow, timestamp, signature."""
-    pos = put_bytes(out, pos, L_POST)
-    q0 = pos
-    pos = put_bytes(out, pos, L_SYMBOL)
-    pos = put_span(out, pos, enc.blob, enc.sym_rest[req.symbol, 0], enc.sym_rest[req.symbol, 1])
-    pos = put_bytes(out, pos, L_SIDE)
-    pos = put_bytes(out, pos, L_BUY if req.side == SIDE_BUY else L_SELL)
-    pos = put_bytes(out, pos, L_TYPE)
-    if req.order_type == ORDER_MARKET:
-        pos = put_bytes(out, pos, L_MARKET)
-        pos = put_bytes(out, pos, L_QTY)
-        pos = _qty(out, pos, enc, req)
-    else:
-        pos = put_bytes(out, pos, L_LIMIT)
-        pos = put_bytes(out, pos, L_TIF)
-        pos = _tif(out, pos, req.tif)
-        pos = put_bytes(out, pos, L_QTY)
-        pos = _qty(out, pos, enc, req)
-        pos = put_bytes(out, pos, L_PRICE)
-        pos = _price(out, pos, enc, req)
-    if req.reduce_only:
-        pos = put_bytes(out, pos, L_RO)
-    pos = put_bytes(out, pos, L_COID)
-    pos = _put_const(out, pos, enc, C_PREFIX)
+    aegis.trade.sender.order_params + signing.signed_query: the constant params first (symbol, side, type,
+    [timeInForce], newOrderRespType, [reduceOnly], and newClientOrderId up to its run prefix), then the rest of
+    newClientOrderId, quantity, [price], recvWindow, timestamp, signature. Everything but the client id's digits,
+    the quantity, the price, the timestamp and the signature is copied from the order's prebuilt template, and
+    the signature resumes from the template's midstate, past the constant start's whole blocks."""
+    t = _template(req)
+    nt = enc.mid_pre.shape[0] - 1
+    tblob, tpl = enc.tblob, enc.tpl
+    q0 = pos + L_POST.shape[0]
+    pos = _run(out, pos, tblob, tpl, t, TP_HEAD)
     pos = put_int(out, pos, req.client_id)
-    pos = put_bytes(out, pos, L_RESP)
-    pos = _put_const(out, pos, enc, C_RESP)
-    pos = put_bytes(out, pos, L_RW)
-    pos = put_int(out, pos, enc.recv_window)
-    pos = put_bytes(out, pos, L_TS)
+    pos = put_bytes(out, pos, L_QTY)
+    pos = _qty(out, pos, enc.units, req)
+    if req.order_type != ORDER_MARKET:
+        pos = put_bytes(out, pos, L_PRICE)
+        pos = _price(out, pos, enc.units, req)
+    pos = _run(out, pos, tblob, tpl, nt, TP_RWTS)
     pos = put_int(out, pos, ts_ms)
     q1 = pos
     pos = put_bytes(out, pos, L_SIG)
-    sha256.hmac_sha256_hex(enc.kstate, out, q0, q1 - q0, out, pos, enc.scratch)
-    pos += 64
-    pos = put_bytes(out, pos, L_HTTP)
-    pos = _put_const(out, pos, enc, C_HOST)
-    pos = put_bytes(out, pos, L_KEYHDR)
-    pos = _put_const(out, pos, enc, C_APIKEY)
-    return put_bytes(out, pos, L_HTTP_END)
+    skip = enc.mid_skip[t]
+    sha256.hmac_sha256_hex_mid(enc.kstate, enc.mid, 8 * t, enc.mid_pre[t], out, q0 + skip, q1 - q0 - skip, out, pos,
+                               enc.scratch)
+    return _run(out, pos + 64, tblob, tpl, nt, TP_TRAILER)
 
 
 @njit(cache=True, nogil=True)
@@ -307,9 +406,9 @@ def _ws_values(enc, req, ts_ms, tmp, p, spans):
             p = _put_const(tmp, p, enc, C_RESP)
         elif k == WK_PRICE:
             if limit:
-                p = _price(tmp, p, enc, req)
+                p = _price(tmp, p, enc.units, req)
         elif k == WK_QTY:
-            p = _qty(tmp, p, enc, req)
+            p = _qty(tmp, p, enc.units, req)
         elif k == WK_RW:
             p = put_int(tmp, p, enc.recv_window)
         elif k == WK_RO:
@@ -382,7 +481,10 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
             out[j] = 34
             j += 1
     j = put_bytes(out, j, L_WS_SIGNATURE)
-    sha256.hmac_sha256_hex(enc.kstate, tmp, 0, payload_len, out, j, enc.scratch)
+    t = enc.mid_pre.shape[0] - 1     # the payload's constant start: apiKey, the newClientOrderId's prefix
+    skip = enc.mid_skip[t]
+    sha256.hmac_sha256_hex_mid(enc.kstate, enc.mid, 8 * t, enc.mid_pre[t], tmp, skip, payload_len - skip, out, j,
+                               enc.scratch)
     j = put_bytes(out, j + 64, L_WS_END)
     n = j - j0
     if hdr == 4 and n < 126:        # a short frame after all: move it down to the 2-byte header
@@ -422,6 +524,36 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
 @njit(cache=True, nogil=True)
 def encode_journal_req(enc, req, wall_ms, out, pos):
     """The journal's `req` line for a new order (aegis.trade.journal: `<json>\\t<crc32 hex>\\n`)."""
+    if enc.transport != TRANSPORT_REST:
+        return _journal_req_built(enc, req, wall_ms, out, pos)
+    # its constant runs copied from the order's template
+    t = _template(req)
+    nt = enc.mid_pre.shape[0] - 1
+    tblob, tpl = enc.tblob, enc.tpl
+    j0 = pos
+    pos = put_bytes(out, pos, L_J_HEAD)
+    pos = put_int(out, pos, wall_ms)
+    pos = put_bytes(out, pos, L_J_ID)
+    pos = put_int(out, pos, req.client_id)
+    pos = _run(out, pos, tblob, tpl, nt, TP_JHEAD)
+    pos = put_int(out, pos, req.client_id)
+    pos = _run(out, pos, tblob, tpl, t, TP_JMID)
+    pos = _qty(out, pos, enc.units, req)
+    pos = put_bytes(out, pos, L_J_PX)
+    pos = _price(out, pos, enc.units, req) if req.order_type != ORDER_MARKET else put_bytes(out, pos, L_ZERO)
+    pos = _run(out, pos, tblob, tpl, t, TP_JEND)
+    pos = put_int(out, pos, req.exch_ts)
+    out[pos] = 125         # '}'
+    pos += 1
+    crc = sha256.crc32(out, j0, pos - j0, 0)
+    out[pos] = 9           # '\t'
+    sha256.crc32_hex8(crc, out, pos + 1)
+    out[pos + 9] = 10      # '\n'
+    return pos + 10
+
+
+@njit(cache=True, nogil=True)
+def _journal_req_built(enc, req, wall_ms, out, pos):
     j0 = pos
     pos = put_bytes(out, pos, L_J_HEAD)
     pos = put_int(out, pos, wall_ms)
@@ -441,9 +573,9 @@ def encode_journal_req(enc, req, wall_ms, out, pos):
     if limit:
         pos = _tif(out, pos, req.tif)
     pos = put_bytes(out, pos, L_J_QTY)
-    pos = _qty(out, pos, enc, req)
+    pos = _qty(out, pos, enc.units, req)
     pos = put_bytes(out, pos, L_J_PX)
-    pos = _price(out, pos, enc, req) if limit else put_bytes(out, pos, L_ZERO)
+    pos = _price(out, pos, enc.units, req) if limit else put_bytes(out, pos, L_ZERO)
     pos = put_bytes(out, pos, L_J_RO)
     pos = put_bytes(out, pos, L_TRUE if req.reduce_only else L_FALSE)
     pos = put_bytes(out, pos, L_J_X)

@@ -69,3 +69,20 @@ def fetch_add(typingctx, arr, idx, value):
         return builder.atomic_rmw("add", ptr, val, ordering="seq_cst")
 
     return sig, codegen
+
+
+@intrinsic
+def compare_and_swap(typingctx, arr, idx, expected, value):
+    """arr[idx] = value if it holds `expected` (sequentially consistent); True if it did."""
+    if not _is_int64_array(arr) or not all(isinstance(x, types.Integer) for x in (idx, expected, value)):
+        return None
+    sig = types.boolean(arr, idx, expected, value)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1])
+        exp = context.cast(builder, args[2], signature.args[2], types.int64)
+        val = context.cast(builder, args[3], signature.args[3], types.int64)
+        pair = builder.cmpxchg(ptr, exp, val, ordering="seq_cst", failordering="seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return sig, codegen

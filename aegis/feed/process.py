@@ -1270,6 +1270,7 @@ def warm_up() -> float:
         cb.drain(rg.header, rg.records)
         record_feed_latency(latency.new_set(), rg.header, rg.records, 0, 1)
         _warm_ingest(table, rg, blob)
+        ring.abort(rg.header)    # what a stop calls: compiled now, not while the engine is stopping
     finally:
         rg.close()
         rg.unlink()

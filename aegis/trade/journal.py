@@ -18,6 +18,17 @@ Record kinds (`k`):
   state  {state, reason}                  trading state changes (kill switch, daily loss, resume)
   unknown {id, coid, sym, msg}            timed out and could not be settled (reconciliation settles it)
   cancel_rej / cancel_all / position      cancel refused; cancel-all result; exchange position after reconciliation
+Where the bytes go: under "interval" and "never" the file is preallocated (zeros written, MAP_CHUNK at a time) and
+memory-mapped, and a record is a store into the mapping at a cursor reserved atomically (map_store: the sender's
+jitted fast path and the Python appends share it), so the order path makes no write(2); the page cache holds the
+line the moment the store is done, exactly as after a write(2), so it survives a process crash alike. The sync
+thread fdatasyncs as before and grows the preallocation ahead of the cursor; disk space is taken when the file grows,
+never by a store (a store into an unallocated page of a full disk would be a SIGBUS), so a full disk shows up as a
+failed growth, which halts trading like a failed write. The unused preallocated tail is zero bytes (a record never
+holds a NUL: JSON escapes it); a clean close cuts it, and after a crash (kill -9) readers skip it as they skip a torn
+tail: no newline ends it. "always" writes with write(2) and fdatasyncs every record, as before. One process writes a
+journal (the Brain's lock file sees to it): a second writer opening it would cut the zero tail under the first one's
+mapping.
 fsync policy: "always" (fdatasync every record: survives power loss, but costs ~0.5 ms per record on this box's
 disk, before every send), "interval" (default: every record reaches the page cache at once, which survives a process
 crash; fills are fdatasync'd at once by the user-stream thread, everything else by a background thread at most
@@ -29,7 +40,9 @@ Secrets never reach it: append() refuses aegis.binance.keys.Secret values.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 import secrets
 import threading
@@ -37,15 +50,43 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
+from numba import njit
 
 from aegis.binance.keys import Secret
+from aegis.core.atomics import compare_and_swap, load_acquire
 
 log = logging.getLogger("aegis.trade.journal")
 
 FSYNC_POLICIES = ("always", "interval", "never")
 FINAL_STATUSES = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
 FILLS_REMEMBERED = 8192       # fill ids kept for de-duplication (JournalState.fills_seen)
+
+
+MAP_CHUNK = 4 << 20           # bytes a mapped journal is preallocated by, each time it grows
+MAP_GROW_MARGIN = 1 << 20     # the sync thread grows it when less than this is left ahead of the cursor
+JC_POS, JC_CAP = 0, 1         # slots of a mapped journal's cursor array: next free byte, preallocated end
+_ZEROS = bytes(1 << 20)
+
+
+@njit(cache=True, nogil=True)
+def map_store(buf, cur, line, n):
+    """Reserve n bytes at the mapped journal's cursor (atomically: several threads write) and store line[:n] there;
+    returns the offset, or -1 when the preallocated room (cur[JC_CAP], and this view of the mapping) cannot take
+    it: the caller grows the file (Journal.append) or leaves the record to a path that can."""
+    while True:
+        p = load_acquire(cur, JC_POS)
+        limit = load_acquire(cur, JC_CAP)
+        if limit > buf.shape[0]:
+            limit = buf.shape[0]
+        if p + n > limit:
+            return -1
+        if compare_and_swap(cur, JC_POS, p, p + n):
+            break
+    for k in range(n):
+        buf[p + k] = line[k]
+    return p
 
 
 def _line(rec: dict) -> bytes:
@@ -126,7 +167,7 @@ class JournalFailed(OSError):
 class Journal:
     """Thread-safe appender (the sender and the user-stream threads both write)."""
 
-    def __init__(self, path: str, fsync: str = "always", fsync_interval_ms: int = 50):
+    def __init__(self, path: str, fsync: str = "always", fsync_interval_ms: int = 50, mapped: bool | None = None):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"journal fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         self.path = path
@@ -142,14 +183,30 @@ class Journal:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         size = os.fstat(self._fd).st_size
         # cut only the torn tail (after the last newline) so the next append starts on a line boundary; complete
-        # lines, even unreadable ones, stay for whoever investigates
-        self.torn_bytes = size - found.lines_end
-        if self.torn_bytes:
-            os.ftruncate(self._fd, found.lines_end)
+        # lines, even unreadable ones, stay for whoever investigates. Zero bytes at the end are the unused
+        # preallocation of a mapped journal whose run did not close it (a crash): cut too, without a warning.
+        end = found.lines_end
+        tail = os.pread(self._fd, size - end, end) if size > end else b""
+        self.torn_bytes = len(tail.rstrip(b"\0"))
+        self.unused_bytes = len(tail) - self.torn_bytes
+        if size > end:
+            os.ftruncate(self._fd, end)
         if found.corrupt or self.torn_bytes:
             log.warning("journal %s: %d unreadable line(s) skipped (first at byte %d), %d torn byte(s) cut at the end",
                         path, len(found.corrupt), found.corrupt[0] if found.corrupt else -1, self.torn_bytes)
         os.lseek(self._fd, 0, os.SEEK_END)
+        self.mapped = (fsync != "always") if mapped is None else bool(mapped)
+        self.map_cursor = np.zeros(2, np.int64)     # [JC_POS, JC_CAP] (mapped journals)
+        self.map_buf = np.zeros(0, np.uint8)        # the mapping as an array (empty: not mapped, or closed)
+        self._mm = None
+        self._grow_lock = threading.Lock()          # extending the file (taken after _lock, or alone)
+        if self.mapped:
+            self.map_cursor[JC_POS] = end
+            try:
+                self._map(end + MAP_CHUNK)
+            except OSError:
+                os.close(self._fd)
+                raise
         self.records_written = 0
         self.state: JournalState | None = None   # when set, every appended record is applied to it too
         # a journal that cannot be written cannot be trusted: the first failure is reported once to on_failure
@@ -160,16 +217,62 @@ class Journal:
         self._dirty = False
         self._closed = threading.Event()
         self._flusher = None
-        if fsync == "interval":
-            # periodic syncs happen here, never inline in an append on the order path
+        if fsync == "interval" or self.mapped:
+            # periodic syncs (and a mapped journal's growth) happen here, never inline in an append on the order path
             self._flusher = threading.Thread(target=self._flush_loop, name="aegis-journal-sync", daemon=True)
             self._flusher.start()
 
+    def _extend(self, size: int) -> None:
+        """Zero bytes from the file's end up to `size` (under _grow_lock: the only code that extends the file).
+        Written zeros, not posix_fallocate: fallocated blocks are unwritten extents, which the first store into each
+        page and every sync then convert, and measured here that put 20 us at p90 of the prepare step and worse
+        tails (bench/MEASURED.md). Nothing is mapped past the file's end, so no record lives where this writes.
+        Raises OSError (ENOSPC on a full disk)."""
+        have = os.fstat(self._fd).st_size
+        while have < size:
+            n = os.pwrite(self._fd, _ZEROS[:min(len(_ZEROS), size - have)], have)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            have += n
+
+    def _map(self, size: int) -> None:
+        """Preallocate the file to `size` bytes and map all of it (under the lock, or before any writer). Raises
+        OSError (ENOSPC on a full disk)."""
+        with self._grow_lock:
+            self._extend(size)
+        mm = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # the previous mapping is not closed: a writer may still hold it; it maps the same pages, and map_store
+        # bounds every store by the view it was given, so it stays valid until the last reference goes
+        self._mm, self.map_buf = mm, np.frombuffer(mm, np.uint8)
+        self.map_cursor[JC_CAP] = size
+
+    def _grow(self, need: int) -> None:
+        """Under the lock: room for at least `need` more bytes plus a chunk."""
+        pos, cap = int(self.map_cursor[JC_POS]), int(self.map_cursor[JC_CAP])
+        self._map(max(cap, pos + need) + MAP_CHUNK)
+
     def _flush_loop(self) -> None:
-        while not self._closed.wait(self.fsync_interval_ns / 1e9):
+        period = (self.fsync_interval_ns or 50_000_000) / 1e9
+        while not self._closed.wait(period):
+            grow_error = None
             with self._lock:
                 dirty, self._dirty, fd = self._dirty, False, self._fd
-            if dirty and fd >= 0:
+                grow = (self.mapped and fd >= 0 and self.failed is None
+                        and self.map_cursor[JC_CAP] - self.map_cursor[JC_POS] < MAP_GROW_MARGIN)
+                target = int(self.map_cursor[JC_CAP]) + MAP_CHUNK
+            if grow:
+                try:
+                    with self._grow_lock:       # the zeros are written without holding up appends
+                        if self._fd == fd:
+                            self._extend(target)
+                    with self._lock:            # then the mapping, over a file already that long
+                        if self._fd == fd and self.map_cursor[JC_CAP] < target:
+                            self._map(target)
+                except OSError as e:
+                    grow_error = e
+            if grow_error is not None:
+                self.report_failure(f"preallocating: {grow_error.strerror or grow_error}")
+            if dirty and fd >= 0 and self.fsync == "interval":
                 try:
                     os.fdatasync(fd)
                 except OSError as e:
@@ -185,7 +288,15 @@ class Journal:
                 raise JournalFailed(self.failed)
             done = 0
             try:
-                while done < len(line):     # a regular file may take part of a write (a signal, a full disk)
+                if self.mapped:
+                    data = np.frombuffer(line, np.uint8)
+                    if map_store(self.map_buf, self.map_cursor, data, len(line)) < 0:
+                        if self._fd < 0:
+                            raise OSError(f"journal {self.path} is closed")
+                        self._grow(len(line))
+                        if map_store(self.map_buf, self.map_cursor, data, len(line)) < 0:
+                            raise OSError("no room in the journal's mapping after growing it")
+                while not self.mapped and done < len(line):   # a file may take part of a write (signal, full disk)
                     w = os.write(self._fd, line[done:])
                     if w <= 0:
                         raise OSError(f"journal write took 0 of {len(line) - done} bytes")
@@ -260,12 +371,26 @@ class Journal:
             self._flusher.join(1.0)
         with self._lock:
             if self._fd >= 0:
+                if self.mapped:
+                    # no store after this one; one reserved before it lies below the cursor, inside what is kept
+                    self.map_cursor[JC_CAP] = 0
+                    try:
+                        os.ftruncate(self._fd, int(self.map_cursor[JC_POS]))   # the file ends with its last record
+                    except OSError as e:
+                        log.error("journal %s: cutting the preallocated tail failed: %s", self.path, e)
                 try:
                     os.fsync(self._fd)
                 except OSError as e:
                     log.error("journal %s: final sync failed: %s", self.path, e)
                 os.close(self._fd)
                 self._fd = -1
+                self.map_buf = np.zeros(0, np.uint8)
+                if self._mm is not None:
+                    try:
+                        self._mm.close()
+                    except BufferError:     # a view is still held somewhere: unmapped when it goes
+                        pass
+                    self._mm = None
 
     def __enter__(self):
         return self

@@ -64,6 +64,7 @@ from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FI
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.binance.signing import units_to_str
 from aegis.trade import risk as riskmod
+from aegis.trade.journal import map_store
 
 log = logging.getLogger("aegis.trade.sender")
 
@@ -143,11 +144,13 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
 
 @njit(cache=True, nogil=True)
 def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
-                     jbuf, jends, jfd, tmp):
+                     jbuf, jends, jfd, tmp, jmap, jcur):
     """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
-    signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, written
-    to the journal (fd jfd) with one write(2) before anything can be sent. lens[i] = 0: not prepared (not a new
-    order, or no room: the generic path takes it); -1: the journal refused the line, so it must not be sent.
+    signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, stored
+    into the mapped journal (jmap, jcur: aegis.trade.journal.map_store) or, with an empty jmap, written to the
+    journal's fd jfd with one write(2), before anything can be sent. lens[i] = 0: not prepared (not a new order, or
+    no room, here or in the mapping: the generic path takes it); -1: the journal refused the line, so it must not be
+    sent.
     jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready."""
     n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
     if n == 0:
@@ -168,7 +171,19 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
         lens[i] = pos - offs[i]
         jpos = wire.encode_journal_req(enc, dst[i], wall_ms, jbuf, jpos)
         jends[i] = jpos
-    if jpos > 0:
+    if jpos > 0 and jmap.shape[0] > 0:
+        if map_store(jmap, jcur, jbuf, jpos) < 0:
+            # no preallocated room left (the sync thread grows it ahead; or the journal was closed): these go the
+            # generic way, whose append grows the file or reports the failure
+            for i in range(n):
+                if lens[i] > 0:
+                    lens[i] = 0
+        elif state[wire.ST_FSYNC] != 0 and wire.fdatasync(jfd) != 0:
+            state[wire.ST_WRITE_ERRNO] = -1
+            for i in range(n):
+                if lens[i] > 0:
+                    lens[i] = -1
+    elif jpos > 0:
         w = wire.write_all(jfd, jbuf, jpos)
         ok = w == jpos
         if ok and state[wire.ST_FSYNC] != 0:
@@ -207,12 +222,17 @@ def warm_fast_path() -> None:
                      np.zeros(2, np.int64),
                      enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
-                     np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8))
+                     np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
+                     np.zeros(2, np.int64))
+    map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8), 1)
+    map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.frombuffer(b"x", np.uint8), 1)   # Journal.append's
     # and what the sender calls right after the first order: compiling it there would hold up that order's answer
     # (and, sharing the Brain's core, the Brain)
     from aegis.core.latency import new_set, record_order_request
     record_order_request(new_set(), np.zeros(1, ORDER_REQUEST_DTYPE)[0], 0)
     FillQueue(ring.MIN_CAPACITY).put(np.zeros(1, FILL_DTYPE)[0])
+    # and what stop() calls: loading it there would hold up the stop (and the cancels after it)
+    q.abort()
 
 
 def default_sender_cores() -> tuple:
@@ -397,19 +417,19 @@ def order_params(req, rules, coid: str, resp_type: str = "ACK") -> dict:
     """Binance new-order params for one ORDER_REQUEST record (decimal strings from integer ticks/steps)."""
     r = rules[int(req["symbol"])]
     side = "BUY" if int(req["side"]) == SIDE_BUY else "SELL"
-    p = {"symbol": r.symbol, "side": side}
-    if int(req["order_type"]) == ORDER_MARKET:
-        p["type"] = "MARKET"
+    market = int(req["order_type"]) == ORDER_MARKET
+    # the params that are the same for every order of a symbol/side/type/timeInForce/reduceOnly come first, in
+    # the order the fast path's HMAC midstates were computed over (aegis.binance.wire.rest_constant_params);
+    # Binance checks the signature over the query as sent, in any order
+    p = dict(wire.rest_constant_params(r.symbol, side, "MARKET" if market else "LIMIT",
+                                       "" if market else _TIF[int(req["tif"])], bool(int(req["reduce_only"])),
+                                       resp_type))
+    p["newClientOrderId"] = coid
+    if market:
         p["quantity"] = units_to_str(int(req["qty_steps"]), r.market_step_size)
     else:
-        p["type"] = "LIMIT"
-        p["timeInForce"] = _TIF[int(req["tif"])]
         p["quantity"] = units_to_str(int(req["qty_steps"]), r.step_size)
         p["price"] = units_to_str(int(req["price_ticks"]), r.tick_size)
-    if int(req["reduce_only"]):
-        p["reduceOnly"] = "true"
-    p["newClientOrderId"] = coid
-    p["newOrderRespType"] = resp_type
     return p
 
 
@@ -471,6 +491,7 @@ class Sender:
         self._jends = np.zeros(n, np.int64)
         self._tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
         self._out_mv = memoryview(self._out)
+        self._no_map, self._no_cursor = np.zeros(0, np.uint8), np.zeros(2, np.int64)   # a journal without mapping
 
     # ---- lifecycle
     def start(self) -> "Sender":
@@ -512,9 +533,12 @@ class Sender:
                 if self._wstate[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
                     self._mask[:] = wire.new_mask_pool()
                     self._wstate[wire.ST_MASK_POS] = 0
+                jmap = getattr(self.journal, "map_buf", None)     # the journal's mapping (may grow between calls)
+                jcur = self._no_cursor if jmap is None else self.journal.map_cursor
                 n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
                                      self.fast, self._wstate, self._mask, self._out, self._offs, self._lens,
-                                     self._jbuf, self._jends, self.journal.fd, self._tmp)
+                                     self._jbuf, self._jends, self.journal.fd, self._tmp,
+                                     self._no_map if jmap is None else jmap, jcur)
             else:
                 n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
             if n == 0:
