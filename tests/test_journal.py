@@ -171,3 +171,19 @@ def test_a_record_with_a_valid_checksum_but_a_missing_field_is_skipped_and_repor
     assert st.unusable == 1 and sorted(o.client_id for o in st.open_orders()) == [1, 2]
     assert "1 record(s) with a valid checksum but unusable fields skipped (first: record 1, kind 'fill', KeyError" \
         in caplog.text
+
+
+def test_open_orders_while_another_thread_settles_orders():
+    # the user-stream thread settles (removes) orders while the sender's shutdown lists the open ones; at hundreds
+    # of orders/s that raced into "dictionary changed size during iteration" and an unclean Brain stop
+    st = journal.JournalState()
+
+    class Settling(journal.OrderState):
+        @property
+        def open(self):                   # runs between two items of the listing, as a thread switch can
+            st.orders.pop(self.client_id + 1, None)
+            return True
+
+    for i in range(1, 5):
+        st.orders[i] = Settling(i, f"x-{i}", "BTCUSDT", "BUY", "1", "0", False)
+    assert [o.client_id for o in st.open_orders()] == [1, 2, 3, 4]   # the listing as it was asked for
