@@ -58,7 +58,7 @@ def venue_settings(section: dict) -> dict:
         return {"url": url.rstrip("/")}
     checks = {"port": between(0, 65535), "replay_speed": NON_NEGATIVE, "symbols": at_least(1),
               "book_depth_ticks": at_least(1), "max_incoming_per_s": at_least(1), "max_streams": at_least(1),
-              "max_queue_bytes": at_least(1)}
+              "max_queue_bytes": at_least(1), "max_order_history": at_least(1)}
     for k in ("rate", "conn_lifetime_s", "ping_interval_s", "pong_timeout_s", "listen_key_validity_s"):
         checks[k] = POSITIVE
     section = dict(section or {}) if isinstance(section, dict) else section
