@@ -22,3 +22,25 @@ def test_the_embedded_venue_runs_below_the_engines_priority_and_reports_progress
         venue.stop()
     # progress arrives only for what is compiled (nothing when the cache is warm); each report names a function
     assert all(text.startswith("compiling") and n >= 0 for text, n in seen)
+
+
+def test_raised_venue_limits_reach_exchange_info_and_the_engines_risk_limits():
+    # [venue] orders_per_10s / orders_per_minute -> the venue's exchangeInfo rateLimits -> risk's ORDERS limits:
+    # the config path to hundreds of orders per second (README, Trading)
+    import json
+    import urllib.request
+
+    from aegis.trade import risk
+    venue = embedded.start({"rate": 100.0, "orders_per_10s": 20000, "orders_per_minute": 60000,
+                            "weight_per_minute": 1000000})
+    try:
+        with urllib.request.urlopen(venue.rest_url + "/fapi/v1/exchangeInfo", timeout=10) as r:
+            info = json.load(r)
+    finally:
+        venue.stop()
+    limits = {(x["rateLimitType"], x["interval"], x["intervalNum"]): x["limit"] for x in info["rateLimits"]}
+    assert limits[("REQUEST_WEIGHT", "MINUTE", 1)] == 1000000
+    listed = risk.exchange_order_limits(info)
+    assert listed == (20000, 60000)
+    book = risk.RiskBook(risk.RiskConfig(orders_per_second=1000), [risk.SymbolRules("BTCUSDT")], exchange_limits=listed)
+    assert book.order_limits == (20000, 60000)

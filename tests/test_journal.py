@@ -268,3 +268,19 @@ def test_a_kill_9_mid_run_leaves_a_mapped_journal_that_resume_reads(tmp_path):
     j.close()
     recs, good = journal.read_records(str(p))
     assert recs[-1].get("reason") == "after" and good == os.path.getsize(p) and journal.scan(str(p)).corrupt == []
+
+
+def test_open_orders_while_another_thread_settles_orders():
+    # the user-stream thread settles (removes) orders while the sender's shutdown lists the open ones; at hundreds
+    # of orders/s that raced into "dictionary changed size during iteration" and an unclean Brain stop
+    st = journal.JournalState()
+
+    class Settling(journal.OrderState):
+        @property
+        def open(self):                   # runs between two items of the listing, as a thread switch can
+            st.orders.pop(self.client_id + 1, None)
+            return True
+
+    for i in range(1, 5):
+        st.orders[i] = Settling(i, f"x-{i}", "BTCUSDT", "BUY", "1", "0", False)
+    assert [o.client_id for o in st.open_orders()] == [1, 2, 3, 4]   # the listing as it was asked for

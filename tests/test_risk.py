@@ -235,6 +235,34 @@ def test_binance_one_minute_order_limit():
     assert check(b, req(qty=0.001), now=NOW + 50_000_000_000) == "RATE_BINANCE_1M"
 
 
+def test_exchange_order_limits_come_from_exchange_info_and_config_only_lowers_them():
+    info = {"rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+                           {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 60000},
+                           {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 10000}]}
+    listed = risk.exchange_order_limits(info)
+    assert listed == (10000, 60000)
+    assert risk.exchange_order_limits({}) == (0, 0)
+    cfg = risk.RiskConfig()
+    assert risk.RiskBook(cfg, [BTC], exchange_limits=listed).order_limits == (10000, 60000)   # raised venue: ours too
+    assert risk.RiskBook(cfg, [BTC]).order_limits == (300, 1200)                               # none listed: Binance's
+    assert risk.RiskBook(risk.RiskConfig(binance_orders_10s=50), [BTC], exchange_limits=listed).order_limits == \
+        (50, 60000)                                                                           # config lowers
+    assert risk.RiskBook(risk.RiskConfig(binance_orders_1m=5000), [BTC],
+                         exchange_limits=(300, 1200)).order_limits == (300, 1200)             # never raises
+    assert risk.RiskBook(cfg, [BTC], exchange_limits=(10**6, 10**7)).order_limits == (risk.RATE_CAP, risk.RATE_CAP)
+
+
+def test_hundreds_of_orders_per_second_pass_with_raised_limits():
+    b = risk.RiskBook(risk.RiskConfig(max_position_notional=1e9, max_gross_notional=1e9, max_order_notional=1e9,
+                                      daily_loss_limit=0.0, orders_per_second=500, max_md_age_ms=0,
+                                      max_open_orders=risk.MAX_OPEN),
+                      [risk.SymbolRules("BTCUSDT", tick_size="0.10", step_size="0.001", max_num_orders=risk.MAX_OPEN)],
+                      exchange_limits=(10000, 60000))
+    quote(b, 0, 90000.0, 90000.1)
+    ok = sum(check(b, req(qty=0.001, ro=0), now=NOW + i * 1_000_000) == "OK" for i in range(1000))   # 1000/s asked
+    assert ok == 500                                                                                # ours: 500/s
+
+
 def test_refused_orders_do_not_use_the_rate_budget():
     b = book(orders_per_second=2)
     for _ in range(5):

@@ -48,6 +48,13 @@ wait, ring_capacity, ring_policy, venue, symbols, strategy ...) and one table pe
 subsystem: [feed], [brain], [strategy], [risk], [trade], [venue] ([replay] for replay).
 Command-line options override the file.
 
+order rate: risk refuses orders past our own [risk] orders_per_second (default 10/s) and
+the exchange's ORDERS limits, which the engine reads from the venue's exchangeInfo
+(Binance: 300 per 10 s, 1200 per minute). For hundreds of orders/s on the embedded venue
+raise both, e.g. [venue] orders_per_10s = 20000, orders_per_minute = 120000,
+weight_per_minute = 1000000 and [risk] orders_per_second = 1000 (the start log prints the
+limits in force). On Binance itself its own limits stay the ceiling.
+
 API keys for binance / binance-testnet come from BINANCE_API_KEY and
 BINANCE_API_SECRET; they are never printed or logged.
 Exit codes: 0 orderly stop (duration, Ctrl-C, SIGTERM), 1 an engine process failed,

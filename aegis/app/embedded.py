@@ -17,6 +17,8 @@ from aegis.core.config import NON_NEGATIVE, POSITIVE, ConfigError, at_least, bet
 VENUE_NICE = 10          # scheduling priority below the engine's (see _venue_main)
 START_SILENCE_S = 90.0   # no start-up progress (compiler passes, reported over the pipe) for this long: failed
 DEFAULT_RATE = 2_000.0  # book events/s over all symbols: lively, and light enough for a 2-core box
+# [venue] keys of its rate limits (aegis.venue.ratelimit.RateLimitConfig; Binance's 2400 / 300 / 1200 by default)
+LIMIT_KEYS = ("weight_per_minute", "orders_per_10s", "orders_per_minute")
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,25 @@ def venue_settings(section: dict) -> dict:
         return {"url": url.rstrip("/")}
     checks = {"port": between(0, 65535), "replay_speed": NON_NEGATIVE, "symbols": at_least(1),
               "book_depth_ticks": at_least(1), "max_incoming_per_s": at_least(1), "max_streams": at_least(1),
-              "max_queue_bytes": at_least(1)}
+              "max_queue_bytes": at_least(1), "max_order_history": at_least(1)}
     for k in ("rate", "conn_lifetime_s", "ping_interval_s", "pong_timeout_s", "listen_key_validity_s"):
         checks[k] = POSITIVE
-    values = section_values(VenueConfig, "venue", section, checks,
-                            exclude=("api_keys", "exchange_cfg", "rate_limits", "catalog"))
+    section = dict(section or {}) if isinstance(section, dict) else section
+    limits = {k: section.pop(k) for k in LIMIT_KEYS if k in section} if isinstance(section, dict) else {}
+    try:
+        values = section_values(VenueConfig, "venue", section, checks,
+                                exclude=("api_keys", "exchange_cfg", "rate_limits", "catalog"))
+    except ConfigError as e:
+        if "unknown key" in str(e):
+            raise ConfigError(f"{str(e)[:-1]}, {', '.join(LIMIT_KEYS)})") from None
+        raise
+    if limits:
+        # the venue's rate limits (Binance's by default), listed in its exchangeInfo: the engine takes its ORDERS
+        # limits from there, so raising them here raises ours (with [risk] orders_per_second for our own)
+        from aegis.venue.ratelimit import RateLimitConfig
+        kw = section_values(RateLimitConfig, "venue", limits, {k: at_least(1) for k in LIMIT_KEYS},
+                            exclude=tuple(f for f in RateLimitConfig.__dataclass_fields__ if f not in LIMIT_KEYS))
+        values["rate_limits"] = RateLimitConfig(**kw)
     return {"rate": DEFAULT_RATE, **values}
 
 

@@ -436,7 +436,9 @@ class JournalState:
     unusable: int = 0        # records skipped by rebuild(): valid checksum, unusable fields
 
     def open_orders(self) -> list[OrderState]:
-        return [o for o in self.orders.values() if o.open]
+        # a snapshot first: the user-stream thread settles (removes) orders while others ask, e.g. at shutdown
+        # after hundreds of orders/s ("dictionary changed size during iteration" stopped the Brain uncleanly)
+        return [o for o in list(self.orders.values()) if o.open]
 
     def _settle(self, o: OrderState) -> None:
         """A final order leaves the table: memory follows the open orders, not every order ever sent. Later

@@ -22,7 +22,8 @@ for known orders. Every refusal bumps a per-reason counter and is written to a s
 A daily loss limit (realized + unrealized - fees since the UTC day started) and the manual kill switch move the
 state to HALTED: `halt_requests` then produces one CANCEL_ALL per symbol with open orders and, optionally,
 reduce-only MARKET orders that flatten every position (flagged REQ_FLAG_FLATTEN: they pass HALTED, stale data and
-our own throttle, never Binance's limits).
+our own throttle, never Binance's limits). The exchange's limits come from its exchangeInfo `rateLimits` (ORDERS), so
+a venue that allows more lets the engine send more; [risk] binance_orders_10s / _1m can only lower them.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ GF_LEN = 8
 O_CID, O_SYM, O_SIDE, O_RO, O_REMAIN, O_PRICE, O_FLAGS = 0, 1, 2, 3, 4, 5, 6
 O_COLS = 8
 MAX_OPEN = 1024
-RATE_CAP = 4096          # >= every rate limit (checked at config time)
+RATE_CAP = 65536         # >= every rate limit (checked at config time; an exchange's larger one is clipped to it)
+BINANCE_ORDERS_10S, BINANCE_ORDERS_1M = 300, 1200   # Binance USD-M's ORDERS limits, when the venue lists none
 REJLOG = 256
 NS_PER_DAY = 86_400_000_000_000
 ONE_S = 1_000_000_000
@@ -121,9 +123,10 @@ class RiskConfig:
     max_order_notional: float = 500.0
     price_band_bps: float = 100.0
     max_md_age_ms: int = 2_000
-    orders_per_second: int = 10
-    binance_orders_10s: int = 300
-    binance_orders_1m: int = 1200
+    orders_per_second: int = 10      # our own limit (1 s window); raise it for hundreds of orders/s
+    binance_orders_10s: int = 0      # the exchange's ORDERS limits per 10 s / per minute: 0 = as its exchangeInfo
+    binance_orders_1m: int = 0       # rateLimits say (Binance: 300 / 1200); a value here can only lower those
+                                     # (replay: it is the limit; 0 = Binance's)
     max_open_orders: int = 200
     daily_loss_limit: float = 100.0
     flatten_on_halt: bool = False
@@ -136,7 +139,7 @@ class RiskConfig:
         from aegis.core import config as C
         rate = C.between(1, RATE_CAP)
         checks = {"start_state": C.one_of("ACTIVE", "REDUCING", "HALTED"), "orders_per_second": rate,
-                  "binance_orders_10s": rate, "binance_orders_1m": rate, "max_open_orders": C.between(1, MAX_OPEN)}
+                  "binance_orders_10s": C.between(0, RATE_CAP), "binance_orders_1m": C.between(0, RATE_CAP), "max_open_orders": C.between(1, MAX_OPEN)}
         kw = C.section_values(cls, "risk", section, checks, numbers=C.NON_NEGATIVE)
         limits = {}
         for sym, lim in kw.get("symbols", {}).items():
@@ -201,6 +204,37 @@ def _f(s: str) -> float:
     return float(Decimal(s))
 
 
+def exchange_order_limits(exchange_info: dict | None) -> tuple[int, int]:
+    """(orders per 10 s, orders per minute) from an exchangeInfo's `rateLimits`: the ORDERS entries of 10 SECOND
+    and 1 MINUTE, the two windows Binance USD-M lists and risk enforces; 0 where it lists none."""
+    l10 = l60 = 0
+    for r in (exchange_info or {}).get("rateLimits", ()) or ():
+        try:
+            if r.get("rateLimitType") != "ORDERS":
+                continue
+            span = {"SECOND": 1, "MINUTE": 60}.get(r["interval"], 0) * int(r.get("intervalNum", 1))
+            limit = int(r["limit"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        if span == 10 and limit > 0:
+            l10 = limit
+        elif span == 60 and limit > 0:
+            l60 = limit
+    return l10, l60
+
+
+def effective_order_limits(cfg: "RiskConfig", exchange: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """The ORDERS limits per 10 s and per minute risk enforces: the exchange's (from its exchangeInfo), lowered by
+    [risk] binance_orders_10s / _1m when those are set; with no exchange figure (replay, a venue that lists none)
+    the [risk] value, else Binance's 300 / 1200. Clipped to what the rate ring holds (RATE_CAP)."""
+    out = []
+    for mine, theirs, binance in ((cfg.binance_orders_10s, exchange[0], BINANCE_ORDERS_10S),
+                                  (cfg.binance_orders_1m, exchange[1], BINANCE_ORDERS_1M)):
+        v = min(theirs, mine) if theirs and mine else (theirs or mine or binance)
+        out.append(max(1, min(v, RATE_CAP)))
+    return out[0], out[1]
+
+
 class RiskState(NamedTuple):
     """The risk book as the one argument of every jitted check. A record of the book's preallocated arrays: the
     arrays are owned by the Brain and mutated in place; the record itself never changes, so numba passes it by
@@ -216,7 +250,10 @@ class RiskState(NamedTuple):
 class RiskBook:
     """The Brain's risk state: preallocated arrays the jitted checks work on (pass `book.arrays` to them)."""
 
-    def __init__(self, cfg: RiskConfig, rules: list[SymbolRules], first_client_id: int = 1):
+    def __init__(self, cfg: RiskConfig, rules: list[SymbolRules], first_client_id: int = 1,
+                 exchange_limits: tuple[int, int] = (0, 0)):
+        """exchange_limits: the venue's ORDERS limits per 10 s and per minute (exchange_order_limits of its
+        exchangeInfo; 0 = not listed, Binance's apply)."""
         self.cfg = cfg
         self.rules = list(rules)
         self.index = {r.symbol: i for i, r in enumerate(self.rules)}
@@ -246,8 +283,8 @@ class RiskBook:
         self.g[G_NEXT_CID] = first_client_id
         self.g[G_MAX_MD_AGE_NS] = cfg.max_md_age_ms * 1_000_000
         self.g[G_RATE_OURS] = cfg.orders_per_second
-        self.g[G_RATE_10S] = cfg.binance_orders_10s
-        self.g[G_RATE_1M] = cfg.binance_orders_1m
+        self.order_limits = effective_order_limits(cfg, exchange_limits)
+        self.g[G_RATE_10S], self.g[G_RATE_1M] = self.order_limits
         self.g[G_FLATTEN_ON_HALT] = int(cfg.flatten_on_halt)
         self.g[G_DAY] = -1
         self.gf[GF_MAX_GROSS] = cfg.max_gross_notional

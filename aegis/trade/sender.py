@@ -799,6 +799,7 @@ class TradeSession:
         self.journal = self.jstate = self.client = self.order_client = self.book = None
         self.queue = self.fills = self.sender = self.userstream = None
         self.protector = None
+        self.rate_note = ""
         self._last_sync = 0.0
         self._last_state = (-1, -1)
         self.use_lock = lock        # False: a journal of this run alone (embedded venue), nobody to exclude
@@ -875,7 +876,14 @@ class TradeSession:
             raise ValueError(f"symbols not listed by the venue: {', '.join(missing[:5])}")
         self._require_one_way_mode()
         rules = [SymbolRules.from_exchange_info(rows[s]) for s in self.symbols]
-        self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id)
+        # the exchange's order-rate limits come from its exchangeInfo, so a venue that allows more lets us send
+        # more (our own [risk] orders_per_second still applies on top)
+        listed = riskmod.exchange_order_limits(info["data"])
+        self.book = RiskBook(self.rcfg, rules, first_client_id=self.jstate.next_client_id, exchange_limits=listed)
+        l10, l60 = self.book.order_limits
+        src = "from its exchangeInfo" if any(listed) else "Binance's: its exchangeInfo lists none"
+        self.rate_note = (f"order-rate limits: ours {self.rcfg.orders_per_second}/s ([risk] orders_per_second), "
+                          f"the exchange's {l10}/10s and {l60}/min ({src})")
         self._apply_leverage_brackets()
         restored = self._restore_from_journal()
         if self.jstate.trading_state == "HALTED" and self.resume:

@@ -262,7 +262,9 @@ class UserStream:
         if in_snapshot:
             rec["inc"] = True
             self.stats["in_snapshot"] += 1
-        elif ts_ms > self.event_ms.get(sym, 0):
+        elif not gap and ts_ms > self.event_ms.get(sym, 0):
+            # a gap fill (booked from an order query by reconcile) brings no position: the ACCOUNT_UPDATE of that
+            # trade may still be on its way, so it must not count as a position event already applied
             self.event_ms[sym] = ts_ms
         self.journal.append("fill", **{k: v for k, v in rec.items() if k != "k"})   # also adds key to fills_seen
         self.stats["fills"] += 1

@@ -50,6 +50,8 @@ class VenueConfig:
     exchange_cfg: Any = None            # aegis.venue.exchange.ExchangeConfig; None = built from the fields above
     ws_api_max_request_bytes: int = 4096   # ws-fapi: a bigger request frame closes the connection (1009)
     funding_interval_s: float = 8 * 3600.0  # funding settles at multiples of this (Binance: 8 h); shorten in tests
+    max_order_history: int = 200_000    # closed orders (and trades, income rows) kept queryable per account:
+                                        # ~2.8 KB per order, so memory grows until this many, then stays flat
 
 
 class Venue:
@@ -155,7 +157,8 @@ def start_venue(cfg: VenueConfig | None = None) -> Venue:
     ex_cfg = cfg.exchange_cfg
     if ex_cfg is None:
         ex_cfg = exchange_mod.ExchangeConfig(api_keys=dict(cfg.api_keys),
-                                             listen_key_validity_s=cfg.listen_key_validity_s, seed=cfg.seed)
+                                             listen_key_validity_s=cfg.listen_key_validity_s, seed=cfg.seed,
+                                             max_order_history=cfg.max_order_history)
     exchange = exchange_mod.Exchange(market, catalog, ex_cfg, clock_ms=market.now_ms)
     if not cfg.replay_path:       # replay owns the streams
         exchange.force_order_listeners.append(hub.force_order)

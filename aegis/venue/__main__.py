@@ -28,6 +28,8 @@ examples:
   python -m aegis.venue --symbols 300 --rate 5000    300 synthetic USDT perpetuals
   python -m aegis.venue --lifetime 30 --ping-interval 5 --pong-timeout 10   short-lived sockets for tests
   python -m aegis.venue --replay rec.jsonl.gz --replay-speed 0   replay a recording as fast as possible
+  python -m aegis.venue --orders-per-10s 10000 --orders-per-minute 60000 --weight-per-minute 100000
+                                                     limits raised for hundreds of orders/s
   python -m aegis.venue --api-key mykey:mysecret     accept this key (repeatable; default aegis-test-key)
 
 Ctrl-C or SIGTERM stops it cleanly.
@@ -83,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted API key and secret (repeatable; default aegis-test-key:aegis-test-secret)")
     p.add_argument("--funding-interval", type=_positive(float, "--funding-interval"), default=28800.0,
                    help="seconds between funding settlements (Binance: 28800 = 8 h; shorten to watch funding)")
+    p.add_argument("--orders-per-10s", type=_positive(int, "--orders-per-10s"), default=300,
+                   help="orders per account per 10 s before 429 -1015 (Binance: 300); listed in exchangeInfo's "
+                        "rateLimits, which the engine takes its own limits from")
+    p.add_argument("--orders-per-minute", type=_positive(int, "--orders-per-minute"), default=1200,
+                   help="orders per account per minute (Binance: 1200)")
+    p.add_argument("--weight-per-minute", type=_positive(int, "--weight-per-minute"), default=2400,
+                   help="REST request weight per IP per minute before 429 (Binance: 2400)")
     p.add_argument("--backpressure", action="store_true",
                    help="let slow stream clients slow the generator down instead of disconnecting them")
     return p
@@ -96,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return usage_error(PROG, "--symbols must be >= 1")
     if args.port > 65535:
         return usage_error(PROG, "--port must be <= 65535")
+    if min(args.orders_per_10s, args.orders_per_minute, args.weight_per_minute) < 1:
+        return usage_error(PROG, "--orders-per-10s, --orders-per-minute and --weight-per-minute must be >= 1")
     from aegis.venue import VenueConfig, start_venue
+    from aegis.venue.ratelimit import RateLimitConfig
 
     kw = {}
     if args.api_key:
@@ -105,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                       bursts=not args.no_bursts, conn_lifetime_s=args.lifetime, ping_interval_s=args.ping_interval,
                       pong_timeout_s=args.pong_timeout, replay_path=args.replay, replay_speed=args.replay_speed,
                       replay_loop=args.replay_loop, backpressure=args.backpressure,
-                      funding_interval_s=args.funding_interval, **kw)
+                      funding_interval_s=args.funding_interval,
+                      rate_limits=RateLimitConfig(weight_per_minute=args.weight_per_minute,
+                                                  orders_per_10s=args.orders_per_10s,
+                                                  orders_per_minute=args.orders_per_minute), **kw)
     stop = threading.Event()
 
     def on_signal(signum, frame):
