@@ -88,9 +88,14 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
-def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, small_disk):
+def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, small_disk, tmp_path):
+    # fsync "always" writes each record with write(2): the 16 kB disk fills while the engine trades. (The mapped
+    # journal of the other modes claims its room up front; its full disk is the next test, and its growth failing
+    # mid-run is tests/test_safety.py's.)
+    cfg = tmp_path / "always.toml"
+    cfg.write_text('[trade]\nfsync = "always"\n')
     journal = str(small_disk / "j.jsonl")
-    run = engine("--journal", journal)
+    run = engine("--journal", journal, "--config", str(cfg))
     run.wait_running()
     code = run.finish(150)
     out = run.output
@@ -99,6 +104,13 @@ def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, 
     assert "aegis: error: THE ORDER JOURNAL CANNOT BE WRITTEN: trading halted" in out
     assert "fail-safe cancel done" in out
     assert "cancelled its open orders on the exchange" in out
+
+
+def test_a_disk_without_room_for_the_mapped_journal_refuses_to_start(engine, small_disk):
+    run = engine("--journal", str(small_disk / "j.jsonl"))
+    code = run.finish(150)
+    assert code != 0, run.output
+    assert "aegis: error: trading cannot start: [Errno 28] No space left on device" in run.output, run.output
 
 
 def test_a_sigterm_to_the_brain_is_reported_as_such(engine):

@@ -121,11 +121,14 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_sweep(tmp_path, c
     import signal
     import threading
     files = [marketdays.write_day(tmp_path, "BTCUSDT", day, 200_000, seed=i) for i, day in enumerate(DAYS)]
-    store = tmp_path / "store"    # trials long enough (~2 s) that Ctrl-C lands with most of the grid to do (Ray writes results every few s)
+    store = tmp_path / "store"
     assert S.main(["import", *map(str, files), "--to", str(store)]) == 0
     out = tmp_path / "sw"
-    argv = ["--data", str(store), "--grid", "fast=2,3,4,5,6,7,8,9,10,11,12,13", "--grid", "slow=50", "--workers", "1",
-            "--out", str(out)]
+    # enough trials (~0.6 s each here) that Ctrl-C lands with most of the grid to do: it is sent once Ray has
+    # written a first result, and Ray writes results every few seconds
+    n_trials = 36
+    argv = ["--data", str(store), "--grid", "fast=" + ",".join(str(2 + i) for i in range(n_trials)),
+            "--grid", "slow=50", "--workers", "1", "--out", str(out)]
     stop = threading.Event()
 
     def ctrl_c_after_a_trial():   # what a user's Ctrl-C does: SIGINT to the sweep process
@@ -143,12 +146,12 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_sweep(tmp_path, c
     assert rc == 130
     first = {r["trial"]: r for r in _rows(out / sweep.RESULTS)}
     finished = {k: r for k, r in first.items() if r["status"] == "ok"}
-    assert 1 <= len(finished) < 12 and any(r["status"] == "not run" for r in first.values())
+    assert 1 <= len(finished) < n_trials and any(r["status"] == "not run" for r in first.values())
     assert "--resume" in capsys.readouterr().err
     assert sweep.main(argv) == 2   # the same --out without --resume: refused, nothing overwritten
     assert sweep.main([*argv, "--resume"]) == 0
     rows = {r["trial"]: r for r in _rows(out / sweep.RESULTS)}
-    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows.values())
+    assert len(rows) == n_trials and all(r["status"] == "ok" for r in rows.values())
     for k, r in finished.items():
         assert rows[k]["net"] == r["net"] and rows[k]["fast"] == r["fast"]
 
