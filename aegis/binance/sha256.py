@@ -291,6 +291,17 @@ class _ShaNi:
             word = b.extract_element(abcd if i < 4 else efgh, ir.Constant(_I32, i % 4))
             b.store(word, self._item_ptr(aryty, ary, idx, i))
 
+    def hmac_outer(self, kty, kary, abef, cdgh, sty, sary, so_v):
+        """The outer hash of an HMAC from the inner state (abef, cdgh): kary[8:16] holds the key's outer midstate;
+        the result goes to sary[so:so+8]. The outer message is the 32-byte inner digest, whose big-endian words are
+        the inner state words a..h: one padded block straight from registers."""
+        w0, w1 = self.fips_order(abef, cdgh)
+        w2 = _v4(0x80000000, 0, 0, 0)
+        w3 = _v4(0, 0, 0, (BLOCK_LEN + DIGEST_LEN) * 8)
+        abef, cdgh = self.load_state(kty, kary, ir.Constant(so_v.type, 8))
+        abef, cdgh = self.compress(abef, cdgh, w0, w1, w2, w3)
+        self.store_state(sty, sary, so_v, abef, cdgh)
+
     def compress(self, abef, cdgh, w0, w1, w2, w3):
         """64 rounds over the block whose message words 0..15 are the vectors w0..w3; returns the new state."""
         b = self.builder
@@ -432,14 +443,7 @@ def _sha_ni_hmac(typingctx, kstate, msg, off, length, st, so):
         intp = off_v.type
         abef, cdgh = sha.load_state(kty, kary, ir.Constant(intp, 0))
         abef, cdgh = sha.absorb_final(mty, mary, off_v, len_v, BLOCK_LEN, abef, cdgh)
-        # outer message = the 32-byte inner digest, whose big-endian words are the inner state words a..h:
-        # one padded block straight from registers
-        w0, w1 = sha.fips_order(abef, cdgh)
-        w2 = _v4(0x80000000, 0, 0, 0)
-        w3 = _v4(0, 0, 0, (BLOCK_LEN + DIGEST_LEN) * 8)
-        abef, cdgh = sha.load_state(kty, kary, ir.Constant(intp, 8))
-        abef, cdgh = sha.compress(abef, cdgh, w0, w1, w2, w3)
-        sha.store_state(sty, sary, so_v, abef, cdgh)
+        sha.hmac_outer(kty, kary, abef, cdgh, sty, sary, so_v)
         return context.get_dummy_value()
 
     return types.void(kstate, msg, off, length, st, so), codegen
@@ -462,15 +466,9 @@ def _sha_ni_hmac_mid(typingctx, kstate, mid, mo, prefix_len, msg, off, length, s
         mdary = context.make_array(mdty)(context, builder, args[1])
         mary = context.make_array(mty)(context, builder, args[4])
         sary = context.make_array(sty)(context, builder, args[7])
-        intp = off_v.type
         abef, cdgh = sha.load_state(mdty, mdary, mo_v)
         abef, cdgh = sha.absorb_final(mty, mary, off_v, len_v, pre_v, abef, cdgh)
-        w0, w1 = sha.fips_order(abef, cdgh)
-        w2 = _v4(0x80000000, 0, 0, 0)
-        w3 = _v4(0, 0, 0, (BLOCK_LEN + DIGEST_LEN) * 8)
-        abef, cdgh = sha.load_state(kty, kary, ir.Constant(intp, 8))
-        abef, cdgh = sha.compress(abef, cdgh, w0, w1, w2, w3)
-        sha.store_state(sty, sary, so_v, abef, cdgh)
+        sha.hmac_outer(kty, kary, abef, cdgh, sty, sary, so_v)
         return context.get_dummy_value()
 
     return types.void(kstate, mid, mo, prefix_len, msg, off, length, st, so), codegen

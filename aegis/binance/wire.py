@@ -521,6 +521,16 @@ def encode_ws_order(enc, req, ts_ms, mask_pool, state, out, pos, tmp):
     return j0 + n
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _end_journal_line(out, j0, pos):
+    """A journal line's tail after its JSON, out[j0:pos]: a tab, the CRC-32 of the JSON in hex, a newline."""
+    crc = sha256.crc32(out, j0, pos - j0, 0)
+    out[pos] = 9           # '\t'
+    sha256.crc32_hex8(crc, out, pos + 1)
+    out[pos + 9] = 10      # '\n'
+    return pos + 10
+
+
 @njit(cache=True, nogil=True)
 def encode_journal_req(enc, req, wall_ms, out, pos):
     """The journal's `req` line for a new order (aegis.trade.journal: `<json>\\t<crc32 hex>\\n`)."""
@@ -545,11 +555,7 @@ def encode_journal_req(enc, req, wall_ms, out, pos):
     pos = put_int(out, pos, req.exch_ts)
     out[pos] = 125         # '}'
     pos += 1
-    crc = sha256.crc32(out, j0, pos - j0, 0)
-    out[pos] = 9           # '\t'
-    sha256.crc32_hex8(crc, out, pos + 1)
-    out[pos + 9] = 10      # '\n'
-    return pos + 10
+    return _end_journal_line(out, j0, pos)
 
 
 @njit(cache=True, nogil=True)
@@ -581,11 +587,7 @@ def _journal_req_built(enc, req, wall_ms, out, pos):
     pos = put_bytes(out, pos, L_J_X)
     pos = put_int(out, pos, req.exch_ts)
     pos = put_bytes(out, pos, L_J_END)
-    crc = sha256.crc32(out, j0, pos - j0, 0)
-    out[pos] = 9           # '\t'
-    sha256.crc32_hex8(crc, out, pos + 1)
-    out[pos + 9] = 10      # '\n'
-    return pos + 10
+    return _end_journal_line(out, j0, pos)
 
 
 @njit(cache=True, nogil=True)
