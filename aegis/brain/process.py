@@ -162,12 +162,6 @@ def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, bs, sink, kill
                 return RET_DONE
 
 
-@njit(cache=True, nogil=True)
-def process_records(bs, sink, records, n, consume_ts):
-    """One batch through the order loop as brain_loop runs it (borrowed bundles), without a ring."""
-    return pipeline.process_batch(borrowed(bs), borrowed(sink), borrowed(records), n, consume_ts)
-
-
 # ============================================================================================ Python side
 class Brain:
     """One Brain's state and pipeline, independent of the process around it (tests, bench and replay build one
@@ -226,8 +220,8 @@ class Brain:
     def process(self, records: np.ndarray, n: int | None = None, consume_ts: int | None = None) -> int:
         """Run the pipeline over records[:n] (no ring): returns the number of signals. Bench/tests/tools."""
         n = len(records) if n is None else n
-        return int(process_records(self.bs, self.sink, records, n,
-                                   py_now_ns() if consume_ts is None else consume_ts))
+        return int(pipeline.process_batch(self.bs, self.sink, records, n,
+                                          py_now_ns() if consume_ts is None else consume_ts))
 
     def step(self, header, ring_records, ctl, round_end_ns: int) -> int:
         """One brain_loop call: until the round ends or the run is over."""
