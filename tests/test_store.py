@@ -179,20 +179,12 @@ def test_engine_modules_import_no_research_dependency():
 
 
 def test_a_feed_recording_imports_and_replays_like_the_recording(tmp_path):
-    from aegis.feed.recording import Recorder
-    rec = Recorder(tmp_path / "rec")
-    t0 = marketdays.day_ms(DAYS[0])
-    for i in range(600):
-        m = 40_000 + (i * 7) % 11
-        rec.write(5_000_000_000 + i * 500_000_000, "btcusdt@bookTicker",
-                  {"e": "bookTicker", "u": 100 + i, "s": "BTCUSDT", "b": f"{m - 0.05:.2f}", "B": "5",
-                   "a": f"{m + 0.05:.2f}", "A": "5", "T": t0 + i * 500, "E": t0 + i * 500})
-    rec.close()
+    files = _quote_recording(tmp_path / "rec", filters=False)
     root = tmp_path / "store"
-    assert _import(rec.files, root) == 0
+    assert _import(files, root) == 0
     (p,) = S.Store(root).select()
     assert p.stream.startswith("rec-feed-") and p.rows == 600 and p.day == DAYS[0]
-    a = _replay(rec.files, tmp_path / "from-rec")
+    a = _replay(files, tmp_path / "from-rec")
     b = _replay([root], tmp_path / "from-store")
     a.pop("inputs")
     b.pop("inputs")
