@@ -350,7 +350,7 @@ def run(spec: ProcessSpec) -> int:
             sess = order_path.session
             n = candles.warm_up(brain.candles, sess.client, sess.symbols, sess.client.now_ms())
             print(f"aegis: brain: {n} candles warmed up from the exchange's klines", flush=True)
-            if getattr(sess, "rate_note", ""):
+            if sess.rate_note:
                 print(f"aegis: brain: {sess.rate_note}", flush=True)
         names = symbol_names(spec, brain.n_symbols)
         learn.start_run(strat, brain.bs.strat.state, names, bcfg.model_file,
