@@ -42,6 +42,7 @@ from aegis.feed import book
 from aegis.feed import conflation
 from aegis.core import control
 from aegis.core import latency
+from aegis.core.memory import prefault
 from aegis.feed import parse
 from aegis.core import ring
 from aegis.feed import synthetic
@@ -509,6 +510,11 @@ class FeedEngine:
         self.conns: list[Connection] = [Connection(route, streams, ws_url)
                                         for route, streams in plan_connections(table, cfg)]
         self.depth_enabled = "depth" in cfg.streams
+        # resident now, not page by page during the first backlog (aegis.core.memory); the depth books only when
+        # depth is subscribed, since nothing else writes them
+        b = self.books
+        prefault(self.parser.out, self.parser.lv, self.conflation.pend,
+                 *((b.px, b.qty, b.pend_hdr, b.pend_lv) if self.depth_enabled else ()))
         self.fetcher = SnapshotFetcher(rest_url, cfg.snapshot_limit, cfg.snapshot_timeout,
                                        cfg.snapshot_weight_per_minute, weight_ledger) if self.depth_enabled else None
         self.next_snapshot_at = np.zeros(len(table))

@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.experimental import structref
 
 from aegis.core import websocket as ws
+from aegis.core.memory import prefault
 from aegis.core.websocket import (FR_FIN, FR_SPECIAL, FROM_SERVER, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG,
                                   OP_TEXT, SPLIT_OK, split_frames)
 
@@ -93,6 +94,8 @@ class FrameReader:
         self.lens = np.zeros(max_frames, np.int64)
         self.ops = np.zeros(max_frames, np.uint8)
         self.flags = np.zeros(max_frames, np.uint8)
+        # a backlog fills the buffer deep: its pages are made resident here, not during that backlog
+        prefault(self.buf, self.offs, self.lens, self.ops, self.flags)
         self.state = make_frame_state(self.buf, self.offs, self.lens, self.ops, self.flags, self.pos)
         self.closed = False
         self.close_code = None
@@ -142,6 +145,7 @@ class FrameReader:
             self.head, self.tail = 0, rem
         if self.tail == len(self.buf):  # one frame larger than the buffer: grow
             nb = np.zeros(len(self.buf) * 2, np.uint8)
+            prefault(nb)
             nb[:self.tail] = self.buf[:self.tail]
             self.buf = nb
             self._mv = memoryview(nb)
