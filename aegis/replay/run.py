@@ -849,6 +849,16 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     except OSError as e:
         raise InputError(f"{out_dir}: cannot create output directory ({e.strerror or e})") from None
     sink = make_sink(table.names, cfg.sim.sample_ns, out_dir)
+    try:
+        return _run(sources, table, cfg, rules, sink, warn)
+    except BaseException:
+        # a failure after the output files were started (a store partition's checksum is only known once the
+        # partition has been replayed, Ctrl-C, a bad row in a CSV): nothing may be left that looks like a result
+        sink.discard()
+        raise
+
+
+def _run(sources, table, cfg: ReplayConfig, rules, sink, warn) -> dict:
     core = ReplayCore(table, cfg, rules, sink)
     learn.start_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_in, warn)   # online strategy: --model
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
