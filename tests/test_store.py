@@ -124,7 +124,7 @@ def test_sum64_is_the_four_lane_recurrence_however_the_records_are_sliced():
     assert S.sum64(recs) == want
     lanes = np.zeros(S.SUM64_LANES, np.uint64)
     for a, b in ((0, 1), (1, 2), (2, 20), (20, 37)):
-        S._sum64_step(recs[a:b].view(np.uint64), lanes)
+        S.sum64_step(recs[a:b].view(np.uint64), lanes)
     assert S._sum64_fold(lanes) == want
 
 
@@ -183,23 +183,28 @@ def test_damage_found_by_the_replays_own_pass_fails_it_with_no_result_left(tmp_p
         sweep.evaluate(ctx, {"fast": 5, "slow": 40}, [str(p.path)], None)
 
 
-def test_a_first_open_checks_each_slice_as_it_goes_to_the_core_and_a_verified_one_is_not_summed(tmp_path,
-                                                                                               monkeypatch):
+def test_a_first_open_is_checked_by_the_replay_core_as_it_reads_and_a_verified_one_is_not_summed(tmp_path,
+                                                                                                monkeypatch):
     root, p = _day_store(tmp_path)
-    events = []
-    step, feed = S._sum64_step, replay.ReplayCore.feed
-    monkeypatch.setattr(S, "_sum64_step", lambda w, st: (events.append(("sum", len(w) // 16)), step(w, st))[1])
-    monkeypatch.setattr(replay.ReplayCore, "feed", lambda self, r: (events.append(("feed", len(r))), feed(self, r))[1])
+    feeds, sums = [], []
+    step, feed = S.sum64_step, replay.ReplayCore.feed
+    monkeypatch.setattr(S, "sum64_step", lambda w, st: (sums.append(len(w)), step(w, st))[1])
+
+    def counted(self, recs, lanes=None):   # (rows, words the core added to the partition's sum64)
+        before = None if lanes is None else int(lanes[S.SUM64_LANES])
+        feed(self, recs, lanes)
+        feeds.append((len(recs), None if lanes is None else int(lanes[S.SUM64_LANES]) - before))
+    monkeypatch.setattr(replay.ReplayCore, "feed", counted)
     a = _replay([root], tmp_path / "first")
     slices = [min(S.DIRECT_ROWS, p.rows - i) for i in range(0, p.rows, S.DIRECT_ROWS)]
-    # each slice summed once, right after the core had it: the file is read in one pass
-    assert [e for e in events if e[1]] == [(k, n) for n in slices for k in ("feed", "sum")]
-    events.clear()
+    # the core summed every row as it read it, once: the file is read in one pass, and no pass of the check's own
+    assert [f for f in feeds if f[0]] == [(n, n * S.RECORD_WORDS) for n in slices] and sums == []
+    feeds.clear()
     b = _replay([root], tmp_path / "again")             # checked by the first open in this process
     S._verified.clear()
     S.trust(S.identities([p]))                          # what a sweep worker does with the sweep's own verify()
     c = _replay([root], tmp_path / "trusted")
-    assert not [e for e in events if e[0] == "sum"] and [n for k, n in events if k == "feed" and n] == slices * 2
+    assert [f for f in feeds if f[0]] == [(n, None) for n in slices] * 2 and sums == []
     a.pop("inputs"), b.pop("inputs"), c.pop("inputs")
     assert a == b == c and a["counts"]["orders_accepted"] > 100
     for name in RESULT_FILES:
@@ -427,7 +432,7 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
         return whole, direct, srcs
 
     old, _, _ = run(lambda srcs: replay.Merger(srcs).batches())
-    new, _, srcs = run(replay.feed_batches)
+    new, _, srcs = run(lambda srcs: (b for b, _ in replay.feed_batches(srcs)))
     assert len(new) == len(old) == 9000
     for f in MARKET_DTYPE.names:
         if f != "seq":   # a lone partition keeps its stored seq (its row index); not read by the replay core
@@ -439,7 +444,7 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
     _, srcs = replay.open_sources(files, None, None, None, None)
     lone = next(s for s in srcs if s.part.day == DAYS[1])
     mapped = lone.open()
-    seen = [b for b in replay.feed_batches(srcs) if len(b) and b["recv_ts"][0] >= d1]
+    seen = [b for b, _ in replay.feed_batches(srcs) if len(b) and b["recv_ts"][0] >= d1]
     assert [len(b) for b in seen] == [1000, 1000, 500]
     assert all(np.shares_memory(b, mapped) for b in seen)
     # a partition imported before pub_ts and seq were stored is stamped on a copy, as the merge would
@@ -449,6 +454,6 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
     st.parts[p.rel] = p
     st.save()
     _, srcs = replay.open_sources(replay.expand_inputs([str(old_root)]), None, None, None, None)
-    got = [b.copy() for b in replay.feed_batches(srcs)]
+    got = [b.copy() for b, _ in replay.feed_batches(srcs)]
     assert all((b["pub_ts"] == b["recv_ts"]).all() for b in got) and sum(map(len, got)) == 2500
     assert np.array_equal(np.concatenate([b["seq"] for b in got]), np.arange(2500))

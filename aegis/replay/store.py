@@ -40,9 +40,9 @@ Integrity:
     checks the file size and header against the manifest (catches truncation, no cost); the records are checked
     when a replay first opens a partition in a process (once per sweep worker, not once per trial), by sum64
     (4.8 GB/s: the CRC-32 pass, 2.3 GB/s, cost a replay about half as much as the replay core itself), and by
-    both in `data verify`. A replay takes the sum in the same pass as the replay, each slice as the core gets it:
-    a pass of its own first read the file twice, and cost a third of a first open. So a damaged partition is
-    found only when its last slice is summed, after the replay core has had all of it: the replay then fails and
+    both in `data verify`. In a replay the replay core takes the sum as it reads the rows (_Sum64Check): a pass
+    of the check's own first read the file twice and cost a third of a first open. So a damaged partition is
+    found only when its last row is summed, after the core has replayed all of it: the replay then fails and
     removes its output files (aegis.replay.run.run), nothing of it is kept. Partitions imported before sum64
     existed are checked by CRC-32 before replay. A mismatch is one line naming the partition, exit 2. CRC-32 and
     not SHA-256: it detects accidental damage, which is the threat here, at 1.3 GB/s against SHA-256's 0.76 GB/s
@@ -294,10 +294,13 @@ def open_partition(part: Partition, check_crc: bool, both: bool = False) -> np.n
 # accidental damage CRC-32 is here for (flipped bits, zeroed or torn pages; truncation is caught by the size), at
 # memory speed: the CRC-32 pass cost about as much as replaying the partition. CRC-32 stays, for `data verify`.
 SUM64_LANES = 8   # s0..s3, t0..t3
+RECORD_WORDS = MARKET_DTYPE.itemsize // 8   # 16: a slice of whole records keeps the lanes aligned
 
 
 @njit(cache=True, nogil=True)
-def _sum64_step(words, st):
+def sum64_step(words, st):
+    """Add words to the lanes st[:SUM64_LANES]; st[SUM64_LANES], when st has it, counts the words added (so a
+    check knows how far the replay core, which sums the rows as it reads them, has gone)."""
     # Over m steps of one lane with words w_1..w_m the recurrence (s += w, t += s) ends at
     #   s_m = s_0 + A,   t_m = t_0 + m s_0 + (m + 1) A - B,   A = sum w_j,  B = sum j w_j   (mod 2^64),
     # and A and B have no chain from one step to the next, so LLVM vectorises them: 2.5x the rate of the
@@ -326,38 +329,40 @@ def _sum64_step(words, st):
     st[1] += a1
     st[2] += a2
     st[3] += a3
+    if st.shape[0] > SUM64_LANES:
+        st[SUM64_LANES] += np.uint64(4 * m)
 
 
 def _sum64_fold(st: np.ndarray) -> int:
     h = 0xCBF29CE484222325
-    for v in st.tolist():
+    for v in st[:SUM64_LANES].tolist():
         h = ((h ^ v) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
 
 
 class _Sum64Check:
-    """A partition's sum64, taken a slice at a time in row order and compared with the manifest when the last row
-    is in. open_partition takes it in a pass of its own; a replay's first open takes it on each slice as the
-    slice goes on to the core, so the file is read once, not once for the check and again for the replay."""
-
-    WORDS = MARKET_DTYPE.itemsize // 8   # 16 words a record: a slice of whole records keeps the lanes aligned
+    """A partition's sum64, taken in row order and compared with the manifest when the last row is in.
+    open_partition sums it in a pass of its own. A replay's first open hands `lanes` to the replay core with each
+    slice, and the core sums the slice's rows as it reads them (aegis.replay.run.run_core): the file is read once,
+    not once for the check and again for the replay, and the sum reads rows the core has just brought into the
+    cache. Rows handed on without the lanes (merged copies, a caller that does not sum) are summed here."""
 
     def __init__(self, part: Partition, recs: np.ndarray):
         self.part = part
         self.words = recs.view(np.uint64)
-        self.st = np.zeros(SUM64_LANES, np.uint64)
-        self.rows = 0   # rows summed so far
+        self.lanes = np.zeros(SUM64_LANES + 1, np.uint64)   # + the count of words summed (sum64_step)
 
     def through(self, row: int) -> bool:
-        """Sum rows [self.rows, row); True once every row is summed and matches the manifest, StoreError naming the
-        partition if it does not."""
-        if row > self.rows:
-            _sum64_step(self.words[self.rows * self.WORDS:row * self.WORDS], self.st)
-            self.rows = row
-        if self.rows < self.part.rows:
+        """Make sure rows [.., row) are summed; True once every row is summed and matches the manifest, StoreError
+        naming the partition if it does not."""
+        done = int(self.lanes[SUM64_LANES]) // RECORD_WORDS
+        if row > done:
+            sum64_step(self.words[done * RECORD_WORDS:row * RECORD_WORDS], self.lanes)
+            done = row
+        if done < self.part.rows:
             return False
-        got = _sum64_fold(self.st)
-        if got != self.part.sum64:
+        got = _sum64_fold(self.lanes)
+        if done != self.part.rows or got != self.part.sum64:
             raise StoreError(f"damaged partition {self.part.rel}: checksum {got:016x}, manifest says "
                              f"{self.part.sum64:016x}")
         return True
@@ -366,7 +371,7 @@ class _Sum64Check:
 def sum64(recs: np.ndarray) -> int:
     """The sum64 of records in memory (what import stores)."""
     st = np.zeros(SUM64_LANES, np.uint64)
-    _sum64_step(np.ascontiguousarray(recs).view(np.uint64), st)
+    sum64_step(np.ascontiguousarray(recs).view(np.uint64), st)
     return _sum64_fold(st)
 
 
@@ -461,11 +466,16 @@ class StoreSource:
             self._mm = _mapping_of(self._recs)
         return self._recs
 
+    def lanes(self) -> np.ndarray | None:
+        """What the replay core sums the rows it is handed into (run_core), while this open checks them."""
+        return self._check.lanes if self._check is not None else None
+
     def check_through(self, row: int) -> None:
-        """Sum the records up to row (exclusive) if this open checks them: called as rows are handed on, while
-        they are in the cache, and before drop_before gives them back. When the last row is in, a wrong sum is a
-        StoreError naming the partition: whatever was replayed from it is then thrown away by the caller (replay
-        fails and removes its output files); a right one marks the file checked for later opens in this process."""
+        """The records up to row (exclusive) have been handed on: those the core did not sum into lanes() are
+        summed now, while they are in the cache, and before drop_before gives them back. When the last row is in,
+        a wrong sum is a StoreError naming the partition: whatever was replayed from it is then thrown away by
+        the caller (replay fails and removes its output files); a right one marks the file checked for later
+        opens in this process."""
         if self._check is not None and self._check.through(row):
             _verified.add(self._ident)
             self._check = None
@@ -564,19 +574,22 @@ def merge_into(srcs, pos, end, sym, out, seq0):
     return j
 
 
-def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.ndarray]:
+def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """The records of store sources in replay order (recv_ts, then source order, then position: what replay's
-    k-way merge gives), as arrays for the replay core, valid until the next one is asked for.
+    k-way merge gives), as (array for the replay core, lanes) pairs, the array valid until the next one is asked
+    for. lanes, when not None, are the sum64 lanes of a partition being checked on its first open: the core sums
+    the array's rows into them as it reads them (ReplayCore.feed); rows it did not sum are summed here after.
 
     No record is copied where none needs to be: the partitions are grouped by overlapping time spans; a group of
     one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as slices of
     its mapping, pub_ts and seq as stored (import stores them as the merge sets them: pub_ts = recv_ts, seq =
     the row's index in the partition; the core's outputs read neither). A group of several is merged by
     merge_into into one reused buffer, streamed: memory is the buffer plus the pages in flight, whatever the
-    span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions (replay's general merge)."""
+    span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions (replay's general merge), in
+    pairs as well."""
     # spans from the manifest; each partition is opened when its group comes up and, on its first open, checked
-    # slice by slice as the slices go on (StoreSource.check_through), so the check and the replay read the file
-    # once between them (a month is larger than the page cache of a small node: checked all at once, the
+    # slice by slice as the slices go to the core, so the check and the replay read the file once between them
+    # (a month is larger than the page cache of a small node: checked all at once, the
     # first days would be read from disk twice; checked per partition, each would still be read twice from memory)
     spans = sorted((s.part.first_ns, s.part.last_ns, i) for i, s in enumerate(sources) if s.part.rows)
     groups: list[list[int]] = []
@@ -596,12 +609,13 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.n
         if len(g) == 1 and sources[g[0]].symbol_id == 0 and recs[g[0]]["pub_ts"][0] == recs[g[0]]["recv_ts"][0]:
             # (a partition imported before pub_ts was stored is stamped on a copy by the merge below)
             src, a = sources[g[0]], recs[g[0]]
+            # on a first open the core sums each slice's rows as it reads them, from the cache (35 GB/s here); a
+            # pass of the check's own over the slice, before or after the core's, read it from memory (8 GB/s)
+            lanes = src.lanes()
             for i in range(0, len(a), DIRECT_ROWS):
                 b = a[i:i + DIRECT_ROWS]
                 src.rows = i + len(b)
-                yield b
-                # summed after the core has read the slice: from the cache (35 GB/s), where before it, it would
-                # be read from memory (8 GB/s here) while the core's own read of it hides that behind its work
+                yield b, lanes
                 src.check_through(i + len(b))
                 src.drop_before(i)
             seq += len(a)
@@ -618,7 +632,7 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[np.n
                 for i, p in zip(g, pos.tolist()):   # the rows just merged, while they are hot
                     sources[i].check_through(p)
                 seq += m
-                yield out[:m]
+                yield out[:m], None
                 for i, p in zip(g, pos.tolist()):
                     sources[i].rows = p
                     sources[i].drop_before(p)
@@ -698,7 +712,7 @@ class _PartWriter:
         self.last = int(recs["recv_ts"][-1])
         blob = recs.tobytes()
         self.crc = zlib.crc32(blob, self.crc)
-        _sum64_step(np.frombuffer(blob, np.uint64), self.sum)   # records are 16 words: lanes stay aligned
+        sum64_step(np.frombuffer(blob, np.uint64), self.sum)   # records are 16 words: lanes stay aligned
         self.f.write(blob)
         self.rows += len(recs)
 
