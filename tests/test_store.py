@@ -143,7 +143,7 @@ def _day_store(tmp_path: Path) -> tuple[Path, S.Partition]:
 @pytest.mark.parametrize("where", ["middle", "last slice"])
 def test_damage_found_by_the_replays_own_pass_fails_it_with_no_result_left(tmp_path, monkeypatch, where):
     """The first open sums a partition as it replays it, so the damage is known only at the partition's end, after
-    the core has replayed (some of) it: the command still fails in one line naming it, exit 2, and no file in --out
+    the core has replayed all of it: the command still fails in one line naming it, exit 2, and no file in --out
     looks like a result (a previous run's included); the same through the library call a sweep trial makes."""
     from aegis.replay import metrics
     from aegis.research import sweep
