@@ -118,7 +118,7 @@ def test_bench_store_formats_and_end_to_end(benchmark, tmp_path):
 
     def merged():   # store -> replay's k-way merge -> batches ready for the core (the input path, no core)
         _, srcs = replay.open_sources([str(part.path)], None, None, None, None)
-        return sum(len(b) for b in replay.feed_batches(srcs))
+        return sum(len(b) for b, _ in replay.feed_batches(srcs))
     read["store -> merged batches (replay input path)"] = timed(merged)
     # end to end: the replay core alone on records already in memory, then replay.run from the store and from CSV
     mem = np.array(recs).view(MARKET_DTYPE)   # np.load rebuilds the dtype without its aligned flag

@@ -129,6 +129,8 @@ def parts(root: str, strategy_name: str = "idle", symbol: str | None = None) -> 
         s = 0
         it = batches(srcs) if batches else replay.Merger(srcs).batches()
         for b in it:
+            if isinstance(b, tuple):   # (batch, sum64 lanes): trees from s3-19 on; the lanes are None here (verified)
+                b = b[0]
             n += len(b)
             s += int(b["recv_ts"][-1])   # a view: the pages are touched below
             np.add.reduce(b.view(np.int64).reshape(-1, MARKET_DTYPE.itemsize // 8)[:, 1])
@@ -169,7 +171,8 @@ def parts(root: str, strategy_name: str = "idle", symbol: str | None = None) -> 
     res["orders"] = orders
     recs = None   # (free the in-memory copy before the store runs)
     gc.collect()
-    # 3. replay.run from the store (CRC trusted: a sweep trial), then first open (CRC pass)
+    # 3. replay.run from the store (CRC trusted: a sweep trial), then first open (checksum: a pass of its own
+    #    before s3-19, the replay core's own pass from then on)
     t, summ = best(lambda: replay.run([target], cfg, warn=lambda m: None), label="run")
     assert summ["counts"]["records"] == rows
     res["run_trusted_rows_per_s"] = rows / t

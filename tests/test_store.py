@@ -83,12 +83,20 @@ def _flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x40]))
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys, damage):
+RESULT_FILES = ["equity.csv", "equity.png", "orders.csv", "summary.json", "trades.csv"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "flip merged", "flip general merge"])
+def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys, damage, monkeypatch):
     root = tmp_path / "store"
     assert _import(csvs, root) == 0
-    p = S.Store(root).select(["BTCUSDT"], DAYS[1], DAYS[1])[0]
-    if damage == "flip":
+    # BTCUSDT's second day overlaps nothing (replayed straight from its mapping); ETHUSDT's day overlaps BTCUSDT's
+    # first, so it goes through the store's merge, or with MERGE_MAX 1 through replay's general merge
+    day, sym = (DAYS[0], "ETHUSDT") if "merge" in damage else (DAYS[1], "BTCUSDT")
+    if damage == "flip general merge":
+        monkeypatch.setattr(S, "MERGE_MAX", 1)
+    p = S.Store(root).select([sym], day, day)[0]
+    if damage.startswith("flip"):
         _flip_byte(p.path, S.HEADER_BYTES + 1000 * MARKET_DTYPE.itemsize + 24)   # one bid price bit
     else:
         os.truncate(p.path, p.path.stat().st_size - MARKET_DTYPE.itemsize)
@@ -96,9 +104,111 @@ def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys,
     assert S.main(["verify", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"damaged partition {p.rel}" in err[0]
-    rc = replay.main([str(root), "--out", str(tmp_path / "o"), "--no-progress"])
+    rc = replay.main([str(root), "--param", "fast=5", "--param", "slow=40", "--out", str(tmp_path / "o"),
+                      "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"damaged partition {p.rel}" in err[0]
+    assert os.listdir(tmp_path / "o") == []
+
+
+def test_sum64_is_the_four_lane_recurrence_however_the_records_are_sliced():
+    """The vectorised sum64 gives what the recurrence it stands for gives (what every manifest holds), slice by
+    slice as a replay takes it as well as in one piece."""
+    rng = np.random.default_rng(7)
+    recs = np.frombuffer(rng.integers(0, 256, 37 * MARKET_DTYPE.itemsize, dtype=np.uint8).tobytes(), MARKET_DTYPE)
+    st = [0] * 8
+    for i, w in enumerate(recs.view(np.uint64).tolist()):   # lane i % 4: s += w, t += s (mod 2^64)
+        st[i % 4] = (st[i % 4] + w) % 2**64
+        st[4 + i % 4] = (st[4 + i % 4] + st[i % 4]) % 2**64
+    want = S._sum64_fold(np.array(st, np.uint64))
+    assert S.sum64(recs) == want
+    lanes = np.zeros(S.SUM64_LANES, np.uint64)
+    for a, b in ((0, 1), (1, 2), (2, 20), (20, 37)):
+        S.sum64_step(recs[a:b].view(np.uint64), lanes)
+    assert S._sum64_fold(lanes) == want
+
+
+def _day_store(tmp_path: Path) -> tuple[Path, S.Partition]:
+    """A store of one 200,000-quote day: four of the slices replay hands the core straight from the mapping
+    (DIRECT_ROWS), so damage can sit past the first one, and quotes enough for ema_cross to trade before it."""
+    d = tmp_path / "csv"
+    d.mkdir()
+    root = tmp_path / "store"
+    assert _import([marketdays.write_day(d, "BTCUSDT", DAYS[0], 200_000, seed=4)], root) == 0
+    (p,) = S.Store(root).select()
+    assert 3 * S.DIRECT_ROWS < p.rows < 4 * S.DIRECT_ROWS
+    return root, p
+
+
+@pytest.mark.parametrize("where", ["middle", "last slice"])
+def test_damage_found_by_the_replays_own_pass_fails_it_with_no_result_left(tmp_path, monkeypatch, where):
+    """The first open sums a partition as it replays it, so the damage is known only at the partition's end, after
+    the core has replayed all of it: the command still fails in one line naming it, exit 2, and no file in --out
+    looks like a result (a previous run's included); the same through the library call a sweep trial makes."""
+    from aegis.replay import metrics
+    from aegis.research import sweep
+    root, p = _day_store(tmp_path)
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "aegis", "replay", str(root), "--param", "fast=5", "--param", "slow=40", "--out",
+           str(out), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=repo)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(os.listdir(out)) == RESULT_FILES and json.loads((out / "summary.json").read_text())["counts"][
+        "orders_accepted"] > 100
+    row = p.rows // 2 if where == "middle" else p.rows - 10   # the second slice, or the last
+    _flip_byte(p.path, S.HEADER_BYTES + row * MARKET_DTYPE.itemsize + 24)
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=repo)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1, bad.stderr
+    assert err[0].startswith("aegis replay: error: ") and f"damaged partition {p.rel}: checksum" in err[0]
+    assert os.listdir(out) == []
+    # in-process, as sweep.evaluate runs a trial on a worker that has not verified the partition
+    lib = tmp_path / "lib"
+    found = []
+    discard = metrics.Collector.discard
+
+    def spy(self):   # what the replay had written when the damage was found
+        found.append((self.n_fills, (lib / "trades.csv").stat().st_size if self.out_dir else None))
+        discard(self)
+    monkeypatch.setattr(metrics.Collector, "discard", spy)
+    ctx = {"strategy": "ema_cross", "fixed": {}, "replay_args": []}
+    with pytest.raises(S.StoreError, match=f"^damaged partition {p.rel}: checksum "):
+        sweep.evaluate(ctx, {"fast": 5, "slow": 40}, [str(p.path)], str(lib))
+    assert found[0][0] > 100 and found[0][1] > 10_000   # fills were written before the end of the partition
+    assert os.listdir(lib) == []
+    # a failed check marks nothing verified: the next open checks again
+    with pytest.raises(S.StoreError, match=f"^damaged partition {p.rel}: checksum "):
+        sweep.evaluate(ctx, {"fast": 5, "slow": 40}, [str(p.path)], None)
+
+
+def test_a_first_open_is_checked_by_the_replay_core_as_it_reads_and_a_verified_one_is_not_summed(tmp_path,
+                                                                                                monkeypatch):
+    root, p = _day_store(tmp_path)
+    feeds, sums = [], []
+    step, feed = S.sum64_step, replay.ReplayCore.feed
+    monkeypatch.setattr(S, "sum64_step", lambda w, st: (sums.append(len(w)), step(w, st))[1])
+
+    def counted(self, recs, lanes=None):   # (rows, words the core added to the partition's sum64)
+        before = None if lanes is None else int(lanes[S.SUM64_LANES])
+        feed(self, recs, lanes)
+        feeds.append((len(recs), None if lanes is None else int(lanes[S.SUM64_LANES]) - before))
+    monkeypatch.setattr(replay.ReplayCore, "feed", counted)
+    a = _replay([root], tmp_path / "first")
+    slices = [min(S.DIRECT_ROWS, p.rows - i) for i in range(0, p.rows, S.DIRECT_ROWS)]
+    # the core summed every row as it read it, once: the file is read in one pass, and no pass of the check's own
+    assert [f for f in feeds if f[0]] == [(n, n * S.RECORD_WORDS) for n in slices] and sums == []
+    feeds.clear()
+    b = _replay([root], tmp_path / "again")             # checked by the first open in this process
+    S._verified.clear()
+    S.trust(S.identities([p]))                          # what a sweep worker does with the sweep's own verify()
+    c = _replay([root], tmp_path / "trusted")
+    assert [f for f in feeds if f[0]] == [(n, None) for n in slices] * 2 and sums == []
+    a.pop("inputs"), b.pop("inputs"), c.pop("inputs")
+    assert a == b == c and a["counts"]["orders_accepted"] > 100
+    for name in RESULT_FILES:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "trusted" / name).read_bytes(), name
 
 
 def test_an_interrupted_import_leaves_nothing_replay_reads(csvs, tmp_path, monkeypatch):
@@ -322,7 +432,7 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
         return whole, direct, srcs
 
     old, _, _ = run(lambda srcs: replay.Merger(srcs).batches())
-    new, _, srcs = run(replay.feed_batches)
+    new, _, srcs = run(lambda srcs: (b for b, _ in replay.feed_batches(srcs)))
     assert len(new) == len(old) == 9000
     for f in MARKET_DTYPE.names:
         if f != "seq":   # a lone partition keeps its stored seq (its row index); not read by the replay core
@@ -334,7 +444,7 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
     _, srcs = replay.open_sources(files, None, None, None, None)
     lone = next(s for s in srcs if s.part.day == DAYS[1])
     mapped = lone.open()
-    seen = [b for b in replay.feed_batches(srcs) if len(b) and b["recv_ts"][0] >= d1]
+    seen = [b for b, _ in replay.feed_batches(srcs) if len(b) and b["recv_ts"][0] >= d1]
     assert [len(b) for b in seen] == [1000, 1000, 500]
     assert all(np.shares_memory(b, mapped) for b in seen)
     # a partition imported before pub_ts and seq were stored is stamped on a copy, as the merge would
@@ -344,6 +454,6 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
     st.parts[p.rel] = p
     st.save()
     _, srcs = replay.open_sources(replay.expand_inputs([str(old_root)]), None, None, None, None)
-    got = [b.copy() for b in replay.feed_batches(srcs)]
+    got = [b.copy() for b, _ in replay.feed_batches(srcs)]
     assert all((b["pub_ts"] == b["recv_ts"]).all() for b in got) and sum(map(len, got)) == 2500
     assert np.array_equal(np.concatenate([b["seq"] for b in got]), np.arange(2500))

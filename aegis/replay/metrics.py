@@ -36,6 +36,8 @@ EQUITY_FILE = "equity.csv"
 EQUITY_PLOT = "equity.png"
 LEARNING_PLOT = "learning_curve.png"   # strategies that learn (summary "model"): log-loss per window vs base rate
 SUMMARY_FILE = "summary.json"
+# written at the end of a replay, summary.json last: a directory without summary.json holds no finished result
+FINAL_FILES = (EQUITY_FILE, EQUITY_PLOT, LEARNING_PLOT, SUMMARY_FILE)
 
 TRADES_HEADER = ("time_ns,time_utc,symbol,client_id,order_id,trade_id,side,price,qty,notional,fee,realized_pnl,"
                  "maker,position_after\n")
@@ -141,6 +143,9 @@ class Collector:
         self.first_fill_ns = None
         self._trades = self._orders = None
         if self.out_dir is not None:
+            # a previous replay's into this directory: trades.csv and orders.csv are rewritten from here on, and the
+            # rest must not sit next to them as if they belonged together until this replay's replace them
+            self._remove(FINAL_FILES)
             self._trades = open(self.out_dir / TRADES_FILE, "w", encoding="ascii", newline="")
             self._trades.write(TRADES_HEADER)
             self._orders = open(self.out_dir / ORDERS_FILE, "w", encoding="ascii", newline="")
@@ -217,6 +222,18 @@ class Collector:
                 f.close()
         self._trades = self._orders = None
 
+    def discard(self) -> None:
+        """The replay failed (a damaged input found at the end of a partition, Ctrl-C, ...): no file it wrote may
+        look like a result, so every output file goes."""
+        self.close()
+        self._remove((TRADES_FILE, ORDERS_FILE, *FINAL_FILES))
+
+    def _remove(self, names) -> None:
+        if self.out_dir is None:
+            return
+        for name in names:
+            (self.out_dir / name).unlink(missing_ok=True)
+
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.eq_ts:
             return np.zeros(0, np.int64), np.zeros(0)
@@ -274,8 +291,6 @@ class Collector:
     def write_summary(self, summary: dict) -> None:
         if self.out_dir is None:
             return
-        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n",
-                                                  encoding="ascii")
         ts, eq = self.equity_curve()
         with open(self.out_dir / EQUITY_FILE, "w", encoding="ascii", newline="") as f:
             f.write("time_ns,time_utc,equity\n")
@@ -286,6 +301,9 @@ class Collector:
         model = summary.get("model")
         if model is not None:
             (self.out_dir / LEARNING_PLOT).write_bytes(learning_png(model))
+        # last (FINAL_FILES): a replay killed while writing the files above leaves no summary.json
+        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n",
+                                                  encoding="ascii")
 
 
 def format_summary(s: dict) -> str:

@@ -46,6 +46,7 @@ from aegis.core.borrow import borrowed
 from aegis.trade import risk
 from aegis.replay import simexec
 from aegis.replay import store
+from aegis.replay.store import RECORD_WORDS, sum64_step
 from aegis.brain import learn, strategy
 from aegis.brain import bus, candles, pipeline, pools
 from aegis.brain.pipeline import S_HALT_REQUESTS, S_HELD, S_ORDERS, S_RECORDS, S_REFUSED, S_SIGNALS
@@ -70,9 +71,10 @@ DEFAULT_OUT = "replay-out"
 
 # =============================================================================================== jitted core
 @njit(cache=True, nogil=True)
-def run_core(src, n, start, rh, rrec, dst, bs, sink):
+def run_core(src, n, start, rh, rrec, dst, bs, sink, words, lanes):
     """Replay src[start:n] through the in-process ring and the Brain's order loop (aegis.brain.pipeline) with the
-    simulated exchange as its sink; returns how far it got (< n when an output buffer must be drained first)."""
+    simulated exchange as its sink; returns how far it got (< n when an output buffer must be drained first).
+    lanes not empty: also add the replayed records (words: src as 64-bit words) to a store partition's sum64."""
     # the ReplayCore holds every array for the whole call: owner-less views spare the kernels below two atomic
     # reference-count updates per array they take out of a bundle (per order, and per record while one rests)
     bs, sink, src, dst, rh, rrec = borrowed(bs), borrowed(sink), borrowed(src), borrowed(dst), borrowed(rh), \
@@ -91,6 +93,8 @@ def run_core(src, n, start, rh, rrec, dst, bs, sink):
         if m > batch:
             m = batch
         ring.write_batch(rh, rrec, src[i0:i0 + m], m, ring.POLICY_WAIT, BUSY_SPIN)
+        if lanes.shape[0] != 0:   # a partition's first open: its check, on the rows the ring write just read
+            sum64_step(words[i0 * RECORD_WORDS:(i0 + m) * RECORD_WORDS], lanes)
         got = ring.read_batch(rh, rrec, dst, batch)
         now = dst[got - 1].recv_ts
         pipeline.process_batch(bs, sink, dst, got, now)
@@ -433,19 +437,21 @@ class Merger:
         return out
 
 
-def feed_batches(sources: list) -> Iterator[np.ndarray]:
-    """The inputs' records in replay order, as arrays for the core (each valid until the next is asked for).
-    Store partitions only: aegis.replay.store.replay_batches (no copy for a partition that overlaps no other, a
-    one-pass merge otherwise); any CSV or recording among the inputs: Merger."""
+def feed_batches(sources: list) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The inputs' records in replay order, as (array for the core, lanes for ReplayCore.feed) pairs, each array
+    valid until the next is asked for. Store partitions only: aegis.replay.store.replay_batches (no copy for a
+    partition that overlaps no other, a one-pass merge otherwise; lanes on a partition's first open); any CSV or
+    recording among the inputs: Merger (lanes None)."""
     if sources and all(isinstance(s, store.StoreSource) for s in sources):
         return store.replay_batches(sources, 0, _merge_from)
-    return Merger(sources).batches()
+    return ((b, None) for b in Merger(sources).batches())
 
 
 def _merge_from(sources: list, seq0: int):
     m = Merger(sources)
     m.seq = seq0
-    yield from m.batches()
+    for b in m.batches():
+        yield b, None
     return m.seq
 
 
@@ -472,6 +478,9 @@ def symbol_rules(table) -> list:
                                     market_step_size=info.step_size, min_qty=info.step_size,
                                     market_min_qty=info.step_size, min_notional="0"))
     return out
+
+
+_NO_WORDS = np.zeros(0, np.uint64)   # run_core's words and lanes when there is nothing to sum
 
 
 class ReplayCore:
@@ -501,12 +510,16 @@ class ReplayCore:
         self.stats = self.bs.st
         self.out = out if out is not None else metrics.Collector(table.names, cfg.sim.sample_ns)
 
-    def feed(self, recs: np.ndarray) -> None:
+    def feed(self, recs: np.ndarray, lanes: np.ndarray | None = None) -> None:
+        """Replay recs; with lanes (a store partition's first open: aegis.replay.store.replay_batches), also add
+        them to its sum64."""
         n = len(recs)
         i = 0
+        words = _NO_WORDS if lanes is None else recs.view(np.uint64)
+        lanes = _NO_WORDS if lanes is None else lanes
         while i < n:
             before = i
-            i = run_core(recs, n, i, self.header, self.ring_records, self.dst, self.bs, self.sink)
+            i = run_core(recs, n, i, self.header, self.ring_records, self.dst, self.bs, self.sink, words, lanes)
             self.drain()
             if i == before:   # drained buffers and still no room: only the active-order table can be full
                 raise RuntimeError(f"simulated exchange: {int(self.sim.ctr[C_ACTIVE])} orders open or in flight, "
@@ -849,6 +862,16 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     except OSError as e:
         raise InputError(f"{out_dir}: cannot create output directory ({e.strerror or e})") from None
     sink = make_sink(table.names, cfg.sim.sample_ns, out_dir)
+    try:
+        return _run(sources, table, cfg, rules, sink, warn)
+    except BaseException:
+        # a failure after the output files were started (a store partition's checksum is only known once the
+        # partition has been replayed, Ctrl-C, a bad row in a CSV): nothing may be left that looks like a result
+        sink.discard()
+        raise
+
+
+def _run(sources, table, cfg: ReplayConfig, rules, sink, warn) -> dict:
     core = ReplayCore(table, cfg, rules, sink)
     learn.start_run(cfg.strategy, core.bs.strat.state, table.names, cfg.model_in, warn)   # online strategy: --model
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
@@ -861,11 +884,11 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     # No gc.collect() first: it took 0.2 s a replay, and what it would free is unfrozen (and collected) at the end
     gc.freeze()
     try:
-        for batch in batches:
+        for batch, lanes in batches:
             if cfg.realtime:
-                sim0 = _pace(core, batch, sim0, wall0, prog)
+                sim0 = _pace(core, batch, lanes, sim0, wall0, prog)
             else:
-                core.feed(batch)
+                core.feed(batch, lanes)
             prog.update(int(core.stats[S_RECORDS]))
         core.finish()
     finally:
@@ -893,7 +916,7 @@ def run(files: list[str], cfg: ReplayConfig, symbol=None, fmt=None, extra_symbol
     return summary
 
 
-def _pace(core: ReplayCore, batch: np.ndarray, sim0, wall0, prog) -> int:
+def _pace(core: ReplayCore, batch: np.ndarray, lanes, sim0, wall0, prog) -> int:
     """Feed batch in slices so that replay time tracks wall time since the start."""
     t = batch["recv_ts"]
     if sim0 is None:
@@ -904,7 +927,7 @@ def _pace(core: ReplayCore, batch: np.ndarray, sim0, wall0, prog) -> int:
         due = sim0 + int((time.monotonic() - wall0) * 1e9)
         j = int(np.searchsorted(t, due, side="right"))
         if j > i:
-            core.feed(batch[i:j])
+            core.feed(batch[i:j], lanes)
             i = j
             prog.update(int(core.stats[S_RECORDS]))
         else:
