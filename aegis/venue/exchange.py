@@ -720,11 +720,13 @@ class Exchange:
 
     def _remark(self, symbol: str) -> None:
         """The market moved: a new mark moves the margin totals of every account exposed to the symbol."""
+        px = float(self.market.mark_price(symbol))
+        # a tick that leaves the mid where it was (a change deeper in the book) must not make the market's thread
+        # wait for an order's lock. Only this thread (the market's) replaces a kept mark: reading it unlocked is safe.
+        if px == self._marks[symbol][0]:
+            return
         with self.lock:
-            px = float(self.market.mark_price(symbol))
-            src, mark = self._marks[symbol]
-            if px == src:
-                return
+            mark = self._marks[symbol][1]
             new = self.grid(px, self.specs[symbol].tick)
             self._marks[symbol] = (px, new)
             if new != mark:
