@@ -24,18 +24,17 @@ class StaticBook:
         self.listeners = []
         self.ts = 1_700_000_000_000
 
-    def set(self, symbol, bids, asks, mark=None, tick=False):
+    def set(self, symbol, bids, asks, mark=None):
+        """A new book, delivered to the tick listeners as the venue's market delivers every change."""
         self.bids[symbol] = sorted(bids, key=lambda l: -l[0])
         self.asks[symbol] = sorted(asks, key=lambda l: l[0])
         if mark is not None:
             self.marks[symbol] = mark
         elif bids and asks:
             self.marks[symbol] = (bids[0][0] + asks[0][0]) / 2
-        if tick:
-            self.ts += 1
-            for fn in self.listeners:
-                fn(symbol, self.bids[symbol][0][0] if bids else 0.0, self.asks[symbol][0][0] if asks else 0.0,
-                   self.ts)
+        self.ts += 1
+        for fn in self.listeners:
+            fn(symbol, self.bids[symbol][0][0] if bids else 0.0, self.asks[symbol][0][0] if asks else 0.0, self.ts)
 
     def book_levels(self, symbol, side, n):
         return list((self.asks if side == "BUY" else self.bids).get(symbol, []))[:n]
@@ -155,7 +154,7 @@ def test_gtc_limit_below_the_ask_rests_and_emits_only_new(ex):
 def test_resting_limit_fills_as_maker_at_its_own_price_when_the_market_crosses_it(ex, book):
     r = order(ex, symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.002", price="89000")
     ex.events.clear()
-    book.set("BTCUSDT", [(88900.0, 5.0)], [(88950.0, 5.0)], mark=88950.0, tick=True)
+    book.set("BTCUSDT", [(88900.0, 5.0)], [(88950.0, 5.0)], mark=88950.0)
     q = ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(r["orderId"])})
     assert q["status"] == "FILLED" and q["avgPrice"] == "89000.00000"
     trade = ex.events[-1]["o"]
@@ -175,10 +174,10 @@ def test_marketable_gtc_limit_fills_what_crosses_and_rests_the_remainder(ex, boo
 
 def test_thin_book_on_a_tick_gives_a_partial_maker_fill_then_the_rest(ex, book):
     r = order(ex, symbol="BTCUSDT", side="SELL", type="LIMIT", timeInForce="GTC", quantity="0.010", price="90100")
-    book.set("BTCUSDT", [(90100.0, 0.004), (90000.0, 5.0)], [(90100.1, 1.0)], mark=90100.0, tick=True)
+    book.set("BTCUSDT", [(90100.0, 0.004), (90000.0, 5.0)], [(90100.1, 1.0)], mark=90100.0)
     q = ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(r["orderId"])})
     assert q["status"] == "PARTIALLY_FILLED" and q["executedQty"] == "0.004"
-    book.set("BTCUSDT", [(90150.0, 1.0)], [(90150.1, 1.0)], mark=90150.0, tick=True)
+    book.set("BTCUSDT", [(90150.0, 1.0)], [(90150.1, 1.0)], mark=90150.0)
     q = ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(r["orderId"])})
     assert q["status"] == "FILLED" and q["executedQty"] == "0.010"
     assert ex.account(KEY).positions["BTCUSDT", "BOTH"].amt == Decimal("-0.010")
@@ -585,7 +584,7 @@ def test_one_tick_closing_a_position_expires_the_other_reduce_only_orders(ex, bo
               price="90100", reduceOnly="true")
     b = order(ex, symbol="BTCUSDT", side="SELL", type="LIMIT", timeInForce="GTC", quantity="0.002",
               price="90200", reduceOnly="true")
-    book.set("BTCUSDT", [(90300.0, 5.0)], [(90300.1, 5.0)], mark=90300.0, tick=True)
+    book.set("BTCUSDT", [(90300.0, 5.0)], [(90300.1, 5.0)], mark=90300.0)
     st = {o: ex.query_order(KEY, {"symbol": "BTCUSDT", "orderId": str(o)})["status"]
           for o in (a["orderId"], b["orderId"])}
     assert st == {a["orderId"]: "FILLED", b["orderId"]: "EXPIRED"}

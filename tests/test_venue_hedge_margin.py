@@ -165,7 +165,7 @@ def test_hedge_mode_stop_with_close_position_closes_only_its_side(ex, book):
     a = ex.algo.place(KEY, {**base, "side": "SELL", "positionSide": "LONG"})
     assert a["positionSide"] == "LONG" and a["reduceOnly"] is False
     ex.events.clear()
-    book.set("BTCUSDT", [(88990.0, 5.0)], [(88991.0, 5.0)], mark=88990.0, tick=True)
+    book.set("BTCUSDT", [(88990.0, 5.0)], [(88991.0, 5.0)], mark=88990.0)
     algo = [e["o"] for e in ex.events if e["e"] == "ALGO_UPDATE"]
     assert [x["X"] for x in algo] == ["TRIGGERING", "TRIGGERED", "FINISHED"] and {x["ps"] for x in algo} == {"LONG"}
     acc = ex.account(KEY)

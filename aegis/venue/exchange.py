@@ -6,7 +6,9 @@ The generated book is not depleted by our fills: the market is synthetic and con
 with the test's own trading. Orders of one account never match each other.
 
 Money is Decimal throughout: PnL, fees and wallet balances must add up to the cent in tests and in a client's
-reconciliation, and order placement is not the venue's hot path (the market-data firehose is).
+reconciliation, and order placement is not the venue's hot path (the market-data firehose is). A new order's margin
+check reads per-account running totals (Ledger), kept exact as positions, open orders, leverage and mark prices change,
+so it costs the same with one position as with hundreds.
 
 Every call that changes an account emits user-data events (dicts shaped as Binance sends them) to the listeners
 of that account, in Binance's order (docs/binance-notes.md, User data events). Listeners run under the exchange lock and
@@ -22,7 +24,9 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Context, Decimal, Inexact, \
+    InvalidOperation
+from math import lcm
 from typing import Callable, Iterable, Mapping
 
 from aegis.binance.keys import EMBEDDED_KEY as DEFAULT_API_KEY, EMBEDDED_SECRET as DEFAULT_API_SECRET
@@ -36,6 +40,12 @@ _CID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _CONDITIONAL = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
 _TIFS = frozenset({"GTC", "IOC", "FOK", "GTX", "GTD"})
 _OPEN = frozenset({"NEW", "PARTIALLY_FILLED"})
+# The margin totals (Ledger) add and take back terms at unlimited precision: sums and products of finite decimals are
+# then exact, so a total is exactly the sum of what is held now however long the venue runs, with no drift. They never
+# divide; Inexact traps a division slipped in, which would otherwise try to compute infinitely many digits.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact])
+# A margin figure is its exact value rounded once, to the default context's 28 digits.
+_FIGURE = Context()
 GTX_REJECT_MSG = ("Due to the order could not be executed as maker, the Post Only order will be rejected. "
                   "The order will not be recorded in the order history")
 
@@ -138,17 +148,62 @@ class OrderPathFaults:
 
 
 class Order:
-    __slots__ = ("order_id", "symbol", "spec", "client_id", "side", "type", "tif", "price", "orig_qty",
-                 "executed_qty", "cum_quote", "reduce_only", "status", "time", "update_time", "position_side",
-                 "price_match", "stp", "gtd", "account", "sent_new", "liquidation")
+    _FIELDS = ("order_id", "symbol", "spec", "client_id", "side", "type", "tif", "price", "orig_qty",
+               "executed_qty", "cum_quote", "reduce_only", "status", "time", "update_time", "position_side",
+               "price_match", "stp", "gtd", "account", "sent_new", "liquidation")
+    __slots__ = tuple(f for f in _FIELDS if f not in ("price", "orig_qty", "executed_qty")) + (
+        "_price", "_orig_qty", "_executed_qty", "exposure")
 
     def __init__(self, **kw):
-        for k in self.__slots__:
+        # set while the order rests and can grow a position: its notional is in that Exposure's open-order total
+        self.exposure: Exposure | None = None
+        for k in self._FIELDS:
             setattr(self, k, kw.get(k))
+
+    # price, orig_qty and executed_qty are what a resting order's margin is made of: a change moves the total with it
+    @property
+    def price(self) -> Decimal:
+        return self._price
+
+    @price.setter
+    def price(self, v: Decimal) -> None:
+        e = self.exposure
+        if e is not None:
+            e.order_notional(_EXACT.multiply(self._open_qty(), _EXACT.subtract(v, self._price)))
+        self._price = v
+
+    @property
+    def orig_qty(self) -> Decimal:
+        return self._orig_qty
+
+    @orig_qty.setter
+    def orig_qty(self, v: Decimal) -> None:
+        e = self.exposure
+        if e is not None:
+            e.order_notional(_EXACT.multiply(_EXACT.subtract(v, self._orig_qty), self._price))
+        self._orig_qty = v
+
+    @property
+    def executed_qty(self) -> Decimal:
+        return self._executed_qty
+
+    @executed_qty.setter
+    def executed_qty(self, v: Decimal) -> None:
+        e = self.exposure
+        if e is not None:
+            e.order_notional(_EXACT.multiply(_EXACT.subtract(self._executed_qty, v), self._price))
+        self._executed_qty = v
 
     @property
     def remaining(self) -> Decimal:
         return self.orig_qty - self.executed_qty
+
+    def _open_qty(self) -> Decimal:
+        return _EXACT.subtract(self._orig_qty, self._executed_qty)
+
+    def open_notional(self) -> Decimal:
+        """remaining * price, exact: what the order adds to its Exposure's open-order total while it rests."""
+        return _EXACT.multiply(self._open_qty(), self._price)
 
     @property
     def is_open(self) -> bool:
@@ -178,17 +233,153 @@ class Position:
     wallet when the position grew, plus positionMargin additions, less reductions; the position's realized PnL
     settles into it and a close releases the closed share back to the cross wallet. Fees are paid from the cross
     wallet. The account's wallet balance is the total; its cross wallet is the total less every isolated wallet."""
-    __slots__ = ("symbol", "side", "amt", "entry", "realized", "update_time", "iso", "margin_call")
+    __slots__ = ("symbol", "side", "_amt", "_entry", "realized", "update_time", "_iso", "margin_call", "exposure")
 
-    def __init__(self, symbol: str = "", side: str = "BOTH") -> None:
+    def __init__(self, symbol: str = "", side: str = "BOTH", exposure: Exposure | None = None) -> None:
         self.symbol = symbol
         self.side = side
-        self.amt = ZERO
-        self.entry = ZERO
+        self._amt = ZERO
+        self._entry = ZERO
         self.realized = ZERO      # `cr`: pre-fee accumulated realized PnL
         self.update_time = 0
-        self.iso = ZERO
+        self._iso = ZERO
         self.margin_call = False  # a MARGIN_CALL was pushed and the margin has not recovered since
+        self.exposure = exposure  # None for a row of nothing held (positionRisk of an untouched symbol)
+
+    # amt, entry and iso are what the account's margin totals are made of: every change moves the totals with it
+    @property
+    def amt(self) -> Decimal:
+        return self._amt
+
+    @amt.setter
+    def amt(self, v: Decimal) -> None:
+        if self.exposure is not None:
+            self.exposure.position(self._amt, self._entry, v, self._entry)
+        self._amt = v
+
+    @property
+    def entry(self) -> Decimal:
+        return self._entry
+
+    @entry.setter
+    def entry(self, v: Decimal) -> None:
+        if self.exposure is not None:
+            self.exposure.position(self._amt, self._entry, self._amt, v)
+        self._entry = v
+
+    @property
+    def iso(self) -> Decimal:
+        return self._iso
+
+    @iso.setter
+    def iso(self, v: Decimal) -> None:
+        if self.exposure is not None:
+            led = self.exposure.ledger
+            led.iso_wallet = _EXACT.add(led.iso_wallet, _EXACT.subtract(v, self._iso))
+        self._iso = v
+
+
+def _add_to(buckets: dict[Decimal, Decimal], lev: Decimal, x: Decimal) -> None:
+    if x:
+        v = _EXACT.add(buckets.get(lev, ZERO), x)
+        if v:
+            buckets[lev] = v
+        else:      # an empty bucket would still count in the common denominator of every figure
+            del buckets[lev]
+
+
+class Ledger:
+    """One account's running margin totals in one margin asset, so that a new order's margin check costs the same
+    with one position or a thousand positions and open orders. Exact (_EXACT); index 0 of a pair is the cross
+    positions, 1 the isolated ones. Initial margin is a notional over the leverage: the notionals are kept per
+    leverage and divided only when a figure is asked for."""
+    __slots__ = ("iso_wallet", "cost", "mark_amt", "notional", "orders")
+
+    def __init__(self) -> None:
+        self.iso_wallet = ZERO                  # the isolated wallets
+        self.cost = [ZERO, ZERO]                # amt * entry
+        self.mark_amt = [ZERO, ZERO]            # amt * mark
+        self.notional: tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]] = ({}, {})   # leverage -> |amt| * mark
+        self.orders: dict[Decimal, Decimal] = {}    # leverage -> remaining * price of open orders that can grow
+
+    def unrealized(self, k: int) -> Decimal:
+        """Exact unrealized PnL of the cross (0) or isolated (1) positions."""
+        return _EXACT.subtract(self.mark_amt[k], self.cost[k])
+
+    @staticmethod
+    def figure(base: Decimal, sign: int, *buckets: dict[Decimal, Decimal]) -> Decimal:
+        """base + sign * the sum of notional / leverage over the buckets, rounded once: over a common denominator
+        the numerator is exact."""
+        if not any(buckets):
+            return _FIGURE.plus(base)
+        den = lcm(*(int(lev) for b in buckets for lev in b))
+        num = _EXACT.multiply(base, den)
+        for b in buckets:
+            for lev, v in b.items():
+                num = _EXACT.add(num, _EXACT.multiply(v, sign * (den // int(lev))))
+        return _FIGURE.divide(num, Decimal(den))
+
+
+class Exposure:
+    """What one account holds in one symbol as its Ledger counts it: the symbol's positions (sum and absolute sum of
+    their amounts, amt * entry) and the notional of its open orders that can grow a position, with the leverage,
+    margin type and mark price they are counted at."""
+    __slots__ = ("ledger", "lev", "k", "mark", "amt", "abs_amt", "cost", "orders")
+
+    def __init__(self, ledger: Ledger, lev: Decimal, isolated: bool, mark: Decimal) -> None:
+        self.ledger = ledger
+        self.lev = lev
+        self.k = 1 if isolated else 0
+        self.mark = mark
+        self.amt = ZERO
+        self.abs_amt = ZERO
+        self.cost = ZERO
+        self.orders = ZERO
+
+    def position(self, amt0: Decimal, entry0: Decimal, amt1: Decimal, entry1: Decimal) -> None:
+        led, k = self.ledger, self.k
+        d_cost = _EXACT.subtract(_EXACT.multiply(amt1, entry1), _EXACT.multiply(amt0, entry0))
+        self.cost = _EXACT.add(self.cost, d_cost)
+        led.cost[k] = _EXACT.add(led.cost[k], d_cost)
+        d_amt = _EXACT.subtract(amt1, amt0)
+        if d_amt:
+            self.amt = _EXACT.add(self.amt, d_amt)
+            led.mark_amt[k] = _EXACT.add(led.mark_amt[k], _EXACT.multiply(self.mark, d_amt))
+            d_abs = _EXACT.subtract(abs(amt1), abs(amt0))
+            self.abs_amt = _EXACT.add(self.abs_amt, d_abs)
+            _add_to(led.notional[k], self.lev, _EXACT.multiply(self.mark, d_abs))
+
+    def order_notional(self, d: Decimal) -> None:
+        self.orders = _EXACT.add(self.orders, d)
+        _add_to(self.ledger.orders, self.lev, d)
+
+    def remark(self, mark: Decimal) -> None:
+        led, k = self.ledger, self.k
+        d = _EXACT.subtract(mark, self.mark)
+        led.mark_amt[k] = _EXACT.add(led.mark_amt[k], _EXACT.multiply(d, self.amt))
+        _add_to(led.notional[k], self.lev, _EXACT.multiply(d, self.abs_amt))
+        self.mark = mark
+
+    def relever(self, lev: Decimal) -> None:
+        led = self.ledger
+        pos = _EXACT.multiply(self.mark, self.abs_amt)
+        _add_to(led.notional[self.k], self.lev, -pos)
+        _add_to(led.notional[self.k], lev, pos)
+        _add_to(led.orders, self.lev, -self.orders)
+        _add_to(led.orders, lev, self.orders)
+        self.lev = lev
+
+    def set_isolated(self, isolated: bool) -> None:
+        led, k0, k1 = self.ledger, self.k, 1 if isolated else 0
+        if k0 == k1:
+            return
+        pos = _EXACT.multiply(self.mark, self.abs_amt)
+        mark_amt = _EXACT.multiply(self.mark, self.amt)
+        for k, sign in ((k0, -1), (k1, 1)):
+            led.cost[k] = _EXACT.add(led.cost[k], _EXACT.multiply(self.cost, sign))
+            led.mark_amt[k] = _EXACT.add(led.mark_amt[k], _EXACT.multiply(mark_amt, sign))
+            _add_to(led.notional[k], self.lev, _EXACT.multiply(pos, sign))
+        self.k = k1
 
 
 class Account:
@@ -196,6 +387,8 @@ class Account:
         self.key = key
         self.created_ms = created_ms
         self.wallet: dict[str, Decimal] = {a: Decimal(balances.get(a, "0")) for a in assets}
+        self.ledgers: dict[str, Ledger] = {a: Ledger() for a in self.wallet}    # margin asset -> running totals
+        self.exposures: dict[str, Exposure] = {}                  # symbol -> what the ledger counts of it
         self.positions: dict[tuple[str, str], Position] = {}     # (symbol, BOTH | LONG | SHORT)
         self.open_orders: dict[str, dict[int, Order]] = {}
         self.orders: dict[str, dict[int, Order]] = {}          # every accepted order, for GET /fapi/v1/order
@@ -214,12 +407,6 @@ class Account:
         self.cross_margin_call: dict[str, bool] = {}    # asset -> a cross MARGIN_CALL was pushed, not yet recovered
         self.config_time = created_ms
 
-    def position(self, symbol: str, side: str = "BOTH") -> Position:
-        p = self.positions.get((symbol, side))
-        if p is None:
-            p = self.positions[symbol, side] = Position(symbol, side)
-        return p
-
     @property
     def sides(self) -> tuple[str, ...]:
         return ("LONG", "SHORT") if self.dual_side else ("BOTH",)
@@ -227,10 +414,11 @@ class Account:
     def isolated(self, symbol: str) -> bool:
         return self.margin_type.get(symbol) == "ISOLATED"
 
-    def cross_wallet(self, asset: str, specs: Mapping[str, SymbolSpec]) -> Decimal:
+    def cross_wallet(self, asset: str) -> Decimal:
         """The wallet balance less what isolated positions of this margin asset hold."""
-        return self.wallet.get(asset, ZERO) - sum((p.iso for p in self.positions.values()
-                                                    if p.iso and specs[p.symbol].margin_asset == asset), ZERO)
+        led = self.ledgers.get(asset)
+        wallet = self.wallet.get(asset, ZERO)
+        return wallet - led.iso_wallet if led is not None else wallet
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -329,6 +517,10 @@ class Exchange:
         # symbol -> resting orders of every account; the tick listener only looks at symbols present here
         self._resting: dict[str, dict[int, Order]] = {}
         self._bounds: dict[str, tuple[float, float, float]] = {}
+        # the mark of each symbol an account holds or has resting orders in, as the margin totals count it (kept
+        # by on_tick, so a figure costs nothing per position); with the float it came from
+        self._marks: dict[str, tuple[float, Decimal]] = {}
+        self._exposed: dict[str, list[Exposure]] = {}
         self._listen_keys: dict[str, tuple[str, float]] = {}   # listenKey -> (account key, expires_at_s)
         self._key_listeners: list[Callable[[str, str, dict], None]] = []
         self.force_order_listeners: list[Callable[[dict], None]] = []   # market-wide liquidation feed (forceOrder)
@@ -521,7 +713,42 @@ class Exchange:
         return out
 
     def mark(self, spec: SymbolSpec) -> Decimal:
-        return self.grid(float(self.market.mark_price(spec.symbol)), spec.tick)
+        """The mark price on the tick grid. For a symbol an account holds or has orders in, the one on_tick last
+        saw (the market delivers every book change as a tick): the margin totals and every other use agree on it."""
+        held = self._marks.get(spec.symbol)
+        return held[1] if held is not None else self.grid(float(self.market.mark_price(spec.symbol)), spec.tick)
+
+    def _remark(self, symbol: str) -> None:
+        """The market moved: a new mark moves the margin totals of every account exposed to the symbol."""
+        px = float(self.market.mark_price(symbol))
+        # a tick that leaves the mid where it was (a change deeper in the book) must not make the market's thread
+        # wait for an order's lock. Only this thread (the market's) replaces a kept mark: reading it unlocked is safe.
+        if px == self._marks[symbol][0]:
+            return
+        with self.lock:
+            mark = self._marks[symbol][1]
+            new = self.grid(px, self.specs[symbol].tick)
+            self._marks[symbol] = (px, new)
+            if new != mark:
+                for e in self._exposed[symbol]:
+                    e.remark(new)
+
+    def _exposure(self, acc: Account, symbol: str) -> Exposure:
+        e = acc.exposures.get(symbol)
+        if e is None:
+            if symbol not in self._marks:     # from now on the mark is kept, as the totals count it
+                px = float(self.market.mark_price(symbol))
+                self._marks[symbol] = (px, self.grid(px, self.specs[symbol].tick))
+            e = acc.exposures[symbol] = Exposure(acc.ledgers[self.specs[symbol].margin_asset], self._lev(acc, symbol),
+                                                 acc.isolated(symbol), self._marks[symbol][1])
+            self._exposed.setdefault(symbol, []).append(e)
+        return e
+
+    def _position(self, acc: Account, symbol: str, side: str) -> Position:
+        p = acc.positions.get((symbol, side))
+        if p is None:
+            p = acc.positions[symbol, side] = Position(symbol, side, self._exposure(acc, symbol))
+        return p
 
     # ------------------------------------------------------------------------------------ margin
 
@@ -539,6 +766,8 @@ class Exchange:
             if not raw.isdigit() or not 1 <= int(raw) <= 125:
                 raise VenueError(-4028, f"Leverage {raw} is not valid")
             acc.leverage[spec.symbol] = Decimal(int(raw))
+            if spec.symbol in acc.exposures:
+                acc.exposures[spec.symbol].relever(acc.leverage[spec.symbol])
             now = self.clock_ms()
             self.emit(acc, [{"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
                               "ac": {"s": spec.symbol, "l": int(raw)}}])
@@ -585,30 +814,28 @@ class Exchange:
         return (p for p in acc.positions.values() if p.amt and self.specs[p.symbol].margin_asset == asset
                 and not (cross_only and acc.isolated(p.symbol)))
 
-    def _unrealized(self, acc: Account, asset: str, cross_only: bool = False) -> Decimal:
-        return sum((self.upnl(p) for p in self._held(acc, asset, cross_only)), ZERO)
+    def unrealized(self, acc: Account, asset: str, cross_only: bool = False) -> Decimal:
+        """Unrealized PnL of the positions margined in `asset` (cross_only: of the CROSSED symbols)."""
+        led = acc.ledgers[asset]
+        up = led.unrealized(0)
+        return _FIGURE.plus(up if cross_only else _EXACT.add(up, led.unrealized(1)))
 
     def _maint(self, p: Position) -> Decimal:
         return abs(p.amt) * self.mark(self.specs[p.symbol]) * self._mmr
 
-    def _initial_margin(self, acc: Account, asset: str, cross_only: bool = False) -> tuple[Decimal, Decimal]:
-        """(position initial margin, open-order initial margin); open orders always draw on the cross wallet."""
-        pos_im = sum((abs(p.amt) * self.mark(self.specs[p.symbol]) / self._lev(acc, p.symbol)
-                      for p in self._held(acc, asset, cross_only)), ZERO)
-        ord_im = ZERO
-        for sym, orders in acc.open_orders.items():
-            if self.specs[sym].margin_asset != asset:
-                continue
-            for o in orders.values():
-                if not o.reduces:
-                    ord_im += o.remaining * o.price / self._lev(acc, sym)
-        return pos_im, ord_im
+    def initial_margin(self, acc: Account, asset: str, cross_only: bool = False) -> tuple[Decimal, Decimal]:
+        """(position initial margin, open-order initial margin): notional at the mark (at the order price) over the
+        symbol's leverage; open orders always draw on the cross wallet."""
+        led = acc.ledgers[asset]
+        pos = (led.notional[0],) if cross_only else led.notional
+        return led.figure(ZERO, 1, *pos), led.figure(ZERO, 1, led.orders)
 
     def available_balance(self, acc: Account, asset: str) -> Decimal:
         """Cross wallet + cross unrealized PnL - cross positions' and open orders' initial margin: the margin an
         isolated position holds is not available, and its PnL does not count."""
-        pos_im, ord_im = self._initial_margin(acc, asset, cross_only=True)
-        return acc.cross_wallet(asset, self.specs) + self._unrealized(acc, asset, True) - pos_im - ord_im
+        led = acc.ledgers[asset]
+        base = _EXACT.add(_EXACT.subtract(acc.wallet[asset], led.iso_wallet), led.unrealized(0))
+        return led.figure(base, -1, led.notional[0], led.orders)
 
     # ------------------------------------------------------------------------------------ orders
 
@@ -832,6 +1059,9 @@ class Exchange:
                     events.append(self._otu(o, "NEW", now))
                     o.sent_new = True
                 acc.open_orders.setdefault(spec.symbol, {})[o.order_id] = o
+                if not o.reduces:
+                    o.exposure = self._exposure(acc, spec.symbol)
+                    o.exposure.order_notional(o.open_notional())
                 self._resting.setdefault(spec.symbol, {})[o.order_id] = o
                 self._rebound(spec.symbol)
         self._expire_stale_reduce_only(acc, spec.symbol, now, events, skip=o)
@@ -866,6 +1096,9 @@ class Exchange:
     def _unrest(self, acc: Account, o: Order) -> None:
         """The order reached a final state: off the book, into the bounded history."""
         acc.open_orders.get(o.symbol, {}).pop(o.order_id, None)
+        if o.exposure is not None:
+            o.exposure.order_notional(o.open_notional().copy_negate())
+            o.exposure = None
         if self._resting.get(o.symbol, {}).pop(o.order_id, None) is not None:
             self._rebound(o.symbol)
         acc.closed.append(o)
@@ -879,7 +1112,7 @@ class Exchange:
     def _fill(self, acc: Account, o: Order, px: Decimal, q: Decimal, maker: bool, now: int,
               events: list[dict]) -> None:
         spec = o.spec
-        pos = acc.position(spec.symbol, o.position_side)
+        pos = self._position(acc, spec.symbol, o.position_side)
         signed = q * o.sign
         realized = ZERO
         iso = acc.isolated(spec.symbol)
@@ -953,7 +1186,7 @@ class Exchange:
         wb = acc.wallet[asset]
         rows = [] if pos is None else [self._position_event_row(acc, pos)]
         return {"e": "ACCOUNT_UPDATE", "T": now, "E": now, "a": {
-            "B": [{"a": asset, "wb": q8(wb), "cw": q8(acc.cross_wallet(asset, self.specs)), "bc": q8(bc) if bc
+            "B": [{"a": asset, "wb": q8(wb), "cw": q8(acc.cross_wallet(asset)), "bc": q8(bc) if bc
                    else "0"}], "P": rows, "m": reason}}
 
     def _position_event_row(self, acc: Account, pos: Position) -> dict:
@@ -1139,6 +1372,8 @@ class Exchange:
 
     def on_tick(self, symbol: str, bid_px: float, ask_px: float, ts_ms: int) -> None:
         """Market tick listener: fills resting orders the market now crosses (maker fills at the order price)."""
+        if symbol in self._marks:
+            self._remark(symbol)
         b = self._bounds.get(symbol)
         if b is None:
             return
@@ -1286,7 +1521,7 @@ class Exchange:
                 # ones are listed too
                 self.emit(acc, [{"e": "ACCOUNT_UPDATE", "E": funding_time, "T": funding_time, "a": {
                     "m": "FUNDING_FEE", "B": [{"a": a, "wb": q8(acc.wallet[a]),
-                                               "cw": q8(acc.cross_wallet(a, self.specs)), "bc": "0"} for a in paid],
+                                               "cw": q8(acc.cross_wallet(a)), "bc": "0"} for a in paid],
                     "P": [self._position_event_row(acc, p) for p in isolated]}}])
 
     def funding_rates(self, params: Mapping[str, str]) -> list[dict]:
@@ -1427,6 +1662,8 @@ class Exchange:
                 acc.margin_type.pop(spec.symbol, None)
             else:
                 acc.margin_type[spec.symbol] = mt
+            if spec.symbol in acc.exposures:
+                acc.exposures[spec.symbol].set_isolated(mt == "ISOLATED")
             return {"code": 200, "msg": "success"}
 
     def margin_type_of(self, acc: Account, symbol: str) -> str:
@@ -1631,7 +1868,7 @@ class Exchange:
         if acc.isolated(pos.symbol):
             return pos.iso
         asset = self.specs[pos.symbol].margin_asset
-        return acc.cross_wallet(asset, self.specs) + sum((self.upnl(p) for p in self._held(acc, asset, True)
+        return acc.cross_wallet(asset) + sum((self.upnl(p) for p in self._held(acc, asset, True)
                                                           if p is not pos), ZERO)
 
     def _liq_price(self, acc: Account, pos: Position) -> Decimal:
@@ -1679,8 +1916,8 @@ class Exchange:
                             calls.append({"p": [self._margin_call_row(acc, pos)]})
                 for asset in sorted({self.specs[p.symbol].margin_asset for p in held if not acc.isolated(p.symbol)}):
                     cross = list(self._held(acc, asset, True))
-                    cw = acc.cross_wallet(asset, self.specs)
-                    margin = cw + sum((self.upnl(p) for p in cross), ZERO)
+                    cw = acc.cross_wallet(asset)
+                    margin = cw + self.unrealized(acc, asset, True)
                     mm = sum((self._maint(p) for p in cross), ZERO)
                     if margin < mm:
                         self._liquidate(acc, cross, now, events)
@@ -1749,7 +1986,7 @@ class Exchange:
             closed.append((spec, o, (margin_before + pos.realized - realized_before) if iso else None))
             self._announce_liquidation(o, now)
         # cross: what is left of the cross wallet once every position is closed pays (or is made good)
-        cross_left = acc.cross_wallet(closed[0][0].margin_asset, self.specs) if closed else ZERO
+        cross_left = acc.cross_wallet(closed[0][0].margin_asset) if closed else ZERO
         for spec, o, iso_left in closed:
             asset = spec.margin_asset
             left = iso_left if iso_left is not None else cross_left
@@ -1829,8 +2066,8 @@ class Exchange:
             for asset, wb in acc.wallet.items():
                 avail = self.available_balance(acc, asset)
                 out.append({"accountAlias": "SgsR", "asset": asset, "balance": q8(wb),
-                            "crossWalletBalance": q8(acc.cross_wallet(asset, self.specs)),
-                            "crossUnPnl": q8(self._unrealized(acc, asset, True)), "availableBalance": q8(avail),
+                            "crossWalletBalance": q8(acc.cross_wallet(asset)),
+                            "crossUnPnl": q8(self.unrealized(acc, asset, True)), "availableBalance": q8(avail),
                             "maxWithdrawAmount": q8(max(ZERO, min(wb, avail))), "marginAvailable": True,
                             "updateTime": acc.update_time})
             return out
@@ -1843,9 +2080,9 @@ class Exchange:
             assets = []
             tot = {k: ZERO for k in ("im", "mm", "wb", "up", "pim", "oim", "avail", "cw", "cup")}
             for asset, wb in acc.wallet.items():
-                up = self._unrealized(acc, asset)
-                cw, cup = acc.cross_wallet(asset, self.specs), self._unrealized(acc, asset, True)
-                pos_im, ord_im = self._initial_margin(acc, asset)
+                up = self.unrealized(acc, asset)
+                cw, cup = acc.cross_wallet(asset), self.unrealized(acc, asset, True)
+                pos_im, ord_im = self.initial_margin(acc, asset)
                 mm = sum((self._maint(p) for p in self._held(acc, asset, False)), ZERO)
                 avail = self.available_balance(acc, asset)
                 assets.append({"asset": asset, "walletBalance": q8(wb), "unrealizedProfit": q8(up),
