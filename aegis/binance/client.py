@@ -294,6 +294,14 @@ class BinanceClient:
         """Seconds left of a 429/418 back-off (0 if none)."""
         return max(0.0, (int(self.wire_state[ST_BACKOFF_UNTIL_NS]) - time.monotonic_ns()) / 1e9)
 
+    def _resync(self, what: str) -> None:
+        """-1021: the exchange refused a request as outside recvWindow, before processing it; the clock offset is
+        taken again, and the caller sends the request once more."""
+        self.stats["resyncs"] += 1
+        self.sync_time()
+        log.warning("%s: -1021 from the exchange (timestamp outside recvWindow): clock offset resynced to %d ms, "
+                    "sent once more", what, self.offset_ms)
+
     def request(self, method: str, path: str, params=None, signed: bool = True, urgent: bool = False) -> dict:
         """One REST call; signed ones resync the clock and retry once on -1021."""
         if self.backing_off() > 0 and (not urgent or self.banned):
@@ -305,8 +313,7 @@ class BinanceClient:
                 else encode_params(params)
             r = self._send(method, path, qs, signed)
             if not r["ok"] and r.get("code") == -1021 and attempt == 0:
-                self.stats["resyncs"] += 1
-                self.sync_time()
+                self._resync(f"{method} {path}")
                 continue
             return r
         return r
@@ -393,8 +400,7 @@ class BinanceClient:
             return r
         if r.get("code") == -1021:
             # refused before processing: resync and re-sign through the generic path (same client order id)
-            self.stats["resyncs"] += 1
-            self.sync_time()
+            self._resync("POST /fapi/v1/order")
             return self.place_order(params_fn())
         if not r.get("unknown"):
             return r

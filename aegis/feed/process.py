@@ -43,6 +43,7 @@ from aegis.feed import conflation
 from aegis.core import control
 from aegis.core import latency
 from aegis.core.memory import prefault
+from aegis.core.ratelog import RateLimitedLog
 from aegis.feed import parse
 from aegis.core import ring
 from aegis.feed import synthetic
@@ -163,26 +164,6 @@ def plan_connections(table: SymbolTable, cfg: FeedConfig) -> list[tuple[str, lis
 
 def quote_stream(name: str) -> str:
     return urllib.parse.quote(name, safe="@_.-!")
-
-
-class RateLimitedLog:
-    """One line per key per interval, with the number of occurrences folded in."""
-
-    def __init__(self, logger: logging.Logger, interval: float):
-        self.log = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-
-    def due(self, key: str) -> bool:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.interval:
-            self._last[key] = now
-            return True
-        return False
-
-    def warning(self, key: str, msg: str, *args) -> None:
-        if self.due(key):
-            self.log.warning(msg, *args)
 
 
 class Connection:

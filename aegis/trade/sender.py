@@ -55,6 +55,7 @@ import numpy as np
 from numba import njit
 
 from aegis.core import ring
+from aegis.core.ratelog import RateLimitedLog
 from aegis.core import wait as waiting
 from aegis.binance import wire
 from aegis.core.atomics import load_acquire, store_release
@@ -290,6 +291,7 @@ def resolve_wait(name: str, own_core: bool, brain_polls: bool = False) -> int:
 # --------------------------------------------------------------------------------------------- diagnostics
 SAMPLES = 16384          # per-order timing samples kept (the latest); the histograms keep every order
 RESULTS_KEPT = 256        # exchange answers kept by the sender for tests and tools (~2 KB each)
+REJECT_LOG_INTERVAL_S = 10.0   # an exchange reject code is logged at most once per this many seconds
 
 
 class Samples:
@@ -468,6 +470,7 @@ class Sender:
         self.results: dict[int, dict] = {}   # client_id -> last exchange answer, the last RESULTS_KEPT (tests/tools)
         self.fast = None                  # aegis.binance.wire tables when the fast path is on (enable_fast_path)
         self.housekeeping = None          # optional callable run when idle (kill-switch file, clock resync)
+        self.rlog = RateLimitedLog(log, REJECT_LOG_INTERVAL_S)   # exchange rejects: one line per code per interval
         self.on_unknown = None            # optional callable after an order ended in an unknown state (reconcile)
 
     def enable_fast_path(self, transport: str, api_key: str, secret: str, recv_window_ms: int, rest_url: str,
@@ -689,6 +692,8 @@ class Sender:
             # timed out and the order query could not tell: leave it open; the user stream or reconciliation
             # will settle it. Never re-send blindly (that is how duplicates happen).
             self.journal.append("unknown", id=cid, coid=coid, sym=sym, msg=res.get("msg", ""))
+            log.warning("sender: order %s %s: state unknown (%s); left open for the user stream and reconciliation",
+                        sym, coid, res.get("msg", ""))
             if self.on_unknown is not None:
                 try:
                     self.on_unknown()
@@ -698,6 +703,9 @@ class Sender:
         self.rejects += 1
         self._count("R_SENDER_REJECTS")
         self.journal.append("rej", id=cid, coid=coid, sym=sym, code=res.get("code"), msg=res.get("msg", ""))
+        self.rlog.warning(f"rej{res.get('code')}", "sender: order %s %s rejected by the exchange: %s %s (%d rejects so "
+                          "far; this code is logged once per %g s)", sym, coid, res.get("code"), res.get("msg", ""),
+                          self.rejects, REJECT_LOG_INTERVAL_S)
         self._event(cid, req, STATUS_REJECTED, 0)
 
     def _event(self, cid, req, status, order_id) -> None:
