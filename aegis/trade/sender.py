@@ -65,7 +65,7 @@ from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FI
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.binance.signing import units_to_str
 from aegis.trade import risk as riskmod
-from aegis.trade.journal import map_store
+from aegis.trade.journal import map_store, rearm_pages
 
 log = logging.getLogger("aegis.trade.sender")
 
@@ -227,6 +227,7 @@ def warm_fast_path() -> None:
                      np.zeros(2, np.int64))
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8), 1)
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.frombuffer(b"x", np.uint8), 1)   # Journal.append's
+    rearm_pages(np.zeros(1024, np.int64), 8)   # the journal's sync thread calls it: compiling there would hold the GIL
     # and what the sender calls right after the first order: compiling it there would hold up that order's answer
     # (and, sharing the Brain's core, the Brain)
     from aegis.core.latency import new_set, record_order_request
