@@ -100,7 +100,9 @@ def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, 
     code = run.finish(150)
     out = run.output
     assert code == 1, out
-    assert "ORDER JOURNAL CANNOT BE WRITTEN (" in out and "No space left on device" in out
+    # why, whichever path met the full disk first (the sender's jitted write or a Python append), and no traceback
+    assert "ORDER JOURNAL CANNOT BE WRITTEN (" in out and "No space left on device" in out, out
+    assert "Traceback" not in out, out
     assert "aegis: error: THE ORDER JOURNAL CANNOT BE WRITTEN: trading halted" in out
     assert "fail-safe cancel done" in out
     assert "cancelled its open orders on the exchange" in out

@@ -47,7 +47,7 @@ MASK_POOL = 1 << 16       # bytes of random websocket mask keys (16 k frames bet
 ST_OFFSET_MS = 0          # exchange clock - local wall clock (BinanceClient.offset_ms)
 ST_MASK_POS = 1           # next unused byte of the mask pool
 ST_FSYNC = 2              # 1: fdatasync the journal before sending (journal fsync = "always")
-ST_WRITE_ERRNO = 3        # last failed journal write: -errno or the short count (0: none)
+ST_WRITE_ERRNO = 3        # last failed journal write: -errno (-1: errno unknown) or the short count (0: none)
 ST_SEND_FD = 4            # plain-TCP order socket the jitted code may send on itself (-1: Python sends, e.g. TLS)
 ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1: none)
 ST_SENT = 6               # what its send(2) returned: bytes, or -errno
@@ -117,6 +117,20 @@ def _memcpy(typingctx, dst, dpos, src, soff, n):
         dp, so, cnt = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 3, 4))
         cgutils.raw_memcpy(builder, builder.gep(da.data, [dp]), builder.gep(sa.data, [so]), cnt, 1)
         return builder.add(dp, cnt)
+
+    return sig, codegen
+
+
+@intrinsic
+def last_errno(typingctx):
+    """The calling thread's errno (glibc's __errno_location), read right after a call that failed, so the journal's
+    failure says why ("No space left on device") as Python's own writes do."""
+    sig = types.int32()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32.as_pointer(), []),
+                                            "__errno_location")
+        return builder.load(builder.call(fn, []))
 
     return sig, codegen
 

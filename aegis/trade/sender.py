@@ -65,7 +65,7 @@ from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FI
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.binance.signing import units_to_str
 from aegis.trade import risk as riskmod
-from aegis.trade.journal import map_store, rearm_pages
+from aegis.trade.journal import JournalFailed, map_store, rearm_pages
 
 log = logging.getLogger("aegis.trade.sender")
 
@@ -180,17 +180,19 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
                 if lens[i] > 0:
                     lens[i] = 0
         elif state[wire.ST_FSYNC] != 0 and wire.fdatasync(jfd) != 0:
-            state[wire.ST_WRITE_ERRNO] = -1
+            state[wire.ST_WRITE_ERRNO] = -wire.last_errno()
             for i in range(n):
                 if lens[i] > 0:
                     lens[i] = -1
     elif jpos > 0:
         w = wire.write_all(jfd, jbuf, jpos)
         ok = w == jpos
+        err = 0 if ok or w >= 0 else -wire.last_errno()   # write(2) failed: why
         if ok and state[wire.ST_FSYNC] != 0:
             ok = wire.fdatasync(jfd) == 0
+            err = 0 if ok else -wire.last_errno()
         if not ok:
-            state[wire.ST_WRITE_ERRNO] = w if w != jpos else -1
+            state[wire.ST_WRITE_ERRNO] = err if err < 0 else (w if w >= 0 else -1)
             for i in range(n):
                 if lens[i] > 0:
                     lens[i] = -1
@@ -649,8 +651,8 @@ class Sender:
             self._event(cid, req, STATUS_REJECTED, 0)
             if self._lens[i] < 0:
                 err = int(self._wstate[wire.ST_WRITE_ERRNO])
-                self.journal.report_failure("write refused (disk full or I/O error)" if err < 0 else
-                                            f"short write ({err} bytes)")
+                self.journal.report_failure((os.strerror(-err) if err < -1 else "write refused (disk full or I/O "
+                                             "error)") if err < 0 else f"short write ({err} bytes)")
             return None
         off = int(self._offs[i])
         adopted = []
@@ -1052,7 +1054,10 @@ class TradeSession:
             if name != "ACTIVE":
                 log.error("trading %s: %s%s", name, WHY_NAMES[why],
                           "; cancelling every open order" if name == "HALTED" else "; only reducing orders pass")
-            self.journal.append("state", state=name, reason=WHY_NAMES[why])
+            try:
+                self.journal.append("state", state=name, reason=WHY_NAMES[why])
+            except JournalFailed:
+                pass   # already reported, and that failure is what halted trading: this line cannot be kept
         f = self.rcfg.kill_switch_file
         if f and self.flags[F_KILL] == 0 and os.path.exists(f):
             log.error("kill switch file %s exists: HALTING (cancel all%s)", f,
