@@ -231,6 +231,7 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
         def __init__(self, path):
             open(path, "wb").close()
             self.fd = os.open(path, os.O_RDONLY)
+            self.map_buf, self.map_cursor = np.zeros(0, np.uint8), np.zeros(2, np.int64)   # not mapped: write(2)
             self.failed = None
             self.reported = []
 

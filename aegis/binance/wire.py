@@ -47,7 +47,7 @@ MASK_POOL = 1 << 16       # bytes of random websocket mask keys (16 k frames bet
 ST_OFFSET_MS = 0          # exchange clock - local wall clock (BinanceClient.offset_ms)
 ST_MASK_POS = 1           # next unused byte of the mask pool
 ST_FSYNC = 2              # 1: fdatasync the journal before sending (journal fsync = "always")
-ST_WRITE_ERRNO = 3        # last failed journal write: -errno (-1: errno unknown) or the short count (0: none)
+ST_WRITE_ERRNO = 3        # last failed journal write: -errno, or the bytes the file took of it
 ST_SEND_FD = 4            # plain-TCP order socket the jitted code may send on itself (-1: Python sends, e.g. TLS)
 ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1: none)
 ST_SENT = 6               # what its send(2) returned: bytes, or -errno

@@ -348,9 +348,11 @@ class Journal:
     def _rearm(self) -> None:
         """After a sync of a mapped journal: the pages the next records go to are made writable again, here and not
         in the order path's store (rearm_pages)."""
+        if not self.mapped:
+            return
         with self._lock:
             buf, pos = self.map_buf, int(self.map_cursor[JC_POS])
-        if self.mapped and buf.shape[0] >= 8:
+        if buf.shape[0] >= 8:
             # this view keeps its mapping alive even if the journal maps a longer one meanwhile (see _map)
             rearm_pages(buf[:buf.shape[0] // 8 * 8].view(np.int64), pos)
 

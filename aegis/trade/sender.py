@@ -186,13 +186,14 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
                     lens[i] = -1
     elif jpos > 0:
         w = wire.write_all(jfd, jbuf, jpos)
-        ok = w == jpos
-        err = 0 if ok or w >= 0 else -wire.last_errno()   # write(2) failed: why
-        if ok and state[wire.ST_FSYNC] != 0:
-            ok = wire.fdatasync(jfd) == 0
-            err = 0 if ok else -wire.last_errno()
-        if not ok:
-            state[wire.ST_WRITE_ERRNO] = err if err < 0 else (w if w >= 0 else -1)
+        failed = w != jpos
+        if failed:
+            # why (errno, read before anything else can change it), or how much of it the file took
+            state[wire.ST_WRITE_ERRNO] = -wire.last_errno() if w < 0 else w
+        elif state[wire.ST_FSYNC] != 0 and wire.fdatasync(jfd) != 0:
+            failed = True
+            state[wire.ST_WRITE_ERRNO] = -wire.last_errno()
+        if failed:
             for i in range(n):
                 if lens[i] > 0:
                     lens[i] = -1
@@ -497,7 +498,6 @@ class Sender:
         self._jends = np.zeros(n, np.int64)
         self._tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
         self._out_mv = memoryview(self._out)
-        self._no_map, self._no_cursor = np.zeros(0, np.uint8), np.zeros(2, np.int64)   # a journal without mapping
 
     # ---- lifecycle
     def start(self) -> "Sender":
@@ -539,12 +539,10 @@ class Sender:
                 if self._wstate[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
                     self._mask[:] = wire.new_mask_pool()
                     self._wstate[wire.ST_MASK_POS] = 0
-                jmap = getattr(self.journal, "map_buf", None)     # the journal's mapping (may grow between calls)
-                jcur = self._no_cursor if jmap is None else self.journal.map_cursor
                 n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
                                      self.fast, self._wstate, self._mask, self._out, self._offs, self._lens,
                                      self._jbuf, self._jends, self.journal.fd, self._tmp,
-                                     self._no_map if jmap is None else jmap, jcur)
+                                     self.journal.map_buf, self.journal.map_cursor)   # read per call: it may grow
             else:
                 n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
             if n == 0:
@@ -577,7 +575,6 @@ class Sender:
     def _note(self, kind: str, **fields) -> None:
         """Journal a cancel: it is sent even when the journal fails (a cancel can only reduce what is at risk; the
         failure itself has been reported and has halted trading)."""
-        from aegis.trade.journal import JournalFailed
         try:
             self.journal.append(kind, **fields)
         except JournalFailed:
@@ -651,8 +648,7 @@ class Sender:
             self._event(cid, req, STATUS_REJECTED, 0)
             if self._lens[i] < 0:
                 err = int(self._wstate[wire.ST_WRITE_ERRNO])
-                self.journal.report_failure((os.strerror(-err) if err < -1 else "write refused (disk full or I/O "
-                                             "error)") if err < 0 else f"short write ({err} bytes)")
+                self.journal.report_failure(os.strerror(-err) if err < 0 else f"short write ({err} bytes)")
             return None
         off = int(self._offs[i])
         adopted = []
@@ -1122,7 +1118,6 @@ class TradeSession:
     def stop(self, cancel_open_orders: bool | None = None) -> dict:
         """Orderly shutdown; returns the cancel-all results ({symbol: result}). Ends with what the exchange says is
         still open (self.remaining), logged with the reason each position remains."""
-        from aegis.trade.journal import JournalFailed
         if self.sender is not None and self.sender.wire_ns:
             log.info("%s", self.latency_summary())
         cancel = self.tcfg.cancel_on_shutdown if cancel_open_orders is None else cancel_open_orders
