@@ -172,13 +172,8 @@ def _lit(text: str) -> np.ndarray:
 
 
 L_POST = _lit("POST /fapi/v1/order?")
-L_SYMBOL, L_SIDE, L_TYPE = _lit("symbol="), _lit("&side="), _lit("&type=")
 L_BUY, L_SELL, L_MARKET, L_LIMIT = _lit("BUY"), _lit("SELL"), _lit("MARKET"), _lit("LIMIT")
-L_TIF, L_QTY, L_PRICE, L_RO = _lit("&timeInForce="), _lit("&quantity="), _lit("&price="), _lit("&reduceOnly=true")
-L_COID, L_RESP = _lit("&newClientOrderId="), _lit("&newOrderRespType=")
-L_RW, L_TS, L_SIG = _lit("&recvWindow="), _lit("&timestamp="), _lit("&signature=")
-L_HTTP = _lit(" HTTP/1.1\r\nHost: ")
-L_KEYHDR = _lit("\r\nX-MBX-APIKEY: ")
+L_QTY, L_PRICE, L_SIG = _lit("&quantity="), _lit("&price="), _lit("&signature=")
 L_HTTP_END = _lit("\r\nContent-Length: 0\r\nUser-Agent: aegis\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"
                   "Connection: keep-alive\r\n\r\n")
 L_GTC, L_IOC, L_FOK, L_GTX = _lit("GTC"), _lit("IOC"), _lit("FOK"), _lit("GTX")
