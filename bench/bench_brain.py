@@ -108,7 +108,7 @@ def _exchange_fills_everything(b: brain.Brain) -> None:
 
 def strategy_pass(cfg: strategy.StrategyConfig, state, quotes, out) -> int:
     k = 0
-    ss = strategy.StrategyState(cfg.id, cfg.array(), state)
+    ss = strategy.strategy_state(cfg.id, cfg.array(), state)
     for i in range(0, quotes.shape[0], BATCH):
         part = quotes[i:i + BATCH]
         k += strategy.run_batch(ss, part, part.shape[0], out)

@@ -46,7 +46,7 @@ def test_pipeline_emits_exactly_the_strategy_kernels_signals_stamped_with_stage_
     params = EMA.array()
     state = strategy.make_state(EMA.id, 3, params)
     out = strategy.new_signals(len(recs))
-    k_ref = strategy.run_batch(strategy.StrategyState(EMA.id, params, state), recs, len(recs), out)
+    k_ref = strategy.run_batch(strategy.strategy_state(EMA.id, params, state), recs, len(recs), out)
     assert k == k_ref > 0 and len(got) == k
     assert [int(s["seq"]) for s in got] == list(out["seq"][:k])
     assert all(s["consume_ts"] == 5_000_000 and s["ts"] >= s["consume_ts"] for s in got)
@@ -118,7 +118,7 @@ def test_one_unit_is_unit_notional_at_the_first_order_price_rounded_up_to_the_st
     reqs = drain_queue(path.queue)
     params = EMA.array()
     sigs = strategy.new_signals(len(recs))
-    k = strategy.run_batch(strategy.StrategyState(EMA.id, params, strategy.make_state(EMA.id, 3, params)), recs, len(recs), sigs)
+    k = strategy.run_batch(strategy.strategy_state(EMA.id, params, strategy.make_state(EMA.id, 3, params)), recs, len(recs), sigs)
     for s in range(3):
         mine = reqs[reqs["symbol"] == s]
         first_px = sigs[:k][sigs[:k]["symbol"] == s][0]["price"]     # touch the first order would take

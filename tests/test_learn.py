@@ -55,7 +55,7 @@ def compiled():
     for model in ("logit", "rls"):
         cfg = strategy.resolve("online", {"model": model})
         params = cfg.array()
-        ss = strategy.StrategyState(cfg.id, params, strategy.make_state(cfg.id, 1, params))
+        ss = strategy.strategy_state(cfg.id, params, strategy.make_state(cfg.id, 1, params))
         strategy.run_batch(ss, stream(10), 10, strategy.new_signals(10))
     row = np.zeros(learn.ROW_SLOTS)
     learn.logit_step(row, learn.F_Z, 1.0, 0.1, 0.0, learn.OPT_SGD)
@@ -70,7 +70,7 @@ def online(**values):
 
 def run(cfg, params, state, rec):
     out = strategy.new_signals(len(rec))
-    return strategy.run_batch(strategy.StrategyState(cfg.id, params, state), rec, len(rec), out)
+    return strategy.run_batch(strategy.strategy_state(cfg.id, params, state), rec, len(rec), out)
 
 
 # ============================================================================================ references
@@ -153,7 +153,7 @@ def test_standardiser_is_the_running_mean_and_population_variance_of_the_labelle
     out = strategy.new_signals(1)
     for i in range(len(rec)):
         n = st[0, learn.Q_N]
-        strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, i, i + 1, out, 1)
+        strategy.run_range(strategy.strategy_state(cfg.id, params, st), rec, i, i + 1, out, 1)
         if st[0, learn.Q_N] > n:          # a label: the vector it scored
             xs.append(st[0, learn.F_X:learn.F_X + learn.NF].copy())
     xs = np.array(xs)
@@ -190,15 +190,15 @@ def test_model_recovers_within_stated_events_after_the_relation_flips(model, rec
     cfg, params, st = online(model=model)
     rec = stream(flip + recover + 2000, flip_at=flip)
     out = strategy.new_signals(len(rec))
-    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, 0, flip, out, len(rec))
+    strategy.run_range(strategy.strategy_state(cfg.id, params, st), rec, 0, flip, out, len(rec))
     n0, ok0, _, _ = learn.totals(st)
     assert ok0 / n0 > 0.75                              # it learned the first regime
-    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, flip, flip + 300, out, len(rec))
+    strategy.run_range(strategy.strategy_state(cfg.id, params, st), rec, flip, flip + 300, out, len(rec))
     n1, ok1, _, _ = learn.totals(st)
     assert (ok1 - ok0) / (n1 - n0) < 0.5                # the flip really hurt at first
-    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, flip + 300, flip + recover, out, len(rec))
+    strategy.run_range(strategy.strategy_state(cfg.id, params, st), rec, flip + 300, flip + recover, out, len(rec))
     n2, ok2, _, _ = learn.totals(st)
-    strategy.run_range(strategy.StrategyState(cfg.id, params, st), rec, flip + recover, len(rec), out, len(rec))
+    strategy.run_range(strategy.strategy_state(cfg.id, params, st), rec, flip + recover, len(rec), out, len(rec))
     n3, ok3, _, _ = learn.totals(st)
     assert n3 - n2 == 2000
     assert (ok3 - ok2) / (n3 - n2) > 0.70

@@ -17,7 +17,7 @@ def run(name, recs, values=None, n_symbols=10, chunk=None):
     sigs = []
     for a in range(0, len(recs), chunk):
         part = recs[a:a + chunk]
-        k = stg.run_batch(stg.StrategyState(cfg.id, params, state), part, len(part), out)
+        k = stg.run_batch(stg.strategy_state(cfg.id, params, state), part, len(part), out)
         sigs.append(out[:k].copy())
     return cat(*sigs), state
 
@@ -217,7 +217,7 @@ def test_revert_restores_the_position_held_before_a_refused_signal(name):
     sigs, state = run(name, recs, values, n_symbols=1)
     assert len(sigs) >= 2
     cfg = stg.resolve(name, values)
-    stg.revert(stg.StrategyState(cfg.id, cfg.array(), state), sigs[-1])
+    stg.revert(stg.strategy_state(cfg.id, cfg.array(), state), sigs[-1])
     before = sigs[-2]["position"] / unit     # the position the strategy held before its last signal
     col = {"ema_cross": stg.EC_S_SIDE, "mean_reversion": stg.MR_S_POS, "obi": stg.OB_S_POS}[name]
     assert state[0, col] == (np.sign(before) if name == "ema_cross" else before)
@@ -233,7 +233,7 @@ def test_run_range_stops_after_each_signal_and_resumes_where_it_stopped():
     out = stg.new_signals(1)
     seqs, i = [], 0
     while i < len(recs):
-        k, nxt = stg.run_range(stg.StrategyState(cfg.id, params, state), recs, i, len(recs), out, 1)
+        k, nxt = stg.run_range(stg.strategy_state(cfg.id, params, state), recs, i, len(recs), out, 1)
         assert nxt > i
         if k:
             assert int(out[0]["seq"]) == nxt - 1      # stopped right after the record that signalled
@@ -264,7 +264,7 @@ def test_run_batch_refuses_a_signal_array_shorter_than_the_batch():
     cfg = stg.resolve("ema_cross")
     params = cfg.array()
     with pytest.raises(ValueError, match="room for one signal per record"):
-        stg.run_batch(stg.StrategyState(cfg.id, params, stg.make_state(cfg.id, 1, params)), recs, 100, stg.new_signals(99))
+        stg.run_batch(stg.strategy_state(cfg.id, params, stg.make_state(cfg.id, 1, params)), recs, 100, stg.new_signals(99))
 
 
 def run_tracked(name, recs, values, outcome, rests=False):
@@ -282,7 +282,7 @@ def run_tracked(name, recs, values, outcome, rests=False):
     out = stg.new_signals(1)
     sigs, i = [], 0
     while i < len(recs):
-        ss = stg.StrategyState(cfg.id, params, state)
+        ss = stg.strategy_state(cfg.id, params, state)
         stg.sync_symbol(ss, rsym, unit_qty, int(recs[i]["symbol"]))
         k, i = stg.run_range(ss, recs, i, i + 1, out, 1)
         if k:
@@ -291,7 +291,7 @@ def run_tracked(name, recs, values, outcome, rests=False):
             if sig["action"] == ACTION_CANCEL:
                 rsym[0, riskmod.S_OPEN_COUNT] -= 1
                 continue
-            stg.accepted(stg.StrategyState(cfg.id, params, state), out[0], len(sigs))
+            stg.accepted(stg.strategy_state(cfg.id, params, state), out[0], len(sigs))
             traded = outcome(sig)
             rsym[0, riskmod.S_POS] += traded
             if rests and traded == 0.0:
@@ -369,7 +369,7 @@ def test_ema_cross_ignores_sync_symbol_and_keeps_the_side_it_last_traded():
     out = stg.new_signals(1)
     seqs, i = [], 0
     while i < len(recs):
-        ss = stg.StrategyState(cfg.id, params, state)
+        ss = stg.strategy_state(cfg.id, params, state)
         stg.sync_symbol(ss, rsym, np.zeros(2), int(recs[i]["symbol"]))
         k, i = stg.run_range(ss, recs, i, i + 1, out, 1)
         if k:

@@ -2,7 +2,7 @@
 
 Kernel API (process independent: the Brain, replay and tests call the very same code):
 
-    ss = new_strategy_state(resolve("ema_cross", {"fast": 20}), n_symbols)   # StrategyState(id, params, state):
+    ss = new_strategy_state(resolve("ema_cross", {"fast": 20}), n_symbols)   # EmaCrossState(id, params, state):
                                                # params float64[n_params] (defaults filled in, validated), state
                                                # float64[n_symbols, width] (row s = symbol s)
     k      = run_batch(ss, records, n, signals_out)                         # @njit; returns signals written
@@ -78,6 +78,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from aegis.brain import indicators as ind
 from aegis.brain import learn
@@ -419,26 +420,31 @@ def online_batch(params, state, records, start, n, out, max_k):
     return k, n
 
 
+def _strategy_batch(ss, records, start, n, signals_out, max_signals):
+    """The batch kernel of ss's strategy, chosen at compile time by ss's class (see StrategyState)."""
+    raise NotImplementedError("chosen at compile time from the StrategyState class")
+
+
+@overload(_strategy_batch, jit_options={"nogil": True})
+def _strategy_batch_of(ss, records, start, n, signals_out, max_signals):
+    kernel = _BATCH_OF.get(getattr(ss, "instance_class", None))
+    if kernel is None:
+        raise TypeError(f"{ss} is not a strategy state: build one with strategy_state()")
+    return lambda ss, records, start, n, signals_out, max_signals: kernel(
+        ss.params, ss.state, records, start, n, signals_out, max_signals)
+
+
 @njit(cache=True, nogil=True)
 def run_range(ss, records, start, n, signals_out, max_signals):
     """Run over records[start:n], stopping right after the record that produced the max_signals-th signal.
     Returns (signals written to signals_out[0:], index of the first record not processed). The Brain calls it
     with max_signals = 1 so each signal is risk-checked and handed off (or reverted) before the strategy sees
     the next record: the strategy's idea of its position never runs ahead of what was really sent."""
-    strategy_id, params, state = ss.id, ss.params, ss.state
     if max_signals > signals_out.shape[0]:
         max_signals = signals_out.shape[0]
     if max_signals <= 0:
         return 0, start
-    if strategy_id == EMA_CROSS:
-        return ema_cross_batch(params, state, records, start, n, signals_out, max_signals)
-    if strategy_id == MEAN_REVERSION:
-        return mean_reversion_batch(params, state, records, start, n, signals_out, max_signals)
-    if strategy_id == OBI:
-        return obi_batch(params, state, records, start, n, signals_out, max_signals)
-    if strategy_id == ONLINE:
-        return online_batch(params, state, records, start, n, signals_out, max_signals)
-    raise ValueError("unknown strategy id")
+    return _strategy_batch(ss, records, start, n, signals_out, max_signals)
 
 
 @njit(cache=True, nogil=True)
@@ -761,16 +767,49 @@ def from_config(cfg) -> StrategyConfig:
 
 class StrategyState(NamedTuple):
     """One strategy instance as the one argument of the dispatching kernels (run_range, sync_symbol, revert,
-    accepted): its id, its immutable parameter vector and its per-symbol state matrix (mutated in place)."""
-    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI, ONLINE)
+    accepted): its id, its immutable parameter vector and its per-symbol state matrix (mutated in place).
+
+    Only its per-strategy subclasses (EmaCrossState, ...; strategy_state() picks one) are ever built: the class
+    selects the batch kernel at compile time, so a Brain or a replay compiles the one strategy it runs, not all
+    four (the online learner alone is ~5 s of a cold start)."""
+    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI, ONLINE), also the class's STRATEGY_ID
     params: np.ndarray   # float64 parameter vector (StrategyConfig.array())
     state: np.ndarray    # (symbols, width) float64, rows cache-line aligned (make_state)
+
+
+class EmaCrossState(StrategyState):
+    __slots__ = ()
+
+
+class MeanReversionState(StrategyState):
+    __slots__ = ()
+
+
+class ObiState(StrategyState):
+    __slots__ = ()
+
+
+class OnlineState(StrategyState):
+    __slots__ = ()
+
+
+_STATE_CLASS = {EMA_CROSS: EmaCrossState, MEAN_REVERSION: MeanReversionState, OBI: ObiState, ONLINE: OnlineState}
+_BATCH_OF = {EmaCrossState: ema_cross_batch, MeanReversionState: mean_reversion_batch, ObiState: obi_batch,
+             OnlineState: online_batch}
+
+
+def strategy_state(strategy_id: int, params: np.ndarray, state: np.ndarray) -> StrategyState:
+    """The StrategyState of strategy `strategy_id` over `params` and `state`."""
+    cls = _STATE_CLASS.get(int(strategy_id))
+    if cls is None:
+        raise ValueError(f"unknown strategy id {strategy_id}")
+    return cls(int(strategy_id), params, state)
 
 
 def new_strategy_state(cfg, n_symbols: int) -> StrategyState:
     """A fresh StrategyState for StrategyConfig `cfg` over n_symbols symbols."""
     params = cfg.array()
-    return StrategyState(int(cfg.id), params, make_state(cfg.id, n_symbols, params))
+    return strategy_state(cfg.id, params, make_state(cfg.id, n_symbols, params))
 
 
 def make_state(strategy_id: int, n_symbols: int, params: np.ndarray) -> np.ndarray:
