@@ -90,8 +90,9 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
         pass
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
+    from aegis.core.startup import progress_over
     from aegis.venue import VenueConfig, start_venue
-    watch = _progress_over(conn)
+    watch = progress_over(conn)
     watch.start()
     try:
         venue = start_venue(VenueConfig(**settings, api_keys={api_key: api_secret}))
@@ -109,26 +110,6 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
         pass
     finally:
         venue.stop()
-
-
-def _progress_over(conn):
-    """The venue's compile progress as ("progress", text, compiled) messages on the start-up pipe: one for every
-    function compiled, and a beat (text None) at most ten times a second between."""
-    import threading
-    import time
-
-    from aegis.core.startup import CompileWatch
-    lock = threading.Lock()
-    last = [0.0]
-
-    def send(text=None, compiled=0):
-        now = time.monotonic()
-        with lock:
-            if text is not None or now - last[0] >= 0.1:   # every compile, and a beat now and then
-                last[0] = now
-                conn.send(("progress", text, compiled))
-
-    return CompileWatch(send, send)
 
 
 def start(section: dict, on_progress=None) -> VenueHandle:

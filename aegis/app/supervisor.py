@@ -15,6 +15,7 @@ import numpy as np
 
 from aegis.core import control
 from aegis.core import latency
+from aegis.app import ahead as ahead_mod
 from aegis.app import preflight
 from aegis.app import report
 from aegis.app.preflight import SetupError
@@ -178,16 +179,17 @@ def _tty(out) -> bool:
     return getattr(out, "isatty", lambda: False)()
 
 
-def _venue_progress(out, t_start: float, interval: float):
-    """Prints what the embedded venue compiles while it starts: in place on a terminal, else every few seconds."""
+def _start_progress(out, t_start: float, interval: float):
+    """Prints what is compiling before the engine processes start (the embedded venue, the order path compiled
+    ahead): in place on a terminal, else every few seconds. Returns show(text)."""
     in_place = _tty(out)
     due = [time.monotonic() + (0.5 if in_place else max(interval, 5.0))]
 
-    def show(text: str, compiled: int) -> None:
+    def show(text: str) -> None:
         now = time.monotonic()
         if now < due[0]:
             return
-        line = f"[{now - t_start:7.1f}s] starting: embedded venue: {text} ({compiled} compiled)"
+        line = f"[{now - t_start:7.1f}s] starting: {text}"
         if in_place:
             print(CLEAR_LINE + line[:shutil.get_terminal_size().columns - 1], end="", file=out, flush=True)
             due[0] = now + 0.5
@@ -196,6 +198,10 @@ def _venue_progress(out, t_start: float, interval: float):
             due[0] = now + max(interval, 5.0)
 
     return show
+
+
+def _ahead_text(ahead) -> str:
+    return f" | brain order path (ahead): {ahead.text}" + ("" if ahead.done else f" ({ahead.compiled} compiled)")
 
 
 def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
@@ -252,12 +258,21 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         kill["flatten"] = signum == signal.SIGUSR2
 
     old.update({s: signal.signal(s, on_kill) for s in (signal.SIGUSR1, signal.SIGUSR2)})
-    ring = ctl_seg = venue = urls = None
+    ring = ctl_seg = venue = urls = ahead = None
     t_start = time.monotonic()
+    show = _start_progress(out, t_start, cfg.status_interval)
     try:
+        if ahead_mod.wanted(cfg):
+            ahead = ahead_mod.Ahead()
         if cfg.source == "venue" and cfg.venue == "embedded":
             from aegis.app import embedded
-            venue = embedded.start(cfg.section("venue"), _venue_progress(out, t_start, cfg.status_interval))
+
+            def venue_progress(text, compiled):
+                if ahead is not None:
+                    ahead.poll()
+                show(f"embedded venue: {text} ({compiled} compiled)" + (_ahead_text(ahead) if ahead else ""))
+
+            venue = embedded.start(cfg.section("venue"), venue_progress)
             r.venue = venue
             print(f"{CLEAR_LINE if _tty(out) else ''}aegis: embedded venue at {venue.rest_url} "
                   f"(market data {venue.ws_market_url})", file=out, flush=True)
@@ -279,7 +294,16 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         ctx = mp.get_context("spawn")
         from aegis.brain import process as brain
         from aegis.feed import process as feed
-        for role, target, core in (("brain", brain.run, cores[1]), ("feed", feed.run, cores[0])):
+        for role, target, core in (("feed", feed.run, cores[0]), ("brain", brain.run, cores[1])):
+            if role == "brain" and ahead is not None:
+                # the Brain starts once the order path is in Numba's cache: compiling it twice at once would
+                # only take the CPU from the Feed's compile (the Feed waits for the Brain before it publishes)
+                ahead.wait(lambda text, compiled: show("feed started; waiting for the Brain's order path to "
+                                                        f"compile ahead: {text} ({compiled} compiled)"),
+                           lambda: stop_signal["name"] is not None)
+                if ahead.failed:
+                    print(f"aegis: the order path was not compiled ahead ({ahead.failed}): the Brain compiles it",
+                          file=out, flush=True)
             spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
                                control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg,
                                venue_urls=urls, symbols=table,
@@ -298,6 +322,8 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         r.exit_code = 1
         print(f"aegis: error: {e}", file=out, flush=True)
     finally:
+        if ahead is not None:
+            ahead.stop()
         r.stopped_at = time.monotonic()
         elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)

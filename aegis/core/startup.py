@@ -108,6 +108,23 @@ class ProcessContext:
             self._lat_seg.close()
 
 
+def progress_over(conn) -> "CompileWatch":
+    """A CompileWatch that sends a child process's compile progress to its parent as ("progress", text, compiled)
+    messages on a multiprocessing pipe: one for every function compiled, and a beat (text None) at most ten times
+    a second between (the parent's liveness check)."""
+    lock = threading.Lock()
+    last = [0.0]
+
+    def send(text=None, compiled=0):
+        now = time.monotonic()
+        with lock:
+            if text is not None or now - last[0] >= 0.1:
+                last[0] = now
+                conn.send(("progress", text, compiled))
+
+    return CompileWatch(send, send)
+
+
 class CompileWatch:
     """Numba's compile events as start-up progress: `report(text, compiled)` is called when a function starts
     compiling (text "compiling module.function") and when it is done; `beat()` on every compiler pass in between.
