@@ -15,7 +15,6 @@ import numpy as np
 
 from aegis.core import control
 from aegis.core import latency
-from aegis.app import ahead as ahead_mod
 from aegis.app import preflight
 from aegis.app import report
 from aegis.app.preflight import SetupError
@@ -146,20 +145,21 @@ def startup_line(elapsed: float, ctl: np.ndarray) -> str:
     """One line on what each starting process is doing and how far along it is, e.g.
     `[  23.1s] starting: feed 2/3 ready; waiting for the brain ... | brain 3/3 brain loop: compiling
     aegis.brain.process.brain_loop (57 compiled)`."""
-    parts = []
-    for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)):
-        state = _role_slot(ctl, rid, control.R_STATE)
-        if state == control.ST_NONE:
-            parts.append(f"{role} loading Python and Numba")
-            continue
-        if state >= control.ST_RUNNING:
-            parts.append(f"{role} {control.STATE_NAMES[state]}")
-            continue
-        k, n = _role_slot(ctl, rid, control.R_START_STEP), _role_slot(ctl, rid, control.R_START_STEPS)
-        text = control.read_text(ctl, rid) or control.STATE_NAMES[state]
-        compiled = _role_slot(ctl, rid, control.R_START_COMPILED)
-        parts.append(f"{role} {f'{k}/{n} ' if n else ''}{text}{f' ({compiled} compiled)' if compiled else ''}")
-    return f"[{elapsed:7.1f}s] starting: " + " | ".join(parts)
+    return f"[{elapsed:7.1f}s] starting: " + " | ".join(
+        start_part(ctl, role, rid) for role, rid in (("feed", control.ROLE_FEED), ("brain", control.ROLE_BRAIN)))
+
+
+def start_part(ctl: np.ndarray, role: str, rid: int) -> str:
+    """What one starting process is doing, for startup_line."""
+    state = _role_slot(ctl, rid, control.R_STATE)
+    if state == control.ST_NONE:
+        return f"{role} loading Python and Numba"
+    if state >= control.ST_RUNNING:
+        return f"{role} {control.STATE_NAMES[state]}"
+    k, n = _role_slot(ctl, rid, control.R_START_STEP), _role_slot(ctl, rid, control.R_START_STEPS)
+    text = control.read_text(ctl, rid) or control.STATE_NAMES[state]
+    compiled = _role_slot(ctl, rid, control.R_START_COMPILED)
+    return f"{role} {f'{k}/{n} ' if n else ''}{text}{f' ({compiled} compiled)' if compiled else ''}"
 
 
 def startup_stalled(ctl: np.ndarray, now_ns: int, spawned_ns: int, limit_s: float = START_SILENCE_S) -> str | None:
@@ -180,8 +180,8 @@ def _tty(out) -> bool:
 
 
 def _start_progress(out, t_start: float, interval: float):
-    """Prints what is compiling before the engine processes start (the embedded venue, the order path compiled
-    ahead): in place on a terminal, else every few seconds. Returns show(text)."""
+    """Prints what is compiling while the embedded venue starts (the venue, and the Brain started alongside): in
+    place on a terminal, else every few seconds. Returns show(text)."""
     in_place = _tty(out)
     due = [time.monotonic() + (0.5 if in_place else max(interval, 5.0))]
 
@@ -198,10 +198,6 @@ def _start_progress(out, t_start: float, interval: float):
             due[0] = now + max(interval, 5.0)
 
     return show
-
-
-def _ahead_text(ahead) -> str:
-    return f" | brain order path (ahead): {ahead.text}" + ("" if ahead.done else f" ({ahead.compiled} compiled)")
 
 
 def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
@@ -258,26 +254,11 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         kill["flatten"] = signum == signal.SIGUSR2
 
     old.update({s: signal.signal(s, on_kill) for s in (signal.SIGUSR1, signal.SIGUSR2)})
-    ring = ctl_seg = venue = urls = ahead = None
+    ring = ctl_seg = venue = urls = rest = None
     t_start = time.monotonic()
     show = _start_progress(out, t_start, cfg.status_interval)
+    ctx = mp.get_context("spawn")
     try:
-        if ahead_mod.wanted(cfg):
-            ahead = ahead_mod.Ahead()
-        if cfg.source == "venue" and cfg.venue == "embedded":
-            from aegis.app import embedded
-
-            def venue_progress(text, compiled):
-                if ahead is not None:
-                    ahead.poll()
-                show(f"embedded venue: {text} ({compiled} compiled)" + (_ahead_text(ahead) if ahead else ""))
-
-            venue = embedded.start(cfg.section("venue"), venue_progress)
-            r.venue = venue
-            print(f"{CLEAR_LINE if _tty(out) else ''}aegis: embedded venue at {venue.rest_url} "
-                  f"(market data {venue.ws_market_url})", file=out, flush=True)
-        urls = venue.urls if venue else _exchange_urls(cfg)
-        table = _symbol_table(cfg, urls, out)
         with preflight.shared_memory():
             ring = Ring.create(shm.segment_name(r.run_id, "ring"), cfg.ring_capacity)
             r.segments.append(ring.segment)
@@ -288,30 +269,42 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         ctl = ctl_seg.view(np.int64, 0, control.SLOTS)
         control.init(ctl, time.monotonic_ns())
         r.hist = latency.as_set(lat_seg.view(np.int64))  # zero bytes are empty histograms: no init needed
-        print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
-              f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
-              f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
-        ctx = mp.get_context("spawn")
         from aegis.brain import process as brain
         from aegis.feed import process as feed
-        for role, target, core in (("feed", feed.run, cores[0]), ("brain", brain.run, cores[1])):
-            if role == "brain" and ahead is not None:
-                # the Brain starts once the order path is in Numba's cache: compiling it twice at once would
-                # only take the CPU from the Feed's compile (the Feed waits for the Brain before it publishes)
-                ahead.wait(lambda text, compiled: show("feed started; waiting for the Brain's order path to "
-                                                        f"compile ahead: {text} ({compiled} compiled)"),
-                           lambda: stop_signal["name"] is not None)
-                if ahead.failed:
-                    print(f"aegis: the order path was not compiled ahead ({ahead.failed}): the Brain compiles it",
-                          file=out, flush=True)
+
+        def spawn(role, target, core, **known):
             spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
-                               control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg,
-                               venue_urls=urls, symbols=table,
-                               api_key=venue.api_key if venue else None,
-                               api_secret=venue.api_secret if venue else None)
+                               control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg, **known)
             p = ctx.Process(target=_child_main, args=(target, spec), name=f"aegis-{role}", daemon=False)
             p.start()
             r.procs[role] = p
+
+        # The Brain starts first, before there is a venue to ask: loading Python and Numba and compiling its order
+        # path (~20 s of a cold start) need none, so they overlap the embedded venue's own start (~17 s of compiling
+        # on a cold cache, on the other core). The venue's addresses, the symbols and the keys follow on a pipe.
+        rest_end, rest = ctx.Pipe(duplex=False)   # (receiving end, sending end)
+        spawn("brain", brain.run, cores[1], rest=rest_end)
+        rest_end.close()
+        if cfg.source == "venue" and cfg.venue == "embedded":
+            from aegis.app import embedded
+            venue = embedded.start(cfg.section("venue"), lambda text, compiled: show(
+                f"embedded venue: {text} ({compiled} compiled) | {start_part(ctl, 'brain', control.ROLE_BRAIN)}"))
+            r.venue = venue
+            print(f"{CLEAR_LINE if _tty(out) else ''}aegis: embedded venue at {venue.rest_url} "
+                  f"(market data {venue.ws_market_url})", file=out, flush=True)
+        urls = venue.urls if venue else _exchange_urls(cfg)
+        table = _symbol_table(cfg, urls, out)
+        print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
+              f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
+              f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
+        known = dict(venue_urls=urls, symbols=table, api_key=venue.api_key if venue else None,
+                     api_secret=venue.api_secret if venue else None)
+        try:
+            rest.send(known)
+        except OSError:     # the Brain is gone already (e.g. a setting it refused): the watch below says why
+            pass
+        rest.close()
+        spawn("feed", feed.run, cores[0], **known)
         _watch(r, ctl, ring, out, stop_signal, t_start, kill)
     except SetupError as e:    # found once the venue answers (unknown symbol, unreachable venue), or no shm
         r.stop_reason = str(e)
@@ -322,8 +315,8 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         r.exit_code = 1
         print(f"aegis: error: {e}", file=out, flush=True)
     finally:
-        if ahead is not None:
-            ahead.stop()
+        if rest is not None:
+            rest.close()     # a Brain still waiting for the venue's addresses: there will be none
         r.stopped_at = time.monotonic()
         elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)

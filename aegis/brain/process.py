@@ -45,7 +45,7 @@ from aegis.core.clock import now_ns, py_now_ns
 from aegis.core.control import (R_BATCHES, R_BRAIN_FILLS, R_BRAIN_ORDERS, R_BRAIN_POSITIONS, R_BRAIN_REJECTS,
                            R_BRAIN_SIGNALS, R_CHECKSUM, R_ERRORS, R_IDLE, R_RECORDS, R_STATE, ROLE_BRAIN, ROLE_FEED,
                            ROLE_SLOTS, ST_STOPPED)
-from aegis.core.startup import ProcessSpec, enter, freeze_gc
+from aegis.core.startup import ProcessSpec, enter, freeze_gc, receive_rest
 from aegis.trade.sender import FillQueue, RequestQueue
 from aegis.trade.sender import FLAGS_LEN as KILL_FLAGS_LEN
 from aegis.core.records import FILL_DTYPE, MARKET_DTYPE
@@ -333,6 +333,16 @@ def run(spec: ProcessSpec) -> int:
     try:
         ctx.step(1, 3, "order path")
         bcfg, strat = validate(spec.config)
+        if spec.rest is not None:      # started before the venue answered: compile while it starts
+            if bcfg.trading:
+                from aegis.trade.sender import precompile
+                precompile(spec.config)
+            ctx.step(1, 3, "waiting for the venue")
+            spec = receive_rest(spec)
+            if spec is None:
+                ctx.set_state(ST_STOPPED)
+                return 0
+            ctx.spec = spec
         order_path = _open_order_path(spec, ctx, bcfg)
     except ConfigError as e:
         print(f"aegis: error: {e}", file=sys.stderr, flush=True)

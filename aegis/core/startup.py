@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import multiprocessing as mp
 import os
@@ -38,10 +39,25 @@ class ProcessSpec:
     symbols: object = None  # aegis.binance.symbols.SymbolTable resolved once by the supervisor: Feed and Brain share ids
     api_key: str | None = field(default=None, repr=False)     # the embedded venue's per-run key; for Binance the
     api_secret: str | None = field(default=None, repr=False)  # keys come from the environment (aegis.binance.keys)
+    # started before the venue answered: the receiving end of a pipe on which the supervisor sends venue_urls,
+    # symbols, api_key and api_secret once it knows them (receive_rest)
+    rest: object = field(default=None, repr=False)
 
     @property
     def role_id(self) -> int:
         return control.ROLES.index(self.role)
+
+
+def receive_rest(spec: ProcessSpec) -> ProcessSpec | None:
+    """`spec` completed with what the supervisor sends on spec.rest once the venue answers; None if the supervisor
+    closed the pipe instead (the run did not get that far: it says why)."""
+    try:
+        known = spec.rest.recv()
+    except (EOFError, OSError):
+        return None
+    finally:
+        spec.rest.close()
+    return dataclasses.replace(spec, rest=None, **known)
 
 
 class ProcessContext:
