@@ -216,3 +216,44 @@ def test_the_feed_waits_for_the_brain_and_keeps_reporting_progress(feed_ctx, bra
 def test_the_feed_stops_waiting_when_the_run_stops(feed_ctx):
     control.request_stop(feed_ctx.control)
     assert feed.wait_for_brain(feed_ctx, 2, 3) is False
+
+
+def test_a_process_started_before_the_venue_answered_gets_the_rest_of_its_spec_on_its_pipe():
+    import multiprocessing as mp
+
+    from aegis.core.startup import receive_rest
+    recv_end, send_end = mp.Pipe(duplex=False)
+    spec = ProcessSpec("r", "brain", None, 2, "ring", "ctl", None, EngineConfig(), rest=recv_end)
+    send_end.send(dict(venue_urls=("http://h:1", "ws://h:1", "ws://h:1/ws-fapi/v1"), api_key="k", api_secret="s"))
+    done = receive_rest(spec)
+    assert (done.venue_urls[0], done.api_key, done.api_secret, done.rest) == ("http://h:1", "k", "s", None)
+    assert (done.run_id, done.role, done.config) == (spec.run_id, spec.role, spec.config)
+    assert recv_end.closed
+    # the supervisor gave up before the venue answered (it said why): nothing to run
+    recv_end, send_end = mp.Pipe(duplex=False)
+    send_end.close()
+    assert receive_rest(ProcessSpec("r", "brain", None, 2, "ring", "ctl", None, EngineConfig(), rest=recv_end)) is None
+
+
+def test_the_brain_starts_while_the_venue_starts_and_leaves_when_the_venue_fails(monkeypatch, tmp_path):
+    """The Brain's start (Python, Numba, its order path's compile: ~20 s of a cold start) overlaps the embedded
+    venue's; when the venue then cannot start, the Brain waiting for it goes with the run."""
+    import io
+    import multiprocessing as mp
+
+    from aegis.app import embedded
+    seen = {}
+
+    def venue_that_fails(section, on_progress=None):
+        seen["children"] = [p.name for p in mp.active_children()]
+        raise RuntimeError("the embedded venue exited during start (exit code 1)")
+
+    monkeypatch.setattr(embedded, "start", venue_that_fails)
+    out = io.StringIO()
+    t0 = time.monotonic()
+    code = supervisor.run(EngineConfig(duration=5.0, status_interval=60.0, out_dir=str(tmp_path)), out=out)
+    assert code == 1, out.getvalue()
+    assert "aegis-brain" in seen["children"]
+    assert "aegis: error: the embedded venue exited during start" in out.getvalue()
+    assert not [p for p in mp.active_children() if p.name == "aegis-brain"]
+    assert time.monotonic() - t0 < 30.0

@@ -78,6 +78,7 @@ class Run:
     running_since: float | None = None
     stopped_at: float = 0.0
     journal_failed: bool = False
+    brain_has_venue: bool = False     # the Brain was told the venue (it starts before): from then on it may trade
 
 
 def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
@@ -301,6 +302,7 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
                      api_secret=venue.api_secret if venue else None)
         try:
             rest.send(known)
+            r.brain_has_venue = True
         except OSError:     # the Brain is gone already (e.g. a setting it refused): the watch below says why
             pass
         rest.close()
@@ -348,7 +350,8 @@ def _cancel_orphaned_orders(r: Run, urls, out) -> None:
     """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
     unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
     brain = r.procs.get("brain")
-    if brain is None or (brain.exitcode == 0 and not r.journal_failed) or urls is None or r.cfg.source != "venue":
+    if brain is None or not r.brain_has_venue or (brain.exitcode == 0 and not r.journal_failed) or urls is None \
+            or r.cfg.source != "venue":
         return
     if brain.exitcode == 2 and r.running_since is None:
         return      # it refused to start (a setup error) before it could place anything
@@ -518,6 +521,12 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
 
 
 def _stop_children(r: Run, ctl, ring) -> None:
+    brain = r.procs.get("brain")
+    if brain is not None and not r.brain_has_venue and brain.is_alive():
+        # started before the venue answered and never told it: it cannot have traded, so there is nothing to stop
+        # in order, and a SIGTERM landing in its imports would only print a traceback
+        brain.kill()
+        brain.join(1.0)
     if ctl is not None:
         control.request_stop(ctl)
     if ring is not None and any(not p.is_alive() for p in r.procs.values()):
