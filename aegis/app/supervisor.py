@@ -78,7 +78,7 @@ class Run:
     running_since: float | None = None
     stopped_at: float = 0.0
     journal_failed: bool = False
-    brain_has_venue: bool = False     # the Brain was told the venue (it starts before): from then on it may trade
+    told: set = field(default_factory=set)   # processes told the venue (they start before): the Brain may trade
 
 
 def _role_slot(ctl: np.ndarray, role: int, slot: int) -> int:
@@ -255,7 +255,8 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         kill["flatten"] = signum == signal.SIGUSR2
 
     old.update({s: signal.signal(s, on_kill) for s in (signal.SIGUSR1, signal.SIGUSR2)})
-    ring = ctl_seg = venue = urls = rest = None
+    ring = ctl_seg = venue = urls = None
+    tell: dict = {}
     t_start = time.monotonic()
     show = _start_progress(out, t_start, cfg.status_interval)
     ctx = mp.get_context("spawn")
@@ -280,12 +281,15 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
             p.start()
             r.procs[role] = p
 
-        # The Brain starts first, before there is a venue to ask: loading Python and Numba and compiling its order
-        # path (~20 s of a cold start) need none, so they overlap the embedded venue's own start (~17 s of compiling
-        # on a cold cache, on the other core). The venue's addresses, the symbols and the keys follow on a pipe.
-        rest_end, rest = ctx.Pipe(duplex=False)   # (receiving end, sending end)
-        spawn("brain", brain.run, cores[1], rest=rest_end)
-        rest_end.close()
+        # Both start before there is a venue to ask: loading Python and Numba, and the Brain's compile of its order
+        # path (~20 s of a cold start), need none, so they overlap the embedded venue's own start (~17 s of
+        # compiling on a cold cache, on the other core). The Feed compiles nothing before it is told the venue: its
+        # ~38 s would take that core from the venue. The venue's addresses, the symbols and the keys follow on a
+        # pipe to each (aegis.core.startup.receive_rest).
+        for role, target, core in (("brain", brain.run, cores[1]), ("feed", feed.run, cores[0])):
+            receiving, tell[role] = ctx.Pipe(duplex=False)
+            spawn(role, target, core, rest=receiving)
+            receiving.close()
         if cfg.source == "venue" and cfg.venue == "embedded":
             from aegis.app import embedded
             venue = embedded.start(cfg.section("venue"), lambda text, compiled: show(
@@ -300,13 +304,13 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
               f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
         known = dict(venue_urls=urls, symbols=table, api_key=venue.api_key if venue else None,
                      api_secret=venue.api_secret if venue else None)
-        try:
-            rest.send(known)
-            r.brain_has_venue = True
-        except OSError:     # the Brain is gone already (e.g. a setting it refused): the watch below says why
-            pass
-        rest.close()
-        spawn("feed", feed.run, cores[0], **known)
+        for role, conn in tell.items():
+            try:
+                conn.send(known)
+                r.told.add(role)
+            except OSError:     # gone already (e.g. a setting it refused): the watch below says why
+                pass
+            conn.close()
         _watch(r, ctl, ring, out, stop_signal, t_start, kill)
     except SetupError as e:    # found once the venue answers (unknown symbol, unreachable venue), or no shm
         r.stop_reason = str(e)
@@ -317,8 +321,8 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         r.exit_code = 1
         print(f"aegis: error: {e}", file=out, flush=True)
     finally:
-        if rest is not None:
-            rest.close()     # a Brain still waiting for the venue's addresses: there will be none
+        for conn in tell.values():
+            conn.close()     # a process still waiting for the venue's addresses: there will be none
         r.stopped_at = time.monotonic()
         elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)
@@ -350,7 +354,7 @@ def _cancel_orphaned_orders(r: Run, urls, out) -> None:
     """The Brain cancels its own orders when it stops; if it died instead, its orders would stay on the exchange
     unattended. Then the supervisor cancels them itself, with its own copy of the keys."""
     brain = r.procs.get("brain")
-    if brain is None or not r.brain_has_venue or (brain.exitcode == 0 and not r.journal_failed) or urls is None \
+    if brain is None or "brain" not in r.told or (brain.exitcode == 0 and not r.journal_failed) or urls is None \
             or r.cfg.source != "venue":
         return
     if brain.exitcode == 2 and r.running_since is None:
@@ -521,12 +525,12 @@ def _watch(r: Run, ctl: np.ndarray, ring: Ring, out, stop_signal: dict, t_start:
 
 
 def _stop_children(r: Run, ctl, ring) -> None:
-    brain = r.procs.get("brain")
-    if brain is not None and not r.brain_has_venue and brain.is_alive():
-        # started before the venue answered and never told it: it cannot have traded, so there is nothing to stop
-        # in order, and a SIGTERM landing in its imports would only print a traceback
-        brain.kill()
-        brain.join(1.0)
+    for role, p in r.procs.items():
+        if role not in r.told and p.is_alive():
+            # started before the venue answered and never told it: it cannot have traded or published, so there
+            # is nothing to stop in order, and a SIGTERM landing in its imports would only print a traceback
+            p.kill()
+            p.join(1.0)
     if ctl is not None:
         control.request_stop(ctl)
     if ring is not None and any(not p.is_alive() for p in r.procs.values()):

@@ -59,7 +59,7 @@ from aegis.core.control import (R_CHECKSUM, R_FEED_BAD, R_FEED_BYTES, R_FEED_GAP
 from aegis.feed.parse import (LEVELS_CAP, LI_MARK, LI_QUOTE, LI_TRADE, PROBLEMS, ST_BAD_VALUE, ST_CONTROL,
                          ST_DUPLICATES, ST_FRAMES, ST_LAST_BAD, ST_MALFORMED, ST_POOL_FULL, ST_RESYNCS,
                          ST_UNKNOWN_EVENT, ST_UNKNOWN_SYMBOL, Parser)
-from aegis.core.startup import ProcessSpec, enter, freeze_gc
+from aegis.core.startup import ProcessSpec, enter, freeze_gc, receive_rest
 from aegis.core.records import FLAG_RESYNC, KIND_STATUS, MARKET_DTYPE
 from aegis.core.ring import H_CAPACITY as R_H_CAPACITY
 from aegis.core.ring import H_WRITE as R_H_WRITE
@@ -1163,6 +1163,13 @@ FIRST_CONNECT_S = 10.0   # the first market-data connection must open within thi
 def run(spec: ProcessSpec) -> int:
     """Feed process entry point (started by the supervisor)."""
     ctx = enter(spec)
+    if spec.rest is not None:      # started before the venue answered: only the imports overlap its start
+        ctx.step(1, 3, "waiting for the venue")
+        spec = receive_rest(spec)
+        if spec is None:
+            ctx.set_state(control.ST_STOPPED)
+            return 0
+        ctx.spec = spec
     cfg = spec.config
     try:
         fcfg = FeedConfig.from_section(cfg.section("feed"))
