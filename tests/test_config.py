@@ -43,12 +43,33 @@ def test_bad_values_are_refused_with_the_option_named(change, fragment):
         load(None, change)
 
 
-def test_auto_wait_busy_spins_only_with_a_spare_core(monkeypatch):
+def test_auto_wait_busy_spins_only_with_a_spare_core_and_otherwise_yields_on_an_idle_box(monkeypatch):
     monkeypatch.setattr(wait, "usable_cores", lambda: [0, 1, 2, 3])
-    assert wait.resolve("auto", (2, 3)) == wait.BUSY_SPIN
+    assert wait.resolve("auto", (2, 3), idle=False) == wait.BUSY_SPIN
     monkeypatch.setattr(wait, "usable_cores", lambda: [0, 1])
+    assert wait.resolve("auto", (0, 1), idle=False) == wait.SLEEP
+    assert wait.resolve("auto", (1, 1), idle=False) == wait.SLEEP
+    assert wait.resolve("auto", (0, 1), idle=True) == wait.SPIN_YIELD
+    assert wait.resolve("auto", (1, 1), idle=True) == wait.SPIN_YIELD
+    # not told: it reads the box
+    monkeypatch.setattr(wait, "box_idle", lambda: (True, "idle box: load 0.10"))
+    assert wait.resolve("auto", (0, 1)) == wait.SPIN_YIELD
+    monkeypatch.setattr(wait, "box_idle", lambda: (False, "busy box: load 3.00"))
     assert wait.resolve("auto", (0, 1)) == wait.SLEEP
-    assert wait.resolve("auto", (1, 1)) == wait.SLEEP
+
+
+PSI = "some avg10=0.00 avg60={} avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+
+
+@pytest.mark.parametrize("loadavg,pressure,idle,says", [
+    ("0.31 0.50 0.60 1/70 123", PSI.format("0.40"), True, "idle box: load 0.31, cpu pressure 0.4 %"),
+    ("1.20 0.50 0.60 1/70 123", PSI.format("0.40"), False, "busy box: load 1.20, cpu pressure 0.4 %"),
+    ("0.31 0.50 0.60 1/70 123", PSI.format("12.50"), False, "busy box: load 0.31, cpu pressure 12.5 %"),
+    ("0.31 0.50 0.60 1/70 123", "", True, "idle box: load 0.31"),             # a kernel without PSI
+    ("", PSI.format("0.40"), False, "load average unknown"),
+])
+def test_an_idle_box_is_told_by_the_load_average_and_the_cpu_pressure(loadavg, pressure, idle, says):
+    assert wait.box_idle(loadavg, pressure) == (idle, says)
 
 
 def test_explicit_wait_strategies_are_honoured_whatever_the_core_count():

@@ -242,7 +242,8 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
     available = wait.usable_cores()
     cores = cfg.cores or pick_cores(available)
-    strategy = wait.resolve(cfg.wait, tuple(cores))
+    idle, why = wait.box_idle()
+    strategy = wait.resolve(cfg.wait, tuple(cores), idle)
     stop_signal = {"name": None}
 
     def on_signal(signum, frame):
@@ -300,7 +301,7 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         urls = venue.urls if venue else _exchange_urls(cfg)
         table = _symbol_table(cfg, urls, out)
         print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
-              f"wait {wait.name_of(strategy)} ({cfg.wait}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
+              f"wait {wait.name_of(strategy)} ({cfg.wait}{f': {why}' if cfg.wait == 'auto' and strategy != wait.BUSY_SPIN else ''}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
               f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
         known = dict(venue_urls=urls, symbols=table, api_key=venue.api_key if venue else None,
                      api_secret=venue.api_secret if venue else None)

@@ -133,19 +133,59 @@ def usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def resolve(name: str, engine_cores: tuple[int, ...]) -> int:
-    """Map a strategy name to its constant; `auto` busy-spins only when every engine process has a core to itself.
+# `auto` without a spare core: the box counts as idle (spin-yield) below both figures. Measured on this 2-core box
+# (bench/MEASURED.md, 2026-12-07): on an idle box spin-yield gave tick-to-trade p50 53-57 us and p99 3.6 ms against
+# 303-487 us and 4.9-5.3 ms sleeping, with the shell as responsive; with other work on the cores its tail was the
+# worse one (p99 83 ms against 5 ms at load 1.6-2.7, 94740c3), so a busy box keeps sleeping.
+IDLE_LOAD = 1.0           # 1-minute load average
+IDLE_PRESSURE = 5.0       # % of the last 60 s some task waited for a CPU (/proc/pressure/cpu, "some avg60")
+
+
+def box_idle(loadavg: str | None = None, pressure: str | None = None) -> tuple[bool, str]:
+    """Whether the machine has been idle for the last minute, and the figures that say so: the 1-minute load
+    average and the CPU pressure (PSI). The texts of /proc/loadavg and /proc/pressure/cpu are read when not given;
+    a kernel without PSI is judged by the load alone."""
+    try:
+        if loadavg is None:
+            with open("/proc/loadavg") as f:
+                loadavg = f.read()
+        load = float(loadavg.split()[0])
+    except (OSError, ValueError, IndexError):
+        return False, "load average unknown"
+    waited = None
+    try:
+        if pressure is None:
+            with open("/proc/pressure/cpu") as f:
+                pressure = f.read()
+        some = next(line for line in pressure.splitlines() if line.startswith("some "))
+        waited = float(dict(kv.split("=") for kv in some.split()[1:])["avg60"])
+    except (OSError, ValueError, KeyError, StopIteration):
+        pass
+    idle = load < IDLE_LOAD and (waited is None or waited < IDLE_PRESSURE)
+    figures = f"load {load:.2f}" + (f", cpu pressure {waited:.1f} %" if waited is not None else "")
+    return idle, ("idle box: " if idle else "busy box: ") + figures
+
+
+def resolve(name: str, engine_cores: tuple[int, ...], idle: bool | None = None) -> int:
+    """Map a strategy name to its constant. `auto`: busy-spin when every engine process has a core to itself;
+    otherwise spin-yield on an idle box and sleep on a busy one (`idle`: box_idle()'s verdict, read when None).
 
     "To itself" means: the engine cores are distinct, and at least one usable core is left outside them for the
-    supervisor, the venue, the kernel and anything else (CI). Otherwise a spinning engine process competes with
-    them for a core, so `auto` sleeps between short spins instead.
+    supervisor, the venue, the kernel and anything else (CI). Otherwise an engine process shares its core. A
+    yielding one gives the core to anything runnable at once, so on an idle box it costs nothing but power and
+    answers in microseconds; where other work keeps the cores busy, sleeping between short spins is kinder to it and
+    has the shorter tail.
     """
     if name != "auto":
         return NAMES[name]
     cores = set(usable_cores())
     distinct = len(set(engine_cores)) == len(engine_cores)
     spare = cores - set(engine_cores)
-    return BUSY_SPIN if distinct and spare else SLEEP
+    if distinct and spare:
+        return BUSY_SPIN
+    if idle is None:
+        idle = box_idle()[0]
+    return SPIN_YIELD if idle else SLEEP
 
 
 def name_of(strategy: int) -> str:
