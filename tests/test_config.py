@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import pytest
 
@@ -43,33 +45,50 @@ def test_bad_values_are_refused_with_the_option_named(change, fragment):
         load(None, change)
 
 
+class _Look:
+    def __init__(self, idle):
+        self.idle = idle
+
+    def verdict(self):
+        return self.idle, "test"
+
+
 def test_auto_wait_busy_spins_only_with_a_spare_core_and_otherwise_yields_on_an_idle_box(monkeypatch):
     monkeypatch.setattr(wait, "usable_cores", lambda: [0, 1, 2, 3])
-    assert wait.resolve("auto", (2, 3), idle=False) == wait.BUSY_SPIN
+    assert wait.resolve("auto", (2, 3), _Look(False)) == wait.BUSY_SPIN
     monkeypatch.setattr(wait, "usable_cores", lambda: [0, 1])
-    assert wait.resolve("auto", (0, 1), idle=False) == wait.SLEEP
-    assert wait.resolve("auto", (1, 1), idle=False) == wait.SLEEP
-    assert wait.resolve("auto", (0, 1), idle=True) == wait.SPIN_YIELD
-    assert wait.resolve("auto", (1, 1), idle=True) == wait.SPIN_YIELD
-    # not told: it reads the box
-    monkeypatch.setattr(wait, "box_idle", lambda: (True, "idle box: load 0.10"))
-    assert wait.resolve("auto", (0, 1)) == wait.SPIN_YIELD
-    monkeypatch.setattr(wait, "box_idle", lambda: (False, "busy box: load 3.00"))
-    assert wait.resolve("auto", (0, 1)) == wait.SLEEP
+    assert wait.resolve("auto", (0, 1), _Look(False)) == wait.SLEEP
+    assert wait.resolve("auto", (1, 1), _Look(False)) == wait.SLEEP
+    assert wait.resolve("auto", (0, 1), _Look(True)) == wait.SPIN_YIELD
+    assert wait.resolve("auto", (1, 1), _Look(True)) == wait.SPIN_YIELD
 
 
-PSI = "some avg10=0.00 avg60={} avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+STAT = """cpu  900 0 300 5000 10 0 5 7 0 0
+cpu0 {} 0 {} 2500 5 0 {} 3 0 0
+cpu1 400 0 100 2500 5 0 2 4 0 0
+intr 12345
+"""
 
 
-@pytest.mark.parametrize("loadavg,pressure,idle,says", [
-    ("0.31 0.50 0.60 1/70 123", PSI.format("0.40"), True, "idle box: load 0.31, cpu pressure 0.4 %"),
-    ("1.20 0.50 0.60 1/70 123", PSI.format("0.40"), False, "busy box: load 1.20, cpu pressure 0.4 %"),
-    ("0.31 0.50 0.60 1/70 123", PSI.format("12.50"), False, "busy box: load 0.31, cpu pressure 12.5 %"),
-    ("0.31 0.50 0.60 1/70 123", "", True, "idle box: load 0.31"),             # a kernel without PSI
-    ("", PSI.format("0.40"), False, "load average unknown"),
-])
-def test_an_idle_box_is_told_by_the_load_average_and_the_cpu_pressure(loadavg, pressure, idle, says):
-    assert wait.box_idle(loadavg, pressure) == (idle, says)
+def test_the_busy_time_of_the_cores_is_read_from_proc_stat_without_idle_iowait_or_stolen_time():
+    hz = os.sysconf("SC_CLK_TCK")
+    assert wait.busy_seconds(STAT.format(500, 200, 3), [0]) == pytest.approx(703 / hz)
+    assert wait.busy_seconds(STAT.format(500, 200, 3), [0, 1]) == pytest.approx((703 + 502) / hz)
+    assert wait.busy_seconds(STAT.format(500, 200, 3), [5]) == 0.0
+
+
+def test_a_look_at_the_box_subtracts_this_process_and_judges_the_others_share():
+    assert wait.judge(0.03, 0.21) == (True, "idle box: others used 3% of the cores over 0.21s")
+    assert wait.judge(0.40, 0.21) == (False, "busy box: others used 40% of the cores over 0.21s")
+    # this process burning CPU while it looks is not someone else's work
+    look = wait.BoxLook()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    idle, why = look.verdict()
+    assert look.verdict() == (idle, why)               # decided once
+    share = float(why.split("others used ")[1].split("%")[0]) / 100
+    assert share < 0.3, why    # our 0.3 s on one core: ~50 % of 2 cores (100 % of 1) if it were counted
 
 
 def test_explicit_wait_strategies_are_honoured_whatever_the_core_count():

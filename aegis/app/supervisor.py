@@ -222,6 +222,7 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
 
 def run(cfg: EngineConfig, out=sys.stdout) -> int:
     """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
+    look = wait.BoxLook()      # what else runs on the cores while we start (auto's choice of waiting)
     r = Run(cfg)
     try:     # usage and environment mistakes: one line and exit 2, before anything is started or created
         preflight.check(cfg)
@@ -230,20 +231,18 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
         print(f"aegis: error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
-        return _run(cfg, r, out)
+        return _run(cfg, r, out, look)
     finally:
         if engine_lock is not None:
             engine_lock.release("stopped")
 
 
-def _run(cfg: EngineConfig, r: Run, out) -> int:
+def _run(cfg: EngineConfig, r: Run, out, look: wait.BoxLook) -> int:
     stale = shm.remove_stale()
     if stale:
         print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
     available = wait.usable_cores()
     cores = cfg.cores or pick_cores(available)
-    idle, why = wait.box_idle()
-    strategy = wait.resolve(cfg.wait, tuple(cores), idle)
     stop_signal = {"name": None}
 
     def on_signal(signum, frame):
@@ -275,6 +274,9 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         from aegis.brain import process as brain
         from aegis.feed import process as feed
 
+        strategy = wait.resolve(cfg.wait, tuple(cores), look)
+        chosen = f"{cfg.wait}: {look.verdict()[1]}" if cfg.wait == "auto" and strategy != wait.BUSY_SPIN else cfg.wait
+
         def spawn(role, target, core, **known):
             spec = ProcessSpec(run_id=r.run_id, role=role, core=core, wait=strategy, ring_name=ring.segment.name,
                                control_name=ctl_seg.name, latency_name=lat_seg.name, config=cfg, **known)
@@ -301,7 +303,7 @@ def _run(cfg: EngineConfig, r: Run, out) -> int:
         urls = venue.urls if venue else _exchange_urls(cfg)
         table = _symbol_table(cfg, urls, out)
         print(f"aegis: run {r.run_id}: feed on core {cores[0]}, brain on core {cores[1]}, "
-              f"wait {wait.name_of(strategy)} ({cfg.wait}{f': {why}' if cfg.wait == 'auto' and strategy != wait.BUSY_SPIN else ''}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
+              f"wait {wait.name_of(strategy)} ({chosen}), ring {cfg.ring_capacity} x {ring.dtype.itemsize} B, "
               f"policy {cfg.ring_policy}, source {cfg.source}", file=out, flush=True)
         known = dict(venue_urls=urls, symbols=table, api_key=venue.api_key if venue else None,
                      api_secret=venue.api_secret if venue else None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 from llvmlite import ir
 from numba import njit, types
@@ -133,42 +134,88 @@ def usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-# `auto` without a spare core: the box counts as idle (spin-yield) below both figures. Measured on this 2-core box
-# (bench/MEASURED.md, 2026-12-07): on an idle box spin-yield gave tick-to-trade p50 53-57 us and p99 3.6 ms against
-# 303-487 us and 4.9-5.3 ms sleeping, with the shell as responsive; with other work on the cores its tail was the
-# worse one (p99 83 ms against 5 ms at load 1.6-2.7, 94740c3), so a busy box keeps sleeping.
-IDLE_LOAD = 1.0           # 1-minute load average
-IDLE_PRESSURE = 5.0       # % of the last 60 s some task waited for a CPU (/proc/pressure/cpu, "some avg60")
+# `auto` without a spare core: the box counts as idle (spin-yield) when the rest of the machine used less than this
+# share of the usable cores while the supervisor started. Measured on this 2-core box (bench/MEASURED.md,
+# 2026-12-07): idle, spin-yield gave tick-to-trade p50 53-57 us and p99 3.6 ms against 303-487 us and 4.9-5.3 ms
+# sleeping, with the shell as responsive; with other work on the cores its tail was the worse one (p99 83 ms against
+# 5 ms at load 1.6-2.7, 94740c3), so a busy box keeps sleeping. A look at the present, not a load average: a run
+# started right after another must not count that run's spinning as someone else's work.
+IDLE_SHARE = 0.15
+MIN_LOOK_S = 0.1
 
 
-def box_idle(loadavg: str | None = None, pressure: str | None = None) -> tuple[bool, str]:
-    """Whether the machine has been idle for the last minute, and the figures that say so: the 1-minute load
-    average and the CPU pressure (PSI). The texts of /proc/loadavg and /proc/pressure/cpu are read when not given;
-    a kernel without PSI is judged by the load alone."""
-    try:
-        if loadavg is None:
-            with open("/proc/loadavg") as f:
-                loadavg = f.read()
-        load = float(loadavg.split()[0])
-    except (OSError, ValueError, IndexError):
-        return False, "load average unknown"
-    waited = None
-    try:
-        if pressure is None:
-            with open("/proc/pressure/cpu") as f:
-                pressure = f.read()
-        some = next(line for line in pressure.splitlines() if line.startswith("some "))
-        waited = float(dict(kv.split("=") for kv in some.split()[1:])["avg60"])
-    except (OSError, ValueError, KeyError, StopIteration):
-        pass
-    idle = load < IDLE_LOAD and (waited is None or waited < IDLE_PRESSURE)
-    figures = f"load {load:.2f}" + (f", cpu pressure {waited:.1f} %" if waited is not None else "")
-    return idle, ("idle box: " if idle else "busy box: ") + figures
+def busy_seconds(stat: str, cores) -> float:
+    """CPU seconds the given cores spent on anything but idling, from the text of /proc/stat (per-CPU lines; time
+    the hypervisor stole is not work of this machine)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    want = {f"cpu{c}" for c in cores}
+    total = 0
+    for line in stat.splitlines():
+        f = line.split()
+        if f and f[0] in want:
+            user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f[1:8])
+            total += user + nice + system + irq + softirq
+    return total / hz
 
 
-def resolve(name: str, engine_cores: tuple[int, ...], idle: bool | None = None) -> int:
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of its live children (e.g. multiprocessing's resource tracker, started when the
+    first shared-memory segment is registered)."""
+    import psutil
+    total = time.process_time()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class BoxLook:
+    """What the rest of the machine does with the CPUs while this process starts: the usable cores' busy time
+    (/proc/stat) minus the CPU time of this process and its children, from construction to verdict()."""
+
+    def __init__(self):
+        self.cores = usable_cores()
+        self._t0, self._own0, self._busy0 = time.monotonic(), own_cpu_seconds(), self._busy()
+        self._verdict: tuple[bool, str] | None = None
+
+    def _busy(self) -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                return busy_seconds(f.read(), self.cores)
+        except OSError:
+            return None
+
+    def verdict(self) -> tuple[bool, str]:
+        """(idle, why): idle when the others used under IDLE_SHARE of the cores (looked at for MIN_LOOK_S at least).
+        The first call decides; later ones repeat it."""
+        if self._verdict is None:
+            self._verdict = self._look()
+        return self._verdict
+
+    def _look(self) -> tuple[bool, str]:
+        left = MIN_LOOK_S - (time.monotonic() - self._t0)
+        if left > 0:
+            time.sleep(left)
+        busy = self._busy()
+        if busy is None or self._busy0 is None:
+            return False, "busy box assumed: /proc/stat unreadable"
+        elapsed = time.monotonic() - self._t0
+        share = max(0.0, (busy - self._busy0) - (own_cpu_seconds() - self._own0)) / (elapsed * len(self.cores))
+        return judge(share, elapsed)
+
+
+def judge(share: float, elapsed: float) -> tuple[bool, str]:
+    """The verdict on a share of the cores the rest of the machine used, and the words the run line prints."""
+    idle = share < IDLE_SHARE
+    return idle, f"{'idle' if idle else 'busy'} box: others used {share:.0%} of the cores over {elapsed:.2f}s"
+
+
+def resolve(name: str, engine_cores: tuple[int, ...], look: "BoxLook | None" = None) -> int:
     """Map a strategy name to its constant. `auto`: busy-spin when every engine process has a core to itself;
-    otherwise spin-yield on an idle box and sleep on a busy one (`idle`: box_idle()'s verdict, read when None).
+    otherwise spin-yield on an idle box and sleep on a busy one (`look`'s verdict; a fresh look when None).
 
     "To itself" means: the engine cores are distinct, and at least one usable core is left outside them for the
     supervisor, the venue, the kernel and anything else (CI). Otherwise an engine process shares its core. A
@@ -183,9 +230,7 @@ def resolve(name: str, engine_cores: tuple[int, ...], idle: bool | None = None) 
     spare = cores - set(engine_cores)
     if distinct and spare:
         return BUSY_SPIN
-    if idle is None:
-        idle = box_idle()[0]
-    return SPIN_YIELD if idle else SLEEP
+    return SPIN_YIELD if (look or BoxLook()).verdict()[0] else SLEEP
 
 
 def name_of(strategy: int) -> str:
