@@ -82,12 +82,6 @@ def venue_settings(section: dict) -> dict:
 
 def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the venue stops
-    # the venue stands in for a remote exchange: on a small box it must not take the engine's cores from it
-    # (on Linux a nice-10 process gets about a tenth of the CPU share of a nice-0 one when both want to run)
-    try:
-        os.nice(VENUE_NICE)
-    except OSError:
-        pass
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
     from aegis.core.startup import progress_over
@@ -98,6 +92,7 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
         venue = start_venue(VenueConfig(**settings, api_keys={api_key: api_secret}))
     finally:
         watch.stop()   # before the URLs: nothing reads the pipe once start() has them
+    lower_priority(VENUE_NICE)
     try:
         conn.send((venue.rest_url, venue.ws_market_url, venue.ws_api_url))
         while not stop["now"]:
@@ -110,6 +105,20 @@ def _venue_main(conn, settings: dict, api_key: str, api_secret: str) -> None:
         pass
     finally:
         venue.stop()
+
+
+def lower_priority(by: int) -> None:
+    """The venue stands in for a remote exchange: once it runs, on a small box it must not take the engine's cores
+    from it (on Linux a nice-10 thread gets about a tenth of the CPU share of a nice-0 one when both want to run).
+    Its start, though, is compiling the engine waits for: under other load a nice-10 compile took ~290 s of a
+    372 s cold start here, so the venue lowers itself only now. Linux keeps a nice value per thread, and the
+    venue's threads are running by now: each one is lowered; threads started later inherit it from their creator."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            now = os.getpriority(os.PRIO_PROCESS, int(tid))
+            os.setpriority(os.PRIO_PROCESS, int(tid), min(19, now + by))
+        except (OSError, ValueError):
+            pass   # a thread that ended meanwhile
 
 
 def start(section: dict, on_progress=None) -> VenueHandle:
