@@ -222,7 +222,7 @@ def summary(run: Run, ctl: np.ndarray, ring: Ring, elapsed: float) -> str:
 
 def run(cfg: EngineConfig, out=sys.stdout) -> int:
     """Run the engine until the duration is over or a stop is asked for; returns the process exit code."""
-    look = wait.BoxLook()      # what else runs on the cores while we start (auto's choice of waiting)
+    look = wait.BoxLook() if cfg.wait == "auto" else None   # what else runs on the cores while we start
     r = Run(cfg)
     try:     # usage and environment mistakes: one line and exit 2, before anything is started or created
         preflight.check(cfg)
@@ -237,7 +237,7 @@ def run(cfg: EngineConfig, out=sys.stdout) -> int:
             engine_lock.release("stopped")
 
 
-def _run(cfg: EngineConfig, r: Run, out, look: wait.BoxLook) -> int:
+def _run(cfg: EngineConfig, r: Run, out, look: wait.BoxLook | None) -> int:
     stale = shm.remove_stale()
     if stale:
         print(f"aegis: removed {len(stale)} shared-memory segment(s) left by dead runs", file=out)
@@ -313,7 +313,6 @@ def _run(cfg: EngineConfig, r: Run, out, look: wait.BoxLook) -> int:
                 r.told.add(role)
             except OSError:     # gone already (e.g. a setting it refused): the watch below says why
                 pass
-            conn.close()
         _watch(r, ctl, ring, out, stop_signal, t_start, kill)
     except SetupError as e:    # found once the venue answers (unknown symbol, unreachable venue), or no shm
         r.stop_reason = str(e)
@@ -325,7 +324,7 @@ def _run(cfg: EngineConfig, r: Run, out, look: wait.BoxLook) -> int:
         print(f"aegis: error: {e}", file=out, flush=True)
     finally:
         for conn in tell.values():
-            conn.close()     # a process still waiting for the venue's addresses: there will be none
+            conn.close()     # told, or still waiting for the venue's addresses: then there will be none
         r.stopped_at = time.monotonic()
         elapsed = r.stopped_at - t_start
         _stop_children(r, ctl if ctl_seg else None, ring)

@@ -772,7 +772,7 @@ class StrategyState(NamedTuple):
     Only its per-strategy subclasses (EmaCrossState, ...; strategy_state() picks one) are ever built: the class
     selects the batch kernel at compile time, so a Brain or a replay compiles the one strategy it runs, not all
     four (the online learner alone is ~5 s of a cold start)."""
-    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI, ONLINE), also the class's STRATEGY_ID
+    id: int              # strategy id (EMA_CROSS, MEAN_REVERSION, OBI, ONLINE); the subclass names the same one
     params: np.ndarray   # float64 parameter vector (StrategyConfig.array())
     state: np.ndarray    # (symbols, width) float64, rows cache-line aligned (make_state)
 
