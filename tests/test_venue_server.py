@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -313,6 +314,26 @@ def test_ten_incoming_messages_per_second_are_allowed(make_server):
 def test_stop_closes_open_websockets(make_server):
     s = make_server()
     ws = websocket.create_connection(f"ws://127.0.0.1:{s.port}/ws", timeout=3)
+    s.stop()
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError, OSError)):
+        ws.recv()
+
+
+def test_stop_closes_a_websocket_whose_serving_thread_closes_it_first(make_server, monkeypatch):
+    # stop() marks the connection closed, then shuts it down; the thread serving it sees the mark and closes the
+    # socket. When that close wins the race, stop()'s shutdown finds no socket, the reader thread blocked in recv
+    # keeps the connection alive, and the client waits forever. Holding the stop thread's shutdowns back makes the
+    # serving thread win every time.
+    real_shutdown = socket.socket.shutdown
+
+    def late_from_main_thread(sock, how):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.3)
+        return real_shutdown(sock, how)
+
+    s = make_server()
+    ws = websocket.create_connection(f"ws://127.0.0.1:{s.port}/ws", timeout=3)
+    monkeypatch.setattr(socket.socket, "shutdown", late_from_main_thread)
     s.stop()
     with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError, OSError)):
         ws.recv()

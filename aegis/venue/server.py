@@ -106,6 +106,23 @@ class Router:
         return None, None
 
 
+def _drop(sock: socket.socket) -> None:
+    """Shut a connection down, then close it.
+
+    A websocket's reader thread may be blocked in recv on the socket. close() alone neither wakes it nor ends the
+    TCP connection (the blocked call keeps the socket alive), and after a close the socket can no longer be shut
+    down by anyone else: so every closer shuts down first, whichever thread gets there first.
+    """
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 class WsConn:
     """A server-side websocket. Sends are thread-safe; recv() returns data messages only."""
 
@@ -302,14 +319,7 @@ class WsConn:
         if self._closed.is_set():
             return
         self._closed.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        _drop(self._sock)
 
     def housekeep(self, now: float) -> None:
         if self._closed.is_set():
@@ -378,14 +388,7 @@ class VenueServer:
         for c in conns:
             c.abort()
         for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
+            _drop(s)
         for t in self._threads:
             t.join(timeout=2.0)
 
@@ -449,10 +452,7 @@ class VenueServer:
         finally:
             with self._conn_lock:
                 self._socks.discard(sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
+            _drop(sock)
 
     # ---- HTTP ----------------------------------------------------------------------------------
     @staticmethod
