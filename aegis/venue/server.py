@@ -107,7 +107,7 @@ class Router:
 
 
 def _drop(sock: socket.socket) -> None:
-    """Shut a connection down, then close it.
+    """Shut a socket down, then close it.
 
     A websocket's reader thread may be blocked in recv on the socket. close() alone neither wakes it nor ends the
     TCP connection (the blocked call keeps the socket alive), and after a close the socket can no longer be shut
@@ -377,11 +377,7 @@ class VenueServer:
             return
         self._stop.set()
         if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
+            _drop(self._listener)    # wakes the accept loop
         with self._conn_lock:
             conns = list(self.ws_conns)
             socks = list(self._socks)
