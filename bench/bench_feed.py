@@ -9,6 +9,10 @@ read the same kind of stream:
              publishes into the ring and records recv->publish latency (the ring is consumed as it fills)
 and the messages/s of both and their ratio are printed. Target: fast path >= 1 M bookTicker msgs/s on one core.
 
+A second test (test_recv_to_publish_by_arrival) feeds the same read path from a paced sender on the other core, one
+frame a read every 500 us, or seven a read every 3.5 ms (a read of quotes in the default run holds ~7), and prints
+the engine's recv -> publish percentiles of each (issue 15, item 3).
+
     python bench/bench_feed.py                                  # figures, < 60 s including compilation
     pytest bench/bench_feed.py --benchmark-min-rounds=1 -q -s   # same, as a pytest-benchmark run
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import multiprocessing as mp
+import os
 import socket
 import sys
 import time
@@ -33,7 +38,7 @@ from aegis.feed.process import FeedConfig, FeedEngine, warm_up
 from aegis.binance.symbols import BUILTIN_SYMBOLS, SymbolTable
 from aegis.core.wait import SLEEP
 from aegis.core.websocket import OP_TEXT, encode_frame
-from aegis.feed.wsframes import ConnectionClosed, connect
+from aegis.feed.wsframes import ConnectionClosed, FrameReader, connect
 from benchmode import size
 
 N_FAST = size(2_000_000, 20_000)
@@ -187,6 +192,116 @@ def test_feed_fast_path_against_websocket_client(benchmark):
     benchmark.extra_info.update(m)
     print("\n" + report(m))
     assert m["fast_quotes"] == N_FAST
+
+
+# ------------------------------------------------------------------ recv -> publish by the way frames arrive
+ARRIVALS = (  # (label, frames per send, microseconds between sends, yield while waiting)
+    ("1 frame a read, every 500 us, busy-spin", 1, 500, False),
+    ("1 frame a read, every 500 us, spin-yield", 1, 500, True),
+    ("7 frames a read, every 3.5 ms, spin-yield", 7, 3500, True),
+)
+N_ARRIVAL = size(6_000, 210)
+
+
+def _paced_sender(sock, per_send: int, gap_us: int, n: int, core: int | None):
+    """Send n prebuilt bookTicker frames, per_send at a time, gap_us apart (sleeping, then spinning the last 0.2 ms:
+    the sender takes little CPU, as a remote exchange would take none of ours)."""
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    blob, _ = prebuilt_frames(max(n, 20))
+    frames, pos = [], 0
+    while pos < len(blob) and len(frames) < n:
+        ln, hdr = blob[pos + 1] & 0x7F, 2
+        if ln == 126:
+            ln, hdr = int.from_bytes(blob[pos + 2:pos + 4], "big"), 4
+        frames.append(blob[pos:pos + hdr + ln])
+        pos += hdr + ln
+    time.sleep(0.2)
+    t = time.perf_counter()
+    for i in range(0, n, per_send):
+        t += gap_us / 1e6
+        while True:
+            d = t - time.perf_counter()
+            if d <= 0:
+                break
+            if d > 0.0002:
+                time.sleep(d - 0.0002)
+        sock.sendall(b"".join(frames[i:i + per_send]))
+    sock.close()
+
+
+def run_arrival(per_send: int, gap_us: int, spin_yield: bool, n: int = N_ARRIVAL) -> dict:
+    """The Feed's read loop (FrameReader.read on a non-blocking loopback TCP socket, receive stamp, FeedEngine.ingest)
+    on one core, fed by a paced sender on another: the engine's recv -> publish histogram of those frames."""
+    table = SymbolTable.build(BUILTIN_SYMBOLS)
+    rg = R.Ring.create("aegis-bench-arrival-" + uuid.uuid4().hex[:8], 1 << 16)
+    hset = latency.new_set()
+    eng = FeedEngine(table, FeedConfig(streams=("bookTicker",), dedupe=False), rg.header, rg.records, "", "",
+                     wait=SLEEP, latency_set=hset)
+    srv = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    srv.close()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.setblocking(False)
+    cores = sorted(os.sched_getaffinity(0))
+    mine = os.sched_getaffinity(0)
+    if len(cores) > 1:
+        os.sched_setaffinity(0, {cores[0]})
+    p = mp.get_context("fork").Process(target=_paced_sender, daemon=True,
+                                       args=(conn, per_send, gap_us, n, cores[1] if len(cores) > 1 else None))
+    p.start()
+    conn.close()
+    reader = FrameReader(client, buffer_size=1 << 20)
+    deadline = time.monotonic() + 30 + n * gap_us / per_send / 1e6
+    try:
+        while time.monotonic() < deadline:
+            try:
+                got = reader.read()
+            except ConnectionClosed:
+                break
+            if not got:
+                if reader.closed:
+                    break
+                if spin_yield:
+                    os.sched_yield()
+                continue
+            eng.ingest(reader, py_now_ns())      # as FeedEngine._read
+            _consume_all(rg.header)
+    finally:
+        os.sched_setaffinity(0, mine)
+        p.join(5)
+        reader.close()
+        eng.close()
+    h = hset[latency.STAGE_FEED]
+    out = {"records": int(latency.count(h))}
+    for q in (50.0, 90.0, 99.0):
+        out[f"p{q:g}_us"] = latency.percentile(h, q) / 1e3
+    del eng, h, hset
+    rg.close()
+    rg.unlink()
+    return out
+
+
+def test_recv_to_publish_by_arrival(benchmark):
+    """Issue 15, item 3: how much of the live recv -> publish is the way frames arrive. Every record of a read is
+    stamped when the read returns, so a frame that arrives with six others waits for their parse."""
+    warm_up()
+
+    def measure_all():
+        return {label: run_arrival(per, gap, y) for label, per, gap, y in ARRIVALS}
+
+    res = benchmark.pedantic(measure_all, rounds=1, iterations=1)
+    print()
+    for label, r in res.items():
+        print(f"{label:44s} recv->publish p50 {r['p50_us']:6.2f} us  p90 {r['p90_us']:6.2f} us  "
+              f"p99 {r['p99_us']:7.2f} us  ({r['records']} records)")
+        benchmark.extra_info[label] = r
+    single, burst = res[ARRIVALS[1][0]], res[ARRIVALS[2][0]]
+    print(f"bursts of 7 against single frames, p50: x{burst['p50_us'] / single['p50_us']:.2f}")
+    for r in res.values():
+        assert r["records"] == N_ARRIVAL
 
 
 if __name__ == "__main__":
