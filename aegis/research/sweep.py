@@ -348,8 +348,20 @@ def run_search(ctx: dict, dims: list[Dim], args, name: str, exp_root: Path, file
         interrupted = True
         grid = tune.Tuner.restore(str(exp_root / name), trainable=trainable).get_results()
     rows = rows_of(grid, dims, len(files_by_day))
-    interrupted = interrupted or any(r["status"] == "not run" for r in rows)
-    return rows, interrupted
+    return rows, interrupted or unfinished(rows, planned_trials(dims, args))
+
+
+def planned_trials(dims: list[Dim], args) -> int:
+    """How many trials the search was asked for: the grid's size, or --trials."""
+    if args.search != "grid":
+        return args.trials
+    return math.prod(len(d.values) for d in dims)
+
+
+def unfinished(rows: list[dict], planned: int) -> bool:
+    """A run that stopped before the end. Tune catches Ctrl-C itself and returns normally, with the trials it had
+    not started either listed as not run or, when it had not generated them yet, missing."""
+    return len(rows) < planned or any(r["status"] == "not run" for r in rows)
 
 
 def best(rows: list[dict], metric: str, n: int = 1) -> list[dict]:
