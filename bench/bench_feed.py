@@ -47,7 +47,7 @@ TARGET = 1_000_000
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def prebuilt_frames(n_distinct: int = 20_000, u0: int = 10_708_444_522_016) -> tuple[bytes, int]:
+def prebuilt_frames(n_distinct: int = 20_000, u0: int = 10_708_444_522_016) -> list[bytes]:
     """n_distinct server frames with realistic bookTicker payloads; u grows by block so repeats stay unique."""
     parts = []
     rng = np.random.default_rng(1)
@@ -59,7 +59,7 @@ def prebuilt_frames(n_distinct: int = 20_000, u0: int = 10_708_444_522_016) -> t
                    b'"a":"%.2f","A":"%.3f","T":1780563843114,"E":1780563843114}}'
                    % (s.lower().encode(), u0 + i, s.encode(), px, rng.random() * 10, px + 0.01, rng.random() * 10))
         parts.append(encode_frame(OP_TEXT, payload, masked=False))
-    return b"".join(parts), n_distinct
+    return parts
 
 
 def _serve(port_q, n_messages: int):
@@ -69,7 +69,8 @@ def _serve(port_q, n_messages: int):
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port_q.put(srv.getsockname()[1])
-    blob, per_blob = prebuilt_frames()
+    frames = prebuilt_frames()
+    blob, per_blob = b"".join(frames), len(frames)
     conn, _ = srv.accept()
     req = b""
     while b"\r\n\r\n" not in req:
@@ -85,15 +86,7 @@ def _serve(port_q, n_messages: int):
             conn.sendall(blob)
             sent += per_blob
         if sent < n_messages:   # the tail: whole frames only
-            rest, k, pos = n_messages - sent, 0, 0
-            while k < rest:
-                ln = blob[pos + 1] & 0x7F
-                hdr = 2 + (2 if ln == 126 else 8 if ln == 127 else 0)
-                if ln == 126:
-                    ln = int.from_bytes(blob[pos + 2:pos + 4], "big")
-                pos += hdr + ln
-                k += 1
-            conn.sendall(blob[:pos])
+            conn.sendall(b"".join(frames[:n_messages - sent]))
         conn.sendall(b"\x88\x02\x03\xe8")
         time.sleep(1.0)
     except OSError:
@@ -208,14 +201,7 @@ def _paced_sender(sock, per_send: int, gap_us: int, n: int, core: int | None):
     the sender takes little CPU, as a remote exchange would take none of ours)."""
     if core is not None:
         os.sched_setaffinity(0, {core})
-    blob, _ = prebuilt_frames(max(n, 20))
-    frames, pos = [], 0
-    while pos < len(blob) and len(frames) < n:
-        ln, hdr = blob[pos + 1] & 0x7F, 2
-        if ln == 126:
-            ln, hdr = int.from_bytes(blob[pos + 2:pos + 4], "big"), 4
-        frames.append(blob[pos:pos + hdr + ln])
-        pos += hdr + ln
+    frames = prebuilt_frames(n)
     time.sleep(0.2)
     t = time.perf_counter()
     for i in range(0, n, per_send):
@@ -245,8 +231,8 @@ def run_arrival(per_send: int, gap_us: int, spin_yield: bool, n: int = N_ARRIVAL
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.setblocking(False)
-    cores = sorted(os.sched_getaffinity(0))
     mine = os.sched_getaffinity(0)
+    cores = sorted(mine)
     if len(cores) > 1:
         os.sched_setaffinity(0, {cores[0]})
     p = mp.get_context("fork").Process(target=_paced_sender, daemon=True,
