@@ -130,6 +130,21 @@ def _consume_all(header):
     return n
 
 
+def _read_loop(eng, reader, header, keep_going, spin_yield: bool = False) -> None:
+    """The Feed's read step, as FeedEngine._read does it: read, stamp, one ingest per read; the ring is consumed as it
+    fills. Ends when keep_going() is false or the connection closes (the peer's close frame or its TCP close)."""
+    while keep_going():
+        try:
+            if not reader.read():
+                if spin_yield:
+                    os.sched_yield()
+                continue
+            eng.ingest(reader, py_now_ns())
+        except ConnectionClosed:
+            return
+        _consume_all(header)
+
+
 def run_fast(n: int = N_FAST) -> tuple[float, int]:
     table = SymbolTable.build(BUILTIN_SYMBOLS)
     rg = R.Ring.create("aegis-bench-feed-" + uuid.uuid4().hex[:8], 1 << 16)
@@ -143,16 +158,7 @@ def run_fast(n: int = N_FAST) -> tuple[float, int]:
     quotes = eng.parser.stats
     t0 = time.perf_counter()
     try:
-        while quotes[ST_QUOTES] < n:
-            if not reader.read():
-                if reader.closed:
-                    break
-                continue
-            try:
-                eng.ingest(reader, py_now_ns())      # as FeedEngine._read: stamp, then one ingest per read
-            except ConnectionClosed:
-                break
-            _consume_all(header)
+        _read_loop(eng, reader, header, lambda: quotes[ST_QUOTES] < n)
     finally:
         dt = time.perf_counter() - t0
         eng.close()
@@ -242,19 +248,7 @@ def run_arrival(per_send: int, gap_us: int, spin_yield: bool, n: int = N_ARRIVAL
     reader = FrameReader(client, buffer_size=1 << 20)
     deadline = time.monotonic() + 30 + n * gap_us / per_send / 1e6
     try:
-        while time.monotonic() < deadline:
-            try:
-                got = reader.read()
-            except ConnectionClosed:
-                break
-            if not got:
-                if reader.closed:
-                    break
-                if spin_yield:
-                    os.sched_yield()
-                continue
-            eng.ingest(reader, py_now_ns())      # as FeedEngine._read
-            _consume_all(rg.header)
+        _read_loop(eng, reader, rg.header, lambda: time.monotonic() < deadline, spin_yield)
     finally:
         os.sched_setaffinity(0, mine)
         p.join(5)
