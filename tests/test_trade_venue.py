@@ -10,6 +10,7 @@ from aegis.core.records import SIDE_BUY, SIDE_SELL
 from aegis.venue import VenueConfig, start_venue
 
 from tests.trade_rig import KeyPool, Rig, venue_config, wait_for
+from tests.windows import fresh_window
 
 pytestmark = [pytest.mark.time_limit(30), pytest.mark.usefixtures("compiled_order_path")]
 
@@ -210,6 +211,7 @@ def test_429_backs_off_for_retry_after_without_touching_the_network(tmp_path):
     cfg = VenueConfig(rate=20, rate_limits=RateLimitConfig(weight_per_minute=10, weight_window_s=2.0))
     with start_venue(cfg) as v:
         c = BinanceClient(endpoints("embedded", embedded=v), from_strings("aegis-test-key", "aegis-test-secret"))
+        fresh_window(2.0, 1.0)
         results = [c.request("GET", "/fapi/v1/openOrders", {"symbol": "BTCUSDT"}) for _ in range(12)]
         assert any(x.get("status") == 429 for x in results)
         assert 0 < c.backing_off() <= 2.5
@@ -274,6 +276,7 @@ def test_418_ban_stops_even_cancels_until_it_ends(tmp_path):
                                                            requests_over_limit_before_ban=2, ban_s=1.0))
     with start_venue(cfg) as v:
         c = BinanceClient(endpoints("embedded", embedded=v), from_strings("aegis-test-key", "aegis-test-secret"))
+        fresh_window(30.0)
         statuses = [c.request("GET", "/fapi/v1/openOrders", {"symbol": "BTCUSDT"}, urgent=True).get("status")
                     for _ in range(12)]
         assert 429 in statuses and 418 in statuses and c.banned

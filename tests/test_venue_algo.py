@@ -16,6 +16,7 @@ from binance.error import ClientError  # noqa: E402
 
 from aegis.venue import VenueConfig, start_venue  # noqa: E402
 from tests.test_venue_rest_ws import ws_sign  # noqa: E402
+from tests.windows import fresh_window  # noqa: E402
 
 KEY, SECRET = "aegis-test-key", "aegis-test-secret"
 TICK = Decimal("0.001")       # DOTUSDT
@@ -306,6 +307,7 @@ def test_raw_http_algo_order_counts_orders_not_weight(venue):
                       "timestamp": int(time.time() * 1000)})
     body += "&signature=" + hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
     h = {"X-MBX-APIKEY": KEY, "Content-Type": "application/x-www-form-urlencoded"}
+    fresh_window()
     w0 = int(requests.get(venue.rest_url + "/fapi/v1/ping", timeout=5).headers["X-MBX-USED-WEIGHT-1M"])
     r = requests.post(venue.rest_url + "/fapi/v1/algoOrder", data=body, headers=h, timeout=5)
     assert r.status_code == 200, r.text

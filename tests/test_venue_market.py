@@ -17,6 +17,7 @@ import websocket
 from aegis.venue import VenueConfig, start_venue
 from aegis.venue.catalog import default_catalog
 from aegis.venue.market import Market, MarketConfig
+from tests.windows import fresh_window
 
 SPECS = {s.symbol: s for s in default_catalog()}
 
@@ -417,12 +418,17 @@ def test_diffs_stay_consistent_across_ladder_recentering(monkeypatch):
 
 def test_kline_payload_has_real_shape(venue):
     ws = _connect(venue.ws_market_url + "/market/stream?streams=btcusdt@kline_1m")
-    d = _collect(ws, 1, timeout=3)[0]
-    assert d["stream"] == "btcusdt@kline_1m"
-    k = d["data"]["k"]
-    assert list(d["data"]) == ["e", "E", "s", "k"] and d["data"]["e"] == "kline"
+    # a push at a minute boundary carries the closing candle (x true, sent after its T) before the new open one,
+    # so the first two messages hold at least one open candle
+    msgs = _collect(ws, 2, timeout=3)
+    for d in msgs:
+        assert d["stream"] == "btcusdt@kline_1m"
+        assert list(d["data"]) == ["e", "E", "s", "k"] and d["data"]["e"] == "kline"
+        k = d["data"]["k"]
+        assert k["x"] is (d["data"]["E"] > k["T"])
+    k = next(d["data"]["k"] for d in msgs if not d["data"]["k"]["x"])
     assert list(k) == ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]
-    assert k["i"] == "1m" and k["t"] % 60_000 == 0 and k["T"] == k["t"] + 59_999 and k["x"] is False
+    assert k["i"] == "1m" and k["t"] % 60_000 == 0 and k["T"] == k["t"] + 59_999
     spec = SPECS["BTCUSDT"]
     assert all(_is_price(spec, k[f]) for f in "ochl") and Decimal(k["l"]) <= Decimal(k["o"]) <= Decimal(k["h"])
     assert _is_qty(spec, k["v"]) and Decimal(k["V"]) <= Decimal(k["v"]) and _int(k["n"])
@@ -437,7 +443,8 @@ def test_kline_closes_with_x_true_and_next_candle_opens_at_previous_close():
     want[K.K_KLINE] = True  # ethusdt@kline_1m
     m.set_wants(want)
     m.step(2000)
-    now = int(time.time() * 1000)
+    # inside the minute the market opened in: a clock read here could already be in the next one
+    now = int(m.kl[K.KL_OPEN_T, 0, 0]) + 30_000
     live = json.loads(m.kline_messages(now)[0][1])["k"]
     assert live["x"] is False and live["n"] > 0 and Decimal(live["v"]) > 0
     later = m.kline_messages(now + 60_000)
@@ -484,6 +491,7 @@ def test_event_time_is_the_send_time(venue):
 
 
 def test_rest_market_data_is_charged_to_the_ip_weight(venue):
+    fresh_window()
     r1 = requests.get(venue.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=1000")
     r2 = requests.get(venue.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=1000")
     w1, w2 = int(r1.headers["X-MBX-USED-WEIGHT-1M"]), int(r2.headers["X-MBX-USED-WEIGHT-1M"])
@@ -493,6 +501,7 @@ def test_rest_market_data_is_charged_to_the_ip_weight(venue):
 def test_rest_market_data_over_weight_limit_is_429(own_venue):
     from aegis.venue.ratelimit import RateLimitConfig
     v = own_venue(rate=50, rate_limits=RateLimitConfig(weight_per_minute=30, weight_window_s=30.0))
+    fresh_window(30.0)
     codes = [requests.get(v.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=1000").status_code for _ in range(2)]
     assert codes == [200, 429]
     r = requests.get(v.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=5")

@@ -22,6 +22,7 @@ from aegis.venue.exchange import Exchange, ExchangeConfig, VenueError
 from aegis.venue.ratelimit import RateLimitConfig, RateLimiter
 from aegis.venue.server import Router, VenueServer
 from tests.test_venue_exchange import StaticBook
+from tests.windows import fresh_window
 
 KEY, SECRET = "aegis-test-key", "aegis-test-secret"
 
@@ -69,6 +70,7 @@ def venue():
 
 
 def test_ping_time_and_every_reply_carry_the_used_weight_header(venue):
+    fresh_window()
     r = venue.http.get(venue.url + "/fapi/v1/ping")
     assert r.status_code == 200 and r.content == b"{}" and r.headers["X-MBX-USED-WEIGHT-1M"] == "1"
     r = venue.http.get(venue.url + "/fapi/v1/time")
@@ -262,6 +264,7 @@ def test_listen_key_create_keepalive_delete_then_keepalive_fails(venue):
 def test_weight_limit_answers_429_with_retry_after_then_bans_with_418():
     v = Venue(limits=RateLimitConfig(weight_per_minute=5, requests_over_limit_before_ban=2, ban_s=30))
     try:
+        fresh_window()
         codes = [v.http.get(v.url + "/fapi/v1/ping").status_code for _ in range(5)]
         assert codes == [200] * 5
         r = v.http.get(v.url + "/fapi/v1/ping")
@@ -302,6 +305,7 @@ def err_status(lim, ip):
 def test_order_rate_limit_answers_1015():
     v = Venue(limits=RateLimitConfig(orders_per_10s=2))
     try:
+        fresh_window(10.0, 2.0)
         p = dict(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.001", price="89000")
         assert [v.signed("POST", "/fapi/v1/order", p).status_code for _ in range(2)] == [200, 200]
         r = v.signed("POST", "/fapi/v1/order", p)

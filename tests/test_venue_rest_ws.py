@@ -10,6 +10,7 @@ import pytest
 import websocket
 
 from tests.test_venue_rest import KEY, SECRET, Venue
+from tests.windows import fresh_window
 
 
 @pytest.fixture
@@ -253,6 +254,7 @@ def test_ws_api_and_rest_share_the_ip_weight_limit():
     from aegis.venue.ratelimit import RateLimitConfig
     v = Venue(limits=RateLimitConfig(weight_per_minute=7))
     try:
+        fresh_window()
         ws = websocket.create_connection(f"{v.ws_url}/ws-fapi/v1", timeout=3)      # handshake: 5
         r = call(ws, "order.status", ws_sign(dict(symbol="BTCUSDT", orderId=1)))     # +1 = 6
         assert r["error"]["code"] == -2013
