@@ -318,6 +318,79 @@ def test_the_jitted_sender_sends_once_the_back_off_has_passed(compiled_order_pat
     assert state[wire.ST_SENT_IDX] == 0 and got.startswith(b"POST /fapi/v1/order?")
 
 
+@pytest.mark.parametrize("transport", ["rest", "ws"])
+def test_a_polling_sender_rebuilds_the_last_order_while_it_waits_and_sends_and_stores_nothing(
+        compiled_order_path, transport):
+    import socket
+    from aegis.binance import wire
+    q = trade.RequestQueue(ring.MIN_CAPACITY)
+    enc = wire.build_encoder(transport, [risk.SymbolRules("X", tick_size="0.1", step_size="1")], "p-", "k", "s",
+                             5000, "ACK", "http://127.0.0.1:1")
+    state = wire.new_state()
+    mine, peer = socket.socketpair()
+    peer.setblocking(False)
+    state[wire.ST_SEND_FD] = mine.fileno() if transport == "rest" else -1
+    state[wire.ST_WARM_NS] = 200_000
+    jmap, jcur = np.zeros(1 << 16, np.uint8), np.array([0, 1 << 16], np.int64)     # a mapped journal's room
+    dst, mask, out, tmp = (np.zeros(1, ORDER_REQUEST_DTYPE), wire.new_mask_pool(), np.zeros(wire.MAX_REQUEST, np.uint8),
+                           np.zeros(2 * wire.MAX_REQUEST, np.uint8))
+    lens, jbuf = np.zeros(1, np.int64), np.zeros(wire.MAX_JOURNAL_LINE, np.uint8)
+
+    def prepare(timeout_ns):
+        return trade.wait_and_prepare(q.header, q.records, dst, 1, waiting.BUSY_SPIN, timeout_ns,
+                                      np.zeros(2, np.int64), enc, state, mask, out, np.zeros(1, np.int64), lens,
+                                      jbuf, np.zeros(1, np.int64), -1, tmp, jmap, jcur)
+
+    def sent():
+        try:
+            return peer.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    try:
+        assert prepare(5_000_000) == 0 and state[wire.ST_WARMS] == 0     # no order yet: nothing to rebuild
+        req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+        req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
+        req["price_ticks"], req["qty_steps"] = 100, 1
+        trade.handoff(q.header, q.records, req, time.monotonic_ns())
+        assert prepare(0) == 1 and lens[0] > 0
+        first = sent()
+        assert first.startswith(b"POST /fapi/v1/order?") if transport == "rest" else first == b""
+        line_end, mask_pos = int(jcur[0]), int(state[wire.ST_MASK_POS])
+        journal = jmap.copy()
+        assert line_end > 0
+        out[:], jbuf[:] = 0, 0
+        assert prepare(20_000_000) == 0                  # 20 ms of waiting, in 0.2 ms steps
+        assert state[wire.ST_WARMS] >= 10
+        assert sent() == b"" and jcur[0] == line_end and np.array_equal(jmap, journal)
+        assert state[wire.ST_MASK_POS] == mask_pos       # a mask key is spent only by a frame that leaves
+        # the scratch holds the rebuilt order: the request (a ws text frame) and its journal line
+        assert out[0] == (ord("P") if transport == "rest" else 0x81) and b"p-9" in bytes(jbuf)
+    finally:
+        mine.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("wait,warm_us,expect_ns", [(waiting.SPIN_YIELD, 1000, 1_000_000),
+                                                     (waiting.BUSY_SPIN, 250, 250_000),
+                                                     (waiting.SPIN_YIELD, 0, 0),
+                                                     (waiting.BLOCK, 1000, 0), (waiting.SLEEP, 1000, 0)])
+def test_only_a_polling_sender_keeps_the_order_path_warm(wait, warm_us, expect_ns):
+    from aegis.binance import wire
+
+    class Client:
+        def plain_fd(self):
+            return -1
+
+    s = trade.Sender(trade.RequestQueue(), Client(), None, "p-", [risk.SymbolRules("X")], trade.FillQueue(),
+                     wait=wait)
+    s.enable_fast_path("rest", "key", "secret", 5000, "http://127.0.0.1:1", warm_us=warm_us)
+    assert s.wire_state[wire.ST_WARM_NS] == expect_ns
+    assert trade.TradeConfig().warm_us == 1000
+    with pytest.raises(ConfigError):
+        trade.TradeConfig.from_section({"warm_us": -1})
+
+
 def test_a_back_off_reaches_the_state_the_jitted_sender_reads():
     from aegis.binance import wire
     from aegis.binance.client import BinanceClient

@@ -344,7 +344,7 @@ def test_on_a_plain_connection_a_new_order_leaves_from_the_jitted_fast_path(rig,
     r = rig(trade_cfg={"transport": transport})
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     assert wait_for(lambda: r.ts.sender.acks == 1, 10)
-    st = r.ts.sender._wstate
+    st = r.ts.sender.wire_state
     assert st[wire.ST_SENT_IDX] == 0 and st[wire.ST_SENT] > 0      # written by send(2) from the nogil kernel
     k = kinds(r.ts.journal_path, f"{r.ts.jstate.prefix}1")
     assert k[0] == "req" and "ack" in k                            # journaled before it was sent
@@ -356,7 +356,7 @@ def test_when_python_must_send_the_order_still_goes_through(rig, monkeypatch):
     r = rig()
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     assert wait_for(lambda: r.ts.sender.acks == 1, 10)
-    assert r.ts.sender._wstate[wire.ST_SENT_IDX] == -1
+    assert r.ts.sender.wire_state[wire.ST_SENT_IDX] == -1
     assert len(r.exchange_open("BTCUSDT")) == 1
 
 

@@ -54,6 +54,8 @@ ST_SENT = 6               # what its send(2) returned: bytes, or -errno
 ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2): the order's wire stamp
 ST_SENT_DONE_NS = 8       # ... and when it returned (on loopback the receiver's TCP work runs inside it)
 ST_BACKOFF_UNTIL_NS = 9   # CLOCK_MONOTONIC ns before which nothing may be sent (a 429/418 back-off, any thread)
+ST_WARM_NS = 10           # a polling sender rebuilds the last order into scratch this often while it waits (0: never)
+ST_WARMS = 11             # how many times it did
 ST_LEN = 16
 MSG_NOSIGNAL = 0x4000     # a reset peer gives EPIPE, not a process-killing SIGPIPE
 

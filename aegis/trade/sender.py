@@ -24,9 +24,11 @@ engine's strategies in aegis.core.wait; resolve_wait picks for `auto`):
                 spin-yield: that core burns anyway). Costs: while the sender works in Python (answers, journal
                 acks) the Brain waits for its core, which shows in publish->consume p99; and a spin-yield Brain's
                 idle yields pass through the sender's poll (~2 us each), so publish->consume p90 is ~2.5 us instead
-                of 0.6 (p50 unchanged). Encoding ahead of time (re-running the encoder while idle, or encoding in
-                the Brain before the hand-off) gains nothing: the encode runs cold in either thread
-                (bench/RESULTS.md).
+                of 0.6 (p50 unchanged). Encoding in the Brain before the hand-off gains nothing: the encode
+                runs cold in either thread (bench/RESULTS.md). What does pay where orders are sparse: a polling
+                sender rebuilds the last order into scratch every [trade] warm_us while it waits
+                (warm_order_path). In the pipeline bench, one tick every ~260 us, it measured no gain; in the
+                default run, an order every ~100 ms, it took prepare p50 from 15 to 9 us (bench/MEASURED.md).
     block       spin 20 us, then park on a futex on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a
                 sleeping Brain
     sleep       spin 20 us, then 20 us naps: ~50 us
@@ -65,7 +67,7 @@ from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FI
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.binance.signing import units_to_str
 from aegis.trade import risk as riskmod
-from aegis.trade.journal import JournalFailed, map_store, rearm_pages
+from aegis.trade.journal import JC_POS, JournalFailed, map_store, rearm_pages
 
 log = logging.getLogger("aegis.trade.sender")
 
@@ -144,6 +146,23 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
 
 
 @njit(cache=True, nogil=True)
+def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
+    """Build `req` (the last new order) again into the scratch buffers and read the mapped journal where the next
+    line goes, sending and storing nothing: the next real order then finds the encoder's code and tables, the
+    buffers and the journal's page in the caches and the TLB. An order a few hundred ms after the last one
+    otherwise built cold: in the default run this took prepare from ~13 to ~9 us p50 (bench/MEASURED.md)."""
+    wall_ms = wall_ns() // 1_000_000
+    mask_pos = state[wire.ST_MASK_POS]
+    wire.encode_order(enc, req, wall_ms + state[wire.ST_OFFSET_MS], mask_pool, state, out, 0, tmp)
+    state[wire.ST_MASK_POS] = mask_pos     # mask keys are spent only by frames that leave
+    wire.encode_journal_req(enc, req, wall_ms, jbuf, 0)
+    p = load_acquire(jcur, JC_POS)
+    seen = jmap[p] if p < jmap.shape[0] else 0
+    state[wire.ST_WARMS] += 1
+    return seen
+
+
+@njit(cache=True, nogil=True)
 def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
                      jbuf, jends, jfd, tmp, jmap, jcur):
     """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
@@ -152,8 +171,21 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
     journal's fd jfd with one write(2), before anything can be sent. lens[i] = 0: not prepared (not a new order, or
     no room, here or in the mapping: the generic path takes it); -1: the journal refused the line, so it must not be
     sent.
-    jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready."""
-    n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
+    jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready.
+    With state[ST_WARM_NS] > 0 the wait is cut into steps that long, and after each empty step the last batch's
+    first request, if it was a new order, is built again into scratch (warm_order_path)."""
+    warm_ns = state[wire.ST_WARM_NS]
+    if warm_ns <= 0:
+        n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
+    else:
+        deadline = now_ns() + timeout_ns
+        while True:
+            left = deadline - now_ns()
+            n = sender_wait(header, records, dst, max_n, mode, warm_ns if warm_ns < left else left, stamps)
+            if n > 0 or left <= warm_ns or ring.aborted(header):
+                break
+            if dst[0].action == ACTION_NEW:
+                warm_order_path(enc, dst[0], state, mask_pool, out, jbuf, tmp, jmap, jcur)
     if n == 0:
         return 0
     wall_ms = wall_ns() // 1_000_000
@@ -403,6 +435,9 @@ class TradeConfig:
     resume: bool = False             # clear a HALTED state recorded in the journal (CLI --resume)
     gil_switch_us: int = 100         # sys.setswitchinterval for the Brain process (Python's default: 5000 us)
     fast_path: bool = True           # new orders built, signed and journaled in jitted code (aegis.binance.wire)
+    # a polling sender (busy-spin, spin-yield) rebuilds the last order into scratch this often while it waits, so
+    # the next one is not built cold (sender.warm_order_path); 0 = never. A sleeping or blocking sender never does.
+    warm_us: int = 1000
     # exchange-side safety (aegis.trade.protect): a protective STOP_MARKET per position `protect` away from its
     # entry (a fraction, or "1%" in the file; 0 = none), and the countdownCancelAll dead-man switch
     protect: float = 0.0
@@ -423,7 +458,7 @@ class TradeConfig:
                   "fsync": C.one_of("always", "interval", "never"), "resp_type": C.one_of("ACK", "RESULT"),
                   "cores": C.Check(lambda c: all(x >= 0 for x in c), "a list of CPU numbers"),
                   "queue_capacity": C.power_of_two(ring.MIN_CAPACITY), "recv_window_ms": C.between(1, 60000),
-                  "protect": C.NON_NEGATIVE}
+                  "protect": C.NON_NEGATIVE, "warm_us": C.between(0, 1_000_000)}
         return C.load_section(cls, "trade", section, checks, numbers=C.POSITIVE)
 
 
@@ -486,18 +521,21 @@ class Sender:
         self.on_unknown = None            # optional callable after an order ended in an unknown state (reconcile)
 
     def enable_fast_path(self, transport: str, api_key: str, secret: str, recv_window_ms: int, rest_url: str,
-                         fsync_always: bool = False) -> None:
+                         fsync_always: bool = False, warm_us: int = TradeConfig.warm_us) -> None:
         """Build new orders in jitted code (aegis.binance.wire): signed bytes and journal line ready without the GIL.
-        Needs a client with place_prepared (BinanceClient or WsTradeClient) and a journal with a file."""
+        Needs a client with place_prepared (BinanceClient or WsTradeClient) and a journal with a file. A polling
+        sender keeps the path warm every warm_us while it waits (TradeConfig.warm_us)."""
         n = self._batch.shape[0]
         self.fast = wire.build_encoder(transport, self.rules, self.prefix, api_key, secret, recv_window_ms,
                                        self.resp_type, rest_url)
         rest = getattr(self.client, "rest", self.client)
         # the REST client's state array carries the exchange clock offset (resyncs reach the next order at once)
-        self._wstate = getattr(rest, "wire_state", None)
-        if self._wstate is None:
-            self._wstate = wire.new_state()
-        self._wstate[wire.ST_FSYNC] = int(fsync_always)
+        self.wire_state = getattr(rest, "wire_state", None)
+        if self.wire_state is None:
+            self.wire_state = wire.new_state()
+        self.wire_state[wire.ST_FSYNC] = int(fsync_always)
+        polls = self.wait in (waiting.BUSY_SPIN, waiting.SPIN_YIELD)
+        self.wire_state[wire.ST_WARM_NS] = warm_us * 1000 if polls else 0
         self._mask = wire.new_mask_pool()
         self._out = np.zeros(n * wire.MAX_REQUEST, np.uint8)
         self._offs = np.zeros(n, np.int64)
@@ -543,12 +581,12 @@ class Sender:
         h, recs, dst = self.q.header, self.q.records, self._batch
         while not self._stop.is_set():
             if self.fast is not None:
-                self._wstate[wire.ST_SEND_FD] = self.client.plain_fd()
-                if self._wstate[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
+                self.wire_state[wire.ST_SEND_FD] = self.client.plain_fd()
+                if self.wire_state[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
                     self._mask[:] = wire.new_mask_pool()
-                    self._wstate[wire.ST_MASK_POS] = 0
+                    self.wire_state[wire.ST_MASK_POS] = 0
                 n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
-                                     self.fast, self._wstate, self._mask, self._out, self._offs, self._lens,
+                                     self.fast, self.wire_state, self._mask, self._out, self._offs, self._lens,
                                      self._jbuf, self._jends, self.journal.fd, self._tmp,
                                      self.journal.map_buf, self.journal.map_cursor)   # read per call: it may grow
             else:
@@ -655,7 +693,7 @@ class Sender:
             self.errors += 1
             self._event(cid, req, STATUS_REJECTED, 0)
             if self._lens[i] < 0:
-                err = int(self._wstate[wire.ST_WRITE_ERRNO])
+                err = int(self.wire_state[wire.ST_WRITE_ERRNO])
                 self.journal.report_failure(os.strerror(-err) if err < 0 else f"short write ({err} bytes)")
             return None
         off = int(self._offs[i])
@@ -666,9 +704,9 @@ class Sender:
             adopted.append(self.journal.adopt(bytes(self._jbuf[(self._jends[i - 1] if i else 0):self._jends[i]])))
 
         pre = None
-        if self._wstate[wire.ST_SENT_IDX] == i:     # the jitted code already sent it (or tried)
-            pre = (int(self._wstate[wire.ST_SENT]), int(self._wstate[wire.ST_SENT_NS]))
-            self.client.send_return_ns = int(self._wstate[wire.ST_SENT_DONE_NS])
+        if self.wire_state[wire.ST_SENT_IDX] == i:     # the jitted code already sent it (or tried)
+            pre = (int(self.wire_state[wire.ST_SENT]), int(self.wire_state[wire.ST_SENT_NS]))
+            self.client.send_return_ns = int(self.wire_state[wire.ST_SENT_DONE_NS])
         res = self.client.place_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
                                          lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre)
         if not adopted:
@@ -921,7 +959,8 @@ class TradeSession:
         if self.tcfg.fast_path:
             warm_fast_path()
             self.sender.enable_fast_path(self.tcfg.transport, self.keys.key.reveal(), self.keys.secret.reveal(),
-                                         self.tcfg.recv_window_ms, self.ep.rest_url, self.tcfg.fsync == "always")
+                                         self.tcfg.recv_window_ms, self.ep.rest_url, self.tcfg.fsync == "always",
+                                         self.tcfg.warm_us)
             if self.tcfg.transport == "rest":
                 try:
                     self.client.order_connection().connect()   # the first order does not pay the handshake
