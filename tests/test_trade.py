@@ -371,6 +371,36 @@ def test_a_polling_sender_rebuilds_the_last_order_while_it_waits_and_sends_and_s
         peer.close()
 
 
+def test_keeping_warm_never_reads_past_a_closed_journals_end(compiled_order_path, tmp_path):
+    """A closing journal cuts its file at the cursor; a warm-up that read the page at the cursor, when the cursor
+    starts a page, would die of SIGBUS. Run in a child: a SIGBUS must fail this test, not kill pytest."""
+    import subprocess
+    import sys
+    code = f"""
+import mmap, os, numpy as np
+from aegis.binance import wire
+from aegis.trade import risk, sender
+from aegis.core.records import ORDER_REQUEST_DTYPE, ORDER_LIMIT, SIDE_BUY
+path = {str(tmp_path / "j.jsonl")!r}
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 2 * mmap.PAGESIZE)
+jmap = np.frombuffer(mmap.mmap(fd, 2 * mmap.PAGESIZE), np.uint8)
+os.ftruncate(fd, mmap.PAGESIZE)                        # as Journal.close leaves it: the file ends at the cursor
+jcur = np.array([mmap.PAGESIZE, 0], np.int64)
+enc = wire.build_encoder("rest", [risk.SymbolRules("X", tick_size="0.1", step_size="1")], "p-", "k", "s", 5000,
+                         "ACK", "http://127.0.0.1:1")
+req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
+req["price_ticks"], req["qty_steps"] = 100, 1
+state = wire.new_state()
+sender.warm_order_path(enc, req, state, wire.new_mask_pool(), np.zeros(wire.MAX_REQUEST, np.uint8),
+                       np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(2 * wire.MAX_REQUEST, np.uint8), jmap, jcur)
+print("warmed", state[wire.ST_WARMS])
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "warmed 1" in p.stdout, (p.returncode, p.stderr[-2000:])
+
+
 @pytest.mark.parametrize("wait,warm_us,expect_ns", [(waiting.SPIN_YIELD, 1000, 1_000_000),
                                                      (waiting.BUSY_SPIN, 250, 250_000),
                                                      (waiting.SPIN_YIELD, 0, 0),

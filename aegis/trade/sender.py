@@ -27,8 +27,8 @@ engine's strategies in aegis.core.wait; resolve_wait picks for `auto`):
                 of 0.6 (p50 unchanged). Encoding in the Brain before the hand-off gains nothing: the encode
                 runs cold in either thread (bench/RESULTS.md). What does pay where orders are sparse: a polling
                 sender rebuilds the last order into scratch every [trade] warm_us while it waits
-                (warm_order_path). In the pipeline bench, one tick every ~260 us, it measured no gain; in the
-                default run, an order every ~100 ms, it took prepare p50 from 15 to 9 us (bench/MEASURED.md).
+                (warm_order_path). In the default run, an order every ~100 ms, it took prepare p50 from 15 to
+                9 us; in the pipeline bench, an order every ~1.5 ms, from 3.1-4.2 to 2.8-3.2 us (bench/MEASURED.md).
     block       spin 20 us, then park on a futex on another core: p50 23-30 us here (the IPI), ~0 CPU; auto with a
                 sleeping Brain
     sleep       spin 20 us, then 20 us naps: ~50 us
@@ -150,14 +150,16 @@ def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
     """Build `req` (the last new order) again into the scratch buffers and read the mapped journal where the next
     line goes, sending and storing nothing: the next real order then finds the encoder's code and tables, the
     buffers and the journal's page in the caches and the TLB. An order a few hundred ms after the last one
-    otherwise built cold: in the default run this took prepare from ~13 to ~9 us p50 (bench/MEASURED.md)."""
+    otherwise built cold: in the default run this took prepare from 15 to 9 us p50 (bench/MEASURED.md)."""
     wall_ms = wall_ns() // 1_000_000
     mask_pos = state[wire.ST_MASK_POS]
     wire.encode_order(enc, req, wall_ms + state[wire.ST_OFFSET_MS], mask_pool, state, out, 0, tmp)
     state[wire.ST_MASK_POS] = mask_pos     # mask keys are spent only by frames that leave
     wire.encode_journal_req(enc, req, wall_ms, jbuf, 0)
-    p = load_acquire(jcur, JC_POS)
-    seen = jmap[p] if p < jmap.shape[0] else 0
+    # the last stored byte, on the page the next line starts on unless that one starts a page: a closing journal
+    # cuts the file at the cursor, and a read past the file's end would be SIGBUS
+    p = load_acquire(jcur, JC_POS) - 1
+    seen = jmap[p] if 0 <= p < jmap.shape[0] else 0
     state[wire.ST_WARMS] += 1
     return seen
 
