@@ -226,6 +226,14 @@ def test_a_sharing_sender_returns_when_the_queue_is_aborted():
     assert not th.is_alive() and got["n"] == 0
 
 
+def _limit_buy(client_id: int = 9) -> np.void:
+    """A new LIMIT GTC buy of 1 step at 100 ticks of symbol 0, as the Brain hands it over."""
+    req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
+    req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = client_id, 1, ORDER_LIMIT, 1, SIDE_BUY
+    req["price_ticks"], req["qty_steps"] = 100, 1
+    return req
+
+
 def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_risk(tmp_path):
     class ReadOnlyJournal:           # write(2) on this descriptor fails (EBADF): the jitted path must not send
         def __init__(self, path):
@@ -253,9 +261,7 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
     s.enable_fast_path("rest", "key", "secret", 5000, "http://127.0.0.1:1")
     s.start()
     try:
-        req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
-        req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
-        req["price_ticks"], req["qty_steps"] = 100, 1
+        req = _limit_buy()
         trade.handoff(q.header, q.records, req, time.monotonic_ns())
         deadline = time.monotonic() + 20          # includes loading the fast path's compiled code
         while s.errors == 0 and time.monotonic() < deadline:
@@ -280,9 +286,7 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
     mine, peer = socket.socketpair()
     state[wire.ST_SEND_FD] = mine.fileno()
     state[wire.ST_BACKOFF_UNTIL_NS] = backoff_until_ns
-    req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
-    req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
-    req["price_ticks"], req["qty_steps"] = 100, 1
+    req = _limit_buy()
     trade.handoff(q.header, q.records, req, time.monotonic_ns())
     jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
     lens = np.zeros(1, np.int64)
@@ -349,9 +353,7 @@ def test_a_polling_sender_rebuilds_the_last_order_while_it_waits_and_sends_and_s
 
     try:
         assert prepare(5_000_000) == 0 and state[wire.ST_WARMS] == 0     # no order yet: nothing to rebuild
-        req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
-        req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
-        req["price_ticks"], req["qty_steps"] = 100, 1
+        req = _limit_buy()
         trade.handoff(q.header, q.records, req, time.monotonic_ns())
         assert prepare(0) == 1 and lens[0] > 0
         first = sent()
@@ -489,9 +491,7 @@ def test_a_request_that_cannot_be_journaled_is_not_sent_and_is_released_in_risk(
     fills = trade.FillQueue()
     rules = [risk.SymbolRules("X", tick_size="0.1", step_size="1")]
     s = trade.Sender(trade.RequestQueue(), MustNotSend(), FullDisk(), "p-", rules, fills)
-    req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
-    req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 7, 1, ORDER_LIMIT, 1, SIDE_BUY
-    req["price_ticks"], req["qty_steps"] = 100, 1
+    req = _limit_buy(7)
     with pytest.raises(OSError):
         s.process(req)
     ev = fills.drain()
