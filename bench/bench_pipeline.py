@@ -456,7 +456,7 @@ class InProcessPipeline:
         self.brain.step(self.header, self.records, self.ctl, 0)    # load/compile the loop before timing anything
         self.sender.start()
         if self.pin:                      # as TradeSession does: the journal's sync thread off the Brain's core
-            trade.move_off_brain_core(self.journal._flusher, (self.feed_core,))
+            trade.move_off_brain_core(self.journal.sync_thread, (self.feed_core,))
         self._brain_thread = threading.Thread(target=self._brain_main, name="bench-brain", daemon=True)
         self._brain_thread.start()
         return self

@@ -86,6 +86,26 @@ def pytest_runtestloop(session):
     return (yield)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _journal_rings_of_this_session_removed(tmp_path_factory):
+    """A journal's ring (shared memory, aegis.trade.journal) outlives a writer that was killed or never closed, as it
+    must; the rings of the journals this session made under its temporary directory go with it."""
+    yield
+    import os
+    from aegis.trade import journal
+    base = os.path.realpath(tmp_path_factory.getbasetemp()).encode() + b"/"
+    d = journal.ring_dir()
+    for name in os.listdir(d):
+        if name.startswith("aegis-journal-"):
+            try:
+                with open(os.path.join(d, name), "rb") as f:
+                    head = f.read(journal.RING_HEADER)
+                if head[journal.H_PATH_AT:].startswith(base):
+                    os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+
+
 @pytest.fixture(scope="session")
 def compiled_order_path():
     _ensure("compiled_order_path")

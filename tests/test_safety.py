@@ -186,7 +186,7 @@ def test_the_end_says_which_positions_remain_and_why_as_the_exchange_shows_them(
 
 # ------------------------------------------------------------------------------------------ journal failure
 @pytest.mark.parametrize("fast_path", [True, False])
-@pytest.mark.parametrize("fsync", ["interval", "always"])     # a mapped journal (the default), one that write(2)s
+@pytest.mark.parametrize("fsync", ["interval", "always"])     # a ring journal (the default), one that write(2)s
 def test_a_journal_that_cannot_be_written_halts_and_cancels_without_it(venue, pool, tmp_path, rigs, caplog,
                                                                       fast_path, fsync, monkeypatch):
     r = Rig(venue, pool.take(), tmp_path / "j.jsonl", trade_cfg={"fast_path": fast_path, "fsync": fsync}).start()
@@ -196,7 +196,7 @@ def test_a_journal_that_cannot_be_written_halts_and_cancels_without_it(venue, po
     assert wait_for(lambda: len(r.exchange_open()) == 2)
     caplog.set_level(logging.CRITICAL, "aegis.trade.sender")
     if r.ts.journal.mapped:
-        # the disk is full: the mapped journal's preallocated room is used up and growing it fails with ENOSPC
+        # the disk is full: copying the ring into the file fails with ENOSPC, and the ring has no room left
         from aegis.trade import journal
 
         def enospc(*args):

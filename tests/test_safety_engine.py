@@ -89,9 +89,9 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, small_disk, tmp_path):
-    # fsync "always" writes each record with write(2): the 16 kB disk fills while the engine trades. (The mapped
-    # journal of the other modes claims its room up front; its full disk is the next test, and its growth failing
-    # mid-run is tests/test_safety.py's.)
+    # fsync "always" writes each record with write(2): the 16 kB disk fills while the engine trades. (The ring
+    # journal of the other modes does not start on a disk this small, the next test; its copy failing mid-run is
+    # tests/test_safety.py's.)
     cfg = tmp_path / "always.toml"
     cfg.write_text('[trade]\nfsync = "always"\n')
     journal = str(small_disk / "j.jsonl")
@@ -108,7 +108,7 @@ def test_a_full_disk_under_the_journal_halts_cancels_and_exits_non_zero(engine, 
     assert "cancelled its open orders on the exchange" in out
 
 
-def test_a_disk_without_room_for_the_mapped_journal_refuses_to_start(engine, small_disk):
+def test_a_disk_without_room_for_the_ring_journal_refuses_to_start(engine, small_disk):
     run = engine("--journal", str(small_disk / "j.jsonl"))
     code = run.finish(150)
     assert code != 0, run.output

@@ -6,7 +6,7 @@ Python. Here the whole request is built from the ORDER_REQUEST record inside nog
 prepared once per run: the exact REST query string or ws-fapi frame (decimal strings from integer ticks/steps,
 HMAC-SHA256 signature resumed from a per-template midstate), copied from a prebuilt template per (symbol, side,
 type/timeInForce, reduceOnly) with only the variable bytes written, and the journal's `req` line, stored into the
-mapped journal (or written with one write(2) under fsync = always) before anything is sent. The sender's Python
+journal's shared-memory ring (or written with one write(2) under fsync = always) before anything is sent. The sender's Python
 then only calls `sendall` on a prepared slice and reads the answer.
 
 What is sent is byte-for-byte what aegis.binance.signing would produce for the same order (tests check it against

@@ -18,22 +18,24 @@ Record kinds (`k`):
   state  {state, reason}                  trading state changes (kill switch, daily loss, resume)
   unknown {id, coid, sym, msg}            timed out and could not be settled (reconciliation settles it)
   cancel_rej / cancel_all / position      cancel refused; cancel-all result; exchange position after reconciliation
-Where the bytes go: under "interval" and "never" the file is preallocated (zeros written, MAP_CHUNK at a time) and
-memory-mapped, and a record is a store into the mapping at a cursor reserved atomically (map_store: the sender's
-jitted fast path and the Python appends share it), so the order path makes no write(2); the page cache holds the
-line the moment the store is done, exactly as after a write(2), so it survives a process crash alike. The sync
-thread fdatasyncs as before and grows the preallocation ahead of the cursor; disk space is taken when the file grows,
-never by a store (a store into an unallocated page of a full disk would be a SIGBUS), so a full disk shows up as a
-failed growth, which halts trading like a failed write. The unused preallocated tail is zero bytes (a record never
-holds a NUL: JSON escapes it); a clean close cuts it, and after a crash (kill -9) readers skip it as they skip a torn
-tail: no newline ends it. "always" writes with write(2) and fdatasyncs every record, as before. One process writes a
-journal (the Brain's lock file sees to it): a second writer opening it would cut the zero tail under the first one's
-mapping.
+Where the bytes go: under "interval" and "never" a record is a store into a ring in shared memory (a file on
+/dev/shm, tmpfs) at a cursor reserved atomically (map_store: the sender's jitted fast path and the Python appends
+share it), so the order path makes no system call and takes no page fault. A tmpfs page is never written back, so
+never write-protected: a store into a mapping of the journal file itself took the write fault whenever the sync
+thread's writeback had just cleaned its page, ~50 us at p99 of the pipeline bench (bench/MEASURED.md). The sync
+thread copies the ring's complete records to the file with pwrite(2) every `fsync_interval_ms` and fdatasyncs it.
+The ring outlives the process, as the page cache does: after a crash (kill -9) the next open, and any reader
+(scan), finds it by the journal file's device and inode and takes the records it holds past the file's end; so a
+stored record survives a process crash exactly as a written one. It does not survive a host crash, nor would the
+page cache's unsynced lines. A clean close copies everything, syncs, and removes the ring. Disk space is taken
+only by the sync thread's pwrite, so a full disk shows up there, which halts trading like a failed write.
+"always" writes with write(2) and fdatasyncs every record. One process writes a journal (the Brain's lock file
+sees to it).
 fsync policy: "always" (fdatasync every record: survives power loss, but costs ~0.5 ms per record on this box's
-disk, before every send), "interval" (default: every record reaches the page cache at once, which survives a process
-crash; fills are fdatasync'd at once by the user-stream thread, everything else by a background thread at most
-`fsync_interval_ms` later, never inline on the order path), "never" (page cache
-only: survives a process crash, not a host crash). Measured here: always 470 us/record, interval/never 6 us.
+disk, before every send), "interval" (default: every record reaches the ring at once, which survives a process
+crash; fills are copied and fdatasync'd at once by the user-stream thread, everything else by a background thread
+at most `fsync_interval_ms` later, never inline on the order path), "never" (copied to the
+file but never synced: survives a process crash, not a host crash). Measured here: always 470 us/record, interval/never 6 us.
 What a host crash can cost under "interval" is a request or ack line of the last few ms; reconciliation adopts such
 orders from GET openOrders (they carry our prefix) and client ids continue above every id the journal has seen.
 Secrets never reach it: append() refuses aegis.binance.keys.Secret values.
@@ -45,6 +47,7 @@ import logging
 import mmap
 import os
 import secrets
+import tempfile
 import threading
 import time
 import zlib
@@ -64,50 +67,98 @@ FINAL_STATUSES = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED
 FILLS_REMEMBERED = 8192       # fill ids kept for de-duplication (JournalState.fills_seen)
 
 
-MAP_CHUNK = 4 << 20           # bytes a mapped journal is preallocated by, each time it grows
-MAP_GROW_MARGIN = 1 << 20     # the sync thread grows it when less than this is left ahead of the cursor
+# The ring file: a header page, then RING_BYTES of records at logical offset o (the journal file's byte offset) stored
+# at o mod RING_BYTES. Header words (int64), one cache line each for what different threads write:
+#   line 0, written once when the ring is made: magic, ring size, the journal file's st_dev and st_ino, the file's
+#           size then (BASE) and the crc32 and length of its last <= TAIL_CHECK bytes before BASE (the journal it
+#           belongs to: an inode number is reused once a file is deleted);
+#   line 1: the cursor [JC_POS, JC_CAP] every store reserves from (compare-and-swap);
+#   line 2: FLUSHED, how far the sync thread has copied the ring into the file (one 8-byte store per copy);
+#   bytes 256..4095: the journal's path, for whoever finds the ring, NUL-padded.
+RING_BYTES = 1 << 18          # a power of two; ~0.1 s of the busiest run's records fill a tenth of it (~300 B a line)
+RING_HEADER = 4096            # one page, so the records start page-aligned
+RING_MAGIC = int.from_bytes(b"AEGISJR1", "little")
+H_MAGIC, H_SIZE, H_DEV, H_INO, H_BASE, H_TAIL_CRC, H_TAIL_LEN = 0, 1, 2, 3, 4, 5, 6     # line 0
+H_CURSOR = 8                                                                          # line 1
+H_FLUSHED = 16                                                                        # line 2
+H_PATH_AT = 256
+TAIL_CHECK = 64
+JC_POS, JC_CAP = 0, 1         # slots of the cursor (a view of the header's line 1): next free byte, end of the room
+MIN_FREE_BYTES = 1 << 20     # a ring journal does not start on a disk with less room than this left (see _make_ring)
+STORE_WAIT_S = 1.0            # how long a copy waits for a store another thread has reserved but not finished
 PAGE_BYTES = mmap.PAGESIZE
-JC_POS, JC_CAP = 0, 1         # slots of a mapped journal's cursor array: next free byte, preallocated end
-_ZEROS = bytes(1 << 20)
 
 
 @njit(cache=True, nogil=True)
 def map_store(buf, cur, line, n):
-    """Reserve n bytes at the mapped journal's cursor (atomically: several threads write) and store line[:n] there;
-    returns the offset, or -1 when the preallocated room (cur[JC_CAP], and this view of the mapping) cannot take
-    it: the caller grows the file (Journal.append) or leaves the record to a path that can."""
+    """Reserve n bytes at the ring's cursor (atomically: several threads write) and store line[:n] at that logical
+    offset modulo the ring's size; returns the offset, or -1 when the ring has no room (cur[JC_CAP]: the sync thread
+    has not copied what is there yet, or the journal is closed, or buf is empty): the caller drains the ring
+    (Journal.append) or leaves the record to a path that can."""
+    size = buf.shape[0]
+    if size == 0:
+        return -1
     while True:
         p = load_acquire(cur, JC_POS)
-        limit = load_acquire(cur, JC_CAP)
-        if limit > buf.shape[0]:
-            limit = buf.shape[0]
-        if p + n > limit:
+        if p + n > load_acquire(cur, JC_CAP):
             return -1
         if compare_and_swap(cur, JC_POS, p, p + n):
             break
-    for k in range(n):
-        buf[p + k] = line[k]
+    a = p & (size - 1)
+    first = n if n <= size - a else size - a
+    buf[a:a + first] = line[:first]
+    buf[:n - first] = line[first:n]        # the part past the ring's end wraps to its start
     return p
 
 
-@njit(cache=True, nogil=True)
-def rearm_pages(words, pos):
-    """After a sync: write-enable again the mapped journal's page at byte `pos` (the cursor) and the one after it,
-    by a locked write of a word of each to itself, so the next record's store does not take the write fault.
+def ring_dir() -> str:
+    """Where journal rings live: shared memory (tmpfs), or the temporary directory where there is none."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
-    Writeback write-protects every page it cleans (that is how the kernel sees the next change), and on this box's
-    ext4 the fault a store then takes cost ~75 us on the order path: at a few orders a second every order met one
-    (each fill is synced at once). Taken here, by the thread that just synced, it costs the order path nothing.
-    """
-    page = PAGE_BYTES // 8
-    w = pos // 8
-    for i in (w, (w // page + 1) * page):
-        if i < words.shape[0]:
-            # a compare-and-swap of a word with itself: a locked write whatever the outcome (a word the sender
-            # changed meanwhile fails the compare and stays as the sender left it). Not an add of 0: LLVM turns an
-            # idempotent atomic add into a fenced load, which writes nothing and so takes no write fault.
-            v = load_acquire(words, i)
-            compare_and_swap(words, i, v, v)
+
+def ring_path(st: os.stat_result) -> str:
+    """Where the ring of the journal file with this stat lives (found again after a crash by device and inode)."""
+    return os.path.join(ring_dir(), f"aegis-journal-{os.getuid()}-{st.st_dev:x}-{st.st_ino:x}.ring")
+
+
+@dataclass
+class RingTail:
+    data: bytes = b""           # the ring's bytes past the file's end, verbatim (a store a kill cut is NUL there)
+    path: str | None = None     # the ring file, when there is one
+    foreign: str = ""           # why a ring file at that name is not this journal's (then data is empty)
+
+
+def ring_tail(path: str, file_data: bytes) -> RingTail:
+    """What the journal's ring holds past the file's end (file_data: the file's bytes): records a writer that
+    stopped without copying them left there, or a running writer has not copied yet."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return RingTail()
+    rp = ring_path(st)
+    try:
+        with open(rp, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return RingTail()
+    if len(raw) < RING_HEADER:
+        return RingTail(path=rp, foreign=f"{len(raw)} bytes, shorter than its header")
+    h = np.frombuffer(raw, np.int64, count=RING_HEADER // 8)
+    size = len(raw) - RING_HEADER
+    base, tl = int(h[H_BASE]), int(h[H_TAIL_LEN])
+    named = raw[H_PATH_AT:RING_HEADER].rstrip(b"\0").decode("utf-8", "replace")
+    if h[H_MAGIC] != RING_MAGIC or h[H_SIZE] != size or h[H_DEV] != st.st_dev or h[H_INO] != st.st_ino:
+        return RingTail(path=rp, foreign="not a journal ring of this file")
+    if named != os.path.realpath(path) or not (tl <= base <= len(file_data)) or int(h[H_FLUSHED]) > len(file_data) \
+            or zlib.crc32(file_data[base - tl:base]) != int(h[H_TAIL_CRC]):
+        return RingTail(path=rp, foreign=f"the ring of {named}, whose file does not match this one")
+    start, pos = len(file_data), int(h[H_CURSOR + JC_POS])
+    if pos <= start:
+        return RingTail(path=rp)
+    ring = raw[RING_HEADER:]
+    a = start % size
+    data = ring[a:a + pos - start]
+    return RingTail(data + ring[:pos - start - len(data)], rp)
 
 
 def _line(rec: dict) -> bytes:
@@ -143,16 +194,24 @@ class Scan:
     good_end: int = 0        # byte offset just past the last valid record
     corrupt: list = field(default_factory=list)   # byte offsets of lines (or fragments) that are not records
     lines_end: int = 0       # byte offset just past the last newline: what follows is a torn tail
+    ring: RingTail = field(default_factory=RingTail)   # what came from the ring, past the file's end
 
 
 def scan(path: str) -> Scan:
-    """Every valid record of the file in order, skipping (and listing) what is not one."""
+    """Every valid record of the journal in order, skipping (and listing) what is not one: the file's, then those
+    its ring holds past the file's end (ring_tail; offsets count them as if they followed in the file)."""
     out = Scan()
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return out
+    for _ in range(100):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return out
+        out.ring = ring_tail(path, data)
+        # a running writer's sync thread copies (then zeroes) ring bytes past the end the file had: read again
+        if os.stat(path).st_size == len(data):
+            break
+    data += out.ring.data
     out.lines_end = data.rfind(b"\n") + 1
     pos = 0
     while pos < len(data):
@@ -188,13 +247,14 @@ class JournalFailed(OSError):
 class Journal:
     """Thread-safe appender (the sender and the user-stream threads both write)."""
 
-    def __init__(self, path: str, fsync: str = "always", fsync_interval_ms: int = 50, mapped: bool | None = None):
+    def __init__(self, path: str, fsync: str = "always", fsync_interval_ms: int = 50):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"journal fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         self.path = path
         self.fsync = fsync
         self.fsync_interval_ns = int(fsync_interval_ms) * 1_000_000
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()         # copying the ring into the file (taken alone, never under _lock)
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         found = scan(path)
@@ -202,10 +262,27 @@ class Journal:
         self.corrupt_lines = len(found.corrupt)
         # 0600: the journal holds order flow and positions (no secrets, but nobody else's business)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        size = os.fstat(self._fd).st_size
+        try:
+            size = os.fstat(self._fd).st_size
+            # records a writer left in its ring (a crash) go into the file first, synced, before anything else
+            self.ring_restored = len(found.ring.data)
+            if found.ring.data:
+                _pwrite_all(self._fd, found.ring.data, size)
+                os.fdatasync(self._fd)
+                size += len(found.ring.data)
+                log.warning("journal %s: %d byte(s) of records its last writer left in %s restored into the file",
+                            path, len(found.ring.data), found.ring.path)
+            if found.ring.foreign:
+                aside = f"{found.ring.path}.foreign-{time.time_ns()}"
+                os.replace(found.ring.path, aside)
+                log.error("journal %s: the ring file at %s is %s; moved aside to %s, not read", path,
+                          found.ring.path, found.ring.foreign, aside)
+        except OSError:
+            os.close(self._fd)
+            raise
         # cut only the torn tail (after the last newline) so the next append starts on a line boundary; complete
-        # lines, even unreadable ones, stay for whoever investigates. Zero bytes at the end are the unused
-        # preallocation of a mapped journal whose run did not close it (a crash): cut too, without a warning.
+        # lines, even unreadable ones, stay for whoever investigates. Zero bytes at the end are a crashed run's
+        # unused preallocation (journals of earlier versions were preallocated files): cut too, without a warning.
         end = found.lines_end
         tail = os.pread(self._fd, size - end, end) if size > end else b""
         self.torn_bytes = len(tail.rstrip(b"\0"))
@@ -216,15 +293,18 @@ class Journal:
             log.warning("journal %s: %d unreadable line(s) skipped (first at byte %d), %d torn byte(s) cut at the end",
                         path, len(found.corrupt), found.corrupt[0] if found.corrupt else -1, self.torn_bytes)
         os.lseek(self._fd, 0, os.SEEK_END)
-        self.mapped = (fsync != "always") if mapped is None else bool(mapped)
-        self.map_cursor = np.zeros(2, np.int64)     # [JC_POS, JC_CAP] (mapped journals)
-        self.map_buf = np.zeros(0, np.uint8)        # the mapping as an array (empty: not mapped, or closed)
+        self.mapped = fsync != "always"
+        self.map_cursor = np.zeros(2, np.int64)     # [JC_POS, JC_CAP]: a view of the ring's header when mapped
+        self.map_buf = np.zeros(0, np.uint8)        # the ring (empty: not mapped, or closed)
+        self._hdr = np.zeros(RING_HEADER // 8, np.int64)
         self._mm = None
-        self._grow_lock = threading.Lock()          # extending the file (taken after _lock, or alone)
+        self._ring_file: str | None = None
+        self._flushed = end                         # the file's end: how far the ring has been copied into it
+        self._unsynced = False
+        self._closing = False                       # (under _drain_lock) no room is handed back to the writers
         if self.mapped:
-            self.map_cursor[JC_POS] = end
             try:
-                self._map(end + MAP_CHUNK)
+                self._make_ring(end)
             except OSError:
                 os.close(self._fd)
                 raise
@@ -235,126 +315,157 @@ class Journal:
         # refuses at once, so nothing is sent that the journal does not hold
         self.failed: str | None = None
         self.on_failure = None
-        self._dirty = False
         self._closed = threading.Event()
-        self._flusher = None
-        if fsync == "interval" or self.mapped:
-            # periodic syncs (and a mapped journal's growth) happen here, never inline in an append on the order path
-            self._flusher = threading.Thread(target=self._flush_loop, name="aegis-journal-sync", daemon=True)
-            self._flusher.start()
+        self.sync_thread: threading.Thread | None = None
+        if self.mapped:
+            # the copies into the file and their syncs happen here, never inline in an append on the order path
+            self.sync_thread = threading.Thread(target=self._flush_loop, name="aegis-journal-sync", daemon=True)
+            self.sync_thread.start()
 
-    def _extend(self, size: int) -> None:
-        """Zero bytes from the file's end up to `size` (under _grow_lock: the only code that extends the file).
-        Written zeros, not posix_fallocate: fallocated blocks are unwritten extents, which the first store into each
-        page and every sync then convert, and measured here that put 20 us at p90 of the prepare step and worse
-        tails (bench/MEASURED.md). Nothing is mapped past the file's end, so no record lives where this writes.
-        Raises OSError (ENOSPC on a full disk)."""
-        have = os.fstat(self._fd).st_size
-        while have < size:
-            n = os.pwrite(self._fd, _ZEROS[:min(len(_ZEROS), size - have)], have)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            have += n
+    def _make_ring(self, end: int) -> None:
+        """A fresh ring for this run, its cursor at the file's end `end`. Raises OSError.
 
-    def _map(self, size: int) -> None:
-        """Preallocate the file to `size` bytes and map all of it (under the lock, or before any writer). Raises
-        OSError (ENOSPC on a full disk)."""
-        with self._grow_lock:
-            self._extend(size)
-        mm = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        # the previous mapping is not closed: a writer may still hold it; it maps the same pages, and map_store
-        # bounds every store by the view it was given, so it stays valid until the last reference goes
-        self._mm, self.map_buf = mm, np.frombuffer(mm, np.uint8)
-        self.map_cursor[JC_CAP] = size
+        The ring's records reach the disk only in the sync thread, where a full disk halts trading; a disk that is
+        already (nearly) full is refused here instead, so a run that cannot journal never starts trading."""
+        vfs = os.fstatvfs(self._fd)
+        if vfs.f_bavail * vfs.f_frsize < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {vfs.f_bavail * vfs.f_frsize} bytes free "
+                                        f"under the journal, less than {MIN_FREE_BYTES}")
+        st = os.fstat(self._fd)
+        rp = ring_path(st)
+        fd = os.open(rp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, RING_HEADER + RING_BYTES)
+            mm = mmap.mmap(fd, RING_HEADER + RING_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        hdr = np.frombuffer(mm, np.int64, count=RING_HEADER // 8)
+        ring = np.frombuffer(mm, np.uint8, offset=RING_HEADER)
+        ring[::PAGE_BYTES] = 0        # every page allocated and mapped writable now, not by the order path's store
+        named = os.path.realpath(self.path).encode()[:RING_HEADER - H_PATH_AT]
+        np.frombuffer(mm, np.uint8)[H_PATH_AT:H_PATH_AT + len(named)] = np.frombuffer(named, np.uint8)
+        tl = min(TAIL_CHECK, end)
+        hdr[H_SIZE], hdr[H_DEV], hdr[H_INO], hdr[H_BASE] = RING_BYTES, st.st_dev, st.st_ino, end
+        hdr[H_TAIL_CRC], hdr[H_TAIL_LEN] = zlib.crc32(os.pread(self._fd, tl, end - tl)), tl
+        hdr[H_FLUSHED] = end
+        cur = hdr[H_CURSOR:H_CURSOR + 2]
+        cur[JC_POS], cur[JC_CAP] = end, end + RING_BYTES
+        hdr[H_MAGIC] = RING_MAGIC     # last: a ring whose making a crash cut short is not trusted
+        self._mm, self._hdr, self.map_buf, self.map_cursor, self._ring_file = mm, hdr, ring, cur, rp
 
-    def _grow(self, need: int) -> None:
-        """Under the lock: room for at least `need` more bytes plus a chunk."""
-        pos, cap = int(self.map_cursor[JC_POS]), int(self.map_cursor[JC_CAP])
-        self._map(max(cap, pos + need) + MAP_CHUNK)
+    def _ring_bytes(self, start: int, stop: int) -> bytes:
+        ring = self.map_buf
+        size = ring.shape[0]
+        a = start & (size - 1)
+        first = ring[a:a + stop - start].tobytes()
+        return first + ring[:stop - start - len(first)].tobytes()
+
+    def _drain(self, sync: bool, need: int = 0, final: bool = False) -> None:
+        """Copy the ring's complete records into the file, then fdatasync it if `sync` and anything was copied since
+        the last sync. A record another thread has reserved but not finished storing (its bytes are still zero)
+        stops the copy there; with `need`, the copy waits up to STORE_WAIT_S for every record below that offset.
+        `final` (closing: no writer is left): after that wait, everything reserved is copied as it is, so nothing is
+        lost; a reader skips a line a stopped store left short. Never called under _lock. Raises OSError."""
+        with self._drain_lock:
+            fd, ring, cur = self._fd, self.map_buf, self.map_cursor
+            if fd < 0 or ring.shape[0] == 0:
+                return
+            start = self._flushed
+            deadline = None
+            short = None
+            while True:
+                pos = int(cur[JC_POS])
+                data = self._ring_bytes(start, pos)
+                zero = data.find(b"\0")
+                take = data.rfind(b"\n", 0, len(data) if zero < 0 else zero) + 1
+                if zero < 0 or start + take >= max(need, pos if final else 0):
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + STORE_WAIT_S
+                elif time.monotonic() > deadline:
+                    if final:
+                        take = len(data)
+                    else:       # what is complete is copied all the same
+                        short = OSError(errno.EIO, f"a record reserved in the journal's ring was not stored within "
+                                                   f"{STORE_WAIT_S} s")
+                    break
+                time.sleep(0)
+            if take:
+                _pwrite_all(fd, data[:take], start)
+                self._unsynced = True
+                self._flushed = start + take
+                self._hdr[H_FLUSHED] = self._flushed
+                # zero what was copied before its room is handed back: a zero byte is how a copy tells a store in
+                # progress (x86 keeps these stores in order, so a writer that sees the new JC_CAP sees the zeros)
+                a = start & (ring.shape[0] - 1)
+                first = min(take, ring.shape[0] - a)
+                ring[a:a + first] = 0
+                ring[:take - first] = 0
+                if not self._closing:
+                    cur[JC_CAP] = self._flushed + ring.shape[0]
+            if sync and self._unsynced:
+                os.fdatasync(fd)
+                self._unsynced = False
+            if short is not None:
+                raise short
 
     def _flush_loop(self) -> None:
         period = (self.fsync_interval_ns or 50_000_000) / 1e9
         while not self._closed.wait(period):
-            grow_error = None
-            with self._lock:
-                dirty, self._dirty, fd = self._dirty, False, self._fd
-                grow = (self.mapped and fd >= 0 and self.failed is None
-                        and self.map_cursor[JC_CAP] - self.map_cursor[JC_POS] < MAP_GROW_MARGIN)
-                target = int(self.map_cursor[JC_CAP]) + MAP_CHUNK
-            if grow:
-                try:
-                    with self._grow_lock:       # the zeros are written without holding up appends
-                        if self._fd == fd:
-                            self._extend(target)
-                    with self._lock:            # then the mapping, over a file already that long
-                        if self._fd == fd and self.map_cursor[JC_CAP] < target:
-                            self._map(target)
-                except OSError as e:
-                    grow_error = e
-            if grow_error is not None:
-                self.report_failure(f"preallocating: {grow_error.strerror or grow_error}")
-            if dirty and fd >= 0 and self.fsync == "interval":
-                try:
-                    os.fdatasync(fd)
-                except OSError as e:
-                    if fd == self._fd:      # not closed meanwhile: the data may not be on disk
-                        self.report_failure(f"fdatasync: {e.strerror or e}")
-                self._rearm()
+            try:
+                self._drain(sync=self.fsync == "interval")
+            except OSError as e:
+                if self._fd >= 0:      # not closed meanwhile: records may not be on disk
+                    self.report_failure(f"copying the ring into the file: {e.strerror or e}")
 
     def append(self, kind: str, **fields) -> None:
         rec = {"k": kind, "t": time.time_ns() // 1_000_000, **fields}
         _check_no_secret(rec)
         line = _line(rec)
-        with self._lock:
-            if self.failed is not None:
-                raise JournalFailed(self.failed)
-            done = 0
-            try:
-                if self.mapped:
-                    data = np.frombuffer(line, np.uint8)
-                    if map_store(self.map_buf, self.map_cursor, data, len(line)) < 0:
-                        if self._fd < 0:
-                            raise OSError(f"journal {self.path} is closed")
-                        self._grow(len(line))
-                        if map_store(self.map_buf, self.map_cursor, data, len(line)) < 0:
-                            raise OSError("no room in the journal's mapping after growing it")
-                while not self.mapped and done < len(line):   # a file may take part of a write (signal, full disk)
-                    w = os.write(self._fd, line[done:])
-                    if w <= 0:
-                        raise OSError(f"journal write took 0 of {len(line) - done} bytes")
-                    done += w
+        failure = None
+        end = -1
+        for attempt in range(3):
+            with self._lock:
+                if self.failed is not None:
+                    raise JournalFailed(self.failed)
+                try:
+                    if self._fd < 0:
+                        raise OSError(errno.EBADF, f"journal {self.path} is closed")
+                    if self.mapped:
+                        at = map_store(self.map_buf, self.map_cursor, np.frombuffer(line, np.uint8), len(line))
+                        if at >= 0:
+                            end = at + len(line)
+                        elif attempt == 2:
+                            raise OSError(errno.ENOBUFS, "no room in the journal's ring after copying it out")
+                    else:
+                        _write_all(self._fd, line)
+                        end = 0
+                except OSError as e:
+                    failure = self._failed(e)
+                if failure is None and end >= 0:
+                    self.records_written += 1
+                    if self.state is not None:
+                        self.state.apply(rec)     # the in-memory view never runs ahead of (or behind) the file
+                fd = self._fd
+            if failure is not None or end >= 0:
+                break
+            try:                  # the ring is full: copy it out here (the sync thread is behind) and store again
+                self._drain(sync=False, need=int(self.map_cursor[JC_POS]))
             except OSError as e:
-                failure = self._failed(e)
-            else:
-                failure = None
-            if failure is None:
-                self.records_written += 1
-                self._dirty = True
-                if self.state is not None:
-                    self.state.apply(rec)     # the in-memory view never runs ahead of (or behind) the file
-            fd = self._fd
+                self.report_failure(f"copying the ring into the file: {e.strerror or e}")
+                raise JournalFailed(self.failed) from None
         if failure is not None:
             self._notify(failure)
             raise JournalFailed(failure)
         # the sync runs outside the lock: the sender's next append must not queue behind a fill's fdatasync
-        if self.fsync == "always" or (self.fsync == "interval" and kind == "fill"):
-            try:
+        try:
+            if self.fsync == "always":
                 os.fdatasync(fd)
-            except OSError as e:
-                self.report_failure(f"fdatasync: {e}")
-                raise JournalFailed(self.failed) from None
-            self._rearm()
-
-    def _rearm(self) -> None:
-        """After a sync of a mapped journal: the pages the next records go to are made writable again, here and not
-        in the order path's store (rearm_pages)."""
-        if not self.mapped:
-            return
-        with self._lock:
-            buf, pos = self.map_buf, int(self.map_cursor[JC_POS])
-        if buf.shape[0] >= 8:
-            # this view keeps its mapping alive even if the journal maps a longer one meanwhile (see _map)
-            rearm_pages(buf[:buf.shape[0] // 8 * 8].view(np.int64), pos)
+            elif self.fsync == "interval" and kind == "fill":
+                self._drain(sync=True, need=end)
+        except OSError as e:
+            self.report_failure(f"fdatasync: {e.strerror or e}")
+            raise JournalFailed(self.failed) from None
 
     def _failed(self, e: OSError) -> str:
         """Under the lock: remember the first failure; the caller notifies outside the lock."""
@@ -381,12 +492,11 @@ class Journal:
                 log.exception("journal failure handler failed")
 
     def adopt(self, line: bytes) -> dict:
-        """A record line the sender's fast path (aegis.binance.wire) already wrote to this file with its own write(2):
-        keep the in-memory view and the sync bookkeeping in step, as append() would have."""
+        """A record line the sender's fast path (aegis.binance.wire) already stored or wrote itself: keep the
+        in-memory view in step, as append() would have."""
         rec = orjson.loads(line.rpartition(b"\t")[0])
         with self._lock:
             self.records_written += 1
-            self._dirty = True
             if self.state is not None:
                 self.state.apply(rec)
         return rec
@@ -396,41 +506,77 @@ class Journal:
         return self._fd
 
     def sync(self) -> None:
+        """Everything stored so far into the file and onto the disk."""
+        if self.mapped:
+            self._drain(sync=True, need=int(self.map_cursor[JC_POS]))
         with self._lock:
             os.fsync(self._fd)
 
     def close(self) -> None:
         self._closed.set()
-        if self._flusher is not None and self._flusher is not threading.current_thread():
-            self._flusher.join(1.0)
+        if self.sync_thread is not None and self.sync_thread is not threading.current_thread():
+            self.sync_thread.join(1.0)
+        if self._fd < 0:
+            return
+        with self._drain_lock:
+            self._closing = True
+            self.map_cursor[JC_CAP] = 0         # no store after this one; one reserved before it is copied below
+        kept = False
+        if self.mapped:
+            try:
+                self._drain(sync=False, final=True)
+            except OSError as e:
+                kept = True
+                log.error("journal %s: copying the ring into the file failed (%s); its records stay in %s, which "
+                          "the next open reads", self.path, e.strerror or e, self._ring_file)
         with self._lock:
-            if self._fd >= 0:
-                if self.mapped:
-                    # no store after this one; one reserved before it lies below the cursor, inside what is kept
-                    self.map_cursor[JC_CAP] = 0
-                    try:
-                        os.ftruncate(self._fd, int(self.map_cursor[JC_POS]))   # the file ends with its last record
-                    except OSError as e:
-                        log.error("journal %s: cutting the preallocated tail failed: %s", self.path, e)
+            if self._fd < 0:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                kept = True
+                log.error("journal %s: final sync failed: %s", self.path, e)
+            os.close(self._fd)
+            self._fd = -1
+            self.map_buf = np.zeros(0, np.uint8)
+            if self._ring_file is not None and not kept:
                 try:
-                    os.fsync(self._fd)
+                    os.unlink(self._ring_file)
                 except OSError as e:
-                    log.error("journal %s: final sync failed: %s", self.path, e)
-                os.close(self._fd)
-                self._fd = -1
-                self.map_buf = np.zeros(0, np.uint8)
-                if self._mm is not None:
-                    try:
-                        self._mm.close()
-                    except BufferError:     # a view is still held somewhere: unmapped when it goes
-                        pass
-                    self._mm = None
+                    log.error("journal %s: removing its ring %s failed: %s", self.path, self._ring_file, e)
+            if self._mm is not None:
+                self._hdr = np.zeros(RING_HEADER // 8, np.int64)
+                self.map_cursor = np.zeros(2, np.int64)
+                try:
+                    self._mm.close()
+                except BufferError:     # a view is still held somewhere: unmapped when it goes
+                    pass
+                self._mm = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    done = 0
+    while done < len(data):       # a file may take part of a write (signal, full disk)
+        w = os.pwrite(fd, data[done:], at + done)
+        if w <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += w
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):
+        w = os.write(fd, data[done:])
+        if w <= 0:
+            raise OSError(errno.EIO, f"journal write took 0 of {len(data) - done} bytes")
+        done += w
 
 
 @dataclass

@@ -67,7 +67,7 @@ from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, FI
                            STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC)
 from aegis.binance.signing import units_to_str
 from aegis.trade import risk as riskmod
-from aegis.trade.journal import JC_POS, JournalFailed, map_store, rearm_pages
+from aegis.trade.journal import JC_POS, JournalFailed, map_store
 
 log = logging.getLogger("aegis.trade.sender")
 
@@ -147,7 +147,7 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
 
 @njit(cache=True, nogil=True)
 def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
-    """Build `req` (the last new order) again into the scratch buffers and read the mapped journal where the next
+    """Build `req` (the last new order) again into the scratch buffers and read the journal's ring where the next
     line goes, sending and storing nothing: the next real order then finds the encoder's code and tables, the
     buffers and the journal's page in the caches and the TLB. An order a few hundred ms after the last one
     otherwise built cold: in the default run this took prepare from 15 to 9 us p50 (bench/MEASURED.md)."""
@@ -156,10 +156,9 @@ def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
     wire.encode_order(enc, req, wall_ms + state[wire.ST_OFFSET_MS], mask_pool, state, out, 0, tmp)
     state[wire.ST_MASK_POS] = mask_pos     # mask keys are spent only by frames that leave
     wire.encode_journal_req(enc, req, wall_ms, jbuf, 0)
-    # the last stored byte, on the page the next line starts on unless that one starts a page: a closing journal
-    # cuts the file at the cursor, and a read past the file's end would be SIGBUS
+    # the ring's last stored byte, on the page the next line starts on unless that one starts a page
     p = load_acquire(jcur, JC_POS) - 1
-    seen = jmap[p] if 0 <= p < jmap.shape[0] else 0
+    seen = jmap[p & (jmap.shape[0] - 1)] if p >= 0 and jmap.shape[0] > 0 else 0
     state[wire.ST_WARMS] += 1
     return seen
 
@@ -169,9 +168,9 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
                      jbuf, jends, jfd, tmp, jmap, jcur):
     """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
     signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, stored
-    into the mapped journal (jmap, jcur: aegis.trade.journal.map_store) or, with an empty jmap, written to the
+    into the journal's ring (jmap, jcur: aegis.trade.journal.map_store) or, with an empty jmap, written to the
     journal's fd jfd with one write(2), before anything can be sent. lens[i] = 0: not prepared (not a new order, or
-    no room, here or in the mapping: the generic path takes it); -1: the journal refused the line, so it must not be
+    no room, here or in the ring: the generic path takes it); -1: the journal refused the line, so it must not be
     sent.
     jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready.
     With state[ST_WARM_NS] > 0 the wait is cut into steps that long, and after each empty step the last batch's
@@ -207,17 +206,13 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
         jpos = wire.encode_journal_req(enc, dst[i], wall_ms, jbuf, jpos)
         jends[i] = jpos
     if jpos > 0 and jmap.shape[0] > 0:
+        # (a ring journal is never "always": its syncs are the sync thread's)
         if map_store(jmap, jcur, jbuf, jpos) < 0:
-            # no preallocated room left (the sync thread grows it ahead; or the journal was closed): these go the
-            # generic way, whose append grows the file or reports the failure
+            # no room in the ring (the sync thread is behind; or the journal was closed): these go the generic way,
+            # whose append copies the ring out or reports the failure
             for i in range(n):
                 if lens[i] > 0:
                     lens[i] = 0
-        elif state[wire.ST_FSYNC] != 0 and wire.fdatasync(jfd) != 0:
-            state[wire.ST_WRITE_ERRNO] = -wire.last_errno()
-            for i in range(n):
-                if lens[i] > 0:
-                    lens[i] = -1
     elif jpos > 0:
         w = wire.write_all(jfd, jbuf, jpos)
         failed = w != jpos
@@ -272,7 +267,6 @@ def warm_fast_path() -> None:
                      np.zeros(2, np.int64))
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8), 1)
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.frombuffer(b"x", np.uint8), 1)   # Journal.append's
-    rearm_pages(np.zeros(1024, np.int64), 8)   # the journal's sync thread calls it: compiling there would hold the GIL
     # and what the sender calls right after the first order: compiling it there would hold up that order's answer
     # (and, sharing the Brain's core, the Brain)
     from aegis.core.latency import new_set, record_order_request
@@ -590,7 +584,7 @@ class Sender:
                 n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
                                      self.fast, self.wire_state, self._mask, self._out, self._offs, self._lens,
                                      self._jbuf, self._jends, self.journal.fd, self._tmp,
-                                     self.journal.map_buf, self.journal.map_cursor)   # read per call: it may grow
+                                     self.journal.map_buf, self.journal.map_cursor)   # read per call: emptied at close
             else:
                 n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
             if n == 0:
@@ -980,7 +974,7 @@ class TradeSession:
         self.sender.start()
         self.userstream.start()
         move_off_brain_core(getattr(self.userstream, "_thread", None))
-        move_off_brain_core(getattr(self.journal, "_flusher", None))
+        move_off_brain_core(getattr(self.journal, "sync_thread", None))
         if not self.userstream.connected.wait(wait_stream_s):
             log.warning("user data stream not connected after %.0f s; continuing (it keeps retrying)", wait_stream_s)
         elif any(restored):
