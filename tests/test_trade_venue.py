@@ -96,7 +96,8 @@ def test_exchange_reject_is_journaled_and_released_in_risk(rig):
 
 @pytest.mark.parametrize("transport", ["rest", "ws"])
 def test_timeout_then_the_order_is_found_by_client_id_and_not_sent_twice(rig, venue, transport):
-    r = rig(trade_cfg={"timeout_s": 0.3, "transport": transport})
+    # a recv window well past the 0.8 s delay: a stalled box must not make the original land expired
+    r = rig(trade_cfg={"timeout_s": 0.3, "recv_window_ms": 3000, "transport": transport})
     venue.exchange.faults.delay_next(1, seconds=0.8, execute=True)
     queued, req = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     coid = r.ts.sender.coid(req["client_id"])

@@ -20,7 +20,8 @@ KEY, SECRET = "aegis-test-key", "aegis-test-secret"
 
 @pytest.fixture
 def venue():
-    with start_venue(VenueConfig(rate=200.0, seed=12)) as v:
+    # no funding: a settlement at an 8 h boundary would put income in the wallet that no trade accounts for
+    with start_venue(VenueConfig(rate=200.0, seed=12, funding_interval_s=1e9)) as v:
         yield v
 
 
@@ -107,22 +108,27 @@ def test_countdown_cancel_all_is_a_dead_man_switch(venue, client):
     for i in range(2):
         client.new_order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity=0.002,
                          price=str(bid - 1000 - i))
-    assert client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=400) == {"symbol": "BTCUSDT",
-                                                                                  "countdownTime": "400"}
-    # heartbeats keep it from firing
-    for _ in range(4):
+    assert client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=1000) == {"symbol": "BTCUSDT",
+                                                                                   "countdownTime": "1000"}
+    # heartbeats keep it from firing: 1.6 s of them, each well inside the 1 s countdown
+    for _ in range(8):
         time.sleep(0.2)
-        client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=400)
+        last_beat = time.monotonic()
+        client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=1000)
     assert len(client.get_orders(symbol="BTCUSDT")) == 2
-    time.sleep(0.7)        # silence: the venue cancels
+    assert venue.exchange.countdown_deadline(KEY, "BTCUSDT") is not None
+    deadline = time.monotonic() + 5.0      # silence: the venue cancels, 1 s after the last heartbeat
+    while client.get_orders(symbol="BTCUSDT") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert client.get_orders(symbol="BTCUSDT") == []
+    assert time.monotonic() - last_beat >= 0.95    # not before its countdown ran out
     assert {o["status"] for o in client.get_all_orders(symbol="BTCUSDT")} == {"CANCELED"}
     # 0 disarms
     client.new_order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity=0.002,
                      price=str(bid - 1000))
-    client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=300)
+    client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=1000)
     client.countdown_cancel_order(symbol="BTCUSDT", countdownTime=0)
-    time.sleep(0.6)
+    time.sleep(1.3)
     assert len(client.get_orders(symbol="BTCUSDT")) == 1
     assert error_code(client.sign_request, "POST", "/fapi/v1/countdownCancelAll", {"symbol": "BTCUSDT"}) == -1102
 

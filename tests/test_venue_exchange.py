@@ -504,10 +504,10 @@ def test_expired_listen_key_is_announced_and_can_no_longer_be_kept_alive(ex):
 
 def test_listen_key_expires_by_itself_after_its_validity(book):
     import time
-    ex = Exchange(book, cfg=ExchangeConfig(listen_key_validity_s=0.05))
+    ex = Exchange(book, cfg=ExchangeConfig(listen_key_validity_s=0.5))   # a stall between the lines stays inside it
     k = ex.listen_key_create(KEY)
     assert ex.expire_due_listen_keys() == []
-    time.sleep(0.08)
+    time.sleep(0.6)
     assert ex.expire_due_listen_keys() == [k]
 
 

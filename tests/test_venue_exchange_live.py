@@ -10,7 +10,8 @@ from aegis.venue.exchange import DEFAULT_API_KEY as KEY, VenueError
 
 
 def test_events_reconstruct_wallet_and_position_while_the_market_moves():
-    with start_venue(VenueConfig(rate=3000.0, seed=21, catalog=None)) as v:
+    # no funding: a settlement at an 8 h boundary would move the wallet with no trade behind it
+    with start_venue(VenueConfig(rate=3000.0, seed=21, catalog=None, funding_interval_s=1e9)) as v:
         ex = v.exchange
         events = []
         ex.add_listener(KEY, events.append)

@@ -271,8 +271,8 @@ def _frame(s: socket.socket) -> tuple[int, int, bytes]:
 
 def test_market_connection_is_cut_at_configured_lifetime(own_venue):
     v = own_venue(rate=200, conn_lifetime_s=1.0)
+    t0 = time.monotonic()          # before the handshake: the lifetime starts at the venue's 101
     s = _raw_ws(v.port, "/public/ws/btcusdt@bookTicker")
-    t0 = time.monotonic()
     while True:
         _b0, op, payload = _frame(s)
         if op == 0x8:

@@ -9,6 +9,7 @@ import time
 import pytest
 import websocket
 
+from aegis.venue import userdata
 from tests.test_venue_rest import KEY, SECRET, Venue
 from tests.windows import fresh_window
 
@@ -109,17 +110,36 @@ def test_unknown_listen_key_closes_the_socket(venue):
         ws.close()
 
 
+@pytest.mark.parametrize("path", ["/private/ws/{lk}", "/private/stream?listenKey={lk}"])
+def test_an_event_made_right_after_the_connect_returns_reaches_the_stream(venue, monkeypatch, path):
+    real_add = userdata.UserDataService._add
+
+    def slow_add(self, *a, **kw):          # the venue's connection thread descheduled while it subscribes
+        time.sleep(0.3)
+        return real_add(self, *a, **kw)
+
+    monkeypatch.setattr(userdata.UserDataService, "_add", slow_add)
+    lk = listen_key(venue)
+    ws = websocket.create_connection(venue.ws_url + path.format(lk=lk), timeout=3)
+    try:
+        market_buy(venue)                  # no pause: the stream is subscribed once the handshake is complete
+        evs = [e.get("data", e) for e in recv_until(ws, 4)]
+        assert [e["e"] for e in evs] == ["TRADE_LITE", "ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "ORDER_TRADE_UPDATE"]
+    finally:
+        ws.close()
+
+
 def test_listen_key_expires_without_keepalive_and_no_events_follow():
-    v = Venue(validity_s=0.6)
+    v = Venue(validity_s=3.0)              # wide margins: a stalled test thread must not land on the wrong side
     try:
         lk = listen_key(v)
         ws = websocket.create_connection(f"{v.ws_url}/private/ws/{lk}", timeout=3)
         h = {"X-MBX-APIKEY": KEY}
-        time.sleep(0.3)
-        assert v.http.put(v.url + "/fapi/v1/listenKey", headers=h).status_code == 200   # extends to ~0.9 s
-        time.sleep(0.4)
-        assert v.exchange.listen_key_owner(lk) == KEY          # the keepalive kept it alive past 0.6 s
-        ev = recv_json(ws, timeout=3)
+        time.sleep(1.5)
+        assert v.http.put(v.url + "/fapi/v1/listenKey", headers=h).status_code == 200   # extends to ~4.5 s
+        time.sleep(2.0)
+        assert v.exchange.listen_key_owner(lk) == KEY          # the keepalive kept it alive past 3 s
+        ev = recv_json(ws, timeout=5)
         assert ev["e"] == "listenKeyExpired" and ev["listenKey"] == lk
         market_buy(v)
         ws.settimeout(0.3)

@@ -250,8 +250,8 @@ def test_echoed_pongs_keep_the_connection_alive(make_server):
 
 def test_missing_pong_disconnects_after_pong_timeout(make_server):
     s = make_server(WsPolicy(ping_interval_s=0.1, pong_timeout_s=0.3))
+    t0 = time.monotonic()          # before the handshake: the server's clocks start at its 101
     sock, _ = _handshake(s.port)
-    t0 = time.monotonic()
     while True:
         op, payload = _read_server_frame(sock)
         if op == ws.OP_CLOSE:
@@ -275,8 +275,8 @@ def test_unsolicited_or_wrong_pongs_do_not_prevent_disconnection(make_server):
 
 def test_connection_is_closed_at_its_lifetime(make_server):
     s = make_server(WsPolicy(lifetime_s=0.5))
+    t0 = time.monotonic()          # before the handshake: the lifetime starts at the server's 101
     sock, _ = _handshake(s.port)
-    t0 = time.monotonic()
     op, payload = _read_server_frame(sock)
     assert op == ws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1001
     assert 0.45 <= time.monotonic() - t0 < 2.0

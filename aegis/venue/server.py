@@ -9,6 +9,7 @@ server pings and enforces the pong timeout and the connection lifetime.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import socket
@@ -78,15 +79,18 @@ class Router:
         self._http: dict[tuple[str, str], Callable[[Request], Response]] = {}
         # headers of 404/405 replies (the REST API sets X-MBX-USED-WEIGHT-1M: every Binance reply carries it)
         self.unmatched_headers: Callable[[Request], dict[str, str]] | None = None
-        self._ws: list[tuple[str, Callable, WsPolicy | None]] = []
+        self._ws: list[tuple[str, Callable, WsPolicy | None, Callable | None]] = []
 
     def add_http(self, method: str, path: str, handler: Callable[[Request], Response]) -> None:
         self._http[(method.upper(), path)] = handler
 
     def add_ws(self, path_prefix: str, handler: Callable[["WsConn", Request], None],
-               policy: WsPolicy | None = None) -> None:
+               policy: WsPolicy | None = None,
+               prepare: Callable[[Request], contextlib.AbstractContextManager] | None = None) -> None:
+        """prepare(req): a context manager entered before the 101 is sent and exited after the handler returned
+        (or the 101 could not be sent); what it yields is the handler's conn.prepared."""
         self._ws = [w for w in self._ws if w[0] != path_prefix]
-        self._ws.append((path_prefix, handler, policy))
+        self._ws.append((path_prefix, handler, policy, prepare))
         # Longest prefix first so "/ws-fapi/v1" wins over "/ws".
         self._ws.sort(key=lambda w: -len(w[0]))
 
@@ -100,10 +104,11 @@ class Router:
         return None, 404
 
     def ws_handler(self, path: str):
-        for prefix, handler, policy in self._ws:
+        """(handler, policy, prepare) of the route, or Nones."""
+        for prefix, handler, policy, prepare in self._ws:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-                return handler, policy
-        return None, None
+                return handler, policy, prepare
+        return None, None, None
 
 
 def _drop(sock: socket.socket) -> None:
@@ -138,6 +143,7 @@ class WsConn:
         self._sock = sock
         self._reader = reader
         self._server = server
+        self.prepared = None  # what the route's prepare yielded
         self._send_lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
         self._closed = threading.Event()
@@ -565,7 +571,7 @@ class VenueServer:
 
     # ---- websocket -----------------------------------------------------------------------------
     def _upgrade(self, sock: socket.socket, req: Request, buf: bytearray) -> None:
-        handler, policy = self.router.ws_handler(req.path)
+        handler, policy, prepare = self.router.ws_handler(req.path)
         if handler is None:
             self._write_response(sock, json_error(404, -1000, "Not Found: unknown websocket path."), False)
             return
@@ -579,26 +585,38 @@ class VenueServer:
             resp.headers["Sec-WebSocket-Version"] = "13"
             self._write_response(sock, resp, False)
             return
-        sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Accept: {ws.accept_key(key)}\r\n\r\n").encode("ascii"))
+        stack = contextlib.ExitStack()
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-        except OSError:
-            pass
-        policy = policy or self.ws_policy
-        # with the bytes the client pipelined after its handshake
-        reader = wsproto.FrameReader(sock, pending=buf,
-                                     max_message=policy.max_message_bytes or wsproto.MAX_MESSAGE_PAYLOAD)
-        conn = WsConn(sock, reader, req, policy, self)
-        with self._conn_lock:
-            self.ws_conns.append(conn)
-        conn.start()
-        try:
-            handler(conn, req)
+            # before the 101: what the route sets up (a user stream's subscription) is in place once the client sees
+            # the handshake complete
+            state = stack.enter_context(prepare(req)) if prepare is not None else None
         except Exception:
             traceback.print_exc(file=sys.stderr)
-            conn.close(1011, "internal error")
-        else:
-            conn.close(1000, "")
-        conn.wait_closed(2.0)
-        conn.mark_closed(conn.close_code, conn.close_reason)
+            self._write_response(sock, json_error(500, -1000, "An unknown error occured while processing the "
+                                                              "request."), False)
+            return
+        with stack:
+            sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Accept: {ws.accept_key(key)}\r\n\r\n").encode("ascii"))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            except OSError:
+                pass
+            policy = policy or self.ws_policy
+            # with the bytes the client pipelined after its handshake
+            reader = wsproto.FrameReader(sock, pending=buf,
+                                         max_message=policy.max_message_bytes or wsproto.MAX_MESSAGE_PAYLOAD)
+            conn = WsConn(sock, reader, req, policy, self)
+            conn.prepared = state
+            with self._conn_lock:
+                self.ws_conns.append(conn)
+            conn.start()
+            try:
+                handler(conn, req)
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+                conn.close(1011, "internal error")
+            else:
+                conn.close(1000, "")
+            conn.wait_closed(2.0)
+            conn.mark_closed(conn.close_code, conn.close_reason)

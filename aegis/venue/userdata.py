@@ -5,10 +5,12 @@ Paths (docs/binance-notes.md, User data stream): /private/ws/<listenKey>, /priva
 /private/stream with a JSON SUBSCRIBE of bare listenKeys. An unknown or expired listenKey closes the socket (1008).
 
 The exchange emits events under its lock; each connection only queues them, and its own handler thread writes
-them, so a slow client never stalls matching.
+them, so a slow client never stalls matching. The listen keys are followed from before the 101 is sent, as on Binance,
+where the stream is subscribed once the handshake completes: an event made right after the connect is delivered.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from urllib.parse import parse_qsl
@@ -34,11 +36,28 @@ class _Sub:
 
 
 class _UserConn:
-    def __init__(self, ws, combined: bool):
-        self.ws = ws
+    def __init__(self, combined: bool):
+        self.ws = None             # the websocket, once the 101 is sent
         self.combined = combined
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.subs: list[_Sub] = []
+        self._lock = threading.Lock()
+        self._close: tuple[int, str] | None = None   # asked for before there was a websocket
+
+    def attach(self, ws) -> None:
+        with self._lock:
+            self.ws = ws
+            pending = self._close
+        if pending is not None:
+            ws.close(*pending)
+
+    def close(self, code: int, reason: str) -> None:
+        with self._lock:
+            ws = self.ws
+            if ws is None:
+                self._close = self._close or (code, reason)
+                return
+        ws.close(code, reason)
 
     def push(self, listen_key: str, ev: dict) -> None:
         self.q.put((listen_key, ev))
@@ -75,7 +94,7 @@ class UserDataService:
             if ev is None:                       # DELETE /fapi/v1/listenKey closes the stream
                 self._drop(s)
                 if not s.conn.subs:
-                    s.conn.ws.close(1000, "listenKey deleted")
+                    s.conn.close(1000, "listenKey deleted")
                 continue
             # the last event of a key; nothing follows until a new listenKey is used (docs/binance-notes.md, User data
             # events)
@@ -102,7 +121,10 @@ class UserDataService:
         if sub in sub.conn.subs:
             sub.conn.subs.remove(sub)
 
-    def handle(self, ws, req) -> None:
+    @contextlib.contextmanager
+    def subscribe(self, req):
+        """Entered before the 101: follows the request's listen keys (an unknown one: the stream opens, then closes
+        with 1008); exited when the connection ends."""
         path = req.path.rstrip("/")
         params = parse_qsl(req.query or "", keep_blank_values=True)
         keys: list[tuple[str, frozenset[str] | None]] = []
@@ -120,19 +142,30 @@ class UserDataService:
         combined = path.startswith("/private/stream")
         if path.startswith("/private/ws/"):
             keys.append((path[len("/private/ws/"):], None))
-        conn = _UserConn(ws, combined)
+        conn = _UserConn(combined)
         try:
             for lk, events in keys:
                 if not self._add(conn, lk, events):
-                    ws.close(1008, "Invalid listenKey")
-                    return
+                    self._drop_all(conn)
+                    conn.close(1008, "Invalid listenKey")
+                    break
             if not keys and not combined:
-                ws.close(1008, "Missing listenKey")
-                return
+                conn.close(1008, "Missing listenKey")
+            yield conn
+        finally:
+            self._drop_all(conn)
+
+    def _drop_all(self, conn: _UserConn) -> None:
+        for s in list(conn.subs):
+            self._drop(s)
+
+    def handle(self, ws, req) -> None:
+        conn: _UserConn = ws.prepared
+        conn.attach(ws)
+        try:
             self._serve(conn)
         finally:
-            for s in list(conn.subs):
-                self._drop(s)
+            self._drop_all(conn)
 
     def _serve(self, conn: _UserConn) -> None:
         ws = conn.ws
@@ -186,5 +219,5 @@ class UserDataService:
 
 def install(router, exchange: Exchange, cfg=None) -> UserDataService:
     svc = UserDataService(exchange, cfg)
-    router.add_ws("/private", svc.handle)
+    router.add_ws("/private", svc.handle, prepare=svc.subscribe)
     return svc
