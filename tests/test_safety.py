@@ -174,14 +174,18 @@ def test_the_end_says_which_positions_remain_and_why_as_the_exchange_shows_them(
     r = _rig(rigs, venue, pool.take(), tmp_path / "j.jsonl")
     r.market("BTCUSDT", SIDE_SELL, 0.003)
     assert r.wait_position("BTCUSDT", -0.003)
+    r.market("ETHUSDT", SIDE_BUY, 0.01)
+    assert r.wait_position("ETHUSDT", 0.01)
     caplog.set_level(logging.WARNING, "aegis.trade.sender")
     r.stop()
     rigs.remove(r)
-    assert r.ts.remaining == {"BTCUSDT": pytest.approx(-0.003)}
+    assert r.ts.remaining == {"BTCUSDT": pytest.approx(-0.003), "ETHUSDT": pytest.approx(0.01)}
     from aegis.binance.client import BinanceClient
     pr = BinanceClient(r.ts.client.ep, r.ts.keys).position_risk()["positions"]
     assert {p["symbol"]: float(p["positionAmt"]) for p in pr if float(p["positionAmt"])} == r.ts.remaining
-    assert "positions at the end, as the exchange shows them: 1 open: BTCUSDT -0.003 (kept:" in caplog.text
+    line = next(x for x in caplog.text.splitlines() if "positions at the end" in x)
+    # the reason once, after the positions it explains
+    assert "as the exchange shows them: 2 open: BTCUSDT -0.003, ETHUSDT +0.01 (kept:" in line and line.count("kept") == 1
 
 
 # ------------------------------------------------------------------------------------------ journal failure

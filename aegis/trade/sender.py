@@ -1226,14 +1226,15 @@ class TradeSession:
         for ts, sym, reason, _ in self.book.recent_rejections():
             if ts >= halted_at and reason not in ("HALTED", "REDUCING"):   # the strategy's own orders after the halt
                 refused[sym] = reason
-        parts = []
+        by_reason: dict[str, list[str]] = {}       # each reason said once, after the positions it explains
         for sym, qty in sorted(remaining.items()):
             if flatten:
                 why = (f"flatten refused by risk: {refused[sym]}" if sym in refused else
                        "flatten was sent but did not close it (see the journal)")
             else:
                 why = "kept: stopping cancels orders, it does not close positions (kill -USR2 or --flatten-on-halt)"
-            parts.append(f"{sym} {qty:+g} ({why})")
+            by_reason.setdefault(why, []).append(f"{sym} {qty:+g}")
+        parts = [f"{', '.join(syms)} ({why})" for why, syms in by_reason.items()]
         log.warning("positions at the end, as the exchange shows them: %d open: %s", len(remaining), "; ".join(parts))
         return remaining
 
