@@ -257,3 +257,47 @@ def test_the_brain_starts_while_the_venue_starts_and_leaves_when_the_venue_fails
     assert "aegis: error: the embedded venue exited during start" in out.getvalue()
     assert not [p for p in mp.active_children() if p.name == "aegis-brain"]
     assert time.monotonic() - t0 < 30.0
+
+
+SIGTERM_CHILD = r'''
+import os, signal, sys, threading, time
+from aegis.core import control, startup
+from aegis.core.config import EngineConfig
+ctx = startup.enter(startup.ProcessSpec("r", "brain", None, 2, sys.argv[1], sys.argv[2], None, EngineConfig()))
+ctx.set_state(control.ST_RUNNING)
+pid = os.getpid()
+
+def barrage():          # SIGTERM after SIGTERM, as a killed supervisor's exiting threads each send the death signal
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.0001)
+
+t = threading.Thread(target=barrage)
+t.start()
+while t.is_alive():     # this thread runs the handlers, nested when a signal comes during one
+    pass
+print("stopped", int(control.stop_requested(ctx.control)), int(ctx.control[control.G_STOP_BY]))
+'''
+
+
+def test_sigterms_arriving_during_the_stop_handler_stop_the_process_in_order():
+    """A killed supervisor's death signal reaches a child once per exiting thread of it. The handler calls jitted
+    code: loaded there for the first time, a second signal re-entered Numba's loader mid-load and the Brain died of
+    'generator already executing' instead of stopping in order (CI, test_safety_engine)."""
+    import subprocess
+    import sys
+    run_id = shm.new_run_id()
+    ring = Ring.create(shm.segment_name(run_id, "ring"), 4096)
+    ctl_seg = Segment.create(shm.segment_name(run_id, "control"), control.SLOTS * 8)
+    try:
+        control.init(ctl_seg.view(np.int64, 0, control.SLOTS), time.monotonic_ns())
+        p = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, ring.segment.name, ctl_seg.name],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and f"stopped 1 {control.ROLE_BRAIN + 1}" in p.stdout, (p.stdout, p.stderr[-3000:])
+        assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    finally:
+        ring.header = ring.records = None
+        for seg in (ring.segment, ctl_seg):
+            seg.close()
+            seg.unlink()

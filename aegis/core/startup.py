@@ -334,6 +334,10 @@ def enter(spec: ProcessSpec) -> ProcessContext:
             # look at the stop flag, so leave now instead of after the supervisor's stop timeout
             raise KeyboardInterrupt
 
+    # the handler's jitted calls are loaded here: loaded in the handler, a second SIGTERM (a killed supervisor's death
+    # signal comes once per exiting thread of it) re-entered Numba's loader mid-load and the process died unordered
+    control.request_stop(np.zeros_like(ctx.control))
+    ctx.slot(control.R_STATE)
     signal.signal(signal.SIGTERM, on_term)
     die_with_parent()
     if ctx.orphaned():    # the supervisor died before the death signal was armed
