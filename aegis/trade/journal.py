@@ -155,10 +155,14 @@ def ring_tail(path: str, file_data: bytes) -> RingTail:
     start, pos = len(file_data), int(h[H_CURSOR + JC_POS])
     if pos <= start:
         return RingTail(path=rp)
-    ring = raw[RING_HEADER:]
-    a = start % size
-    data = ring[a:a + pos - start]
-    return RingTail(data + ring[:pos - start - len(data)], rp)
+    return RingTail(_ring_read(np.frombuffer(raw, np.uint8, offset=RING_HEADER), start, pos), rp)
+
+
+def _ring_read(ring: np.ndarray, start: int, stop: int) -> bytes:
+    """The ring's bytes at logical offsets [start, stop) (offset o is at o mod its size; stop - start <= its size)."""
+    a = start % ring.shape[0]
+    first = ring[a:a + stop - start].tobytes()
+    return first + ring[:stop - start - len(first)].tobytes()
 
 
 def _line(rec: dict) -> bytes:
@@ -267,7 +271,7 @@ class Journal:
             # records a writer left in its ring (a crash) go into the file first, synced, before anything else
             self.ring_restored = len(found.ring.data)
             if found.ring.data:
-                _pwrite_all(self._fd, found.ring.data, size)
+                _write_all(self._fd, found.ring.data, size)
                 os.fdatasync(self._fd)
                 size += len(found.ring.data)
                 log.warning("journal %s: %d byte(s) of records its last writer left in %s restored into the file",
@@ -353,13 +357,6 @@ class Journal:
         hdr[H_MAGIC] = RING_MAGIC     # last: a ring whose making a crash cut short is not trusted
         self._mm, self._hdr, self.map_buf, self.map_cursor, self._ring_file = mm, hdr, ring, cur, rp
 
-    def _ring_bytes(self, start: int, stop: int) -> bytes:
-        ring = self.map_buf
-        size = ring.shape[0]
-        a = start & (size - 1)
-        first = ring[a:a + stop - start].tobytes()
-        return first + ring[:stop - start - len(first)].tobytes()
-
     def _drain(self, sync: bool, need: int = 0, final: bool = False) -> None:
         """Copy the ring's complete records into the file, then fdatasync it if `sync` and anything was copied since
         the last sync. A record another thread has reserved but not finished storing (its bytes are still zero)
@@ -375,7 +372,7 @@ class Journal:
             short = None
             while True:
                 pos = int(cur[JC_POS])
-                data = self._ring_bytes(start, pos)
+                data = _ring_read(ring, start, pos)
                 zero = data.find(b"\0")
                 take = data.rfind(b"\n", 0, len(data) if zero < 0 else zero) + 1
                 if zero < 0 or start + take >= max(need, pos if final else 0):
@@ -391,7 +388,7 @@ class Journal:
                     break
                 time.sleep(0)
             if take:
-                _pwrite_all(fd, data[:take], start)
+                _write_all(fd, data[:take], start)
                 self._unsynced = True
                 self._flushed = start + take
                 self._hdr[H_FLUSHED] = self._flushed
@@ -561,21 +558,14 @@ class Journal:
         self.close()
 
 
-def _pwrite_all(fd: int, data: bytes, at: int) -> None:
-    done = 0
-    while done < len(data):       # a file may take part of a write (signal, full disk)
-        w = os.pwrite(fd, data[done:], at + done)
-        if w <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        done += w
-
-
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, at: int | None = None) -> None:
+    """All of data into the file, at its position or at offset `at`: a file may take part of a write (a signal, a
+    full disk). Raises OSError."""
     done = 0
     while done < len(data):
-        w = os.write(fd, data[done:])
+        w = os.write(fd, data[done:]) if at is None else os.pwrite(fd, data[done:], at + done)
         if w <= 0:
-            raise OSError(errno.EIO, f"journal write took 0 of {len(data) - done} bytes")
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the journal took 0 of {len(data) - done} bytes")
         done += w
 
 
