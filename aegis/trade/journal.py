@@ -158,11 +158,17 @@ def ring_tail(path: str, file_data: bytes) -> RingTail:
     return RingTail(_ring_read(np.frombuffer(raw, np.uint8, offset=RING_HEADER), start, pos), rp)
 
 
-def _ring_read(ring: np.ndarray, start: int, stop: int) -> bytes:
-    """The ring's bytes at logical offsets [start, stop) (offset o is at o mod its size; stop - start <= its size)."""
+def _ring_spans(ring: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ring's bytes at logical offsets [start, stop) as two views, the second where they wrap to its start
+    (offset o is at o mod its size; stop - start <= its size)."""
     a = start % ring.shape[0]
-    first = ring[a:a + stop - start].tobytes()
-    return first + ring[:stop - start - len(first)].tobytes()
+    first = ring[a:a + stop - start]
+    return first, ring[:stop - start - first.shape[0]]
+
+
+def _ring_read(ring: np.ndarray, start: int, stop: int) -> bytes:
+    first, wrapped = _ring_spans(ring, start, stop)
+    return first.tobytes() + wrapped.tobytes()
 
 
 def _line(rec: dict) -> bytes:
@@ -394,10 +400,8 @@ class Journal:
                 self._hdr[H_FLUSHED] = self._flushed
                 # zero what was copied before its room is handed back: a zero byte is how a copy tells a store in
                 # progress (x86 keeps these stores in order, so a writer that sees the new JC_CAP sees the zeros)
-                a = start & (ring.shape[0] - 1)
-                first = min(take, ring.shape[0] - a)
-                ring[a:a + first] = 0
-                ring[:take - first] = 0
+                for span in _ring_spans(ring, start, start + take):
+                    span[:] = 0
                 if not self._closing:
                     cur[JC_CAP] = self._flushed + ring.shape[0]
             if sync and self._unsynced:
