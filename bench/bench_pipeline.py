@@ -406,7 +406,8 @@ class InProcessPipeline:
         self.brain_records_slot = control.base(control.ROLE_BRAIN) + control.R_RECORDS
         ws_api = sink_url.replace("http://", "ws://") + "/ws-fapi/v1"
         self.client = BinanceClient(Endpoints("embedded", sink_url, "ws://127.0.0.1:9", ws_api),
-                                    from_strings("bench-api-key-0123456789", "bench-api-secret-0123456789"))
+                                    from_strings("bench-api-key-0123456789", "bench-api-secret-0123456789"),
+                                    order_connections=trade.TradeConfig.in_flight)
         self.client.sync_time()          # opens the keep-alive connection, as TradeSession.start does
         self.order_client = self.client
         if transport == "ws":            # [trade] transport = "ws": order.place over the websocket trading API
@@ -431,7 +432,7 @@ class InProcessPipeline:
             self.sender.enable_fast_path(transport, "bench-api-key-0123456789", "bench-api-secret-0123456789",
                                          self.client.recv_window_ms, sink_url)
             if transport == "rest":
-                self.client.order_connection().connect()
+                self.client.open_order_connections()
         # how the driver (the Feed's thread) waits for the order: yield = it stays runnable, like a Feed
         # busy-polling its sockets on a pinned core; nap = 500 us sleeps, leaving the core idle
         self.feed_nap_ns = 0 if feed_idle == "share" else 500_000

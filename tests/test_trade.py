@@ -247,10 +247,13 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
             self.reported.append(what)
 
     class MustNotSend:
-        def plain_fd(self):
+        def plain_fd(self, conn):
             return -1
 
-        def place_prepared(self, *a, **kw):
+        def free_order_connections(self, n):
+            return []
+
+        def send_prepared(self, *a, **kw):
             raise AssertionError("sent without a journal record")
 
     fills = trade.FillQueue()
@@ -274,8 +277,9 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
     assert len(ev) == 1 and ev[0]["client_id"] == 9 and ev[0]["status"] == 6
 
 
-def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
-    """wait_and_prepare on one queued order with a plain socket to send on; (state, bytes the peer got)."""
+def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns, in_flight=0, reduce_only=0):
+    """wait_and_prepare on one queued order with a plain socket to send on, its symbol with `in_flight` orders in
+    flight; (state, bytes the peer got)."""
     import socket
     from aegis.core import ring
     from aegis.binance import wire
@@ -284,9 +288,9 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
                              "ACK", "http://127.0.0.1:1")
     state = wire.new_state()
     mine, peer = socket.socketpair()
-    state[wire.ST_SEND_FD] = mine.fileno()
     state[wire.ST_BACKOFF_UNTIL_NS] = backoff_until_ns
     req = _limit_buy()
+    req["reduce_only"] = reduce_only
     trade.handoff(q.header, q.records, req, time.monotonic_ns())
     jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
     lens = np.zeros(1, np.int64)
@@ -296,7 +300,9 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
                                    np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), lens,
                                    np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), jfd,
                                    np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
-                                   np.zeros(2, np.int64))
+                                   np.zeros(2, np.int64), np.array([in_flight], np.int64),
+                                   np.array([mine.fileno()], np.int64), np.zeros((1, trade.SN_COLS), np.int64),
+                                   np.zeros(0, np.int64))
         assert n == 1 and lens[0] > 0                # signed and journaled either way
         peer.setblocking(False)
         try:
@@ -313,13 +319,149 @@ def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns):
 def test_the_jitted_sender_does_not_send_during_a_back_off_that_began_while_it_waited(compiled_order_path, tmp_path):
     from aegis.binance import wire
     state, got = _prepare_one_order_for_a_socket(tmp_path, time.monotonic_ns() + 10_000_000_000)
-    assert state[wire.ST_SENT_IDX] == -1 and got == b""
+    assert state[wire.ST_SENT_N] == 0 and got == b""
 
 
 def test_the_jitted_sender_sends_once_the_back_off_has_passed(compiled_order_path, tmp_path):
     from aegis.binance import wire
     state, got = _prepare_one_order_for_a_socket(tmp_path, time.monotonic_ns() - 1)
-    assert state[wire.ST_SENT_IDX] == 0 and got.startswith(b"POST /fapi/v1/order?")
+    assert state[wire.ST_SENT_N] == 1 and got.startswith(b"POST /fapi/v1/order?")
+
+
+def test_the_jitted_sender_leaves_a_reduce_only_order_whose_symbol_awaits_answers_to_python(compiled_order_path,
+                                                                                            tmp_path):
+    """A reduce-only order goes after the answers of its symbol's orders in flight (what it reduces is on the book);
+    any other order goes at once."""
+    from aegis.binance import wire
+    state, got = _prepare_one_order_for_a_socket(tmp_path, 0, in_flight=1, reduce_only=1)
+    assert state[wire.ST_SENT_N] == 0 and got == b""
+    state, got = _prepare_one_order_for_a_socket(tmp_path, 0, in_flight=0, reduce_only=1)
+    assert state[wire.ST_SENT_N] == 1 and got.startswith(b"POST /fapi/v1/order?")
+    state, got = _prepare_one_order_for_a_socket(tmp_path, 0, in_flight=2, reduce_only=0)
+    assert state[wire.ST_SENT_N] == 1 and got.startswith(b"POST /fapi/v1/order?")
+
+
+class _TwoConnections:
+    """wait_and_prepare's arguments for a batch of up to 2 orders with two plain sockets to send them on."""
+
+    def __init__(self, tmp_path, mode=waiting.BUSY_SPIN):
+        import socket
+        from aegis.binance import wire
+        self.q = trade.RequestQueue(ring.MIN_CAPACITY)
+        self.enc = wire.build_encoder("rest", [risk.SymbolRules("X", tick_size="0.1", step_size="1")], "p-", "k", "s",
+                                      5000, "ACK", "http://127.0.0.1:1")
+        self.state = wire.new_state()
+        self.pairs = [socket.socketpair() for _ in range(2)]
+        for _, peer in self.pairs:
+            peer.setblocking(False)
+        self.fds = np.array([mine.fileno() for mine, _ in self.pairs], np.int64)
+        self.jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
+        self.dst, self.lens = np.zeros(2, ORDER_REQUEST_DTYPE), np.zeros(2, np.int64)
+        self.sent = np.zeros((2, trade.SN_COLS), np.int64)
+        self.pfds = np.zeros(0, np.int64)
+        self.mode = mode
+
+    def prepare(self):
+        from aegis.binance import wire
+        return trade.wait_and_prepare(self.q.header, self.q.records, self.dst, 2, self.mode, 1_000_000_000,
+                                      np.zeros(2, np.int64), self.enc, self.state, wire.new_mask_pool(),
+                                      np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(2, np.int64), self.lens,
+                                      np.zeros(2 * wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(2, np.int64), self.jfd,
+                                      np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
+                                      np.zeros(2, np.int64), np.zeros(1, np.int64), self.fds, self.sent, self.pfds)
+
+    def got(self, k):
+        try:
+            return self.pairs[k][1].recv(65536)
+        except BlockingIOError:
+            return b""
+
+    def close(self):
+        os.close(self.jfd)
+        for a, b in self.pairs:
+            a.close()
+            b.close()
+
+
+def test_the_jitted_sender_sends_each_order_of_a_batch_on_its_own_connection(compiled_order_path, tmp_path):
+    from aegis.binance import wire
+    c = _TwoConnections(tmp_path)
+    try:
+        for cid in (7, 8):
+            trade.handoff(c.q.header, c.q.records, _limit_buy(cid), time.monotonic_ns())
+        assert c.prepare() == 2 and c.state[wire.ST_SENT_N] == 2
+        assert b"newClientOrderId=p-7" in c.got(0) and b"newClientOrderId=p-8" in c.got(1)
+        assert (c.sent[:, trade.SN_RESULT] > 0).all() and (c.sent[:, trade.SN_AT] >= c.sent[:, trade.SN_BUILT]).all()
+        # a reduce-only order behind an order of its symbol sent just now waits for that answer (Python sends it)
+        ro = _limit_buy(10)
+        ro["reduce_only"] = 1
+        for req in (_limit_buy(9), ro):
+            trade.handoff(c.q.header, c.q.records, req, time.monotonic_ns())
+        assert c.prepare() == 2 and c.state[wire.ST_SENT_N] == 1
+        assert b"newClientOrderId=p-9" in c.got(0) and c.got(1) == b""
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", [waiting.SPIN_YIELD, waiting.BLOCK])
+def test_the_sender_waits_in_jitted_code_until_an_answer_to_an_order_in_flight_can_be_read(compiled_order_path,
+                                                                                          tmp_path, mode):
+    """Its Python runs for an answer that has arrived, not to look for one (it would hold the GIL every few us)."""
+    from aegis.binance import wire
+    c = _TwoConnections(tmp_path, mode)
+    try:
+        answer_from, answer_to = c.pairs[0]              # stands for an order connection awaiting its answer
+        c.pfds = np.array([wire.pollfd(-1), wire.pollfd(answer_to.fileno())], np.int64)
+        t = time.monotonic()
+        assert c.prepare() == 0 and time.monotonic() - t >= 0.9       # nothing to read: the whole 1 s timeout
+        answer_from.send(b"HTTP/1.1 200 OK\r\n")
+        t = time.monotonic()
+        assert c.prepare() == 0 and time.monotonic() - t < 0.5        # at once, as the answer is there
+    finally:
+        c.close()
+
+
+def test_a_spin_yield_sender_sends_what_the_brain_hands_off_while_it_yields_after_a_send(compiled_order_path,
+                                                                                           tmp_path):
+    """The Brain hands the sender its core after a hand-off, maybe mid-batch; the sender sends, yields it back, and
+    a second order handed off meanwhile leaves from the same call, without waiting for the sender's Python."""
+    assert _second_order_in_the_same_call(tmp_path) >= 1
+
+
+def _second_order_in_the_same_call(tmp_path, attempts: int = 5) -> int:
+    """How often (of `attempts`) a second order, handed off by a same-core "Brain" thread once the first is on the
+    wire, left in the same wait_and_prepare call as the first."""
+    import select
+    from aegis.binance import wire
+    c = _TwoConnections(tmp_path, waiting.SPIN_YIELD)
+    me = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(me)})             # the test thread is the sender here, the helper the Brain
+    hits = 0
+    try:
+        for attempt in range(attempts):
+            def brain():
+                os.sched_setaffinity(0, {min(me)})
+                deadline = time.monotonic() + 5
+                while not select.select([c.pairs[0][1]], [], [], 0)[0] and time.monotonic() < deadline:
+                    os.sched_yield()
+                trade.handoff(c.q.header, c.q.records, _limit_buy(2 * attempt + 2), time.monotonic_ns())
+
+            t = threading.Thread(target=brain)
+            t.start()
+            trade.handoff(c.q.header, c.q.records, _limit_buy(2 * attempt + 1), time.monotonic_ns())
+            c.q.header[waiting.W_YIELD_TO] = 1
+            n = c.prepare()
+            t.join(10)
+            # the second order was seen after the first had been sent, and left in the same call
+            hits += n == 2 and c.state[wire.ST_SENT_N] == 2 and c.sent[1, trade.SN_SEEN] > c.sent[0, trade.SN_AT] \
+                and b"p-%d&" % (2 * attempt + 2) in c.got(1)
+            if n == 1:
+                assert c.prepare() == 1                 # the second order, in the next call
+            c.got(0), c.got(1)
+    finally:
+        os.sched_setaffinity(0, me)
+        c.close()
+    return hits
 
 
 @pytest.mark.parametrize("transport", ["rest", "ws"])
@@ -333,7 +475,7 @@ def test_a_polling_sender_rebuilds_the_last_order_while_it_waits_and_sends_and_s
     state = wire.new_state()
     mine, peer = socket.socketpair()
     peer.setblocking(False)
-    state[wire.ST_SEND_FD] = mine.fileno() if transport == "rest" else -1
+    fds = np.array([mine.fileno() if transport == "rest" else -1], np.int64)
     state[wire.ST_WARM_NS] = 200_000
     jmap, jcur = np.zeros(1 << 16, np.uint8), np.array([0, 1 << 16], np.int64)     # a mapped journal's room
     dst, mask, out, tmp = (np.zeros(1, ORDER_REQUEST_DTYPE), wire.new_mask_pool(), np.zeros(wire.MAX_REQUEST, np.uint8),
@@ -343,7 +485,8 @@ def test_a_polling_sender_rebuilds_the_last_order_while_it_waits_and_sends_and_s
     def prepare(timeout_ns):
         return trade.wait_and_prepare(q.header, q.records, dst, 1, waiting.BUSY_SPIN, timeout_ns,
                                       np.zeros(2, np.int64), enc, state, mask, out, np.zeros(1, np.int64), lens,
-                                      jbuf, np.zeros(1, np.int64), -1, tmp, jmap, jcur)
+                                      jbuf, np.zeros(1, np.int64), -1, tmp, jmap, jcur, np.zeros(1, np.int64), fds,
+                                      np.zeros((1, trade.SN_COLS), np.int64), np.zeros(0, np.int64))
 
     def sent():
         try:
@@ -411,7 +554,7 @@ def test_only_a_polling_sender_keeps_the_order_path_warm(wait, warm_us, expect_n
     from aegis.binance import wire
 
     class Client:
-        def plain_fd(self):
+        def plain_fd(self, conn=None):
             return -1
 
     s = trade.Sender(trade.RequestQueue(), Client(), None, "p-", [risk.SymbolRules("X")], trade.FillQueue(),

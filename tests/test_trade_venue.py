@@ -6,7 +6,7 @@ import pytest
 from aegis.trade import journal
 from aegis.trade import sender as trade
 from aegis.binance import wire
-from aegis.core.records import SIDE_BUY, SIDE_SELL
+from aegis.core.records import ORDER_MARKET, SIDE_BUY, SIDE_SELL
 from aegis.venue import VenueConfig, start_venue
 
 from tests.trade_rig import KeyPool, Rig, venue_config, wait_for
@@ -346,18 +346,18 @@ def test_on_a_plain_connection_a_new_order_leaves_from_the_jitted_fast_path(rig,
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     assert wait_for(lambda: r.ts.sender.acks == 1, 10)
     st = r.ts.sender.wire_state
-    assert st[wire.ST_SENT_IDX] == 0 and st[wire.ST_SENT] > 0      # written by send(2) from the nogil kernel
+    assert st[wire.ST_SENT_N] == 1                                 # written by send(2) from the nogil kernel
     k = kinds(r.ts.journal_path, f"{r.ts.jstate.prefix}1")
     assert k[0] == "req" and "ack" in k                            # journaled before it was sent
 
 
 def test_when_python_must_send_the_order_still_goes_through(rig, monkeypatch):
     from aegis.binance.client import BinanceClient
-    monkeypatch.setattr(BinanceClient, "plain_fd", lambda self: -1)     # as on a TLS connection
+    monkeypatch.setattr(BinanceClient, "plain_fd", lambda self, conn: -1)     # as on a TLS connection
     r = rig()
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     assert wait_for(lambda: r.ts.sender.acks == 1, 10)
-    assert r.ts.sender.wire_state[wire.ST_SENT_IDX] == -1
+    assert r.ts.sender.wire_state[wire.ST_SENT_N] == 0
     assert len(r.exchange_open("BTCUSDT")) == 1
 
 
@@ -366,3 +366,72 @@ def test_the_generic_path_still_works_with_the_fast_path_off(rig):
     r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
     assert wait_for(lambda: r.ts.sender.acks == 1, 10)
     assert r.ts.sender.fast is None and len(r.exchange_open("BTCUSDT")) == 1
+
+
+def _answered(r):
+    """Client ids in the order the sender read their answers (Sender.results keeps insertion order)."""
+    return list(r.ts.sender.results)
+
+
+def test_an_order_of_another_symbol_leaves_while_the_first_awaits_its_answer(rig, venue):
+    r = rig(trade_cfg={"timeout_s": 6.0, "recv_window_ms": 10000})
+    venue.exchange.faults.delay_next(1, seconds=3.0, execute=True)   # BTCUSDT's answer comes 3 s late
+    _, slow = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    _, quick = r.order("ETHUSDT", SIDE_BUY, 0.05, r.below_bid("ETHUSDT"))
+    assert wait_for(lambda: int(quick["client_id"]) in r.ts.sender.results)
+    assert int(slow["client_id"]) not in r.ts.sender.results     # still in flight: ETHUSDT did not wait for it
+    assert r.ts.sender.results[int(quick["client_id"])]["ok"]
+    assert wait_for(lambda: r.ts.sender.acks == 2)
+    assert _answered(r) == [int(quick["client_id"]), int(slow["client_id"])]
+
+
+def test_a_reduce_only_order_reaches_the_exchange_after_its_symbols_orders_sent_before_it(rig, venue):
+    """Two connections do not keep their requests' order. Long 0.002, then a sell of 0.002 (slow to arrive) and a
+    reduce-only sell of 0.002: in the order made, the sell closes the position and the reduce-only one finds nothing
+    to reduce (-2022). Sent at once, the reduce-only sell would close it first and the sell would open a short."""
+    r = rig(trade_cfg={"timeout_s": 5.0, "recv_window_ms": 10000})
+    r.market("BTCUSDT", SIDE_BUY, 0.002)
+    assert r.wait_position("BTCUSDT", 0.002)
+    venue.exchange.faults.delay_next(1, seconds=1.0, execute=True)
+    _, sell = r.market("BTCUSDT", SIDE_SELL, 0.002)
+    assert wait_for(lambda: r.ts.sender.sent == 2)
+    queued, close = r.order("BTCUSDT", SIDE_SELL, 0.002, 0.0, ORDER_MARKET, ro=1)
+    assert queued == 1
+    ids = [int(sell["client_id"]), int(close["client_id"])]
+    assert wait_for(lambda: ids[1] in r.ts.sender.results)
+    assert _answered(r)[-2:] == ids
+    assert r.ts.sender.results[ids[0]]["ok"] and r.ts.sender.results[ids[1]]["code"] == -2022
+    assert r.exchange_position("BTCUSDT") == 0
+
+
+def test_a_symbols_next_order_that_reduces_nothing_does_not_wait(rig, venue):
+    r = rig(trade_cfg={"timeout_s": 6.0, "recv_window_ms": 10000})
+    venue.exchange.faults.delay_next(1, seconds=3.0, execute=True)
+    _, slow = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    _, quick = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT", 0.03))
+    assert wait_for(lambda: int(quick["client_id"]) in r.ts.sender.results)
+    assert int(slow["client_id"]) not in r.ts.sender.results
+    assert wait_for(lambda: r.ts.sender.acks == 2)
+
+
+def test_with_every_order_connection_awaiting_an_answer_the_next_order_waits_for_the_oldest(rig, venue):
+    r = rig(trade_cfg={"timeout_s": 5.0, "recv_window_ms": 10000, "in_flight": 1})
+    venue.exchange.faults.delay_next(1, seconds=1.0, execute=True)
+    _, slow = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    _, other = r.order("ETHUSDT", SIDE_BUY, 0.05, r.below_bid("ETHUSDT"))
+    assert wait_for(lambda: r.ts.sender.acks == 2)
+    assert _answered(r) == [int(slow["client_id"]), int(other["client_id"])]
+
+
+def test_stopping_reads_the_answer_of_every_order_in_flight(rig, venue, tmp_path):
+    r = rig(trade_cfg={"timeout_s": 5.0, "recv_window_ms": 10000})
+    venue.exchange.faults.delay_next(1, seconds=0.5, execute=True)
+    _, req = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    coid = r.ts.sender.coid(req["client_id"])
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    r.ts.sender.stop()
+    assert r.ts.sender.acks == 1 and r.ts.sender.results[int(req["client_id"])]["ok"]
+    assert kinds(tmp_path / "journal.jsonl", coid)[:2] == ["req", "ack"]

@@ -55,6 +55,16 @@ VENUE_URLS = {
 _BAN_RE = re.compile(r"banned until (\d{10,})")
 
 
+@dataclass(frozen=True)
+class Flight:
+    """A prepared order whose bytes are in its connection's socket and whose answer is not read yet."""
+    conn: RestConnection
+    fd: int               # its socket's descriptor (readable: the answer has begun to arrive)
+    sent_ns: int          # CLOCK_MONOTONIC ns of the send
+    deadline_ns: int      # no answer by then: a timeout, settled as an unknown outcome
+    params_fn: object     # the order's params, for the rare paths that need them (re-sign, lookup)
+
+
 class VenueSelectionError(ValueError):
     """A user mistake choosing the venue: one line, exit code 2."""
 
@@ -176,7 +186,7 @@ class BinanceClient:
     """Signed REST client. Thread-safe for the counters; one Session per client (keep-alive)."""
 
     def __init__(self, ep: Endpoints, keys: ApiKeys, recv_window_ms: int = 5000, timeout_s: float = 5.0,
-                 max_backoff_s: float = 120.0):
+                 max_backoff_s: float = 120.0, order_connections: int = 1):
         self.ep = ep
         self.keys = keys
         self.recv_window_ms = int(recv_window_ms)
@@ -194,7 +204,9 @@ class BinanceClient:
         self.order_count_1m = 0
         self.stats = {"requests": 0, "timeouts": 0, "resyncs": 0, "backoffs": 0, "resends": 0, "recovered": 0}
         self.first_send_ns = 0           # CLOCK_MONOTONIC ns of the first write of the current place_order
-        self._order_conn: RestConnection | None = None   # keep-alive connection of the fast order path
+        # keep-alive connections of the fast order path: one per order in flight (send_prepared / finish_prepared)
+        self.order_connections = order_connections
+        self._order_conns: list[RestConnection] = []
         self.send_return_ns = 0          # when the last prepared send returned (the kernel's part of "wire")
 
     # ----------------------------------------------------------------------------------- clock
@@ -332,28 +344,47 @@ class BinanceClient:
             return r
         return self.settle_unknown(params, sent_ms, r)
 
-    def plain_fd(self) -> int:
-        """The order connection's descriptor when the jitted sender may write to it itself (plain TCP, connected,
-        not backing off), else -1. TLS needs the ssl module, so HTTPS orders are written from Python."""
-        c = self._order_conn
+    def plain_fd(self, conn: RestConnection | None) -> int:
+        """`conn`'s descriptor when the jitted sender may write to it itself (plain TCP, connected, not backing
+        off), else -1. TLS needs the ssl module, so HTTPS orders are written from Python."""
+        c = conn
         if c is None or c.sock is None or c.tls or (self.backoff_until and self.backing_off() > 0):
             return -1
         return c.sock.fileno()
 
-    def place_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None) -> dict:
-        """POST /fapi/v1/order from request bytes prepared by aegis.binance.wire (signed, journaled) on the order
-        connection, with the same answers and safety rules as place_order. `params_fn()` gives the order's params
-        for the rare paths that need them (-1021 re-sign, unknown-state lookup); first_send_ns is stamped just
-        before the bytes are handed to the socket. `pre` = (send(2) result, stamp) when the jitted sender already
-        wrote them (plain_fd). Nothing but checks that cost nothing runs before the send."""
-        conn = self._order_conn
+    def free_order_connections(self, n: int) -> list[RestConnection]:
+        """Up to n connections of the order pool with no answer awaited: the idle ones, then new ones while the
+        pool has fewer than `order_connections`."""
+        free = [c for c in self._order_conns if not c.awaiting][:n]
+        while len(free) < n and len(self._order_conns) < self.order_connections:
+            c = RestConnection(self.ep.rest_url, self.timeout_s)
+            self._order_conns.append(c)
+            free.append(c)
+        return free
+
+    def open_order_connections(self) -> None:
+        """Open the whole order pool now, so that no order pays a handshake. Raises OSError."""
+        while len(self._order_conns) < self.order_connections:
+            self._order_conns.append(RestConnection(self.ep.rest_url, self.timeout_s))
+        for c in self._order_conns:
+            if c.sock is None and not c.awaiting:
+                c.connect()
+
+    def send_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None, conn=None):
+        """POST /fapi/v1/order from request bytes prepared by aegis.binance.wire (signed, journaled) on `conn`, an
+        order connection with no answer awaited (free_order_connections), with the same answers and safety rules as
+        place_order. Returns a Flight once the bytes are in the socket (finish_prepared reads its answer), or the
+        result dict when the outcome is already known (a back-off, or a connection that failed before anything
+        left, which the generic path then owns). `params_fn()` gives the order's params for the rare paths that
+        need them (-1021 re-sign, unknown-state lookup); first_send_ns is stamped just before the bytes are handed
+        to the socket. `pre` = (send(2) result, stamp) when the jitted sender already wrote them to `conn`
+        (plain_fd). Nothing but checks that cost nothing runs before the send."""
         if pre is None:
             if self.backoff_until and self.backing_off() > 0:
                 self.first_send_ns = 0
                 return {"ok": False, "status": 0, "code": -1003, "msg": f"backing off {self.backing_off():.1f} s",
                         "unknown": False, "local": True}
-            if conn is None or conn.sock is None:   # an idle connection's staleness is checked off the order path
-                conn = self.order_connection()
+            if conn.sock is None:   # an idle connection's staleness is checked off the order path
                 try:
                     conn.connect()
                 except OSError:
@@ -375,26 +406,48 @@ class BinanceClient:
             if len(rest):
                 conn.send(rest)
         except WireError as e:
-            r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {e}", "unknown": True,
-                 "timeout": True}
+            return self._settle_place({"ok": False, "status": 0, "code": None, "msg": f"connection error: {e}",
+                                       "unknown": True, "timeout": True}, t, params_fn)
+        if pre is None or len(rest):
+            self.send_return_ns = time.monotonic_ns()
+        if on_sent is not None:
+            on_sent()
+        conn.awaiting = True
+        return Flight(conn, conn.sock.fileno(), t, t + int(self.timeout_s * 1e9), params_fn)
+
+    def answered(self, flights) -> list:
+        """The flights whose answer can be read now without waiting (or that are past their timeout)."""
+        socks = [f.conn.sock for f in flights if f.conn.sock is not None]
+        try:
+            ready = set(select.select(socks, [], [], 0)[0]) if socks else set()
+        except (OSError, ValueError):
+            return list(flights)           # finish_prepared finds out which one and says so
+        now = time.monotonic_ns()
+        return [f for f in flights if f.conn.sock is None or f.conn.sock in ready or now >= f.deadline_ns]
+
+    def finish_prepared(self, f: "Flight") -> dict:
+        """Read a Flight's answer (waiting for it until its timeout) and settle it as place_order would."""
+        conn = f.conn
+        try:
+            if conn.sock is None:
+                raise ConnectionError("connection closed")
+            status, headers, body = conn.read_response(max(0.001, (f.deadline_ns - time.monotonic_ns()) / 1e9))
+        except (TimeoutError, socket.timeout):
+            self.stats["timeouts"] += 1
+            r = {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+        except (OSError, ValueError) as e:
+            r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
+                 "unknown": True, "timeout": True}
         else:
-            if pre is None or len(rest):
-                self.send_return_ns = time.monotonic_ns()
-            if on_sent is not None:
-                on_sent()
-            try:
-                status, headers, body = conn.read_response()
-            except (TimeoutError, socket.timeout):
-                self.stats["timeouts"] += 1
-                r = {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
-            except (OSError, ValueError) as e:
-                r = {"ok": False, "status": 0, "code": None, "msg": f"connection error: {type(e).__name__}",
-                     "unknown": True, "timeout": True}
-            else:
-                r = self._interpret(status, headers, body)
+            r = self._interpret(status, headers, body)
+        finally:
+            conn.awaiting = False
+        return self._settle_place(r, f.sent_ns, f.params_fn)
+
+    def _settle_place(self, r: dict, sent_ns: int, params_fn) -> dict:
         self.stats["requests"] += 1
         # when it went out, for the unknown-state rule (the request's own timestamp was taken just before)
-        sent_ms = self.now_ms() - (time.monotonic_ns() - t) // 1_000_000
+        sent_ms = self.now_ms() - (time.monotonic_ns() - sent_ns) // 1_000_000
         if r["ok"]:
             r["order"] = r["data"]
             return r
@@ -409,18 +462,13 @@ class BinanceClient:
     def idle(self) -> None:
         """Sender idle time: replace an order connection the server closed while idle (keep-alive expiry), so
         an order never discovers it by losing its answer."""
-        c = self._order_conn
-        if c is not None and c.sock is not None and not c.usable():
-            c.close()
-            try:
-                c.connect()
-            except OSError:
-                pass       # the next order connects again
-
-    def order_connection(self) -> RestConnection:
-        if self._order_conn is None:
-            self._order_conn = RestConnection(self.ep.rest_url, self.timeout_s)
-        return self._order_conn
+        for c in self._order_conns:
+            if c.sock is not None and not c.awaiting and not c.usable():
+                c.close()
+                try:
+                    c.connect()
+                except OSError:
+                    pass       # the next order connects again
 
     def settle_unknown(self, params: dict, sent_ms: int, first: dict) -> dict:
         sym, coid = params["symbol"], params["newClientOrderId"]
@@ -537,8 +585,8 @@ class BinanceClient:
 
     def close(self) -> None:
         self.http.close()
-        if self._order_conn is not None:
-            self._order_conn.close()
+        for c in self._order_conns:
+            c.close()
 
 
 class WsTradeClient:
@@ -650,7 +698,11 @@ class WsTradeClient:
                 ws.sock.sendall(self._pending)
             self.send_return_ns = time.monotonic_ns()
 
-    def plain_fd(self) -> int:
+    def free_order_connections(self, n: int) -> list:
+        """The one websocket, always free: send_prepared reads each answer before it returns."""
+        return [self]
+
+    def plain_fd(self, conn=None) -> int:
         """The websocket's descriptor when the jitted sender may write frames to it itself, else -1 (TLS, not
         connected, backing off). Only the sender thread reads or writes this connection, so a frame written
         from jitted code cannot interleave with a pong websocket-client sends while reading."""
@@ -660,10 +712,10 @@ class WsTradeClient:
             return -1
         return ws.sock.fileno()
 
-    def place_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None) -> dict:
+    def send_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None, conn=None) -> dict:
         """order.place from a frame prepared by aegis.binance.wire (masked, signed, journaled; its request id is the
-        newClientOrderId), with the same answers and safety rules as place_order. `pre` as in
-        BinanceClient.place_prepared."""
+        newClientOrderId), with the same answers and safety rules as place_order: its answer, read before it
+        returns (one request in flight). `pre` as in BinanceClient.send_prepared."""
         self.first_send_ns = 0
         if pre is None and self.rest.backing_off() > 0:
             return {"ok": False, "status": 0, "code": -1003, "msg": "backing off", "unknown": False, "local": True}

@@ -13,9 +13,11 @@ What is sent is byte-for-byte what aegis.binance.signing would produce for the s
 signed_query / ws_signed_params), so the venue-side rules (signature over the exact query, raw sorted params on
 ws-fapi, decimal text from the filters' own strings) hold unchanged.
 
-The send and the answer stay in Python because TLS (every real Binance endpoint) needs the ssl module, and
-because websocket-client serialises writers on its own lock. Answers are read on the same connection right after
-the send (one request in flight per connection): HTTP/1.1 pipelining is not something Binance documents.
+The sender's jitted code sends on plain connections itself; on TLS (every real Binance endpoint) the send goes from
+Python, which has the ssl module, as does every answer. One request is in flight per connection (HTTP/1.1 pipelining
+is not something Binance documents), so the sender keeps a small pool of REST order connections and sends each new
+order on one whose answer has been read; ws-fapi keeps one order in flight (websocket-client serialises writers on
+its own lock).
 """
 from __future__ import annotations
 
@@ -48,11 +50,7 @@ ST_OFFSET_MS = 0          # exchange clock - local wall clock (BinanceClient.off
 ST_MASK_POS = 1           # next unused byte of the mask pool
 ST_FSYNC = 2              # 1: fdatasync the journal before sending (journal fsync = "always")
 ST_WRITE_ERRNO = 3        # last failed journal write: -errno, or the bytes the file took of it
-ST_SEND_FD = 4            # plain-TCP order socket the jitted code may send on itself (-1: Python sends, e.g. TLS)
-ST_SENT_IDX = 5           # which request of the batch the jitted code sent (-1: none)
-ST_SENT = 6               # what its send(2) returned: bytes, or -errno
-ST_SENT_NS = 7            # CLOCK_MONOTONIC just before that send(2): the order's wire stamp
-ST_SENT_DONE_NS = 8       # ... and when it returned (on loopback the receiver's TCP work runs inside it)
+ST_SENT_N = 5             # how many of the batch's first requests the sender's jitted code sent (or tried)
 ST_BACKOFF_UNTIL_NS = 9   # CLOCK_MONOTONIC ns before which nothing may be sent (a 429/418 back-off, any thread)
 ST_WARM_NS = 10           # a polling sender rebuilds the last order into scratch this often while it waits (0: never)
 ST_WARMS = 11             # how many times it did
@@ -135,6 +133,38 @@ def last_errno(typingctx):
         return builder.load(builder.call(fn, []))
 
     return sig, codegen
+
+
+@intrinsic
+def _poll(typingctx, pfds, n):
+    """poll(2) with a zero timeout on pfds[:n], each int64 a struct pollfd (int fd | short events << 32 | short
+    revents << 48, little-endian); returns how many are ready, or -1."""
+    if not (isinstance(pfds, types.Array) and pfds.dtype == types.int64):
+        return None
+    sig = types.int64(pfds, n)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_I64, _I64, _I32]), "poll")
+        cnt = context.cast(builder, args[1], signature.args[1], types.int64)
+        r = builder.call(fn, [builder.ptrtoint(ary.data, _I64), cnt, ir.Constant(_I32, 0)])
+        return builder.sext(r, _I64)
+
+    return sig, codegen
+
+
+POLLIN = 1
+
+
+def pollfd(fd: int) -> int:
+    """The int64 struct pollfd asking whether fd is readable (a negative fd is skipped by poll(2))."""
+    return (fd & 0xFFFFFFFF) | (POLLIN << 32)
+
+
+@njit(cache=True, nogil=True)
+def any_readable(pfds):
+    """Whether one of the descriptors in pfds (pollfd entries) has something to read, or was closed."""
+    return pfds.shape[0] > 0 and _poll(pfds, pfds.shape[0]) != 0
 
 
 @njit(cache=True, nogil=True)
@@ -626,6 +656,7 @@ class RestConnection:
         self.sock = None
         self._buf = bytearray()
         self.reconnects = 0
+        self.awaiting = False     # a request was sent on it and its answer is not read yet
 
     def connect(self) -> None:
         self.close()
@@ -688,10 +719,11 @@ class RestConnection:
                 return line
             self._fill()
 
-    def read_response(self) -> tuple[int, dict, bytes]:
-        """(status, headers with lower-case names, body). Raises OSError/ConnectionError/socket.timeout."""
+    def read_response(self, timeout_s: float | None = None) -> tuple[int, dict, bytes]:
+        """(status, headers with lower-case names, body), waiting up to timeout_s (default: the connection's) for
+        each read. Raises OSError/ConnectionError/socket.timeout."""
         try:
-            self.sock.settimeout(self.timeout_s)
+            self.sock.settimeout(self.timeout_s if timeout_s is None else timeout_s)
             while True:
                 head = self._read_line_block()
                 lines = head.split(b"\r\n")
@@ -742,3 +774,4 @@ class RestConnection:
                 pass
             self.sock = None
             self._buf = bytearray()
+        self.awaiting = False

@@ -40,6 +40,17 @@ The GIL: a sender holding it for its Python HTTP work would stall a Brain that r
 so the Brain stays in its nogil loop (aegis.brain.process.consume_loop) and the GIL switch interval is 100 us
 ([trade] gil_switch_us) so no Python thread of the Brain process can hold the sender off for 5 ms. The journal is
 written without fsync on the order path ([trade] fsync = interval).
+Several orders in flight: the send never waits for an answer. REST orders go out on up to [trade] in_flight
+keep-alive connections, one each (Binance documents no HTTP/1.1 pipelining); the jitted code sends request k of a
+batch on the k-th connection with no answer awaited, and its wait also ends when an answer to an order in flight can
+be read (poll(2) every 20 us), so the sender's Python runs for an answer, never to look for one. A reduce-only order,
+a cancel or a cancel-all waits for the answers of its symbol's orders in flight: two connections do not keep their
+requests' order, and what it reduces or cancels must be on the book first. In the default run an order that came
+while the previous one awaited its answer (0.5-2 ms from the venue at nice 10) waited for it: 2 % of orders, which
+made tick-to-trade p99 1-2.8 ms; with four in flight p99 is 135-155 us (bench/MEASURED.md). After a send a
+spin-yield sender gives the core straight back to the Brain, which handed it over mid-batch, and sends in the same
+call what the Brain hands off before yielding again: the default strategy flips on two quick ticks, and the second
+order otherwise waited ~200 us for the sender's Python bookkeeping of the first (cold caches here).
 The wake protocol is Dekker-style: the sender announces it will sleep with a locked RMW (seq_cst) and re-checks the
 queue, the Brain publishes and then reads the flag with a locked RMW; one of the two always sees the other, and
 FUTEX_WAIT re-checks the flag in the kernel, so a wake can't be lost; a 50 ms timeout bounds any surprise.
@@ -56,7 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from aegis.core import ring
+from aegis.core import control, ring
+from aegis.core.latency import new_set, record_order_request
 from aegis.core.ratelog import RateLimitedLog
 from aegis.core import wait as waiting
 from aegis.binance import wire
@@ -74,6 +86,7 @@ log = logging.getLogger("aegis.trade.sender")
 # --- how the sender waits: the engine's wait strategies (aegis.core.wait) --------------------------------------
 SPIN_BEFORE_PARK_NS = 20_000    # catch back-to-back requests without a syscall
 PARK_TIMEOUT_NS = 50_000_000    # a parked sender re-checks stop/housekeeping at least this often
+ANSWER_CHECK_NS = 20_000        # while orders are in flight the jitted wait looks for their answers this often
 
 
 # --------------------------------------------------------------------------------------------- the queue
@@ -163,37 +176,22 @@ def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
     return seen
 
 
-@njit(cache=True, nogil=True)
-def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
-                     jbuf, jends, jfd, tmp, jmap, jcur):
-    """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
-    signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, stored
-    into the journal's ring (jmap, jcur: aegis.trade.journal.map_store) or, with an empty jmap, written to the
-    journal's fd jfd with one write(2), before anything can be sent. lens[i] = 0: not prepared (not a new order, or
-    no room, here or in the ring: the generic path takes it); -1: the journal refused the line, so it must not be
-    sent.
-    jends[i] = end of request i's journal line in jbuf. stamps[1] = when the requests were ready.
-    With state[ST_WARM_NS] > 0 the wait is cut into steps that long, and after each empty step the last batch's
-    first request, if it was a new order, is built again into scratch (warm_order_path)."""
-    warm_ns = state[wire.ST_WARM_NS]
-    if warm_ns <= 0:
-        n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
-    else:
-        deadline = now_ns() + timeout_ns
-        while True:
-            left = deadline - now_ns()
-            n = sender_wait(header, records, dst, max_n, mode, warm_ns if warm_ns < left else left, stamps)
-            if n > 0 or left <= warm_ns or ring.aborted(header):
-                break
-            if dst[0].action == ACTION_NEW:
-                warm_order_path(enc, dst[0], state, mask_pool, out, jbuf, tmp, jmap, jcur)
-    if n == 0:
-        return 0
-    wall_ms = wall_ns() // 1_000_000
-    ts_ms = wall_ms + state[wire.ST_OFFSET_MS]
-    pos = 0
-    jpos = 0
-    for i in range(n):
+# sent[i, ...] of wait_and_prepare: per request of the batch
+SN_SEEN = 0      # when the sender saw it (CLOCK_MONOTONIC ns)
+SN_BUILT = 1     # when its bytes and journal line were ready
+SN_RESULT = 2    # what send(2) returned, when the jitted code sent it: bytes, or -errno
+SN_AT = 3        # just before that send(2): the order's wire stamp
+SN_DONE = 4      # when it returned (on loopback the receiver's TCP work runs inside it)
+SN_COLS = 5
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prepare_range(dst, a, n, ts_ms, wall_ms, enc, state, mask_pool, out, offs, lens, jbuf, jends, jfd, tmp, jmap,
+                   jcur, pos, jpos):
+    """Requests dst[a:n]: the new orders' signed bytes from out[pos] and journal lines from jbuf[jpos], the lines
+    stored (or written) before anything can be sent. Returns where the next bytes and line go."""
+    j0 = jpos
+    for i in range(a, n):
         lens[i] = 0
         jends[i] = jpos
         if dst[i].action != ACTION_NEW:
@@ -205,17 +203,17 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
         lens[i] = pos - offs[i]
         jpos = wire.encode_journal_req(enc, dst[i], wall_ms, jbuf, jpos)
         jends[i] = jpos
-    if jpos > 0 and jmap.shape[0] > 0:
+    if jpos > j0 and jmap.shape[0] > 0:
         # (a ring journal is never "always": its syncs are the sync thread's)
-        if map_store(jmap, jcur, jbuf, jpos) < 0:
+        if map_store(jmap, jcur, jbuf[j0:jpos], jpos - j0) < 0:
             # no room in the ring (the sync thread is behind; or the journal was closed): these go the generic way,
             # whose append copies the ring out or reports the failure
-            for i in range(n):
+            for i in range(a, n):
                 if lens[i] > 0:
                     lens[i] = 0
-    elif jpos > 0:
-        w = wire.write_all(jfd, jbuf, jpos)
-        failed = w != jpos
+    elif jpos > j0:
+        w = wire.write_all(jfd, jbuf[j0:jpos], jpos - j0)
+        failed = w != jpos - j0
         if failed:
             # why (errno, read before anything else can change it), or how much of it the file took
             state[wire.ST_WRITE_ERRNO] = -wire.last_errno() if w < 0 else w
@@ -223,23 +221,107 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
             failed = True
             state[wire.ST_WRITE_ERRNO] = -wire.last_errno()
         if failed:
-            for i in range(n):
+            for i in range(a, n):
                 if lens[i] > 0:
                     lens[i] = -1
-    stamps[1] = now_ns()
-    state[wire.ST_SENT_IDX] = -1
-    fd = state[wire.ST_SEND_FD]
-    # a 429/418 back-off may have begun (in any thread) since the sender last asked for the descriptor
-    backoff_until = load_acquire(state, wire.ST_BACKOFF_UNTIL_NS)
-    if fd >= 0 and lens[0] > 0 and (backoff_until == 0 or now_ns() >= backoff_until):
-        # on a plain-TCP connection the batch's first request, when it is a prepared order, leaves from here,
-        # journaled and without the GIL; the rest of a batch goes in order after the answers before it (one
-        # request in flight per connection, and a cancel ahead of an order keeps its place)
-        state[wire.ST_SENT_IDX] = 0
-        state[wire.ST_SENT_NS] = now_ns()
-        state[wire.ST_SENT] = wire.send_now(fd, out, offs[0], lens[0])
-        state[wire.ST_SENT_DONE_NS] = now_ns()
+    return pos, jpos
+
+
+@njit(cache=True, nogil=True)
+def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
+                     jbuf, jends, jfd, tmp, jmap, jcur, busy, fds, sent, pfds):
+    """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
+    signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, stored
+    into the journal's ring (jmap, jcur: aegis.trade.journal.map_store) or, with an empty jmap, written to the
+    journal's fd jfd with one write(2), before anything can be sent. lens[i] = 0: not prepared (not a new order, or
+    no room, here or in the ring: the generic path takes it); -1: the journal refused the line, so it must not be
+    sent. jends[i] = end of request i's journal line in jbuf; sent[i, SN_*] its stamps.
+
+    Then the batch's first requests leave from here, journaled and without the GIL, request k on the plain-TCP
+    order connection fds[k] (one with no answer awaited; -1: none, or TLS), for as long as each is a prepared order
+    and not a reduce-only one whose symbol has orders in flight (busy[s], counted by the sender's Python; it waits
+    for their answers); the rest of the batch goes from Python, in order, so a cancel ahead of an order keeps its
+    place. state[ST_SENT_N] = how many were sent (or tried). A spin-yield sender then yields its core back to the
+    Brain, which handed it over mid-batch, and sends at once what the Brain hands off before it yields again (a
+    strategy flipping on two quick ticks): the sender's Python (~200 us a order with cold caches in the default run)
+    would otherwise hold those up. Returns the batch's length.
+    With state[ST_WARM_NS] > 0 the wait is cut into steps, and every ST_WARM_NS the last batch's first request, if it
+    was a new order, is built again into scratch (warm_order_path). With orders in flight (pfds: their connections,
+    as wire.pollfd entries) it also ends, returning 0, once one of their answers can be read: the sender's Python
+    then runs only for an answer, never to look for one."""
+    warm_ns = state[wire.ST_WARM_NS]
+    step = warm_ns if warm_ns > 0 else timeout_ns
+    if pfds.shape[0] > 0 and ANSWER_CHECK_NS < step:
+        step = ANSWER_CHECK_NS
+    if step >= timeout_ns:
+        n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
+    else:
+        start = now_ns()
+        deadline = start + timeout_ns
+        next_warm = start + warm_ns
+        while True:
+            left = deadline - now_ns()
+            n = sender_wait(header, records, dst, max_n, mode, step if step < left else left, stamps)
+            if n > 0 or left <= step or ring.aborted(header):
+                break
+            if pfds.shape[0] > 0 and wire.any_readable(pfds):
+                break                                   # an answer to read: the sender's Python takes it
+            if warm_ns > 0 and now_ns() >= next_warm:
+                next_warm += warm_ns
+                if dst[0].action == ACTION_NEW:
+                    warm_order_path(enc, dst[0], state, mask_pool, out, jbuf, tmp, jmap, jcur)
+    if n == 0:
+        return 0
+    state[wire.ST_SENT_N] = 0
+    wall_ms = wall_ns() // 1_000_000
+    ts_ms = wall_ms + state[wire.ST_OFFSET_MS]
+    seen = stamps[0]
+    a = 0
+    k = 0
+    pos = 0
+    jpos = 0
+    while True:
+        pos, jpos = _prepare_range(dst, a, n, ts_ms, wall_ms, enc, state, mask_pool, out, offs, lens, jbuf, jends,
+                                   jfd, tmp, jmap, jcur, pos, jpos)
+        built = now_ns()
+        stamps[1] = built
+        # a 429/418 back-off may have begun (in any thread) since the sender last asked for the descriptors
+        backoff_until = load_acquire(state, wire.ST_BACKOFF_UNTIL_NS)
+        while k < n and k < fds.shape[0] and fds[k] >= 0 and lens[k] > 0 and \
+                (dst[k].reduce_only == 0 or not _symbol_in_flight(dst, k, busy)) and \
+                (backoff_until == 0 or now_ns() >= backoff_until):
+            sent[k, SN_AT] = now_ns()
+            sent[k, SN_RESULT] = wire.send_now(fds[k], out, offs[k], lens[k])
+            sent[k, SN_DONE] = now_ns()
+            k += 1
+        for i in range(a, n):
+            sent[i, SN_SEEN] = seen
+            sent[i, SN_BUILT] = built
+        state[wire.ST_SENT_N] = k
+        if k < n or k == 0 or mode != waiting.SPIN_YIELD:
+            break
+        yield_cpu()
+        if n >= max_n or k >= fds.shape[0] or fds[k] < 0:
+            break           # no room for more here: what the Brain handed off meanwhile waits for our Python
+        m = ring.read_batch(header, records, dst[n:], max_n - n)
+        if m == 0:
+            break
+        seen = now_ns()
+        a = n
+        n += m
     return n
+
+
+@njit(cache=True, nogil=True)
+def _symbol_in_flight(dst, k, busy):
+    """Request k's symbol has orders whose answer is not read: counted by the sender (busy), or sent just now."""
+    s = dst[k].symbol
+    if busy[s] != 0:
+        return True
+    for j in range(k):
+        if dst[j].symbol == s:
+            return True
+    return False
 
 
 def precompile(cfg) -> None:
@@ -257,19 +339,18 @@ def warm_fast_path() -> None:
     q = RequestQueue(ring.MIN_CAPACITY)
     enc = wire.build_encoder("rest", [SymbolRules("WARMUSDT")], "w-", "k", "s", 5000, "ACK", "http://127.0.0.1:1")
     state = wire.new_state()
-    state[wire.ST_SEND_FD] = -1
     n = 1
     wait_and_prepare(q.header, q.records, np.zeros(n, ORDER_REQUEST_DTYPE), n, waiting.BUSY_SPIN, 0,
                      np.zeros(2, np.int64),
                      enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
                      np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
-                     np.zeros(2, np.int64))
+                     np.zeros(2, np.int64), np.zeros(1, np.int64), np.full(n, -1, np.int64),
+                     np.zeros((n, SN_COLS), np.int64), np.zeros(0, np.int64))
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8), 1)
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.frombuffer(b"x", np.uint8), 1)   # Journal.append's
     # and what the sender calls right after the first order: compiling it there would hold up that order's answer
     # (and, sharing the Brain's core, the Brain)
-    from aegis.core.latency import new_set, record_order_request
     record_order_request(new_set(), np.zeros(1, ORDER_REQUEST_DTYPE)[0], 0)
     FillQueue(ring.MIN_CAPACITY).put(np.zeros(1, FILL_DTYPE)[0])
     # and what stop() calls: loading it there would hold up the stop (and the cancels after it)
@@ -419,6 +500,9 @@ class TradeConfig:
     queue_capacity: int = 4096
     recv_window_ms: int = 5000
     timeout_s: float = 5.0           # HTTP / ws request timeout
+    # REST orders sent before the answers of earlier ones, one keep-alive connection each (a reduce-only order or
+    # a cancel still waits for the answers of its symbol's orders in flight). ws-fapi keeps one in flight.
+    in_flight: int = 4
     time_sync_interval_s: float = 300.0
     journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one per account; embedded: one per run)
     fsync: str = "interval"          # always | interval | never (see aegis.trade.journal: always = +0.5 ms per order)
@@ -454,7 +538,8 @@ class TradeConfig:
                   "fsync": C.one_of("always", "interval", "never"), "resp_type": C.one_of("ACK", "RESULT"),
                   "cores": C.Check(lambda c: all(x >= 0 for x in c), "a list of CPU numbers"),
                   "queue_capacity": C.power_of_two(ring.MIN_CAPACITY), "recv_window_ms": C.between(1, 60000),
-                  "protect": C.NON_NEGATIVE, "warm_us": C.between(0, 1_000_000)}
+                  "protect": C.NON_NEGATIVE, "warm_us": C.between(0, 1_000_000),
+                  "in_flight": C.between(1, 64)}
         return C.load_section(cls, "trade", section, checks, numbers=C.POSITIVE)
 
 
@@ -515,11 +600,21 @@ class Sender:
         self.housekeeping = None          # optional callable run when idle (kill-switch file, clock resync)
         self.rlog = RateLimitedLog(log, REJECT_LOG_INTERVAL_S)   # exchange rejects: one line per code per interval
         self.on_unknown = None            # optional callable after an order ended in an unknown state (reconcile)
+        # orders sent whose answer is not read yet, oldest first: (client Flight, request, client id, client order
+        # id, symbol index, symbol name). A new order goes at once; a reduce-only order, a cancel or a cancel-all
+        # waits for the answers of its symbol's orders in flight, so the order it reduces or cancels is on the
+        # exchange's book before it arrives (two connections do not keep their requests' order)
+        self._flights: list[tuple] = []
+        self._busy = np.zeros(max(len(rules), 1), np.int64)   # orders in flight per symbol (read by jitted code)
+        self._fd_conns: list = []         # the order connections behind self._fds, which the jitted code sends on
+        self._fds_stale = True            # connections were taken or freed since self._fds was filled
+        self._pfds = np.zeros(0, np.int64)   # the connections of the orders in flight, for the jitted wait (pollfd)
+        self._unbooked: list[tuple] = []  # sent orders not yet counted and timed (_book)
 
     def enable_fast_path(self, transport: str, api_key: str, secret: str, recv_window_ms: int, rest_url: str,
                          fsync_always: bool = False, warm_us: int = TradeConfig.warm_us) -> None:
         """Build new orders in jitted code (aegis.binance.wire): signed bytes and journal line ready without the GIL.
-        Needs a client with place_prepared (BinanceClient or WsTradeClient) and a journal with a file. A polling
+        Needs a client with send_prepared (BinanceClient or WsTradeClient) and a journal with a file. A polling
         sender keeps the path warm every warm_us while it waits (TradeConfig.warm_us)."""
         n = self._batch.shape[0]
         self.fast = wire.build_encoder(transport, self.rules, self.prefix, api_key, secret, recv_window_ms,
@@ -540,6 +635,8 @@ class Sender:
         self._jends = np.zeros(n, np.int64)
         self._tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
         self._out_mv = memoryview(self._out)
+        self._fds = np.full(n, -1, np.int64)
+        self._sent = np.zeros((n, SN_COLS), np.int64)
 
     # ---- lifecycle
     def start(self) -> "Sender":
@@ -577,40 +674,104 @@ class Sender:
         h, recs, dst = self.q.header, self.q.records, self._batch
         while not self._stop.is_set():
             if self.fast is not None:
-                self.wire_state[wire.ST_SEND_FD] = self.client.plain_fd()
+                if self._fds_stale:
+                    self._refresh_fds()
                 if self.wire_state[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
                     self._mask[:] = wire.new_mask_pool()
                     self.wire_state[wire.ST_MASK_POS] = 0
                 n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
                                      self.fast, self.wire_state, self._mask, self._out, self._offs, self._lens,
                                      self._jbuf, self._jends, self.journal.fd, self._tmp,
-                                     self.journal.map_buf, self.journal.map_cursor)   # read per call: emptied at close
+                                     self.journal.map_buf, self.journal.map_cursor,   # read per call: emptied at close
+                                     self._busy, self._fds, self._sent, self._pfds)
             else:
                 n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
-            if n == 0:
-                if self.housekeeping is not None:
-                    try:
-                        self.housekeeping()
-                    except Exception:   # housekeeping must never kill the sender
-                        log.exception("sender housekeeping failed")
-                continue
-            seen = int(self._stamps[0])
-            self._seen_ns = seen
-            for i in range(n):
-                req = dst[i]
-                self.handoff_ns.append(seen - int(req["handoff_ts"]))
+            if n > 0:
+                self._fds_stale = True
+                self._send_batch(dst, n)
+                if h[ring.H_WRITE] != h[ring.H_READ]:
+                    continue                # more orders already waiting: they go before any bookkeeping
+            self._book()
+            if self._flights:
+                self._collect()
+            elif n == 0 and self.housekeeping is not None:
+                self._fds_stale = True      # it may replace a connection the server closed
                 try:
-                    if self.fast is not None and self._lens[i] != 0:
-                        self._process_prepared(req, i)
-                    else:
-                        self.process(req)
-                except Exception as e:   # one bad request must not stop the order path
-                    self.errors += 1
-                    log.error("sender: request %d failed: %s", int(req["client_id"]), type(e).__name__)
+                    self.housekeeping()
+                except Exception:   # housekeeping must never kill the sender
+                    log.exception("sender housekeeping failed")
+        # stopping: every order sent is answered (or times out and is settled) before the thread ends
+        self._book()
+        self._collect(wait=True)
+
+    def _send_batch(self, dst, n: int) -> None:
+        fast = self.fast is not None
+        for i in range(n):
+            req = dst[i]
+            self._seen_ns = int(self._sent[i, SN_SEEN]) if fast else int(self._stamps[0])
+            self.handoff_ns.append(self._seen_ns - int(req["handoff_ts"]))
+            try:
+                if self.fast is not None and self._lens[i] != 0:
+                    self._process_prepared(req, i)
+                else:
+                    self._settle(int(req["symbol"]))   # what it cancels or reduces is on the book first
+                    self.process(req)
+            except Exception as e:   # one bad request must not stop the order path
+                self.errors += 1
+                log.error("sender: request %d failed: %s", int(req["client_id"]), type(e).__name__)
+
+    def _collect(self, wait: bool = False) -> None:
+        """Read the answers that have arrived (all of them, waiting for each, with `wait`)."""
+        if not self._flights:
+            return
+        if wait:
+            ready = list(self._flights)
+        else:
+            done = {id(f) for f in self.client.answered([e[0] for e in self._flights])}
+            ready = [e for e in self._flights if id(e[0]) in done]
+        if ready:
+            self._fds_stale = True
+        for e in ready:
+            try:
+                self._settle_one(e)
+            except Exception as ex:   # one bad answer must not stop the order path
+                self.errors += 1
+                log.error("sender: answer to request %d failed: %s", e[2], type(ex).__name__)
+
+    def _settle_one(self, e: tuple) -> None:
+        """Read (waiting if need be) the answer of one order in flight and act on it."""
+        self._flights.remove(e)
+        self._flights_changed()
+        flight, req, cid, coid, sym_i, sym = e
+        self._busy[sym_i] -= 1
+        self._answer(req, cid, coid, sym, self.client.finish_prepared(flight))
+
+    def _settle(self, sym_i: int) -> None:
+        """Answers of symbol sym_i's orders in flight, oldest first: before its reduce-only order or cancel goes."""
+        for e in [e for e in self._flights if e[4] == sym_i]:
+            self._settle_one(e)
+
+    def _free_connection(self):
+        """An order connection with no answer awaited: when all are, the oldest order in flight is answered first."""
+        free = self.client.free_order_connections(1)
+        while not free and self._flights:
+            self._settle_one(self._flights[0])
+            free = self.client.free_order_connections(1)
+        return free[0] if free else None
+
+    def _flights_changed(self) -> None:
+        self._pfds = np.array([wire.pollfd(e[0].fd) for e in self._flights], np.int64)
+
+    def _refresh_fds(self) -> None:
+        """The order connections the jitted code may send the next orders on, one each, in order."""
+        self._fd_conns = self.client.free_order_connections(self._fds.shape[0])
+        self._fds[:] = -1
+        for k, c in enumerate(self._fd_conns):
+            self._fds[k] = self.client.plain_fd(c)
+        self._fds_stale = False
 
     def _count(self, slot_name: str) -> None:
         if self.ctl is not None:
-            from aegis.core import control
             slot = getattr(control, slot_name)
             self.ctl[control.base(control.ROLE_SENDER) + slot] += 1
 
@@ -646,7 +807,6 @@ class Sender:
             self.sent += 1
             self._count("R_SENDER_SENT")
             if self.latency is not None:
-                from aegis.core.latency import record_order_request
                 record_order_request(self.latency, req, wire)
             self._answer(req, cid, coid, sym, res)
             return res
@@ -679,8 +839,9 @@ class Sender:
         log.error("sender: unknown action %d", action)
         return None
 
-    def _process_prepared(self, req, i: int) -> dict | None:
-        """A new order whose bytes and journal line the jitted fast path made (wait_and_prepare)."""
+    def _process_prepared(self, req, i: int) -> None:
+        """A new order whose bytes and journal line the jitted fast path made (wait_and_prepare): sent, and its
+        answer read later (_collect), or now when the client already has it."""
         cid = int(req["client_id"])
         coid = f"{self.prefix}{cid}"
         if self._lens[i] < 0 or self.journal.failed is not None:
@@ -694,29 +855,48 @@ class Sender:
             return None
         off = int(self._offs[i])
         adopted = []
+        sym_i = int(req["symbol"])
+        req = req.copy()                  # the batch buffer is reused before a flight's answer is read
 
         def on_sent():
             # the journal's in-memory view learns of the request before its answer (or a fill) can arrive
             adopted.append(self.journal.adopt(bytes(self._jbuf[(self._jends[i - 1] if i else 0):self._jends[i]])))
 
         pre = None
-        if self.wire_state[wire.ST_SENT_IDX] == i:     # the jitted code already sent it (or tried)
-            pre = (int(self.wire_state[wire.ST_SENT]), int(self.wire_state[wire.ST_SENT_NS]))
-            self.client.send_return_ns = int(self.wire_state[wire.ST_SENT_DONE_NS])
-        res = self.client.place_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
-                                         lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre)
+        if i < self.wire_state[wire.ST_SENT_N]:        # the jitted code already sent it (or tried), on fds[i]
+            pre = (int(self._sent[i, SN_RESULT]), int(self._sent[i, SN_AT]))
+            self.client.send_return_ns = int(self._sent[i, SN_DONE])
+            conn = self._fd_conns[i]
+        else:
+            if req["reduce_only"]:
+                self._settle(sym_i)                     # what it reduces is on the book first
+            conn = self._free_connection()
+        res = self.client.send_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
+                                        lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre,
+                                        conn)
         if not adopted:
             on_sent()
         wire_ns = self.client.first_send_ns or time.monotonic_ns()
-        self.wire_ns.append((int(req["handoff_ts"]), self._seen_ns, int(self._stamps[1]), wire_ns,
-                             getattr(self.client, "send_return_ns", 0) or wire_ns))
-        self.sent += 1
-        self._count("R_SENDER_SENT")
-        if self.latency is not None:
-            from aegis.core.latency import record_order_request
-            record_order_request(self.latency, req, wire_ns)
-        self._answer(req, cid, coid, self.rules[int(req["symbol"])].symbol, res)
-        return res
+        # counted and timed once the queue is empty (_book): a second order already waiting goes first
+        self._unbooked.append((req, self._seen_ns, int(self._sent[i, SN_BUILT]), wire_ns,
+                               getattr(self.client, "send_return_ns", 0) or wire_ns))
+        sym = self.rules[sym_i].symbol
+        if isinstance(res, dict):                       # answered already (ws-fapi; a back-off; a failed connect)
+            self._answer(req, cid, coid, sym, res)
+        else:
+            self._flights.append((res, req, cid, coid, sym_i, sym))
+            self._flights_changed()
+            self._busy[sym_i] += 1
+
+    def _book(self) -> None:
+        """The sent orders' counters and wire stamps (status line, latency histograms)."""
+        for req, seen, built, wire_ns, returned in self._unbooked:
+            self.wire_ns.append((int(req["handoff_ts"]), seen, built, wire_ns, returned))
+            self.sent += 1
+            self._count("R_SENDER_SENT")
+            if self.latency is not None:
+                record_order_request(self.latency, req, wire_ns)
+        self._unbooked.clear()
 
     def _answer(self, req, cid, coid, sym, res) -> None:
         self.results[cid] = res
@@ -840,7 +1020,6 @@ class TradeSession:
         self.brain_polls = brain_polls   # the Brain busy-spins or spin-yields (never sleeps) on its core
         if ctl is not None:
             # the kill-switch flags live in the control block so the supervisor (another process) can pull it too
-            from aegis.core import control
             b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
             self.flags = ctl[b:b + FLAGS_LEN]
         else:
@@ -891,7 +1070,8 @@ class TradeSession:
         self.ledger = ledger_for(self.ep.rest_url, self.ep.venue == "embedded")
         if self.ledger is not None:
             self.ledger.wait_for(START_WEIGHT, share=0.9)
-        self.client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s)
+        self.client = BinanceClient(self.ep, self.keys, self.tcfg.recv_window_ms, self.tcfg.timeout_s,
+                                    order_connections=self.tcfg.in_flight)
         self.client.sync_time()
         self._last_sync = time.monotonic()
         if self.lock is not None and self.lock.previous[1] == LOCK_TRADING:
@@ -959,7 +1139,7 @@ class TradeSession:
                                          self.tcfg.warm_us)
             if self.tcfg.transport == "rest":
                 try:
-                    self.client.order_connection().connect()   # the first order does not pay the handshake
+                    self.client.open_order_connections()   # no order pays the handshake
                 except OSError as e:
                     log.warning("order connection not open yet (%s): the first order opens it", type(e).__name__)
         self.sender.housekeeping = self._housekeeping
@@ -1117,7 +1297,6 @@ class TradeSession:
                      "journaling; the run stops with an error", why)
         set_flag(self.flags, F_KILL, max(1, int(self.flags[F_KILL])))
         if self.ctl is not None:
-            from aegis.core import control
             self.ctl[control.base(control.ROLE_SENDER) + control.R_SENDER_FAILSAFE] = 1
         t = threading.Thread(target=self._failsafe_cancel, name="aegis-failsafe-cancel", daemon=True)
         self._failsafe_thread = t
@@ -1266,7 +1445,6 @@ def supervisor_lock_path(journal: str) -> str:
 
 def request_kill(ctl, flatten: bool = False) -> None:
     """Supervisor side (any process with the control block): pull the kill switch of the running Brain."""
-    from aegis.core import control
     b = control.base(control.ROLE_SENDER) + control.R_SENDER_FLAGS
     flags = ctl[b:b + FLAGS_LEN]
     set_flag(flags, F_KILL, max(int(flags[F_KILL]), 2 if flatten else 1))   # never de-escalates

@@ -17,7 +17,9 @@ enc = wire.build_encoder("rest", rules, "ae1234abcd-", "bench-api-key-0123456789
 d = tempfile.mkdtemp()
 j = Journal(os.path.join(d, "j.jsonl"), "interval", 50)
 q = trade.RequestQueue(4096)
-state = wire.new_state(); state[wire.ST_SEND_FD] = -1
+state = wire.new_state()
+if hasattr(wire, "ST_SEND_FD"):
+    state[wire.ST_SEND_FD] = -1
 dst = np.zeros(1, ORDER_REQUEST_DTYPE); stamps = np.zeros(2, np.int64)
 args = [q.header, q.records, dst, 1, waiting.BUSY_SPIN, 1_000_000_000, stamps, enc, state, wire.new_mask_pool(),
         np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64),
@@ -25,6 +27,12 @@ args = [q.header, q.records, dst, 1, waiting.BUSY_SPIN, 1_000_000_000, stamps, e
 mapped = "jmap" in inspect.signature(trade.wait_and_prepare.py_func).parameters
 if mapped:
     args += [j.map_buf, j.map_cursor]
+if "busy" in inspect.signature(trade.wait_and_prepare.py_func).parameters:
+    args += [np.zeros(len(rules), np.int64)]
+if "fds" in inspect.signature(trade.wait_and_prepare.py_func).parameters:
+    args += [np.full(1, -1, np.int64), np.zeros((1, trade.SN_COLS), np.int64)]
+if "pfds" in inspect.signature(trade.wait_and_prepare.py_func).parameters:
+    args += [np.zeros(0, np.int64)]
 req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
 req["symbol"], req["side"], req["order_type"], req["qty_steps"], req["action"] = 0, SIDE_BUY, ORDER_MARKET, 12, ACTION_NEW
 @njit(nogil=True)
