@@ -47,7 +47,7 @@ be read (poll(2) every 20 us), so the sender's Python runs for an answer, never 
 a cancel or a cancel-all waits for the answers of its symbol's orders in flight: two connections do not keep their
 requests' order, and what it reduces or cancels must be on the book first. In the default run an order that came
 while the previous one awaited its answer (0.5-2 ms from the venue at nice 10) waited for it: 2 % of orders, which
-made tick-to-trade p99 1-2.8 ms; with four in flight p99 is 135-155 us (bench/MEASURED.md). After a send a
+made tick-to-trade p99 2.6 ms; with four in flight p99 is 199-264 us (bench/MEASURED.md). After a send a
 spin-yield sender gives the core straight back to the Brain, which handed it over mid-batch, and sends in the same
 call what the Brain hands off before yielding again: the default strategy flips on two quick ticks, and the second
 order otherwise waited ~200 us for the sender's Python bookkeeping of the first (cold caches here).
