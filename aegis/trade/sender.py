@@ -711,7 +711,7 @@ class Sender:
             self._seen_ns = int(self._sent[i, SN_SEEN]) if fast else int(self._stamps[0])
             self.handoff_ns.append(self._seen_ns - int(req["handoff_ts"]))
             try:
-                if self.fast is not None and self._lens[i] != 0:
+                if fast and self._lens[i] != 0:
                     self._process_prepared(req, i)
                 else:
                     self._settle(int(req["symbol"]))   # what it cancels or reduces is on the book first
