@@ -390,3 +390,18 @@ def test_feed_process_entry_publishes_beats_and_stops_on_request(venue):
         rg.unlink()
         seg.close()
         seg.unlink()
+
+
+def test_a_feed_killed_during_its_warm_up_leaves_no_shared_memory_behind():
+    """Killed with its whole process group (Python's resource tracker too, which would otherwise clean up)."""
+    import glob
+    import subprocess
+    import sys
+    code = ("import os, signal\n"
+            "from aegis.feed import process as P\n"
+            "P._warm_ingest = lambda *a: os.killpg(0, signal.SIGKILL)\n"
+            "P.warm_up()\n")
+    before = set(glob.glob("/dev/shm/aegis-warm-*"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=50, start_new_session=True)
+    assert r.returncode == -9, r.stderr.decode()[-500:]
+    assert set(glob.glob("/dev/shm/aegis-warm-*")) - before == set()

@@ -1258,6 +1258,7 @@ def warm_up() -> float:
     p.parse(buf, offs, lens, flags, 3, 4, 1, 0)
     name = "aegis-warm-" + str(np.random.randint(1 << 30))
     rg = ring.Ring.create(name, ring.MIN_CAPACITY)
+    rg.unlink()      # the mapping stays ours; a process killed during the warm-up leaves nothing in /dev/shm
     try:
         cb = ConflationBuffer(1, 1024)
         cb.push(rg.header, rg.records, p.out, max(j, 1), 2)
@@ -1267,7 +1268,6 @@ def warm_up() -> float:
         ring.abort(rg.header)    # what a stop calls: compiled now, not while the engine is stopping
     finally:
         rg.close()
-        rg.unlink()
     store_slots(np.zeros(4, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64))
     checksum_range(0, 0, 2)
     return time.monotonic() - t0
