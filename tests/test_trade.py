@@ -280,40 +280,18 @@ def test_a_fast_path_order_the_journal_refuses_is_not_sent_and_is_released_in_ri
 def _prepare_one_order_for_a_socket(tmp_path, backoff_until_ns, in_flight=0, reduce_only=0):
     """wait_and_prepare on one queued order with a plain socket to send on, its symbol with `in_flight` orders in
     flight; (state, bytes the peer got)."""
-    import socket
-    from aegis.core import ring
     from aegis.binance import wire
-    q = trade.RequestQueue(ring.MIN_CAPACITY)
-    enc = wire.build_encoder("rest", [risk.SymbolRules("X", tick_size="0.1", step_size="1")], "p-", "k", "s", 5000,
-                             "ACK", "http://127.0.0.1:1")
-    state = wire.new_state()
-    mine, peer = socket.socketpair()
-    state[wire.ST_BACKOFF_UNTIL_NS] = backoff_until_ns
+    c = _TwoConnections(tmp_path, in_flight=in_flight)
+    c.state[wire.ST_BACKOFF_UNTIL_NS] = backoff_until_ns
     req = _limit_buy()
     req["reduce_only"] = reduce_only
-    trade.handoff(q.header, q.records, req, time.monotonic_ns())
-    jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
-    lens = np.zeros(1, np.int64)
+    trade.handoff(c.q.header, c.q.records, req, time.monotonic_ns())
     try:
-        n = trade.wait_and_prepare(q.header, q.records, np.zeros(1, ORDER_REQUEST_DTYPE), 1, waiting.BUSY_SPIN, 0,
-                                   np.zeros(2, np.int64), enc, state, wire.new_mask_pool(),
-                                   np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), lens,
-                                   np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), jfd,
-                                   np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
-                                   np.zeros(2, np.int64), np.array([in_flight], np.int64),
-                                   np.array([mine.fileno()], np.int64), np.zeros((1, trade.SN_COLS), np.int64),
-                                   np.zeros(0, np.int64))
-        assert n == 1 and lens[0] > 0                # signed and journaled either way
-        peer.setblocking(False)
-        try:
-            got = peer.recv(65536)
-        except BlockingIOError:
-            got = b""
+        assert c.prepare() == 1 and c.lens[0] > 0    # signed and journaled either way
+        got = c.got(0)
     finally:
-        os.close(jfd)
-        mine.close()
-        peer.close()
-    return state, got
+        c.close()
+    return c.state, got
 
 
 def test_the_jitted_sender_does_not_send_during_a_back_off_that_began_while_it_waited(compiled_order_path, tmp_path):
@@ -342,9 +320,10 @@ def test_the_jitted_sender_leaves_a_reduce_only_order_whose_symbol_awaits_answer
 
 
 class _TwoConnections:
-    """wait_and_prepare's arguments for a batch of up to 2 orders with two plain sockets to send them on."""
+    """wait_and_prepare's arguments for a batch of up to 2 orders with two plain sockets to send them on, their
+    symbol with `in_flight` orders in flight."""
 
-    def __init__(self, tmp_path, mode=waiting.BUSY_SPIN):
+    def __init__(self, tmp_path, mode=waiting.BUSY_SPIN, in_flight=0):
         import socket
         from aegis.binance import wire
         self.q = trade.RequestQueue(ring.MIN_CAPACITY)
@@ -359,6 +338,7 @@ class _TwoConnections:
         self.dst, self.lens = np.zeros(2, ORDER_REQUEST_DTYPE), np.zeros(2, np.int64)
         self.sent = np.zeros((2, trade.SN_COLS), np.int64)
         self.pfds = np.zeros(0, np.int64)
+        self.busy = np.array([in_flight], np.int64)
         self.mode = mode
 
     def prepare(self):
@@ -368,7 +348,7 @@ class _TwoConnections:
                                       np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(2, np.int64), self.lens,
                                       np.zeros(2 * wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(2, np.int64), self.jfd,
                                       np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
-                                      np.zeros(2, np.int64), np.zeros(1, np.int64), self.fds, self.sent, self.pfds)
+                                      np.zeros(2, np.int64), self.busy, self.fds, self.sent, self.pfds)
 
     def got(self, k):
         try:
