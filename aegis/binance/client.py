@@ -347,10 +347,9 @@ class BinanceClient:
     def plain_fd(self, conn: RestConnection | None) -> int:
         """`conn`'s descriptor when the jitted sender may write to it itself (plain TCP, connected, not backing
         off), else -1. TLS needs the ssl module, so HTTPS orders are written from Python."""
-        c = conn
-        if c is None or c.sock is None or c.tls or (self.backoff_until and self.backing_off() > 0):
+        if conn is None or conn.sock is None or conn.tls or (self.backoff_until and self.backing_off() > 0):
             return -1
-        return c.sock.fileno()
+        return conn.sock.fileno()
 
     def free_order_connections(self, n: int) -> list[RestConnection]:
         """Up to n connections of the order pool with no answer awaited: the idle ones, then new ones while the
@@ -364,10 +363,8 @@ class BinanceClient:
 
     def open_order_connections(self) -> None:
         """Open the whole order pool now, so that no order pays a handshake. Raises OSError."""
-        while len(self._order_conns) < self.order_connections:
-            self._order_conns.append(RestConnection(self.ep.rest_url, self.timeout_s))
-        for c in self._order_conns:
-            if c.sock is None and not c.awaiting:
+        for c in self.free_order_connections(self.order_connections):
+            if c.sock is None:
                 c.connect()
 
     def send_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None, conn=None):
