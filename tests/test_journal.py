@@ -364,7 +364,10 @@ def test_open_orders_while_another_thread_settles_orders():
 
 def test_a_store_into_the_ring_takes_no_page_fault_even_while_the_file_is_synced(tmp_path):
     """A store into a mapping of the journal file itself took the write fault whenever writeback had just cleaned
-    its page (~50 us on this box's ext4, the pipeline bench's p99); the ring is shared memory, never written back."""
+    its page (~50 us on this box's ext4, the pipeline bench's p99): at least one fault per sync (1 113 measured).
+    The ring is shared memory, never written back. The kernel may still move a ring page now and then (compaction
+    migrates tmpfs pages, and the next touch takes a minor fault: 1 in 174 385 stores in one CI run), so the bound
+    is per sync, far below the old design's one or more."""
     import resource
     import threading
     j = journal.Journal(str(tmp_path / "j.jsonl"), "interval", 60_000)   # syncs only from the thread below
@@ -384,7 +387,7 @@ def test_a_store_into_the_ring_takes_no_page_fault_even_while_the_file_is_synced
     faults = stores = 0
     try:
         deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline or len(syncs) < 5:
+        while time.monotonic() < deadline or len(syncs) < 100:
             before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
             ok = journal.map_store(j.map_buf, j.map_cursor, data, data.size) >= 0
             faults += resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
@@ -393,4 +396,4 @@ def test_a_store_into_the_ring_takes_no_page_fault_even_while_the_file_is_synced
         stop.set()
         t.join(10)
         j.close()
-    assert stores > 1000 and len(syncs) >= 5 and faults == 0
+    assert stores > 1000 and len(syncs) >= 100 and faults * 20 < len(syncs)
