@@ -2,6 +2,7 @@
 Feed publishing nothing until the Brain is ready."""
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from numba import njit
 
 from aegis.app import supervisor
-from aegis.core import control, shm
+from aegis.core import control, shm, startup
 from aegis.core.config import EngineConfig
 from aegis.core.ring import Ring
 from aegis.core.shm import Segment
@@ -259,45 +260,94 @@ def test_the_brain_starts_while_the_venue_starts_and_leaves_when_the_venue_fails
     assert time.monotonic() - t0 < 30.0
 
 
-SIGTERM_CHILD = r'''
+SIGNALS_CHILD = r'''
 import os, signal, sys, threading, time
 from aegis.core import control, startup
 from aegis.core.config import EngineConfig
 ctx = startup.enter(startup.ProcessSpec("r", "brain", None, 2, sys.argv[1], sys.argv[2], None, EngineConfig()))
 ctx.set_state(control.ST_RUNNING)
-pid = os.getpid()
+pid, sig = os.getpid(), int(sys.argv[3])
 
-def barrage():          # SIGTERM after SIGTERM, as a killed supervisor's exiting threads each send the death signal
+def barrage():          # signal after signal, as a killed supervisor's exiting threads each send the death signal
     end = time.monotonic() + 0.3
     while time.monotonic() < end:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
         time.sleep(0.0001)
 
 t = threading.Thread(target=barrage)
 t.start()
 while t.is_alive():     # this thread runs the handlers, nested when a signal comes during one
     pass
-print("stopped", int(control.stop_requested(ctx.control)), int(ctx.control[control.G_STOP_BY]))
+print("stopped", int(control.stop_requested(ctx.control)), int(ctx.control[control.G_STOP_BY]), ctx.orphaned())
 '''
 
 
-def test_sigterms_arriving_during_the_stop_handler_stop_the_process_in_order():
-    """A killed supervisor's death signal reaches a child once per exiting thread of it. The handler calls jitted
-    code: loaded there for the first time, a second signal re-entered Numba's loader mid-load and the Brain died of
-    'generator already executing' instead of stopping in order (CI, test_safety_engine)."""
-    import subprocess
-    import sys
+@pytest.fixture
+def segments():
     run_id = shm.new_run_id()
     ring = Ring.create(shm.segment_name(run_id, "ring"), 4096)
     ctl_seg = Segment.create(shm.segment_name(run_id, "control"), control.SLOTS * 8)
     try:
         control.init(ctl_seg.view(np.int64, 0, control.SLOTS), time.monotonic_ns())
-        p = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, ring.segment.name, ctl_seg.name],
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0 and f"stopped 1 {control.ROLE_BRAIN + 1}" in p.stdout, (p.stdout, p.stderr[-3000:])
-        assert "Traceback" not in p.stderr, p.stderr[-3000:]
+        yield ring.segment.name, ctl_seg.name
     finally:
         ring.header = ring.records = None
         for seg in (ring.segment, ctl_seg):
             seg.close()
             seg.unlink()
+
+
+@pytest.mark.parametrize("sig, said", [(signal.SIGTERM, f"stopped 1 {control.ROLE_BRAIN + 1} False"),
+                                       (startup.SUPERVISOR_DIED, "stopped 1 0 True")])
+def test_signals_arriving_during_the_stop_handler_stop_the_process_in_order(segments, sig, said):
+    """A killed supervisor's death signal reaches a child once per exiting thread of it. The handler calls jitted
+    code: loaded there for the first time, a second signal re-entered Numba's loader mid-load and the Brain died of
+    'generator already executing' instead of stopping in order (CI, test_safety_engine). A SIGTERM is someone's
+    request to stop; the death signal alone says the supervisor is gone."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", SIGNALS_CHILD, *segments, str(int(sig))],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and said in p.stdout, (p.stdout, p.stderr[-3000:])
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+
+
+ORPHAN_CHILD = r'''
+import os, sys, time
+from aegis.core import control, startup
+from aegis.core.config import EngineConfig
+ctx = startup.enter(startup.ProcessSpec("r", "brain", None, 2, sys.argv[1], sys.argv[2], None, EngineConfig()))
+ctx.set_state(control.ST_RUNNING)
+print("ready", flush=True)
+while not ctx.stopping():
+    time.sleep(0.001)
+print("stopped; re-parented:", os.getppid() != ctx.parent_pid, flush=True)
+'''
+
+# A supervisor whose main thread (the one that started the child) has exited while another of its threads lingers:
+# what a SIGKILLed supervisor is while the kernel tears down a large address space. Its children get the death signal
+# but are re-parented only when the last thread goes.
+DYING_SUPERVISOR = r'''
+import ctypes, os, subprocess, sys, threading, time
+out = open(sys.argv[3], "w")
+child = subprocess.Popen([sys.executable, "-c", sys.argv[4], sys.argv[1], sys.argv[2]], stdout=out, stderr=out)
+while "ready" not in open(sys.argv[3]).read():
+    time.sleep(0.01)
+threading.Thread(target=lambda: (time.sleep(float(sys.argv[5])), os._exit(0))).start()
+ctypes.CDLL(None).pthread_exit(None)
+'''
+
+
+def test_a_child_says_its_supervisor_is_gone_before_the_kernel_re_parents_it(segments, tmp_path):
+    """CI: the supervisor was killed, the Brain stopped in order, but never said why. The death signal was a SIGTERM,
+    taken as an ordinary stop request, and getppid() still named the supervisor all through the Brain's stop."""
+    import subprocess
+    import sys
+    out = tmp_path / "child.out"
+    subprocess.run([sys.executable, "-c", DYING_SUPERVISOR, *segments, str(out), ORPHAN_CHILD, "3"], timeout=60)
+    end = time.monotonic() + 60
+    while "stopped" not in out.read_text() and time.monotonic() < end:
+        time.sleep(0.05)
+    text = out.read_text()
+    assert "the supervisor (pid " in text and ") is gone; stopping" in text, text
+    assert "stopped; re-parented: False" in text, text

@@ -23,6 +23,11 @@ from aegis.core.shm import Segment
 
 PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
+# The death signal an engine process asks for: a real-time signal that nobody sends by hand, so its arrival alone says
+# the supervisor is gone. getppid() is no proof: the kernel re-parents the children only once the killed
+# supervisor's last thread has exited, which can take longer than the Brain's whole orderly stop (tearing down a
+# large address space on a loaded box), and a SIGTERM could as well come from a user.
+SUPERVISOR_DIED = signal.SIGRTMIN + 1
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,13 @@ class ProcessContext:
         parent = mp.parent_process()
         self.parent_pid = parent.pid if parent is not None else os.getppid()
         self.orphan_since: float | None = None    # time.monotonic() when the supervisor was found gone
+        self.supervisor_died = False              # the death signal came (set by its handler, see enter)
         self.progress = StartupProgress(self.control, self.role)
 
     def orphaned(self) -> bool:
-        """The supervisor is gone (we were re-parented): nobody watches this process any more."""
-        return os.getppid() != self.parent_pid
+        """The supervisor is gone (its death signal came, or we were re-parented): nobody watches this process any
+        more."""
+        return self.supervisor_died or os.getppid() != self.parent_pid
 
     def stopping(self) -> bool:
         """The run is stopping: asked by the supervisor, or the supervisor died. Engine loops call this on their slow
@@ -299,10 +306,11 @@ def pin(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+def die_with_parent(sig: int = SUPERVISOR_DIED) -> bool:
     """Ask the kernel to send `sig` to this process when the thread that created it exits (PR_SET_PDEATHSIG), so a
-    supervisor killed with SIGKILL never leaves an engine process trading unsupervised. SIGTERM, not SIGKILL: the
-    process then stops in order and the Brain cancels its open orders. False when the call is not available."""
+    supervisor killed with SIGKILL never leaves an engine process trading unsupervised. A handled signal, not SIGKILL:
+    the process then stops in order and the Brain cancels its open orders. The supervisor starts its children from
+    its main thread, so that thread's exit is the supervisor's. False when the call is not available."""
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):
@@ -334,11 +342,18 @@ def enter(spec: ProcessSpec) -> ProcessContext:
             # look at the stop flag, so leave now instead of after the supervisor's stop timeout
             raise KeyboardInterrupt
 
-    # the handler's jitted calls are loaded here: loaded in the handler, a second SIGTERM (a killed supervisor's death
+    def on_supervisor_death(signum, frame):
+        ctx.supervisor_died = True    # said by the next stopping(): printing here could re-enter a half-done print
+        control.request_stop(ctx.control)
+        if ctx.slot(control.R_STATE) < control.ST_RUNNING:
+            raise KeyboardInterrupt
+
+    # the handlers' jitted calls are loaded here: loaded in a handler, a second signal (a killed supervisor's death
     # signal comes once per exiting thread of it) re-entered Numba's loader mid-load and the process died unordered
     control.request_stop(np.zeros_like(ctx.control))
     ctx.slot(control.R_STATE)
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(SUPERVISOR_DIED, on_supervisor_death)
     die_with_parent()
     if ctx.orphaned():    # the supervisor died before the death signal was armed
         ctx.stopping()
