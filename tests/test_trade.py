@@ -333,22 +333,16 @@ class _TwoConnections:
         self.pairs = [socket.socketpair() for _ in range(2)]
         for _, peer in self.pairs:
             peer.setblocking(False)
-        self.fds = np.array([mine.fileno() for mine, _ in self.pairs], np.int64)
         self.jfd = os.open(str(tmp_path / "j.jsonl"), os.O_WRONLY | os.O_CREAT, 0o600)
-        self.dst, self.lens = np.zeros(2, ORDER_REQUEST_DTYPE), np.zeros(2, np.int64)
-        self.sent = np.zeros((2, trade.SN_COLS), np.int64)
-        self.pfds = np.zeros(0, np.int64)
-        self.busy = np.array([in_flight], np.int64)
+        self.buf = trade.OrderBuffers(2, 1, self.state)
+        self.buf.fds[:] = [mine.fileno() for mine, _ in self.pairs]
+        self.buf.busy[0] = in_flight
+        self.lens, self.sent = self.buf.lens, self.buf.sent
         self.mode = mode
 
     def prepare(self):
-        from aegis.binance import wire
-        return trade.wait_and_prepare(self.q.header, self.q.records, self.dst, 2, self.mode, 1_000_000_000,
-                                      np.zeros(2, np.int64), self.enc, self.state, wire.new_mask_pool(),
-                                      np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(2, np.int64), self.lens,
-                                      np.zeros(2 * wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(2, np.int64), self.jfd,
-                                      np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
-                                      np.zeros(2, np.int64), self.busy, self.fds, self.sent, self.pfds)
+        return trade.wait_and_prepare(self.q.header, self.q.records, 2, self.mode, 1_000_000_000, self.enc,
+                                      self.buf.jit, self.jfd, np.zeros(0, np.uint8), np.zeros(2, np.int64))
 
     def got(self, k):
         try:
@@ -391,7 +385,7 @@ def test_the_sender_waits_in_jitted_code_until_an_answer_to_an_order_in_flight_c
     c = _TwoConnections(tmp_path, mode)
     try:
         answer_from, answer_to = c.pairs[0]              # stands for an order connection awaiting its answer
-        c.pfds = np.array([wire.pollfd(-1), wire.pollfd(answer_to.fileno())], np.int64)
+        c.buf.set_in_flight([-1, answer_to.fileno()])
         t = time.monotonic()
         assert c.prepare() == 0 and time.monotonic() - t >= 0.9       # nothing to read: the whole 1 s timeout
         answer_from.send(b"HTTP/1.1 200 OK\r\n")
@@ -455,18 +449,15 @@ def test_a_polling_sender_rebuilds_the_last_order_while_it_waits_and_sends_and_s
     state = wire.new_state()
     mine, peer = socket.socketpair()
     peer.setblocking(False)
-    fds = np.array([mine.fileno() if transport == "rest" else -1], np.int64)
+    b = trade.OrderBuffers(1, 1, state)
+    b.fds[0] = mine.fileno() if transport == "rest" else -1
     state[wire.ST_WARM_NS] = 200_000
     jmap, jcur = np.zeros(1 << 16, np.uint8), np.array([0, 1 << 16], np.int64)     # a mapped journal's room
-    dst, mask, out, tmp = (np.zeros(1, ORDER_REQUEST_DTYPE), wire.new_mask_pool(), np.zeros(wire.MAX_REQUEST, np.uint8),
-                           np.zeros(2 * wire.MAX_REQUEST, np.uint8))
-    lens, jbuf = np.zeros(1, np.int64), np.zeros(wire.MAX_JOURNAL_LINE, np.uint8)
+    out, lens, jbuf = b.out, b.lens, b.jbuf
 
     def prepare(timeout_ns):
-        return trade.wait_and_prepare(q.header, q.records, dst, 1, waiting.BUSY_SPIN, timeout_ns,
-                                      np.zeros(2, np.int64), enc, state, mask, out, np.zeros(1, np.int64), lens,
-                                      jbuf, np.zeros(1, np.int64), -1, tmp, jmap, jcur, np.zeros(1, np.int64), fds,
-                                      np.zeros((1, trade.SN_COLS), np.int64), np.zeros(0, np.int64))
+        return trade.wait_and_prepare(q.header, q.records, 1, waiting.BUSY_SPIN, timeout_ns, enc, b.jit, -1, jmap,
+                                      jcur)
 
     def sent():
         try:
@@ -517,10 +508,9 @@ enc = wire.build_encoder("rest", [risk.SymbolRules("X", tick_size="0.1", step_si
 req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
 req["client_id"], req["action"], req["order_type"], req["tif"], req["side"] = 9, 1, ORDER_LIMIT, 1, SIDE_BUY
 req["price_ticks"], req["qty_steps"] = 100, 1
-state = wire.new_state()
-sender.warm_order_path(enc, req, state, wire.new_mask_pool(), np.zeros(wire.MAX_REQUEST, np.uint8),
-                       np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(2 * wire.MAX_REQUEST, np.uint8), jmap, jcur)
-print("warmed", state[wire.ST_WARMS])
+b = sender.OrderBuffers(1, 1)
+sender.warm_order_path(enc, req, b.jit, jmap, jcur)
+print("warmed", b.state[wire.ST_WARMS])
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "warmed 1" in p.stdout, (p.returncode, p.stderr[-2000:])

@@ -386,6 +386,19 @@ def test_an_order_of_another_symbol_leaves_while_the_first_awaits_its_answer(rig
     assert _answered(r) == [int(quick["client_id"]), int(slow["client_id"])]
 
 
+def test_an_answer_is_read_when_it_arrives_not_when_the_next_order_comes(rig, venue, monkeypatch):
+    """The sender's jitted wait watches the connections of its orders in flight and returns for an answer. Without
+    that, an idle sender read it only when its wait timed out (made 30 s here) or the next order came."""
+    monkeypatch.setattr(trade, "PARK_TIMEOUT_NS", 30_000_000_000)
+    r = rig(trade_cfg={"timeout_s": 6.0, "recv_window_ms": 10000})
+    venue.exchange.faults.delay_next(1, seconds=0.5, execute=True)
+    _, slow = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    assert int(slow["client_id"]) not in r.ts.sender.results
+    assert wait_for(lambda: int(slow["client_id"]) in r.ts.sender.results, timeout=5.0)
+    assert r.ts.sender.results[int(slow["client_id"])]["ok"]
+
+
 def test_a_reduce_only_order_reaches_the_exchange_after_its_symbols_orders_sent_before_it(rig, venue):
     """Two connections do not keep their requests' order. Long 0.002, then a sell of 0.002 (slow to arrive) and a
     reduce-only sell of 0.002: in the order made, the sell closes the position and the reduce-only one finds nothing

@@ -65,7 +65,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.experimental import structref
 
 from aegis.core import control, ring
 from aegis.core.latency import new_set, record_order_request
@@ -159,16 +160,18 @@ def sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps):
 
 
 @njit(cache=True, nogil=True)
-def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
+def warm_order_path(enc, req, b, jmap, jcur):
     """Build `req` (the last new order) again into the scratch buffers and read the journal's ring where the next
     line goes, sending and storing nothing: the next real order then finds the encoder's code and tables, the
     buffers and the journal's page in the caches and the TLB. An order a few hundred ms after the last one
-    otherwise built cold: in the default run this took prepare from 15 to 9 us p50 (bench/MEASURED.md)."""
+    otherwise built cold: in the default run this took prepare from 15 to 9 us p50 (bench/MEASURED.md). `b`: the
+    sender's OrderBuffers (its `jit` bundle)."""
+    state = b.state
     wall_ms = wall_ns() // 1_000_000
     mask_pos = state[wire.ST_MASK_POS]
-    wire.encode_order(enc, req, wall_ms + state[wire.ST_OFFSET_MS], mask_pool, state, out, 0, tmp)
+    wire.encode_order(enc, req, wall_ms + state[wire.ST_OFFSET_MS], b.mask, state, b.out, 0, b.tmp)
     state[wire.ST_MASK_POS] = mask_pos     # mask keys are spent only by frames that leave
-    wire.encode_journal_req(enc, req, wall_ms, jbuf, 0)
+    wire.encode_journal_req(enc, req, wall_ms, b.jbuf, 0)
     # the ring's last stored byte, on the page the next line starts on unless that one starts a page
     p = load_acquire(jcur, JC_POS) - 1
     seen = jmap[p & (jmap.shape[0] - 1)] if p >= 0 and jmap.shape[0] > 0 else 0
@@ -176,6 +179,7 @@ def warm_order_path(enc, req, state, mask_pool, out, jbuf, tmp, jmap, jcur):
     return seen
 
 
+# --------------------------------------------------------------------------------------------- the fast path's buffers
 # sent[i, ...] of wait_and_prepare: per request of the batch
 SN_SEEN = 0      # when the sender saw it (CLOCK_MONOTONIC ns)
 SN_BUILT = 1     # when its bytes and journal line were ready
@@ -185,11 +189,83 @@ SN_DONE = 4      # when it returned (on loopback the receiver's TCP work runs in
 SN_COLS = 5
 
 
+@structref.register
+class BuffersType(types.StructRef):
+    """Numba type of Buffers."""
+
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class Buffers(structref.StructRefProxy):
+    """The sender's preallocated fast-path arrays as one argument of its jitted code (one unboxing per call instead of
+    fourteen). Built by OrderBuffers; its fields are that object's arrays, the same memory."""
+
+
+BUFFER_FIELDS = ("batch", "stamps", "state", "mask", "out", "offs", "lens", "jbuf", "jends", "tmp", "busy", "fds",
+                 "sent", "pfds")
+structref.define_proxy(Buffers, BuffersType, list(BUFFER_FIELDS))
+
+
+@njit(cache=True)
+def _bundle(batch, stamps, state, mask, out, offs, lens, jbuf, jends, tmp, busy, fds, sent, pfds):
+    # a cached constructor: the proxy's own one is compiled afresh in every process
+    return Buffers(batch, stamps, state, mask, out, offs, lens, jbuf, jends, tmp, busy, fds, sent, pfds)
+
+
+class OrderBuffers:
+    """Everything the sender's jitted fast path reads and writes, preallocated once and owned by the sender thread:
+    numpy arrays for its Python, and the same memory bundled for jitted code (`jit`). For a batch of up to n requests:
+
+        batch   the requests taken from the queue (ORDER_REQUEST records)
+        stamps  [when they were seen, when the first range was built] (CLOCK_MONOTONIC ns)
+        state   aegis.binance.wire's state slots (ST_*), shared with the REST client (its clock offset)
+        mask    the ws frame mask pool (aegis.binance.wire.new_mask_pool)
+        out     the signed requests: request i at out[offs[i]:offs[i] + lens[i]]; lens[i] = 0: not prepared
+                (the generic path takes it), -1: its journal line was refused (it must not be sent)
+        jbuf    the journal lines: request i's ends at jends[i]
+        tmp     the encoder's scratch
+        busy    orders in flight per symbol index (counted by the sender's Python)
+        fds     the plain-TCP order connection request k may leave on (-1: none, or TLS)
+        sent    per request: SN_* stamps and what the jitted send returned
+        pfds    the connections of the orders in flight as poll(2) entries (wire.pollfd), the first
+                state[wire.ST_IN_FLIGHT] of them; for the jitted wait, which ends when an answer can be read"""
+
+    def __init__(self, n: int, n_symbols: int, state: np.ndarray | None = None, batch: np.ndarray | None = None,
+                 stamps: np.ndarray | None = None, busy: np.ndarray | None = None):
+        self.batch = np.zeros(n, ORDER_REQUEST_DTYPE) if batch is None else batch
+        self.stamps = np.zeros(2, np.int64) if stamps is None else stamps
+        self.state = wire.new_state() if state is None else state
+        self.mask = wire.new_mask_pool()
+        self.out = np.zeros(n * wire.MAX_REQUEST, np.uint8)
+        self.offs = np.zeros(n, np.int64)
+        self.lens = np.zeros(n, np.int64)
+        self.jbuf = np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8)
+        self.jends = np.zeros(n, np.int64)
+        self.tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
+        self.busy = np.zeros(max(n_symbols, 1), np.int64) if busy is None else busy
+        self.fds = np.full(n, -1, np.int64)
+        self.sent = np.zeros((n, SN_COLS), np.int64)
+        self.pfds = np.full(n, wire.pollfd(-1), np.int64)
+        self.jit = _bundle(*(getattr(self, f) for f in BUFFER_FIELDS))
+
+    def set_in_flight(self, fds: list[int]) -> None:
+        """The connections of the orders in flight, oldest first. The jitted wait watches the first n; the answers of
+        any more are read when it returns (it does every PARK_TIMEOUT_NS at most)."""
+        k = min(len(fds), self.pfds.shape[0])
+        self.pfds[:k] = [wire.pollfd(fd) for fd in fds[:k]]
+        self.pfds[k:] = wire.pollfd(-1)
+        self.state[wire.ST_IN_FLIGHT] = k
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _prepare_range(dst, a, n, ts_ms, wall_ms, enc, state, mask_pool, out, offs, lens, jbuf, jends, jfd, tmp, jmap,
+def _prepare_range(dst, state, mask_pool, out, offs, lens, jbuf, jends, tmp, a, n, ts_ms, wall_ms, enc, jfd, jmap,
                    jcur, pos, jpos):
-    """Requests dst[a:n]: the new orders' signed bytes from out[pos] and journal lines from jbuf[jpos], the lines
-    stored (or written) before anything can be sent. Returns where the next bytes and line go."""
+    """Requests dst[a:n]: the new orders' signed bytes from out[pos] and journal lines from jbuf[jpos], the
+    lines stored (or written) before anything can be sent. Returns where the next bytes and line go. The arrays are
+    wait_and_prepare's OrderBuffers fields, read out of the bundle before its wait: each read of a field takes a
+    reference (an atomic increment), and the 13 reads here after an order was seen cost ~100 ns of prepare p50
+    (bench/order_path/micro_prep.py, alternated with the loose arrays' tree)."""
     j0 = jpos
     for i in range(a, n):
         lens[i] = 0
@@ -228,14 +304,14 @@ def _prepare_range(dst, a, n, ts_ms, wall_ms, enc, state, mask_pool, out, offs, 
 
 
 @njit(cache=True, nogil=True)
-def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc, state, mask_pool, out, offs, lens,
-                     jbuf, jends, jfd, tmp, jmap, jcur, busy, fds, sent, pfds):
-    """sender_wait, then, still without the GIL, the fast path's work for every new order of the batch: the
-    signed request bytes (aegis.binance.wire) into out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, stored
-    into the journal's ring (jmap, jcur: aegis.trade.journal.map_store) or, with an empty jmap, written to the
-    journal's fd jfd with one write(2), before anything can be sent. lens[i] = 0: not prepared (not a new order, or
-    no room, here or in the ring: the generic path takes it); -1: the journal refused the line, so it must not be
-    sent. jends[i] = end of request i's journal line in jbuf; sent[i, SN_*] its stamps.
+def wait_and_prepare(header, records, max_n, mode, timeout_ns, enc, b, jfd, jmap, jcur):
+    """sender_wait into b.batch (b: the sender's OrderBuffers, its `jit` bundle), then, still without the GIL, the
+    fast path's work for every new order of the batch: the signed request bytes (aegis.binance.wire) into
+    out[offs[i]:offs[i] + lens[i]] and the journal `req` lines, stored into the journal's ring (jmap, jcur:
+    aegis.trade.journal.map_store) or, with an empty jmap, written to the journal's fd jfd with one write(2), before
+    anything can be sent. lens[i] = 0: not prepared (not a new order, or no room, here or in the ring: the generic
+    path takes it); -1: the journal refused the line, so it must not be sent. jends[i] = end of request i's journal
+    line in jbuf; sent[i, SN_*] its stamps.
 
     Then the batch's first requests leave from here, journaled and without the GIL, request k on the plain-TCP
     order connection fds[k] (one with no answer awaited; -1: none, or TLS), for as long as each is a prepared order
@@ -246,12 +322,16 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
     strategy flipping on two quick ticks): the sender's Python (~200 us a order with cold caches in the default run)
     would otherwise hold those up. Returns the batch's length.
     With state[ST_WARM_NS] > 0 the wait is cut into steps, and every ST_WARM_NS the last batch's first request, if it
-    was a new order, is built again into scratch (warm_order_path). With orders in flight (pfds: their connections,
-    as wire.pollfd entries) it also ends, returning 0, once one of their answers can be read: the sender's Python
+    was a new order, is built again into scratch (warm_order_path). With orders in flight (state[ST_IN_FLIGHT] > 0,
+    their connections in pfds) it also ends, returning 0, once one of their answers can be read: the sender's Python
     then runs only for an answer, never to look for one."""
+    # every field read here, before the wait: a read takes a reference, and after the order is seen that costs (see
+    # _prepare_range)
+    dst, stamps, state, fds, sent, pfds = b.batch, b.stamps, b.state, b.fds, b.sent, b.pfds
+    lens, offs, out, busy, mask, jbuf, jends, tmp = b.lens, b.offs, b.out, b.busy, b.mask, b.jbuf, b.jends, b.tmp
     warm_ns = state[wire.ST_WARM_NS]
     step = warm_ns if warm_ns > 0 else timeout_ns
-    if pfds.shape[0] > 0 and ANSWER_CHECK_NS < step:
+    if state[wire.ST_IN_FLIGHT] > 0 and ANSWER_CHECK_NS < step:
         step = ANSWER_CHECK_NS
     if step >= timeout_ns:
         n = sender_wait(header, records, dst, max_n, mode, timeout_ns, stamps)
@@ -264,12 +344,12 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
             n = sender_wait(header, records, dst, max_n, mode, step if step < left else left, stamps)
             if n > 0 or left <= step or ring.aborted(header):
                 break
-            if pfds.shape[0] > 0 and wire.any_readable(pfds):
+            if state[wire.ST_IN_FLIGHT] > 0 and wire.any_readable(pfds[:state[wire.ST_IN_FLIGHT]]):
                 break                                   # an answer to read: the sender's Python takes it
             if warm_ns > 0 and now_ns() >= next_warm:
                 next_warm += warm_ns
                 if dst[0].action == ACTION_NEW:
-                    warm_order_path(enc, dst[0], state, mask_pool, out, jbuf, tmp, jmap, jcur)
+                    warm_order_path(enc, dst[0], b, jmap, jcur)
     if n == 0:
         return 0
     state[wire.ST_SENT_N] = 0
@@ -281,8 +361,8 @@ def wait_and_prepare(header, records, dst, max_n, mode, timeout_ns, stamps, enc,
     pos = 0
     jpos = 0
     while True:
-        pos, jpos = _prepare_range(dst, a, n, ts_ms, wall_ms, enc, state, mask_pool, out, offs, lens, jbuf, jends,
-                                   jfd, tmp, jmap, jcur, pos, jpos)
+        pos, jpos = _prepare_range(dst, state, mask, out, offs, lens, jbuf, jends, tmp, a, n, ts_ms, wall_ms, enc, jfd,
+                                   jmap, jcur, pos, jpos)
         built = now_ns()
         stamps[1] = built
         # a 429/418 back-off may have begun (in any thread) since the sender last asked for the descriptors
@@ -338,15 +418,9 @@ def warm_fast_path() -> None:
     from aegis.trade.risk import SymbolRules
     q = RequestQueue(ring.MIN_CAPACITY)
     enc = wire.build_encoder("rest", [SymbolRules("WARMUSDT")], "w-", "k", "s", 5000, "ACK", "http://127.0.0.1:1")
-    state = wire.new_state()
-    n = 1
-    wait_and_prepare(q.header, q.records, np.zeros(n, ORDER_REQUEST_DTYPE), n, waiting.BUSY_SPIN, 0,
-                     np.zeros(2, np.int64),
-                     enc, state, wire.new_mask_pool(), np.zeros(n * wire.MAX_REQUEST, np.uint8),
-                     np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8),
-                     np.zeros(n, np.int64), -1, np.zeros(2 * wire.MAX_REQUEST, np.uint8), np.zeros(0, np.uint8),
-                     np.zeros(2, np.int64), np.zeros(1, np.int64), np.full(n, -1, np.int64),
-                     np.zeros((n, SN_COLS), np.int64), np.zeros(0, np.int64))
+    b = OrderBuffers(1, 1)
+    wait_and_prepare(q.header, q.records, 1, waiting.BUSY_SPIN, 0, enc, b.jit, -1, np.zeros(0, np.uint8),
+                     np.zeros(2, np.int64))
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8), 1)
     map_store(np.zeros(0, np.uint8), np.zeros(2, np.int64), np.frombuffer(b"x", np.uint8), 1)   # Journal.append's
     # and what the sender calls right after the first order: compiling it there would hold up that order's answer
@@ -606,9 +680,9 @@ class Sender:
         # exchange's book before it arrives (two connections do not keep their requests' order)
         self._flights: list[tuple] = []
         self._busy = np.zeros(max(len(rules), 1), np.int64)   # orders in flight per symbol (read by jitted code)
-        self._fd_conns: list = []         # the order connections behind self._fds, which the jitted code sends on
-        self._fds_stale = True            # connections were taken or freed since self._fds was filled
-        self._pfds = np.zeros(0, np.int64)   # the connections of the orders in flight, for the jitted wait (pollfd)
+        self.buf: OrderBuffers | None = None   # the fast path's arrays (enable_fast_path)
+        self._fd_conns: list = []         # the order connections behind buf.fds, which the jitted code sends on
+        self._fds_stale = True            # connections were taken or freed since buf.fds was filled
         self._unbooked: list[tuple] = []  # sent orders not yet counted and timed (_book)
 
     def enable_fast_path(self, transport: str, api_key: str, secret: str, recv_window_ms: int, rest_url: str,
@@ -627,16 +701,8 @@ class Sender:
         self.wire_state[wire.ST_FSYNC] = int(fsync_always)
         polls = self.wait in (waiting.BUSY_SPIN, waiting.SPIN_YIELD)
         self.wire_state[wire.ST_WARM_NS] = warm_us * 1000 if polls else 0
-        self._mask = wire.new_mask_pool()
-        self._out = np.zeros(n * wire.MAX_REQUEST, np.uint8)
-        self._offs = np.zeros(n, np.int64)
-        self._lens = np.zeros(n, np.int64)
-        self._jbuf = np.zeros(n * wire.MAX_JOURNAL_LINE, np.uint8)
-        self._jends = np.zeros(n, np.int64)
-        self._tmp = np.zeros(wire.MAX_REQUEST * 2, np.uint8)
-        self._out_mv = memoryview(self._out)
-        self._fds = np.full(n, -1, np.int64)
-        self._sent = np.zeros((n, SN_COLS), np.int64)
+        self.buf = OrderBuffers(n, len(self.rules), self.wire_state, self._batch, self._stamps, self._busy)
+        self._out_mv = memoryview(self.buf.out)
 
     # ---- lifecycle
     def start(self) -> "Sender":
@@ -677,13 +743,11 @@ class Sender:
                 if self._fds_stale:
                     self._refresh_fds()
                 if self.wire_state[wire.ST_MASK_POS] > wire.MASK_POOL // 2:
-                    self._mask[:] = wire.new_mask_pool()
+                    self.buf.mask[:] = wire.new_mask_pool()
                     self.wire_state[wire.ST_MASK_POS] = 0
-                n = wait_and_prepare(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps,
-                                     self.fast, self.wire_state, self._mask, self._out, self._offs, self._lens,
-                                     self._jbuf, self._jends, self.journal.fd, self._tmp,
-                                     self.journal.map_buf, self.journal.map_cursor,   # read per call: emptied at close
-                                     self._busy, self._fds, self._sent, self._pfds)
+                n = wait_and_prepare(h, recs, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self.fast, self.buf.jit,
+                                     self.journal.fd,
+                                     self.journal.map_buf, self.journal.map_cursor)   # read per call: emptied at close
             else:
                 n = sender_wait(h, recs, dst, dst.shape[0], self.wait, PARK_TIMEOUT_NS, self._stamps)
             if n > 0:
@@ -708,10 +772,10 @@ class Sender:
         fast = self.fast is not None
         for i in range(n):
             req = dst[i]
-            self._seen_ns = int(self._sent[i, SN_SEEN]) if fast else int(self._stamps[0])
+            self._seen_ns = int(self.buf.sent[i, SN_SEEN]) if fast else int(self._stamps[0])
             self.handoff_ns.append(self._seen_ns - int(req["handoff_ts"]))
             try:
-                if fast and self._lens[i] != 0:
+                if fast and self.buf.lens[i] != 0:
                     self._process_prepared(req, i)
                 else:
                     self._settle(int(req["symbol"]))   # what it cancels or reduces is on the book first
@@ -760,14 +824,16 @@ class Sender:
         return free[0] if free else None
 
     def _flights_changed(self) -> None:
-        self._pfds = np.array([wire.pollfd(e[0].fd) for e in self._flights], np.int64)
+        if self.buf is not None:
+            self.buf.set_in_flight([e[0].fd for e in self._flights])
 
     def _refresh_fds(self) -> None:
         """The order connections the jitted code may send the next orders on, one each, in order."""
-        self._fd_conns = self.client.free_order_connections(self._fds.shape[0])
-        self._fds[:] = -1
+        fds = self.buf.fds
+        self._fd_conns = self.client.free_order_connections(fds.shape[0])
+        fds[:] = -1
         for k, c in enumerate(self._fd_conns):
-            self._fds[k] = self.client.plain_fd(c)
+            fds[k] = self.client.plain_fd(c)
         self._fds_stale = False
 
     def _count(self, slot_name: str) -> None:
@@ -844,41 +910,42 @@ class Sender:
         answer read later (_collect), or now when the client already has it."""
         cid = int(req["client_id"])
         coid = f"{self.prefix}{cid}"
-        if self._lens[i] < 0 or self.journal.failed is not None:
+        b = self.buf
+        if b.lens[i] < 0 or self.journal.failed is not None:
             # not journaled = not sent: release it in the Brain's risk state
             log.error("sender: journal write failed; order %s not sent", coid)
             self.errors += 1
             self._event(cid, req, STATUS_REJECTED, 0)
-            if self._lens[i] < 0:
+            if b.lens[i] < 0:
                 err = int(self.wire_state[wire.ST_WRITE_ERRNO])
                 self.journal.report_failure(os.strerror(-err) if err < 0 else f"short write ({err} bytes)")
             return None
-        off = int(self._offs[i])
+        off = int(b.offs[i])
         adopted = []
         sym_i = int(req["symbol"])
         req = req.copy()                  # the batch buffer is reused before a flight's answer is read
 
         def on_sent():
             # the journal's in-memory view learns of the request before its answer (or a fill) can arrive
-            adopted.append(self.journal.adopt(bytes(self._jbuf[(self._jends[i - 1] if i else 0):self._jends[i]])))
+            adopted.append(self.journal.adopt(bytes(b.jbuf[(b.jends[i - 1] if i else 0):b.jends[i]])))
 
         pre = None
         if i < self.wire_state[wire.ST_SENT_N]:        # the jitted code already sent it (or tried), on fds[i]
-            pre = (int(self._sent[i, SN_RESULT]), int(self._sent[i, SN_AT]))
-            self.client.send_return_ns = int(self._sent[i, SN_DONE])
+            pre = (int(b.sent[i, SN_RESULT]), int(b.sent[i, SN_AT]))
+            self.client.send_return_ns = int(b.sent[i, SN_DONE])
             conn = self._fd_conns[i]
         else:
             if req["reduce_only"]:
                 self._settle(sym_i)                     # what it reduces is on the book first
             conn = self._free_connection()
-        res = self.client.send_prepared(self._out_mv[off:off + int(self._lens[i])], coid,
+        res = self.client.send_prepared(self._out_mv[off:off + int(b.lens[i])], coid,
                                         lambda: order_params(req, self.rules, coid, self.resp_type), on_sent, pre,
                                         conn)
         if not adopted:
             on_sent()
         wire_ns = self.client.first_send_ns or time.monotonic_ns()
         # counted and timed once the queue is empty (_book): a second order already waiting goes first
-        self._unbooked.append((req, self._seen_ns, int(self._sent[i, SN_BUILT]), wire_ns,
+        self._unbooked.append((req, self._seen_ns, int(b.sent[i, SN_BUILT]), wire_ns,
                                getattr(self.client, "send_return_ns", 0) or wire_ns))
         sym = self.rules[sym_i].symbol
         if isinstance(res, dict):                       # answered already (ws-fapi; a back-off; a failed connect)

@@ -17,22 +17,29 @@ enc = wire.build_encoder("rest", rules, "ae1234abcd-", "bench-api-key-0123456789
 d = tempfile.mkdtemp()
 j = Journal(os.path.join(d, "j.jsonl"), "interval", 50)
 q = trade.RequestQueue(4096)
-state = wire.new_state()
-if hasattr(wire, "ST_SEND_FD"):
-    state[wire.ST_SEND_FD] = -1
-dst = np.zeros(1, ORDER_REQUEST_DTYPE); stamps = np.zeros(2, np.int64)
-args = [q.header, q.records, dst, 1, waiting.BUSY_SPIN, 1_000_000_000, stamps, enc, state, wire.new_mask_pool(),
-        np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64),
-        np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), j.fd, np.zeros(2 * wire.MAX_REQUEST, np.uint8)]
-mapped = "jmap" in inspect.signature(trade.wait_and_prepare.py_func).parameters
-if mapped:
-    args += [j.map_buf, j.map_cursor]
-if "busy" in inspect.signature(trade.wait_and_prepare.py_func).parameters:
-    args += [np.zeros(len(rules), np.int64)]
-if "fds" in inspect.signature(trade.wait_and_prepare.py_func).parameters:
-    args += [np.full(1, -1, np.int64), np.zeros((1, trade.SN_COLS), np.int64)]
-if "pfds" in inspect.signature(trade.wait_and_prepare.py_func).parameters:
-    args += [np.zeros(0, np.int64)]
+params = inspect.signature(trade.wait_and_prepare.py_func).parameters
+mapped = "jmap" in params
+if hasattr(trade, "OrderBuffers"):     # this tree: the sender's buffers, bundled as the sender builds them
+    b = trade.OrderBuffers(1, len(rules))
+    stamps, lens = b.stamps, b.lens
+    args = [q.header, q.records, 1, waiting.BUSY_SPIN, 1_000_000_000, enc, b.jit, j.fd, j.map_buf, j.map_cursor]
+else:                                  # older trees (A/B runs), one loose array per buffer
+    state = wire.new_state()
+    if hasattr(wire, "ST_SEND_FD"):
+        state[wire.ST_SEND_FD] = -1
+    dst = np.zeros(1, ORDER_REQUEST_DTYPE); stamps = np.zeros(2, np.int64); lens = np.zeros(1, np.int64)
+    args = [q.header, q.records, dst, 1, waiting.BUSY_SPIN, 1_000_000_000, stamps, enc, state, wire.new_mask_pool(),
+            np.zeros(wire.MAX_REQUEST, np.uint8), np.zeros(1, np.int64), lens,
+            np.zeros(wire.MAX_JOURNAL_LINE, np.uint8), np.zeros(1, np.int64), j.fd,
+            np.zeros(2 * wire.MAX_REQUEST, np.uint8)]
+    if mapped:
+        args += [j.map_buf, j.map_cursor]
+    if "busy" in params:
+        args += [np.zeros(len(rules), np.int64)]
+    if "fds" in params:
+        args += [np.full(1, -1, np.int64), np.zeros((1, trade.SN_COLS), np.int64)]
+    if "pfds" in params:
+        args += [np.zeros(0, np.int64)]
 req = np.zeros(1, ORDER_REQUEST_DTYPE)[0]
 req["symbol"], req["side"], req["order_type"], req["qty_steps"], req["action"] = 0, SIDE_BUY, ORDER_MARKET, 12, ACTION_NEW
 @njit(nogil=True)
@@ -47,7 +54,7 @@ for i in range(N + 50):
     req["client_id"] = i + 1
     trade.handoff(q.header, q.records, req, now_ns())
     n = trade.wait_and_prepare(*args)
-    assert n == 1 and args[12][0] > 0
+    assert n == 1 and lens[0] > 0
     if i >= 50:
         lat[i - 50] = stamps[1] - stamps[0]
     spin(300_000)
