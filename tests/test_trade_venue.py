@@ -399,6 +399,34 @@ def test_an_answer_is_read_when_it_arrives_not_when_the_next_order_comes(rig, ve
     assert r.ts.sender.results[int(slow["client_id"])]["ok"]
 
 
+def test_ws_orders_are_pipelined_on_the_one_connection_and_answers_matched_by_id(rig, venue):
+    """A ws-fapi order leaves before the answer of the one sent before it (the venue delays that answer 1.5 s)."""
+    r = rig(trade_cfg={"transport": "ws", "timeout_s": 6.0, "recv_window_ms": 10000})
+    venue.exchange.faults.delay_next(1, seconds=1.5, execute=True)
+    _, slow = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    _, quick = r.order("ETHUSDT", SIDE_BUY, 0.05, r.below_bid("ETHUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 2)
+    assert int(slow["client_id"]) not in r.ts.sender.results      # both were in flight at once
+    assert wait_for(lambda: r.ts.sender.acks == 2)
+    assert _answered(r) == [int(slow["client_id"]), int(quick["client_id"])]
+    assert all(r.ts.sender.results[c]["ok"] for c in _answered(r))
+    assert len(r.exchange_open("BTCUSDT")) == 1 and len(r.exchange_open("ETHUSDT")) == 1
+    assert r.ts.order_client.stats["reconnects"] == 1 and r.ts.client.stats["recovered"] == 0
+
+
+def test_ws_orders_in_flight_on_a_connection_that_drops_are_looked_up_not_lost_or_sent_twice(rig, venue):
+    import socket
+    r = rig(trade_cfg={"transport": "ws", "timeout_s": 6.0, "recv_window_ms": 1500})
+    venue.exchange.faults.delay_next(1, seconds=0.5, execute=True)
+    _, req = r.order("BTCUSDT", SIDE_BUY, 0.002, r.below_bid("BTCUSDT"))
+    assert wait_for(lambda: r.ts.sender.sent == 1)
+    r.ts.order_client._ws.sock.shutdown(socket.SHUT_RDWR)      # the connection drops with the order in flight
+    assert wait_for(lambda: r.ts.sender.acks == 1, 10)
+    assert [o["clientOrderId"] for o in r.exchange_open("BTCUSDT")] == [r.ts.sender.coid(req["client_id"])]
+    assert r.ts.client.stats["recovered"] == 1 and r.ts.client.stats["resends"] == 0
+
+
 def test_a_reduce_only_order_reaches_the_exchange_after_its_symbols_orders_sent_before_it(rig, venue):
     """Two connections do not keep their requests' order. Long 0.002, then a sell of 0.002 (slow to arrive) and a
     reduce-only sell of 0.002: in the order made, the sell closes the position and the reduce-only one finds nothing

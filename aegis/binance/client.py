@@ -58,11 +58,13 @@ _BAN_RE = re.compile(r"banned until (\d{10,})")
 @dataclass(frozen=True)
 class Flight:
     """A prepared order whose bytes are in its connection's socket and whose answer is not read yet."""
-    conn: RestConnection
+    conn: object          # its RestConnection, or the WsTradeClient
     fd: int               # its socket's descriptor (readable: the answer has begun to arrive)
     sent_ns: int          # CLOCK_MONOTONIC ns of the send
     deadline_ns: int      # no answer by then: a timeout, settled as an unknown outcome
     params_fn: object     # the order's params, for the rare paths that need them (re-sign, lookup)
+    rid: str = ""         # websocket: the request's id (its newClientOrderId), which its answer carries
+    gen: int = 0          # websocket: the connection it went on (answers on a closed one are lost)
 
 
 class VenueSelectionError(ValueError):
@@ -587,19 +589,25 @@ class BinanceClient:
 
 
 class WsTradeClient:
-    """order.place / order.cancel over the websocket trading API (Binance docs: "WebSocket API General Info"), one
-    request in flight at a time (the sender is a single thread). Lookups, cancel-all and reconciliation go over the
-    REST client `rest`, which also supplies the clock offset. Reconnects lazily after any socket error."""
+    """order.place / order.cancel over the websocket trading API (Binance docs: "WebSocket API General Info").
+    Orders are pipelined: up to `in_flight` requests are on the one connection at once, each answer matched to its
+    request by the id it carries (an order's id is its newClientOrderId), in whatever order the answers come.
+    Lookups, cancel-all and reconciliation go over the REST client `rest`, which also supplies the clock offset.
+    Reconnects lazily after any socket error; the orders in flight on a lost connection are settled as unknown
+    outcomes (looked up by client order id). Used by the sender thread only."""
 
-    def __init__(self, rest: BinanceClient, timeout_s: float = 5.0):
+    def __init__(self, rest: BinanceClient, timeout_s: float = 5.0, in_flight: int = 4):
         self.rest = rest
         self.timeout_s = timeout_s
+        self.in_flight = in_flight
         self._ws = None
+        self._gen = 0                     # connections opened so far: a Flight's gen names the one it went on
         self._opened = 0.0
         self._ids = itertools.count(1)
+        self._awaited: set[str] = set()   # ids of the requests in flight, whose answers are kept when read
+        self._answers: dict[str, dict] = {}   # answers read while another was looked for, by request id
         self.stats = {"requests": 0, "timeouts": 0, "reconnects": 0}
         self.first_send_ns = 0
-        self._pending = None              # the prepared frame _raw_write sends
         self.send_return_ns = 0
 
     # reconnect before Binance's 24 h cut (docs/binance-notes.md, Trading websocket), never in the middle of an order
@@ -611,6 +619,7 @@ class WsTradeClient:
             self._ws = websocket.create_connection(self.rest.ep.ws_api_url, timeout=self.timeout_s,
                                                    enable_multithread=True)
             self._opened = time.monotonic()
+            self._gen += 1
             self.stats["reconnects"] += 1
         return self._ws
 
@@ -625,18 +634,17 @@ class WsTradeClient:
         import websocket
         ws = self._ws
         try:
-            if ws is None or not ws.connected or time.monotonic() - self._opened > self.MAX_AGE_S:
+            if ws is None or not ws.connected or (not self._awaited and
+                                                  time.monotonic() - self._opened > self.MAX_AGE_S):
                 self.close()
                 self._conn()
                 return
-            ws.settimeout(0.0005)
-            ws.recv()                  # control frames are handled inside; a stray data frame is dropped
-        except websocket.WebSocketTimeoutException:
-            pass
-        except (websocket.WebSocketException, OSError):
+            self._drain(ws)
+        except (websocket.WebSocketException, OSError, orjson.JSONDecodeError):
             self.close()
 
     def close(self) -> None:
+        """Close the connection. Answers already read stay; the requests still awaited on it are lost."""
         if self._ws is not None:
             try:
                 self._ws.close()
@@ -644,41 +652,80 @@ class WsTradeClient:
                 pass
             self._ws = None
 
+    def _frame(self, ws, deadline: float) -> tuple[str | None, dict | None]:
+        """The next frame: (request id, answer) for a text frame, (None, None) for a ping or pong (answered
+        inside websocket-client). Raises on a close frame, a timeout or a socket error."""
+        import websocket
+        ws.settimeout(max(0.01, deadline - time.monotonic()))
+        op, frame = ws.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            raise websocket.WebSocketConnectionClosedException("closed by the server")
+        if op not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            return None, None
+        j = orjson.loads(frame.data)
+        return j.get("id"), j
+
+    def _keep(self, rid, j, wanted: str = "") -> None:
+        if rid is not None and (rid == wanted or rid in self._awaited):
+            self._answers[rid] = j        # anything else (an answer to a request given up on) is dropped
+        elif rid is None and j is not None and int(j.get("status", 200)) >= 400:
+            # the server's own notice, e.g. a revoked key (-2015): every request after it fails too, say why once
+            err = j.get("error") or {}
+            log.error("ws-fapi: the server reports %s %s", err.get("code"), err.get("msg"))
+
+    def _drain(self, ws) -> None:
+        """Read every frame that has begun to arrive, keeping the answers awaited. Afterwards nothing is held in
+        the TLS layer's buffer, where poll(2) on the socket (the sender's jitted wait) could not see it."""
+        import websocket
+        while True:
+            sock = ws.sock
+            if sock is None or sock.fileno() < 0:
+                raise websocket.WebSocketConnectionClosedException("closed")
+            if not ((isinstance(sock, ssl.SSLSocket) and sock.pending()) or select.select([sock], [], [], 0)[0]):
+                return
+            rid, j = self._frame(ws, time.monotonic() + self.timeout_s)   # begun: the rest is on its way
+            self._keep(rid, j)
+
+    def _await(self, rid: str, deadline: float) -> dict:
+        """The answer carrying `rid`, read when it comes; other awaited answers read meanwhile are kept."""
+        import websocket
+        ws = self._ws
+        while rid not in self._answers:
+            if ws is None:
+                raise websocket.WebSocketConnectionClosedException("closed")
+            got, j = self._frame(ws, deadline)
+            self._keep(got, j, rid)
+        return self._answers.pop(rid)
+
     def call(self, method: str, params: dict) -> dict:
+        """One request, its answer read before this returns (orders in flight keep theirs)."""
+        import websocket
         rid = f"r{next(self._ids)}"
         signed = ws_signed_params(self.rest.keys.key, self.rest.keys.secret, params, self.rest.now_ms(),
                                   self.rest.recv_window_ms)
         msg = orjson.dumps({"id": rid, "method": method, "params": signed})
-        return self._exchange(rid, lambda ws: ws.send(msg))   # ws.send returns once the frame is written
-
-    def _exchange(self, rid: str, write, stamp_before: bool = False, on_sent=None, stamp: int = 0) -> dict:
-        """write(ws) one request, then read until the answer carrying `rid`."""
-        import websocket
         self.stats["requests"] += 1
         try:
             ws = self._conn()
-            t = stamp or time.monotonic_ns()
-            write(ws)
+            ws.send(msg)                  # returns once the frame is written
             if not self.first_send_ns:
-                self.first_send_ns = t if stamp_before else time.monotonic_ns()
-            if on_sent is not None:
-                on_sent()
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                ws.settimeout(max(0.01, deadline - time.monotonic()))
-                raw = ws.recv()
-                if not raw:
-                    raise websocket.WebSocketConnectionClosedException("closed")
-                j = orjson.loads(raw)
-                if j.get("id") == rid:
-                    break
-        except (websocket.WebSocketTimeoutException, TimeoutError):
-            self.stats["timeouts"] += 1
-            self.close()   # a late answer would otherwise be read as the next request's
-            return {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+                self.first_send_ns = time.monotonic_ns()
+            return self._result(self._await(rid, time.monotonic() + self.timeout_s))
         except (websocket.WebSocketException, OSError, orjson.JSONDecodeError) as e:
-            self.close()
-            return {"ok": False, "status": 0, "code": None, "msg": f"ws error: {type(e).__name__}", "unknown": True}
+            return self._failed(e)
+
+    def _failed(self, e: Exception) -> dict:
+        """The result of a request whose answer was not read; the connection is closed (a late answer is not worth
+        keeping it for)."""
+        import websocket
+        self.close()
+        if isinstance(e, (websocket.WebSocketTimeoutException, TimeoutError)):
+            self.stats["timeouts"] += 1
+            return {"ok": False, "status": 0, "code": None, "msg": "timeout", "unknown": True, "timeout": True}
+        return {"ok": False, "status": 0, "code": None, "msg": f"ws error: {type(e).__name__}", "unknown": True}
+
+    @staticmethod
+    def _result(j: dict) -> dict:
         status = int(j.get("status", 0))
         if status == 200:
             return {"ok": True, "status": 200, "data": j.get("result")}
@@ -689,15 +736,9 @@ class WsTradeClient:
                 "unknown": status >= 500,
                 "retry_after": max(0.0, retry / 1000.0 - time.time()) if isinstance(retry, (int, float)) else None}
 
-    def _raw_write(self, ws) -> None:
-        if len(self._pending):
-            with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
-                ws.sock.sendall(self._pending)
-            self.send_return_ns = time.monotonic_ns()
-
     def free_order_connections(self, n: int) -> list:
-        """The one websocket, always free: send_prepared reads each answer before it returns."""
-        return [self]
+        """The websocket once for each order it may still take while up to `in_flight` are awaited."""
+        return [self] * max(0, min(n, self.in_flight - len(self._awaited)))
 
     def plain_fd(self, conn=None) -> int:
         """The websocket's descriptor when the jitted sender may write frames to it itself, else -1 (TLS, not
@@ -709,14 +750,15 @@ class WsTradeClient:
             return -1
         return ws.sock.fileno()
 
-    def send_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None, conn=None) -> dict:
+    def send_prepared(self, data, coid: str, params_fn, on_sent=None, pre=None, conn=None):
         """order.place from a frame prepared by aegis.binance.wire (masked, signed, journaled; its request id is the
-        newClientOrderId), with the same answers and safety rules as place_order: its answer, read before it
-        returns (one request in flight). `pre` as in BinanceClient.send_prepared."""
+        newClientOrderId), with the same answers and safety rules as place_order. Returns a Flight once the frame
+        is in the socket (finish_prepared reads its answer), or the result when it is already known. `pre` and
+        first_send_ns as in BinanceClient.send_prepared."""
+        import websocket
         self.first_send_ns = 0
         if pre is None and self.rest.backing_off() > 0:
             return {"ok": False, "status": 0, "code": -1003, "msg": "backing off", "unknown": False, "local": True}
-        sent_ms = self.rest.now_ms()
         stamp = 0
         if pre is not None:
             done, stamp = pre
@@ -724,16 +766,55 @@ class WsTradeClient:
                 self.close()          # nothing of the frame left; the generic path reconnects and sends it
                 return self.place_order(params_fn())
             data = data[max(done, 0):]
-        self._pending = data
+        sent_ms = self.rest.now_ms()
+        self.stats["requests"] += 1
         try:
-            r = self._exchange(coid, self._raw_write, stamp_before=True, on_sent=on_sent, stamp=stamp)
+            ws = self._conn()
+            t = stamp or time.monotonic_ns()
+            if len(data):
+                with ws.lock:      # websocket-client's own writer lock: its pongs never interleave with our frame
+                    ws.sock.sendall(data)
+                self.send_return_ns = time.monotonic_ns()
+            self.first_send_ns = t
+        except (websocket.WebSocketException, OSError) as e:
+            return self._finish_place(self._failed(e), params_fn, sent_ms)
+        if on_sent is not None:
+            on_sent()
+        self._awaited.add(coid)
+        return Flight(self, ws.sock.fileno(), t, t + int(self.timeout_s * 1e9), params_fn, coid, self._gen)
+
+    def answered(self, flights) -> list:
+        """The flights whose answer has been read or can be read now (or that are past their timeout, or whose
+        connection is gone)."""
+        import websocket
+        if self._ws is not None and self._awaited:
+            try:
+                self._drain(self._ws)
+            except (websocket.WebSocketException, OSError, orjson.JSONDecodeError):
+                self.close()              # their finish_prepared settles the orders awaited as unknown outcomes
+        now = time.monotonic_ns()
+        return [f for f in flights if f.rid in self._answers or f.gen != self._gen or self._ws is None or
+                now >= f.deadline_ns]
+
+    def finish_prepared(self, f: Flight) -> dict:
+        """Read a Flight's answer (waiting for it until its timeout) and settle it as place_order would."""
+        import websocket
+        sent_ms = self.rest.now_ms() - (time.monotonic_ns() - f.sent_ns) // 1_000_000
+        try:
+            if f.rid not in self._answers and (f.gen != self._gen or self._ws is None):
+                raise websocket.WebSocketConnectionClosedException("connection lost with the order in flight")
+            r = self._result(self._await(f.rid, f.deadline_ns / 1e9))
+        except (websocket.WebSocketException, OSError, orjson.JSONDecodeError, TimeoutError) as e:
+            r = self._failed(e)
         finally:
-            self._pending = None
+            self._awaited.discard(f.rid)
+        if self._ws is not None and self._awaited:
+            self.answered(())             # what the TLS layer holds beyond this answer: see _drain
         if not r["ok"] and r.get("code") == -1021:
             self.rest.stats["resyncs"] += 1
             self.rest.sync_time()
-            return self.place_order(params_fn())     # re-signed with the new clock, same client order id
-        return self._finish_place(r, params_fn, sent_ms)
+            return self.place_order(f.params_fn())     # re-signed with the new clock, same client order id
+        return self._finish_place(r, f.params_fn, sent_ms)
 
     def _finish_place(self, r: dict, params_fn, sent_ms: int) -> dict:
         """An order.place answer: the order on success, a back-off on 429/418, the by-client-id lookup when the

@@ -41,9 +41,11 @@ so the Brain stays in its nogil loop (aegis.brain.process.consume_loop) and the 
 ([trade] gil_switch_us) so no Python thread of the Brain process can hold the sender off for 5 ms. The journal is
 written without fsync on the order path ([trade] fsync = interval).
 Several orders in flight: the send never waits for an answer. REST orders go out on up to [trade] in_flight
-keep-alive connections, one each (Binance documents no HTTP/1.1 pipelining); the jitted code sends request k of a
-batch on the k-th connection with no answer awaited, and its wait also ends when an answer to an order in flight can
-be read (poll(2) every 20 us), so the sender's Python runs for an answer, never to look for one. A reduce-only order,
+keep-alive connections, one each (Binance documents no HTTP/1.1 pipelining); ws-fapi orders are pipelined, up to
+[trade] in_flight on its one connection, each answer found by the request id it carries. The jitted code sends
+request k of a batch on the k-th connection with no answer awaited (on ws-fapi the one socket, k times), and its
+wait also ends when an answer to an order in flight can be read (poll(2) every 20 us), so the sender's Python runs
+for an answer, never to look for one. A reduce-only order,
 a cancel or a cancel-all waits for the answers of its symbol's orders in flight: two connections do not keep their
 requests' order, and what it reduces or cancels must be on the book first. In the default run an order that came
 while the previous one awaited its answer (0.5-2 ms from the venue at nice 10) waited for it: 2 % of orders, which
@@ -367,18 +369,25 @@ def wait_and_prepare(header, records, max_n, mode, timeout_ns, enc, b, jfd, jmap
         stamps[1] = built
         # a 429/418 back-off may have begun (in any thread) since the sender last asked for the descriptors
         backoff_until = load_acquire(state, wire.ST_BACKOFF_UNTIL_NS)
+        cut = False
         while k < n and k < fds.shape[0] and fds[k] >= 0 and lens[k] > 0 and \
                 (dst[k].reduce_only == 0 or not _symbol_in_flight(dst, k, busy)) and \
                 (backoff_until == 0 or now_ns() >= backoff_until):
             sent[k, SN_AT] = now_ns()
-            sent[k, SN_RESULT] = wire.send_now(fds[k], out, offs[k], lens[k])
+            r = wire.send_now(fds[k], out, offs[k], lens[k])
+            sent[k, SN_RESULT] = r
             sent[k, SN_DONE] = now_ns()
             k += 1
+            if r != lens[k - 1]:
+                # not all of it left: Python sends the rest first, and the next requests after it (on a websocket
+                # several requests share one socket, where a frame after a cut one would corrupt the stream)
+                cut = True
+                break
         for i in range(a, n):
             sent[i, SN_SEEN] = seen
             sent[i, SN_BUILT] = built
         state[wire.ST_SENT_N] = k
-        if k < n or k == 0 or mode != waiting.SPIN_YIELD:
+        if cut or k < n or k == 0 or mode != waiting.SPIN_YIELD:
             break
         yield_cpu()
         if n >= max_n or k >= fds.shape[0] or fds[k] < 0:
@@ -574,8 +583,8 @@ class TradeConfig:
     queue_capacity: int = 4096
     recv_window_ms: int = 5000
     timeout_s: float = 5.0           # HTTP / ws request timeout
-    # REST orders sent before the answers of earlier ones, one keep-alive connection each (a reduce-only order or
-    # a cancel still waits for the answers of its symbol's orders in flight). ws-fapi keeps one in flight.
+    # orders sent before the answers of earlier ones: on REST one keep-alive connection each, on ws-fapi pipelined
+    # on its one connection (a reduce-only order or a cancel still waits for the answers of its symbol's orders)
     in_flight: int = 4
     time_sync_interval_s: float = 300.0
     journal: str = ""                # "" = <out_dir>/journal-<venue>.jsonl (one per account; embedded: one per run)
@@ -948,7 +957,7 @@ class Sender:
         self._unbooked.append((req, self._seen_ns, int(b.sent[i, SN_BUILT]), wire_ns,
                                getattr(self.client, "send_return_ns", 0) or wire_ns))
         sym = self.rules[sym_i].symbol
-        if isinstance(res, dict):                       # answered already (ws-fapi; a back-off; a failed connect)
+        if isinstance(res, dict):                       # answered already (a back-off; a failed connect)
             self._answer(req, cid, coid, sym, res)
         else:
             self._flights.append((res, req, cid, coid, sym_i, sym))
@@ -1191,8 +1200,8 @@ class TradeSession:
             self.book.g[riskmod.G_HALT_PENDING] = 1     # cancel whatever is still open from before
         self.queue = RequestQueue(self.tcfg.queue_capacity)
         self.fills = FillQueue(4096)
-        self.order_client = WsTradeClient(self.client, self.tcfg.timeout_s) if self.tcfg.transport == "ws" \
-            else self.client
+        self.order_client = (WsTradeClient(self.client, self.tcfg.timeout_s, self.tcfg.in_flight)
+                             if self.tcfg.transport == "ws" else self.client)
         if self.order_client is not self.client:
             self.order_client.connect()
         self.sender = Sender(self.queue, self.order_client, self.journal, self.jstate.prefix, rules, self.fills,
