@@ -1,4 +1,5 @@
 """Brain -> sender hand-off (queue, wait modes, wake protocol), order params, [trade] config, venue selection."""
+import errno
 import os
 import threading
 import time
@@ -375,6 +376,27 @@ def test_the_jitted_sender_sends_each_order_of_a_batch_on_its_own_connection(com
             trade.handoff(c.q.header, c.q.records, req, time.monotonic_ns())
         assert c.prepare() == 2 and c.state[wire.ST_SENT_N] == 1
         assert b"newClientOrderId=p-9" in c.got(0) and c.got(1) == b""
+    finally:
+        c.close()
+
+
+def test_the_jitted_sender_sends_nothing_after_a_request_that_did_not_all_leave(compiled_order_path, tmp_path):
+    """On a websocket the batch's requests share one socket: a frame after a cut one would corrupt the stream, so
+    after a send that did not take the whole request the rest of the batch goes from Python, in order."""
+    from aegis.binance import wire
+    c = _TwoConnections(tmp_path)
+    full = c.pairs[0][0]
+    full.setblocking(False)
+    try:
+        while True:                                   # the first order's socket has no room left
+            full.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    try:
+        for cid in (7, 8):
+            trade.handoff(c.q.header, c.q.records, _limit_buy(cid), time.monotonic_ns())
+        assert c.prepare() == 2 and c.state[wire.ST_SENT_N] == 1
+        assert c.sent[0, trade.SN_RESULT] == -errno.EAGAIN and c.got(1) == b""
     finally:
         c.close()
 

@@ -51,7 +51,7 @@ ST_MASK_POS = 1           # next unused byte of the mask pool
 ST_FSYNC = 2              # 1: fdatasync the journal before sending (journal fsync = "always")
 ST_WRITE_ERRNO = 3        # last failed journal write: -errno, or the bytes the file took of it
 ST_SENT_N = 5             # how many of the batch's first requests the sender's jitted code sent (or tried)
-ST_IN_FLIGHT = 6          # how many orders the sender has in flight (their connections: aegis.trade.sender.OrderBuffers)
+ST_IN_FLIGHT = 6          # orders the sender has in flight (their connections: aegis.trade.sender.OrderBuffers)
 ST_BACKOFF_UNTIL_NS = 9   # CLOCK_MONOTONIC ns before which nothing may be sent (a 429/418 back-off, any thread)
 ST_WARM_NS = 10           # a polling sender rebuilds the last order into scratch this often while it waits (0: never)
 ST_WARMS = 11             # how many times it did
