@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from numba import njit, types
+from numba import njit
 from numba.experimental import structref
 
 from aegis.feed import book
@@ -49,6 +49,7 @@ from aegis.core import ring
 from aegis.feed import synthetic
 from aegis.core.atomics import store_release
 from aegis.core.borrow import borrowed
+from aegis.core.bundle import BundleType
 from aegis.feed.book import BookState
 from aegis.binance.client import VENUE_URLS
 from aegis.core.clock import now_ns, py_now_ns
@@ -260,11 +261,8 @@ STOP_BATCH = 4      # batch published; recording or a problem log remains
 
 
 @structref.register
-class IngestStateType(types.StructRef):
+class IngestStateType(BundleType):
     """Numba type of IngestState: every array the Feed's hot path touches, as one argument."""
-
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(t)) for name, t in fields)
 
 
 class IngestState(structref.StructRefProxy):

@@ -20,10 +20,11 @@ import struct
 import time
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.experimental import structref
 
 from aegis.core import websocket as ws
+from aegis.core.bundle import BundleType
 from aegis.core.memory import prefault
 from aegis.core.websocket import (FR_FIN, FR_SPECIAL, FROM_SERVER, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG,
                                   OP_TEXT, SPLIT_OK, split_frames)
@@ -38,11 +39,8 @@ POS_COUNT = 4
 
 
 @structref.register
-class FrameStateType(types.StructRef):
+class FrameStateType(BundleType):
     """Numba type of FrameState: the reader's buffer, frame tables and cursors as one argument."""
-
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(t)) for name, t in fields)
 
 
 class FrameState(structref.StructRefProxy):

@@ -67,10 +67,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.experimental import structref
 
 from aegis.core import control, ring
+from aegis.core.bundle import BundleType
 from aegis.core.latency import new_set, record_order_request
 from aegis.core.ratelog import RateLimitedLog
 from aegis.core import wait as waiting
@@ -192,11 +193,8 @@ SN_COLS = 5
 
 
 @structref.register
-class BuffersType(types.StructRef):
+class BuffersType(BundleType):
     """Numba type of Buffers."""
-
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(t)) for name, t in fields)
 
 
 class Buffers(structref.StructRefProxy):
