@@ -71,6 +71,7 @@ from numba import njit
 from numba.experimental import structref
 
 from aegis.core import control, ring
+from aegis.core.borrow import borrowed
 from aegis.core.bundle import BundleType
 from aegis.core.latency import new_set, record_order_request
 from aegis.core.ratelog import RateLimitedLog
@@ -263,9 +264,8 @@ def _prepare_range(dst, state, mask_pool, out, offs, lens, jbuf, jends, tmp, a, 
                    jcur, pos, jpos):
     """Requests dst[a:n]: the new orders' signed bytes from out[pos] and journal lines from jbuf[jpos], the
     lines stored (or written) before anything can be sent. Returns where the next bytes and line go. The arrays are
-    wait_and_prepare's OrderBuffers fields, read out of the bundle before its wait: each read of a field takes a
-    reference (an atomic increment), and the 13 reads here after an order was seen cost ~100 ns of prepare p50
-    (bench/order_path/micro_prep.py, alternated with the loose arrays' tree)."""
+    wait_and_prepare's OrderBuffers fields, read out of the bundle before its wait: read here, after an order was
+    seen, they cost ~100 ns of prepare p50 (each read takes a reference: aegis.core.borrow; bench/MEASURED.md)."""
     j0 = jpos
     for i in range(a, n):
         lens[i] = 0
@@ -325,10 +325,11 @@ def wait_and_prepare(header, records, max_n, mode, timeout_ns, enc, b, jfd, jmap
     was a new order, is built again into scratch (warm_order_path). With orders in flight (state[ST_IN_FLIGHT] > 0,
     their connections in pfds) it also ends, returning 0, once one of their answers can be read: the sender's Python
     then runs only for an answer, never to look for one."""
-    # every field read here, before the wait: a read takes a reference, and after the order is seen that costs (see
-    # _prepare_range)
-    dst, stamps, state, fds, sent, pfds = b.batch, b.stamps, b.state, b.fds, b.sent, b.pfds
-    lens, offs, out, busy, mask, jbuf, jends, tmp = b.lens, b.offs, b.out, b.busy, b.mask, b.jbuf, b.jends, b.tmp
+    # every field read once, before the wait, as a borrowed view (aegis.core.borrow; b owns the arrays for the whole
+    # call): read after an order was seen, the fields cost ~100 ns of prepare p50 (see _prepare_range)
+    dst, stamps, state, fds, sent, pfds = borrowed((b.batch, b.stamps, b.state, b.fds, b.sent, b.pfds))
+    lens, offs, out, busy, mask, jbuf, jends, tmp = borrowed((b.lens, b.offs, b.out, b.busy, b.mask, b.jbuf, b.jends,
+                                                               b.tmp))
     warm_ns = state[wire.ST_WARM_NS]
     step = warm_ns if warm_ns > 0 else timeout_ns
     if state[wire.ST_IN_FLIGHT] > 0 and ANSWER_CHECK_NS < step:
