@@ -295,6 +295,40 @@ def test_a_ring_journal_does_not_start_on_a_disk_without_room(tmp_path, monkeypa
     journal.Journal(str(p), "always").close()              # write(2) and sync per record: its failures are its own
 
 
+CUT_STORE_CHILD = r'''
+import sys, time
+from aegis.trade.journal import JC_POS, open_journal
+j, st = open_journal(sys.argv[1], "interval", 60_000)     # no timed copy: the records stay in the ring
+for i in range(5):
+    j.append("state", state="ACTIVE", reason=f"r{i}")
+j.map_cursor[JC_POS] += 100     # a store that took its room in the ring and was killed before its first byte
+sys.stdout.write("ready\n"); sys.stdout.flush()
+time.sleep(60)
+'''
+
+
+def test_a_store_killed_after_it_took_its_room_in_the_ring_is_reported_torn(tmp_path, caplog):
+    """Its room is NUL, as the unused end of an old preallocated journal is; from a ring it is a cut store, and the
+    next open says so (it did not: CI caught the count off by such a store's length)."""
+    import logging
+    p = tmp_path / "j.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1])] + sys.path))
+    child = subprocess.Popen([sys.executable, "-c", CUT_STORE_CHILD, str(p)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+    caplog.set_level(logging.WARNING, logger="aegis.trade.journal")
+    j, st = journal.open_journal(str(p), "interval", 50)
+    try:
+        assert j.torn_bytes == 100 and j.unused_bytes == 0
+        assert [r.get("reason") for r in j.recovered if r["k"] == "state"][-5:] == [f"r{i}" for i in range(5)]
+        assert "100 torn byte(s) cut at the end" in caplog.text
+    finally:
+        j.close()
+
+
 def test_a_kill_9_mid_run_leaves_records_in_the_ring_that_the_next_open_restores(tmp_path):
     p = tmp_path / "j.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1])] + sys.path))

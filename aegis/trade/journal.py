@@ -291,11 +291,12 @@ class Journal:
             os.close(self._fd)
             raise
         # cut only the torn tail (after the last newline) so the next append starts on a line boundary; complete
-        # lines, even unreadable ones, stay for whoever investigates. Zero bytes at the end are a crashed run's
-        # unused preallocation (journals of earlier versions were preallocated files): cut too, without a warning.
+        # lines, even unreadable ones, stay for whoever investigates. Zero bytes at the end of a file are a crashed
+        # run's unused preallocation (journals of earlier versions were preallocated files): cut too, without a
+        # warning. Past a ring's records they are a store a kill cut after it took its room: torn.
         end = found.lines_end
         tail = os.pread(self._fd, size - end, end) if size > end else b""
-        self.torn_bytes = len(tail.rstrip(b"\0"))
+        self.torn_bytes = len(tail) if found.ring.data else len(tail.rstrip(b"\0"))
         self.unused_bytes = len(tail) - self.torn_bytes
         if size > end:
             os.ftruncate(self._fd, end)
