@@ -333,20 +333,21 @@ def enter(spec: ProcessSpec) -> ProcessContext:
     set_timer_slack()
     ctx = ProcessContext(spec)
 
-    def on_term(signum, frame):
-        if not ctx.control[control.G_STOP_BY]:
-            ctx.control[control.G_STOP_BY] = ctx.role + 1     # the supervisor names who got the signal
+    def stop_now():
         control.request_stop(ctx.control)
         if ctx.slot(control.R_STATE) < control.ST_RUNNING:
             # still starting (compiling, connecting): nothing to finish in order, and the start-up code does not
             # look at the stop flag, so leave now instead of after the supervisor's stop timeout
             raise KeyboardInterrupt
 
+    def on_term(signum, frame):
+        if not ctx.control[control.G_STOP_BY]:
+            ctx.control[control.G_STOP_BY] = ctx.role + 1     # the supervisor names who got the signal
+        stop_now()
+
     def on_supervisor_death(signum, frame):
         ctx.supervisor_died = True    # said by the next stopping(): printing here could re-enter a half-done print
-        control.request_stop(ctx.control)
-        if ctx.slot(control.R_STATE) < control.ST_RUNNING:
-            raise KeyboardInterrupt
+        stop_now()
 
     # the handlers' jitted calls are loaded here: loaded in a handler, a second signal (a killed supervisor's death
     # signal comes once per exiting thread of it) re-entered Numba's loader mid-load and the process died unordered
