@@ -5,8 +5,11 @@
   python bench/bench_store.py sweep [ROWS_PER_DAY] [DAYS] [TRIALS]   trials/min with 1 then 2 local Ray workers
 
 Issue 19's target: store -> replay core >= 20 M rows/s end to end on one core (reported, not asserted: targets are
-figures in bench/RESULTS.md, not pass/fail of a timing run on a shared box). Data is synthetic Binance bookTicker CSV
-(tests/marketdays.py): one symbol, random-walk mid, rows spread evenly over each UTC day.
+figures in bench/RESULTS.md, not pass/fail of a timing run on a shared box). The target is the data path's, so its
+verdict is taken with the cheapest strategy ("idle": mean_reversion sampling the mid once a day, no signal), where
+the rate is the store's and the core's own; with ema_cross (which trades) the strategy's own work bounds the rate.
+Both are printed. Data is synthetic Binance bookTicker CSV (tests/marketdays.py): one symbol, random-walk mid, rows
+spread evenly over each UTC day.
 """
 from __future__ import annotations
 
@@ -37,8 +40,12 @@ from aegis.trade import risk  # noqa: E402
 FIELDS = ("exch_ts", "recv_ts", "bid_px", "bid_qty", "ask_px", "ask_qty", "kind", "last_id")  # what a quote uses
 
 
-def replay_cfg(out_dir: str = "") -> replay.ReplayConfig:
-    scfg = strategy.resolve("ema_cross", {"fast": 20, "slow": 100})   # one unit = [brain] unit_notional
+STRATEGIES = {"ema_cross": ("ema_cross", {"fast": 20, "slow": 100}),      # trades on ~1.4 % of the quotes
+              "idle": ("mean_reversion", {"sample_ms": 86_400_000})}   # samples once a day: the data path alone
+
+
+def replay_cfg(out_dir: str = "", strat: str = "ema_cross") -> replay.ReplayConfig:
+    scfg = strategy.resolve(*STRATEGIES[strat])   # one unit = [brain] unit_notional
     rcfg = risk.RiskConfig(max_position_notional=0.0, max_gross_notional=0.0, max_order_notional=0.0,
                            orders_per_second=4096, binance_orders_10s=4096, binance_orders_1m=4096,
                            daily_loss_limit=0.0, price_band_bps=0.0)
@@ -120,40 +127,49 @@ def test_bench_store_formats_and_end_to_end(benchmark, tmp_path):
         _, srcs = replay.open_sources([str(part.path)], None, None, None, None)
         return sum(len(b) for b, _ in replay.feed_batches(srcs))
     read["store -> merged batches (replay input path)"] = timed(merged)
-    # end to end: the replay core alone on records already in memory, then replay.run from the store and from CSV
+    # end to end: the replay core alone on records already in memory, then replay.run from the store and from CSV,
+    # for each strategy
     mem = np.array(recs).view(MARKET_DTYPE)   # np.load rebuilds the dtype without its aligned flag
     mem["pub_ts"] = mem["recv_ts"]
     mem["seq"] = np.arange(len(mem))
-    replay.ReplayCore(*_core_args()).feed(mem[:20_000])   # compile outside the timing
-    core_s = timed(lambda: replay.ReplayCore(*_core_args()).feed(mem))
-    S.verify([part])
-    store_s = timed(lambda: replay.run([str(part.path)], replay_cfg(), warn=lambda m: None))
+    e2e = {}
+    for strat in ("idle", "ema_cross"):
+        replay.ReplayCore(*_core_args(strat)).feed(mem[:20_000])   # compile outside the timing
+        core_s = timed(lambda: replay.ReplayCore(*_core_args(strat)).feed(mem))
+        S.verify([part])
+        store_s = timed(lambda: replay.run([str(part.path)], replay_cfg(strat=strat), warn=lambda m: None))
 
-    def store_cold():
-        os.utime(part.path)
-        replay.run([str(part.path)], replay_cfg(), warn=lambda m: None)
-    store_cold_s = timed(store_cold)
+        def store_cold():
+            os.utime(part.path)
+            replay.run([str(part.path)], replay_cfg(strat=strat), warn=lambda m: None)
+        e2e[strat] = (core_s, store_s, timed(store_cold))
+    core_s, store_s, store_cold_s = e2e["ema_cross"]
     csv_s = timed(lambda: replay.run(files, replay_cfg(), warn=lambda m: None), repeat=2)
     print(f"\n{rows:,} quotes, one symbol, one day; import CSV -> store {rows / imp_s / 1e6:.2f} M rows/s "
           f"(incl. first compile)")
     print("bytes per row on disk: " + ", ".join(f"{k} {v / rows:.1f}" for k, v in sizes.items()))
     print("read into MARKET records: " + ", ".join(f"{k} {rows / v / 1e6:.1f} M rows/s" for k, v in read.items()))
-    print(f"replay core alone (records in memory): {rows / core_s / 1e6:.2f} M rows/s")
-    print(f"replay.run from store, CRC trusted (sweep trial): {rows / store_s / 1e6:.2f} M rows/s "
-          f"({core_s / store_s:.2f} of core alone; target 20 M: {'met' if rows / store_s >= 20e6 else 'MISSED'})")
-    print(f"replay.run from store, first open (CRC pass): {rows / store_cold_s / 1e6:.2f} M rows/s")
+    for strat, (c, s, f) in e2e.items():
+        print(f"{strat}: replay core alone (records in memory) {rows / c / 1e6:.2f} M rows/s; replay.run from store, "
+              f"CRC trusted (sweep trial) {rows / s / 1e6:.2f} M rows/s ({c / s:.2f} of core alone), first open (CRC "
+              f"pass) {rows / f / 1e6:.2f} M rows/s"
+              + (f"; target 20 M end to end: trusted {'met' if rows / s >= 20e6 else 'MISSED'}, first open "
+                 f"{'met' if rows / f >= 20e6 else 'MISSED'}" if strat == "idle" else ""))
     print(f"replay.run from CSV: {rows / csv_s / 1e6:.2f} M rows/s (store/CSV {csv_s / store_s:.1f}x)")
     # the figure a sweep trial pays, as pytest-benchmark's own round (and every figure above in extra_info)
     benchmark.pedantic(lambda: replay.run([str(part.path)], replay_cfg(), warn=lambda m: None), rounds=1,
                        iterations=1)
     benchmark.extra_info.update({"rows": rows, "store_rows_per_s": rows / store_s, "csv_rows_per_s": rows / csv_s,
-                                 "core_rows_per_s": rows / core_s, "bytes_per_row": {k: v / rows for k, v in sizes.items()},
+                                 "core_rows_per_s": rows / core_s,
+                                 "idle": {k: rows / v for k, v in zip(("core_rows_per_s", "store_rows_per_s",
+                                                                       "first_open_rows_per_s"), e2e["idle"])},
+                                 "bytes_per_row": {k: v / rows for k, v in sizes.items()},
                                  "read_rows_per_s": {k: rows / v for k, v in read.items()}})
 
 
-def _core_args():
+def _core_args(strat: str = "ema_cross"):
     from aegis.binance.symbols import SymbolTable
-    return SymbolTable.build([("BTCUSDT", "0.1", "0.001")]), replay_cfg()
+    return SymbolTable.build([("BTCUSDT", "0.1", "0.001")]), replay_cfg(strat=strat)
 
 
 # ------------------------------------------------------------------------------------------------ month
