@@ -120,6 +120,33 @@ def test_the_number_writers_write_what_python_writes(v, dec):
     assert ok
 
 
+def _calendar(ns: int) -> str:
+    import datetime
+    t = datetime.datetime(1970, 1, 1) + datetime.timedelta(milliseconds=ns // 1_000_000)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.integers(0, 2**63 - 1), st.integers(946_684_800, 4_102_444_800).map(lambda s: s * 10**9 - 1)))
+def test_the_utc_writer_writes_the_calendars_date_and_time(ns):
+    from aegis.core.codecs import put_utc_ms
+    out = np.zeros(32, np.uint8)
+    n = put_utc_ms(out, 2, ns)
+    assert bytes(out[2:n]).decode() == _calendar(ns)
+
+
+@pytest.mark.parametrize("text", ["1970-01-01T00:00:00.000", "2000-02-29T12:00:00.001", "2000-03-01T00:00:00.000",
+                                  "2100-02-28T23:59:59.999", "2100-03-01T00:00:00.000", "2024-02-29T23:59:59.999",
+                                  "2024-12-31T23:59:59.999", "2262-04-11T23:47:15.999"])
+def test_the_utc_writer_on_leap_days_and_ends_of_years(text):
+    import datetime
+    from aegis.core.codecs import put_utc_ms
+    t = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f")
+    ns = (t - datetime.datetime(1970, 1, 1)) // datetime.timedelta(microseconds=1) * 1000 + 999_999
+    out = np.zeros(32, np.uint8)
+    assert bytes(out[:put_utc_ms(out, 0, ns)]).decode() == text
+
+
 def test_the_writers_copy_bytes_and_spans():
     from aegis.core.codecs import put_bytes, put_span
     out = np.zeros(16, np.uint8)

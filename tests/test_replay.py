@@ -296,3 +296,16 @@ def test_reading_and_merging_a_file_keeps_memory_bounded_by_the_chunk_size(tmp_p
     tracemalloc.stop()
     assert seen == n
     assert peak < 8 << 20, peak
+
+
+def test_equity_lines_are_each_samples_time_utc_time_and_shortest_float_text():
+    """equity.csv's lines, assembled by a jitted kernel, are what utc() and repr() write for each sample; a negative
+    zero is written as 0.0 (the same bytes whatever the sign of a zero sum)."""
+    from aegis.replay import metrics
+    rng = np.random.default_rng(7)
+    ts = np.sort(rng.integers(1_500_000_000, 2_000_000_000, 3000)) * 1_000_000_000 + rng.integers(0, 10**9, 3000)
+    eq = np.concatenate([rng.normal(0, 1e4, 2990), [0.0, -0.0, 1e16, -1e-7, 123.0, 0.1, -5e-324, 1.7976931348623157e308,
+                                                   2.5, -0.0]])
+    want = "".join(f"{t},{metrics.utc(t)},{(0.0 if v == 0.0 else v)!r}\n" for t, v in zip(ts.tolist(), eq.tolist()))
+    assert metrics.equity_lines(ts, eq).decode("ascii") == want
+    assert metrics.equity_lines(ts[:0], eq[:0]) == b""

@@ -322,6 +322,47 @@ def put_int(out, pos, v):
 
 
 @njit(cache=True, nogil=True)
+def _put_digits(out, pos, v, width):
+    for k in range(width):
+        out[pos + width - 1 - k] = 48 + v % 10
+        v //= 10
+    return pos + width
+
+
+@njit(cache=True, nogil=True)
+def put_utc_ms(out, pos, ns):
+    """ISO-8601 UTC text of ns since the epoch, truncated to the millisecond, without a zone letter:
+    "2024-01-01T00:00:00.000", as numpy's datetime_as_string(unit="ms") writes it for years 1970-9999. The date
+    is the proleptic Gregorian calendar's, counted in 400-year eras of 146,097 days (March-based years, so the
+    leap day ends a year)."""
+    ms = ns // 1_000_000
+    day = ms // 86_400_000
+    tod = ms - day * 86_400_000
+    z = day + 719_468                     # days from 0000-03-01
+    era = z // 146_097
+    doe = z - era * 146_097               # day of the era, 0..146096
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153             # month from March, 0..11
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    pos = _put_digits(out, pos, y, 4)
+    out[pos] = 45        # '-'
+    pos = _put_digits(out, pos + 1, m, 2)
+    out[pos] = 45
+    pos = _put_digits(out, pos + 1, d, 2)
+    out[pos] = 84        # 'T'
+    pos = _put_digits(out, pos + 1, tod // 3_600_000, 2)
+    out[pos] = 58        # ':'
+    pos = _put_digits(out, pos + 1, tod // 60_000 % 60, 2)
+    out[pos] = 58
+    pos = _put_digits(out, pos + 1, tod // 1000 % 60, 2)
+    out[pos] = 46        # '.'
+    return _put_digits(out, pos + 1, tod % 1000, 3)
+
+
+@njit(cache=True, nogil=True)
 def put_decimal(out, pos, units, dec):
     """Exact decimal text of units / 10**dec with exactly dec decimals ("0.000" for 0 with dec 3, as Binance writes
     it; "-1.50" for -150 with dec 2)."""
