@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,45 @@ def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys,
     assert os.listdir(tmp_path / "o") == []
 
 
+@pytest.mark.parametrize("change", ["cut after the open", "replaced during the open"])
+def test_a_partition_changed_under_a_replay_is_named_and_not_read(csvs, tmp_path, capsys, change, monkeypatch):
+    """A partition that overlaps no other is read from its file as the replay goes (StoreSource.read_into): a file
+    cut short after it was opened, or replaced by another while it was being opened, is a damaged partition named
+    in one line, exit 2; never fewer rows than the manifest's, nor another file's rows under the checked one's
+    name."""
+    root = tmp_path / "store"
+    assert _import(csvs, root) == 0
+    p = S.Store(root).select(["BTCUSDT"], DAYS[1], DAYS[1])[0]
+    if change == "cut after the open":
+        opened = S.StoreSource.open
+
+        def then_cut(self):
+            recs = opened(self)
+            if self.part.rel == p.rel and p.path.stat().st_size > S.HEADER_BYTES + 100 * MARKET_DTYPE.itemsize:
+                os.truncate(p.path, S.HEADER_BYTES + 100 * MARKET_DTYPE.itemsize)
+            return recs
+        monkeypatch.setattr(S.StoreSource, "open", then_cut)
+        why = "bytes on disk, manifest says"
+    else:
+        mapped = S.open_partition
+
+        def then_replace(part, *a, **kw):
+            recs = mapped(part, *a, **kw)
+            if part.rel == p.rel:
+                copy = p.path.with_name("copy.npy")
+                shutil.copyfile(p.path, copy)
+                os.replace(copy, p.path)
+            return recs
+        monkeypatch.setattr(S, "open_partition", then_replace)
+        why = "the file changed while it was being opened"
+    capsys.readouterr()
+    rc = replay.main([str(root), "--param", "fast=5", "--param", "slow=40", "--out", str(tmp_path / "o"),
+                      "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"damaged partition {p.rel}: " in err[0] and why in err[0], err
+    assert os.listdir(tmp_path / "o") == []
+
+
 def test_sum64_is_the_four_lane_recurrence_however_the_records_are_sliced():
     """The vectorised sum64 gives what the recurrence it stands for gives (what every manifest holds), slice by
     slice as a replay takes it as well as in one piece."""
@@ -129,14 +169,14 @@ def test_sum64_is_the_four_lane_recurrence_however_the_records_are_sliced():
 
 
 def _day_store(tmp_path: Path) -> tuple[Path, S.Partition]:
-    """A store of one 200,000-quote day: four of the slices replay hands the core straight from the mapping
-    (DIRECT_ROWS), so damage can sit past the first one, and quotes enough for ema_cross to trade before it."""
+    """A store of one 200,000-quote day: more than three of the reads replay hands the core (READ_ROWS), so damage
+    can sit past the first one, and quotes enough for ema_cross to trade before it."""
     d = tmp_path / "csv"
     d.mkdir()
     root = tmp_path / "store"
     assert _import([marketdays.write_day(d, "BTCUSDT", DAYS[0], 200_000, seed=4)], root) == 0
     (p,) = S.Store(root).select()
-    assert 3 * S.DIRECT_ROWS < p.rows < 4 * S.DIRECT_ROWS
+    assert p.rows > 3 * S.READ_ROWS
     return root, p
 
 
@@ -196,7 +236,7 @@ def test_a_first_open_is_checked_by_the_replay_core_as_it_reads_and_a_verified_o
         feeds.append((len(recs), None if lanes is None else int(lanes[S.SUM64_LANES]) - before))
     monkeypatch.setattr(replay.ReplayCore, "feed", counted)
     a = _replay([root], tmp_path / "first")
-    slices = [min(S.DIRECT_ROWS, p.rows - i) for i in range(0, p.rows, S.DIRECT_ROWS)]
+    slices = [min(S.READ_ROWS, p.rows - i) for i in range(0, p.rows, S.READ_ROWS)]
     # the core summed every row as it read it, once: the file is read in one pass, and no pass of the check's own
     assert [f for f in feeds if f[0]] == [(n, n * S.RECORD_WORDS) for n in slices] and sums == []
     feeds.clear()
@@ -401,7 +441,7 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
     """replay_batches gives the records in the order replay's general merge does (time, then input order, then
     position; ties across partitions included), and hands a partition that overlaps no other over uncopied."""
     monkeypatch.setattr(S, "MERGE_MAX", merge_max)   # 2: a group of 3 goes through the general merge
-    monkeypatch.setattr(S, "DIRECT_ROWS", 1000)
+    monkeypatch.setattr(S, "READ_ROWS", 1000)
     monkeypatch.setattr(S, "MERGE_ROWS", 777)
     root = tmp_path / "store"
     d0 = marketdays.day_ms(DAYS[0]) * 1_000_000
@@ -440,13 +480,19 @@ def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone
     assert np.array_equal(new["seq"][:6500], old["seq"][:6500])
     assert [s.rows for s in srcs] == [s.part.rows for s in srcs] and all(s.progress()[0] == s.progress()[1]
                                                                           for s in srcs)
-    # the lone day: slices of the partition's own mapping, no copy
+    # the lone day: read from the file into one reused buffer, not faulted in through the mapping
     _, srcs = replay.open_sources(files, None, None, None, None)
     lone = next(s for s in srcs if s.part.day == DAYS[1])
     mapped = lone.open()
-    seen = [b for b, _ in replay.feed_batches(srcs) if len(b) and b["recv_ts"][0] >= d1]
+    seen, rows = [], []
+    for b, _ in replay.feed_batches(srcs):
+        if len(b) and b["recv_ts"][0] >= d1:
+            seen.append(b)
+            rows.append(b.copy())
     assert [len(b) for b in seen] == [1000, 1000, 500]
-    assert all(np.shares_memory(b, mapped) for b in seen)
+    assert not any(np.shares_memory(b, mapped) for b in seen)
+    assert all(np.shares_memory(b, seen[0]) for b in seen)
+    assert all(np.array_equal(np.concatenate([r[f] for r in rows]), mapped[f]) for f in MARKET_DTYPE.names)
     # a partition imported before pub_ts and seq were stored is stamped on a copy, as the merge would
     old_root = tmp_path / "old-store"
     st = S.Store(old_root)

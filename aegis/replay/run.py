@@ -6,7 +6,8 @@ Pipeline (one process, no threads):
   sources (one per file, each an iterator of MARKET_DTYPE chunks in non-decreasing replay time)
     -> k-way merge (heap over the sources keyed by the last time of their buffered chunk); inputs that are all
        store partitions skip it (aegis.replay.store.replay_batches: a partition overlapping no other is handed
-       to the core as slices of its mapping, overlapping ones are merged by one jitted pass)
+       to the core as its file's rows read into one reused buffer, overlapping ones are merged by one jitted
+       pass)
     -> replay core, ONE jitted call per merged batch: per ring batch of RING_BATCH records, aegis.core.ring's
        write_batch / read_batch on an in-process ring, then the Brain's own order loop
        (aegis.brain.pipeline.process_batch and halt_followup) with the simulated exchange as its order sink

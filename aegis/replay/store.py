@@ -1,5 +1,5 @@
 """A market-data store: Binance public data and Feed recordings converted once into MARKET_DTYPE arrays that replay
-memory-maps with no parsing. `python -m aegis data import FILES... --to DIR`, `data verify DIR`, `data ls DIR`.
+reads with no parsing. `python -m aegis data import FILES... --to DIR`, `data verify DIR`, `data ls DIR`.
 
 Layout (one directory, any filesystem every reader sees):
 
@@ -12,8 +12,8 @@ recording holds every symbol and kind the Feed received; each recording file giv
 recordings overlapping one day are merged at replay time like any two inputs, not rewritten at import).
 
 Why a plain .npy of whole MARKET_DTYPE records (and not Parquet): measured in bench/bench_store.py (figures in
-bench/RESULTS.md). Replay consumes MARKET_DTYPE records; a .npy partition is those records, so reading is an mmap
-and a slice -- no decode, no column-to-row assembly -- and the file opens with plain `numpy.load(mmap_mode="r")`.
+bench/RESULTS.md). Replay consumes MARKET_DTYPE records; a .npy partition is those records, so reading is a copy of
+bytes -- no decode, no column-to-row assembly -- and the file opens with plain `numpy.load(mmap_mode="r")`.
 Parquet (pyarrow) is 3.6x (uncompressed) to 5.3x (zstd) smaller on disk, but every read must decode and transpose
 it into records, which replay's merge then copies once more: zstd Parquet read at about half the .npy rate, and
 uncompressed Parquet at the .npy rate before that extra pass. Compression does not pay on the read path, which a
@@ -23,7 +23,10 @@ The engine path stays free of pyarrow.
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
 stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
 pub_ts is recv_ts and seq the row's index in the partition, as replay's merge would stamp them, so a partition
-whose time span overlaps no other input's goes to the replay core straight from the mapping (aegis.replay.run).
+whose time span overlaps no other input's goes to the replay core as its file's bytes, unmerged: read by pread(2)
+into one reused 2 MB buffer (StoreSource.read_into). A read that finds the file cut short, or fails, is a one-line
+error naming the partition; a page of a mapping that is no longer in the file kills the process with SIGBUS and no
+message. Partitions that overlap are still merged from their mappings (merge_into): that path is not yet covered.
 
 Integrity:
   * atomic: a partition is written to a hidden temp file, fsynced and renamed to a name that carries its checksum;
@@ -66,6 +69,7 @@ from typing import Callable, Iterator
 import numpy as np
 from numba import njit
 
+from aegis.brain import pools
 from aegis.core.records import MARKET_DTYPE
 from aegis.replay.csvimport import CsvSource, InputError
 
@@ -425,9 +429,9 @@ def trust(idents) -> None:
 
 
 class StoreSource:
-    """One partition as a replay source: the mapped file's records (open()) or chunks of them (chunks(): slices,
-    no parsing, no copy unless the replay's symbol id is not 0); pages already replayed are given back to the OS
-    (drop_before())."""
+    """One partition as a replay source: the mapped file's records (open()), chunks of them (chunks(): slices,
+    no parsing, no copy unless the replay's symbol id is not 0), or its rows read into a buffer (read_into());
+    mapped pages already replayed are given back to the OS (drop_before())."""
 
     def __init__(self, part: Partition, symbol_id: int, chunk_rows: int = CHUNK_ROWS):
         self.part = part
@@ -443,6 +447,7 @@ class StoreSource:
         self._dropped = 0   # rows whose pages were given back
         self._check: _Sum64Check | None = None   # a first open's sum64, taken as the rows are handed on
         self._ident: tuple = ()
+        self._file = None   # the mapped file, for read_into
 
     def progress(self) -> tuple[int, int]:
         total = max(self.part.nbytes, 1)
@@ -459,6 +464,15 @@ class StoreSource:
                 raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
             same_pass = ident not in _verified and self.part.sum64 is not None and self.part.rows > 0
             self._recs = open_partition(self.part, check_crc=ident not in _verified and not same_pass)
+            try:
+                self._file = open(self.path, "rb", buffering=0)
+                st = os.fstat(self._file.fileno())
+            except OSError as e:
+                raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != ident[2:]:
+                raise StoreError(f"damaged partition {self.part.rel}: the file changed while it was being opened")
+            with contextlib.suppress(OSError):   # advice only (read_into reads the file front to back)
+                os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             if same_pass:
                 self._check, self._ident = _Sum64Check(self.part, self._recs), ident
             else:
@@ -469,6 +483,28 @@ class StoreSource:
     def lanes(self) -> np.ndarray | None:
         """What the replay core sums the rows it is handed into (run_core), while this open checks them."""
         return self._check.lanes if self._check is not None else None
+
+    def read_into(self, row: int, buf: np.ndarray) -> np.ndarray:
+        """Rows [row, row + len(buf)) (fewer at the end) copied from the file into buf by pread(2), as buf's first
+        rows; StoreError naming the partition when the file no longer holds them (cut short since it was opened)
+        or cannot be read. Through the mapping, the same damage is a SIGBUS that kills the replay without a word.
+        As fast end to end: the store's input path alone read 80-98 against 51-64 M rows/s through the mapping,
+        and replay.run was the same within the noise (bench/MEASURED.md)."""
+        self.open()
+        size = MARKET_DTYPE.itemsize
+        n = min(len(buf), self.part.rows - row)
+        view = memoryview(buf.view(np.uint8))[:n * size]
+        got = 0
+        while got < len(view):
+            try:
+                k = os.preadv(self._file.fileno(), [view[got:]], HEADER_BYTES + row * size + got)
+            except OSError as e:
+                raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
+            if k <= 0:
+                raise StoreError(f"damaged partition {self.part.rel}: {HEADER_BYTES + row * size + got} bytes on "
+                                 f"disk, manifest says {HEADER_BYTES + self.part.nbytes}")
+            got += k
+        return buf[:n]
 
     def check_through(self, row: int) -> None:
         """The records up to row (exclusive) have been handed on: those the core did not sum into lanes() are
@@ -497,6 +533,9 @@ class StoreSource:
             _drop(self._mm, HEADER_BYTES + self._dropped * MARKET_DTYPE.itemsize,
                   HEADER_BYTES + len(self._recs) * MARKET_DTYPE.itemsize)
             self._dropped = len(self._recs)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def done(self) -> None:
         self.rows = len(self._recs) if self._recs is not None else self.rows
@@ -523,7 +562,8 @@ class StoreSource:
 
 
 # ============================================================================================== replay batches
-DIRECT_ROWS = 1 << 16        # rows per slice a lone partition hands the core straight from its mapping (8 MB)
+READ_ROWS = 1 << 14          # rows a lone partition hands the core at a time, read into one reused buffer (2 MB:
+                             # 1-8 MB read at the same rate here; the buffer stays in the L3 cache)
 MERGE_ROWS = 1 << 14         # rows per merged batch (2 MB, reused)
 MERGE_MAX = 16               # partitions one merge kernel call takes (a tuple: one compilation per count, cached)
 
@@ -580,13 +620,13 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[tupl
     for. lanes, when not None, are the sum64 lanes of a partition being checked on its first open: the core sums
     the array's rows into them as it reads them (ReplayCore.feed); rows it did not sum are summed here after.
 
-    No record is copied where none needs to be: the partitions are grouped by overlapping time spans; a group of
-    one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as slices of
-    its mapping, pub_ts and seq as stored (import stores them as the merge sets them: pub_ts = recv_ts, seq =
-    the row's index in the partition; the core's outputs read neither). A group of several is merged by
-    merge_into into one reused buffer, streamed: memory is the buffer plus the pages in flight, whatever the
-    span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions (replay's general merge), in
-    pairs as well."""
+    No record is merged where none needs to be: the partitions are grouped by overlapping time spans; a group of
+    one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as its file's
+    rows, READ_ROWS at a time read into one reused buffer, pub_ts and seq as stored (import stores them as the
+    merge sets them: pub_ts = recv_ts, seq = the row's index in the partition; the core's outputs read neither).
+    A group of several is merged by merge_into into one reused buffer, streamed: memory is the buffer plus the
+    pages in flight, whatever the span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions
+    (replay's general merge), in pairs as well."""
     # spans from the manifest; each partition is opened when its group comes up and, on its first open, checked
     # slice by slice as the slices go to the core, so the check and the replay read the file once between them
     # (a month is larger than the page cache of a small node: checked all at once, the
@@ -603,21 +643,24 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[tupl
             last = end
     seq = seq0
     recs: dict[int, np.ndarray] = {}
+    buf = None
     for g in groups:
         g.sort()   # ties in time: source order
         recs = {i: sources[i].open() for i in g}
         if len(g) == 1 and sources[g[0]].symbol_id == 0 and recs[g[0]]["pub_ts"][0] == recs[g[0]]["recv_ts"][0]:
             # (a partition imported before pub_ts was stored is stamped on a copy by the merge below)
             src, a = sources[g[0]], recs[g[0]]
-            # on a first open the core sums each slice's rows as it reads them, from the cache (35 GB/s here); a
-            # pass of the check's own over the slice, before or after the core's, read it from memory (8 GB/s)
+            # on a first open the core sums each read's rows as it reads them, from the cache (35 GB/s here); a
+            # pass of the check's own over them, before or after the core's, read them from memory (8 GB/s)
             lanes = src.lanes()
-            for i in range(0, len(a), DIRECT_ROWS):
-                b = a[i:i + DIRECT_ROWS]
+            if buf is None:
+                buf = pools.aligned_zeros(READ_ROWS, MARKET_DTYPE)
+            for i in range(0, len(a), READ_ROWS):
+                b = src.read_into(i, buf)
                 src.rows = i + len(b)
                 yield b, lanes
                 src.check_through(i + len(b))
-                src.drop_before(i)
+                src.drop_before(i)   # pages only a check of its own touched (a caller that does not sum)
             seq += len(a)
         elif len(g) <= MERGE_MAX or fallback is None:
             tup = tuple(recs[i] for i in g)
