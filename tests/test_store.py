@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -112,42 +113,54 @@ def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys,
     assert os.listdir(tmp_path / "o") == []
 
 
+@pytest.mark.parametrize("path", ["lone", "merged", "general merge"])
 @pytest.mark.parametrize("change", ["cut after the open", "replaced during the open"])
-def test_a_partition_changed_under_a_replay_is_named_and_not_read(csvs, tmp_path, capsys, change, monkeypatch):
-    """A partition that overlaps no other is read from its file as the replay goes (StoreSource.read_into): a file
-    cut short after it was opened, or replaced by another while it was being opened, is a damaged partition named
-    in one line, exit 2; never fewer rows than the manifest's, nor another file's rows under the checked one's
-    name."""
+def test_a_partition_changed_under_a_replay_is_named_and_not_read(csvs, tmp_path, change, path):
+    """Every partition is read from its file as the replay goes (read_rows), on each of replay's three paths: a
+    file cut short after it was opened (read through a mapping: SIGBUS, exit -7, no message), or replaced by
+    another while it was being opened, is a damaged partition named in one line, exit 2; never fewer rows than the
+    manifest's, nor another file's rows under the checked one's name. The replay runs in a child, so that a crash
+    is this test's failure and not the end of the test session."""
     root = tmp_path / "store"
     assert _import(csvs, root) == 0
-    p = S.Store(root).select(["BTCUSDT"], DAYS[1], DAYS[1])[0]
-    if change == "cut after the open":
-        opened = S.StoreSource.open
-
-        def then_cut(self):
-            recs = opened(self)
-            if self.part.rel == p.rel and p.path.stat().st_size > S.HEADER_BYTES + 100 * MARKET_DTYPE.itemsize:
-                os.truncate(p.path, S.HEADER_BYTES + 100 * MARKET_DTYPE.itemsize)
-            return recs
-        monkeypatch.setattr(S.StoreSource, "open", then_cut)
-        why = "bytes on disk, manifest says"
-    else:
-        mapped = S.open_partition
-
-        def then_replace(part, *a, **kw):
-            recs = mapped(part, *a, **kw)
-            if part.rel == p.rel:
-                copy = p.path.with_name("copy.npy")
-                shutil.copyfile(p.path, copy)
-                os.replace(copy, p.path)
-            return recs
-        monkeypatch.setattr(S, "open_partition", then_replace)
-        why = "the file changed while it was being opened"
-    capsys.readouterr()
-    rc = replay.main([str(root), "--param", "fast=5", "--param", "slow=40", "--out", str(tmp_path / "o"),
-                      "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and f"damaged partition {p.rel}: " in err[0] and why in err[0], err
+    # BTCUSDT's second day overlaps nothing; ETHUSDT's day overlaps BTCUSDT's first, so it goes through the store's
+    # merge, or with MERGE_MAX 1 through replay's general merge
+    day, sym = (DAYS[1], "BTCUSDT") if path == "lone" else (DAYS[0], "ETHUSDT")
+    p = S.Store(root).select([sym], day, day)[0]
+    child = textwrap.dedent(f"""
+        import os, shutil, sys
+        from aegis.replay import run as replay, store as S
+        rel, path = {p.rel!r}, {str(p.path)!r}
+        if {path == "general merge"}:
+            S.MERGE_MAX = 1
+        if {change == "cut after the open"}:
+            opened = S.StoreSource.open
+            def then_cut(self):
+                recs = opened(self)
+                if self.part.rel == rel and os.path.getsize(path) > S.HEADER_BYTES + 100 * 128:
+                    os.truncate(path, S.HEADER_BYTES + 100 * 128)
+                return recs
+            S.StoreSource.open = then_cut
+        else:
+            mapped = S.open_partition
+            def then_replace(part, *a, **kw):
+                recs = mapped(part, *a, **kw)
+                if part.rel == rel:
+                    shutil.copyfile(path, path + ".copy")
+                    os.replace(path + ".copy", path)
+                return recs
+            S.open_partition = then_replace
+        sys.exit(replay.main([{str(root)!r}, "--param", "fast=5", "--param", "slow=40",
+                              "--out", {str(tmp_path / "o")!r}, "--no-progress"]))
+        """)
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, cwd=repo,
+                       env=dict(os.environ, PYTHONPATH=str(repo)))
+    err = r.stderr.strip().splitlines()
+    why = "bytes on disk, manifest says" if change == "cut after the open" else \
+        "the file changed while it was being opened"
+    assert r.returncode == 2 and len(err) == 1 and f"damaged partition {p.rel}: " in err[0] and why in err[0], \
+        (r.returncode, r.stderr[-2000:])
     assert os.listdir(tmp_path / "o") == []
 
 
@@ -290,13 +303,15 @@ def test_reimporting_a_file_replaces_its_partition(csvs, tmp_path):
     assert len(new) == 1 and new[0].rows == ROWS // 3 and not old.path.exists()
 
 
-def test_store_reader_yields_views_without_copies_for_symbol_0(csvs, tmp_path):
+def test_store_reader_chunks_are_the_files_rows_read_only_for_symbol_0(csvs, tmp_path):
     root = tmp_path / "store"
     assert _import(csvs[:1], root) == 0
     part = S.Store(root).select()[0]
     chunks = list(S.StoreSource(part, 0, chunk_rows=1000).chunks())
     assert [len(c) for c in chunks] == [1000, 1000, 1000]
-    assert all(not c.flags.owndata and not c.flags.writeable for c in chunks)
+    assert not any(c.flags.writeable for c in chunks)
+    stored = np.load(part.path)
+    assert all(np.array_equal(np.concatenate([c[f] for c in chunks]), stored[f]) for f in MARKET_DTYPE.names)
     moved = list(S.StoreSource(part, 3, chunk_rows=1000).chunks())
     assert all((c["symbol"] == 3).all() for c in moved)
     assert np.array_equal(np.concatenate(moved)["bid_px"], np.concatenate(chunks)["bid_px"])
@@ -436,13 +451,15 @@ def _part(root: Path, symbol: str, day: str, stream: str, t: np.ndarray, stamped
 
 
 @pytest.mark.parametrize("merge_max", [16, 2])
-def test_store_batches_are_the_merge_of_the_partitions_without_copies_for_a_lone_one(tmp_path, monkeypatch,
-                                                                                      merge_max):
+def test_store_batches_are_the_merge_of_the_partitions_and_a_lone_one_goes_unmerged(tmp_path, monkeypatch,
+                                                                                     merge_max):
     """replay_batches gives the records in the order replay's general merge does (time, then input order, then
-    position; ties across partitions included), and hands a partition that overlaps no other over uncopied."""
+    position; ties across partitions included, and windows that end anywhere), and hands a partition that
+    overlaps no other over as read, in one reused buffer."""
     monkeypatch.setattr(S, "MERGE_MAX", merge_max)   # 2: a group of 3 goes through the general merge
     monkeypatch.setattr(S, "READ_ROWS", 1000)
     monkeypatch.setattr(S, "MERGE_ROWS", 777)
+    monkeypatch.setattr(S, "MERGE_WINDOW", 301)   # every overlapping partition read in several windows
     root = tmp_path / "store"
     d0 = marketdays.day_ms(DAYS[0]) * 1_000_000
     d1 = marketdays.day_ms(DAYS[1]) * 1_000_000

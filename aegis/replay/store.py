@@ -23,10 +23,11 @@ The engine path stays free of pyarrow.
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
 stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
 pub_ts is recv_ts and seq the row's index in the partition, as replay's merge would stamp them, so a partition
-whose time span overlaps no other input's goes to the replay core as its file's bytes, unmerged: read by pread(2)
-into one reused 2 MB buffer (StoreSource.read_into). A read that finds the file cut short, or fails, is a one-line
-error naming the partition; a page of a mapping that is no longer in the file kills the process with SIGBUS and no
-message. Partitions that overlap are still merged from their mappings (merge_into): that path is not yet covered.
+whose time span overlaps no other input's goes to the replay core as its file's bytes, unmerged, read into one
+reused 2 MB buffer; overlapping partitions are merged from 1 MB windows of each. Every row is read by pread(2)
+(read_rows), none through a mapping: a read that finds the file cut short since it was opened, or fails, is a
+one-line error naming the partition, where a mapped page no longer in the file kills the process with SIGBUS and no
+message.
 
 Integrity:
   * atomic: a partition is written to a hidden temp file, fsynced and renamed to a name that carries its checksum;
@@ -81,8 +82,7 @@ TMP_MARK = ".tmp-"
 HEADER_BYTES = 1024          # reserved .npy header: written before the row count is known, padded with spaces
 DAY_NS = 86_400 * 1_000_000_000
 CHUNK_ROWS = 1 << 13         # rows per chunk a reader yields (1 MB): the merge keeps one chunk per source
-CRC_BLOCK = 64 << 20         # bytes per crc32 call (bounded peak of touched-but-not-dropped pages)
-DROP_ROWS = 1 << 15          # replayed rows (4 MB) given back to the OS at a time
+CHECK_ROWS = 1 << 16         # rows a check of a whole partition reads at a time (8 MB)
 _DESCR = np.lib.format.dtype_to_descr(MARKET_DTYPE)
 
 
@@ -266,30 +266,48 @@ def open_partition(part: Partition, check_crc: bool, both: bool = False) -> np.n
             raise StoreError(f"damaged partition {name}: header says {shape} of another layout")
         if part.rows == 0:
             return np.zeros(0, MARKET_DTYPE)
+        if check_crc:
+            _check_file(f.fileno(), part, part.sum64 is not None, both or part.sum64 is None)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     mm.madvise(mmap.MADV_SEQUENTIAL)
-    recs = np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
-    if check_crc and part.sum64 is not None:
-        check = _Sum64Check(part, recs)
-        rb = MARKET_DTYPE.itemsize
-        step = CRC_BLOCK // rb
-        for o in range(0, part.rows, step):
-            e = min(o + step, part.rows)
-            check.through(e)
-            _drop(mm, HEADER_BYTES + o * rb, HEADER_BYTES + e * rb)
-    if check_crc and (both or part.sum64 is None):
-        crc = 0
-        view = memoryview(mm)
+    return np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
+
+
+def read_rows(fd: int, part: Partition, row: int, buf: np.ndarray) -> np.ndarray:
+    """Rows [row, row + len(buf)) (fewer at the end) of the partition's open file fd, copied into buf by pread(2),
+    as buf's first rows; StoreError naming the partition when the file no longer holds them (cut short since it
+    was opened) or cannot be read. The store's rows are read this way, not through a mapping: a mapped page that
+    is no longer in the file kills the process with SIGBUS, and an I/O error does the same."""
+    size = MARKET_DTYPE.itemsize
+    n = min(len(buf), part.rows - row)
+    view = memoryview(buf.view(np.uint8))[:n * size]
+    got = 0
+    while got < len(view):
         try:
-            for o in range(HEADER_BYTES, size, CRC_BLOCK):
-                e = min(o + CRC_BLOCK, size)
-                crc = zlib.crc32(view[o:e], crc)
-                _drop(mm, o, e)
-        finally:
-            view.release()
-        if crc != part.crc32:
-            raise StoreError(f"damaged partition {name}: checksum {crc:08x}, manifest says {part.crc32:08x}")
-    return recs
+            k = os.preadv(fd, [view[got:]], HEADER_BYTES + row * size + got)
+        except OSError as e:
+            raise StoreError(f"damaged partition {part.rel}: {e.strerror or e}") from None
+        if k <= 0:
+            raise StoreError(f"damaged partition {part.rel}: {HEADER_BYTES + row * size + got} bytes on disk, "
+                             f"manifest says {HEADER_BYTES + part.nbytes}")
+        got += k
+    return buf[:n]
+
+
+def _check_file(fd: int, part: Partition, by_sum64: bool, by_crc: bool) -> None:
+    """Read the partition's rows once and check them against the manifest by sum64 and/or CRC-32 (StoreError
+    naming it on a mismatch)."""
+    buf = pools.aligned_zeros(CHECK_ROWS, MARKET_DTYPE)
+    check = _Sum64Check(part) if by_sum64 else None
+    crc = 0
+    for row in range(0, part.rows, CHECK_ROWS):
+        b = read_rows(fd, part, row, buf)
+        if check is not None:
+            check.add(row, b)
+        if by_crc:
+            crc = zlib.crc32(memoryview(b.view(np.uint8)), crc)
+    if by_crc and crc != part.crc32:
+        raise StoreError(f"damaged partition {part.rel}: checksum {crc:08x}, manifest says {part.crc32:08x}")
 
 
 # sum64: the check a replay makes on first opening a partition. Four interleaved Fletcher-style lanes over the
@@ -345,24 +363,25 @@ def _sum64_fold(st: np.ndarray) -> int:
 
 
 class _Sum64Check:
-    """A partition's sum64, taken in row order and compared with the manifest when the last row is in.
-    open_partition sums it in a pass of its own. A replay's first open hands `lanes` to the replay core with each
-    slice, and the core sums the slice's rows as it reads them (aegis.replay.run.run_core): the file is read once,
-    not once for the check and again for the replay, and the sum reads rows the core has just brought into the
-    cache. Rows handed on without the lanes (merged copies, a caller that does not sum) are summed here."""
+    """A partition's sum64, taken in row order as its rows are read and compared with the manifest when the last row
+    is in. A replay's first open hands `lanes` to the replay core with each read, and the core sums the rows as it
+    reads them (aegis.replay.run.run_core): the file is read once, not once for the check and again for the
+    replay, and the sum reads rows the core has just brought into the cache. Rows handed on without the lanes (the
+    merge's windows, the general merge's chunks, a caller that does not sum, a whole-file check) are summed by
+    add() as they are read."""
 
-    def __init__(self, part: Partition, recs: np.ndarray):
+    def __init__(self, part: Partition):
         self.part = part
-        self.words = recs.view(np.uint64)
         self.lanes = np.zeros(SUM64_LANES + 1, np.uint64)   # + the count of words summed (sum64_step)
 
-    def through(self, row: int) -> bool:
-        """Make sure rows [.., row) are summed; True once every row is summed and matches the manifest, StoreError
-        naming the partition if it does not."""
+    def add(self, row: int, recs: np.ndarray) -> bool:
+        """recs are rows [row, row + len(recs)) of the file: summed unless the replay core has summed them already
+        (it has moved past row). True once every row is summed and matches the manifest, StoreError naming the
+        partition if it does not."""
         done = int(self.lanes[SUM64_LANES]) // RECORD_WORDS
-        if row > done:
-            sum64_step(self.words[done * RECORD_WORDS:row * RECORD_WORDS], self.lanes)
-            done = row
+        if row == done:
+            sum64_step(recs.view(np.uint64), self.lanes)
+            done += len(recs)
         if done < self.part.rows:
             return False
         got = _sum64_fold(self.lanes)
@@ -377,22 +396,6 @@ def sum64(recs: np.ndarray) -> int:
     st = np.zeros(SUM64_LANES, np.uint64)
     sum64_step(np.ascontiguousarray(recs).view(np.uint64), st)
     return _sum64_fold(st)
-
-
-def _mapping_of(recs: np.ndarray) -> mmap.mmap | None:
-    """The mmap under an array open_partition returned (numpy keeps it behind a memoryview)."""
-    base = recs.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    return base if isinstance(base, mmap.mmap) else None
-
-
-def _drop(mm: mmap.mmap, start: int, end: int) -> None:
-    """Give pages [start, end) of a read-only file mapping back (they are re-read from the file if touched again):
-    what bounds a month-long replay's resident memory to the chunks in flight."""
-    a = start - start % mmap.PAGESIZE
-    if end > a:
-        mm.madvise(mmap.MADV_DONTNEED, a, end - a)
 
 
 _verified: set[tuple] = set()   # partitions whose CRC this process has checked (key includes inode and mtime)
@@ -429,9 +432,9 @@ def trust(idents) -> None:
 
 
 class StoreSource:
-    """One partition as a replay source: the mapped file's records (open()), chunks of them (chunks(): slices,
-    no parsing, no copy unless the replay's symbol id is not 0), or its rows read into a buffer (read_into());
-    mapped pages already replayed are given back to the OS (drop_before())."""
+    """One partition as a replay source: its rows read from the file into a buffer (read_into()) or as chunks
+    (chunks()), no parsing; open() also maps the file, for its length and first row (nothing else reads the
+    mapping: see read_rows)."""
 
     def __init__(self, part: Partition, symbol_id: int, chunk_rows: int = CHUNK_ROWS):
         self.part = part
@@ -443,8 +446,6 @@ class StoreSource:
         self.parse_problems: dict[str, int] = {}
         self._done = False
         self._recs: np.ndarray | None = None
-        self._mm: mmap.mmap | None = None
-        self._dropped = 0   # rows whose pages were given back
         self._check: _Sum64Check | None = None   # a first open's sum64, taken as the rows are handed on
         self._ident: tuple = ()
         self._file = None   # the mapped file, for read_into
@@ -455,8 +456,9 @@ class StoreSource:
 
     def open(self) -> np.ndarray:
         """All the partition's records (a mapping of the file: nothing is read until touched). On the first open of
-        this file in this process the records are checked: by sum64 as they are handed on (check_through), so the
-        file is read once; a partition imported before sum64 by CRC-32 here, before any is handed on."""
+        this file in this process the records are checked: by sum64 as they are read and handed on (lanes(),
+        check_rows()), so the file is read once; a partition imported before sum64 by CRC-32 here, before any is
+        handed on."""
         if self._recs is None:
             try:
                 ident = _identity(self.part)
@@ -474,10 +476,9 @@ class StoreSource:
             with contextlib.suppress(OSError):   # advice only (read_into reads the file front to back)
                 os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             if same_pass:
-                self._check, self._ident = _Sum64Check(self.part, self._recs), ident
+                self._check, self._ident = _Sum64Check(self.part), ident
             else:
                 _verified.add(ident)
-            self._mm = _mapping_of(self._recs)
         return self._recs
 
     def lanes(self) -> np.ndarray | None:
@@ -491,48 +492,21 @@ class StoreSource:
         As fast end to end: the store's input path alone read 80-98 against 51-64 M rows/s through the mapping,
         and replay.run was the same within the noise (bench/MEASURED.md)."""
         self.open()
-        size = MARKET_DTYPE.itemsize
-        n = min(len(buf), self.part.rows - row)
-        view = memoryview(buf.view(np.uint8))[:n * size]
-        got = 0
-        while got < len(view):
-            try:
-                k = os.preadv(self._file.fileno(), [view[got:]], HEADER_BYTES + row * size + got)
-            except OSError as e:
-                raise StoreError(f"damaged partition {self.part.rel}: {e.strerror or e}") from None
-            if k <= 0:
-                raise StoreError(f"damaged partition {self.part.rel}: {HEADER_BYTES + row * size + got} bytes on "
-                                 f"disk, manifest says {HEADER_BYTES + self.part.nbytes}")
-            got += k
-        return buf[:n]
+        return read_rows(self._file.fileno(), self.part, row, buf)
 
-    def check_through(self, row: int) -> None:
-        """The records up to row (exclusive) have been handed on: those the core did not sum into lanes() are
-        summed now, while they are in the cache, and before drop_before gives them back. When the last row is in,
-        a wrong sum is a StoreError naming the partition: whatever was replayed from it is then thrown away by
-        the caller (replay fails and removes its output files); a right one marks the file checked for later
-        opens in this process."""
-        if self._check is not None and self._check.through(row):
+    def check_rows(self, row: int, recs: np.ndarray) -> None:
+        """recs, rows [row, row + len(recs)) read by read_into, are being handed on: on a first open they are
+        summed from recs unless the replay core summed them already. When the last row is in, a wrong sum is a
+        StoreError naming the partition: whatever was replayed from it is then thrown away by the caller (replay
+        fails and removes its output files); a right one marks the file checked for later opens in this process."""
+        if self._check is not None and self._check.add(row, recs):
             _verified.add(self._ident)
             self._check = None
 
-    def drop_before(self, row: int) -> None:
-        """Give back the pages of rows [.., row): replay is done with them. Called every few MB, so that a month's
-        replay keeps only the rows in flight resident."""
-        if self._mm is not None and row - self._dropped >= DROP_ROWS:
-            size = MARKET_DTYPE.itemsize
-            _drop(self._mm, HEADER_BYTES + self._dropped * size, HEADER_BYTES + row * size)
-            self._dropped = row
-
     def release(self) -> None:
-        """Replay is done with this partition: finish its check (a no-op when every row was handed on) and give
-        back every page still mapped."""
-        if self._recs is not None:
-            self.check_through(len(self._recs))
-        if self._mm is not None and self._recs is not None:
-            _drop(self._mm, HEADER_BYTES + self._dropped * MARKET_DTYPE.itemsize,
-                  HEADER_BYTES + len(self._recs) * MARKET_DTYPE.itemsize)
-            self._dropped = len(self._recs)
+        """Replay is done with this partition. A check whose rows were not all handed on is left unfinished: the
+        file is not marked checked, and its next open checks it again."""
+        self._check = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -542,26 +516,25 @@ class StoreSource:
         self._done = True
 
     def chunks(self) -> Iterator[np.ndarray]:
-        recs = self.open()
-        n = len(recs)
+        """The partition's rows, chunk_rows at a time, each chunk read into an array of its own (the general merge
+        may still hold the one before), stamped with the replay's symbol id unless that is 0, then read-only."""
+        self.open()
+        n = self.part.rows
         step = self.chunk_rows
         for i in range(0, n, step):
-            self.check_through(min(i + step, n))
-            c = recs[i:i + step]
+            c = self.read_into(i, np.empty(min(step, n - i), MARKET_DTYPE))
+            self.check_rows(i, c)
             if self.symbol_id != 0:
-                c = c.copy()
                 c["symbol"] = self.symbol_id
             else:
-                c = c.view()
-                c.flags.writeable = False   # a reader must not change its process's copy of the store
+                c.flags.writeable = False   # as the stored rows: a reader has no business changing them
             self.rows += len(c)
             yield c
-            if i >= step:   # the merge may still hold the chunk just yielded, not older ones
-                self.drop_before(i - step)
         self._done = True
 
 
 # ============================================================================================== replay batches
+MERGE_WINDOW = 1 << 13       # rows of each overlapping partition the merge holds at a time (1 MB each)
 READ_ROWS = 1 << 14          # rows a lone partition hands the core at a time, read into one reused buffer (2 MB:
                              # 1-8 MB read at the same rate here; the buffer stays in the L3 cache)
 MERGE_ROWS = 1 << 14         # rows per merged batch (2 MB, reused)
@@ -569,10 +542,12 @@ MERGE_MAX = 16               # partitions one merge kernel call takes (a tuple: 
 
 
 @njit(cache=True, nogil=True)
-def merge_into(srcs, pos, end, sym, out, seq0):
+def merge_into(srcs, pos, end, more, sym, out, seq0):
     """Merge the records srcs[i][pos[i]:end[i]] (each non-decreasing in recv_ts) into out, in the order of (recv_ts,
     i, position), stamping each record's symbol (sym[i]), pub_ts (= recv_ts) and seq (seq0, seq0 + 1, ...) as it
-    is copied; advances pos; returns how many records were written (< len(out) only when every source is done).
+    is copied; advances pos; returns how many records were written. more[i] != 0: source i has rows after
+    srcs[i][end[i] - 1] that srcs[i] does not hold yet (a window of a longer partition), so the merge stops as soon
+    as it would need them: fewer than len(out) are written when every source is done or one needs its next window.
     The source at the head copies a run of records at a time: as long as they precede the next source's head."""
     k = len(srcs)
     cap = out.shape[0]
@@ -583,7 +558,10 @@ def merge_into(srcs, pos, end, sym, out, seq0):
         s2 = -1
         t2 = 0
         for i in range(k):
-            if pos[i] < end[i]:
+            if pos[i] >= end[i]:
+                if more[i] != 0:
+                    return j
+            else:
                 t = srcs[i][pos[i]].recv_ts
                 if b < 0 or t < bt:
                     s2 = b
@@ -624,11 +602,12 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[tupl
     one partition whose symbol id is 0 (one symbol, any number of days, one stream) is handed over as its file's
     rows, READ_ROWS at a time read into one reused buffer, pub_ts and seq as stored (import stores them as the
     merge sets them: pub_ts = recv_ts, seq = the row's index in the partition; the core's outputs read neither).
-    A group of several is merged by merge_into into one reused buffer, streamed: memory is the buffer plus the
-    pages in flight, whatever the span. fallback(sources, seq0) merges a group of more than MERGE_MAX partitions
-    (replay's general merge), in pairs as well."""
+    A group of several is merged by merge_into into one reused buffer from a window of MERGE_WINDOW rows of each,
+    read again as the merge empties it: memory is the buffer and the windows, whatever the span. fallback(sources,
+    seq0) merges a group of more than MERGE_MAX partitions (replay's general merge, over StoreSource.chunks), in
+    pairs as well."""
     # spans from the manifest; each partition is opened when its group comes up and, on its first open, checked
-    # slice by slice as the slices go to the core, so the check and the replay read the file once between them
+    # read by read as the rows go to the core, so the check and the replay read the file once between them
     # (a month is larger than the page cache of a small node: checked all at once, the
     # first days would be read from disk twice; checked per partition, each would still be read twice from memory)
     spans = sorted((s.part.first_ns, s.part.last_ns, i) for i, s in enumerate(sources) if s.part.rows)
@@ -659,26 +638,35 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[tupl
                 b = src.read_into(i, buf)
                 src.rows = i + len(b)
                 yield b, lanes
-                src.check_through(i + len(b))
-                src.drop_before(i)   # pages only a check of its own touched (a caller that does not sum)
+                src.check_rows(i, b)
             seq += len(a)
         elif len(g) <= MERGE_MAX or fallback is None:
-            tup = tuple(recs[i] for i in g)
+            # each partition through a window of MERGE_WINDOW rows read from its file, read again once merged
+            srcs = [sources[i] for i in g]
+            wins = tuple(pools.aligned_zeros(MERGE_WINDOW, MARKET_DTYPE) for _ in g)
+            base = np.zeros(len(g), np.int64)   # the partition row each window starts at
             pos = np.zeros(len(g), np.int64)
-            end = np.array([len(recs[i]) for i in g], np.int64)
-            sym = np.array([sources[i].symbol_id for i in g], np.int32)
+            end = np.zeros(len(g), np.int64)
+            more = np.ones(len(g), np.int8)
+            sym = np.array([s.symbol_id for s in srcs], np.int32)
             out = np.empty(MERGE_ROWS, MARKET_DTYPE)
             while True:
-                m = merge_into(tup, pos, end, sym, out, seq)
-                if m == 0:
+                read = False
+                for k, s in enumerate(srcs):
+                    if pos[k] == end[k] and more[k]:
+                        base[k] += end[k]
+                        w = s.read_into(int(base[k]), wins[k])
+                        s.check_rows(int(base[k]), w)   # summed while it is in the cache
+                        pos[k], end[k], more[k] = 0, len(w), base[k] + len(w) < s.part.rows
+                        read = True
+                m = merge_into(wins, pos, end, more, sym, out, seq)
+                if m == 0 and not read:
                     break
-                for i, p in zip(g, pos.tolist()):   # the rows just merged, while they are hot
-                    sources[i].check_through(p)
                 seq += m
-                yield out[:m], None
-                for i, p in zip(g, pos.tolist()):
-                    sources[i].rows = p
-                    sources[i].drop_before(p)
+                if m:
+                    yield out[:m], None
+                for k, s in enumerate(srcs):
+                    s.rows = int(base[k] + pos[k])
         else:
             seq = yield from fallback([sources[i] for i in g], seq)
         for i in g:
