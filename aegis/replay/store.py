@@ -21,7 +21,7 @@ sweep repeats hundreds of times, while the data sits in the page cache; it would
 The engine path stays free of pyarrow.
 
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
-stamps its own symbol table's id (with zero copies when that id is 0, the usual single-symbol research replay).
+stamps its own symbol table's id (nothing to stamp when that id is 0, the usual single-symbol research replay).
 pub_ts is recv_ts and seq the row's index in the partition, as replay's merge would stamp them, so a partition
 whose time span overlaps no other input's goes to the replay core as its file's bytes, unmerged, read into one
 reused 2 MB buffer; overlapping partitions are merged from 1 MB windows of each. Every row is read by pread(2)
@@ -448,7 +448,7 @@ class StoreSource:
         self._recs: np.ndarray | None = None
         self._check: _Sum64Check | None = None   # a first open's sum64, taken as the rows are handed on
         self._ident: tuple = ()
-        self._file = None   # the mapped file, for read_into
+        self._file = None   # the partition's file, open for read_into (the same inode as the mapping)
 
     def progress(self) -> tuple[int, int]:
         total = max(self.part.nbytes, 1)
