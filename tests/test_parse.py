@@ -181,3 +181,57 @@ def test_equal_decimals_give_the_same_double_whatever_their_trailing_zeros(d, ze
 def test_decimal_parse_rejects_junk(text):
     v, ok = _dec(text)
     assert not ok and math.isnan(v)
+
+
+def _depth_levels(parser, bids: bytes):
+    """The bid levels a depthUpdate with these `b` bytes buffers (its book has no snapshot), or the stats counter
+    that refused it."""
+    msg = b'{"e":"depthUpdate","s":"BTCUSDT","U":5,"u":6,"pu":4,"b":%s,"a":[]}' % bids
+    j, slow = parser.parse_bytes([msg], 1)
+    assert j == 0 and slow == []
+    for counter in (P.ST_MALFORMED, P.ST_BAD_VALUE):
+        if parser.stats[counter]:
+            return counter
+    assert parser.stats[P.ST_BUFFERED] == 1
+    n = int(parser.books.pend_ctl[1])
+    return [(px, q) for _, px, q in parser.books.pend_lv[:n].tolist()]
+
+
+@pytest.mark.parametrize("bids, expected", [
+    (b'[["1.5","2"],["1.4","3"]]', [(1.5, 2.0), (1.4, 3.0)]),
+    (b'[ [ "1.5" , "2" , 7 , {"x":"]"} , [1,[2,"[",{}]] ] ]', [(1.5, 2.0)]),   # extra elements skipped, nested too
+    (b'[[1.5,2],["1.4","0"]]', [(1.5, 2.0), (1.4, 0.0)]),
+    (b'[["1.5"]]', P.ST_MALFORMED),
+    (b'[[]]', P.ST_MALFORMED),
+    (b'[["1.5","2",]]', P.ST_MALFORMED),
+    (b'[["1.5","2"],]', P.ST_MALFORMED),
+    (b'[["1.5","2"] ["1","1"]]', P.ST_MALFORMED),
+    (b'[["1.5","2",{"x":[1]]]', P.ST_MALFORMED),           # an extra element that never closes
+    (b'[["1.5","2",7}]', P.ST_MALFORMED),
+    (b'[["1.5","x",7]]', P.ST_MALFORMED),
+    (b'[["x","-1"]]', P.ST_MALFORMED),                      # malformed comes before a bad value
+    (b'[["0","2"]]', P.ST_BAD_VALUE),
+    (b'[["1.5","-2",{"x":}]]', P.ST_BAD_VALUE),             # a bad value is found before the extras are read
+    (b'["1.5","2"]', P.ST_MALFORMED),
+])
+def test_depth_levels_are_read_as_price_and_quantity_and_anything_after_them_is_skipped(parser, bids, expected):
+    assert _depth_levels(parser, bids) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(hst.lists(hst.tuples(hst.decimals(min_value=Decimal("0.01"), max_value=Decimal("99999"), places=2),
+                            hst.decimals(min_value=Decimal("0"), max_value=Decimal("9999"), places=3),
+                            hst.lists(hst.recursive(hst.integers(0, 9) | hst.text("[]{}\",:ab", max_size=4),
+                                                    lambda c: hst.lists(c, max_size=2), max_leaves=4),
+                                      max_size=2),
+                            hst.booleans()),
+                 min_size=1, max_size=6),
+       hst.sampled_from(["", " ", "\n  "]))
+def test_depth_levels_match_a_json_reader(levels, ws):
+    table = SymbolTable.build([("BTCUSDT", "0.10", "0.001")])
+    parser = P.Parser(table, BookState(1, 1024))
+    doc = [[str(px) if quoted else float(px), str(q) if quoted else float(q), *extra]
+           for px, q, extra, quoted in levels]
+    text = json.dumps(doc, separators=(ws + "," + ws, ":"))
+    expected = [(float(px), float(q)) for px, q, _, _ in levels]
+    assert _depth_levels(parser, text.encode()) == expected
