@@ -47,10 +47,12 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
+
+from aegis.core.jit import njit
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants, derived from their FIPS 180-4 definitions (§4.2.2, §5.3.3) rather than typed in: a wrong digit in a

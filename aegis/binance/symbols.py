@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
-from numba import njit
+
+from aegis.core.jit import njit
 
 log = logging.getLogger("aegis.binance.symbols")
 

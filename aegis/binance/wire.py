@@ -31,12 +31,13 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from aegis.binance import sha256
 from aegis.core.codecs import put_bytes, put_decimal, put_int, put_span
+from aegis.core.jit import njit
 from aegis.core.records import ORDER_MARKET, SIDE_BUY, TIF_FOK, TIF_GTX, TIF_IOC
 from aegis.binance.signing import unit_parts, encode_params
 

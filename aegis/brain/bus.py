@@ -34,7 +34,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from numba import njit
+
+from aegis.core.jit import njit
 
 # --- topics ------------------------------------------------------------------------------------------------------
 TICK_UPDATE = 0        # a = records consumed since the last TICK_UPDATE, b = last seq, c = batches

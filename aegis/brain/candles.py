@@ -17,10 +17,10 @@ nothing grows however long the run.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from aegis.brain.pools import END, CandlePool, give, take
 from aegis.core.config import parse_duration_ns
+from aegis.core.jit import njit
 from aegis.core.records import KIND_TRADE
 
 # stats slots

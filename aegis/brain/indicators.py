@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from aegis.core.jit import njit
 
 NAN = math.nan
 

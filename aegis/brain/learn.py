@@ -44,9 +44,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from aegis.core.config import ConfigError
+from aegis.core.jit import njit
 from aegis.core.records import FLAG_RESYNC, KIND_BOOK, KIND_DEPTH, KIND_QUOTE, KIND_TRADE
 
 # ============================================================================================ feature set

@@ -32,12 +32,13 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from aegis.brain import bus, candles, pools, strategy
 from aegis.core import latency, ring
 from aegis.core.clock import now_ns
+from aegis.core.jit import njit
 from aegis.core.records import ACTION_CANCEL, ACTION_NEW, ORDER_MARKET, STATUS_REJECTED
 from aegis.trade import risk as riskmod
 from aegis.trade.sender import handoff, poll_kill

@@ -13,8 +13,8 @@ return of a never-taken index detectable in O(1).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from aegis.core.jit import njit
 from aegis.core.records import CACHE_LINE, CANDLE_DTYPE, SIGNAL_DTYPE
 
 END = -1      # end of the free list

@@ -24,7 +24,6 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from aegis.brain import bus
 from aegis.brain import pipeline
@@ -38,6 +37,7 @@ from aegis.core import latency
 from aegis.brain import pools
 from aegis.core import ring
 from aegis.brain import strategy
+from aegis.core.jit import njit
 from aegis.trade import risk as riskmod
 from aegis.core.borrow import borrowed
 from aegis.core.atomics import load_acquire, store_release

@@ -77,12 +77,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 from numba.extending import overload
 
 from aegis.brain import indicators as ind
 from aegis.brain import learn
 from aegis.brain.pools import state_matrix
+from aegis.core.jit import njit
 from aegis.trade import risk as _risk
 from aegis.core.records import (ACTION_CANCEL, ACTION_NEW, FLAG_RESYNC, KIND_BOOK, KIND_QUOTE, ORDER_LIMIT, ORDER_MARKET,
                            SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_GTX)

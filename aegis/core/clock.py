@@ -11,9 +11,11 @@ import platform
 import time
 
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from aegis.core.jit import njit
 
 CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from aegis.core.jit import njit
 
 P10 = np.array([10.0 ** i for i in range(23)])   # 10**0 .. 10**22: every one an exact double
 I10 = np.array([10 ** i for i in range(19)], np.int64)

@@ -8,10 +8,10 @@ seen through a float64 view: one segment, one layout, two types.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from aegis.core.atomics import load_acquire, store_release
 from aegis.core.clock import now_ns
+from aegis.core.jit import njit
 
 MAGIC = 0x41454749535F4354  # "AEGIS_CT"
 ROLE_SLOTS = 64             # 8 cache lines per role

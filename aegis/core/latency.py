@@ -25,8 +25,9 @@ written, which fills STAGE_SIGNAL .. STAGE_WIRE and STAGE_TICK_TO_TRADE from the
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
+
+from aegis.core.jit import njit
 
 # --- bucket geometry ------------------------------------------------------------------------------------------
 SUB_BUCKET_BITS = 7                        # 128 linear sub-buckets per power of two -> <= 1/128 relative width

@@ -14,10 +14,10 @@ batch loop inside jitted code (a Python -> jitted call costs ~0.3 us, more than 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from aegis.core.atomics import load_acquire, store_release
 from aegis.core.clock import now_ns
+from aegis.core.jit import njit
 from aegis.core.records import MARKET_DTYPE
 from aegis.core.shm import Segment
 from aegis.core.wait import idle

@@ -9,10 +9,10 @@ import multiprocessing as mp
 import os
 
 import numpy as np
-from numba import njit
 
 from aegis.core import ring
 from aegis.core.clock import now_ns
+from aegis.core.jit import njit
 from aegis.core.records import MARKET_DTYPE
 from aegis.core.wait import idle
 

@@ -24,12 +24,13 @@ import platform
 import time
 
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from aegis.core.atomics import fetch_add, load_acquire, store_release
 from aegis.core.clock import cpu_relax, sleep_ns, yield_cpu
+from aegis.core.jit import njit
 
 BUSY_SPIN = 0
 SPIN_YIELD = 1

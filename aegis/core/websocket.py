@@ -16,7 +16,8 @@ import os
 import struct
 
 import numpy as np
-from numba import njit
+
+from aegis.core.jit import njit
 
 OP_CONT = 0x0
 OP_TEXT = 0x1

@@ -26,8 +26,8 @@ Prices are compared as floats: aegis.feed.parse turns a decimal string into the 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from aegis.core.jit import njit
 from aegis.core.records import (FLAG_LAST_IN_EVENT, FLAG_RESYNC, FLAG_SNAPSHOT, KIND_BOOK, KIND_DEPTH, KIND_STATUS,
                            SIDE_BUY, SIDE_SELL)
 

@@ -24,11 +24,11 @@ when the record is written.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from aegis.core import control
 from aegis.core import ring
 from aegis.core.clock import now_ns
+from aegis.core.jit import njit
 from aegis.core.records import FLAG_CONFLATED, KIND_MARK, KIND_NONE, KIND_QUOTE, MARKET_DTYPE
 from aegis.core.ring import H_CAPACITY, H_CONFLATED, H_FULL_WAITS, H_WRITE
 from aegis.core.wait import idle

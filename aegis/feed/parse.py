@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from aegis.core import codecs
+from aegis.core.jit import njit
 from aegis.feed import book
 from aegis.core.records import (KIND_MARK, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE, SIDE_BUY, SIDE_SELL)
 from aegis.binance.symbols import lookup_span

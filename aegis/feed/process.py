@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from numba import njit
 from numba.experimental import structref
 
+from aegis.core.jit import njit
 from aegis.feed import book
 from aegis.feed import conflation
 from aegis.core import control

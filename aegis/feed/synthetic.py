@@ -6,8 +6,8 @@ the load generator of the ring benchmarks. Deterministic for a given seed.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from aegis.core.jit import njit
 from aegis.core.records import FLAG_SYNTHETIC, KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
 
 STATE_FIELDS = 4  # per symbol: mid, tick, next update id, spread ticks

@@ -20,11 +20,11 @@ import struct
 import time
 
 import numpy as np
-from numba import njit
 from numba.experimental import structref
 
 from aegis.core import websocket as ws
 from aegis.core.bundle import BundleType
+from aegis.core.jit import njit
 from aegis.core.memory import prefault
 from aegis.core.websocket import (FR_FIN, FR_SPECIAL, FROM_SERVER, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG,
                                   OP_TEXT, SPLIT_OK, split_frames)

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from numba import njit
 
 from aegis.core.codecs import parse_decimal
+from aegis.core.jit import njit
 from aegis.core.records import KIND_QUOTE, KIND_TRADE, MARKET_DTYPE, SIDE_BUY, SIDE_SELL
 
 BOOK_TICKER_COLUMNS = ("update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",

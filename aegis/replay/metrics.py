@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from aegis.core.codecs import put_int, put_utc_ms
+from aegis.core.jit import njit
 from aegis.trade import risk as R
 from aegis.replay import simexec as X
 from aegis.core.records import ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, STATUS_REJECTED, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC

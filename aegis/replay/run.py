@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from numba import njit
 
+from aegis.core.jit import njit
 from aegis.replay import metrics
 from aegis.core import ring
 from aegis.core.borrow import borrowed

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from aegis.core import latency as L
+from aegis.core.jit import njit
 from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, FILL_DTYPE, KIND_BOOK, KIND_QUOTE, KIND_TRADE,
                            ORDER_MARKET, SIDE_BUY, STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED,
                            STATUS_NEW, STATUS_PARTIALLY_FILLED, STATUS_REJECTED, TIF_FOK, TIF_GTX, TIF_IOC)

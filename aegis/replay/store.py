@@ -69,9 +69,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from numba import njit
 
 from aegis.brain import pools
+from aegis.core.jit import njit
 from aegis.core.records import MARKET_DTYPE
 from aegis.replay.csvimport import CsvSource, InputError
 

@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from numba import njit
 
 from aegis.binance.keys import Secret
 from aegis.core.atomics import compare_and_swap, load_acquire
+from aegis.core.jit import njit
 
 log = logging.getLogger("aegis.trade.journal")
 

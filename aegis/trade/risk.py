@@ -33,8 +33,8 @@ from decimal import Decimal
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
+from aegis.core.jit import njit
 from aegis.core.records import (ACTION_CANCEL, ACTION_CANCEL_ALL, ACTION_NEW, KIND_BOOK, KIND_MARK, KIND_QUOTE,
                            ORDER_LIMIT, ORDER_MARKET, REQ_FLAG_FLATTEN, SIDE_BUY, SIDE_SELL,
                            STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_REJECTED, STATUS_SNAPSHOT,

@@ -67,12 +67,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 from numba.experimental import structref
 
 from aegis.core import control, ring
 from aegis.core.borrow import borrowed
 from aegis.core.bundle import BundleType
+from aegis.core.jit import njit
 from aegis.core.latency import new_set, record_order_request
 from aegis.core.ratelog import RateLimitedLog
 from aegis.core import wait as waiting

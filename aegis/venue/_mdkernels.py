@@ -8,9 +8,9 @@ lets one Python thread feed a firehose of >= 200 k messages/s.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from aegis.core.codecs import put_bytes, put_decimal, put_int, put_span
+from aegis.core.jit import njit
 from aegis.core.websocket import put_text_header
 
 # stream kinds per symbol (sid = sid_base[s] + kind)
