@@ -33,8 +33,9 @@ examples:
   python -m aegis replay --help                 backtest recorded or Binance public data
   python -m aegis data --help                   market-data store for replay and sweeps (import, verify)
   python -m aegis sweep --help                  parameter sweeps / walk-forward on Ray Tune ([research] extra)
-  python -m aegis warmup                        compile everything ahead (a first run compiles for a minute
-                                                or more; then a run starts in about a second)
+  python -m aegis warmup                        compile everything ahead (a first run compiles for about 40 s
+                                                on 2 idle cores, longer on a busy box; then a run starts in about
+                                                two seconds)
 
 wait strategies (what a process does when it has nothing to do):
   busy-spin   spin on the ring cursor; lowest latency, burns the whole core

@@ -27,7 +27,7 @@ from aegis.core.shm import Segment
 
 HEARTBEAT_TIMEOUT_S = 5.0   # a running process that has not beaten for this long is hung
 # A starting process is judged by its progress (control.R_START_*), never by how long it takes: a first run compiles
-# for a minute or more, several on a loaded box. It reports progress on every compiler pass (well under a second
+# for ~40 s on 2 idle cores, minutes on a loaded box. It reports progress on every compiler pass (well under a second
 # apart when it is working); one that reports nothing for this long (a compile or a connection that hangs, or an
 # interpreter that never got as far as importing the engine) has failed.
 START_SILENCE_S = 90.0

@@ -17,7 +17,7 @@ SOURCES = ("venue", "synthetic")
 def main(argv: list[str]) -> int:
     from aegis.app import cli
     p = cli.OneLineParser(prog="python -m aegis warmup", description=__doc__.split("\n\n")[0],
-                          epilog="A first run compiles for a minute or more (several on a busy machine); after "
+                          epilog="A first run compiles for about 40 s on 2 idle cores (minutes on a busy machine); after "
                                  "`warmup` a run starts in about a second. Numba's cache sits in __pycache__ next "
                                  "to the sources (or in NUMBA_CACHE_DIR) and is rebuilt when a source changes.",
                           formatter_class=argparse.RawDescriptionHelpFormatter)

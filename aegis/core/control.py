@@ -74,7 +74,7 @@ R_SENDER_FAILSAFE = 21        # 1: the order journal cannot be written; trading 
 R_SENDER_FLAGS = 24           # 8 slots (own cache line) = aegis.trade.sender.TradeSession.flags: [0] kill switch request
                               # (1 halt + cancel all, 2 also flatten; the supervisor may write it), [1] seen by Brain
 # --- start-up section (every role; written by that role's process until it runs) ------------------------------
-# Start-up is progress, not a deadline: a first run compiles for a minute or more (longer on a loaded box), so the
+# Start-up is progress, not a deadline: a first run compiles for ~40 s on 2 idle cores (minutes on a loaded box), so the
 # supervisor judges a starting process by how recently it reported progress here, not by how long it has taken.
 R_START_PHASE = 40       # PH_* below
 R_START_COMPILED = 41    # functions Numba compiled so far in this process (loads from its cache are not counted)
