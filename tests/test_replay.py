@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from aegis.core import latency as L
+from aegis.core.records import ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, TIF_FOK, TIF_GTC, TIF_GTX, TIF_IOC
 from aegis.replay import run as replay
 from aegis.app import report
 from aegis.replay.csvimport import CsvSource
@@ -309,3 +310,93 @@ def test_equity_lines_are_each_samples_time_utc_time_and_shortest_float_text():
     want = "".join(f"{t},{metrics.utc(t)},{(0.0 if v == 0.0 else v)!r}\n" for t, v in zip(ts.tolist(), eq.tolist()))
     assert metrics.equity_lines(ts, eq).decode("ascii") == want
     assert metrics.equity_lines(ts[:0], eq[:0]) == b""
+
+
+def _old_style_lines(names, pos, f, li, lf):
+    """trades.csv and orders.csv lines written one f-string per row: the format the files have always had, an
+    independent statement of it to hold the bulk writers to."""
+    from aegis.replay import metrics as M
+    from aegis.replay import simexec as X
+    r0 = lambda x: 0.0 if x == 0.0 else float(x)   # noqa: E731
+    trades = []
+    for r in f[f["qty"] > 0.0].tolist():
+        (cid, oid, tid, ts, _recv, px, qty, _cum, fee, pnl, _orig, sym, side, _status, maker, _ro) = r
+        pos[sym] += qty if side == SIDE_BUY else -qty
+        if abs(pos[sym]) <= X.FLAT_EPS * qty:
+            pos[sym] = 0.0
+        trades.append(f"{ts},{M.utc(ts)},{names[sym]},{cid},{oid},{tid},{'BUY' if side == SIDE_BUY else 'SELL'},"
+                      f"{px!r},{qty!r},{r0(px * qty)!r},{r0(fee)!r},{r0(pnl)!r},{int(maker)},{r0(pos[sym])!r}\n")
+    orders = []
+    for ri, rf in zip(li.tolist(), lf.tolist()):
+        action = {0: "NEW", 1: "NEW", 2: "CANCEL", 3: "CANCEL_ALL"}.get(ri[X.I_ACTION], str(ri[X.I_ACTION]))
+        status = X.STATUS_NAMES.get(ri[X.I_STATUS], str(ri[X.I_STATUS]))
+        if action != "NEW":
+            status = "DONE" if ri[X.I_REASON] == 0 else "FAILED"
+        filled = rf[X.F_FILLED]
+        avg = rf[X.F_NOTIONAL] / filled if filled > 0 else 0.0
+        sym = ri[X.I_SYM]
+        name = names[sym] if 0 <= sym < len(names) else str(sym)
+        side = "BUY" if ri[X.I_SIDE] == SIDE_BUY else ("SELL" if ri[X.I_SIDE] else "")
+        typ = {ORDER_MARKET: "MARKET", ORDER_LIMIT: "LIMIT"}.get(ri[X.I_TYPE], "")
+        tif = {0: "", TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK", TIF_GTX: "GTX"}.get(ri[X.I_TIF], "")
+        orders.append(f"{ri[X.I_CID]},{name},{action},{side},{typ},{tif},{ri[X.I_RO]},{r0(rf[X.F_PRICE])!r},"
+                      f"{r0(rf[X.F_QTY])!r},{ri[X.I_SEND_TS]},{ri[X.I_ARRIVE_TS]},{ri[X.I_DONE_TS]},{status},"
+                      f"{M.reason_text(ri[X.I_REASON])},{r0(filled)!r},{r0(avg)!r},{r0(rf[X.F_FEE])!r},"
+                      f"{ri[X.I_EXCH_TS]}\n")
+    return "".join(trades), "".join(orders)
+
+
+def test_trade_and_order_lines_written_in_bulk_are_the_per_row_format(tmp_path):
+    """The Collector writes trades.csv and orders.csv column by column (numbers and times jitted, texts joined per
+    column); every line is what one f-string per row writes, unknown codes, -0.0 and empty batches included."""
+    from aegis.core.records import FILL_DTYPE
+    from aegis.replay import metrics as M
+    from aegis.replay import simexec as X
+    rng = np.random.default_rng(11)
+    names = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    col = M.Collector(names, 1_000_000_000, tmp_path)
+    want_t, want_o = [], []
+    pos = np.zeros(len(names))     # carried from batch to batch, as the Collector's
+    for n in (0, 1, 500, 2000):
+        f = np.zeros(n, FILL_DTYPE)
+        f["client_id"], f["order_id"], f["trade_id"] = rng.integers(1, 1 << 40, (3, n))
+        f["ts"] = rng.integers(1_600_000_000, 1_900_000_000, n) * 1_000_000_000 + rng.integers(0, 10**9, n)
+        f["price"] = np.round(rng.uniform(0.001, 90_000, n), rng.integers(0, 6))
+        f["qty"] = np.where(rng.random(n) < 0.1, 0.0, np.round(rng.uniform(0, 5, n), 3))
+        f["fee"] = np.where(rng.random(n) < 0.2, -0.0, rng.normal(0, 1, n))
+        f["realized_pnl"] = np.where(rng.random(n) < 0.2, 0.0, rng.normal(0, 100, n))
+        f["symbol"] = rng.integers(0, len(names), n)
+        f["side"] = rng.choice([SIDE_BUY, 2], n)
+        f["maker"] = rng.integers(0, 2, n)
+        li = np.zeros((n, X.I_COLS), np.int64)
+        for c, (lo, hi) in {X.I_CID: (0, 1 << 40), X.I_SYM: (-1, 5), X.I_SIDE: (0, 3), X.I_TYPE: (0, 4),
+                            X.I_TIF: (0, 6), X.I_RO: (0, 2), X.I_ACTION: (0, 6), X.I_SEND_TS: (0, 1 << 62),
+                            X.I_ARRIVE_TS: (0, 1 << 62), X.I_DONE_TS: (0, 1 << 62), X.I_STATUS: (0, 9),
+                            X.I_REASON: (0, 3), X.I_EXCH_TS: (0, 1 << 62)}.items():
+            li[:, c] = rng.integers(lo, hi, n)
+        li[: n // 3, X.I_REASON] = rng.choice([0, 1, 2, 5, 28, 100, 103, 104, 999], n // 3)
+        lf = np.zeros((n, X.F_COLS))
+        lf[:, X.F_PRICE] = np.where(rng.random(n) < 0.1, -0.0, rng.uniform(0, 1e5, n))
+        lf[:, X.F_QTY] = rng.uniform(0, 10, n)
+        lf[:, X.F_FILLED] = np.where(rng.random(n) < 0.3, 0.0, lf[:, X.F_QTY])
+        lf[:, X.F_NOTIONAL] = lf[:, X.F_FILLED] * lf[:, X.F_PRICE]
+        lf[:, X.F_FEE] = rng.normal(0, 1, n)
+        t, o = _old_style_lines(names, pos, f, li, lf)
+        want_t.append(t)
+        want_o.append(o)
+        col.fills(f)
+        col.orders(li, lf)
+    # +0.1 +0.2 -0.3 leaves 5.6e-17 in floats: written flat, and the next fill starts from 0
+    f = np.zeros(4, FILL_DTYPE)
+    f["symbol"], f["qty"], f["price"] = 2, [0.1, 0.2, 0.3, 0.1], 10.0
+    f["side"] = [SIDE_BUY, SIDE_BUY, 2, 2]
+    pos[2] = 0.0
+    col.pos[2] = 0.0
+    t, _ = _old_style_lines(names, pos, f, li[:0], lf[:0])
+    assert [line.rsplit(",", 1)[1] for line in t.splitlines()] == ["0.1", "0.30000000000000004", "0.0", "-0.1"]
+    want_t.append(t)
+    col.fills(f)
+    col.close()
+    assert (tmp_path / "trades.csv").read_text() == M.TRADES_HEADER + "".join(want_t)
+    assert (tmp_path / "orders.csv").read_text() == M.ORDERS_HEADER + "".join(want_o)
+    assert sum(1 for _ in open(tmp_path / "orders.csv")) == 1 + 2501

@@ -57,37 +57,95 @@ def utc(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{rem // 1_000_000:03d}Z"
 
 
+# field kinds of csv_rows
+INT, UTC, TEXT = 0, 1, 2
+
+
 @njit(cache=True, nogil=True)
-def _equity_lines(ts, text, out):
-    """equity.csv's lines "time_ns,time_utc,equity" into out, for times ts and the equity values' text (each value
-    followed by a newline, as the lines end); returns the bytes written."""
+def _csv_rows(n, spec, ints, text, starts, out):
+    """n CSV lines into out; returns the bytes written. Field f of a line is spec[f] = (kind, column): INT the
+    decimal of ints[column, row], UTC its ISO-8601 time ("...T00:00:00.000Z"), TEXT the next line of text column
+    `column` (text[starts[column]:], each row's text ended by a newline)."""
+    at = starts.copy()
     pos = 0
-    k = 0
-    for i in range(ts.shape[0]):
-        pos = put_int(out, pos, ts[i])
-        out[pos] = 44         # ','
-        pos = put_utc_ms(out, pos + 1, ts[i])
-        out[pos] = 90         # 'Z'
-        out[pos + 1] = 44
-        pos += 2
-        while text[k] != 10:
-            out[pos] = text[k]
-            pos += 1
-            k += 1
+    nf = spec.shape[0]
+    for i in range(n):
+        for f in range(nf):
+            if f:
+                out[pos] = 44         # ','
+                pos += 1
+            kind = spec[f, 0]
+            c = spec[f, 1]
+            if kind == INT:
+                pos = put_int(out, pos, ints[c, i])
+            elif kind == UTC:
+                pos = put_utc_ms(out, pos, ints[c, i])
+                out[pos] = 90         # 'Z'
+                pos += 1
+            else:
+                k = at[c]
+                while text[k] != 10:
+                    out[pos] = text[k]
+                    pos += 1
+                    k += 1
+                at[c] = k + 1
         out[pos] = 10
         pos += 1
-        k += 1
     return pos
 
 
+def csv_rows(n: int, fields: list) -> bytes:
+    """The CSV lines of n rows whose fields are, in order, (INT or UTC, int64 values) or (TEXT, list of n str).
+
+    Numbers and times are written by jitted code; a text field is whatever Python made of it (floats by repr(),
+    their shortest round-trip text; labels once per distinct code), joined into one buffer per column. Written an
+    f-string per line before, the trade and order lists took ~10 us a line, most of a month's replay; most of what
+    is left is repr() (bench/MEASURED.md)."""
+    if n == 0:
+        return b""
+    spec = np.zeros((len(fields), 2), np.int64)
+    ints, texts = [], []
+    for f, (kind, values) in enumerate(fields):
+        if kind == TEXT:
+            spec[f] = (TEXT, len(texts))
+            texts.append(("\n".join(values) + "\n").encode("ascii"))
+        else:
+            spec[f] = (kind, len(ints))
+            ints.append(np.asarray(values, np.int64))
+    starts = np.cumsum([0] + [len(t) for t in texts[:-1]], dtype=np.int64)
+    text = np.frombuffer(b"".join(texts) or b"\n", np.uint8)
+    ints_2d = np.stack(ints) if ints else np.zeros((0, n), np.int64)
+    out = np.empty(len(text) + n * (len(fields) + 25 * len(ints)), np.uint8)   # <= 20 digits and sign, or 24 time
+    return out[:_csv_rows(n, spec, ints_2d, text, starts, out)].tobytes()
+
+
+def _floats(x) -> list[str]:
+    """repr() of each value, -0.0 written as 0.0."""
+    return list(map(repr, _r_all(x)))
+
+
+def _labels(codes: np.ndarray, label) -> list[str]:
+    """label(code) of every code, each distinct code labelled once."""
+    uniq, inv = np.unique(np.asarray(codes, np.int64), return_inverse=True)
+    return np.array([label(int(u)) for u in uniq] or [""], object)[inv.reshape(-1)].tolist()
+
+
 def equity_lines(ts: np.ndarray, eq: np.ndarray) -> bytes:
-    """The equity.csv lines of samples (ts, eq). The values are written by repr() (most of the time of a month's
-    2.6 M lines); the times and the line assembly are jitted, where the same text took Python an f-string and a
-    datetime string per line (bench/MEASURED.md)."""
-    ts = np.ascontiguousarray(ts, np.int64)
-    text = np.frombuffer(("\n".join(map(repr, _r_all(eq))) + "\n").encode("ascii"), np.uint8)
-    out = np.empty(len(text) + 46 * len(ts), np.uint8)   # 19 digits, 24 for the time, 2 commas, per line
-    return out[:_equity_lines(ts, text, out)].tobytes()
+    """The equity.csv lines "time_ns,time_utc,equity" of samples (ts, eq)."""
+    return csv_rows(len(ts), [(INT, ts), (UTC, ts), (TEXT, _floats(eq))])
+
+
+@njit(cache=True, nogil=True)
+def _positions_after(sym, side, qty, pos, out):
+    """Each fill's symbol position after it, into out; pos (per symbol) carried from fill to fill. A position
+    within FLAT_EPS of a fill's quantity of zero is zero (the float residue of +0.1 - 0.1)."""
+    for i in range(sym.shape[0]):
+        s = sym[i]
+        p = pos[s] + (qty[i] if side[i] == SIDE_BUY else -qty[i])
+        if abs(p) <= X.FLAT_EPS * qty[i]:
+            p = 0.0
+        pos[s] = p
+        out[i] = p
 
 
 def reason_text(code: int) -> str:
@@ -185,21 +243,22 @@ class Collector:
         for code, cnt in zip(*np.unique(f["status"], return_counts=True)):
             st = X.STATUS_NAMES.get(int(code), str(code))
             self.status_counts[st] = self.status_counts.get(st, 0) + int(cnt)
-        if self._trades is None:
+        if self._trades is None or not traded.any():
             return
-        lines = []
-        pos = self.pos
-        for r in f[traded].tolist():
-            (cid, oid, tid, ts, _recv, px, qty, _cum, fee, pnl, _orig, sym, side, _status, maker, _ro) = r
-            pos[sym] += qty if side == SIDE_BUY else -qty
-            if abs(pos[sym]) <= X.FLAT_EPS * qty:
-                pos[sym] = 0.0
-            side_name = "BUY" if side == SIDE_BUY else "SELL"
-            lines.append(f"{ts},{utc(ts)},{self.names[sym]},{cid},{oid},{tid},{side_name},"
-                         f"{px!r},{qty!r},{_r(px * qty)!r},{_r(fee)!r},{_r(pnl)!r},{int(maker)},"
-                         f"{_r(pos[sym])!r}\n")
-        if lines:
-            self._trades.write("".join(lines))
+        t = f[traded]
+        ts, sym, px, qty = t["ts"], t["symbol"], t["price"], t["qty"]
+        pos_after = np.empty(len(t))
+        _positions_after(sym, t["side"], qty, self.pos, pos_after)
+        self._trades.write(csv_rows(len(t), [
+            (INT, ts), (UTC, ts), (TEXT, self._names(sym)), (INT, t["client_id"]), (INT, t["order_id"]),
+            (INT, t["trade_id"]), (TEXT, _labels(t["side"], lambda c: "BUY" if c == SIDE_BUY else "SELL")),
+            (TEXT, list(map(repr, px.tolist()))), (TEXT, list(map(repr, qty.tolist()))), (TEXT, _floats(px * qty)),
+            (TEXT, _floats(t["fee"])), (TEXT, _floats(t["realized_pnl"])), (INT, t["maker"]),
+            (TEXT, _floats(pos_after))]).decode("ascii"))
+
+    def _names(self, sym: np.ndarray) -> list[str]:
+        names = self.names
+        return _labels(sym, lambda s: names[s] if 0 <= s < len(names) else str(s))
 
     def orders(self, li: np.ndarray, lf: np.ndarray) -> None:
         action = li[:, X.I_ACTION]
@@ -218,26 +277,24 @@ class Collector:
         for code, cnt in zip(*np.unique(rej, return_counts=True)):
             why = reason_text(code)
             self.refusals[why] = self.refusals.get(why, 0) + int(cnt)
-        if self._orders is None:
+        if self._orders is None or not len(li):
             return
-        lines = []
-        for ri, rf in zip(li.tolist(), lf.tolist()):
-            action = _ACTIONS.get(ri[X.I_ACTION], str(ri[X.I_ACTION]))
-            status = X.STATUS_NAMES.get(ri[X.I_STATUS], str(ri[X.I_STATUS]))
-            if action != "NEW":
-                status = "DONE" if ri[X.I_REASON] == 0 else "FAILED"
-            why = reason_text(ri[X.I_REASON])
-            filled = rf[X.F_FILLED]
-            avg = rf[X.F_NOTIONAL] / filled if filled > 0 else 0.0
-            sym = ri[X.I_SYM]
-            name = self.names[sym] if 0 <= sym < len(self.names) else str(sym)
-            side = "BUY" if ri[X.I_SIDE] == SIDE_BUY else ("SELL" if ri[X.I_SIDE] else "")
-            lines.append(f"{ri[X.I_CID]},{name},{action},{side},{_TYPES.get(ri[X.I_TYPE], '')},"
-                         f"{_TIFS.get(ri[X.I_TIF], '')},{ri[X.I_RO]},{_r(rf[X.F_PRICE])!r},{_r(rf[X.F_QTY])!r},"
-                         f"{ri[X.I_SEND_TS]},{ri[X.I_ARRIVE_TS]},{ri[X.I_DONE_TS]},{status},{why},{_r(filled)!r},"
-                         f"{_r(avg)!r},{_r(rf[X.F_FEE])!r},{ri[X.I_EXCH_TS]}\n")
-        if lines:
-            self._orders.write("".join(lines))
+        filled, notional = lf[:, X.F_FILLED], lf[:, X.F_NOTIONAL]
+        avg = np.where(filled > 0, notional / np.where(filled > 0, filled, 1.0), 0.0)
+        # a NEW order's status is the exchange's; a cancel's is whether it was done
+        done = np.where(is_new, status + 2, np.where(reason == 0, 0, 1))
+        self._orders.write(csv_rows(len(li), [
+            (INT, li[:, X.I_CID]), (TEXT, self._names(li[:, X.I_SYM])),
+            (TEXT, _labels(action, lambda c: _ACTIONS.get(c, str(c)))),
+            (TEXT, _labels(li[:, X.I_SIDE], lambda c: "BUY" if c == SIDE_BUY else ("SELL" if c else ""))),
+            (TEXT, _labels(li[:, X.I_TYPE], lambda c: _TYPES.get(c, ""))),
+            (TEXT, _labels(li[:, X.I_TIF], lambda c: _TIFS.get(c, ""))), (INT, li[:, X.I_RO]),
+            (TEXT, _floats(lf[:, X.F_PRICE])), (TEXT, _floats(lf[:, X.F_QTY])), (INT, li[:, X.I_SEND_TS]),
+            (INT, li[:, X.I_ARRIVE_TS]), (INT, li[:, X.I_DONE_TS]),
+            (TEXT, _labels(done, lambda c: "DONE" if c == 0 else "FAILED" if c == 1
+                           else X.STATUS_NAMES.get(c - 2, str(c - 2)))),
+            (TEXT, _labels(reason, reason_text)), (TEXT, _floats(filled)), (TEXT, _floats(avg)),
+            (TEXT, _floats(lf[:, X.F_FEE])), (INT, li[:, X.I_EXCH_TS])]).decode("ascii"))
 
     def equity(self, ts: np.ndarray, val: np.ndarray) -> None:
         self.eq_ts.append(ts)
