@@ -3,10 +3,10 @@
 Numba types a jitted call with a constant argument, `_reject(..., R_HALTED, 0, now)`, as a call with
 `Literal[int](3)`, and compiles the callee again for every such literal: one copy per constant that any caller
 passes. Nothing in the engine wants that specialisation (no `literally`, no constant used as a tuple index or a field
-name), and it cost about a quarter of a first start's compiling. Measured with Numba's compile events on the embedded-venue
-run, empty cache, 2 vCPUs (2026-12-07): `risk._reject` was compiled 26 times (5.8 CPU-s), each order encoder twice,
-`latency.record_stage` 5 times, the venue's `_set_level` 8 times. The Brain compiled for 49 CPU-s and the venue for
-13; typed by types only, 36 and 11. Each copy was also written to, and read back from, Numba's cache.
+name), and it cost about a quarter of a first start's compiling. Measured with Numba's compile events on the
+embedded-venue run, empty cache, 2 vCPUs (2026-12-07): `risk._reject` was compiled 26 times (5.8 CPU-s), each order
+encoder twice, `latency.record_stage` 5 times, the venue's `_set_level` 8 times. The Brain compiled for 49 CPU-s and
+the venue for 13; typed by types only, 36 and 11. Each copy was also written to, and read back from, Numba's cache.
 
 `njit` here takes Numba's options (cache, nogil, inline, fastmath, ...) and builds the same CPU dispatcher, but for
 one step: when other jitted code calls it, a literal argument type is widened to its ordinary type (int64, bool,
