@@ -19,7 +19,8 @@ def main(argv: list[str]) -> int:
     p = cli.OneLineParser(prog="python -m aegis warmup", description=__doc__.split("\n\n")[0],
                           epilog="A first run compiles for about 40 s on 2 idle cores (minutes on a busy "
                                  "machine); after `warmup` a run starts in about two seconds. Numba's cache sits in "
-                                 "__pycache__ next to the sources (or in NUMBA_CACHE_DIR) and is rebuilt when a source changes.",
+                                 "__pycache__ next to the sources (or in NUMBA_CACHE_DIR) and is rebuilt when a source "
+                                 "changes.",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=SOURCES + ("all",), default="all",
                    help="which market-data source to compile for (default: all)")
