@@ -281,8 +281,6 @@ class Collector:
             return
         filled, notional = lf[:, X.F_FILLED], lf[:, X.F_NOTIONAL]
         avg = np.where(filled > 0, notional / np.where(filled > 0, filled, 1.0), 0.0)
-        # a NEW order's status is the exchange's; a cancel's is whether it was done
-        done = np.where(is_new, status + 2, np.where(reason == 0, 0, 1))
         self._orders.write(csv_rows(len(li), [
             (INT, li[:, X.I_CID]), (TEXT, self._names(li[:, X.I_SYM])),
             (TEXT, _labels(action, lambda c: _ACTIONS.get(c, str(c)))),
@@ -291,8 +289,9 @@ class Collector:
             (TEXT, _labels(li[:, X.I_TIF], lambda c: _TIFS.get(c, ""))), (INT, li[:, X.I_RO]),
             (TEXT, _floats(lf[:, X.F_PRICE])), (TEXT, _floats(lf[:, X.F_QTY])), (INT, li[:, X.I_SEND_TS]),
             (INT, li[:, X.I_ARRIVE_TS]), (INT, li[:, X.I_DONE_TS]),
-            (TEXT, _labels(done, lambda c: "DONE" if c == 0 else "FAILED" if c == 1
-                           else X.STATUS_NAMES.get(c - 2, str(c - 2)))),
+            # the counts' keys: a NEW order's status is the exchange's, a cancel's whether it was done
+            (TEXT, _labels(keys, lambda k: X.STATUS_NAMES.get(k, str(k)) if k > -1000
+                           else ("DONE" if -k % 1000 == 1 else "FAILED"))),
             (TEXT, _labels(reason, reason_text)), (TEXT, _floats(filled)), (TEXT, _floats(avg)),
             (TEXT, _floats(lf[:, X.F_FEE])), (INT, li[:, X.I_EXCH_TS])]).decode("ascii"))
 
