@@ -231,10 +231,10 @@ class Collector:
             # a previous replay's into this directory: trades.csv and orders.csv are rewritten from here on, and the
             # rest must not sit next to them as if they belonged together until this replay's replace them
             self._remove(FINAL_FILES)
-            self._trades = open(self.out_dir / TRADES_FILE, "w", encoding="ascii", newline="")
-            self._trades.write(TRADES_HEADER)
-            self._orders = open(self.out_dir / ORDERS_FILE, "w", encoding="ascii", newline="")
-            self._orders.write(ORDERS_HEADER)
+            self._trades = open(self.out_dir / TRADES_FILE, "wb")    # csv_rows writes bytes, as equity.csv's
+            self._trades.write(TRADES_HEADER.encode("ascii"))
+            self._orders = open(self.out_dir / ORDERS_FILE, "wb")
+            self._orders.write(ORDERS_HEADER.encode("ascii"))
 
     def fills(self, f: np.ndarray) -> None:
         traded = f["qty"] > 0.0
@@ -254,7 +254,7 @@ class Collector:
             (INT, t["trade_id"]), (TEXT, _labels(t["side"], lambda c: "BUY" if c == SIDE_BUY else "SELL")),
             (TEXT, list(map(repr, px.tolist()))), (TEXT, list(map(repr, qty.tolist()))), (TEXT, _floats(px * qty)),
             (TEXT, _floats(t["fee"])), (TEXT, _floats(t["realized_pnl"])), (INT, t["maker"]),
-            (TEXT, _floats(pos_after))]).decode("ascii"))
+            (TEXT, _floats(pos_after))]))
 
     def _names(self, sym: np.ndarray) -> list[str]:
         names = self.names
@@ -293,7 +293,7 @@ class Collector:
             (TEXT, _labels(keys, lambda k: X.STATUS_NAMES.get(k, str(k)) if k > -1000
                            else ("DONE" if -k % 1000 == 1 else "FAILED"))),
             (TEXT, _labels(reason, reason_text)), (TEXT, _floats(filled)), (TEXT, _floats(avg)),
-            (TEXT, _floats(lf[:, X.F_FEE])), (INT, li[:, X.I_EXCH_TS])]).decode("ascii"))
+            (TEXT, _floats(lf[:, X.F_FEE])), (INT, li[:, X.I_EXCH_TS])]))
 
     def equity(self, ts: np.ndarray, val: np.ndarray) -> None:
         self.eq_ts.append(ts)
