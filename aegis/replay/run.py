@@ -8,9 +8,10 @@ Pipeline (one process, no threads):
        store partitions skip it (aegis.replay.store.replay_batches: a partition overlapping no other is handed
        to the core as its file's rows read into one reused buffer, overlapping ones are merged by one jitted
        pass)
-    -> replay core, ONE jitted call per merged batch: per ring batch of RING_BATCH records, aegis.core.ring's
-       write_batch / read_batch on an in-process ring, then the Brain's own order loop
-       (aegis.brain.pipeline.process_batch and halt_followup) with the simulated exchange as its order sink
+    -> replay core, ONE jitted call per merged batch: per BATCH records, the Brain's own order loop
+       (aegis.brain.pipeline.process_batch and halt_followup) on the merged array itself, with no ring between
+       them (the live Brain's ring is transport between two processes; in one process its two copies of every
+       record cost a replay a fifth of its core time), with the simulated exchange as its order sink
        (aegis.replay.sink): the exchange sees every record up to a signal's trigger before the order is sent, and
        its fills reach risk at once, in simulated time.
     -> aegis.replay.metrics: summary.json, trades.csv, orders.csv, equity.csv, equity.png in --out.
@@ -42,7 +43,6 @@ import numpy as np
 
 from aegis.core.jit import njit
 from aegis.replay import metrics
-from aegis.core import ring
 from aegis.core.borrow import borrowed
 from aegis.trade import risk
 from aegis.replay import simexec
@@ -60,11 +60,9 @@ from aegis.core.config import ConfigError
 from aegis.replay.csvimport import RAW_DTYPE, CsvSource, InputError, concat, symbol_and_format_from_name
 from aegis.core.records import MARKET_DTYPE
 from aegis.replay.simexec import C_ACTIVE, C_DONE, C_EQ, C_FILLS, SimConfig, SimExchange
-from aegis.core.wait import BUSY_SPIN
 from aegis.core.usage import OneLineParser, usage_error
 
-RING_BATCH = 1024            # records per ring write/read, as the Brain's batch
-RING_CAPACITY = 1 << 13
+BATCH = 1024                 # records per order-loop call, as the Brain's ring batch
 MERGE_CHUNK_BYTES = 1 << 20  # per CSV source block: ~14 k quotes; memory ~ (files x 2 MB)
 REC_PREFIX_SCAN_LINES = 100_000
 DEFAULT_OUT = "replay-out"
@@ -72,18 +70,17 @@ DEFAULT_OUT = "replay-out"
 
 # =============================================================================================== jitted core
 @njit(cache=True, nogil=True)
-def run_core(src, n, start, rh, rrec, dst, bs, sink, words, lanes):
-    """Replay src[start:n] through the in-process ring and the Brain's order loop (aegis.brain.pipeline) with the
+def run_core(src, n, start, bs, sink, words, lanes):
+    """Replay src[start:n] through the Brain's order loop (aegis.brain.pipeline), BATCH records a call, with the
     simulated exchange as its sink; returns how far it got (< n when an output buffer must be drained first).
     lanes not empty: also add the replayed records (words: src as 64-bit words) to a store partition's sum64."""
     # the ReplayCore holds every array for the whole call: owner-less views spare the kernels below two atomic
     # reference-count updates per array they take out of a bundle (per order, and per record while one rests)
-    bs, sink, src, dst, rh, rrec = borrowed(bs), borrowed(sink), borrowed(src), borrowed(dst), borrowed(rh), \
-        borrowed(rrec)
+    bs, sink, src = borrowed(bs), borrowed(sink), borrowed(src)
     sx = sink.sx
     ctr = sx.ctr
     i0 = start
-    batch = dst.shape[0]
+    batch = BATCH
     need = 2 * batch + bs.req_buf.shape[0] + 8
     while i0 < n:
         na = ctr[C_ACTIVE]
@@ -93,12 +90,11 @@ def run_core(src, n, start, rh, rrec, dst, bs, sink, words, lanes):
         m = n - i0
         if m > batch:
             m = batch
-        ring.write_batch(rh, rrec, src[i0:i0 + m], m, ring.POLICY_WAIT, BUSY_SPIN)
-        if lanes.shape[0] != 0:   # a partition's first open: its check, on the rows the ring write just read
+        if lanes.shape[0] != 0:   # a partition's first open: its check, on the rows the order loop reads next
             sum64_step(words[i0 * RECORD_WORDS:(i0 + m) * RECORD_WORDS], lanes)
-        got = ring.read_batch(rh, rrec, dst, batch)
-        now = dst[got - 1].recv_ts
-        pipeline.process_batch(bs, sink, dst, got, now)
+        part = src[i0:i0 + m]
+        now = part[m - 1].recv_ts
+        pipeline.process_batch(bs, sink, part, m, now)
         if bs.rk.g[risk.G_HALT_PENDING] != 0:   # as the Brain's next loop iteration: cancel-all / flatten
             pipeline.halt_followup(bs, sink, now)
         i0 += m
@@ -485,19 +481,15 @@ _NO_WORDS = np.zeros(0, np.uint64)   # run_core's words and lanes when there is 
 
 
 class ReplayCore:
-    """The live path's kernels and state for one replay: the Brain's order loop (aegis.brain.pipeline) over an
-    in-process ring, with the simulated exchange as its order sink (aegis.replay.sink)."""
+    """The live path's kernels and state for one replay: the Brain's order loop (aegis.brain.pipeline) over the
+    replayed records, with the simulated exchange as its order sink (aegis.replay.sink)."""
 
     def __init__(self, table, cfg: ReplayConfig, rules: list | None = None, out=None):
         n = len(table)
         self.table = table
         self.cfg = cfg
-        self.header = np.zeros(ring.HEADER_SLOTS, np.int64)
-        ring.init_header(self.header, RING_CAPACITY, MARKET_DTYPE.itemsize)
-        self.ring_records = np.zeros(RING_CAPACITY, MARKET_DTYPE)
-        self.dst = np.zeros(RING_BATCH, MARKET_DTYPE)
         self.riskbook = risk.RiskBook(cfg.risk, rules if rules is not None else symbol_rules(table))
-        self.sim = SimExchange(n, cfg.sim, max_active=risk.MAX_OPEN + 4 * RING_BATCH, fill_cap=1 << 15,
+        self.sim = SimExchange(n, cfg.sim, max_active=risk.MAX_OPEN + 4 * BATCH, fill_cap=1 << 15,
                                log_cap=1 << 15, eq_cap=1 << 15)
         self.sink = SimSink(self.sim.sx)
         # no candles, no bus listeners, no latency histograms: the order loop's observers, not its decisions
@@ -520,7 +512,7 @@ class ReplayCore:
         lanes = _NO_WORDS if lanes is None else lanes
         while i < n:
             before = i
-            i = run_core(recs, n, i, self.header, self.ring_records, self.dst, self.bs, self.sink, words, lanes)
+            i = run_core(recs, n, i, self.bs, self.sink, words, lanes)
             self.drain()
             if i == before:   # drained buffers and still no room: only the active-order table can be full
                 raise RuntimeError(f"simulated exchange: {int(self.sim.ctr[C_ACTIVE])} orders open or in flight, "
