@@ -144,7 +144,8 @@ def parts(root: str, strategy_name: str = "idle", symbol: str | None = None) -> 
     recs = np.empty(rows, MARKET_DTYPE)
     o = 0
     for p in sel:
-        recs[o:o + p.rows] = S.open_partition(p, False)
+        recs[o:o + p.rows] = S.to_records(p.layout, np.array(S.open_partition(p, False)), 0,
+                                          np.zeros(p.rows, MARKET_DTYPE))
         recs["symbol"][o:o + p.rows] = table.id_of(p.symbol)
         o += p.rows
     recs = recs[np.argsort(recs["recv_ts"], kind="stable")]   # sel is in merge order: ties as the merge breaks them

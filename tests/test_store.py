@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aegis.core.records import MARKET_DTYPE
+from aegis.core.records import KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
 from aegis.replay import run as replay
 from aegis.replay import store as S
 
@@ -55,11 +55,14 @@ def test_import_partitions_by_symbol_and_day_as_plain_npy(csvs, tmp_path):
     assert got == [("BTCUSDT", DAYS[0], "bookTicker", ROWS), ("BTCUSDT", DAYS[1], "bookTicker", ROWS),
                    ("ETHUSDT", DAYS[0], "bookTicker", ROWS // 2)]
     p = st.select(["BTCUSDT"], DAYS[1], DAYS[1])[0]
-    a = np.load(p.path, mmap_mode="r")          # any numpy reads a partition
-    assert a.dtype == MARKET_DTYPE and len(a) == ROWS
+    a = np.load(p.path, mmap_mode="r")          # any numpy reads a partition: a bookTicker's quote fields only
+    assert p.layout == "quote" and a.dtype == S.QUOTE_ROW and len(a) == ROWS
     assert (np.diff(a["recv_ts"]) >= 0).all()
     assert a["recv_ts"][0] // S.DAY_NS == a["recv_ts"][-1] // S.DAY_NS
-    assert (a["symbol"] == 0).all() and (a["bid_px"] > 0).all()
+    r = S.to_records(p.layout, np.array(a), 0, np.zeros(ROWS, MARKET_DTYPE))
+    assert (r["symbol"] == 0).all() and (r["bid_px"] > 0).all() and (r["kind"] == KIND_QUOTE).all()
+    assert (r["pub_ts"] == r["recv_ts"]).all() and (r["seq"] == np.arange(ROWS)).all()
+    assert S.sum64(r) == p.sum64                # the manifest's sum64 is of the records, its CRC-32 of the file
 
 
 def test_replay_from_the_store_gives_the_same_results_as_from_csv(csvs, tmp_path):
@@ -75,6 +78,9 @@ def test_replay_from_the_store_gives_the_same_results_as_from_csv(csvs, tmp_path
     # a symbol directory of the store selects that symbol's partitions only
     c = _replay([root / "ETHUSDT"], tmp_path / "eth")
     assert c["counts"]["records"] == ROWS // 2 and list(c["per_symbol"]) in ([], ["ETHUSDT"])
+
+
+_BID = S.QUOTE_ROW.fields["bid_px"][1] + 1   # a byte of a bookTicker row's bid price
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -99,9 +105,9 @@ def test_a_damaged_partition_is_named_in_one_line_exit_2(csvs, tmp_path, capsys,
         monkeypatch.setattr(S, "MERGE_MAX", 1)
     p = S.Store(root).select([sym], day, day)[0]
     if damage.startswith("flip"):
-        _flip_byte(p.path, S.HEADER_BYTES + 1000 * MARKET_DTYPE.itemsize + 24)   # one bid price bit
+        _flip_byte(p.path, S.HEADER_BYTES + 1000 * p.row_dtype.itemsize + _BID)   # one bid price bit
     else:
-        os.truncate(p.path, p.path.stat().st_size - MARKET_DTYPE.itemsize)
+        os.truncate(p.path, p.path.stat().st_size - p.row_dtype.itemsize)
     capsys.readouterr()
     assert S.main(["verify", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -211,7 +217,7 @@ def test_damage_found_by_the_replays_own_pass_fails_it_with_no_result_left(tmp_p
     assert sorted(os.listdir(out)) == RESULT_FILES and json.loads((out / "summary.json").read_text())["counts"][
         "orders_accepted"] > 100
     row = p.rows // 2 if where == "middle" else p.rows - 10   # the second slice, or the last
-    _flip_byte(p.path, S.HEADER_BYTES + row * MARKET_DTYPE.itemsize + 24)
+    _flip_byte(p.path, S.HEADER_BYTES + row * p.row_dtype.itemsize + _BID)
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=repo)
     err = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(err) == 1, bad.stderr
@@ -303,6 +309,81 @@ def test_reimporting_a_file_replaces_its_partition(csvs, tmp_path):
     assert len(new) == 1 and new[0].rows == ROWS // 3 and not old.path.exists()
 
 
+def _trades_csv(path: Path, n: int, t0_ms: int) -> Path:
+    # one row going back in time (its replay time is clamped, its exchange time kept: exch_ts != recv_ts)
+    times = [t0_ms + 37 * i - (500 if i == n // 2 else 0) for i in range(n)]
+    path.write_text("".join(f"{i},{2500 + (i % 9) / 100:.2f},{0.001 * (1 + i % 4):.3f},{2 * i},{2 * i + 1},{t},"
+                            f"{'true' if i % 3 else 'false'}\n" for i, t in enumerate(times)))
+    return path
+
+
+def test_public_data_is_stored_in_its_streams_layout_and_read_back_as_the_same_records(csvs, tmp_path):
+    """bookTicker and aggTrades partitions hold only the fields their files fill (56 and 64 bytes a row, not 128);
+    what a reader gets back is field for field the records replay makes from the CSV, and replay from the store
+    gives byte-identical results. A store of version 1 (whole records, no layout in its manifest) replays the same."""
+    trades = _trades_csv(csvs[0].parent / f"ETHUSDT-aggTrades-{DAYS[0]}.csv", 2000, marketdays.day_ms(DAYS[0]))
+    files = [*csvs, trades]
+    root = tmp_path / "store"
+    assert _import(files, root) == 0
+    parts = S.Store(root).select()
+    assert sorted({(p.stream, p.layout, p.row_dtype.itemsize) for p in parts}) == [
+        ("aggTrades", "trade", 64), ("bookTicker", "quote", 56)]
+    for p in parts:
+        assert p.nbytes == p.rows * p.row_dtype.itemsize == p.path.stat().st_size - S.HEADER_BYTES
+        _, (src,) = replay.open_sources([next(str(f) for f in files if Path(f).name == p.source)], None, None, None,
+                                        None)
+        want = np.concatenate(list(src.chunks()))
+        got = np.concatenate(list(S.StoreSource(p, 0, chunk_rows=700).chunks()))
+        assert len(got) == len(want) == p.rows
+        for f in MARKET_DTYPE.names:
+            if f not in ("symbol", "pub_ts", "seq"):   # import's stamps: 0, recv_ts, the row's index
+                assert np.array_equal(got[f], want[f]), (p.stream, f)
+        if p.stream == "aggTrades":
+            assert (got["exch_ts"] != got["recv_ts"]).sum() >= 1 and set(got["side"].tolist()) == {-1, 1}
+    a = _replay(files, tmp_path / "from-csv")
+    b = _replay([root], tmp_path / "from-store")
+    # the same data as a version 1 store: every partition as whole records, a manifest without layouts
+    v1 = tmp_path / "v1"
+    st = S.Store(v1)
+    for p in parts:
+        w = S._PartWriter(v1, p.symbol, p.day, p.stream, p.source, layout="market")
+        for c in S.StoreSource(p, 0).chunks():
+            w.append(c)
+        q = w.commit()
+        st.parts[q.rel] = q
+    st.save()
+    man = json.loads((v1 / S.MANIFEST).read_text())
+    man["version"] = 1
+    for d in man["partitions"].values():
+        assert d.pop("layout") == "market"
+    (v1 / S.MANIFEST).write_text(json.dumps(man))
+    assert {p.layout for p in S.Store(v1).select()} == {"market"}
+    c = _replay([v1], tmp_path / "from-v1")
+    for x in (a, b, c):
+        x.pop("inputs")
+    assert a == b == c and a["counts"]["records"] == 2 * ROWS + ROWS // 2 + 2000
+    for name in ("trades.csv", "orders.csv", "equity.csv"):
+        assert (tmp_path / "from-csv" / name).read_bytes() == (tmp_path / "from-store" / name).read_bytes() \
+            == (tmp_path / "from-v1" / name).read_bytes()
+
+
+def test_records_a_layout_does_not_hold_are_refused_at_import_not_stored_wrong(tmp_path):
+    recs = np.zeros(4, MARKET_DTYPE)
+    recs["recv_ts"] = recs["exch_ts"] = recs["pub_ts"] = np.arange(4) + 1
+    recs["seq"] = np.arange(4)
+    recs["kind"] = KIND_QUOTE
+    recs["bid_px"] = 1.0
+    rows, back = S._stored("quote", recs, 0)
+    assert rows.dtype == S.QUOTE_ROW and all(np.array_equal(back[f], recs[f]) for f in MARKET_DTYPE.names)
+    for field, value in (("px", 2.0), ("kind", KIND_TRADE), ("seq", 7), ("pub_ts", 0)):
+        bad = recs.copy()
+        bad[field][2] = value
+        with pytest.raises(ValueError, match=field):
+            S._stored("quote", bad, 0)
+    with pytest.raises(ValueError, match="bid_px"):   # a quote is not a trade
+        S._stored("trade", recs, 0)
+
+
 def test_store_reader_chunks_are_the_files_rows_read_only_for_symbol_0(csvs, tmp_path):
     root = tmp_path / "store"
     assert _import(csvs[:1], root) == 0
@@ -310,7 +391,7 @@ def test_store_reader_chunks_are_the_files_rows_read_only_for_symbol_0(csvs, tmp
     chunks = list(S.StoreSource(part, 0, chunk_rows=1000).chunks())
     assert [len(c) for c in chunks] == [1000, 1000, 1000]
     assert not any(c.flags.writeable for c in chunks)
-    stored = np.load(part.path)
+    stored = S.to_records(part.layout, np.load(part.path), 0, np.zeros(part.rows, MARKET_DTYPE))
     assert all(np.array_equal(np.concatenate([c[f] for c in chunks]), stored[f]) for f in MARKET_DTYPE.names)
     moved = list(S.StoreSource(part, 3, chunk_rows=1000).chunks())
     assert all((c["symbol"] == 3).all() for c in moved)
@@ -434,18 +515,25 @@ def test_a_recordings_exchange_filters_are_kept_in_the_store_and_used_by_its_rep
 
 
 def _part(root: Path, symbol: str, day: str, stream: str, t: np.ndarray, stamped: bool = True) -> S.Partition:
-    """A partition written as import writes one (stamped: pub_ts and seq as replay's merge sets them), or as the
-    first version of import did (pub_ts and seq 0)."""
+    """A partition written as import writes one (stamped: pub_ts and seq as replay's merge sets them, in the
+    stream's layout), or as the first version of import did (pub_ts and seq 0, whole records)."""
     recs = np.zeros(len(t), MARKET_DTYPE)
     recs["recv_ts"] = recs["exch_ts"] = t
     if stamped:
         recs["pub_ts"] = t
         recs["seq"] = np.arange(len(t))
-    recs["bid_px"] = np.arange(len(t)) + 1.0
-    recs["ask_px"] = recs["bid_px"] + 1.0
+    if stream == "aggTrades":
+        recs["px"] = np.arange(len(t)) + 1.5
+        recs["qty"] = 0.25
+        recs["side"] = np.where(np.arange(len(t)) % 3 == 0, -1, 1)
+        recs["first_id"] = recs["prev_id"] = np.arange(len(t))
+        recs["kind"] = KIND_TRADE
+    else:
+        recs["bid_px"] = np.arange(len(t)) + 1.0
+        recs["ask_px"] = recs["bid_px"] + 1.0
+        recs["kind"] = KIND_QUOTE
     recs["last_id"] = np.arange(len(t))
-    recs["kind"] = 1
-    w = S._PartWriter(root, symbol, day, stream, stream)
+    w = S._PartWriter(root, symbol, day, stream, stream, layout=None if stamped else "market")
     w.append(recs)
     return w.commit()
 
@@ -509,7 +597,8 @@ def test_store_batches_are_the_merge_of_the_partitions_and_a_lone_one_goes_unmer
     assert [len(b) for b in seen] == [1000, 1000, 500]
     assert not any(np.shares_memory(b, mapped) for b in seen)
     assert all(np.shares_memory(b, seen[0]) for b in seen)
-    assert all(np.array_equal(np.concatenate([r[f] for r in rows]), mapped[f]) for f in MARKET_DTYPE.names)
+    stored = S.to_records(lone.part.layout, np.array(mapped), 0, np.zeros(len(mapped), MARKET_DTYPE))
+    assert all(np.array_equal(np.concatenate([r[f] for r in rows]), stored[f]) for f in MARKET_DTYPE.names)
     # a partition imported before pub_ts and seq were stored is stamped on a copy, as the merge would
     old_root = tmp_path / "old-store"
     st = S.Store(old_root)

@@ -1,5 +1,5 @@
-"""A market-data store: Binance public data and Feed recordings converted once into MARKET_DTYPE arrays that replay
-reads with no parsing. `python -m aegis data import FILES... --to DIR`, `data verify DIR`, `data ls DIR`.
+"""A market-data store: Binance public data and Feed recordings converted once into arrays of MARKET_DTYPE's fields
+that replay reads with no parsing. `python -m aegis data import FILES... --to DIR`, `data verify DIR`, `data ls DIR`.
 
 Layout (one directory, any filesystem every reader sees):
 
@@ -11,9 +11,12 @@ stream is "bookTicker" or "aggTrades" for Binance CSV/ZIP files and "rec-<file n
 recording holds every symbol and kind the Feed received; each recording file gives its own partitions, so two
 recordings overlapping one day are merged at replay time like any two inputs, not rewritten at import).
 
-Why a plain .npy of whole MARKET_DTYPE records (and not Parquet): measured in bench/bench_store.py (figures in
-bench/RESULTS.md). Replay consumes MARKET_DTYPE records; a .npy partition is those records, so reading is a copy of
-bytes -- no decode, no column-to-row assembly -- and the file opens with plain `numpy.load(mmap_mode="r")`.
+Why a plain .npy of records (and not Parquet): measured in bench/bench_store.py (figures in bench/RESULTS.md).
+Replay consumes MARKET_DTYPE records; a .npy partition holds them row by row, so reading is a copy of bytes -- no
+decode, no column-to-row assembly -- and the file opens with plain `numpy.load(mmap_mode="r")`. A bookTicker or
+aggTrades partition stores only the fields its file fills (QUOTE_ROW, TRADE_ROW: 56 and 64 bytes a row against
+128), expanded into records in the cache as they are read: the kernel's read of a file, not the copy, is what
+costs here (see "row layouts" below). A recording's partitions are whole records.
 Parquet (pyarrow) is 3.6x (uncompressed) to 5.3x (zstd) smaller on disk, but every read must decode and transpose
 it into records. Through a mapping, the .npy read at twice zstd Parquet's rate and at uncompressed Parquet's; read
 into arrays, as now, at 65-80 M rows/s against Parquet's 10-14 (one run of the bench at 200 k rows). Compression does
@@ -72,12 +75,13 @@ import numpy as np
 
 from aegis.brain import pools
 from aegis.core.jit import njit
-from aegis.core.records import MARKET_DTYPE
+from aegis.core.records import KIND_QUOTE, KIND_TRADE, MARKET_DTYPE
 from aegis.replay.csvimport import CsvSource, InputError
 
 MANIFEST = "manifest.json"
 FORMAT = "aegis-market-store"
-VERSION = 1
+VERSION = 2                  # 2: partitions name their row layout; a version 1 store is read as all "market"
+READS = (1, 2)
 LOCK = ".import.lock"
 TMP_MARK = ".tmp-"
 HEADER_BYTES = 1024          # reserved .npy header: written before the row count is known, padded with spaces
@@ -85,6 +89,104 @@ DAY_NS = 86_400 * 1_000_000_000
 CHUNK_ROWS = 1 << 13         # rows per chunk a reader yields (1 MB): the merge keeps one chunk per source
 CHECK_ROWS = 1 << 16         # rows a check of a whole partition reads at a time (8 MB)
 _DESCR = np.lib.format.dtype_to_descr(MARKET_DTYPE)
+
+
+# ============================================================================================== row layouts
+# A partition's file holds its rows in one layout, named by its manifest entry (and checked against the .npy
+# header). A Binance public-data file fills only some of MARKET_DTYPE's fields: the rest are the stream's kind,
+# zeros, or what import stamps (symbol 0, pub_ts = recv_ts, seq = the row's index). Those are not stored: a
+# bookTicker row is 56 bytes on disk instead of 128. Reading a file costs the kernel about 0.7 us per 4 KB page on
+# this host (pread and mapped reads alike: 5.8-6.6 GB/s, against 20 GB/s for a memcpy in user space), which made
+# the file read as long as the replay core itself; the rows are expanded into records in the cache, where that
+# costs a few ns a row (bench/MEASURED.md). A Feed recording holds every kind and stays "market": whole records.
+# On disk only: nothing but store.py sees these layouts, so the cache-line rule of aegis.core.records does not
+# apply (TRADE_ROW is padded to 64 bytes only to keep its 8-byte fields aligned).
+QUOTE_ROW = np.dtype({"names": ["exch_ts", "recv_ts", "bid_px", "bid_qty", "ask_px", "ask_qty", "last_id"],
+                      "formats": ["<i8", "<i8", "<f8", "<f8", "<f8", "<f8", "<i8"],
+                      "offsets": [0, 8, 16, 24, 32, 40, 48], "itemsize": 56})
+TRADE_ROW = np.dtype({"names": ["exch_ts", "recv_ts", "px", "qty", "first_id", "last_id", "prev_id", "side"],
+                      "formats": ["<i8", "<i8", "<f8", "<f8", "<i8", "<i8", "<i8", "i1"],
+                      "offsets": [0, 8, 16, 24, 32, 40, 48, 56], "itemsize": 64})   # 7 bytes of padding
+LAYOUTS = {"market": MARKET_DTYPE, "quote": QUOTE_ROW, "trade": TRADE_ROW}
+STREAM_LAYOUT = {"bookTicker": "quote", "aggTrades": "trade"}   # any other stream (a recording's): "market"
+
+
+@njit(cache=True, nogil=True)
+def _quotes_to_records(rows, out, row0):
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        o = out[i]
+        o.exch_ts = r.exch_ts
+        o.recv_ts = r.recv_ts
+        o.pub_ts = r.recv_ts
+        o.bid_px = r.bid_px
+        o.bid_qty = r.bid_qty
+        o.ask_px = r.ask_px
+        o.ask_qty = r.ask_qty
+        o.symbol = 0
+        o.kind = KIND_QUOTE
+        o.side = 0
+        o.flags = 0
+        o.px = 0.0
+        o.qty = 0.0
+        o.first_id = 0
+        o.last_id = r.last_id
+        o.prev_id = 0
+        o.seq = row0 + i
+
+
+@njit(cache=True, nogil=True)
+def _trades_to_records(rows, out, row0):
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        o = out[i]
+        o.exch_ts = r.exch_ts
+        o.recv_ts = r.recv_ts
+        o.pub_ts = r.recv_ts
+        o.bid_px = 0.0
+        o.bid_qty = 0.0
+        o.ask_px = 0.0
+        o.ask_qty = 0.0
+        o.symbol = 0
+        o.kind = KIND_TRADE
+        o.side = r.side
+        o.flags = 0
+        o.px = r.px
+        o.qty = r.qty
+        o.first_id = r.first_id
+        o.last_id = r.last_id
+        o.prev_id = r.prev_id
+        o.seq = row0 + i
+
+
+def to_records(layout: str, rows: np.ndarray, row: int, buf: np.ndarray) -> np.ndarray:
+    """Stored rows (rows [row, row + len(rows)) of a partition of this layout) as MARKET_DTYPE records in buf's
+    first len(rows) slots; a "market" partition's rows are records already. Only fields are written: buf's padding
+    bytes must be zero, as import's were, for the records' sum64 to match (every reader's buffer is zeroed once)."""
+    if layout == "market":
+        return rows
+    out = buf[:len(rows)]
+    (_quotes_to_records if layout == "quote" else _trades_to_records)(rows, out, row)
+    return out
+
+
+def _stored(layout: str, recs: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """(recs in the layout, for writing; the records a reader will get from them, for their sum64) of recs, rows
+    [row, ...) of a partition; ValueError if the layout would not give every field back as it is in recs."""
+    if recs.dtype != MARKET_DTYPE:   # (np.concatenate, for one, packs the padding away: 112-byte rows)
+        raise ValueError(f"records of another layout than MARKET_DTYPE's ({recs.dtype.itemsize} bytes)")
+    recs = np.ascontiguousarray(recs)
+    if layout == "market":
+        return recs, recs
+    dt = LAYOUTS[layout]
+    rows = np.zeros(len(recs), dt)
+    for f in dt.names:
+        rows[f] = recs[f]
+    back = to_records(layout, rows, row, np.zeros(len(recs), MARKET_DTYPE))   # (padding: zeros, not recs')
+    for f in MARKET_DTYPE.names:
+        if back[f].tobytes() != recs[f].tobytes():
+            raise ValueError(f"records that the {layout!r} layout does not hold: {f} is not what it stores")
+    return rows, back
 
 
 class StoreError(InputError):
@@ -108,6 +210,11 @@ class Partition:
     filters: dict | None = None   # a recording's partition: its symbol's exchangeInfo row (tick/step/min notional)
     filters_crc32: str = ""       # the manifest's CRC-32 of that row (hex), checked by check_filters()
     sum64: int | None = None      # fast checksum of the records (see sum64); None in partitions imported before it
+    layout: str = "market"        # how the file holds its rows (LAYOUTS); "market" in stores of version 1
+
+    @property
+    def row_dtype(self) -> np.dtype:
+        return LAYOUTS[self.layout]
 
     @property
     def path(self) -> Path:
@@ -122,6 +229,7 @@ class Partition:
             d["filters_crc32"] = self.filters_crc32 or f"{filters_crc(self.filters):08x}"
         if self.sum64 is not None:
             d["sum64"] = f"{self.sum64:016x}"
+        d["layout"] = self.layout
         return d
 
     def check_filters(self) -> dict | None:
@@ -139,7 +247,13 @@ class Partition:
         return cls(root, rel, d["symbol"], d["day"], d["stream"], int(d["rows"]), int(d["bytes"]),
                    int(d["crc32"], 16), int(d["first_ns"]), int(d["last_ns"]), d.get("source", ""),
                    d.get("filters"), str(d.get("filters_crc32", "")),
-                   int(d["sum64"], 16) if "sum64" in d else None)
+                   int(d["sum64"], 16) if "sum64" in d else None, _layout_name(d.get("layout", "market")))
+
+
+def _layout_name(name) -> str:
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown row layout {name!r}")
+    return name
 
 
 def filters_crc(row: dict) -> int:
@@ -179,8 +293,9 @@ class Store:
             return
         try:
             data = json.loads(mf.read_text(encoding="ascii"))
-            if data.get("format") != FORMAT or data.get("version") != VERSION:
-                raise StoreError(f"{mf}: not an {FORMAT} v{VERSION} manifest")
+            if data.get("format") != FORMAT or data.get("version") not in READS:
+                raise StoreError(f"{mf}: not an {FORMAT} manifest of a version this build reads "
+                                 f"({', '.join(f'v{v}' for v in READS)})")
             if data.get("record") != repr(_DESCR):
                 raise StoreError(f"{mf}: written with another MARKET_DTYPE layout; import the data again")
             self.parts = {rel: Partition.from_json(self.root, rel, d) for rel, d in data["partitions"].items()}
@@ -229,21 +344,21 @@ def _fsync_dir(d: Path) -> None:
 
 
 # ============================================================================================== reading
-def _npy_header(rows: int) -> bytes:
-    """A version 1.0 .npy header for `rows` MARKET records, padded to HEADER_BYTES (numpy strips the padding)."""
-    text = repr({"descr": _DESCR, "fortran_order": False, "shape": (rows,)}).encode("latin1")
+def _npy_header(rows: int, dtype: np.dtype) -> bytes:
+    """A version 1.0 .npy header for `rows` rows of dtype, padded to HEADER_BYTES (numpy strips the padding)."""
+    descr = np.lib.format.dtype_to_descr(dtype)
+    text = repr({"descr": descr, "fortran_order": False, "shape": (rows,)}).encode("latin1")
     head = b"\x93NUMPY\x01\x00"
     body_len = HEADER_BYTES - len(head) - 2
     if len(text) + 1 > body_len:
-        raise ValueError("MARKET_DTYPE description does not fit the reserved .npy header")
+        raise ValueError("the row layout's description does not fit the reserved .npy header")
     return head + body_len.to_bytes(2, "little") + text.ljust(body_len - 1) + b"\n"
 
 
 def open_partition(part: Partition, check_crc: bool, both: bool = False) -> np.ndarray:
-    """The partition's records as an array over a private (copy-on-write) mmap of the file; StoreError naming it if
-    damaged. The array is writable only so that it has the type of any in-memory record array (the replay core's
-    jitted code is compiled for writable arrays; a read-only one would be another compilation): replay only reads
-    it, and a write would change this process's copy of the page, never the file.
+    """The partition's rows as stored (its layout's dtype) in an array over a private (copy-on-write) mmap of the
+    file; StoreError naming it if damaged. Readers take its length and first row from it (the rows themselves
+    are read by read_rows); a write would change this process's copy of the page, never the file.
     check_crc: check the records against the manifest -- by sum64 when the manifest has it (6x faster than CRC-32),
     else by CRC-32; both: by both (`data verify`)."""
     path = part.path
@@ -254,7 +369,7 @@ def open_partition(part: Partition, check_crc: bool, both: bool = False) -> np.n
         raise StoreError(f"damaged partition {name}: {e.strerror or e}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        if size != HEADER_BYTES + part.nbytes or part.nbytes != part.rows * MARKET_DTYPE.itemsize:
+        if size != HEADER_BYTES + part.nbytes or part.nbytes != part.rows * part.row_dtype.itemsize:
             raise StoreError(f"damaged partition {name}: {size} bytes on disk, manifest says "
                              f"{HEADER_BYTES + part.nbytes}")
         try:
@@ -263,23 +378,34 @@ def open_partition(part: Partition, check_crc: bool, both: bool = False) -> np.n
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         except ValueError as e:
             raise StoreError(f"damaged partition {name}: bad .npy header ({e})") from None
-        if f.tell() != HEADER_BYTES or dtype != MARKET_DTYPE or shape != (part.rows,) or fortran:
+        if f.tell() != HEADER_BYTES or dtype != part.row_dtype or shape != (part.rows,) or fortran:
             raise StoreError(f"damaged partition {name}: header says {shape} of another layout")
         if part.rows == 0:
-            return np.zeros(0, MARKET_DTYPE)
+            return np.zeros(0, part.row_dtype)
         if check_crc:
             _check_file(f.fileno(), part, part.sum64 is not None, both or part.sum64 is None)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     mm.madvise(mmap.MADV_SEQUENTIAL)
-    return np.frombuffer(mm, MARKET_DTYPE, count=part.rows, offset=HEADER_BYTES)
+    return np.frombuffer(mm, part.row_dtype, count=part.rows, offset=HEADER_BYTES)
 
 
-def read_rows(fd: int, part: Partition, row: int, buf: np.ndarray) -> np.ndarray:
-    """Rows [row, row + len(buf)) (fewer at the end) of the partition's open file fd, copied into buf by pread(2),
-    as buf's first rows; StoreError naming the partition when the file no longer holds them (cut short since it
-    was opened) or cannot be read. The store's rows are read this way, not through a mapping: a mapped page that
-    is no longer in the file kills the process with SIGBUS, and an I/O error does the same."""
-    size = MARKET_DTYPE.itemsize
+def read_rows(fd: int, part: Partition, row: int, buf: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
+    """Rows [row, row + len(buf)) (fewer at the end) of the partition's open file fd as MARKET_DTYPE records in
+    buf's first slots: read by pread(2) into raw (rows of the partition's layout, at least len(buf) of them;
+    allocated when None) and expanded, or straight into buf for a "market" partition."""
+    if part.layout == "market":
+        return read_stored(fd, part, row, buf)
+    if raw is None or len(raw) < len(buf) or raw.dtype != part.row_dtype:
+        raw = np.empty(len(buf), part.row_dtype)
+    return to_records(part.layout, read_stored(fd, part, row, raw[:len(buf)]), row, buf)
+
+
+def read_stored(fd: int, part: Partition, row: int, buf: np.ndarray) -> np.ndarray:
+    """Rows [row, row + len(buf)) (fewer at the end) of the partition's open file fd, as stored, copied into buf by
+    pread(2), as buf's first rows; StoreError naming the partition when the file no longer holds them (cut short
+    since it was opened) or cannot be read. The store's rows are read this way, not through a mapping: a mapped
+    page that is no longer in the file kills the process with SIGBUS, and an I/O error does the same."""
+    size = part.row_dtype.itemsize
     n = min(len(buf), part.rows - row)
     view = memoryview(buf.view(np.uint8))[:n * size]
     got = 0
@@ -298,13 +424,14 @@ def read_rows(fd: int, part: Partition, row: int, buf: np.ndarray) -> np.ndarray
 def _check_file(fd: int, part: Partition, by_sum64: bool, by_crc: bool) -> None:
     """Read the partition's rows once and check them against the manifest by sum64 and/or CRC-32 (StoreError
     naming it on a mismatch)."""
-    buf = pools.aligned_zeros(CHECK_ROWS, MARKET_DTYPE)
+    raw = pools.aligned_zeros(CHECK_ROWS, part.row_dtype)
+    buf = raw if part.layout == "market" else pools.aligned_zeros(CHECK_ROWS, MARKET_DTYPE)
     check = _Sum64Check(part) if by_sum64 else None
     crc = 0
     for row in range(0, part.rows, CHECK_ROWS):
-        b = read_rows(fd, part, row, buf)
-        if check is not None:
-            check.add(row, b)
+        b = read_stored(fd, part, row, raw)
+        if check is not None:   # sum64 is of the records, CRC-32 of the file's bytes
+            check.add(row, to_records(part.layout, b, row, buf))
         if by_crc:
             crc = zlib.crc32(memoryview(b.view(np.uint8)), crc)
     if by_crc and crc != part.crc32:
@@ -450,14 +577,15 @@ class StoreSource:
         self._check: _Sum64Check | None = None   # a first open's sum64, taken as the rows are handed on
         self._ident: tuple = ()
         self._file = None   # the partition's file, open for read_into (the same inode as the mapping)
+        self._raw = np.empty(0, part.row_dtype)   # read_into's rows as stored, before they become records
 
     def progress(self) -> tuple[int, int]:
         total = max(self.part.nbytes, 1)
-        return (total if self._done else min(self.rows * MARKET_DTYPE.itemsize, total)), total
+        return (total if self._done else min(self.rows * self.part.row_dtype.itemsize, total)), total
 
     def open(self) -> np.ndarray:
-        """All the partition's records (a mapping of the file: nothing is read until touched). On the first open of
-        this file in this process the records are checked: by sum64 as they are read and handed on (lanes(),
+        """All the partition's rows as stored (a mapping of the file: nothing is read until touched). On the first
+        open of this file in this process the records are checked: by sum64 as they are read and handed on (lanes(),
         check_rows()), so the file is read once; a partition imported before sum64 by CRC-32 here, before any is
         handed on."""
         if self._recs is None:
@@ -493,7 +621,9 @@ class StoreSource:
         As fast end to end: the store's input path alone read 80-98 against 51-64 M rows/s through the mapping,
         and replay.run was the same within the noise (bench/MEASURED.md)."""
         self.open()
-        return read_rows(self._file.fileno(), self.part, row, buf)
+        if self.part.layout != "market" and len(self._raw) < len(buf):
+            self._raw = pools.aligned_zeros(len(buf), self.part.row_dtype)
+        return read_rows(self._file.fileno(), self.part, row, buf, self._raw)
 
     def check_rows(self, row: int, recs: np.ndarray) -> None:
         """recs, rows [row, row + len(recs)) read by read_into, are being handed on: on a first open they are
@@ -523,7 +653,7 @@ class StoreSource:
         n = self.part.rows
         step = self.chunk_rows
         for i in range(0, n, step):
-            c = self.read_into(i, np.empty(min(step, n - i), MARKET_DTYPE))
+            c = self.read_into(i, np.zeros(min(step, n - i), MARKET_DTYPE))
             self.check_rows(i, c)
             if self.symbol_id != 0:
                 c["symbol"] = self.symbol_id
@@ -627,9 +757,11 @@ def replay_batches(sources: list, seq0: int = 0, fallback=None) -> Iterator[tupl
     for g in groups:
         g.sort()   # ties in time: source order
         recs = {i: sources[i].open() for i in g}
-        if len(g) == 1 and sources[g[0]].symbol_id == 0 and recs[g[0]]["pub_ts"][0] == recs[g[0]]["recv_ts"][0]:
+        a = recs[g[0]]   # (rows as stored: a packed layout's are always stamped as the merge would stamp them)
+        stamped = a.dtype != MARKET_DTYPE or a["pub_ts"][0] == a["recv_ts"][0]
+        if len(g) == 1 and sources[g[0]].symbol_id == 0 and stamped:
             # (a partition imported before pub_ts was stored is stamped on a copy by the merge below)
-            src, a = sources[g[0]], recs[g[0]]
+            src = sources[g[0]]
             # on a first open the core sums each read's rows as it reads them, from the cache (35 GB/s here); a
             # pass of the check's own over them, before or after the core's, read them from memory (8 GB/s)
             lanes = src.lanes()
@@ -725,11 +857,13 @@ def expand(path: str | os.PathLike) -> list[str] | None:
 class _PartWriter:
     """One partition being written: hidden temp file, running CRC, header patched in at the end."""
 
-    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str, filters: dict | None = None):
+    def __init__(self, root: Path, symbol: str, day: str, stream: str, source: str, filters: dict | None = None,
+                 layout: str | None = None):
         self.root, self.symbol, self.day, self.stream, self.source = root, symbol, day, stream, source
         self.filters = filters
         self.dir = root / symbol / day
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.layout = layout or STREAM_LAYOUT.get(stream, "market")
         self.tmp = self.dir / f".{stream}{TMP_MARK}{os.getpid()}"
         self.f = open(self.tmp, "wb")
         self.f.write(b"\0" * HEADER_BYTES)
@@ -742,15 +876,16 @@ class _PartWriter:
         if not self.rows:
             self.first = int(recs["recv_ts"][0])
         self.last = int(recs["recv_ts"][-1])
-        blob = recs.tobytes()
+        rows, back = _stored(self.layout, recs, self.rows)
+        sum64_step(back.view(np.uint64), self.sum)   # of the records: 16 words each, the lanes stay aligned
+        blob = rows.tobytes()
         self.crc = zlib.crc32(blob, self.crc)
-        sum64_step(np.frombuffer(blob, np.uint64), self.sum)   # records are 16 words: lanes stay aligned
         self.f.write(blob)
         self.rows += len(recs)
 
     def commit(self) -> Partition:
         self.f.seek(0)
-        self.f.write(_npy_header(self.rows))
+        self.f.write(_npy_header(self.rows, LAYOUTS[self.layout]))
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
@@ -758,9 +893,9 @@ class _PartWriter:
         os.replace(self.tmp, self.root / rel)
         _fsync_dir(self.dir)
         return Partition(self.root, rel, self.symbol, self.day, self.stream, self.rows,
-                         self.rows * MARKET_DTYPE.itemsize, self.crc, self.first, self.last, self.source,
+                         self.rows * LAYOUTS[self.layout].itemsize, self.crc, self.first, self.last, self.source,
                          self.filters, f"{filters_crc(self.filters):08x}" if self.filters is not None else "",
-                         _sum64_fold(self.sum))
+                         _sum64_fold(self.sum), self.layout)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
