@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aegis.core.codecs import parse_decimal
+from aegis.core.codecs import parse_decimal, put_decimal, shortest_decimal
 
 
 def _parse(text: str):
@@ -154,3 +154,37 @@ def test_the_writers_copy_bytes_and_spans():
     n = put_bytes(out, 1, src)
     n = put_span(out, n, src, 2, 3)
     assert n == 10 and bytes(out[1:n]) == b"abcdefcde"
+
+
+def _short_text(v: float) -> str | None:
+    """What the CSV writers write for v through shortest_decimal (None: left to repr)."""
+    units, dec = shortest_decimal(v)
+    if dec < 0:
+        return None
+    out = np.zeros(64, np.uint8)
+    n = put_decimal(out, 0, units, dec)
+    return out[:n].tobytes().decode() + (".0" if dec == 0 else "")
+
+
+@pytest.mark.parametrize("v, text", [
+    (40000.1, "40000.1"), (2.0, "2.0"), (-7.25, "-7.25"), (1e-4, "0.0001"), (0.001, "0.001"), (1e15, "1000000000000000.0"),
+    (9007199254740990.0, "9007199254740990.0"), (0.1 + 0.2, None), (1 / 3, None), (9.999999999999999e-05, None),
+    (1e16, None), (float("inf"), None), (float("nan"), None), (0.0, "0.0"), (123.456, "123.456"),
+])
+def test_shortest_decimal_writes_repr_or_leaves_it_to_repr(v, text):
+    got = _short_text(v)
+    if text is None:
+        assert got is None
+    else:
+        assert got == repr(v) == text
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(), st.floats(min_value=1e-4, max_value=1e7),
+                 st.builds(lambda m, d: round(m / 10 ** d, d), st.integers(-10 ** 12, 10 ** 12), st.integers(0, 9))))
+@example(0.30000000000000004)
+@example(-0.0)
+def test_shortest_decimal_is_repr_whenever_it_writes(v):
+    got = _short_text(v)
+    if got is not None:
+        assert got == repr(v if v != 0.0 else 0.0)

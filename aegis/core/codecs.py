@@ -384,3 +384,45 @@ def put_decimal(out, pos, units, dec):
         out[pos + dec - 1 - k] = 48 + r % 10
         r //= 10
     return pos + dec
+
+
+_TWO53F = 9007199254740992.0
+SHORT_MAX_DEC = 15   # decimals shortest_decimal tries; longer texts (17 significant digits, most often) are Python's
+
+
+@njit(cache=True, nogil=True)
+def shortest_decimal(v):
+    """(units, dec) such that put_decimal(units, dec) (with ".0" after it when dec is 0) is repr(v), Python's
+    shortest text that reads back as v; dec is -1 when v needs what this does not write: exponent notation (|v|
+    below 1e-4 or from 1e16), more than SHORT_MAX_DEC decimals or 2**53 units, an infinity, a NaN, or a length at
+    which two texts read back as v (repr takes the closer; this leaves it to repr).
+
+    Why it is repr: with fewer decimals a text has fewer significant digits, so the first dec at which some
+    units / 10**dec reads back as v gives the shortest texts. units / 10**dec, both exact doubles, is one IEEE
+    division: the correctly rounded value float() gives for the text. The units that can read back are within 1 of
+    v * 10**dec, and the product is within half a unit of its rounding here, so checking that rounding and its two
+    neighbours finds them all."""
+    if v != v or v == np.inf or v == -np.inf:
+        return 0, -1
+    a = abs(v)
+    if a == 0.0:
+        return 0, 0
+    if a < 1e-4 or a >= 1e16:
+        return 0, -1
+    for dec in range(SHORT_MAX_DEC + 1):
+        p = P10[dec]
+        s = a * p
+        if s >= _TWO53F:
+            return 0, -1
+        m = np.int64(math.floor(s + 0.5))
+        found = 0
+        units = 0
+        for c in range(m - 1, m + 2):
+            if c >= 0 and c / p == a:
+                found += 1
+                units = c
+        if found == 1:
+            return (-units if v < 0.0 else units), dec
+        if found > 1:
+            return 0, -1
+    return 0, -1

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aegis.core.codecs import put_int, put_utc_ms
+from aegis.core.codecs import put_decimal, put_int, put_utc_ms, shortest_decimal
 from aegis.core.jit import njit
 from aegis.trade import risk as R
 from aegis.replay import simexec as X
@@ -58,14 +58,27 @@ def utc(ns: int) -> str:
 
 
 # field kinds of csv_rows
-INT, UTC, TEXT = 0, 1, 2
+INT, UTC, TEXT, FLOAT = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def _shortest_all(x, units, dec):
+    """shortest_decimal of every value; returns how many it leaves to repr() (dec -1)."""
+    misses = 0
+    for i in range(x.shape[0]):
+        units[i], dec[i] = shortest_decimal(x[i])
+        if dec[i] < 0:
+            misses += 1
+    return misses
 
 
 @njit(cache=True, nogil=True)
 def _csv_rows(n, spec, ints, text, starts, out):
-    """n CSV lines into out; returns the bytes written. Field f of a line is spec[f] = (kind, column): INT the
-    decimal of ints[column, row], UTC its ISO-8601 time ("...T00:00:00.000Z"), TEXT the next line of text column
-    `column` (text[starts[column]:], each row's text ended by a newline)."""
+    """n CSV lines into out; returns the bytes written. Field f of a line is spec[f] = (kind, column, column2):
+    INT the decimal of ints[column, row], UTC its ISO-8601 time ("...T00:00:00.000Z"), TEXT the next line of text
+    column `column` (text[starts[column]:], each row's text ended by a newline), FLOAT the decimal units / 10**dec
+    of units = ints[column, row] and dec = ints[column + 1, row], or where dec is -1 the next line of text column
+    `column2`."""
     at = starts.copy()
     pos = 0
     nf = spec.shape[0]
@@ -82,7 +95,16 @@ def _csv_rows(n, spec, ints, text, starts, out):
                 pos = put_utc_ms(out, pos, ints[c, i])
                 out[pos] = 90         # 'Z'
                 pos += 1
+            elif kind == FLOAT and ints[c + 1, i] >= 0:
+                d = ints[c + 1, i]
+                pos = put_decimal(out, pos, ints[c, i], d)
+                if d == 0:
+                    out[pos] = 46     # ".0", as repr writes a whole number
+                    out[pos + 1] = 48
+                    pos += 2
             else:
+                if kind == FLOAT:     # one repr() leaves to Python: its text column
+                    c = spec[f, 2]
                 k = at[c]
                 while text[k] != 10:
                     out[pos] = text[k]
@@ -95,33 +117,38 @@ def _csv_rows(n, spec, ints, text, starts, out):
 
 
 def csv_rows(n: int, fields: list) -> bytes:
-    """The CSV lines of n rows whose fields are, in order, (INT or UTC, int64 values) or (TEXT, list of n str).
+    """The CSV lines of n rows whose fields are, in order, (INT or UTC, int64 values), (FLOAT, float64 values) or
+    (TEXT, list of n str).
 
-    Numbers and times are written by jitted code; a text field is whatever Python made of it (floats by repr(),
-    their shortest round-trip text; labels once per distinct code), joined into one buffer per column. Written an
-    f-string per line before, the trade and order lists took ~10 us a line, most of a month's replay; most of what
-    is left is repr() (bench/MEASURED.md)."""
+    Numbers and times are written by jitted code: a float as repr() writes it (its shortest round-trip text, -0.0
+    as 0.0), by aegis.core.codecs.shortest_decimal, and by repr() itself where that leaves it (17 significant
+    digits, exponents); a text field is whatever Python made of it (labels once per distinct code), joined into
+    one buffer per column. Written an f-string per line before, the trade and order lists took ~10 us a line,
+    most of a month's replay; then repr() of every float was most of what was left (bench/MEASURED.md)."""
     if n == 0:
         return b""
-    spec = np.zeros((len(fields), 2), np.int64)
+    spec = np.zeros((len(fields), 3), np.int64)
     ints, texts = [], []
     for f, (kind, values) in enumerate(fields):
         if kind == TEXT:
-            spec[f] = (TEXT, len(texts))
+            spec[f] = (TEXT, len(texts), 0)
             texts.append(("\n".join(values) + "\n").encode("ascii"))
+        elif kind == FLOAT:
+            x = np.asarray(values, np.float64)
+            x = np.where(x == 0.0, 0.0, x)
+            units, dec = np.empty(n, np.int64), np.empty(n, np.int64)
+            missed = _shortest_all(x, units, dec)
+            spec[f] = (FLOAT, len(ints), len(texts))
+            ints += [units, dec]
+            texts.append(("\n".join(map(repr, x[dec < 0].tolist())) + "\n").encode("ascii") if missed else b"\n")
         else:
-            spec[f] = (kind, len(ints))
+            spec[f] = (kind, len(ints), 0)
             ints.append(np.asarray(values, np.int64))
     starts = np.cumsum([0] + [len(t) for t in texts[:-1]], dtype=np.int64)
     text = np.frombuffer(b"".join(texts) or b"\n", np.uint8)
     ints_2d = np.stack(ints) if ints else np.zeros((0, n), np.int64)
     out = np.empty(len(text) + n * (len(fields) + 25 * len(ints)), np.uint8)   # <= 20 digits and sign, or 24 time
     return out[:_csv_rows(n, spec, ints_2d, text, starts, out)].tobytes()
-
-
-def _floats(x) -> list[str]:
-    """repr() of each value, -0.0 written as 0.0."""
-    return list(map(repr, _r_all(x)))
 
 
 def _labels(codes: np.ndarray, label) -> list[str]:
@@ -132,7 +159,7 @@ def _labels(codes: np.ndarray, label) -> list[str]:
 
 def equity_lines(ts: np.ndarray, eq: np.ndarray) -> bytes:
     """The equity.csv lines "time_ns,time_utc,equity" of samples (ts, eq)."""
-    return csv_rows(len(ts), [(INT, ts), (UTC, ts), (TEXT, _floats(eq))])
+    return csv_rows(len(ts), [(INT, ts), (UTC, ts), (FLOAT, eq)])
 
 
 @njit(cache=True, nogil=True)
@@ -203,12 +230,6 @@ def _r(x: float) -> float:
     return 0.0 if x == 0.0 else x
 
 
-def _r_all(x: np.ndarray) -> list[float]:
-    """_r of every element."""
-    x = np.asarray(x, np.float64)
-    return np.where(x == 0.0, 0.0, x).tolist()
-
-
 # ------------------------------------------------------------------------------------------- collector
 class Collector:
     """Receives the simulated exchange's output as the replay drains it; writes trades/orders CSV as it goes."""
@@ -252,9 +273,9 @@ class Collector:
         self._trades.write(csv_rows(len(t), [
             (INT, ts), (UTC, ts), (TEXT, self._names(sym)), (INT, t["client_id"]), (INT, t["order_id"]),
             (INT, t["trade_id"]), (TEXT, _labels(t["side"], lambda c: "BUY" if c == SIDE_BUY else "SELL")),
-            (TEXT, list(map(repr, px.tolist()))), (TEXT, list(map(repr, qty.tolist()))), (TEXT, _floats(px * qty)),
-            (TEXT, _floats(t["fee"])), (TEXT, _floats(t["realized_pnl"])), (INT, t["maker"]),
-            (TEXT, _floats(pos_after))]))
+            (FLOAT, px), (FLOAT, qty), (FLOAT, px * qty),
+            (FLOAT, t["fee"]), (FLOAT, t["realized_pnl"]), (INT, t["maker"]),
+            (FLOAT, pos_after)]))
 
     def _names(self, sym: np.ndarray) -> list[str]:
         names = self.names
@@ -287,13 +308,13 @@ class Collector:
             (TEXT, _labels(li[:, X.I_SIDE], lambda c: "BUY" if c == SIDE_BUY else ("SELL" if c else ""))),
             (TEXT, _labels(li[:, X.I_TYPE], lambda c: _TYPES.get(c, ""))),
             (TEXT, _labels(li[:, X.I_TIF], lambda c: _TIFS.get(c, ""))), (INT, li[:, X.I_RO]),
-            (TEXT, _floats(lf[:, X.F_PRICE])), (TEXT, _floats(lf[:, X.F_QTY])), (INT, li[:, X.I_SEND_TS]),
+            (FLOAT, lf[:, X.F_PRICE]), (FLOAT, lf[:, X.F_QTY]), (INT, li[:, X.I_SEND_TS]),
             (INT, li[:, X.I_ARRIVE_TS]), (INT, li[:, X.I_DONE_TS]),
             # the counts' keys: a NEW order's status is the exchange's, a cancel's whether it was done
             (TEXT, _labels(keys, lambda k: X.STATUS_NAMES.get(k, str(k)) if k > -1000
                            else ("DONE" if -k % 1000 == 1 else "FAILED"))),
-            (TEXT, _labels(reason, reason_text)), (TEXT, _floats(filled)), (TEXT, _floats(avg)),
-            (TEXT, _floats(lf[:, X.F_FEE])), (INT, li[:, X.I_EXCH_TS])]))
+            (TEXT, _labels(reason, reason_text)), (FLOAT, filled), (FLOAT, avg),
+            (FLOAT, lf[:, X.F_FEE]), (INT, li[:, X.I_EXCH_TS])]))
 
     def equity(self, ts: np.ndarray, val: np.ndarray) -> None:
         self.eq_ts.append(ts)
