@@ -17,11 +17,10 @@ decode, no column-to-row assembly -- and the file opens with plain `numpy.load(m
 aggTrades partition stores only the fields its file fills (QUOTE_ROW, TRADE_ROW: 56 and 64 bytes a row against
 128), expanded into records in the cache as they are read: the kernel's read of a file, not the copy, is what
 costs here (see "row layouts" below). A recording's partitions are whole records.
-Parquet (pyarrow) is 3.6x (uncompressed) to 5.3x (zstd) smaller on disk, but every read must decode and transpose
-it into records. Through a mapping, the .npy read at twice zstd Parquet's rate and at uncompressed Parquet's; read
-into arrays, as now, at 65-80 M rows/s against Parquet's 10-14 (one run of the bench at 200 k rows). Compression does
-not pay on the read path, which a sweep repeats hundreds of times, while the data sits in the page cache; it would
-on storage slower than ~0.6 GB/s.
+Parquet (pyarrow) is 1.6x (uncompressed) to 2.4x (zstd) smaller on disk than a bookTicker partition (35 and 24
+bytes a row against 56), but every read must decode and transpose it into records: into MARKET records the .npy
+reads at 107 M rows/s against Parquet's 10-15 (bench at 4 M rows). Compression does not pay on the read path, which
+a sweep repeats hundreds of times, while the data sits in the page cache; it would on storage slower than ~0.6 GB/s.
 The engine path stays free of pyarrow.
 
 In the stored records the symbol field is 0: a partition's symbol is its directory and manifest entry, and a reader
