@@ -15,3 +15,11 @@ def size(full, smoke):
     """`full` normally, `smoke` in smoke mode."""
     return smoke if SMOKE else full
 
+
+
+def timing(benchmark):
+    """The bench's timing statistics (min, mean, median, data...), or None when pytest-benchmark ran the function
+    once untimed (`--benchmark-disable`, for a quick check that benches still run): a bench then reports no figure
+    rather than failing."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats if stats is not None else None
