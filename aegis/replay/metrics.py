@@ -58,7 +58,7 @@ def utc(ns: int) -> str:
 
 
 # field kinds of csv_rows
-INT, UTC, TEXT, FLOAT = 0, 1, 2, 3
+INT, UTC, FLOAT, LABEL = 0, 1, 2, 3
 
 
 @njit(cache=True, nogil=True)
@@ -74,11 +74,11 @@ def _shortest_all(x, units, dec):
 
 @njit(cache=True, nogil=True)
 def _csv_rows(n, spec, ints, text, starts, out):
-    """n CSV lines into out; returns the bytes written. Field f of a line is spec[f] = (kind, column, column2):
-    INT the decimal of ints[column, row], UTC its ISO-8601 time ("...T00:00:00.000Z"), TEXT the next line of text
-    column `column` (text[starts[column]:], each row's text ended by a newline), FLOAT the decimal units / 10**dec
-    of units = ints[column, row] and dec = ints[column + 1, row], or where dec is -1 the next line of text column
-    `column2`."""
+    """n CSV lines into out; returns the bytes written. Field f of a line is spec[f] = (kind, column, entry): INT
+    the decimal of ints[column, row], UTC its ISO-8601 time ("...T00:00:00.000Z"), FLOAT the decimal units /
+    10**dec of units = ints[column, row] and dec = ints[column + 1, row], or where dec is -1 the next line of text
+    entry `entry` (text[starts[entry]:], its lines ended by newlines), LABEL text entry entry + ints[column, row]
+    (each label an entry of its own)."""
     at = starts.copy()
     pos = 0
     nf = spec.shape[0]
@@ -102,9 +102,14 @@ def _csv_rows(n, spec, ints, text, starts, out):
                     out[pos] = 46     # ".0", as repr writes a whole number
                     out[pos + 1] = 48
                     pos += 2
-            else:
-                if kind == FLOAT:     # one repr() leaves to Python: its text column
-                    c = spec[f, 2]
+            elif kind == LABEL:
+                k = starts[spec[f, 2] + ints[c, i]]
+                while text[k] != 10:
+                    out[pos] = text[k]
+                    pos += 1
+                    k += 1
+            else:                     # FLOAT left to repr(): the next of its texts
+                c = spec[f, 2]
                 k = at[c]
                 while text[k] != 10:
                     out[pos] = text[k]
@@ -117,22 +122,26 @@ def _csv_rows(n, spec, ints, text, starts, out):
 
 
 def csv_rows(n: int, fields: list) -> bytes:
-    """The CSV lines of n rows whose fields are, in order, (INT or UTC, int64 values), (FLOAT, float64 values) or
-    (TEXT, list of n str).
+    """The CSV lines of n rows whose fields are, in order, (INT or UTC, int64 values), (FLOAT, float64 values),
+    or (LABEL, (int codes, label: code -> str)).
 
     Numbers and times are written by jitted code: a float as repr() writes it (its shortest round-trip text, -0.0
     as 0.0), by aegis.core.codecs.shortest_decimal, and by repr() itself where that leaves it (17 significant
-    digits, exponents); a text field is whatever Python made of it (labels once per distinct code), joined into
-    one buffer per column. Written an f-string per line before, the trade and order lists took ~10 us a line,
-    most of a month's replay; then repr() of every float was most of what was left (bench/MEASURED.md)."""
+    digits, exponents); a label is made once per distinct code and copied to each row by the same code. Written
+    an f-string per line before, the trade and order lists took ~10 us a line, most of a month's replay; then
+    repr() of every float and the joins of label lists were most of what was left (bench/MEASURED.md)."""
     if n == 0:
         return b""
     spec = np.zeros((len(fields), 3), np.int64)
     ints, texts = [], []
+    room = 0   # bytes the labels take, written once a row
     for f, (kind, values) in enumerate(fields):
-        if kind == TEXT:
-            spec[f] = (TEXT, len(texts), 0)
-            texts.append(("\n".join(values) + "\n").encode("ascii"))
+        if kind == LABEL:
+            idx, labels = _label_table(*values)
+            spec[f] = (LABEL, len(ints), len(texts))
+            ints.append(idx)
+            texts += [(t + "\n").encode("ascii") for t in labels]
+            room += n * max(map(len, labels))
         elif kind == FLOAT:
             x = np.asarray(values, np.float64)
             x = np.where(x == 0.0, 0.0, x)
@@ -147,14 +156,24 @@ def csv_rows(n: int, fields: list) -> bytes:
     starts = np.cumsum([0] + [len(t) for t in texts[:-1]], dtype=np.int64)
     text = np.frombuffer(b"".join(texts) or b"\n", np.uint8)
     ints_2d = np.stack(ints) if ints else np.zeros((0, n), np.int64)
-    out = np.empty(len(text) + n * (len(fields) + 25 * len(ints)), np.uint8)   # <= 20 digits and sign, or 24 time
+    # <= 20 digits and a sign, or 24 bytes of time, per int column
+    out = np.empty(len(text) + room + n * (len(fields) + 25 * len(ints)), np.uint8)
     return out[:_csv_rows(n, spec, ints_2d, text, starts, out)].tobytes()
 
 
-def _labels(codes: np.ndarray, label) -> list[str]:
-    """label(code) of every code, each distinct code labelled once."""
-    uniq, inv = np.unique(np.asarray(codes, np.int64), return_inverse=True)
-    return np.array([label(int(u)) for u in uniq] or [""], object)[inv.reshape(-1)].tolist()
+def _label_table(codes, label) -> tuple[np.ndarray, list[str]]:
+    """(each row's index into the labels, label(code) of each distinct code, made once)."""
+    codes = np.asarray(codes, np.int64)
+    lo, hi = int(codes.min()), int(codes.max())
+    if hi - lo < 1 << 16:   # a small range of codes (all of them here): counted, not sorted
+        uniq = np.flatnonzero(np.bincount(codes - lo)) + lo
+        at = np.zeros(hi - lo + 1, np.int64)
+        at[uniq - lo] = np.arange(len(uniq))
+        idx = at[codes - lo]
+    else:
+        uniq, idx = np.unique(codes, return_inverse=True)
+        idx = idx.reshape(-1).astype(np.int64)
+    return idx, [label(int(u)) for u in uniq]
 
 
 def equity_lines(ts: np.ndarray, eq: np.ndarray) -> bytes:
@@ -271,15 +290,14 @@ class Collector:
         pos_after = np.empty(len(t))
         _positions_after(sym, t["side"], qty, self.pos, pos_after)
         self._trades.write(csv_rows(len(t), [
-            (INT, ts), (UTC, ts), (TEXT, self._names(sym)), (INT, t["client_id"]), (INT, t["order_id"]),
-            (INT, t["trade_id"]), (TEXT, _labels(t["side"], lambda c: "BUY" if c == SIDE_BUY else "SELL")),
+            (INT, ts), (UTC, ts), (LABEL, (sym, self._name)), (INT, t["client_id"]), (INT, t["order_id"]),
+            (INT, t["trade_id"]), (LABEL, (t["side"], lambda c: "BUY" if c == SIDE_BUY else "SELL")),
             (FLOAT, px), (FLOAT, qty), (FLOAT, px * qty),
             (FLOAT, t["fee"]), (FLOAT, t["realized_pnl"]), (INT, t["maker"]),
             (FLOAT, pos_after)]))
 
-    def _names(self, sym: np.ndarray) -> list[str]:
-        names = self.names
-        return _labels(sym, lambda s: names[s] if 0 <= s < len(names) else str(s))
+    def _name(self, s: int) -> str:
+        return self.names[s] if 0 <= s < len(self.names) else str(s)
 
     def orders(self, li: np.ndarray, lf: np.ndarray) -> None:
         action = li[:, X.I_ACTION]
@@ -303,17 +321,17 @@ class Collector:
         filled, notional = lf[:, X.F_FILLED], lf[:, X.F_NOTIONAL]
         avg = np.where(filled > 0, notional / np.where(filled > 0, filled, 1.0), 0.0)
         self._orders.write(csv_rows(len(li), [
-            (INT, li[:, X.I_CID]), (TEXT, self._names(li[:, X.I_SYM])),
-            (TEXT, _labels(action, lambda c: _ACTIONS.get(c, str(c)))),
-            (TEXT, _labels(li[:, X.I_SIDE], lambda c: "BUY" if c == SIDE_BUY else ("SELL" if c else ""))),
-            (TEXT, _labels(li[:, X.I_TYPE], lambda c: _TYPES.get(c, ""))),
-            (TEXT, _labels(li[:, X.I_TIF], lambda c: _TIFS.get(c, ""))), (INT, li[:, X.I_RO]),
+            (INT, li[:, X.I_CID]), (LABEL, (li[:, X.I_SYM], self._name)),
+            (LABEL, (action, lambda c: _ACTIONS.get(c, str(c)))),
+            (LABEL, (li[:, X.I_SIDE], lambda c: "BUY" if c == SIDE_BUY else ("SELL" if c else ""))),
+            (LABEL, (li[:, X.I_TYPE], lambda c: _TYPES.get(c, ""))),
+            (LABEL, (li[:, X.I_TIF], lambda c: _TIFS.get(c, ""))), (INT, li[:, X.I_RO]),
             (FLOAT, lf[:, X.F_PRICE]), (FLOAT, lf[:, X.F_QTY]), (INT, li[:, X.I_SEND_TS]),
             (INT, li[:, X.I_ARRIVE_TS]), (INT, li[:, X.I_DONE_TS]),
             # the counts' keys: a NEW order's status is the exchange's, a cancel's whether it was done
-            (TEXT, _labels(keys, lambda k: X.STATUS_NAMES.get(k, str(k)) if k > -1000
+            (LABEL, (keys, lambda k: X.STATUS_NAMES.get(k, str(k)) if k > -1000
                            else ("DONE" if -k % 1000 == 1 else "FAILED"))),
-            (TEXT, _labels(reason, reason_text)), (FLOAT, filled), (FLOAT, avg),
+            (LABEL, (reason, reason_text)), (FLOAT, filled), (FLOAT, avg),
             (FLOAT, lf[:, X.F_FEE]), (INT, li[:, X.I_EXCH_TS])]))
 
     def equity(self, ts: np.ndarray, val: np.ndarray) -> None:
