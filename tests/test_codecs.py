@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aegis.core.codecs import parse_decimal, put_decimal, shortest_decimal
+from aegis.core.codecs import parse_decimal, put_decimal, scan_decimal, shortest_decimal
 
 
 def _parse(text: str):
@@ -189,3 +189,24 @@ def test_shortest_decimal_is_repr_whenever_it_writes(v):
     got = _short_text(v)
     if got is not None:
         assert got == repr(v if v != 0.0 else 0.0)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(st.decimals(allow_nan=False, allow_infinity=False).map(str),
+                 st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                 st.text(alphabet="0123456789.eE+-", max_size=12)),
+       st.sampled_from(['"', ",", "]", "}", " ", "x", ""]))
+def test_scan_decimal_reads_a_number_up_to_what_cannot_continue_it(text, after):
+    """scan_decimal on a number followed by a byte that cannot continue it gives parse_decimal's value of the number
+    and stops at that byte; parse_decimal is scan_decimal that must end at the end."""
+    buf = np.frombuffer((text + after).encode(), np.uint8)
+    v, ok = parse_decimal(buf[:len(text)], 0, len(text))
+    sv, sok, end = scan_decimal(buf, 0, len(buf))
+    if ok and end == len(text):
+        assert sok and (sv == v or (math.isnan(sv) and math.isnan(v)))
+        assert struct.pack("<d", sv) == struct.pack("<d", v)
+    if ok:
+        assert end == len(text) or after == ""  and end == len(buf)
+    whole, whole_ok = parse_decimal(buf, 0, len(buf))
+    assert (whole_ok, struct.pack("<d", whole) if whole_ok else b"") == \
+        ((sok, struct.pack("<d", sv)) if (sok and end == len(buf)) else (False, b""))

@@ -213,6 +213,15 @@ def _depth_levels(parser, bids: bytes):
     (b'[["0","2"]]', P.ST_BAD_VALUE),
     (b'[["1.5","-2",{"x":}]]', P.ST_BAD_VALUE),             # a bad value is found before the extras are read
     (b'["1.5","2"]', P.ST_MALFORMED),
+    # a quoted decimal is read to its closing quote in one pass; any other string takes the full grammar
+    (b'[["1.5e2","2.50"]]', [(150.0, 2.5)]),
+    (b'[["1.5" , "2" ]]', [(1.5, 2.0)]),
+    (b'[["1.5\\"","2"]]', P.ST_MALFORMED),                # an escaped quote in the price
+    (b'[["1.5x","2"]]', P.ST_MALFORMED),
+    (b'[["1e","2"]]', P.ST_MALFORMED),
+    (b'[["","2"]]', P.ST_MALFORMED),
+    (b'[["1.5","2', P.ST_MALFORMED),                        # the quantity's string never closes
+    (b'[["-1.5","2"]]', P.ST_BAD_VALUE),
 ])
 def test_depth_levels_are_read_as_price_and_quantity_and_anything_after_them_is_skipped(parser, bids, expected):
     assert _depth_levels(parser, bids) == expected

@@ -177,8 +177,19 @@ def parse_decimal(buf, s, e):
     """(value, ok) of the decimal number buf[s:e] (uint8): [+-]digits[.digits][(e|E)[+-]digits], either side of
     the point may be empty but not both. value is float(text) exactly (inf past the double range); ok=False and
     NaN for anything else."""
-    if s >= e:
+    v, ok, end = scan_decimal(buf, s, e)
+    if end != e:
         return math.nan, False
+    return v, ok
+
+
+@njit(cache=True, nogil=True)
+def scan_decimal(buf, s, e):
+    """(value, ok, end) of the decimal number at the start of buf[s:e], which ends at buf[end], the first byte that
+    cannot continue it (e if none): what parse_decimal reads of buf[s:end], in one pass, for a reader that finds the
+    end of a number by reading it (a JSON string's closing quote)."""
+    if s >= e:
+        return math.nan, False, s
     neg = False
     c = buf[s]
     if c == 45 or c == 43:                          # '-' '+'
@@ -216,39 +227,42 @@ def parse_decimal(buf, s, e):
             if s < e and (buf[s] == 45 or buf[s] == 43):
                 eneg = buf[s] == 45
                 s += 1
-            if s >= e:
-                return math.nan, False
+            ne = 0
             while s < e:
                 c = buf[s]
                 if c < 48 or c > 57:
-                    return math.nan, False
+                    break
                 if exp < _EXP_CAP:
                     exp = exp * 10 + (c - 48)
                 s += 1
+                ne += 1
+            if ne == 0:                             # an exponent without digits
+                return math.nan, False, s
             if eneg:
                 exp = -exp
             break
         else:
-            return math.nan, False
+            break
         s += 1
+    end = s
     if not any_digit:
-        return math.nan, False
+        return math.nan, False, end
     if mant == 0 and not many:
-        return (-0.0 if neg else 0.0), True
+        return (-0.0 if neg else 0.0), True, end
     if not many:
         p = exp + zeros - frac                      # value = mant * 10**p
         if mant < TWO53:
             if 0 <= p <= 22:
                 v = mant * P10[p]
-                return (-v if neg else v), True
+                return (-v if neg else v), True, end
             if -22 <= p < 0:
                 v = mant / P10[-p]
-                return (-v if neg else v), True
+                return (-v if neg else v), True, end
             if 22 < p <= 22 + 15 and mant < TWO53 // 10 ** (p - 22):   # 12e30 = 12e8 * 1e22, both exact
                 v = float(mant * 10 ** (p - 22)) * P10[22]
-                return (-v if neg else v), True
-    v = _exact_text(buf, start, e, exp)
-    return (-v if neg else v), True
+                return (-v if neg else v), True, end
+    v = _exact_text(buf, start, end, exp)
+    return (-v if neg else v), True, end
 
 
 @njit(cache=True, nogil=True)

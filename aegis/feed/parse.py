@@ -354,11 +354,17 @@ def _levels(buf, s, e, side, lv, n, params):
             i = _ws(buf, i + 1, e)
             if i >= e:
                 return -1
-            ve = _value_end(buf, i, e)
-            if ve < 0:
-                return -1
+            ve = -1
+            if k < 2 and buf[i] == 34:   # a quoted decimal, as Binance sends them: read once, to its closing quote
+                v, ok, ve = codecs.scan_decimal(buf, i + 1, e)
+                ve = ve + 1 if ve < e and buf[ve] == 34 else -1
+            if ve < 0:                   # anything else (or a string that is not a plain decimal): the full grammar
+                ve = _value_end(buf, i, e)
+                if ve < 0:
+                    return -1
+                if k < 2:
+                    v, ok = parse_decimal(buf, i, ve)
             if k < 2:
-                v, ok = parse_decimal(buf, i, ve)
                 if k == 0:
                     price = v
                     ok1 = ok
