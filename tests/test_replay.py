@@ -400,3 +400,16 @@ def test_trade_and_order_lines_written_in_bulk_are_the_per_row_format(tmp_path):
     assert (tmp_path / "trades.csv").read_text() == M.TRADES_HEADER + "".join(want_t)
     assert (tmp_path / "orders.csv").read_text() == M.ORDERS_HEADER + "".join(want_o)
     assert sum(1 for _ in open(tmp_path / "orders.csv")) == 1 + 2501
+
+
+@pytest.mark.parametrize("codes", [[3, -1, 3, 7, -1], [5, 10**12, 5, -3, 10**12]])   # counted, and sorted
+def test_a_label_is_made_once_per_distinct_code_and_indexed_per_row(codes):
+    from aegis.replay import metrics as M
+    made = []
+
+    def label(c):
+        made.append(c)
+        return f"L{c}"
+    idx, labels = M._label_table(np.array(codes), label)
+    assert [labels[i] for i in idx.tolist()] == [f"L{c}" for c in codes]
+    assert sorted(made) == made == sorted(set(codes))

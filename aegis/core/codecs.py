@@ -413,9 +413,10 @@ def shortest_decimal(v):
 
     Why it is repr: with fewer decimals a text has fewer significant digits, so the first dec at which some
     units / 10**dec reads back as v gives the shortest texts. units / 10**dec, both exact doubles, is one IEEE
-    division: the correctly rounded value float() gives for the text. The units that can read back are within 1 of
-    v * 10**dec, and the product is within half a unit of its rounding here, so checking that rounding and its two
-    neighbours finds them all."""
+    division: the correctly rounded value float() gives for the text. The units that read back form a run of
+    integers around v * 10**dec, and the product is within half a unit of its rounding here, so that rounding and
+    its two neighbours hold every integer within 1 of it: one of them reading back is the run's closest to v (what
+    repr chooses), two are left to repr."""
     if v != v or v == np.inf or v == -np.inf:
         return 0, -1
     a = abs(v)
