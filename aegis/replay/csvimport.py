@@ -518,7 +518,7 @@ class CsvSource:
 
 def concat(parts: list[np.ndarray]) -> np.ndarray:
     """np.concatenate for MARKET records that keeps the padded 128-byte dtype (numpy's structured-dtype promotion
-    would return a packed 112-byte one, which the ring kernels refuse)."""
+    would return a packed 112-byte one, which the order loop's kernels are not compiled for)."""
     n = sum(len(p) for p in parts)
     out = np.zeros(n, dtype=MARKET_DTYPE)
     raw = out.view(RAW_DTYPE)   # whole-record byte copies: numpy copies padded structured arrays field by field

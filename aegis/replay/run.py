@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m aegis replay",
                 description="Backtest a strategy on Feed recordings (.jsonl.gz) and Binance public-data CSV files "
                             "(USD-M futures bookTicker / aggTrades, .csv or .zip) through the live "
-                            "ring -> strategy -> risk path with simulated execution.")
+                            "order loop (strategy -> risk -> orders) with simulated execution.")
     p.add_argument("files", nargs="+", metavar="FILE", help="input files or directories, merged in time order")
     p.add_argument("--strategy", default=None, help=f"strategy name ({', '.join(strategy.names())}); "
                                                     "default: the config file's, else ema_cross")
