@@ -28,7 +28,7 @@ import time
 import uuid
 
 import numpy as np
-from numba import njit
+from aegis.core.jit import njit
 
 from aegis.core import latency
 from aegis.core import ring as R

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from numba import njit
+from aegis.core.jit import njit
 
 from aegis.core.clock import now_ns
 from benchmode import size

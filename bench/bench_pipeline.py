@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from numba import njit
+from aegis.core.jit import njit
 
 from aegis.core import latency as L
 from aegis.app import report as R

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from numba import njit
+from aegis.core.jit import njit
 
 from aegis.binance import wire
 from aegis.core.clock import cpu_relax, now_ns, sleep_ns, yield_cpu

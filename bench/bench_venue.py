@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from numba import njit
+from aegis.core.jit import njit
 
 from aegis.venue import VenueConfig, start_venue
 from aegis.venue.catalog import default_catalog

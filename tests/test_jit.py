@@ -103,3 +103,59 @@ def test_a_first_compile_of_the_feed_and_the_risk_checks_makes_no_copy_for_a_con
     lines = out.stdout.splitlines()
     # one _reject for 26 call sites with as many reasons; one _apply_levels for the bid side (0) and a variable side
     assert lines == ["1 1"], "\n".join(lines[:20])
+
+
+_CALLEE = "from aegis.core.jit import njit\n\n\n@njit(cache=True)\ndef limit():\n    return {value}\n"
+_CALLER = """import sys
+sys.path.insert(0, {root!r})
+from aegis.core import jit
+jit.SOURCE_ROOT = {root!r}          # the sources whose stamp guards the cache: here, these two files
+from aegis.core.jit import njit
+from callee import limit
+
+
+@njit(cache=True)
+def checked(x):
+    return x <= limit()
+
+
+print(int(checked(7)), sum(checked.stats.cache_hits.values()), sum(checked.stats.cache_misses.values()))
+"""
+
+
+def test_a_cached_function_compiles_again_when_a_callee_in_another_file_changes(tmp_path):
+    """Numba stamps a cache with the function's own file only; the engine's stamp covers every source, so a caller
+    cached in one file never runs a callee's old code from another (risk.py edited, the Brain's loop in process.py)."""
+    root = str(tmp_path)
+    (tmp_path / "caller.py").write_text(_CALLER.format(root=root))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():
+        out = subprocess.run([sys.executable, str(tmp_path / "caller.py")], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        return [int(x) for x in out.stdout.split()]
+
+    (tmp_path / "callee.py").write_text(_CALLEE.format(value=10))
+    assert run() == [1, 0, 1]           # 7 <= 10, compiled
+    assert run() == [1, 1, 0]           # unchanged sources: loaded from the cache
+    (tmp_path / "callee.py").write_text(_CALLEE.format(value=5))
+    assert run() == [0, 0, 1]           # the callee changed in its own file: compiled again, new limit in force
+
+
+def test_the_source_stamp_covers_every_engine_source_and_nothing_else(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.py").write_text("X = 1\n")
+    (tmp_path / "y.py").write_text("Y = 1\n")
+    first = jit.source_stamp(str(tmp_path))
+    jit.source_stamp.cache_clear()
+    (tmp_path / "a" / "__pycache__").mkdir()
+    (tmp_path / "a" / "__pycache__" / "x.nbi").write_bytes(b"index")
+    (tmp_path / "notes.txt").write_text("not a source")
+    assert jit.source_stamp(str(tmp_path)) == first
+    jit.source_stamp.cache_clear()
+    (tmp_path / "a" / "x.py").write_text("X = 2\n")
+    assert jit.source_stamp(str(tmp_path)) != first
+    jit.source_stamp.cache_clear()
+    d = jit.njit(cache=True)(lambda: 1)
+    assert d._cache._impl.locator.get_source_stamp()[0] == jit.source_stamp(jit.SOURCE_ROOT)

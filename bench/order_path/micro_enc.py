@@ -1,7 +1,7 @@
 """ns per encode_rest_order / encode_journal_req (MARKET BTCUSDT, the bench's key): median of 21 batches of 20k."""
 import sys, statistics
 import numpy as np
-from numba import njit
+from aegis.core.jit import njit
 from aegis.binance import wire
 from aegis.trade.risk import SymbolRules
 from aegis.core.records import ORDER_REQUEST_DTYPE, ORDER_MARKET, SIDE_BUY, ACTION_NEW

@@ -1,5 +1,5 @@
 import numpy as np
-from numba import njit
+from aegis.core.jit import njit
 from aegis.binance import sha256
 from aegis.core.clock import now_ns
 k = sha256.hmac_key_state(b"bench-api-secret-0123456789")

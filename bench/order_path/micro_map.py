@@ -2,7 +2,7 @@
 50 ms in both cases (as Journal's interval policy). One 192-byte line every 300 us, 4000 lines; ns per line."""
 import mmap, os, sys, tempfile, threading, time
 import numpy as np
-from numba import njit
+from aegis.core.jit import njit
 from aegis.binance import wire
 from aegis.core.clock import now_ns
 mode = sys.argv[1]

@@ -2,7 +2,7 @@
 it (stamps[1] - stamps[0]); the tree's own Journal (fsync interval, its sync thread running); one order / 300 us."""
 import inspect, os, sys, tempfile, time
 import numpy as np
-from numba import njit
+from aegis.core.jit import njit
 from aegis.binance import wire
 from aegis.core import ring, wait as waiting
 from aegis.core.clock import now_ns
