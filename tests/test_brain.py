@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from aegis.brain import pipeline
 from aegis.brain import process as brain
 from aegis.brain import bus
 from aegis.core import control
@@ -267,6 +268,61 @@ def test_tick_update_is_one_event_per_round_with_the_record_count():
     assert ticks == [(1000, 999, 2)]
 
 
+def _risk_snapshot(rk):
+    return [a.copy() for a in rk if isinstance(a, np.ndarray)]
+
+
+def test_the_last_orders_risk_check_is_rehearsed_while_the_market_is_quiet_and_records_nothing():
+    path = order_path()
+    b = make_brain(path)
+    assert pipeline.warm_signal_path(b.bs, time.monotonic_ns()) == -1     # no signal yet: nothing to rehearse
+    b.process(live_quotes(0))               # compiled first: risk refuses quotes older than its stale limit
+    k = b.process(live_quotes(3000), consume_ts=time.monotonic_ns())
+    sent = drain_queue(path.queue)
+    assert k > 0 and len(sent) == k
+    before, st = _risk_snapshot(path.risk.rk), b.st.copy()
+    sig = b.bs.signals[0].copy()
+    verdict = pipeline.warm_signal_path(b.bs, time.monotonic_ns())
+    assert verdict == 0                                                 # what check would say of the order now
+    assert all((x == y).all() for x, y in zip(_risk_snapshot(path.risk.rk), before))   # no open order, rate slot,
+    assert len(drain_queue(path.queue)) == 0                            # refusal or client id; nothing sent
+    st[pipeline.S_WARMS] += 1
+    assert (b.st == st).all() and b.bs.signals[0] == sig                # only the rehearsal count moved
+    req = b.bs.req[0]
+    assert req["symbol"] == sig["symbol"] and req["qty_steps"] > 0 and req["client_id"] == 0
+    # a rehearsal refused by risk is not a refusal either: nothing counted, no hold-off
+    riskmod.set_state(path.risk.g, riskmod.HALTED, riskmod.WHY_MANUAL, 0)
+    rejected = int(path.risk.g[riskmod.G_REJECTED])
+    assert pipeline.warm_signal_path(b.bs, time.monotonic_ns()) == riskmod.R_HALTED
+    assert int(path.risk.g[riskmod.G_REJECTED]) == rejected and b.stats()["rejects"] == 0
+
+
+@pytest.mark.parametrize("warm_us, expect_warms", [(200, True), (0, False)])
+def test_the_brain_loop_rehearses_every_warm_us_while_idle_and_never_when_off(warm_us, expect_warms):
+    path = order_path()
+    b = make_brain(path, warm_us=warm_us)
+    b.process(live_quotes(0))
+    b.process(live_quotes(3000), consume_ts=time.monotonic_ns())
+    b.housekeeping(time.monotonic_ns())     # the bus delivered: the loop runs until its round ends
+    drain_queue(path.queue)
+    header, records = in_process_ring()
+    ctl = control.new_block()
+    b.step(header, records, ctl, 0)         # compiled (or loaded) before the clock starts; returns at once
+    open_before, st_before = path.risk.rk.oo.copy(), b.st.copy()
+    st_before[pipeline.S_WARMS] = b.st[pipeline.S_WARMS] = 0
+    t0 = time.monotonic_ns()
+    assert b.step(header, records, ctl, t0 + 20_000_000) == brain.RET_ROUND     # 20 ms without market data
+    elapsed = time.monotonic_ns() - t0
+    warms = int(b.st[pipeline.S_WARMS])
+    assert elapsed >= 20_000_000
+    if expect_warms:
+        assert 20 <= warms <= elapsed // 200_000 + 1    # about one per 200 us (a loaded box may skip some), never more
+    else:
+        assert warms == 0
+    assert len(drain_queue(path.queue)) == 0 and (path.risk.rk.oo == open_before).all()
+    assert b.st[pipeline.S_ORDERS] == st_before[pipeline.S_ORDERS] and b.st[pipeline.S_REJECTS] == 0
+
+
 def test_brain_config_defaults_and_validation():
     assert brain.BrainConfig.from_section({}) == brain.BrainConfig()
     c = brain.BrainConfig.from_section({"candle_intervals": ["1s", "5m"], "round_ms": 5, "trading": False})
@@ -275,7 +331,8 @@ def test_brain_config_defaults_and_validation():
     for bad, msg in [({"batchsize": 1}, "unknown key"), ({"candle_intervals": ["1y"]}, "candle interval"),
                      ({"batch": 0}, "batch must be > 0"), ({"trading": "yes"}, "true or false"),
                      ({"bus_capacity": 1000}, "power of two"), ({"round_ms": -1}, "round_ms must be > 0"),
-                     ({"batch": 1.5}, "batch must be an integer"), ({"unit_notional": -5}, "unit_notional must be >= 0")]:
+                     ({"batch": 1.5}, "batch must be an integer"), ({"unit_notional": -5}, "unit_notional must be >= 0"),
+                     ({"warm_us": -1}, "warm_us")]:
         with pytest.raises(ConfigError, match=msg):
             brain.BrainConfig.from_section(bad)
 

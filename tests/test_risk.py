@@ -418,3 +418,24 @@ def test_risk_config_rejects_unknown_keys_and_bad_values():
         risk.RiskConfig.from_section({"start_state": "YOLO"})
     cfg = risk.RiskConfig.from_section({"daily_loss_limit": 50, "symbols": {"BTCUSDT": {"max_order_qty": 0.01}}})
     assert cfg.daily_loss_limit == 50 and cfg.symbols["BTCUSDT"]["max_order_qty"] == 0.01
+
+
+def test_assess_gives_checks_verdict_and_rounded_order_and_records_nothing():
+    """risk.assess_new is check without the recording: the Brain rehearses it between orders (warm_signal_path)."""
+    cases = [req(price=90000.07, qty=0.0109), req(side=SIDE_SELL, price=90000.03, qty=0.0109),
+             req(otype=ORDER_MARKET, qty=0.0051, price=0.0), req(qty=0.0001), req(price=1.0),
+             req(qty=0.0001, price=90000.0, otype=ORDER_MARKET), req(symbol=7), req(ro=1),
+             req(symbol=1, qty=0.001, price=3000.0)]
+    for r in cases:
+        b = book()
+        arrays = [a.copy() for a in b.rk if isinstance(a, np.ndarray)]
+        dry = r.copy()
+        verdict = risk.assess_new(b.rk, dry[0], NOW)
+        assert all((x == y).all() for x, y in zip((a for a in b.rk if isinstance(a, np.ndarray)), arrays))
+        assert check(b, r) == risk.REASONS[verdict]
+        if verdict == 0:     # the order as it would leave; only check gives it a client id and a risk stamp
+            for f in ("qty_steps", "qty", "price_ticks", "price", "reduce_only"):
+                assert dry[0][f] == r[0][f], f
+            assert dry[0]["client_id"] == 0 and r[0]["client_id"] == 1
+        else:
+            assert dry[0] == r[0]           # a refusal leaves the request as it was, in both

@@ -55,6 +55,7 @@ S_HALT_REQUESTS = 14
 S_HELD = 15            # signals dropped (and reverted) during a symbol's hold-off after a refusal
 S_REFUSED = 16         # orders refused before they left (risk, full sender queue); S_REJECTS adds exchange rejects
 S_SYNCED = 17          # risk's G_RESTORED + 1 as of the last sync_all (0: never synced)
+S_WARMS = 18           # rehearsals of the last order's risk check (warm_signal_path)
 STATS_SLOTS = 24
 
 
@@ -79,17 +80,18 @@ class BrainState(NamedTuple):
     record_lat: bool       # record publish->consume per record
     retry_ns: int          # hold-off after a refusal
     unit_notional: float   # quote value of one strategy unit (0: a unit is 1.0 base asset)
+    warm_ns: int           # live: how often the loop rehearses the last order's risk check (warm_signal_path)
 
 
 def new_brain_state(strat_cfg, n_symbols: int, rk: riskmod.RiskState, cndl: tuple, busq: tuple, spool: tuple,
                     lat: np.ndarray, *, trading: bool, record_lat: bool, retry_ms: float,
-                    unit_notional: float, fill_log: int = 1024) -> BrainState:
+                    unit_notional: float, fill_log: int = 1024, warm_us: int = 0) -> BrainState:
     from aegis.core.records import FILL_DTYPE, ORDER_REQUEST_DTYPE
     return BrainState(strategy.new_strategy_state(strat_cfg, n_symbols), rk, cndl, busq, spool, lat,
                       np.zeros(STATS_SLOTS, np.int64), strategy.new_signals(1), np.zeros(1, ORDER_REQUEST_DTYPE),
                       np.zeros(2 * rk.sym.shape[0] + 8, ORDER_REQUEST_DTYPE), np.zeros(fill_log, FILL_DTYPE),
                       np.zeros(n_symbols, np.int64), np.zeros(n_symbols, np.float64), bool(trading),
-                      bool(record_lat), int(retry_ms * 1e6), float(unit_notional))
+                      bool(record_lat), int(retry_ms * 1e6), float(unit_notional), int(warm_us) * 1000)
 
 
 # ============================================================================================ the sink interface
@@ -226,6 +228,26 @@ def signal_to_request(sig, req, consume_ts, signal_ts, unit):
     req.reduce_only = sig.reduce_only
     req.action = ACTION_CANCEL if sig.action == ACTION_CANCEL else ACTION_NEW
     req.flags = 0
+
+
+@njit(cache=True, nogil=True)
+def warm_signal_path(bs, now):
+    """Live, between signals: the last signal through signal_to_request and risk.assess_new again, into the request
+    scratch, recording nothing but the count S_WARMS (no order, no risk state, no refusal). On this host a thread
+    that only waits loses much of its cache and TLB contents within 1-2 ms, and the next order's risk check then
+    costs several times its hot figure (bench/MEASURED.md); run every BrainState.warm_ns, this keeps the path's data
+    warm. Returns the verdict, or -1 when there is no new order to rehearse yet (no signal, a cancel, or a symbol
+    whose unit size is not fixed yet)."""
+    if not bs.trading or bs.st[S_SIGNALS] == 0:
+        return -1
+    sig = bs.signals[0]
+    s = sig.symbol
+    if sig.action == ACTION_CANCEL or s < 0 or s >= bs.unit_qty.shape[0] or bs.unit_qty[s] <= 0.0:
+        return -1
+    req = bs.req[0]
+    signal_to_request(sig, req, now, now, bs.unit_qty[s])
+    bs.st[S_WARMS] += 1
+    return riskmod.assess_new(bs.rk, req, now)
 
 
 @njit(cache=True, nogil=True)

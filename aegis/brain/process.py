@@ -80,13 +80,15 @@ class BrainConfig:
     unit_notional: float = 20.0          # quote value of one strategy unit (fixed per symbol at its first order,
                                          # rounded up to the step); 0: a unit is 1.0 base asset
     record_latency: bool = True          # record publish->consume per record into the latency histograms
+    warm_us: int = 200                   # while no signal comes, the last order's risk check runs again (recording
+                                         # nothing) this often, so the next order's is not cold; 0: never
     model_file: str = ""                 # online strategy: model loaded at start and saved at shutdown (--model)
     save_model_file: str = ""            # online strategy: save at shutdown here instead (--save-model)
 
     @classmethod
     def from_section(cls, section: dict) -> "BrainConfig":
         from aegis.core import config as C
-        checks = {"unit_notional": C.NON_NEGATIVE, "bus_capacity": C.power_of_two(2 * BUS_LOW_WATER),
+        checks = {"unit_notional": C.NON_NEGATIVE, "warm_us": C.between(0, 1_000_000), "bus_capacity": C.power_of_two(2 * BUS_LOW_WATER),
                   "candle_intervals": C.Check(_intervals_ok, "a list of candle intervals like [\"1s\", \"1m\"]")}
         return C.load_section(cls, "brain", section, checks, numbers=C.POSITIVE)
 
@@ -127,10 +129,15 @@ def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, bs, sink, kill
     trading = bs.trading
     max_n = batch.shape[0]
     last_beat = 0
+    warm_ns = bs.warm_ns if trading else 0
+    next_warm = 0
     while True:
         t = now_ns()
         if trading:
             pipeline.service(bs, sink, kill_flags, t)
+            if warm_ns > 0 and t >= next_warm:
+                pipeline.warm_signal_path(bs, t)
+                next_warm = t + warm_ns
         if t - last_beat > BEAT_NS:
             control.beat(ctl, ROLE_BRAIN)
             last_beat = t
@@ -145,6 +152,8 @@ def brain_loop(header, ring_recs, batch, wait, ctl, round_end_ns, bs, sink, kill
         deadline = round_end_ns
         if trading and t + FILL_POLL_NS < deadline:
             deadline = t + FILL_POLL_NS
+        if warm_ns > 0 and next_warm < deadline:
+            deadline = next_warm
         n = ring.wait_batch(header, ring_recs, batch, max_n, wait, deadline)
         if n > 0:
             pipeline.process_batch(bs, sink, batch, n, now_ns())
@@ -194,7 +203,8 @@ class Brain:
             strat, n_symbols, self.riskbook.rk, (*self.candles.args, self.candles.intervals, self.candles.stats),
             (self.bus.events, self.bus.header, self.bus.prio_of), (self.signal_pool.records, self.signal_pool.header),
             latency_set if latency_set is not None else latency.new_set(), trading=self.trading,
-            record_lat=self.record_lat, retry_ms=cfg.retry_ms, unit_notional=cfg.unit_notional, fill_log=FILL_LOG)
+            record_lat=self.record_lat, retry_ms=cfg.retry_ms, unit_notional=cfg.unit_notional, fill_log=FILL_LOG,
+            warm_us=cfg.warm_us)
         self.st = self.bs.st
         self.batch = pools.aligned_zeros(cfg.batch, MARKET_DTYPE)
         self.grace_ns = int(cfg.candle_grace_ms) * 1_000_000

@@ -229,7 +229,7 @@ def wait_batch(header, records, dst, max_n, wait, deadline_ns):
             return n
         if aborted(header):
             return 0
-        if deadline_ns > 0 and (spins & 255) == 255 and now_ns() > deadline_ns:
+        if deadline_ns > 0 and (spins & 15) == 15 and now_ns() > deadline_ns:
             return 0
         spins = idle(wait, spins)
 

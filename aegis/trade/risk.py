@@ -441,32 +441,34 @@ def _ref_px(sym, s):
 
 
 @njit(cache=True, nogil=True)
-def check_new(rk, req, now):
-    """Validate one ACTION_NEW request in place; returns 0 (accepted) or a reason code.
+def assess_new(rk, req, now):
+    """The verdict on one ACTION_NEW request, recording nothing: 0 (it would be accepted) or a reason code.
 
-    Reads req.symbol/side/order_type/tif/reduce_only/flags/price/qty; on acceptance writes req.client_id,
-    price_ticks, qty_steps, price, qty (rounded), reduce_only (REDUCING may set it), risk_ts, and records the order
-    as open and in the rate windows. Rounding never makes an order more aggressive or bigger than asked."""
-    sym, g, gf, oo, rates, rejlog = rk.sym, rk.g, rk.gf, rk.oo, rk.rates, rk.rejlog
+    Reads req.symbol/side/order_type/tif/reduce_only/flags/price/qty and the risk state; only when the verdict is 0
+    it writes the order as it would leave into req: qty_steps, qty, price_ticks, price (rounded; rounding never makes
+    an order more aggressive or bigger than asked) and reduce_only (REDUCING may set it). check_new records what it
+    decides; the Brain also runs it alone on its last order while the market is quiet (pipeline.warm_signal_path),
+    so that the next real check finds its code and the risk state in the caches."""
+    sym, g, gf, rates = rk.sym, rk.g, rk.gf, rk.rates
     s = req.symbol
     flatten = (req.flags & REQ_FLAG_FLATTEN) != 0
     if s < 0 or s >= sym.shape[0] or sym[s, S_TICK] <= 0.0:
-        return _reject(sym, g, rejlog, s, R_UNKNOWN_SYMBOL, 0, now)
+        return R_UNKNOWN_SYMBOL
     state = g[G_STATE]
     if state == HALTED and not flatten:
-        return _reject(sym, g, rejlog, s, R_HALTED, 0, now)
+        return R_HALTED
     if req.side != SIDE_BUY and req.side != SIDE_SELL:
-        return _reject(sym, g, rejlog, s, R_BAD_REQUEST, 0, now)
+        return R_BAD_REQUEST
     is_mkt = req.order_type == ORDER_MARKET
     if not is_mkt and (req.order_type != ORDER_LIMIT or req.tif < TIF_GTC or req.tif > TIF_GTX):
-        return _reject(sym, g, rejlog, s, R_BAD_REQUEST, 0, now)
+        return R_BAD_REQUEST
     if sym[s, S_TRADING] == 0.0:
-        return _reject(sym, g, rejlog, s, R_NOT_TRADING, 0, now)
+        return R_NOT_TRADING
     ref = _ref_px(sym, s)
     if ref <= 0.0:
-        return _reject(sym, g, rejlog, s, R_NO_MARKET, 0, now)
+        return R_NO_MARKET
     if not flatten and g[G_MAX_MD_AGE_NS] > 0 and now - np.int64(sym[s, S_MD_TS]) > g[G_MAX_MD_AGE_NS]:
-        return _reject(sym, g, rejlog, s, R_STALE, 0, now)
+        return R_STALE
     pos = sym[s, S_POS]
     ro = req.reduce_only != 0 or flatten
     buy = req.side == SIDE_BUY
@@ -475,67 +477,67 @@ def check_new(rk, req, now):
         if (buy and pos < 0.0) or ((not buy) and pos > 0.0):
             ro = True
         else:
-            return _reject(sym, g, rejlog, s, R_REDUCING, 0, now)
+            return R_REDUCING
     # --- rounding to integer units
     step = sym[s, S_MKT_STEP] if is_mkt else sym[s, S_STEP]
     qty = req.qty
     if flatten:   # the whole position: the halt cancels the resting reduce-only exits just before (halt_requests)
         room = -pos if buy else pos
         if room <= 0.0:
-            return _reject(sym, g, rejlog, s, R_REDUCE_ONLY, 0, now)
+            return R_REDUCE_ONLY
         if qty > room:
             qty = room
     elif ro:   # reduce-only: never more than the position not already covered by open reduce-only orders
         room = (-pos - sym[s, S_OPEN_RO_BUY]) if buy else (pos - sym[s, S_OPEN_RO_SELL])
         if room <= 0.0:
-            return _reject(sym, g, rejlog, s, R_REDUCE_ONLY, 0, now)
+            return R_REDUCE_ONLY
         if qty > room:
             qty = room
     if not qty > 0.0:
-        return _reject(sym, g, rejlog, s, R_QTY_BELOW_STEP, 0, now)
+        return R_QTY_BELOW_STEP
     steps = np.int64(math.floor(qty / step + EPS))
     if steps <= 0:
-        return _reject(sym, g, rejlog, s, R_QTY_BELOW_STEP, 0, now)
+        return R_QTY_BELOW_STEP
     q = steps * step
     tick = sym[s, S_TICK]
     ticks = np.int64(0)
     px = 0.0
     if not is_mkt:
         if not req.price > 0.0:
-            return _reject(sym, g, rejlog, s, R_PRICE_FILTER, 0, now)
+            return R_PRICE_FILTER
         x = req.price / tick
         ticks = np.int64(math.floor(x + EPS)) if buy else np.int64(math.ceil(x - EPS))
         px = ticks * tick
         if ticks <= 0 or (sym[s, S_MIN_PRICE] > 0.0 and px < sym[s, S_MIN_PRICE] - 0.5 * tick) \
                 or (sym[s, S_MAX_PRICE] > 0.0 and px > sym[s, S_MAX_PRICE] + 0.5 * tick):
-            return _reject(sym, g, rejlog, s, R_PRICE_FILTER, 0, now)
+            return R_PRICE_FILTER
     # --- exchange filters
     mn = sym[s, S_MKT_MIN_QTY] if is_mkt else sym[s, S_MIN_QTY]
     mx = sym[s, S_MKT_MAX_QTY] if is_mkt else sym[s, S_MAX_QTY]
     if q < mn - 0.5 * step:
-        return _reject(sym, g, rejlog, s, R_MIN_QTY, 0, now)
+        return R_MIN_QTY
     if mx > 0.0 and q > mx + 0.5 * step:
-        return _reject(sym, g, rejlog, s, R_MAX_QTY, 0, now)
+        return R_MAX_QTY
     npx = ref if is_mkt else px
     if sym[s, S_MARK] > 0.0 and is_mkt:
         npx = sym[s, S_MARK]        # Binance checks a MARKET order's notional at the mark price
     notional = npx * q
     if not ro and notional < sym[s, S_MIN_NOTIONAL] * (1.0 - 1e-12):
-        return _reject(sym, g, rejlog, s, R_MIN_NOTIONAL, 0, now)
+        return R_MIN_NOTIONAL
     if not is_mkt:
         mark = sym[s, S_MARK] if sym[s, S_MARK] > 0.0 else ref
         if (buy and px > mark * sym[s, S_MULT_UP] * (1.0 + 1e-12)) or \
                 ((not buy) and px < mark * sym[s, S_MULT_DOWN] * (1.0 - 1e-12)):
-            return _reject(sym, g, rejlog, s, R_PERCENT_PRICE, 0, now)
+            return R_PERCENT_PRICE
         band = gf[GF_BAND]
         if band > 0.0 and not flatten and sym[s, S_MID] > 0.0 and abs(px - sym[s, S_MID]) > band * sym[s, S_MID]:
-            return _reject(sym, g, rejlog, s, R_PRICE_BAND, 0, now)
+            return R_PRICE_BAND
     # --- our order limits
     if sym[s, S_LIM_ORDER_QTY] > 0.0 and q > sym[s, S_LIM_ORDER_QTY] * (1.0 + 1e-12) and not flatten:
-        return _reject(sym, g, rejlog, s, R_ORDER_QTY, 0, now)
+        return R_ORDER_QTY
     if sym[s, S_LIM_ORDER_NOTIONAL] > 0.0 and notional > sym[s, S_LIM_ORDER_NOTIONAL] * (1.0 + 1e-12) \
             and not flatten:
-        return _reject(sym, g, rejlog, s, R_ORDER_NOTIONAL, 0, now)
+        return R_ORDER_NOTIONAL
     # --- position and gross limits (reduce-only orders cannot increase exposure: exempt)
     if not ro:
         proj = abs(pos + sym[s, S_OPEN_BUY] + q) if buy else abs(pos - sym[s, S_OPEN_SELL] - q)
@@ -543,27 +545,47 @@ def check_new(rk, req, now):
         if proj < cur:
             proj = cur
         if sym[s, S_LIM_POS_QTY] > 0.0 and proj > sym[s, S_LIM_POS_QTY] * (1.0 + 1e-12):
-            return _reject(sym, g, rejlog, s, R_POSITION_QTY, 0, now)
+            return R_POSITION_QTY
         if sym[s, S_LIM_POS_NOTIONAL] > 0.0 and proj * ref > sym[s, S_LIM_POS_NOTIONAL] * (1.0 + 1e-12):
-            return _reject(sym, g, rejlog, s, R_POSITION_NOTIONAL, 0, now)
+            return R_POSITION_NOTIONAL
         if gf[GF_MAX_GROSS] > 0.0:
             gross = proj * ref
             for j in range(sym.shape[0]):
                 if j != s:
                     gross += _worst(sym, j) * _ref_px(sym, j)
             if gross > gf[GF_MAX_GROSS] * (1.0 + 1e-12):
-                return _reject(sym, g, rejlog, s, R_GROSS_NOTIONAL, 0, now)
+                return R_GROSS_NOTIONAL
     if sym[s, S_OPEN_COUNT] >= sym[s, S_MAX_NUM_ORDERS] and not flatten:   # flatten: the exits are being cancelled
-        return _reject(sym, g, rejlog, s, R_MAX_OPEN_ORDERS, 0, now)
+        return R_MAX_OPEN_ORDERS
     # --- order-rate windows, last: a refused order must not use up the budget
     if not flatten and not _rate_ok(rates, g, g[G_RATE_OURS], ONE_S, now):
-        return _reject(sym, g, rejlog, s, R_RATE_OURS, 0, now)
+        return R_RATE_OURS
     if not _rate_ok(rates, g, g[G_RATE_10S], 10 * ONE_S, now):
-        return _reject(sym, g, rejlog, s, R_RATE_10S, 0, now)
+        return R_RATE_10S
     if not _rate_ok(rates, g, g[G_RATE_1M], 60 * ONE_S, now):
-        return _reject(sym, g, rejlog, s, R_RATE_1M, 0, now)
+        return R_RATE_1M
+    if find_open(rk.oo, 0) < 0:      # no free slot in the open-order table
+        return R_OPEN_TABLE_FULL
+    req.qty_steps = steps
+    req.qty = q
+    req.price_ticks = ticks
+    req.price = px
+    req.reduce_only = 1 if ro else 0
+    return R_OK
+
+
+@njit(cache=True, nogil=True)
+def check_new(rk, req, now):
+    """Validate one ACTION_NEW request in place (assess_new) and record the verdict; returns 0 (accepted) or a reason
+    code. On acceptance req also gets its client_id and risk_ts, and the order is open and counted in the rate
+    windows; a refusal is counted and logged, and leaves req as it was."""
+    sym, g, oo, rates, rejlog = rk.sym, rk.g, rk.oo, rk.rates, rk.rejlog
+    s = req.symbol
+    verdict = assess_new(rk, req, now)
+    if verdict != R_OK:
+        return _reject(sym, g, rejlog, s, verdict, 0, now)
     cid = g[G_NEXT_CID]
-    if add_open_order(sym, oo, cid, s, req.side, 1 if ro else 0, q, px, req.flags) < 0:
+    if add_open_order(sym, oo, cid, s, req.side, np.int64(req.reduce_only), req.qty, req.price, req.flags) < 0:
         return _reject(sym, g, rejlog, s, R_OPEN_TABLE_FULL, 0, now)
     g[G_NEXT_CID] = cid + 1
     rates[g[G_RATE_N] % RATE_CAP] = now
@@ -571,11 +593,6 @@ def check_new(rk, req, now):
     g[G_ACCEPTED] += 1
     req.client_id = cid
     req.action = ACTION_NEW
-    req.qty_steps = steps
-    req.qty = q
-    req.price_ticks = ticks
-    req.price = px
-    req.reduce_only = 1 if ro else 0
     req.risk_ts = now
     return R_OK
 
