@@ -88,7 +88,8 @@ class BrainConfig:
     @classmethod
     def from_section(cls, section: dict) -> "BrainConfig":
         from aegis.core import config as C
-        checks = {"unit_notional": C.NON_NEGATIVE, "warm_us": C.between(0, 1_000_000), "bus_capacity": C.power_of_two(2 * BUS_LOW_WATER),
+        checks = {"unit_notional": C.NON_NEGATIVE, "warm_us": C.between(0, 1_000_000),
+                  "bus_capacity": C.power_of_two(2 * BUS_LOW_WATER),
                   "candle_intervals": C.Check(_intervals_ok, "a list of candle intervals like [\"1s\", \"1m\"]")}
         return C.load_section(cls, "brain", section, checks, numbers=C.POSITIVE)
 
